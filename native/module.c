@@ -1,0 +1,421 @@
+/*
+ * edgesdk._native: the CPython binding of the codec kernels.
+ *
+ * It takes and fills caller-allocated buffers through the buffer protocol, so the build
+ * needs no numpy; edgesdk/codec/_native_kernels.py wraps it into the same signatures as the
+ * numpy fallback. The GIL is released around every kernel call.
+ *
+ * Grouped (per-channel) calls view x as [outer][groups][inner]: the run of `inner` elements
+ * at (o, g) uses the parameters of group g. A per-tensor call is groups = 1, inner = n.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+
+static const es_kernels *K; /* selected at import, changeable with set_isa() */
+
+/* ------------------------------------------------------------ buffer helpers */
+
+typedef struct {
+    Py_buffer view;
+    int held;
+} buf_t;
+
+static void buf_release(buf_t *b) {
+    if (b->held) PyBuffer_Release(&b->view);
+    b->held = 0;
+}
+
+/* A C-contiguous buffer of items of struct format `fmt` ("f", "B" or "i"). */
+static int buf_get(PyObject *obj, buf_t *b, char fmt, int writable, const char *what) {
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, &b->view, flags) < 0) return -1;
+    b->held = 1;
+    const char *f = b->view.format ? b->view.format : "B";
+    if (f[0] == '<' || f[0] == '=' || f[0] == '@') f++;
+    Py_ssize_t want = fmt == 'f' ? 4 : fmt == 'i' ? 4 : 1;
+    int ok = f[0] == fmt && f[1] == '\0' && b->view.itemsize == want;
+    if (fmt == 'B' && (f[0] == 'b' || f[0] == 'c') && f[1] == '\0') ok = 1;
+    if (!ok) {
+        PyErr_Format(PyExc_TypeError, "%s must be a contiguous buffer of format '%c', got '%s'",
+                     what, fmt, b->view.format ? b->view.format : "B");
+        buf_release(b);
+        return -1;
+    }
+    return 0;
+}
+
+static size_t buf_len(const buf_t *b) { return (size_t)(b->view.len / b->view.itemsize); }
+
+static int check_bits(int bits, int allow) {
+    if (bits == 8 || (allow && (bits == 4 || bits == 2))) return 0;
+    PyErr_Format(PyExc_ValueError, "bits must be 8, 4 or 2, got %d", bits);
+    return -1;
+}
+
+/* Check n == outer * groups * inner and return outer. */
+static int group_layout(size_t n, size_t groups, Py_ssize_t inner, size_t *outer) {
+    if (groups == 0 || inner <= 0 || n % (groups * (size_t)inner) != 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "%zu elements do not split into %zu groups of runs of %zd", n, groups,
+                     inner);
+        return -1;
+    }
+    *outer = n / (groups * (size_t)inner);
+    return 0;
+}
+
+static es_qparams params_for(float scale, int32_t zp, int bits, int symmetric) {
+    es_qparams p = {scale, zp, symmetric ? 1 : 0, (1 << bits) - 1};
+    return p;
+}
+
+/* -------------------------------------------------------------- functions */
+
+static PyObject *py_absmax(PyObject *self, PyObject *arg) {
+    buf_t x = {0};
+    if (buf_get(arg, &x, 'f', 0, "x") < 0) return NULL;
+    float m;
+    Py_BEGIN_ALLOW_THREADS m = K->absmax((const float *)x.view.buf, buf_len(&x));
+    Py_END_ALLOW_THREADS buf_release(&x);
+    return PyFloat_FromDouble(m);
+}
+
+static PyObject *py_minmax(PyObject *self, PyObject *arg) {
+    buf_t x = {0};
+    if (buf_get(arg, &x, 'f', 0, "x") < 0) return NULL;
+    size_t n = buf_len(&x);
+    if (n == 0) {
+        buf_release(&x);
+        PyErr_SetString(PyExc_ValueError, "minmax of an empty buffer");
+        return NULL;
+    }
+    float lo, hi;
+    Py_BEGIN_ALLOW_THREADS K->minmax((const float *)x.view.buf, n, &lo, &hi);
+    Py_END_ALLOW_THREADS buf_release(&x);
+    return Py_BuildValue("(dd)", (double)lo, (double)hi);
+}
+
+static PyObject *py_params(PyObject *self, PyObject *args) {
+    int symmetric, bits;
+    float a, b;
+    if (!PyArg_ParseTuple(args, "pffi", &symmetric, &a, &b, &bits)) return NULL;
+    if (check_bits(bits, 1) < 0) return NULL;
+    es_qparams p = symmetric ? es_params_symmetric(a, bits) : es_params_affine(a, b, bits);
+    return Py_BuildValue("(di)", (double)p.scale, (int)p.zero_point);
+}
+
+/* quantize(x, codes, scales, zero_points, bits, symmetric, inner) */
+static PyObject *py_quantize(PyObject *self, PyObject *args) {
+    PyObject *ox, *oc, *os, *oz;
+    int bits, symmetric;
+    Py_ssize_t inner;
+    if (!PyArg_ParseTuple(args, "OOOOipn", &ox, &oc, &os, &oz, &bits, &symmetric, &inner))
+        return NULL;
+    if (check_bits(bits, 1) < 0) return NULL;
+    buf_t x = {0}, c = {0}, s = {0}, z = {0};
+    PyObject *ret = NULL;
+    if (buf_get(ox, &x, 'f', 0, "x") < 0 || buf_get(oc, &c, 'B', 1, "codes") < 0 ||
+        buf_get(os, &s, 'f', 0, "scales") < 0 || buf_get(oz, &z, 'i', 0, "zero_points") < 0)
+        goto done;
+    size_t n = buf_len(&x), groups = buf_len(&s), outer;
+    if (buf_len(&c) != n || buf_len(&z) != groups) {
+        PyErr_Format(PyExc_ValueError, "codes has %zu items and zero_points %zu, expected %zu "
+                     "and %zu", buf_len(&c), buf_len(&z), n, groups);
+        goto done;
+    }
+    if (group_layout(n, groups, inner, &outer) < 0) goto done;
+    const float *xp = x.view.buf;
+    const float *sp = s.view.buf;
+    const int32_t *zpp = z.view.buf;
+    uint8_t *cp = c.view.buf;
+    Py_BEGIN_ALLOW_THREADS for (size_t o = 0; o < outer; o++) {
+        for (size_t g = 0; g < groups; g++) {
+            size_t at = (o * groups + g) * (size_t)inner;
+            es_qparams p = params_for(sp[g], zpp[g], bits, symmetric);
+            K->quantize(xp + at, (size_t)inner, &p, cp + at);
+        }
+    }
+    Py_END_ALLOW_THREADS ret = Py_NewRef(Py_None);
+done:
+    buf_release(&x), buf_release(&c), buf_release(&s), buf_release(&z);
+    return ret;
+}
+
+/* dequantize(codes, out, scales, zero_points, inner) */
+static PyObject *py_dequantize(PyObject *self, PyObject *args) {
+    PyObject *oc, *oo, *os, *oz;
+    Py_ssize_t inner;
+    if (!PyArg_ParseTuple(args, "OOOOn", &oc, &oo, &os, &oz, &inner)) return NULL;
+    buf_t c = {0}, out = {0}, s = {0}, z = {0};
+    PyObject *ret = NULL;
+    if (buf_get(oc, &c, 'B', 0, "codes") < 0 || buf_get(oo, &out, 'f', 1, "out") < 0 ||
+        buf_get(os, &s, 'f', 0, "scales") < 0 || buf_get(oz, &z, 'i', 0, "zero_points") < 0)
+        goto done;
+    size_t n = buf_len(&c), groups = buf_len(&s), outer;
+    if (buf_len(&out) != n || buf_len(&z) != groups) {
+        PyErr_Format(PyExc_ValueError, "out has %zu items and zero_points %zu, expected %zu "
+                     "and %zu", buf_len(&out), buf_len(&z), n, groups);
+        goto done;
+    }
+    if (group_layout(n, groups, inner, &outer) < 0) goto done;
+    const uint8_t *cp = c.view.buf;
+    const float *sp = s.view.buf;
+    const int32_t *zpp = z.view.buf;
+    float *op = out.view.buf;
+    Py_BEGIN_ALLOW_THREADS for (size_t o = 0; o < outer; o++) {
+        for (size_t g = 0; g < groups; g++) {
+            size_t at = (o * groups + g) * (size_t)inner;
+            es_qparams p = params_for(sp[g], zpp[g], 8, 0);
+            K->dequantize(cp + at, (size_t)inner, &p, op + at);
+        }
+    }
+    Py_END_ALLOW_THREADS ret = Py_NewRef(Py_None);
+done:
+    buf_release(&c), buf_release(&out), buf_release(&s), buf_release(&z);
+    return ret;
+}
+
+/* pack(codes, out, bits) and unpack(packed, codes, bits): n is len(codes). */
+static PyObject *pack_or_unpack(PyObject *args, int packing) {
+    PyObject *oa, *ob;
+    int bits;
+    if (!PyArg_ParseTuple(args, "OOi", &oa, &ob, &bits)) return NULL;
+    if (check_bits(bits, 1) < 0) return NULL;
+    buf_t a = {0}, b = {0};
+    PyObject *ret = NULL;
+    if (buf_get(oa, &a, 'B', 0, "input") < 0 || buf_get(ob, &b, 'B', 1, "output") < 0)
+        goto done;
+    size_t n = packing ? buf_len(&a) : buf_len(&b);
+    size_t packed = packing ? buf_len(&b) : buf_len(&a);
+    if (packed != es_packed_size(n, bits)) {
+        PyErr_Format(PyExc_ValueError, "%zu codes at %d bits pack into %zu bytes, got %zu", n,
+                     bits, es_packed_size(n, bits), packed);
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS if (packing) K->pack(a.view.buf, n, bits, b.view.buf);
+    else K->unpack(a.view.buf, n, bits, b.view.buf);
+    Py_END_ALLOW_THREADS ret = Py_NewRef(Py_None);
+done:
+    buf_release(&a), buf_release(&b);
+    return ret;
+}
+
+static PyObject *py_pack(PyObject *self, PyObject *args) { return pack_or_unpack(args, 1); }
+static PyObject *py_unpack(PyObject *self, PyObject *args) { return pack_or_unpack(args, 0); }
+
+/* Per-group statistics, then parameters. Returns 0, -1 if some x is non-finite, or -2 if a
+ * group's range does not fit in float32 (affine over [-3e38, 3e38]). */
+static int find_params(const float *x, size_t outer, size_t groups, size_t inner, int bits,
+                       int symmetric, float *scales, int32_t *zps) {
+    for (size_t g = 0; g < groups; g++) {
+        float a = 0.0f, lo = 0.0f, hi = 0.0f;
+        for (size_t o = 0; o < outer; o++) {
+            const float *run = x + (o * groups + g) * inner;
+            if (symmetric) {
+                float m = K->absmax(run, inner);
+                if (!(m <= 3.402823466e38f)) return -1;
+                a = m > a ? m : a;
+            } else {
+                float mn, mx;
+                K->minmax(run, inner, &mn, &mx);
+                if (!(mn >= -3.402823466e38f && mx <= 3.402823466e38f)) return -1;
+                lo = mn < lo ? mn : lo;
+                hi = mx > hi ? mx : hi;
+            }
+        }
+        es_qparams p = symmetric ? es_params_symmetric(a, bits) : es_params_affine(lo, hi, bits);
+        if (!(p.scale <= 3.402823466e38f)) return -2;
+        scales[g] = p.scale;
+        zps[g] = p.zero_point;
+    }
+    return 0;
+}
+
+/* quantize_pack(x, out, scales_out, zero_points_out, bits, symmetric, inner): the fused
+ * "find scale + quantize + pack". Raises ValueError if x has a non-finite value. */
+static PyObject *py_quantize_pack(PyObject *self, PyObject *args) {
+    PyObject *ox, *oo, *os, *oz;
+    int bits, symmetric;
+    Py_ssize_t inner;
+    if (!PyArg_ParseTuple(args, "OOOOipn", &ox, &oo, &os, &oz, &bits, &symmetric, &inner))
+        return NULL;
+    if (check_bits(bits, 1) < 0) return NULL;
+    buf_t x = {0}, out = {0}, s = {0}, z = {0};
+    PyObject *ret = NULL;
+    if (buf_get(ox, &x, 'f', 0, "x") < 0 || buf_get(oo, &out, 'B', 1, "out") < 0 ||
+        buf_get(os, &s, 'f', 1, "scales") < 0 || buf_get(oz, &z, 'i', 1, "zero_points") < 0)
+        goto done;
+    size_t n = buf_len(&x), groups = buf_len(&s), outer;
+    if (buf_len(&out) != es_packed_size(n, bits) || buf_len(&z) != groups) {
+        PyErr_Format(PyExc_ValueError, "out has %zu bytes and zero_points %zu items, expected "
+                     "%zu and %zu", buf_len(&out), buf_len(&z), es_packed_size(n, bits), groups);
+        goto done;
+    }
+    if (n == 0) {
+        ret = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (group_layout(n, groups, inner, &outer) < 0) goto done;
+    const float *xp = x.view.buf;
+    float *sp = s.view.buf;
+    int32_t *zpp = z.view.buf;
+    uint8_t *op = out.view.buf;
+    size_t run = (size_t)inner;
+    /* Runs start on byte boundaries unless a run's bits are not a multiple of 8; then the
+     * codes of all runs go through one scratch buffer and are packed together. */
+    int aligned = groups == 1 || (run * (size_t)bits) % 8 == 0;
+    uint8_t *scratch = aligned ? NULL : malloc(n);
+    if (!aligned && !scratch) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int status;
+    Py_BEGIN_ALLOW_THREADS status = find_params(xp, outer, groups, run, bits, symmetric, sp, zpp);
+    if (status == 0) {
+        if (groups == 1) {
+            es_qparams p = params_for(sp[0], zpp[0], bits, symmetric);
+            K->quantize_pack(xp, n, &p, bits, op);
+        } else {
+            for (size_t o = 0; o < outer; o++) {
+                for (size_t g = 0; g < groups; g++) {
+                    size_t at = (o * groups + g) * run;
+                    es_qparams p = params_for(sp[g], zpp[g], bits, symmetric);
+                    if (aligned) K->quantize_pack(xp + at, run, &p, bits, op + at * bits / 8);
+                    else K->quantize(xp + at, run, &p, scratch + at);
+                }
+            }
+            if (!aligned) K->pack(scratch, n, bits, op);
+        }
+    }
+    Py_END_ALLOW_THREADS free(scratch);
+    if (status == -1) {
+        PyErr_SetString(PyExc_ValueError, "x contains a non-finite value");
+        goto done;
+    }
+    if (status == -2) {
+        PyErr_SetString(PyExc_OverflowError, "value range exceeds float32");
+        goto done;
+    }
+    ret = Py_NewRef(Py_None);
+done:
+    buf_release(&x), buf_release(&out), buf_release(&s), buf_release(&z);
+    return ret;
+}
+
+/* unpack_dequantize(packed, out, scales, zero_points, bits, inner) */
+static PyObject *py_unpack_dequantize(PyObject *self, PyObject *args) {
+    PyObject *op_, *oo, *os, *oz;
+    int bits;
+    Py_ssize_t inner;
+    if (!PyArg_ParseTuple(args, "OOOOin", &op_, &oo, &os, &oz, &bits, &inner)) return NULL;
+    if (check_bits(bits, 1) < 0) return NULL;
+    buf_t pk = {0}, out = {0}, s = {0}, z = {0};
+    PyObject *ret = NULL;
+    if (buf_get(op_, &pk, 'B', 0, "packed") < 0 || buf_get(oo, &out, 'f', 1, "out") < 0 ||
+        buf_get(os, &s, 'f', 0, "scales") < 0 || buf_get(oz, &z, 'i', 0, "zero_points") < 0)
+        goto done;
+    size_t n = buf_len(&out), groups = buf_len(&s), outer;
+    if (buf_len(&pk) != es_packed_size(n, bits) || buf_len(&z) != groups) {
+        PyErr_Format(PyExc_ValueError, "packed has %zu bytes and zero_points %zu items, "
+                     "expected %zu and %zu", buf_len(&pk), buf_len(&z),
+                     es_packed_size(n, bits), groups);
+        goto done;
+    }
+    if (n == 0) {
+        ret = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (group_layout(n, groups, inner, &outer) < 0) goto done;
+    const uint8_t *pp = pk.view.buf;
+    const float *sp = s.view.buf;
+    const int32_t *zpp = z.view.buf;
+    float *dst = out.view.buf;
+    size_t run = (size_t)inner;
+    int aligned = groups == 1 || (run * (size_t)bits) % 8 == 0;
+    uint8_t *scratch = aligned ? NULL : malloc(n);
+    if (!aligned && !scratch) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS if (!aligned) K->unpack(pp, n, bits, scratch);
+    for (size_t o = 0; o < outer; o++) {
+        for (size_t g = 0; g < groups; g++) {
+            size_t at = (o * groups + g) * run;
+            es_qparams p = params_for(sp[g], zpp[g], bits, 0);
+            if (aligned) K->unpack_dequantize(pp + at * bits / 8, run, bits, &p, dst + at);
+            else K->dequantize(scratch + at, run, &p, dst + at);
+        }
+    }
+    Py_END_ALLOW_THREADS free(scratch);
+    ret = Py_NewRef(Py_None);
+done:
+    buf_release(&pk), buf_release(&out), buf_release(&s), buf_release(&z);
+    return ret;
+}
+
+/* ------------------------------------------------------------ ISA selection */
+
+static PyObject *py_available_isas(PyObject *self, PyObject *unused) {
+    PyObject *names = PyList_New(0);
+    if (!names) return NULL;
+    for (const es_kernels *const *k = es_available_kernels(); *k; k++) {
+        if (es_select_kernels((*k)->name) != *k) continue; /* compiled in, CPU lacks it */
+        PyObject *s = PyUnicode_FromString((*k)->name);
+        if (!s || PyList_Append(names, s) < 0) {
+            Py_XDECREF(s);
+            Py_DECREF(names);
+            return NULL;
+        }
+        Py_DECREF(s);
+    }
+    PyObject *t = PyList_AsTuple(names);
+    Py_DECREF(names);
+    return t;
+}
+
+static PyObject *py_get_isa(PyObject *self, PyObject *unused) {
+    return PyUnicode_FromString(K->name);
+}
+
+/* For tests and benchmarks: run every build this CPU supports. Not thread-safe. */
+static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    const es_kernels *k = es_select_kernels(name);
+    if (!k) return PyErr_Format(PyExc_ValueError, "ISA %R is not available on this CPU", arg);
+    K = k;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"absmax", py_absmax, METH_O, "absmax(x) -> float"},
+    {"minmax", py_minmax, METH_O, "minmax(x) -> (min, max)"},
+    {"params", py_params, METH_VARARGS, "params(symmetric, a, b, bits) -> (scale, zp)"},
+    {"quantize", py_quantize, METH_VARARGS,
+     "quantize(x, codes, scales, zero_points, bits, symmetric, inner)"},
+    {"dequantize", py_dequantize, METH_VARARGS,
+     "dequantize(codes, out, scales, zero_points, inner)"},
+    {"pack", py_pack, METH_VARARGS, "pack(codes, out, bits)"},
+    {"unpack", py_unpack, METH_VARARGS, "unpack(packed, codes, bits)"},
+    {"quantize_pack", py_quantize_pack, METH_VARARGS,
+     "quantize_pack(x, out, scales_out, zero_points_out, bits, symmetric, inner)"},
+    {"unpack_dequantize", py_unpack_dequantize, METH_VARARGS,
+     "unpack_dequantize(packed, out, scales, zero_points, bits, inner)"},
+    {"available_isas", py_available_isas, METH_NOARGS, "ISAs this build and CPU run"},
+    {"get_isa", py_get_isa, METH_NOARGS, "the ISA in use"},
+    {"set_isa", py_set_isa, METH_O, "set_isa(name): use another build (tests, benchmarks)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, "_native", "edgesdk codec kernels (C99).", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    K = es_select_kernels(NULL); /* the best this CPU runs; never NULL (baseline) */
+    return PyModule_Create(&moduledef);
+}
