@@ -44,7 +44,7 @@ def _check_args(x: np.ndarray, bits, scheme, compress, level, axis) -> int | Non
     if compress not in _COMPRESS:
         raise CodecError(f"compress is {compress!r}, expected one of {list(_COMPRESS)}")
     if compress == "zstd" and level not in _zstd.LEVELS:
-        raise CodecError(f"level is {level!r}, expected an int in [1, 19]")
+        raise CodecError(f"level is {level!r}, expected an int in [-7, -1] or [1, 19]")
     if x.dtype.name not in DTYPES:
         raise CodecError(f"array dtype is {x.dtype}, expected one of {list(DTYPES)}")
     if x.ndim > MAX_NDIM:
@@ -115,7 +115,7 @@ def encode(
                 f"array range [{float(x32.min()):g}, {float(x32.max()):g}] overflows float32 "
                 "in scheme 'affine'; use scheme='symmetric'"
             ) from None
-    raw = memoryview(payload).cast("B")
+    raw = memoryview(payload.reshape(-1).view(np.uint8))
     codec, wire = _zstd.compress_if_pays(raw, level) if compress == "zstd" else ("none", raw)
     header = Header(x.dtype.name, x.shape, bits, scheme, axis, scales, zps, codec, len(raw))
     return [pack_header(header), wire]
@@ -126,9 +126,12 @@ def _as_buffer(frame, what: str) -> memoryview:
         view = memoryview(frame)
     except TypeError:
         raise CodecError(f"{what} frame is {type(frame).__name__}, expected bytes-like") from None
-    if not view.contiguous:
-        raise CodecError(f"{what} frame is not contiguous")
-    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+    if view.format == "B" and view.ndim == 1:
+        return view
+    try:
+        return view.cast("B")
+    except TypeError as exc:  # non-contiguous, or zeros in the shape
+        raise CodecError(f"{what} frame cannot be read as bytes: {exc}") from None
 
 
 def decode(frames: Sequence, max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarray:

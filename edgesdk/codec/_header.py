@@ -100,7 +100,7 @@ def _unpack_map(buf: memoryview) -> dict:
             max_bin_len=MAX_HEADER_BYTES,
             max_str_len=64,
             max_array_len=MAX_NDIM,
-            max_map_len=len(_KEYS),
+            max_map_len=4 * len(_KEYS),  # room to name unexpected keys, still bounded
             max_ext_len=0,
         )
     except CodecError:

@@ -14,7 +14,8 @@ from ..errors import CodecError
 
 MIN_RATIO = 1.1  # below this, the receiver's decompression time is not worth the bytes
 MAX_WINDOW = 1 << 23  # levels <= 19 never need more; a hostile frame may claim far more
-LEVELS = range(1, 20)
+# zstd's fast negative levels trade ratio for speed on slow devices; 0 would mean "default".
+LEVELS = tuple(range(-7, 0)) + tuple(range(1, 20))
 _WHOLE_LIMIT = 64 * 1024  # payloads up to this size are compressed whole to decide
 _SAMPLE_BLOCKS = 4
 _SAMPLE_BLOCK = 4096

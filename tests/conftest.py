@@ -1,0 +1,41 @@
+"""Shared fixtures: the kernel backends present in this install."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from edgesdk.codec import _numpy_kernels
+
+settings.register_profile(
+    "ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", max_examples=60, deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+try:
+    from edgesdk.codec import _native_kernels
+except ImportError:  # a pure install (EDGESDK_NATIVE=0)
+    _native_kernels = None
+
+NATIVE_ISAS = _native_kernels.available_isas() if _native_kernels else ()
+needs_native = pytest.mark.skipif(
+    _native_kernels is None, reason="this install has no C extension (EDGESDK_NATIVE=0 build)"
+)
+
+
+@pytest.fixture(params=NATIVE_ISAS or [pytest.param(None, marks=needs_native)])
+def native(request):
+    """The native kernels, pinned to each ISA build this CPU runs in turn."""
+    before = _native_kernels.isa()
+    _native_kernels.set_isa(request.param)
+    yield _native_kernels
+    _native_kernels.set_isa(before)
+
+
+@pytest.fixture
+def ref():
+    """The numpy reference kernels."""
+    return _numpy_kernels

@@ -1,0 +1,168 @@
+"""The native kernels (every ISA build this CPU runs) are bit-identical to the numpy ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from conftest import needs_native
+from edgesdk.codec._layout import params_affine, params_symmetric
+
+BITS = (8, 4, 2)
+SCHEMES = ("symmetric", "affine")
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal as bit patterns (distinguishes -0.0 from 0.0)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype.kind == "f":
+        return a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
+    return a.shape == b.shape and np.array_equal(a, b)
+
+
+def assert_same_roundtrip(native, ref, x, bits, scheme, axis=None):
+    got = native.quantize_pack(x, bits, scheme, axis)
+    want = ref.quantize_pack(x, bits, scheme, axis)
+    for name, g, w in zip(("packed", "scales", "zero_points"), got, want):
+        assert same_bits(g, w), f"{name} differs at bits={bits} {scheme} axis={axis}"
+    back_n = native.unpack_dequantize(got[0], x.shape, bits, got[1], got[2], axis)
+    back_r = ref.unpack_dequantize(want[0], x.shape, bits, want[1], want[2], axis)
+    assert same_bits(back_n, back_r)
+
+
+def adversarial(bits: int, scheme: str) -> np.ndarray:
+    """Values that land exactly on rounding ties and clamp edges after scaling."""
+    rng = np.random.default_rng(bits)
+    top = (1 << (bits - 1)) - 1 if scheme == "symmetric" else (1 << bits) - 1
+    scale = np.float32(0.25)  # a power of two: x * (1 / scale) is exact, ties stay ties
+    k = np.arange(-top - 2, top + 2, dtype=np.float32)
+    ties = (k + np.float32(0.5)) * scale
+    edges = np.array([top * scale, -top * scale, np.nextafter(top * scale, np.float32(9)),
+                      0.0, -0.0, 1e-45, -1e-45, 1.2e-38], dtype=np.float32)
+    noise = rng.standard_normal(997).astype(np.float32)
+    # absmax pins the grid so that `scale` above is the one chosen for the symmetric scheme
+    anchor = np.array([top * scale], dtype=np.float32)
+    return np.concatenate([ties, edges, noise * scale, anchor]).astype(np.float32)
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_adversarial_values(native, ref, bits, scheme):
+    x = adversarial(bits, scheme)
+    assert_same_roundtrip(native, ref, x, bits, scheme)
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_exact_ties_round_half_to_even(native, bits, scheme):
+    """With a power-of-two scale every (k + 0.5) * scale is an exact tie: np.rint semantics."""
+    half = 1 << (bits - 1)
+    top = half - 1
+    scale = np.float32(0.5)
+    k = np.arange(-top, top, dtype=np.float32)
+    x = np.concatenate([(k + np.float32(0.5)) * scale, [top * scale]]).astype(np.float32)
+    scales = np.array([scale], np.float32)
+    zps = np.array([half], np.int32)
+    codes = native.quantize(x, scales, zps, bits, "symmetric")
+    want = np.clip(np.rint(x / scale), -top, top).astype(np.int32) + half
+    assert np.array_equal(codes, want.astype(np.uint8))
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 2047, 2048, 2049, 4099])
+@pytest.mark.parametrize("bits", BITS)
+def test_lengths_across_vector_and_chunk_edges(native, ref, n, bits):
+    x = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+    for scheme in SCHEMES:
+        assert_same_roundtrip(native, ref, x, bits, scheme)
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_per_channel_unaligned_runs(native, ref, bits):
+    """Runs of 7 elements do not start on byte boundaries at 2 and 4 bits."""
+    x = np.random.default_rng(7).standard_normal((3, 5, 7)).astype(np.float32)
+    for axis in (0, 1, 2):
+        for scheme in SCHEMES:
+            assert_same_roundtrip(native, ref, x, bits, scheme, axis)
+
+
+def test_tiny_and_huge_ranges(native, ref):
+    tiny = np.array([1e-40, -3e-41, 0.0, 5e-39], dtype=np.float32)  # scale falls back to 1
+    huge = np.array([3.4e38, -3.4e38, 1.0], dtype=np.float32)
+    for bits in BITS:
+        assert_same_roundtrip(native, ref, tiny, bits, "symmetric")
+        assert_same_roundtrip(native, ref, tiny, bits, "affine")
+        assert_same_roundtrip(native, ref, huge, bits, "symmetric")
+    for k in (native, ref):
+        with pytest.raises(OverflowError):
+            k.quantize_pack(huge, 8, "affine")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_statistics_report_non_finite(native, ref, bad):
+    x = np.ones(100, dtype=np.float32)
+    x[37] = bad
+    for k in (native, ref):
+        assert not np.isfinite(k.absmax(x))
+        assert not all(np.isfinite(k.minmax(x)))
+        for scheme in SCHEMES:
+            with pytest.raises(ValueError):
+                k.quantize_pack(x, 8, scheme)
+
+
+def test_params_match_c_rules(native):
+    """The parameter rules in _layout mirror native/dispatch.c exactly."""
+    from edgesdk import _native
+
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.standard_normal(200) * 10.0 ** rng.integers(-30, 30, 200),
+                             [0.0, -0.0, 1e-31, 2.0**-100 * 127, 3e38]]).astype(np.float32)
+    for bits in BITS:
+        for a in values:
+            s, z = params_symmetric(np.abs(a), bits)
+            assert (np.float32(s[()]), int(z[()])) == _native.params(True, abs(a), 0.0, bits)
+        for lo, hi in zip(values[:-1], values[1:]):
+            lo, hi = min(lo, hi), max(lo, hi)
+            if np.isinf(np.float32(hi) - np.float32(lo)):
+                continue
+            s, z = params_affine(lo, hi, bits)
+            assert (np.float32(s[()]), int(z[()])) == _native.params(False, lo, hi, bits)
+
+
+@needs_native
+@given(
+    x=hnp.arrays(
+        np.float32,
+        hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=9),
+        elements=st.floats(-1e6, 1e6, width=32),
+    ),
+    bits=st.sampled_from(BITS),
+    scheme=st.sampled_from(SCHEMES),
+    data=st.data(),
+)
+def test_random_tensors(x, bits, scheme, data):
+    from edgesdk.codec import _native_kernels as native
+    from edgesdk.codec import _numpy_kernels as ref
+
+    axis = data.draw(st.none() | st.integers(0, x.ndim - 1))
+    for isa in native.available_isas():
+        native.set_isa(isa)
+        assert_same_roundtrip(native, ref, x, bits, scheme, axis)
+    native.set_isa(native.available_isas()[0])
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_pack_unpack_layout(native, ref, bits):
+    """The documented layout: element 0 in the lowest bits of byte 0."""
+    codes = (np.arange(11) % (1 << bits)).astype(np.uint8)
+    for k in (native, ref):
+        packed = k.pack(codes, bits)
+        assert packed.size == (11 * bits + 7) // 8
+        if bits == 4:
+            assert packed[0] == codes[0] | (codes[1] << 4)
+        if bits == 2:
+            assert packed[0] == codes[0] | codes[1] << 2 | codes[2] << 4 | codes[3] << 6
+        assert np.array_equal(k.unpack(packed, bits, 11), codes)
+    assert same_bits(native.pack(codes, bits), ref.pack(codes, bits))
