@@ -1,0 +1,12 @@
+"""Codec microbenchmark; the same as `edgesdk bench codec`. The logic is in
+edgesdk/bench/codec.py so that installed users can run it.
+
+    python benchmarks/bench_codec.py [--json] [--quick] [--isa {best,all}] [--rounds N]
+"""
+
+import sys
+
+from edgesdk.bench.codec import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
