@@ -5,6 +5,7 @@
  * beyond it must be chosen at run time: CMake compiles kernels_impl.c once per ISA level
  * and this file asks the CPU (and, through libgcc, the OS's XSAVE state) which it runs.
  */
+#include <float.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -18,11 +19,24 @@ static inline float round_half_even(float v) {
     return t - 12582912.0f;
 }
 
+/* Scales too small to invert become 1 (the tensor encodes as zeros). A scale whose widest
+ * code (`reach` steps from the zero point) would decode beyond FLT_MAX, because
+ * absmax / qmax rounded up, steps one ulp down so every code decodes to a finite value. */
+static float fit_scale(float scale, int32_t reach) {
+    if (!(scale >= ES_MIN_SCALE)) return 1.0f;
+    if (scale <= FLT_MAX && (double)reach * (double)scale > (double)FLT_MAX) {
+        uint32_t u; /* the next float toward zero (scale is positive and finite) */
+        memcpy(&u, &scale, sizeof u);
+        u -= 1;
+        memcpy(&scale, &u, sizeof u);
+    }
+    return scale;
+}
+
 es_qparams es_params_symmetric(float absmax, int bits) {
     int32_t half = 1 << (bits - 1);
     es_qparams p;
-    p.scale = absmax / (float)(half - 1);
-    if (!(p.scale >= ES_MIN_SCALE)) p.scale = 1.0f;
+    p.scale = fit_scale(absmax / (float)(half - 1), half - 1);
     p.zero_point = half;
     p.code_min = 1;
     p.code_max = 2 * half - 1;
@@ -35,8 +49,7 @@ es_qparams es_params_affine(float min, float max, int bits) {
     float lo = min < 0.0f ? min : 0.0f;
     float hi = max > 0.0f ? max : 0.0f;
     es_qparams p;
-    p.scale = (hi - lo) / (float)top;
-    if (!(p.scale >= ES_MIN_SCALE)) p.scale = 1.0f;
+    p.scale = fit_scale((hi - lo) / (float)top, top);
     float zp = round_half_even(-lo * (1.0f / p.scale));
     p.zero_point = zp < 0.0f ? 0 : zp > (float)top ? top : (int32_t)zp;
     p.code_min = 0;

@@ -36,11 +36,13 @@ typedef struct {
     int32_t code_max;
 } es_qparams;
 
-/* Scales below this encode the tensor as all zeros (scale 1). It keeps 1/scale finite and
- * makes armv7 NEON (which flushes subnormals) agree with IEEE hosts. */
+/* Scales below this encode the tensor as all zeros (scale 1). It keeps 1/scale finite, and
+ * keeps x * (1/scale) of subnormal x far below 0.5, so that armv7 NEON (which flushes
+ * subnormals) agrees with IEEE hosts. */
 #define ES_MIN_SCALE 0x1p-100f
 
-/* Parameters from statistics; pure scalar float32 arithmetic, mirrored by the numpy code. */
+/* Parameters from statistics; pure scalar float32 arithmetic, mirrored by the numpy code.
+ * es_params_affine returns scale = +inf when max - min overflows float32: check it. */
 es_qparams es_params_symmetric(float absmax, int bits);
 es_qparams es_params_affine(float min, float max, int bits);
 

@@ -95,6 +95,11 @@ static void quantize_impl(const float *ES_RESTRICT x, size_t n, const es_qparams
     const float32x4_t vinv = vdupq_n_f32(inv), vlo = vdupq_n_f32(lo), vhi = vdupq_n_f32(hi);
     const float32x4_t magic = vdupq_n_f32(ES_ROUND_MAGIC);
     const uint32x4_t vzp = vdupq_n_u32((uint32_t)zp);
+#if defined(__arm__)
+    /* armv7 NEON flushes subnormals to zero: a subnormal 1/scale (scale > 2^126, reachable
+     * only at 2 bits) goes through the IEEE scalar loop below to match every other host. */
+    if (inv >= 0x1p-126f)
+#endif
     for (; i + 16 <= n; i += 16) {
         uint16x4_t h[4];
         for (int k = 0; k < 4; k++) {

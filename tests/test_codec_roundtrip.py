@@ -162,3 +162,14 @@ def test_bad_encode_arguments(kwargs, match):
 def test_unsupported_arrays(x):
     with pytest.raises(CodecError):
         codec.encode(x)
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_float32_extremes_decode_finite_within_bound(bits):
+    """absmax / qmax can round up so that qmax * scale overflows; the scale steps down."""
+    big = np.finfo(np.float32).max
+    x = np.array([big, -big, 1.0, np.nextafter(big, 0)], np.float32)
+    frames = codec.encode(x, bits=bits)
+    y = codec.decode(frames)
+    assert np.all(np.isfinite(y))
+    assert np.all(np.abs(x.astype(np.float64) - y) <= scales_of(frames)[0] / 2 * (1 + 1e-6))

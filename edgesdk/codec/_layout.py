@@ -36,11 +36,19 @@ def code_range(bits: int, scheme: str) -> tuple[int, int]:
     return (1 if scheme == "symmetric" else 0), (1 << bits) - 1
 
 
+def _fit_scale(scale: np.ndarray, reach: int) -> np.ndarray:
+    """Mirrors fit_scale in native/dispatch.c: tiny scales become 1; a scale whose widest code
+    would decode beyond float32 max steps one ulp down."""
+    scale = np.where(scale >= MIN_SCALE, scale, np.float32(1.0)).astype(np.float32)
+    f32_max = float(np.finfo(np.float32).max)
+    too_wide = (scale <= f32_max) & (reach * scale.astype(np.float64) > f32_max)
+    return np.where(too_wide, np.nextafter(scale, np.float32(0.0)), scale).astype(np.float32)
+
+
 def params_symmetric(absmax: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """(scales, zero_points) of symmetric grids covering [-absmax, absmax], per element."""
     half = 1 << (bits - 1)
-    scale = np.asarray(absmax, dtype=np.float32) / np.float32(half - 1)
-    scale = np.where(scale >= MIN_SCALE, scale, np.float32(1.0)).astype(np.float32)
+    scale = _fit_scale(np.asarray(absmax, dtype=np.float32) / np.float32(half - 1), half - 1)
     return scale, np.full(scale.shape, half, dtype=np.int32)
 
 
@@ -56,6 +64,6 @@ def params_affine(lo: np.ndarray, hi: np.ndarray, bits: int) -> tuple[np.ndarray
         scale = (hi32 - lo32) / np.float32(top)
     if not np.all(scale <= np.finfo(np.float32).max):
         raise OverflowError("value range exceeds float32")
-    scale = np.where(scale >= MIN_SCALE, scale, np.float32(1.0)).astype(np.float32)
+    scale = _fit_scale(scale, top)
     zp = ((-lo32 * (np.float32(1.0) / scale)) + _MAGIC) - _MAGIC
     return scale, np.clip(zp, 0, top).astype(np.int32)
