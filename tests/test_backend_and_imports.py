@@ -97,10 +97,20 @@ def test_unknown_simd_pin_is_an_error_listing_choices():
 HEAVY = ("zmq", "onnxruntime", "onnx", "torch", "tflite_runtime", "ai_edge_litert")
 
 
-@pytest.mark.parametrize("module", ["edgesdk", "edgesdk.errors", "edgesdk.codec"])
+@pytest.mark.parametrize("module", ["edgesdk", "edgesdk.errors", "edgesdk.codec",
+                                    "edgesdk.bundle"])
 def test_light_modules_load_no_heavy_dependencies(module):
     code = (f"import sys, json, {module}\n"
             f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))")
+    out = run_python(code)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == []
+
+
+def test_runtime_onnx_does_not_load_the_splitter_or_tflite():
+    code = ("import sys, json, edgesdk.runtime.onnx\n"
+            "print(json.dumps([m for m in ('onnx', 'ai_edge_litert', 'tflite_runtime', 'zmq') "
+            "if m in sys.modules]))")
     out = run_python(code)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == []

