@@ -68,6 +68,17 @@ static int group_layout(size_t n, size_t groups, Py_ssize_t inner, size_t *outer
     return 0;
 }
 
+/* The runs of a grouped call: one set of parameters makes the whole tensor a single run.
+ * Returns 1 if every run starts on a byte boundary when packed; otherwise the codes of
+ * all runs go through one scratch buffer and are packed (or unpacked) together. */
+static int runs_of(size_t n, size_t groups, int bits, size_t *outer, size_t *run) {
+    if (groups == 1) {
+        *outer = 1;
+        *run = n;
+    }
+    return *outer * groups == 1 || (*run * (size_t)bits) % 8 == 0;
+}
+
 static es_qparams params_for(float scale, int32_t zp, int bits, int symmetric) {
     es_qparams p = {scale, zp, symmetric ? 1 : 0, (1 << bits) - 1};
     return p;
@@ -265,9 +276,7 @@ static PyObject *py_quantize_pack(PyObject *self, PyObject *args) {
     int32_t *zpp = z.view.buf;
     uint8_t *op = out.view.buf;
     size_t run = (size_t)inner;
-    /* Runs start on byte boundaries unless a run's bits are not a multiple of 8; then the
-     * codes of all runs go through one scratch buffer and are packed together. */
-    int aligned = groups == 1 || (run * (size_t)bits) % 8 == 0;
+    int aligned = runs_of(n, groups, bits, &outer, &run);
     uint8_t *scratch = aligned ? NULL : malloc(n);
     if (!aligned && !scratch) {
         PyErr_NoMemory();
@@ -276,20 +285,15 @@ static PyObject *py_quantize_pack(PyObject *self, PyObject *args) {
     int status;
     Py_BEGIN_ALLOW_THREADS status = find_params(xp, outer, groups, run, bits, symmetric, sp, zpp);
     if (status == 0) {
-        if (groups == 1) {
-            es_qparams p = params_for(sp[0], zpp[0], bits, symmetric);
-            K->quantize_pack(xp, n, &p, bits, op);
-        } else {
-            for (size_t o = 0; o < outer; o++) {
-                for (size_t g = 0; g < groups; g++) {
-                    size_t at = (o * groups + g) * run;
-                    es_qparams p = params_for(sp[g], zpp[g], bits, symmetric);
-                    if (aligned) K->quantize_pack(xp + at, run, &p, bits, op + at * bits / 8);
-                    else K->quantize(xp + at, run, &p, scratch + at);
-                }
+        for (size_t o = 0; o < outer; o++) {
+            for (size_t g = 0; g < groups; g++) {
+                size_t at = (o * groups + g) * run;
+                es_qparams p = params_for(sp[g], zpp[g], bits, symmetric);
+                if (aligned) K->quantize_pack(xp + at, run, &p, bits, op + at * bits / 8);
+                else K->quantize(xp + at, run, &p, scratch + at);
             }
-            if (!aligned) K->pack(scratch, n, bits, op);
         }
+        if (!aligned) K->pack(scratch, n, bits, op);
     }
     Py_END_ALLOW_THREADS free(scratch);
     if (status == -1) {
@@ -335,7 +339,7 @@ static PyObject *py_unpack_dequantize(PyObject *self, PyObject *args) {
     const int32_t *zpp = z.view.buf;
     float *dst = out.view.buf;
     size_t run = (size_t)inner;
-    int aligned = groups == 1 || (run * (size_t)bits) % 8 == 0;
+    int aligned = runs_of(n, groups, bits, &outer, &run);
     uint8_t *scratch = aligned ? NULL : malloc(n);
     if (!aligned && !scratch) {
         PyErr_NoMemory();

@@ -88,6 +88,14 @@ def test_per_channel_unaligned_runs(native, ref, bits):
             assert_same_roundtrip(native, ref, x, bits, scheme, axis)
 
 
+@pytest.mark.parametrize("bits", BITS)
+def test_one_group_with_several_unaligned_runs(native, ref, bits):
+    """axis of size 1 with outer > 1: a single scale, but runs of 5 elements (regression)."""
+    x = np.random.default_rng(5).standard_normal((3, 1, 5)).astype(np.float32)
+    for scheme in SCHEMES:
+        assert_same_roundtrip(native, ref, x, bits, scheme, axis=1)
+
+
 def test_tiny_and_huge_ranges(native, ref):
     tiny = np.array([1e-40, -3e-41, 0.0, 5e-39], dtype=np.float32)  # scale falls back to 1
     huge = np.array([3.4e38, -3.4e38, 1.0], dtype=np.float32)
