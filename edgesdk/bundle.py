@@ -14,7 +14,10 @@ A model split at K cut points has K + 1 segments; cut ``i`` is the boundary afte
     inputs, outputs      tensor specs of the whole model: name, shape, dtype
     segments             per segment: file, sha256, inputs, outputs (tensor names), flops
     cuts                 per cut point: id, tensors (specs), bytes at fp32, flops_before/after
-    exits                early-exit heads (filled by `edgesdk exits`)
+    exits                early-exit heads: a branch of the source model ("model", cut out by
+                         `edgesdk split --exit`) or a head trained by `edgesdk exits train`
+                         ("head"); per exit: file, sha256, inputs, output, after_segment,
+                         and its calibration (measure, temperature, threshold, ...)
     profiles             per device name: latency of each segment (filled by `edgesdk profile`)
 
 `Bundle.load` checks that every file exists and matches its hash, that the segments chain
@@ -89,6 +92,24 @@ class CutSpec:
 
 
 @dataclass(frozen=True)
+class ExitSpec:
+    """An early-exit classifier that reads `inputs`, available once segments
+    0..after_segment ran, and produces class scores `output`."""
+
+    name: str
+    kind: str  # "model": a branch of the source model; "head": trained by edgesdk
+    after_segment: int
+    inputs: tuple[str, ...]
+    output: TensorSpec
+    file: str
+    sha256: str
+    calibration: Mapping[str, Any] = field(default_factory=dict)
+
+
+EXIT_KINDS = ("model", "head")
+
+
+@dataclass(frozen=True)
 class Manifest:
     """The parsed, validated content of manifest.json."""
 
@@ -99,12 +120,14 @@ class Manifest:
     outputs: tuple[TensorSpec, ...]
     segments: tuple[SegmentSpec, ...]
     cuts: tuple[CutSpec, ...]
-    exits: tuple[Mapping[str, Any], ...] = ()
+    exits: tuple[ExitSpec, ...] = ()
     profiles: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["source"] = dict(self.source)
+        for e, spec in zip(d["exits"], self.exits):
+            e["calibration"] = dict(spec.calibration)
         d["profiles"] = dict(self.profiles)
         for cut, spec in zip(d["cuts"], self.cuts):
             cut["bytes"] = spec.bytes  # derived; stored for people reading the file
@@ -150,6 +173,17 @@ class Bundle:
     def segment_path(self, index: int) -> Path:
         return self.path / self.manifest.segments[index].file
 
+    @property
+    def exits(self) -> tuple[ExitSpec, ...]:
+        return self.manifest.exits
+
+    def exit_path(self, name: str) -> Path:
+        for e in self.manifest.exits:
+            if e.name == name:
+                return self.path / e.file
+        known = ", ".join(e.name for e in self.manifest.exits) or "none"
+        raise BundleError(f"{self.path / MANIFEST}: no exit {name!r}; exits are {known}")
+
     def cut(self, cut_id: str) -> CutSpec:
         for c in self.manifest.cuts:
             if c.id == cut_id:
@@ -174,15 +208,17 @@ class Bundle:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BundleError(f"{manifest_path}: not readable JSON: {exc}") from None
         manifest = parse_manifest(raw, str(manifest_path))
-        for i, seg in enumerate(manifest.segments):
-            file = root / seg.file
-            if Path(seg.file).name != seg.file:
-                raise BundleError(f"{manifest_path}: segments[{i}].file {seg.file!r} must be a "
+        files = [(f"segments[{i}]", s.file, s.sha256) for i, s in enumerate(manifest.segments)]
+        files += [(f"exits[{i}]", e.file, e.sha256) for i, e in enumerate(manifest.exits)]
+        for field_name, name, digest in files:
+            file = root / name
+            if Path(name).name != name:
+                raise BundleError(f"{manifest_path}: {field_name}.file {name!r} must be a "
                                   "plain file name inside the bundle")
             if not file.is_file():
-                raise BundleError(f"{file}: missing (segments[{i}].file in {manifest_path})")
-            if verify_hashes and sha256_file(file) != seg.sha256:
-                raise BundleError(f"{file}: sha256 does not match segments[{i}].sha256 in "
+                raise BundleError(f"{file}: missing ({field_name}.file in {manifest_path})")
+            if verify_hashes and sha256_file(file) != digest:
+                raise BundleError(f"{file}: sha256 does not match {field_name}.sha256 in "
                                   f"{manifest_path}; the file was changed or corrupted")
         return cls(root, manifest)
 
@@ -234,6 +270,21 @@ def _tensor(obj: Any, where: str) -> TensorSpec:
     return TensorSpec(name, tuple(shape), dtype)
 
 
+def _exit(obj: Any, where: str, n_segments: int) -> ExitSpec:
+    kind = _get(obj, "kind", str, where)
+    if kind not in EXIT_KINDS:
+        raise BundleError(f"{where}: field 'kind' is {kind!r}, expected one of "
+                          f"{list(EXIT_KINDS)}")
+    after = _get(obj, "after_segment", int, where)
+    if not 0 <= after < n_segments:
+        raise BundleError(f"{where}: field 'after_segment' is {after}, expected 0.."
+                          f"{n_segments - 1}")
+    return ExitSpec(_get(obj, "name", str, where), kind, after, _names(obj, "inputs", where),
+                    _tensor(_get(obj, "output", dict, where), f"{where}.output"),
+                    _get(obj, "file", str, where), _get(obj, "sha256", str, where),
+                    _get(obj, "calibration", dict, where))
+
+
 def _names(obj: Mapping, key: str, where: str) -> tuple[str, ...]:
     names = _get(obj, key, list, where)
     if not names or not all(isinstance(n, str) and n for n in names):
@@ -283,7 +334,8 @@ def parse_manifest(raw: Any, where: str = MANIFEST) -> Manifest:
                       for j, t in enumerate(_get(raw, "outputs", list, where))),
         segments=tuple(segments),
         cuts=tuple(cuts),
-        exits=tuple(_get(raw, "exits", list, where)),
+        exits=tuple(_exit(e, f"{where}: exits[{j}]", len(segments))
+                    for j, e in enumerate(_get(raw, "exits", list, where))),
         profiles=_get(raw, "profiles", dict, where),
     )
     check_chain(manifest, where)
@@ -305,6 +357,14 @@ def check_chain(manifest: Manifest, where: str) -> None:
     for t in manifest.outputs:
         if t.name not in available:
             raise BundleError(f"{where}: model output {t.name!r} is produced by no segment")
+    for j, e in enumerate(manifest.exits):
+        missing = [n for n in e.inputs if n not in available_after[e.after_segment]]
+        if missing:
+            raise BundleError(f"{where}: exits[{j}] ({e.name}) reads {missing}, which do not "
+                              f"exist after segments[{e.after_segment}]")
+    names = [e.name for e in manifest.exits]
+    if len(set(names)) != len(names):
+        raise BundleError(f"{where}: exit names are not unique: {names}")
     ids = [c.id for c in manifest.cuts]
     if len(set(ids)) != len(ids):
         raise BundleError(f"{where}: cut ids are not unique: {ids}")

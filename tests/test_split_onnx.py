@@ -181,3 +181,57 @@ def test_resplitting_into_the_same_directory_removes_stale_segments(tmp_path):
     split_model(onnx_light_model("bvlc_alexnet"), out, max_points=5)
     bundle = split_model(onnx_light_model("bvlc_alexnet"), out, max_points=2)
     assert sorted(p.name for p in out.glob("seg_*.onnx")) == [s.file for s in bundle.segments]
+
+
+def multi_exit_model(path):
+    """A trunk of two conv stages with an exit branch (pool + gemm) after the first."""
+    rng = np.random.default_rng(0)
+
+    def init(name, *shape):
+        return onnx.numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])
+    outs = [helper.make_tensor_value_info("final", TensorProto.FLOAT, [1, 10]),
+            helper.make_tensor_value_info("exit1", TensorProto.FLOAT, [1, 10])]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["h1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h1"], ["r1"]),
+        helper.make_node("GlobalAveragePool", ["r1"], ["e_pool"]),
+        helper.make_node("Flatten", ["e_pool"], ["e_flat"]),
+        helper.make_node("Gemm", ["e_flat", "we", "be"], ["exit1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["h2"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["h2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["pool"]),
+        helper.make_node("Flatten", ["pool"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "wf", "bf"], ["final"]),
+    ]
+    inits = [init("w1", 8, 3, 3, 3), init("w2", 16, 8, 3, 3), init("we", 8, 10),
+             init("be", 10), init("wf", 16, 10), init("bf", 10)]
+    graph = helper.make_graph(nodes, "multi_exit", [x], outs, inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+def test_model_provided_exit_becomes_its_own_segment(tmp_path):
+    path = multi_exit_model(tmp_path / "me.onnx")
+    with pytest.raises(SplitError, match="--exit 'exit9' is not a model output"):
+        split_model(path, tmp_path / "x.edge", exits=["exit9"])
+    # Without --exit, the exit logits are a model output live to the end: in every cut.
+    plain = analyse(load_model(path))
+    assert all("exit1" in c.names for c in plain.candidates if c.position >= 4)
+    an = analyse(load_model(path), exits=["exit1"])
+    assert all("exit1" not in c.names for c in an.candidates)
+    assert [b.attach for b in an.exits] == [["r1"]]
+
+    bundle = split_model(path, tmp_path / "me.edge", exits=["exit1"], max_points=1)
+    (exit1,) = bundle.exits
+    assert exit1.kind == "model" and exit1.inputs == ("r1",) and exit1.output.shape == (1, 10)
+    assert "r1" in bundle.segments[exit1.after_segment].outputs  # a cut is placed at r1
+    assert [o.name for o in bundle.manifest.outputs] == ["final"]
+    feed = random_inputs(load_model(path))
+    whole = OnnxSegment(load_model(path).SerializeToString(), optimize=False).run(feed)
+    env = run_chain(open_segments(bundle, optimize=False), feed, stop=exit1.after_segment + 1)
+    early = OnnxSegment(bundle.exit_path("exit1"), optimize=False).run({"r1": env["r1"]})
+    assert np.array_equal(early["exit1"], whole["exit1"])
+    final = run_chain(open_segments(bundle, optimize=False), feed)["final"]
+    assert np.array_equal(final, whole["final"])

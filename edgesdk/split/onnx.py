@@ -32,7 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import Bundle, CutSpec, Manifest, SegmentSpec, TensorSpec, sha256_file
+from ..bundle import (
+    Bundle,
+    CutSpec,
+    ExitSpec,
+    Manifest,
+    SegmentSpec,
+    TensorSpec,
+    sha256_file,
+)
 from ..errors import MissingDependency
 from . import CutCandidate, SplitError, choose_cuts
 
@@ -164,6 +172,18 @@ class Analysis:
     live_after: list[tuple[str, ...]]  # live set after each position
     flops: list[int]  # per dynamic node
     candidates: list[CutCandidate]
+    outputs: list[str]  # model outputs, exits excluded
+    exits: list[ExitBranch]
+
+
+@dataclass
+class ExitBranch:
+    """A model-provided exit: the nodes only `name` needs, fed by `attach` from the trunk."""
+
+    name: str
+    nodes: list[onnx.NodeProto]
+    attach: list[str]
+    position: int  # the trunk position after which every attach tensor exists
 
 
 def _subgraph_refs(node: onnx.NodeProto) -> set[str]:
@@ -220,9 +240,13 @@ def node_flops(node: onnx.NodeProto, shapes: Mapping[str, tuple[int, ...]]) -> i
     return out_n
 
 
-def analyse(model: onnx.ModelProto, max_cut_tensors: int = 2,
-            float_only: bool = True) -> Analysis:
-    """Static tensors, live sets and candidate cuts of a normalized model."""
+def analyse(model: onnx.ModelProto, max_cut_tensors: int = 2, float_only: bool = True,
+            exits: Sequence[str] = ()) -> Analysis:
+    """Static tensors, live sets and candidate cuts of a normalized model.
+
+    exits: model outputs that are early-exit classifiers. Their branches leave the trunk:
+    cuts are found on the trunk alone, and each exit becomes a segment of its own.
+    """
     if max_cut_tensors < 1:
         raise SplitError(f"max_cut_tensors is {max_cut_tensors}, expected >= 1")
     graph = model.graph
@@ -238,6 +262,20 @@ def analyse(model: onnx.ModelProto, max_cut_tensors: int = 2,
             order.append(node)
     if not order:
         raise SplitError("the model computes nothing from its inputs (every node is constant)")
+    all_outputs = [o.name for o in graph.output]
+    unknown = [e for e in exits if e not in all_outputs]
+    if unknown:
+        raise SplitError(f"--exit {unknown[0]!r} is not a model output; outputs are "
+                         f"{all_outputs}")
+    outputs = [o for o in all_outputs if o not in exits]
+    if not outputs:
+        raise SplitError("every model output is an exit; the final output must remain")
+    trunk = _needed(order, outputs)
+    branches = []
+    for e in exits:
+        only_exit = _needed(order, [e]) - trunk
+        branches.append((e, [n for i, n in enumerate(order) if i in only_exit]))
+    order = [n for i, n in enumerate(order) if i in trunk]
 
     specs = _tensor_specs(model, inputs + [o for n in order for o in n.output if o])
     shapes = {name: s.shape for name, s in specs.items()}
@@ -251,8 +289,8 @@ def analyse(model: onnx.ModelProto, max_cut_tensors: int = 2,
             if i in producer:
                 last_use[i] = k
     end = len(order)
-    for o in graph.output:
-        last_use[o.name] = end  # model outputs stay live to the end
+    for o in outputs:
+        last_use[o] = end  # model outputs stay live to the end
 
     live = {name for name in inputs if last_use.get(name, -1) >= 0}
     live_after: list[tuple[str, ...]] = []
@@ -277,7 +315,38 @@ def analyse(model: onnx.ModelProto, max_cut_tensors: int = 2,
         if set(cut) <= set(inputs):
             continue  # nothing computed yet: that is edge-only, not a split
         candidates.append(CutCandidate(k, tuple(specs[t] for t in cut), before, total - before))
-    return Analysis(model, order, static, specs, producer, live_after, flops, candidates)
+    exit_branches = [_exit_branch(name, branch, producer, static) for name, branch in branches]
+    for b in exit_branches:
+        specs.update(_tensor_specs(model, [o for n in b.nodes for o in n.output if o]))
+    return Analysis(model, order, static, specs, producer, live_after, flops, candidates,
+                    outputs, exit_branches)
+
+
+def _needed(order: list[onnx.NodeProto], targets: list[str]) -> set[int]:
+    """Positions of the nodes in `order` that computing `targets` requires."""
+    producer = {o: k for k, n in enumerate(order) for o in n.output if o}
+    needed, stack = set(), [producer[t] for t in targets if t in producer]
+    while stack:
+        k = stack.pop()
+        if k in needed:
+            continue
+        needed.add(k)
+        stack.extend(producer[i] for i in _inputs_of(order[k]) if i in producer)
+    return needed
+
+
+def _exit_branch(name: str, nodes: list[onnx.NodeProto], producer: dict[str, int],
+                 static: set[str]) -> ExitBranch:
+    if not nodes:
+        raise SplitError(f"exit {name!r} is computed on the main path itself; an exit must "
+                         "be a branch that leaves it")
+    made = {o for n in nodes for o in n.output}
+    attach: list[str] = []
+    for n in nodes:
+        for i in _inputs_of(n):
+            if i not in made and i not in static and i not in attach:
+                attach.append(i)
+    return ExitBranch(name, nodes, attach, max(producer[t] for t in attach))
 
 
 def _tensor_specs(model: onnx.ModelProto, names: list[str]) -> dict[str, TensorSpec]:
@@ -379,8 +448,8 @@ def _segment_io(an: Analysis, start: int, stop: int) -> tuple[list[str], list[st
     """Inputs and outputs of the segment of dynamic nodes [start, stop).
 
     Outputs are the tensors it produces that are live at its end (model outputs, for the
-    last). A live tensor produced by an earlier segment passes by: the next segments read
-    it from where it was made, so no segment copies it through.
+    last), plus what exits attached inside it read. A live tensor produced by an earlier
+    segment passes by: the next segments read it from where it was made.
     """
     last = stop == len(an.order)
     produced = {o for n in an.order[start:stop] for o in n.output if o}
@@ -390,10 +459,11 @@ def _segment_io(an: Analysis, start: int, stop: int) -> tuple[list[str], list[st
             if i not in produced and i not in an.static and i not in inputs:
                 inputs.append(i)
     if last:
-        outputs = [o.name for o in an.model.graph.output
-                   if o.name in produced or o.name in an.static]
+        outputs = [o for o in an.outputs if o in produced or o in an.static]
     else:
         outputs = [t for t in an.live_after[stop - 1] if t in produced]
+    for b in an.exits:
+        outputs += [t for t in b.attach if t in produced and t not in outputs]
     if not outputs:
         raise SplitError(f"nodes {start}..{stop - 1} produce nothing used later")
     return inputs, outputs
@@ -427,19 +497,24 @@ def split_onnx(
     max_cut_tensors: int = 2,
     max_points: int | None = None,
     cuts: Sequence[str] | None = None,
+    exits: Sequence[str] = (),
     verify: bool = True,
     name: str | None = None,
 ) -> Bundle:
     """Cut an ONNX model into a verified bundle directory `out`.
 
     cuts: explicit cut points ("tensor" or "t1+t2"); otherwise every candidate, or the
-    `max_points` most useful. Raises SplitError for anything that cannot be split exactly.
+    `max_points` most useful. exits: model outputs that are early-exit classifiers; each
+    becomes its own segment, and a cut is placed where it branches off when possible.
+    Raises SplitError for anything that cannot be split exactly.
     """
     path = Path(model_path)
     model = load_model(path, input_shapes)
-    an = analyse(model, max_cut_tensors)
+    an = analyse(model, max_cut_tensors, exits=exits)
     an.model = _annotated(an.model, an.specs)
     chosen = resolve_cuts(an, cuts) if cuts else choose_cuts(an.candidates, max_points)
+    at_branch = [c for c in an.candidates if c.position in {b.position for b in an.exits}]
+    chosen = sorted(set(chosen) | set(at_branch), key=lambda c: c.position)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -447,18 +522,23 @@ def split_onnx(
     segments = []
     for i, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
         seg_in, seg_out = _segment_io(an, start, stop)
-        sub = _extract(an, seg_in, seg_out)
-        file = f"seg_{i:03d}.onnx"
-        _save_atomic(sub, out / file)
-        segments.append(SegmentSpec(file, sha256_file(out / file), tuple(seg_in),
-                                    tuple(seg_out), sum(an.flops[start:stop])))
+        segments.append(_write_segment(an, seg_in, seg_out, out / f"seg_{i:03d}.onnx",
+                                       sum(an.flops[start:stop])))
+    exit_specs = []
+    for b in an.exits:
+        seg = _write_segment(an, b.attach, [b.name], out / f"exit_{_safe(b.name)}.onnx", 0)
+        after = next(i for i, stop in enumerate(bounds[1:]) if b.position < stop)
+        exit_specs.append(ExitSpec(b.name, "model", after, seg.inputs, an.specs[b.name],
+                                   seg.file, seg.sha256))
     cut_specs = tuple(CutSpec(f"c{i}", i, c.tensors, c.flops_before, c.flops_after)
                       for i, c in enumerate(chosen))
     source = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
     if verify:
-        source["verify"] = verify_chain(model, out, segments)
-    for stale in out.glob("seg_*.onnx"):  # from an earlier split into the same directory
-        if stale.name not in {s.file for s in segments}:
+        source["verify"] = verify_chain(model, out, segments + [
+            SegmentSpec(e.file, e.sha256, e.inputs, (e.name,)) for e in exit_specs])
+    written = {s.file for s in segments} | {e.file for e in exit_specs}
+    for stale in [*out.glob("seg_*.onnx"), *out.glob("exit_*.onnx")]:
+        if stale.name not in written:  # from an earlier split into the same directory
             stale.unlink()
     manifest = Manifest(
         name=name or path.stem,
@@ -468,13 +548,27 @@ def split_onnx(
         outputs=tuple(_output_specs(an)),
         segments=tuple(segments),
         cuts=cut_specs,
+        exits=tuple(exit_specs),
     )
     return Bundle.save(out, manifest)
+
+
+def _safe(name: str) -> str:
+    """A tensor name as a file-name part."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def _write_segment(an: Analysis, inputs: list[str], outputs: list[str], target: Path,
+                   flops: int) -> SegmentSpec:
+    _save_atomic(_extract(an, inputs, outputs), target)
+    return SegmentSpec(target.name, sha256_file(target), tuple(inputs), tuple(outputs), flops)
 
 
 def _output_specs(an: Analysis) -> list[TensorSpec]:
     specs = []
     for o in an.model.graph.output:
+        if o.name not in an.outputs:
+            continue
         if o.name in an.specs:
             specs.append(an.specs[o.name])
         else:  # a constant model output
@@ -492,7 +586,7 @@ def _save_atomic(model: onnx.ModelProto, target: Path) -> None:
 
 def verify_chain(model: onnx.ModelProto, out: Path, segments: Sequence[SegmentSpec],
                  tolerance: float = 1e-4) -> dict:
-    """Run the whole model and the chained segments on seeded random input.
+    """Run the whole model and the chained segments (exit segments last) on seeded input.
 
     Fails with SplitError if any output differs by more than tolerance x max |output|.
     Returns the measured errors (stored in the manifest). Both sides run with graph
