@@ -50,8 +50,8 @@ static int buf_get(PyObject *obj, buf_t *b, char fmt, int writable, const char *
 
 static size_t buf_len(const buf_t *b) { return (size_t)(b->view.len / b->view.itemsize); }
 
-static int check_bits(int bits, int allow) {
-    if (bits == 8 || (allow && (bits == 4 || bits == 2))) return 0;
+static int check_bits(int bits) {
+    if (bits == 8 || bits == 4 || bits == 2) return 0;
     PyErr_Format(PyExc_ValueError, "bits must be 8, 4 or 2, got %d", bits);
     return -1;
 }
@@ -114,7 +114,7 @@ static PyObject *py_params(PyObject *self, PyObject *args) {
     int symmetric, bits;
     float a, b;
     if (!PyArg_ParseTuple(args, "pffi", &symmetric, &a, &b, &bits)) return NULL;
-    if (check_bits(bits, 1) < 0) return NULL;
+    if (check_bits(bits) < 0) return NULL;
     es_qparams p = symmetric ? es_params_symmetric(a, bits) : es_params_affine(a, b, bits);
     return Py_BuildValue("(di)", (double)p.scale, (int)p.zero_point);
 }
@@ -126,7 +126,7 @@ static PyObject *py_quantize(PyObject *self, PyObject *args) {
     Py_ssize_t inner;
     if (!PyArg_ParseTuple(args, "OOOOipn", &ox, &oc, &os, &oz, &bits, &symmetric, &inner))
         return NULL;
-    if (check_bits(bits, 1) < 0) return NULL;
+    if (check_bits(bits) < 0) return NULL;
     buf_t x = {0}, c = {0}, s = {0}, z = {0};
     PyObject *ret = NULL;
     if (buf_get(ox, &x, 'f', 0, "x") < 0 || buf_get(oc, &c, 'B', 1, "codes") < 0 ||
@@ -195,7 +195,7 @@ static PyObject *pack_or_unpack(PyObject *args, int packing) {
     PyObject *oa, *ob;
     int bits;
     if (!PyArg_ParseTuple(args, "OOi", &oa, &ob, &bits)) return NULL;
-    if (check_bits(bits, 1) < 0) return NULL;
+    if (check_bits(bits) < 0) return NULL;
     buf_t a = {0}, b = {0};
     PyObject *ret = NULL;
     if (buf_get(oa, &a, 'B', 0, "input") < 0 || buf_get(ob, &b, 'B', 1, "output") < 0)
@@ -254,7 +254,7 @@ static PyObject *py_quantize_pack(PyObject *self, PyObject *args) {
     Py_ssize_t inner;
     if (!PyArg_ParseTuple(args, "OOOOipn", &ox, &oo, &os, &oz, &bits, &symmetric, &inner))
         return NULL;
-    if (check_bits(bits, 1) < 0) return NULL;
+    if (check_bits(bits) < 0) return NULL;
     buf_t x = {0}, out = {0}, s = {0}, z = {0};
     PyObject *ret = NULL;
     if (buf_get(ox, &x, 'f', 0, "x") < 0 || buf_get(oo, &out, 'B', 1, "out") < 0 ||
@@ -316,7 +316,7 @@ static PyObject *py_unpack_dequantize(PyObject *self, PyObject *args) {
     int bits;
     Py_ssize_t inner;
     if (!PyArg_ParseTuple(args, "OOOOin", &op_, &oo, &os, &oz, &bits, &inner)) return NULL;
-    if (check_bits(bits, 1) < 0) return NULL;
+    if (check_bits(bits) < 0) return NULL;
     buf_t pk = {0}, out = {0}, s = {0}, z = {0};
     PyObject *ret = NULL;
     if (buf_get(op_, &pk, 'B', 0, "packed") < 0 || buf_get(oo, &out, 'f', 1, "out") < 0 ||
