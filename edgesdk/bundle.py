@@ -237,8 +237,9 @@ class Bundle:
 
     def with_profile(self, device: str, profile: Mapping[str, Any]) -> Bundle:
         """Store `profile` under `device` in the manifest on disk; returns the new bundle."""
-        profiles = {**self.manifest.profiles, device: dict(profile)}
-        return Bundle.save(self.path, replace(self.manifest, profiles=profiles))
+        current = Bundle.load(self.path).manifest  # not self.manifest: it may be stale
+        profiles = {**current.profiles, device: dict(profile)}
+        return Bundle.save(self.path, replace(current, profiles=profiles))
 
 
 # -- parsing ------------------------------------------------------------------------------
@@ -307,10 +308,9 @@ def parse_manifest(raw: Any, where: str = MANIFEST) -> Manifest:
     segments = []
     for i, s in enumerate(_get(raw, "segments", list, where)):
         w = f"{where}: segments[{i}]"
-        flops = s.get("flops", 0) if isinstance(s, Mapping) else 0
         segments.append(SegmentSpec(
             _get(s, "file", str, w), _get(s, "sha256", str, w), _names(s, "inputs", w),
-            _names(s, "outputs", w), int(flops) if isinstance(flops, int) else 0))
+            _names(s, "outputs", w), _get(s, "flops", int, w)))
     if not segments:
         raise BundleError(f"{where}: field 'segments' is empty")
     cuts = []

@@ -13,7 +13,8 @@ settings.register_profile(
     "ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile("dev", max_examples=60, deadline=None)
-settings.register_profile("soak", max_examples=3000, deadline=None)  # by hand: --hypothesis-profile=soak
+# by hand, for a longer search: pytest --hypothesis-profile=soak
+settings.register_profile("soak", max_examples=3000, deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 try:

@@ -8,8 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from conftest import needs_native
 from edgesdk.codec._layout import params_affine, params_symmetric
+
+from conftest import needs_native
 
 BITS = (8, 4, 2)
 SCHEMES = ("symmetric", "affine")

@@ -106,7 +106,8 @@ def _unpack_map(buf: memoryview) -> dict:
     except CodecError:
         raise
     except Exception as exc:  # msgpack raises many types (ExtraData, FormatError, ValueError...)
-        raise CodecError(f"header is not a valid msgpack map: {type(exc).__name__}: {exc}") from None
+        kind = type(exc).__name__
+        raise CodecError(f"header is not a valid msgpack map: {kind}: {exc}") from None
     if not isinstance(obj, dict):
         raise CodecError(f"header must be a msgpack map, got {type(obj).__name__}")
     return obj

@@ -51,7 +51,8 @@ def choose_cuts(candidates: list[CutCandidate], max_points: int | None) -> list[
     """The cut points worth keeping, in execution order.
 
     Useful cuts are where the activation shrinks, the Pareto front of (flops_before, bytes):
-    no other cut is both earlier in compute and smaller on the wire. Useful too are cuts
+    no other cut is smaller on the wire without costing more compute before it (up to 1 %
+    of the total). Useful too are cuts
     that balance compute between device and edge, so the remaining budget goes to the
     smallest cut near each evenly spaced fraction of the compute. With more front cuts
     than `max_points`, the front itself is thinned to evenly spaced fractions.
@@ -61,16 +62,24 @@ def choose_cuts(candidates: list[CutCandidate], max_points: int | None) -> list[
     ordered = sorted(candidates, key=lambda c: c.position)
     if max_points is None or len(ordered) <= max_points:
         return ordered
-    front, smallest = [], None
-    for c in sorted(ordered, key=lambda c: (c.flops_before, c.bytes)):
-        if smallest is None or c.bytes < smallest:
-            front.append(c)
-            smallest = c.bytes
+    front = _pareto_front(ordered)
     if len(front) >= max_points:
         chosen = _spread(front, max_points, [])
     else:
         chosen = _spread([c for c in ordered if c not in front], max_points - len(front), front)
     return sorted(chosen, key=lambda c: c.position)
+
+
+def _pareto_front(cuts: list[CutCandidate], slack: float = 0.01) -> list[CutCandidate]:
+    """Cuts that no other cut beats on bytes without costing more than `slack` of the total
+    compute before it: a pooling layer right after a conv makes the conv's output useless."""
+    total = max((c.flops_before + c.flops_after for c in cuts), default=0)
+
+    def beats(d: CutCandidate, c: CutCandidate) -> bool:
+        return ((d.bytes <= c.bytes and d.flops_before < c.flops_before)
+                or (d.bytes < c.bytes and d.flops_before <= c.flops_before + slack * total))
+
+    return [c for c in cuts if not any(beats(d, c) for d in cuts)]
 
 
 def _spread(pool: list[CutCandidate], count: int, chosen: list[CutCandidate]
@@ -80,7 +89,10 @@ def _spread(pool: list[CutCandidate], count: int, chosen: list[CutCandidate]
     chosen = list(chosen)
     for k in range(count):
         target, window = (k + 0.5) / count, 0.25 / count
-        left = [c for c in pool if c not in chosen]
+        # not a cut already chosen, nor one as large at (almost) the same compute
+        left = [c for c in pool if not any(
+            d.bytes <= c.bytes and abs(d.flops_fraction - c.flops_fraction) < 0.01
+            for d in chosen)]
         if not left:
             break
         near = [c for c in left if abs(c.flops_fraction - target) <= window]

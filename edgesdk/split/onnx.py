@@ -518,28 +518,21 @@ def split_onnx(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    bounds = [0] + [c.position + 1 for c in chosen] + [len(an.order)]
-    segments = []
-    for i, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
-        seg_in, seg_out = _segment_io(an, start, stop)
-        segments.append(_write_segment(an, seg_in, seg_out, out / f"seg_{i:03d}.onnx",
-                                       sum(an.flops[start:stop])))
-    exit_specs = []
-    for b in an.exits:
-        seg = _write_segment(an, b.attach, [b.name], out / f"exit_{_safe(b.name)}.onnx", 0)
-        after = next(i for i, stop in enumerate(bounds[1:]) if b.position < stop)
-        exit_specs.append(ExitSpec(b.name, "model", after, seg.inputs, an.specs[b.name],
-                                   seg.file, seg.sha256))
+    # Build and verify in a staging directory, so that a failed split leaves an earlier
+    # bundle in `out` intact.
+    with tempfile.TemporaryDirectory(prefix=".split-", dir=out) as tmp:
+        staging = Path(tmp)
+        segments, exit_specs = _write_files(an, chosen, staging)
+        source = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+        if verify:
+            source["verify"] = verify_chain(model, staging, segments + [
+                SegmentSpec(e.file, e.sha256, e.inputs, (e.name,)) for e in exit_specs])
+        for stale in [*out.glob("seg_*.onnx"), *out.glob("exit_*.onnx")]:
+            stale.unlink()  # from an earlier split into the same directory
+        for f in staging.iterdir():
+            os.replace(f, out / f.name)
     cut_specs = tuple(CutSpec(f"c{i}", i, c.tensors, c.flops_before, c.flops_after)
                       for i, c in enumerate(chosen))
-    source = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
-    if verify:
-        source["verify"] = verify_chain(model, out, segments + [
-            SegmentSpec(e.file, e.sha256, e.inputs, (e.name,)) for e in exit_specs])
-    written = {s.file for s in segments} | {e.file for e in exit_specs}
-    for stale in [*out.glob("seg_*.onnx"), *out.glob("exit_*.onnx")]:
-        if stale.name not in written:  # from an earlier split into the same directory
-            stale.unlink()
     manifest = Manifest(
         name=name or path.stem,
         backend="onnx",
@@ -551,6 +544,24 @@ def split_onnx(
         exits=tuple(exit_specs),
     )
     return Bundle.save(out, manifest)
+
+
+def _write_files(an: Analysis, chosen: list[CutCandidate], where: Path
+                 ) -> tuple[list[SegmentSpec], list[ExitSpec]]:
+    """Write the segment files for cuts `chosen`, and one file per model-provided exit."""
+    bounds = [0] + [c.position + 1 for c in chosen] + [len(an.order)]
+    segments = []
+    for i, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        seg_in, seg_out = _segment_io(an, start, stop)
+        segments.append(_write_segment(an, seg_in, seg_out, where / f"seg_{i:03d}.onnx",
+                                       sum(an.flops[start:stop])))
+    exit_specs = []
+    for b in an.exits:
+        seg = _write_segment(an, b.attach, [b.name], where / f"exit_{_safe(b.name)}.onnx", 0)
+        after = next(i for i, stop in enumerate(bounds[1:]) if b.position < stop)
+        exit_specs.append(ExitSpec(b.name, "model", after, seg.inputs, an.specs[b.name],
+                                   seg.file, seg.sha256))
+    return segments, exit_specs
 
 
 def _safe(name: str) -> str:
@@ -605,7 +616,7 @@ def verify_chain(model: onnx.ModelProto, out: Path, segments: Sequence[SegmentSp
         ref64 = np.asarray(ref, dtype=np.float64)
         err = float(np.max(np.abs(ref64 - np.asarray(got[name], np.float64)), initial=0.0))
         scale = float(np.max(np.abs(ref64), initial=0.0))
-        if not err <= tolerance * scale and err > 0:
+        if not err <= tolerance * scale:  # also catches NaN
             raise SplitError(f"verification failed: output {name!r} differs by {err:.3g}, "
                              f"limit {tolerance:g} x max|output| = {tolerance * scale:.3g}")
         worst["max_abs_error"] = max(worst["max_abs_error"], err)
