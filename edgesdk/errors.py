@@ -12,6 +12,7 @@ catch one type at its boundary. Each message names the offending value and the l
     │   ├── ServerError
     │   └── Unreachable
     ├── PolicyError         a decision input is invalid
+    ├── ExitError           exit data, heads or thresholds are invalid (shape, dtype, NaN)
     ├── NativeUnavailable   EDGESDK_NATIVE=1 but the C extension is missing (also ImportError)
     └── MissingDependency   an optional extra is not installed (also ImportError)
 """
@@ -55,6 +56,11 @@ class PolicyError(EdgeError, ValueError):
     """A decision input (state, candidates, budget) is invalid."""
 
 
+class ExitError(EdgeError, ValueError):
+    """Early-exit input is invalid: calibration data of the wrong shape or dtype, an empty
+    data set, NaN features, a head file that does not parse, an uncalibrated exit."""
+
+
 class NativeUnavailable(EdgeError, ImportError):
     """EDGESDK_NATIVE=1 asked for the C extension, but it is not installed or not loadable."""
 
@@ -72,6 +78,7 @@ __all__ = [
     "BundleError",
     "CodecError",
     "EdgeError",
+    "ExitError",
     "MissingDependency",
     "NativeUnavailable",
     "PolicyError",
