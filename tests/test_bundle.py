@@ -12,6 +12,7 @@ pytest.importorskip("onnx", reason="needs the split extra (onnx)")
 from edgesdk.bundle import MANIFEST, Bundle  # noqa: E402
 from edgesdk.errors import BundleError  # noqa: E402
 from edgesdk.split import split_model  # noqa: E402
+
 from test_split_onnx import small_dag  # noqa: E402
 
 

