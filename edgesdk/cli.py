@@ -149,8 +149,10 @@ def _exits_table(summary: dict) -> str:
     rows = []
     for e in summary["exits"]:
         cal = e["calibration"]
-        shown = ", ".join(f"{k} {v}" for k, v in cal.items()
-                          if isinstance(v, str | int | float) and not isinstance(v, bool))
+        # the gist; `edgesdk exits report` shows the rest
+        shown = (f"{cal.get('measure', '?')} >= {cal['threshold']:.4g}, coverage "
+                 f"{cal.get('coverage', 0):.1%}" if isinstance(cal.get("threshold"), float)
+                 else "never exits" if cal else "")
         rows.append([e["name"], e["kind"], e["after_segment"], ", ".join(e["inputs"]),
                      f"{e['output']['name']} {_shape(e['output']['shape'])}", e["file"],
                      _kb(e["bytes"]), shown or "not calibrated"])
