@@ -236,3 +236,29 @@ def test_model_provided_exit_becomes_its_own_segment(tmp_path):
     assert np.array_equal(early["exit1"], whole["exit1"])
     final = run_chain(open_segments(bundle, optimize=False), feed)["final"]
     assert np.array_equal(final, whole["final"])
+
+
+def test_several_inputs_and_outputs(tmp_path):
+    """Two inputs, one read late (it crosses the early cuts), and two outputs."""
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 8])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 8])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 8]) for n in ("y", "z")]
+    nodes = [
+        helper.make_node("Relu", ["a"], ["h1"]),
+        helper.make_node("Sigmoid", ["h1"], ["h2"]),
+        helper.make_node("Tanh", ["h2"], ["z"]),
+        helper.make_node("Mul", ["h2", "b"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "two_in_two_out", [a, b], outs)
+    path = tmp_path / "io.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    assert [c.names for c in analyse(load_model(path)).candidates] == [("b", "h1"), ("b", "h2")]
+    # after Tanh, z is live too: a 3-tensor cut, only with a larger limit
+    three = analyse(load_model(path), max_cut_tensors=3).candidates
+    assert three[-1].names == ("b", "h2", "z")
+    bundle = split_model(path, tmp_path / "io.edge")
+    assert [t.name for t in bundle.manifest.inputs] == ["a", "b"]
+    assert [t.name for t in bundle.manifest.outputs] == ["y", "z"]
+    feed = random_inputs(load_model(path))
+    err, whole, got = chained_equals_whole(bundle, path, feed, optimize=False)
+    assert err == 0.0 and set(whole) == {"y", "z"}
