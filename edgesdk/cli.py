@@ -8,7 +8,11 @@
     edgesdk profile BUNDLE           time each segment on this machine, store it in the bundle
     edgesdk exits train|calibrate|report|evaluate BUNDLE --data FILE.npz
                                      early-exit heads: train (numpy), pick thresholds, report
-    edgesdk bench codec|split        the benchmarks (benchmarks/bench_*.py)
+    edgesdk serve BUNDLE... --bind tcp://127.0.0.1:5555 --workers N
+                                     the edge server (see examples/edge_server.md)
+    edgesdk keys gen DIR             CURVE key pairs for the server and devices
+    edgesdk bench codec|split|transport
+                                     the benchmarks (benchmarks/bench_*.py)
 
 Sizes are in KB of 1024 bytes; cut sizes are at float32, the unit cut points are compared
 in whatever the codec later sends. Errors print one line, `edgesdk: error: ...`, on stderr
@@ -27,6 +31,7 @@ from typing import Any
 
 from .errors import EdgeError
 from .exit_tools import add_exits_parser
+from .serving import add_keys_parser, add_serve_parser
 
 # -- formatting helpers --------------------------------------------------------------------
 
@@ -362,13 +367,9 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if args.topic == "split":
-        from .bench import split as bench_split
+    import importlib
 
-        return bench_split.main(args.rest)
-    from .bench import codec as bench_codec
-
-    return bench_codec.main(args.rest)
+    return importlib.import_module(f"edgesdk.bench.{args.topic}").main(args.rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -422,9 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_profile)
 
     add_exits_parser(sub)
+    add_serve_parser(sub)
+    add_keys_parser(sub)
 
     p = sub.add_parser("bench", help="run a benchmark", add_help=True)
-    p.add_argument("topic", choices=["codec", "split"], help="which benchmark")
+    p.add_argument("topic", choices=["codec", "split", "transport"], help="which benchmark")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (--help)")
     p.set_defaults(func=_bench)
     return parser

@@ -1,0 +1,245 @@
+"""The device side: a DEALER socket driven by :class:`~.protocol.ClientProtocol`.
+
+    with Client("tcp://edge.local:5555", server_public_key=key, client_keys=pair) as client:
+        welcome = client.hello()                       # bundles, profiles, load
+        reply = client.request(frames, budget_s=0.08, bundle=sha, cut="c1")
+        reply.frames, reply.server_ms, reply.queue_ms, reply.rtt
+
+The outcome of every request is a :class:`~.protocol.Reply` or a typed error: Timeout,
+ServerBusy, ServerError (RemoteError, with `.code`) or Unreachable; never a hang past
+the request's budget. All decisions (ids, deadlines, window, retries, late replies) live
+in the I/O-free protocol object; this module only moves frames.
+
+Socket choices. ZMQ_IMMEDIATE: a message is queued only to a connected server, so with no
+server a send would block, which the protocol reads as "unreachable" instead of silently
+queueing work for a server that may never come back. A small SNDHWM (the window) bounds
+what can pile up in ZeroMQ. LINGER 0: closing never waits for a dead server. Reconnection
+is ZeroMQ's (every 50 ms, backing off to 1 s); a retry recreates the socket (Lazy
+Pirate), which also abandons every attempt still queued on the old one.
+
+A Client is not thread-safe (like a ZeroMQ socket): use one per thread. `submit` + `wait`
+keep up to `window` requests in flight from one thread.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from . import protocol
+from .auth import KeyPair, load_key_pair, load_public_key
+from .protocol import ClientProtocol, Reply
+
+DEFAULT_MAX_REPLY_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Welcome:
+    """The server's answer to hello: what it serves and how loaded it is.
+
+    bundles: {source sha256: {"name", "cuts": [...], "outputs": [...], "profile": {...},
+    "tail_ms": {cut id: ms}}} (see docs/protocol.md); load: {"queue", "max_queue",
+    "workers", "workers_alive", "workers_busy", "draining"}.
+    """
+
+    server_version: int
+    server: str
+    bundles: Mapping[str, Any]
+    load: Mapping[str, Any]
+    rtt: float
+
+
+class Client:
+    """A device's connection to one edge server. See the module docstring.
+
+    endpoint: e.g. "tcp://127.0.0.1:5555". server_public_key: the server's CURVE public
+    key (z85 bytes or str, or a path to a `.key` file); with it the link is encrypted and
+    `client_keys` (a KeyPair or a path to a `.key_secret` file) identifies this device;
+    without client_keys an ephemeral pair is made, which only an open server accepts.
+    retries: resends after an attempt times out (each on a fresh socket). window: most
+    requests in flight at once.
+    """
+
+    def __init__(self, endpoint: str, *,
+                 server_public_key: bytes | str | os.PathLike | None = None,
+                 client_keys: KeyPair | str | os.PathLike | None = None, retries: int = 1,
+                 window: int = 8,
+                 max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+                 context: zmq.Context | None = None) -> None:
+        self.endpoint = endpoint
+        self._proto = ClientProtocol(retries=retries, window=window)
+        self._max_reply_bytes = int(max_reply_bytes)
+        self._server_key = (load_public_key(server_public_key)
+                            if server_public_key is not None else None)
+        if self._server_key is not None:
+            self._keys = (load_key_pair(client_keys) if client_keys is not None
+                          else KeyPair(*zmq.curve_keypair()))
+        elif client_keys is not None:
+            raise ValueError("client_keys given without server_public_key; CURVE needs both")
+        self._own_context = context is None
+        self._ctx = context or zmq.Context()
+        self._sock: zmq.Socket | None = None
+        self._poller = zmq.Poller()
+        self._closed = False
+        self._open_socket()
+
+    # -- socket ----------------------------------------------------------------------------
+    def _open_socket(self) -> None:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.SNDHWM, self._proto.window)
+        sock.setsockopt(zmq.RCVHWM, 4 * self._proto.window)
+        sock.setsockopt(zmq.RECONNECT_IVL, 50)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sock.setsockopt(zmq.MAXMSGSIZE, self._max_reply_bytes)
+        # ZMTP heartbeats notice a dead link that TCP alone would not (a pulled cable).
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
+        if self._server_key is not None:
+            sock.curve_serverkey = self._server_key
+            sock.curve_publickey = self._keys.public
+            sock.curve_secretkey = self._keys.secret
+        sock.connect(self.endpoint)
+        self._sock = sock
+        self._poller = zmq.Poller()
+        self._poller.register(sock, zmq.POLLIN)
+        self._poll_events = zmq.POLLIN
+
+    def _reset_socket(self) -> None:
+        """Lazy Pirate: drop the socket (and whatever it still queues), open a fresh one."""
+        if self._sock is not None:
+            self._sock.close(linger=0)
+        self._open_socket()
+
+    # -- public API ------------------------------------------------------------------------
+    def submit(self, frames: Sequence = (), *, budget_s: float, bundle: str | None = None,
+               cut: str | None = None, kind: str = protocol.INFER,
+               fields: Mapping[str, Any] | None = None) -> int:
+        """Queue a request and send it if the window allows; returns its id for `wait`."""
+        self._check_open()
+        rid = self._proto.submit(time.monotonic(), kind, budget_s, frames, bundle, cut, fields)
+        self._flush(time.monotonic())
+        return rid
+
+    def wait(self, request_id: int) -> Reply:
+        """Drive the socket until `request_id` completes; returns its Reply or raises
+        Timeout, ServerBusy, ServerError or Unreachable."""
+        self._check_open()
+        if not self._proto.done(request_id) and request_id not in self._proto.pending_ids():
+            raise KeyError(f"request {request_id} is unknown or was already taken")
+        while not self._step(request_id):
+            pass
+        outcome = self._proto.outcome(request_id)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def request(self, frames: Sequence = (), *, budget_s: float, bundle: str | None = None,
+                cut: str | None = None, fields: Mapping[str, Any] | None = None) -> Reply:
+        """Send one infer request and wait for its outcome (see `wait`)."""
+        return self.wait(self.submit(frames, budget_s=budget_s, bundle=bundle, cut=cut,
+                                     fields=fields))
+
+    def hello(self, budget_s: float = 2.0) -> Welcome:
+        """Ask what the server serves: bundles, their cut points and server-side profiles,
+        and its current load."""
+        reply = self.wait(self.submit(budget_s=budget_s, kind=protocol.HELLO))
+        env = reply.envelope
+        return Welcome(int(env.get("server_version", env.version)), str(env.get("server", "")),
+                       env.extra["bundles"], env.extra["load"], reply.rtt)
+
+    def ping(self, budget_s: float = 1.0) -> Reply:
+        """A heartbeat round trip; the reply's envelope carries the server's load."""
+        return self.wait(self.submit(budget_s=budget_s, kind=protocol.HEARTBEAT))
+
+    def cancel(self, request_id: int) -> None:
+        """Give up on a submitted request; its reply, if any, is dropped as late."""
+        self._proto.cancel(request_id)
+
+    @property
+    def stats(self) -> protocol.ClientStats:
+        return self._proto.stats
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+        if self._own_context:
+            self._ctx.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # a forgotten client must not keep a context alive
+        try:
+            if not self._closed and self._own_context:
+                self.close()
+        except Exception:
+            pass
+
+    # -- the I/O loop ----------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the client is closed")
+
+    def _flush(self, now: float) -> None:
+        """Send what the protocol allows; stop at the first send that would block."""
+        for rid, message in self._proto.outgoing(now):
+            try:
+                self._sock.send_multipart(message, flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                self._proto.blocked()
+                return
+            self._proto.sent(rid, now)
+
+    def _step(self, request_id: int) -> bool:
+        """One turn: timers, sends, one poll, reads. True once `request_id` is done."""
+        now = time.monotonic()
+        if self._proto.tick(now):
+            self._reset_socket()
+            self._proto.reset(now)
+        if self._proto.done(request_id):
+            return True
+        self._flush(now)
+        wake = self._proto.next_timer()
+        timeout_ms = 0 if wake <= now else math.ceil(min(wake - now, 1.0) * 1e3)
+        events = zmq.POLLIN
+        if self._proto.has_sendable():
+            events |= zmq.POLLOUT  # wake when a server connection appears
+        if events != self._poll_events:
+            self._poller.modify(self._sock, events)
+            self._poll_events = events
+        if self._poller.poll(timeout_ms):
+            self._drain(time.monotonic())
+        return self._proto.done(request_id)
+
+    def _drain(self, now: float) -> None:
+        """Read every waiting reply. The poll said readable, so the first read needs no
+        check; then ZMQ_EVENTS, which is cheaper than raising zmq.Again (~10 us)."""
+        sock = self._sock
+        try:
+            frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
+        while True:
+            # The envelope as bytes; payload frames as zero-copy memoryviews.
+            self._proto.received(now, [frames[0].bytes] + [f.buffer for f in frames[1:]])
+            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
+            frames = sock.recv_multipart(copy=False)
+
+
+__all__ = ["Client", "Welcome"]

@@ -1,0 +1,36 @@
+"""Smoke test of the transport benchmark (edgesdk bench transport): it runs, starts and
+stops its servers, and reports what it promises. Not a performance test."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgesdk.bench import transport as bench_transport
+
+pytestmark = pytest.mark.timeout(120)
+
+STAT_KEYS = {"median", "ci_low", "ci_high", "ci_level", "q1", "q3", "n"}
+
+
+def test_quick_round_trip_report(capsys):
+    assert bench_transport.main(["--quick", "--json", "--rounds", "3", "--no-throughput"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = report["round_trip"]["rows"]
+    assert [r["bytes"] for r in rows] == list(bench_transport.SIZES)
+    for r in rows:
+        assert set(r["time_us"]) == {"raw", "broker", "edgesdk", "curve"}
+        assert set(r["ratios"]) == {"edgesdk_over_raw", "broker_over_raw",
+                                    "edgesdk_over_broker", "curve_over_edgesdk"}
+        for stats in [*r["time_us"].values(), *r["ratios"].values()]:
+            assert set(stats) == STAT_KEYS and stats["n"] == 3
+            assert 0 < stats["ci_low"] <= stats["median"] <= stats["ci_high"]
+        assert r["target"]["limit"] == bench_transport.MAX_RTT_RATIO
+    assert report["throughput"] is None and report["summary"]["checked"] == 3
+
+
+def test_text_report_names_the_targets(capsys):
+    assert bench_transport.main(["--quick", "--rounds", "2", "--no-throughput"]) == 0
+    out = capsys.readouterr().out
+    assert "edgesdk/raw" in out and "CURVE cost" in out and "Throughput: skipped" in out

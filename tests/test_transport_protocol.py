@@ -1,0 +1,422 @@
+"""The protocol without sockets: envelopes, the client state machine, the dispatcher."""
+
+from __future__ import annotations
+
+import math
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgesdk.errors import ServerBusy, ServerError, Timeout, TransportError, Unreachable
+from edgesdk.transport import protocol
+from edgesdk.transport.metrics import Metrics
+from edgesdk.transport.protocol import (
+    ClientProtocol,
+    Envelope,
+    MalformedMessage,
+    RemoteError,
+    Reply,
+    pack,
+    unpack,
+)
+from edgesdk.transport.server import Dispatcher, Job, is_loopback
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def raw(**body) -> bytes:
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def reply(kind: str, rid: int, **extra) -> list:
+    return [pack(Envelope(kind, rid, extra=extra)), b"payload"]
+
+
+def result(rid: int, server_ms=1.5, queue_ms=0.25) -> list:
+    return reply("result", rid, server_ms=server_ms, queue_ms=queue_ms)
+
+
+# -- envelopes -----------------------------------------------------------------------------
+
+
+def test_envelope_round_trip_keeps_extra_fields():
+    env = Envelope("infer", 42, 80.5, "ab" * 32, "c1", {"op": "x", "n": [1, 2]})
+    back = unpack(pack(env))
+    assert back == env
+    assert back.get("op") == "x" and back.get("missing", 7) == 7
+
+
+def test_pack_refuses_extra_that_shadows_a_core_field():
+    with pytest.raises(ValueError, match="'id'"):
+        pack(Envelope("infer", 1, extra={"id": 2}))
+
+
+@pytest.mark.parametrize("data, needle", [
+    (b"", "empty"),
+    (b"\xc1", "not msgpack"),
+    (msgpack.packb([1, 2]), "expected a map"),
+    (raw(kind="infer", id=1), "'v'"),
+    (raw(v=True, kind="infer", id=1), "'v'"),
+    (raw(v=1, kind="nope", id=1), "'kind'"),
+    (raw(v=1, kind="infer", id=-1), "'id'"),
+    (raw(v=1, kind="infer", id=True), "'id'"),
+    (raw(v=1, kind="infer", id="7"), "'id'"),
+    (raw(v=1, kind="infer", id=1, budget_ms=0), "'budget_ms'"),
+    (raw(v=1, kind="infer", id=1, budget_ms=-5.0), "'budget_ms'"),
+    (raw(v=1, kind="infer", id=1, budget_ms=float("nan")), "'budget_ms'"),
+    (raw(v=1, kind="infer", id=1, budget_ms=float("inf")), "'budget_ms'"),
+    (raw(v=1, kind="infer", id=1, budget_ms=1e12), "'budget_ms'"),
+    (raw(v=1, kind="infer", id=1, budget_ms="10"), "'budget_ms'"),
+    (raw(v=1, kind="infer", id=1, bundle="x" * 300), "'bundle'"),
+    (raw(v=1, kind="infer", id=1, cut=b"c1"), "'cut'"),
+    (raw(v=1, kind="infer", id=1, cut=""), "'cut'"),
+    (msgpack.packb({1: 2}), "not msgpack"),  # non-string keys
+    (msgpack.packb(msgpack.ExtType(1, b"x")), "not msgpack"),
+])
+def test_unpack_rejects_hostile_envelopes_naming_the_field(data, needle):
+    with pytest.raises(MalformedMessage, match=needle):
+        unpack(data)
+
+
+def test_unpack_bounds_the_size_before_parsing():
+    big = raw(v=1, kind="infer", id=1, pad="x" * protocol.MAX_ENVELOPE_BYTES)
+    with pytest.raises(MalformedMessage, match=rf"{len(big)} bytes, limit "
+                                               rf"{protocol.MAX_ENVELOPE_BYTES}"):
+        unpack(big)
+    assert unpack(big, max_bytes=len(big)).get("pad")
+
+
+@given(st.binary(max_size=256))
+def test_unpack_of_random_bytes_is_an_envelope_or_malformed(data):
+    try:
+        env = unpack(data)
+    except MalformedMessage:
+        return
+    assert env.kind in protocol.REQUEST_KINDS + protocol.REPLY_KINDS
+
+
+_scalars = (st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats()
+            | st.text(max_size=8) | st.binary(max_size=8))
+_values = st.recursive(_scalars,
+                       lambda inner: st.lists(inner, max_size=3)
+                       | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=8)
+
+
+@given(st.dictionaries(st.sampled_from(["v", "kind", "id", "budget_ms", "bundle", "cut", "x"]),
+                       _values | st.sampled_from(["infer", "hello", 1, 10.0]), max_size=7))
+def test_unpack_of_random_maps_is_an_envelope_or_malformed(body):
+    try:
+        env = unpack(raw(**body))
+    except MalformedMessage:
+        return
+    assert isinstance(env.id, int) and env.id >= 0
+    assert env.budget_ms is None or 0 < env.budget_ms <= protocol.MAX_BUDGET_MS
+
+
+def test_check_request_and_check_reply():
+    protocol.check_request(Envelope("infer", 1, 10.0, "b", "c"))
+    with pytest.raises(MalformedMessage, match="'bundle' and 'cut'"):
+        protocol.check_request(Envelope("infer", 1, 10.0))
+    with pytest.raises(MalformedMessage, match="budget_ms"):
+        protocol.check_request(Envelope("hello", 1))
+    with pytest.raises(MalformedMessage, match="requests are"):
+        protocol.check_request(Envelope("result", 1, 10.0))
+    with pytest.raises(MalformedMessage, match="server_ms"):
+        protocol.check_reply(Envelope("result", 1, extra={"queue_ms": 1.0}))
+    with pytest.raises(MalformedMessage, match="'error'"):
+        protocol.check_reply(Envelope("error", 1, extra={"message": "x"}))
+    with pytest.raises(MalformedMessage, match="'bundles'"):
+        protocol.check_reply(Envelope("welcome", 1, extra={"load": {}}))
+
+
+def test_peek_id_reads_what_it_can():
+    assert protocol.peek_id(raw(v=1, kind="bogus", id=9)) == 9
+    assert protocol.peek_id(b"\xc1garbage") == 0
+    assert protocol.peek_id(raw(id=-3)) == 0
+
+
+# -- the client state machine --------------------------------------------------------------
+
+
+def send_all(proto: ClientProtocol, now: float) -> list[tuple[int, list]]:
+    out = proto.outgoing(now)
+    for rid, _ in out:
+        proto.sent(rid, now)
+    return out
+
+
+def take(proto: ClientProtocol, rid: int):
+    assert proto.done(rid)
+    return proto.outcome(rid)
+
+
+def test_ids_grow_and_the_envelope_carries_the_remaining_budget():
+    proto = ClientProtocol()
+    a = proto.submit(0.0, "infer", 0.5, [b"t"], bundle="b", cut="c")
+    b = proto.submit(0.1, "hello", 1.0)
+    assert (a, b) == (1, 2)
+    (ra, ma), (rb, mb) = proto.outgoing(0.2)
+    env = unpack(ma[0])
+    assert (env.kind, env.id, env.bundle, env.cut) == ("infer", 1, "b", "c")
+    assert env.budget_ms == pytest.approx(300.0)  # 0.5 s budget, sent 0.2 s after submit
+    assert ma[1:] == [b"t"]
+    assert unpack(mb[0]).budget_ms == pytest.approx(900.0)
+
+
+def test_a_result_completes_its_request_with_timings():
+    proto = ClientProtocol()
+    rid = proto.submit(10.0, "infer", 1.0, bundle="b", cut="c")
+    send_all(proto, 10.0)
+    assert proto.received(10.004, result(rid, server_ms=2.0, queue_ms=0.5)) == rid
+    out = take(proto, rid)
+    assert isinstance(out, Reply)
+    assert (out.id, out.kind, out.server_ms, out.queue_ms, out.attempts) == (rid, "result", 2.0,
+                                                                              0.5, 1)
+    assert out.rtt == pytest.approx(0.004)
+    assert out.frames == (b"payload",)
+    with pytest.raises(KeyError, match="not done"):
+        proto.outcome(rid)
+
+
+def test_late_and_unknown_replies_are_dropped_never_matched_to_newer_requests():
+    proto = ClientProtocol(retries=0)
+    old = proto.submit(0.0, "infer", 0.1, bundle="b", cut="c")
+    send_all(proto, 0.0)
+    proto.tick(0.1)
+    assert isinstance(take(proto, old), Timeout)
+    new = proto.submit(0.2, "infer", 0.1, bundle="b", cut="c")
+    send_all(proto, 0.2)
+    assert new != old
+    assert proto.received(0.21, result(old)) is None  # the old request's late reply
+    assert proto.received(0.21, result(999)) is None  # never existed
+    assert proto.received(0.21, result(0)) is None  # a server's "malformed, no id" answer
+    assert not proto.done(new)
+    assert proto.stats.late_dropped == 3
+    assert proto.received(0.22, result(new)) == new
+
+
+def test_reply_to_an_unsent_request_is_dropped():
+    proto = ClientProtocol(window=1)
+    first = proto.submit(0.0, "infer", 1.0, bundle="b", cut="c")
+    second = proto.submit(0.0, "infer", 1.0, bundle="b", cut="c")
+    assert [r for r, _ in send_all(proto, 0.0)] == [first]
+    assert proto.received(0.01, result(second)) is None
+
+
+def test_malformed_replies_are_dropped_or_fail_their_request():
+    proto = ClientProtocol()
+    rid = proto.submit(0.0, "infer", 1.0, bundle="b", cut="c")
+    send_all(proto, 0.0)
+    assert proto.received(0.01, [b"\xc1"]) is None
+    assert proto.received(0.01, []) is None
+    assert proto.stats.malformed_dropped == 2
+    # The id is readable but the reply is not a valid answer: a typed error, not a hang.
+    assert proto.received(0.01, reply("result", rid, server_ms=-1, queue_ms=0)) == rid
+    out = take(proto, rid)
+    assert isinstance(out, ServerError) and "server_ms" in str(out)
+
+
+def test_reply_kind_must_answer_the_request_kind():
+    proto = ClientProtocol()
+    rid = proto.submit(0.0, "hello", 1.0)
+    send_all(proto, 0.0)
+    proto.received(0.01, result(rid))
+    out = take(proto, rid)
+    assert isinstance(out, ServerError) and "result reply to a hello" in str(out)
+
+
+def test_busy_and_error_replies_become_typed_errors():
+    proto = ClientProtocol()
+    ids = [proto.submit(0.0, "infer", 1.0, bundle="b", cut="c") for _ in range(4)]
+    send_all(proto, 0.0)
+    proto.received(0.01, reply("busy", ids[0], queue=8, max_queue=8))
+    proto.received(0.01, reply("error", ids[1], error="worker_crashed", message="lost"))
+    proto.received(0.01, reply("error", ids[2], error="expired", message="late"))
+    proto.received(0.01, [pack(Envelope("result", ids[3], extra={"server_ms": 1, "queue_ms": 1},
+                                        version=2))])
+    busy = take(proto, ids[0])
+    assert isinstance(busy, ServerBusy) and "queue 8, limit 8" in str(busy)
+    crashed = take(proto, ids[1])
+    assert isinstance(crashed, RemoteError) and crashed.code == "worker_crashed"
+    assert isinstance(crashed, ServerError)
+    assert isinstance(take(proto, ids[2]), Timeout)
+    version = take(proto, ids[3])
+    assert isinstance(version, ServerError) and "version 2" in str(version)
+
+
+def test_deadline_gives_timeout_when_sent_and_unreachable_when_no_server():
+    proto = ClientProtocol(retries=0)
+    sent = proto.submit(0.0, "infer", 0.2, bundle="b", cut="c")
+    send_all(proto, 0.0)
+    proto.blocked()  # a later send found no server connected
+    unsent = proto.submit(0.0, "infer", 0.2, bundle="b", cut="c")
+    assert proto.next_timer() == pytest.approx(0.2)
+    proto.tick(0.19)
+    assert not proto.done(sent) and not proto.done(unsent)
+    proto.tick(0.2)
+    assert isinstance(take(proto, sent), Timeout)
+    out = take(proto, unsent)
+    assert isinstance(out, Unreachable) and "200 ms" in str(out)
+    assert proto.pending_ids() == [] and proto.next_timer() == math.inf
+
+
+def test_retry_resets_the_socket_and_resends_with_the_remaining_budget():
+    proto = ClientProtocol(retries=2)
+    rid = proto.submit(0.0, "infer", 0.9, bundle="b", cut="c")
+    send_all(proto, 0.0)
+    assert proto.next_timer() == pytest.approx(0.3)  # 0.9 s over 3 attempts
+    assert not proto.tick(0.29)
+    assert proto.tick(0.3)  # first attempt timed out: reset
+    proto.reset(0.3)
+    assert proto.in_flight() == 0
+    (again, message), = send_all(proto, 0.3)
+    assert again == rid  # the same logical request keeps its id
+    assert unpack(message[0]).budget_ms == pytest.approx(600.0)
+    assert proto.next_timer() == pytest.approx(0.6)  # 0.6 s left over 2 attempts
+    assert proto.tick(0.61)
+    proto.reset(0.61)
+    send_all(proto, 0.61)
+    assert proto.next_timer() == pytest.approx(0.9)  # last attempt: the whole remainder
+    assert not proto.tick(0.8)  # no retries left: never another reset
+    proto.tick(0.9)
+    out = take(proto, rid)
+    assert isinstance(out, Timeout) and "after 3 sends" in str(out)
+    assert proto.stats.resets == 2
+
+
+def test_a_reset_resends_every_unanswered_request():
+    proto = ClientProtocol(retries=1)
+    slow = proto.submit(0.0, "infer", 0.2, bundle="b", cut="c")
+    other = proto.submit(0.05, "infer", 1.0, bundle="b", cut="c")
+    send_all(proto, 0.05)
+    assert not proto.tick(0.12)
+    assert proto.tick(0.13)  # `slow`'s first attempt (0.15 s left / 2 attempts) timed out
+    proto.reset(0.13)
+    assert [r for r, _ in send_all(proto, 0.13)] == [slow, other]
+    proto.received(0.12, result(other))
+    out = take(proto, other)
+    assert isinstance(out, Reply) and out.attempts == 2
+
+
+def test_window_bounds_requests_in_flight():
+    proto = ClientProtocol(window=2, retries=0)
+    ids = [proto.submit(0.0, "infer", 1.0, bundle="b", cut="c") for _ in range(3)]
+    assert [r for r, _ in send_all(proto, 0.0)] == ids[:2]
+    assert proto.in_flight() == 2 and not proto.has_sendable()
+    assert proto.outgoing(0.0) == []
+    proto.received(0.01, result(ids[0]))
+    assert proto.has_sendable()
+    assert [r for r, _ in send_all(proto, 0.01)] == [ids[2]]
+
+
+def test_a_request_waiting_in_the_window_still_times_out():
+    proto = ClientProtocol(window=1, retries=0)
+    first = proto.submit(0.0, "infer", 1.0, bundle="b", cut="c")
+    waiting = proto.submit(0.0, "infer", 0.1, bundle="b", cut="c")
+    send_all(proto, 0.0)
+    proto.tick(0.1)
+    out = take(proto, waiting)
+    assert isinstance(out, Timeout) and "waiting in the window" in str(out)
+    assert not proto.done(first)
+
+
+def test_cancel_forgets_and_its_reply_is_late():
+    proto = ClientProtocol()
+    rid = proto.submit(0.0, "infer", 1.0, bundle="b", cut="c")
+    send_all(proto, 0.0)
+    proto.cancel(rid)
+    assert proto.received(0.01, result(rid)) is None
+    assert proto.pending_ids() == []
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"kind": "result"}, "kind"), ({"budget_s": 0}, "budget_s"),
+    ({"budget_s": math.nan}, "budget_s"), ({"budget_s": 1e9}, "budget_s"),
+    ({"bundle": None}, "bundle id"),
+])
+def test_submit_rejects_bad_arguments(kwargs, needle):
+    args = {"now": 0.0, "kind": "infer", "budget_s": 1.0, "bundle": "b", "cut": "c", **kwargs}
+    with pytest.raises(ValueError, match=needle):
+        ClientProtocol().submit(**args)
+
+
+def test_errors_are_transport_errors():
+    for exc in (Timeout, ServerBusy, ServerError, Unreachable, RemoteError,
+                MalformedMessage):
+        assert issubclass(exc, TransportError)
+
+
+# -- the broker's dispatcher and small server pieces ---------------------------------------
+
+
+def job(seq: int, deadline: float = 10.0) -> Job:
+    return Job(seq, b"client", seq, b"env", [], 0.0, deadline)
+
+
+def test_dispatcher_balances_least_recently_used_and_bounds_the_queue():
+    d = Dispatcher(max_queue=1)
+    assert d.worker_ready(b"w0", 0.0) == (None, [])
+    assert d.worker_ready(b"w1", 0.0) == (None, [])
+    assert d.admit(job(1)) == ("run", b"w0")
+    assert d.admit(job(2)) == ("run", b"w1")
+    assert d.admit(job(3)) == ("queued", None)
+    assert d.admit(job(4)) == ("busy", None)
+    assert d.finished(b"w1", 99) is None  # not the job it holds
+    assert d.finished(b"w1", 2).seq == 2
+    nxt, expired = d.worker_ready(b"w1", 1.0)
+    assert nxt.seq == 3 and expired == []
+    assert d.worker_lost(b"w0").seq == 1
+    assert d.worker_lost(b"w0") is None
+
+
+def test_dispatcher_answers_expired_jobs_instead_of_running_them():
+    d = Dispatcher(max_queue=4)
+    d.admit(job(1, deadline=0.5))
+    d.admit(job(3, deadline=0.7))
+    d.admit(job(2, deadline=5.0))
+    assert [j.seq for j in d.expire(0.6)] == [1]
+    nxt, expired = d.worker_ready(b"w0", 1.0)
+    assert nxt.seq == 2 and [j.seq for j in expired] == [3]
+
+
+def test_loopback_detection_for_the_insecure_bind_warning():
+    assert is_loopback("tcp://127.0.0.1:5555") and is_loopback("tcp://localhost:1")
+    assert is_loopback("ipc:///tmp/x") and is_loopback("tcp://[::1]:5")
+    assert not is_loopback("tcp://0.0.0.0:5555") and not is_loopback("tcp://*:5555")
+    assert not is_loopback("tcp://192.168.1.4:5555")
+
+
+def test_metrics_render_prometheus_text():
+    m = Metrics()
+    m.requests.inc(kind="infer")
+    m.requests.inc(kind="infer")
+    m.errors.inc(code='we"ird')
+    m.queue_length.track(lambda: 3)
+    m.server_seconds.observe(0.003)
+    m.server_seconds.observe(20.0)
+    text = m.render()
+    assert 'edgesdk_requests_total{kind="infer"} 2' in text
+    assert 'edgesdk_errors_total{code="we\\"ird"} 1' in text
+    assert "edgesdk_queue_length 3" in text
+    assert 'edgesdk_server_seconds_bucket{le="0.005"} 1' in text
+    assert 'edgesdk_server_seconds_bucket{le="+Inf"} 2' in text
+    assert "edgesdk_server_seconds_count 2" in text
+    assert "# TYPE edgesdk_server_seconds histogram" in text
+
+
+def test_transport_imports_neither_the_codec_nor_onnxruntime():
+    """The transport moves opaque frames: it sits below the codec and the runtime."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    code = ("import sys, json, edgesdk.transport, edgesdk.transport.server\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m in ('edgesdk.codec', "
+            "'onnxruntime', 'onnx', 'numpy', 'edgesdk.runtime', 'edgesdk.serving'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=tempfile.gettempdir())
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == []
