@@ -31,6 +31,7 @@ from typing import Any
 
 from .errors import EdgeError
 from .exit_tools import add_exits_parser
+from .policy.commands import add_policy_parser
 from .serving import add_keys_parser, add_serve_parser
 
 # -- formatting helpers --------------------------------------------------------------------
@@ -425,9 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_exits_parser(sub)
     add_serve_parser(sub)
     add_keys_parser(sub)
+    add_policy_parser(sub)
 
     p = sub.add_parser("bench", help="run a benchmark", add_help=True)
-    p.add_argument("topic", choices=["codec", "split", "transport"], help="which benchmark")
+    p.add_argument("topic", choices=["codec", "split", "transport", "policy"],
+                   help="which benchmark")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (--help)")
     p.set_defaults(func=_bench)
     return parser

@@ -1,0 +1,87 @@
+"""Decision-time benchmark: the policy network's numpy forward, its feature computation,
+and the planner, for candidate tables of growing size (digits and synthetic models).
+
+    python benchmarks/bench_policy.py [--json] [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from functools import partial
+
+import numpy as np
+
+from . import format_table, time_interleaved
+
+__all__ = ["main", "run"]
+
+
+def _tables():
+    from ..bundle import Bundle
+    from ..models import DIGITS_BUNDLE
+    from ..policy import build_candidates, model_profile
+    from ..policy.simulator import synthetic_profile
+
+    out = {"digits": build_candidates(model_profile(Bundle.load(DIGITS_BUNDLE).manifest))}
+    rng = np.random.default_rng(0)
+    sizes = {"small": (0, 30), "medium": (30, 100), "large": (100, 10_000)}
+    found: dict = {}
+    for _ in range(500):
+        t = build_candidates(synthetic_profile(rng))
+        for k, (lo, hi) in sizes.items():
+            if lo <= len(t) < hi:
+                found.setdefault(k, t)
+        if len(found) == len(sizes):
+            break
+    for k in sizes:
+        if k in found:
+            out[f"synthetic-{k}"] = found[k]
+    # the largest a device would see: 200 candidates (tables concatenated row-wise)
+    big = max(out.values(), key=len)
+    reps = -(-200 // len(big))
+    out["200-candidates"] = type(big)(big.model, (big.candidates * reps)[:200],
+                                      *(np.resize(getattr(big, f), 200) for f in (
+                                          "dev_ms", "enc_ms", "wire_bytes", "srv_ms",
+                                          "p_exit", "exit_ms", "exit_acc", "rest_acc",
+                                          "bits")))
+    return out
+
+
+def run(rounds: int = 21, min_time: float = 0.02) -> list[dict]:
+    from ..policy import PolicyNet, State, features, plan
+
+    net = PolicyNet.load()
+    state = State(bw_mbps=8.0, bw_std=2.0, bw_history=(6.0, 9.0, 8.0, 7.0), slo_ms=50.0,
+                  rtt_ms=10.0, device_slowdown=3.0)
+    rows = []
+    for name, table in _tables().items():
+        x = features(table, state)
+        t = time_interleaved({"forward": partial(net.scores, x),
+                              "features": partial(features, table, state),
+                              "decide": partial(net.decide, table, state),
+                              "planner": partial(plan, table, state)},
+                             rounds=rounds, min_time=min_time)
+        row = {"table": name, "candidates": len(table)}
+        for k, v in t.items():
+            s = v.stats()
+            row[f"{k}_us"] = round(s.median * 1e6, 2)
+            row[f"{k}_us_ci"] = [round(s.low * 1e6, 2), round(s.high * 1e6, 2)]
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench_policy", description=__doc__.splitlines()[0])
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--rounds", type=int, default=21)
+    args = p.parse_args(argv)
+    rows = run(rounds=args.rounds)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    cols = ["table", "candidates", "forward_us", "features_us", "decide_us", "planner_us"]
+    print(format_table(cols, [[r[c] for c in cols] for r in rows]))
+    print("us per decision, median over rounds; forward = numpy MLP on precomputed features;"
+          " decide = features + forward + argmax")
+    return 0

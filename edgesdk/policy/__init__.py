@@ -1,0 +1,45 @@
+"""Where to run a request: which early exits, which cut point, how many bits on the wire.
+
+    from edgesdk.policy import State, build_candidates, model_profile, plan, PolicyNet
+    table = build_candidates(model_profile(bundle.manifest))     # every sensible choice
+    state = State(bw_mbps=link.bandwidth.estimate(now).value, slo_ms=50, rtt_ms=8)
+    i = PolicyNet.load().decide(table, state)    # the bundled network, or:
+    i = plan(table, state)                       # the exhaustive analytic planner
+    table.candidates[i]                          # Candidate(n_exits, cut, bits)
+
+Live estimates come from edgesdk.profile (LinkEstimator and friends). Training
+(`edgesdk policy train`, edgesdk.policy.train) needs PyTorch and is imported only there.
+"""
+
+from .candidates import (
+    BITS,
+    Candidate,
+    CandidateTable,
+    ExitProfile,
+    ModelProfile,
+    build_candidates,
+    model_profile,
+)
+from .features import N_FEATURES, features
+from .net import WEIGHTS, PolicyNet
+from .planner import expected_rewards, expected_terms, plan
+from .state import TASKS, State
+
+__all__ = [
+    "BITS",
+    "N_FEATURES",
+    "TASKS",
+    "WEIGHTS",
+    "Candidate",
+    "CandidateTable",
+    "ExitProfile",
+    "ModelProfile",
+    "PolicyNet",
+    "State",
+    "build_candidates",
+    "expected_rewards",
+    "expected_terms",
+    "features",
+    "model_profile",
+    "plan",
+]

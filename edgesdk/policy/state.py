@@ -1,0 +1,59 @@
+"""The decision state: what the device currently believes about the link, itself, the
+server and the request's task. Validated on construction (PolicyError names the field).
+
+    state = State(bw_mbps=12.0, bw_std=3.0, rtt_ms=8.0, slo_ms=50.0, task="balanced")
+
+Times of the candidate table are at the profiled (reference) speed; `device_slowdown` and
+`server_slowdown` scale them. `bw_history`: the last few bandwidth samples, oldest first
+(an empty history means "only the estimate is known").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import PolicyError
+
+# Task types (as in MCIA): (accuracy weight, SLO-violation penalty). The reward of a
+# request is w_acc * accuracy - latency / SLO - penalty * P(latency > SLO).
+TASKS = {"latency": (1.0, 2.0), "balanced": (5.0, 1.0), "accuracy": (20.0, 0.5)}
+HISTORY = 4
+
+
+def _finite(name: str, value: float, low: float, low_ok: bool = True) -> float:
+    v = float(value)
+    if not math.isfinite(v) or v < low or (not low_ok and v == low):
+        op = ">=" if low_ok else ">"
+        raise PolicyError(f"state.{name} is {value!r}, expected a finite number {op} {low}")
+    return v
+
+
+@dataclass(frozen=True)
+class State:
+    bw_mbps: float
+    slo_ms: float
+    bw_std: float = 0.0
+    bw_history: tuple[float, ...] = ()
+    rtt_ms: float = 0.0
+    queue_ms: float = 0.0
+    device_slowdown: float = 1.0
+    server_slowdown: float = 1.0
+    task: str = "balanced"
+
+    def __post_init__(self) -> None:
+        _finite("bw_mbps", self.bw_mbps, 0.0, low_ok=False)
+        _finite("slo_ms", self.slo_ms, 0.0, low_ok=False)
+        _finite("bw_std", self.bw_std, 0.0)
+        _finite("rtt_ms", self.rtt_ms, 0.0)
+        _finite("queue_ms", self.queue_ms, 0.0)
+        _finite("device_slowdown", self.device_slowdown, 0.0, low_ok=False)
+        _finite("server_slowdown", self.server_slowdown, 0.0, low_ok=False)
+        for i, h in enumerate(self.bw_history):
+            _finite(f"bw_history[{i}]", h, 0.0, low_ok=False)
+        if self.task not in TASKS:
+            raise PolicyError(f"state.task is {self.task!r}, expected one of {sorted(TASKS)}")
+
+    @property
+    def weights(self) -> tuple[float, float]:
+        return TASKS[self.task]

@@ -1,0 +1,112 @@
+"""edgesdk.policy: candidates from the digits bundle, the planner on hand-computed cases,
+state validation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from edgesdk.bundle import Bundle
+from edgesdk.errors import PolicyError
+from edgesdk.models import DIGITS_BUNDLE
+from edgesdk.policy import (
+    Candidate,
+    CandidateTable,
+    State,
+    build_candidates,
+    expected_rewards,
+    model_profile,
+    plan,
+)
+
+
+def _table(**cols) -> CandidateTable:
+    n = len(cols["dev_ms"])
+    zeros = np.zeros(n)
+    base = dict(enc_ms=zeros, wire_bytes=zeros, srv_ms=zeros, p_exit=zeros, exit_ms=zeros,
+                exit_acc=zeros, rest_acc=np.ones(n), bits=np.full(n, 32.0))
+    base.update({k: np.asarray(v, float) for k, v in cols.items()})
+    cands = tuple(Candidate(0, f"p{i}", 32) for i in range(n))
+    return CandidateTable("hand", cands, **base)
+
+
+# device-only: 10 ms, accuracy 0.9; offload: 1 ms on the device, 1000 bytes, 1 ms on the
+# server, accuracy 0.95.
+HAND = dict(dev_ms=[10, 1], wire_bytes=[0, 1000], srv_ms=[0, 1], rest_acc=[0.9, 0.95])
+
+
+def test_planner_fast_link_offloads():
+    # 8 Mbit/s: 1000 B = 8000 bit in 1 ms; offload latency 1 + 2 (rtt) + 1 + 1 = 5 ms
+    s = State(bw_mbps=8.0, slo_ms=10.0, rtt_ms=2.0, task="balanced")  # w_acc 5, penalty 1
+    r = expected_rewards(_table(**HAND), s)
+    assert r[0] == pytest.approx(5 * 0.9 - 10 / 10)  # 3.5; 10 ms is not > SLO
+    assert r[1] == pytest.approx(5 * 0.95 - 5 / 10)  # 4.25
+    assert plan(_table(**HAND), s) == 1
+
+
+def test_planner_slow_link_stays_on_device():
+    # 0.8 Mbit/s: transfer 10 ms, latency 14 ms > SLO: 4.75 - 1.4 - 1 = 2.35 < 3.5
+    s = State(bw_mbps=0.8, slo_ms=10.0, rtt_ms=2.0, task="balanced")
+    r = expected_rewards(_table(**HAND), s)
+    assert r[1] == pytest.approx(5 * 0.95 - 14 / 10 - 1.0)
+    assert plan(_table(**HAND), s) == 0
+
+
+def test_uncertainty_makes_offloading_risky():
+    # at 2 Mbit/s the transfer takes 4 ms: 8 ms in all, inside the SLO of 10 ms when the
+    # estimate is exact; with a wide spread the violation probability is priced in
+    t = _table(**HAND)
+    exact = State(bw_mbps=2.0, slo_ms=10.0, rtt_ms=2.0)
+    wide = State(bw_mbps=2.0, bw_std=2.0, slo_ms=10.0, rtt_ms=2.0)
+    assert expected_rewards(t, wide)[1] < expected_rewards(t, exact)[1] - 0.2
+
+
+def test_exits_mix_latency_and_accuracy():
+    # half the samples exit after 2 ms with accuracy 0.8; the rest take 10 ms at 1.0
+    t = _table(dev_ms=[10], p_exit=[0.5], exit_ms=[2], exit_acc=[0.8], rest_acc=[1.0])
+    s = State(bw_mbps=1.0, slo_ms=20.0, task="latency")  # w_acc 1, penalty 2
+    assert expected_rewards(t, s)[0] == pytest.approx(0.9 - 6 / 20)
+
+
+def test_task_weights_change_the_choice():
+    # fast but less accurate (a) against slow and accurate (b)
+    t = _table(dev_ms=[1, 8], rest_acc=[0.85, 0.95])
+    assert plan(t, State(bw_mbps=1.0, slo_ms=10.0, task="latency")) == 0
+    assert plan(t, State(bw_mbps=1.0, slo_ms=10.0, task="accuracy")) == 1
+
+
+def test_digits_candidates_cover_device_edge_cuts_bits_and_exits():
+    table = build_candidates(model_profile(Bundle.load(DIGITS_BUNDLE).manifest))
+    cands = set(table.candidates)
+    assert Candidate(0, "device", 32) in cands and Candidate(2, "device", 32) in cands
+    for bits in (32, 16, 8, 4, 2):
+        assert Candidate(0, "input", bits) in cands and Candidate(0, "c2", bits) in cands
+    assert Candidate(1, "input", 8) not in cands  # exit1 comes after the input
+    assert Candidate(2, "c0", 8) not in cands  # exit2 (after segment 1) is after cut c0
+    i = table.index(Candidate(0, "device", 32))
+    assert table.dev_ms[i] == pytest.approx(0.0116 + 0.0247 + 0.0235 + 0.0098)
+    assert table.wire_bytes[i] == 0
+    edge = table.index(Candidate(0, "input", 8))
+    assert table.dev_ms[edge] == 0 and table.wire_bytes[edge] > 0
+    j = table.index(Candidate(1, "c1", 32))
+    assert table.p_exit[j] == pytest.approx(0.938667)
+    assert np.all((table.rest_acc > 0) & (table.rest_acc <= 1))
+
+
+@pytest.mark.parametrize("field, value", [("bw_mbps", math.nan), ("bw_mbps", 0.0),
+                                          ("slo_ms", 0.0), ("slo_ms", -1.0),
+                                          ("rtt_ms", math.inf), ("device_slowdown", 0.0)])
+def test_bad_state_values_are_policy_errors(field, value):
+    kwargs = dict(bw_mbps=5.0, slo_ms=10.0)
+    kwargs[field] = value
+    with pytest.raises(PolicyError, match=field):
+        State(**kwargs)
+
+
+def test_unknown_task_and_nan_history_are_policy_errors():
+    with pytest.raises(PolicyError, match="task"):
+        State(bw_mbps=1.0, slo_ms=1.0, task="fast")
+    with pytest.raises(PolicyError, match=r"bw_history\[1\]"):
+        State(bw_mbps=1.0, slo_ms=1.0, bw_history=(1.0, math.nan))
