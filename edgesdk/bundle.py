@@ -31,12 +31,12 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ._fs import replacing
 from .errors import BundleError
 
 FORMAT = "edgesdk-bundle"
@@ -229,10 +229,8 @@ class Bundle:
         root.mkdir(parents=True, exist_ok=True)
         check_chain(manifest, str(root / MANIFEST))
         text = json.dumps(manifest.to_json(), indent=2) + "\n"
-        fd, tmp = tempfile.mkstemp(dir=root, prefix=".manifest.", suffix=".json")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, root / MANIFEST)
+        with replacing(root / MANIFEST) as tmp:
+            tmp.write_text(text, encoding="utf-8")
         return cls.load(root)
 
     def with_profile(self, device: str, profile: Mapping[str, Any]) -> Bundle:

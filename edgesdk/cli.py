@@ -29,6 +29,7 @@ import time
 from importlib import metadata
 from typing import Any
 
+from .demo import add_demo_parser
 from .errors import EdgeError
 from .exit_tools import add_exits_parser
 from .policy.commands import add_policy_parser
@@ -423,13 +424,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_profile)
 
+    add_demo_parser(sub)
     add_exits_parser(sub)
     add_serve_parser(sub)
     add_keys_parser(sub)
     add_policy_parser(sub)
 
     p = sub.add_parser("bench", help="run a benchmark", add_help=True)
-    p.add_argument("topic", choices=["codec", "split", "transport", "policy"],
+    p.add_argument("topic", choices=["codec", "split", "transport", "policy", "overhead"],
                    help="which benchmark")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (--help)")
     p.set_defaults(func=_bench)

@@ -13,6 +13,7 @@ catch one type at its boundary. Each message names the offending value and the l
     │   └── Unreachable
     ├── PolicyError         a decision input is invalid
     ├── ExitError           exit data, heads or thresholds are invalid (shape, dtype, NaN)
+    ├── InputError          a frame or input tensor does not fit the model's input spec
     ├── NativeUnavailable   EDGESDK_NATIVE=1 but the C extension is missing (also ImportError)
     └── MissingDependency   an optional extra is not installed (also ImportError)
 """
@@ -59,6 +60,10 @@ class PolicyError(EdgeError, ValueError):
 class ExitError(EdgeError, ValueError):
     """Early-exit input is invalid: calibration data of the wrong shape or dtype, an empty
     data set, NaN features, a head file that does not parse, an uncalibrated exit."""
+
+
+class InputError(EdgeError, ValueError):
+    """A frame or input tensor does not fit the bundle's input (shape, dtype, NaN)."""
 
 
 class NativeUnavailable(EdgeError, ImportError):

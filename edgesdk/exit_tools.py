@@ -282,7 +282,7 @@ def _open_file(bundle: Bundle, path: Path, threads: int):
     return TfliteSegment(path, threads=threads)
 
 
-def _exit_runner(bundle: Bundle, spec: ExitSpec, threads: int
+def exit_runner(bundle: Bundle, spec: ExitSpec, threads: int
                  ) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
     """A function env -> exit outputs (1, classes) for one exit of the bundle."""
     path = bundle.path / spec.file
@@ -293,7 +293,7 @@ def _exit_runner(bundle: Bundle, spec: ExitSpec, threads: int
     return lambda env: seg.run({n: env[n] for n in spec.inputs})[spec.output.name]
 
 
-def _ordered_exits(bundle: Bundle) -> list[tuple[int, ExitSpec]]:
+def ordered_exits(bundle: Bundle) -> list[tuple[int, ExitSpec]]:
     """Exits in cascade order: by segment, then as listed in the manifest."""
     return sorted(enumerate(bundle.exits), key=lambda ie: (ie[1].after_segment, ie[0]))
 
@@ -305,7 +305,7 @@ def _run(bundle: Bundle, data: Dataset, *, cuts: Sequence[CutSpec] = (),
     from .runtime import open_segments, run_chain
 
     segments = open_segments(bundle, threads=threads)
-    runners = [_exit_runner(bundle, e, threads) for e in exits]
+    runners = [exit_runner(bundle, e, threads) for e in exits]
     axis = _channel_axis(bundle)
     n = len(data)
     feats: list[list[np.ndarray]] = [[] for _ in cuts]
@@ -512,7 +512,7 @@ def calibrate(bundle_path: str | Path, data: Dataset | str | Path, *, max_drop: 
                         "exits train` or split a multi-exit model with --exit NAME")
     out_spec = _final_output(bundle, output)
     classes = _classes(out_spec)
-    ordered = [e for _, e in _ordered_exits(bundle)]
+    ordered = [e for _, e in ordered_exits(bundle)]
     for e in ordered:
         if e.output.shape[-1] != classes:
             raise ExitError(f"exit {e.name!r} has {e.output.shape[-1]} classes, the model "
@@ -567,7 +567,7 @@ def calibrate(bundle_path: str | Path, data: Dataset | str | Path, *, max_drop: 
         st = cascade.exits[k]
         lst = labels_cascade.exits[k] if labels_cascade else None
         rule = ExitRule(measures[k], temps[k], st.threshold, kinds[k])
-        run = _exit_runner(bundle, e, threads)
+        run = exit_runner(bundle, e, threads)
         head_ms = _time_ms(lambda run=run, rule=rule: rule.scores(run(env0)))
         tail_ms = None if prefix is None else max(total - prefix[e.after_segment], 0.0)
         saved = None if tail_ms is None else st.coverage * tail_ms - st.reach * head_ms
@@ -639,7 +639,7 @@ def evaluate(bundle: Bundle | str | Path, data: Dataset | str | Path, *,
              output: str | None = None, threads: int = 1) -> Evaluation:
     """Run the cascade with the thresholds stored in the bundle on `data`."""
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-    ordered = [e for _, e in _ordered_exits(bundle)]
+    ordered = [e for _, e in ordered_exits(bundle)]
     if not ordered:
         raise ExitError(f"{bundle.path}: the bundle has no exits to evaluate")
     rules = [ExitRule.from_calibration(e.calibration, e.name) for e in ordered]
@@ -732,7 +732,7 @@ def report_rows(bundle: Bundle) -> list[dict[str, Any]]:
     """One dict per exit in cascade order: name, kind, after_segment and its calibration."""
     return [{"name": e.name, "kind": e.kind, "after_segment": e.after_segment,
              "inputs": list(e.inputs), **dict(e.calibration)}
-            for _, e in _ordered_exits(bundle)]
+            for _, e in ordered_exits(bundle)]
 
 
 EXIT_HEADER = ["exit", "kind", "after seg", "measure", "T", "threshold", "reach", "coverage",

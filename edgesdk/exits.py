@@ -455,8 +455,9 @@ def calibrate_thresholds(confidences: Sequence[Any], predictions: Sequence[Any],
 
     confidences, predictions: per exit (in evaluation order), arrays of shape (samples,).
     targets: true labels, or None to use the full model's predictions (agreement).
-    A threshold lies midway between the lowest confidence admitted and the next one below,
-    never between tied values; None means the exit never fires.
+    A threshold lies midway between the lowest confidence admitted and the next one below
+    (or on the lowest admitted one, when the two are too close to have a midpoint), never
+    between tied values; None means the exit never fires.
     """
     if not (isinstance(max_drop, (int, float)) and 0 <= max_drop < 1):
         raise ExitError(f"max_drop is {max_drop!r}, expected a fraction in [0, 1), "
@@ -492,7 +493,7 @@ def calibrate_thresholds(confidences: Sequence[Any], predictions: Sequence[Any],
         elif m == len(s):
             thresholds.append(float(s[-1]))
         else:
-            thresholds.append(float((s[m - 1] + s[m]) / 2))
+            thresholds.append(_separating_threshold(float(s[m]), float(s[m - 1])))
         curves.append(_curve(s, cum_sum, ends, n, float(base_ok.mean()), curve_points,
                              pred[k][order] == target[order]))
         leaving = order[:m]
@@ -501,6 +502,19 @@ def calibrate_thresholds(confidences: Sequence[Any], predictions: Sequence[Any],
     result = evaluate_cascade(conf, pred, final, thresholds, targets, z)
     return CascadeCalibration(**{**result.__dict__, "max_drop": float(max_drop),
                                  "curves": tuple(curves)})
+
+
+def _separating_threshold(below: float, lowest_admitted: float) -> float:
+    """A threshold t with below < t <= lowest_admitted (an exit fires at conf >= t).
+
+    Midway, for a margin on unseen data; but the midpoint of two adjacent doubles rounds
+    onto one of them, and onto `below` it would admit one more group than calibrated, so
+    then the lowest admitted confidence itself.
+    """
+    mid = (below + lowest_admitted) / 2
+    if not math.isfinite(mid):  # the sum overflowed
+        mid = below / 2 + lowest_admitted / 2
+    return mid if below < mid <= lowest_admitted else lowest_admitted
 
 
 def _curve(s, cum_sum, ends, n, baseline, points, correct_here):

@@ -498,8 +498,11 @@ class LinkEstimator:
         self._last_traffic = float(now)
 
     def on_reply(self, payload_bytes: int, round_trip_ms: float, server_ms: float,
-                 queue_ms: float, now: float) -> float | None:
-        self.server.observe_reply(server_ms, queue_ms)
+                 queue_ms: float, now: float, profiled_ms: float | None = None
+                 ) -> float | None:
+        """One reply; profiled_ms: the server's profiled time for the same work (tracks
+        the server's slowdown). Returns the bandwidth sample, if the payload was large."""
+        self.server.observe_reply(server_ms, queue_ms, profiled_ms)
         self._last_traffic = float(now)
         if payload_bytes <= self.small_bytes:  # small: it measures latency, not bandwidth
             self.rtt.observe(max(round_trip_ms - server_ms - queue_ms, 0.0), now)

@@ -42,6 +42,7 @@ from .errors import BundleError, CodecError
 from .transport.protocol import BAD_REQUEST, Envelope, HandlerError
 
 UNKNOWN_BUNDLE = "unknown_bundle"
+INPUT_CUT = "input"
 FLOAT_DTYPES = ("float16", "float32", "float64")
 OUTPUT_BITS = (16, 32)
 
@@ -73,6 +74,22 @@ def decode_tensors(frames: Sequence, specs: Sequence[TensorSpec]) -> dict[str, n
                              f"{list(spec.shape)}")
         out[spec.name] = array.astype(spec.dtype, copy=False)
     return out
+
+
+def input_cut(bundle: Bundle) -> CutSpec | None:
+    """The pseudo-cut "input" before segment 0 (edge-only: the device sends the model
+    input and the server runs everything), when the inputs are float tensors."""
+    inputs = bundle.manifest.inputs
+    if any(t.dtype not in FLOAT_DTYPES for t in inputs):
+        return None
+    total = sum(s.flops for s in bundle.segments)
+    return CutSpec(INPUT_CUT, -1, inputs, 0, total)
+
+
+def servable_cuts(bundle: Bundle) -> tuple[CutSpec, ...]:
+    """Where a request may enter the server: "input" (if float) and every cut point."""
+    first = input_cut(bundle)
+    return ((first,) if first else ()) + tuple(bundle.cuts)
 
 
 def _check_servable(bundle: Bundle) -> None:
@@ -154,8 +171,8 @@ class _Served:
         from .runtime import open_segment
 
         self.bundle = bundle
-        self.cuts = {c.id: c for c in bundle.cuts}
-        self.first_tail = min((c.after_segment + 1 for c in bundle.cuts), default=None)
+        self.cuts = {c.id: c for c in servable_cuts(bundle)}
+        self.first_tail = min((c.after_segment + 1 for c in self.cuts.values()), default=None)
         n = len(bundle.segments)
         self.segments: list = [None] * n
         if self.first_tail is not None:
@@ -202,7 +219,7 @@ class TailHandler:
         bundle = served.bundle
         profile = self._profile(served)
         cuts = []
-        for c in bundle.cuts:
+        for c in served.cuts.values():
             entry: dict[str, Any] = {
                 "id": c.id, "after_segment": c.after_segment,
                 "tensors": [_spec_json(t) for t in c.tensors], "bytes_fp32": c.bytes,

@@ -56,27 +56,49 @@ static int check_bits(int bits) {
     return -1;
 }
 
-/* Check n == outer * groups * inner and return outer. */
+/* Check n == outer * groups * inner and return outer.
+ *
+ * groups * inner is never formed before it is known to be at most n: inner comes straight
+ * from Python, and a product that wrapped around could be 0 (a division by zero) or divide n
+ * (the loops would then index far past the buffers). An empty tensor has no runs (outer 0). */
 static int group_layout(size_t n, size_t groups, Py_ssize_t inner, size_t *outer) {
-    if (groups == 0 || inner <= 0 || n % (groups * (size_t)inner) != 0) {
+    if (groups == 0 || inner <= 0) {
+        PyErr_Format(PyExc_ValueError, "need at least 1 group and inner >= 1, got %zu groups "
+                     "and inner %zd", groups, inner);
+        return -1;
+    }
+    size_t run = (size_t)inner;
+    if (n == 0) {
+        *outer = 0;
+        return 0;
+    }
+    if (run > n || groups > n / run || n % (groups * run) != 0) {
         PyErr_Format(PyExc_ValueError,
                      "%zu elements do not split into %zu groups of runs of %zd", n, groups,
                      inner);
         return -1;
     }
-    *outer = n / (groups * (size_t)inner);
+    *outer = n / (groups * run);
     return 0;
 }
 
-/* The runs of a grouped call: one set of parameters makes the whole tensor a single run.
- * Returns 1 if every run starts on a byte boundary when packed; otherwise the codes of
- * all runs go through one scratch buffer and are packed (or unpacked) together. */
-static int runs_of(size_t n, size_t groups, int bits, size_t *outer, size_t *run) {
+/* How the packing kernels walk a grouped call of n = outer * groups * inner elements.
+ *
+ * With one group every element shares the same parameters, so the tensor is one run of n
+ * elements (outer 1, run n), whatever `inner` was; otherwise there are outer * groups runs
+ * of `inner`. Returns 1 if the runs can be packed one by one, i.e. there is a single run
+ * or every run starts on a byte boundary of the packed output; 0 if the codes of all runs
+ * must go through one scratch buffer and be packed (or unpacked) together. */
+static int runs_of(size_t n, size_t groups, size_t inner, int bits, size_t *outer,
+                   size_t *run) {
     if (groups == 1) {
         *outer = 1;
         *run = n;
+    } else {
+        *outer = n / (groups * inner); /* exact and without overflow: see group_layout */
+        *run = inner;
     }
-    return *outer * groups == 1 || (*run * (size_t)bits) % 8 == 0;
+    return groups == 1 || (inner * (size_t)bits) % 8 == 0;
 }
 
 static es_qparams params_for(float scale, int32_t zp, int bits, int symmetric) {
@@ -275,8 +297,8 @@ static PyObject *py_quantize_pack(PyObject *self, PyObject *args) {
     float *sp = s.view.buf;
     int32_t *zpp = z.view.buf;
     uint8_t *op = out.view.buf;
-    size_t run = (size_t)inner;
-    int aligned = runs_of(n, groups, bits, &outer, &run);
+    size_t run;
+    int aligned = runs_of(n, groups, (size_t)inner, bits, &outer, &run);
     uint8_t *scratch = aligned ? NULL : malloc(n);
     if (!aligned && !scratch) {
         PyErr_NoMemory();
@@ -338,8 +360,8 @@ static PyObject *py_unpack_dequantize(PyObject *self, PyObject *args) {
     const float *sp = s.view.buf;
     const int32_t *zpp = z.view.buf;
     float *dst = out.view.buf;
-    size_t run = (size_t)inner;
-    int aligned = runs_of(n, groups, bits, &outer, &run);
+    size_t run;
+    int aligned = runs_of(n, groups, (size_t)inner, bits, &outer, &run);
     uint8_t *scratch = aligned ? NULL : malloc(n);
     if (!aligned && !scratch) {
         PyErr_NoMemory();

@@ -84,3 +84,22 @@ def test_profiles_are_stored_atomically(bundle_dir):
     assert Bundle.load(bundle_dir).manifest.profiles["pi4"]["segments"][0]["median_ms"] == 1.5
     assert not list(bundle_dir.glob(".manifest.*"))
     assert b.manifest.profiles.keys() == {"pi4"}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_get_the_mode_open_would_give(tmp_path, umask):
+    """Not mkstemp's 0600: a server running as another user must be able to read a bundle."""
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        bundle = split_model(small_dag(tmp_path / "dag.onnx"), tmp_path / "dag.edge",
+                             cuts=["a+b"])
+        bundle = bundle.with_profile("pi4", {"segments": []})  # rewrites manifest.json
+    finally:
+        os.umask(old)
+    files = [bundle.path / MANIFEST, *(bundle.path / s.file for s in bundle.segments)]
+    for f in files:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f.name
+    assert sorted(p.name for p in bundle.path.iterdir() if p.name.startswith(".")) == []

@@ -278,6 +278,20 @@ def test_tied_confidences_are_never_split():
     assert cal.thresholds[0] == pytest.approx(0.7) and cal.exits[0].coverage == 0.5
 
 
+@pytest.mark.parametrize("lo", [0.75, 0.5, 1e-300, 5e-324, -0.25, 1e300, 1.7e308])
+def test_threshold_separates_ulp_adjacent_confidences(lo):
+    """The midpoint of two adjacent doubles rounds onto one of them (ties to even): for
+    lo = 0.75 and hi = nextafter(0.75, 1) it is 0.75, which admitted the wrong sample too."""
+    hi = np.nextafter(lo, np.inf)
+    conf = np.array([hi, lo])
+    pred, final = np.array([0, 1]), np.zeros(2, int)  # the exit is wrong on the lo sample
+    cal = calibrate_thresholds([conf], [pred], final, None, max_drop=0.0, z=0.0)
+    thr = cal.thresholds[0]
+    assert lo < thr <= hi
+    assert cal.exits[0].coverage == 0.5 and cal.drop == 0.0
+    assert list(cascade_exits([conf], [thr])) == [0, 1]
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"max_drop": 1.5}, "max_drop is 1.5"),
     ({"max_drop": -0.1}, "max_drop is -0.1"),

@@ -175,3 +175,61 @@ def test_pack_unpack_layout(native, ref, bits):
             assert packed[0] == codes[0] | codes[1] << 2 | codes[2] << 4 | codes[3] << 6
         assert np.array_equal(k.unpack(packed, bits, 11), codes)
     assert same_bits(native.pack(codes, bits), ref.pack(codes, bits))
+
+
+# Bad `inner` values for the private binding. groups * inner used to wrap around size_t:
+# 4 * 2**62 is 0 (SIGFPE in `n % 0`), 4 * (2**62 + 1) is 4, which "divides" n = 4 and sent
+# the loops 2**62 floats past the buffers (SIGSEGV). They run in a child interpreter so
+# that a crash fails this test instead of killing the whole run.
+_BAD_INNER_SCRIPT = """
+import numpy as np
+from edgesdk import _native
+
+n, groups = 4, 4
+x = np.zeros(n, np.float32)
+codes = np.zeros(n, np.uint8)
+packed = np.zeros(n, np.uint8)  # 8 bits: one byte per code
+s = np.ones(groups, np.float32)
+z = np.zeros(groups, np.int32)
+calls = {
+    "quantize": lambda i: _native.quantize(x, codes, s, z, 8, False, i),
+    "dequantize": lambda i: _native.dequantize(codes, x, s, z, i),
+    "quantize_pack": lambda i: _native.quantize_pack(x, packed, s.copy(), z.copy(), 8, False, i),
+    "unpack_dequantize": lambda i: _native.unpack_dequantize(packed, x, s, z, 8, i),
+}
+for name, call in calls.items():
+    for inner in (2**62, 2**62 + 1, 2**61 + 1, 5, 0, -1):
+        try:
+            call(inner)
+        except ValueError as e:
+            assert str(inner) in str(e), (name, inner, str(e))
+            print(name, inner, "ValueError")
+        else:
+            print(name, inner, "accepted")
+"""
+
+
+@needs_native
+def test_native_rejects_inner_that_overflows_the_group_layout(tmp_path):
+    import subprocess
+    import sys
+
+    # cwd away from the checkout: `python -c` puts cwd first on sys.path
+    proc = subprocess.run([sys.executable, "-c", _BAD_INNER_SCRIPT], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, f"exit status {proc.returncode}\n{proc.stdout}{proc.stderr}"
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 4 * 6, proc.stdout
+    assert all(line.endswith("ValueError") for line in lines), proc.stdout
+
+
+@needs_native
+def test_native_group_layout_still_accepts_valid_calls():
+    from edgesdk import _native
+
+    x = np.arange(12, dtype=np.float32)
+    s, z = np.full(3, 0.5, np.float32), np.zeros(3, np.int32)
+    codes = np.zeros(12, np.uint8)
+    _native.quantize(x, codes, s, z, 8, False, 2)  # [2][3][2]
+    empty = np.zeros(0, np.float32)
+    _native.quantize(empty, np.zeros(0, np.uint8), s, z, 8, False, 7)  # no runs at all

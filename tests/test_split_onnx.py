@@ -139,6 +139,31 @@ def test_non_separating_cut_names_the_leaking_tensor(tmp_path):
         split_model(path, tmp_path / "x.edge", cuts=["b"])
 
 
+def test_a_separating_cut_that_is_not_a_candidate_says_why(tmp_path):
+    """A live set that analyse() leaves out (too many tensors, not floats) is a SplitError
+    naming the tensors, not an IndexError."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"]),
+        helper.make_node("Neg", ["x"], ["b"]),
+        helper.make_node("Sigmoid", ["x"], ["c"]),  # live {a, b, c}: three tensors
+        helper.make_node("Sum", ["a", "b", "c"], ["s"]),
+        helper.make_node("Cast", ["s"], ["i"], to=TensorProto.INT32),  # live {i}: ints
+        helper.make_node("Cast", ["i"], ["y"], to=TensorProto.FLOAT),
+    ]
+    path = tmp_path / "odd.onnx"
+    onnx.save(helper.make_model(helper.make_graph(nodes, "odd", [x], [y]),
+                                opset_imports=[helper.make_opsetid("", 13)]), path)
+    with pytest.raises(SplitError, match=r"cut 'a\+b\+c': a\+b\+c separates the graph, "
+                                         r"but it has 3 tensors, limit max_cut_tensors=2"):
+        split_model(path, tmp_path / "x.edge", cuts=["a+b+c"])
+    with pytest.raises(SplitError, match=r"cut 'i'.*'i' is int32.*float32"):
+        split_model(path, tmp_path / "x.edge", cuts=["i"])
+    bundle = split_model(path, tmp_path / "ok.edge", cuts=["a+b+c"], max_cut_tensors=3)
+    assert bundle.cuts[0].names == ("a", "b", "c")
+
+
 def test_unknown_cut_name(tmp_path):
     with pytest.raises(SplitError, match="unknown tensor 'no_such_tensor'"):
         split_model(onnx_light_model("squeezenet"), tmp_path / "x.edge", cuts=["no_such_tensor"])

@@ -342,6 +342,90 @@ def test_submit_rejects_bad_arguments(kwargs, needle):
         ClientProtocol().submit(**args)
 
 
+class _Unpackable:
+    pass
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"extra": {"x": _Unpackable()}}, r"fields\['x'\] cannot be sent: TypeError"),
+    ({"extra": {"n": 2**70}}, r"fields\['n'\] cannot be sent"),
+    ({"extra": {"deep": [1, {"k": object()}]}}, r"fields\['deep'\]"),
+    ({"extra": [("op", "x")]}, "fields has type list, expected a mapping"),
+    ({"extra": "op=x"}, "fields has type str"),
+    ({"extra": {1: "x"}}, "fields key 1 has type int, expected str"),
+    ({"extra": {"id": 9}}, "fields key 'id' would overwrite"),
+    ({"extra": {"budget_ms": 9}}, "fields key 'budget_ms' would overwrite"),
+    ({"extra": {"pad": "x" * protocol.MAX_ENVELOPE_BYTES}}, "bytes, limit 16384"),
+    ({"frames": ["text"]}, "frame 0 has type str"),
+    ({"frames": [b"ok", 7]}, "frame 1 has type int"),
+    ({"frames": b"one frame"}, "frames is a single bytes"),
+    ({"bundle": 7}, "bundle is 7"),
+    ({"cut": "c" * 300}, "cut is 'ccc"),
+])
+def test_a_request_that_cannot_be_sent_fails_at_submit_and_leaves_nothing(kwargs, needle):
+    """It used to be registered, then fail in `outgoing` on every call: the client wedged."""
+    proto = ClientProtocol()
+    args = {"now": 0.0, "kind": "infer", "budget_s": 1.0, "bundle": "b", "cut": "c", **kwargs}
+    with pytest.raises(MalformedMessage, match=needle) as info:
+        proto.submit(**args)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, TransportError)
+    assert proto.pending_ids() == [] and proto.outgoing(0.0) == []
+    assert proto.next_timer() == math.inf
+    rid = proto.submit(0.0, "infer", 1.0, [b"t", bytearray(b"u"), memoryview(b"v")],
+                       bundle="b", cut="c", extra={"op": "x", "n": [1, 2.5]})
+    assert rid == 1  # the rejected request did not use up an id
+    (sent, message), = send_all(proto, 0.0)
+    assert sent == rid and unpack(message[0]).get("n") == [1, 2.5]
+
+
+@pytest.mark.parametrize("kind, request_kind, fields, needle", [
+    ("welcome", "hello", {"bundles": {}, "load": {}, "server_ms": "1.5"}, "'server_ms'"),
+    ("welcome", "hello", {"bundles": {}, "load": {}, "queue_ms": [1]}, "'queue_ms'"),
+    ("welcome", "hello", {"bundles": {}, "load": {}, "server_version": "1.0"},
+     "'server_version'"),
+    ("welcome", "hello", {"bundles": {}, "load": {}, "server": 5}, "'server'"),
+    ("welcome", "hello", {"load": {}}, "'bundles'"),
+    ("heartbeat", "heartbeat", {"server_ms": "abc"}, "'server_ms'"),
+    ("heartbeat", "heartbeat", {"load": [1]}, "'load'"),
+    ("result", "infer", {"server_ms": 1.0}, "'queue_ms'"),
+    ("result", "infer", {"server_ms": None, "queue_ms": 1.0}, "'server_ms'"),
+    ("result", "infer", {"server_ms": True, "queue_ms": 1.0}, "'server_ms'"),
+    ("busy", "infer", {"queue": "x" * 100_000}, "'queue'"),
+    ("error", "infer", {"error": "bad_request"}, "'message'"),
+])
+def test_a_malformed_reply_fails_its_request_with_a_server_error(kind, request_kind, fields,
+                                                                   needle):
+    """Never an untyped exception out of `received`, never a request lost without outcome."""
+    proto = ClientProtocol()
+    extra = {"bundle": "b", "cut": "c"} if request_kind == "infer" else {}
+    rid = proto.submit(0.0, request_kind, 1.0, **extra)
+    send_all(proto, 0.0)
+    assert proto.received(0.01, reply(kind, rid, **fields)) == rid
+    out = take(proto, rid)
+    assert isinstance(out, ServerError) and needle in str(out) and "malformed reply" in str(out)
+    assert proto.pending_ids() == []
+
+
+@given(kind=st.sampled_from(["welcome", "heartbeat", "result", "busy", "error"]),
+       fields=st.dictionaries(st.sampled_from(["server_ms", "queue_ms", "server_version",
+                                               "server", "bundles", "load", "queue",
+                                               "max_queue", "error", "message"]),
+                              _values, max_size=6))
+def test_any_reply_becomes_a_reply_or_a_typed_error(kind, fields):
+    proto = ClientProtocol()
+    rid = proto.submit(0.0, "hello", 1.0)
+    send_all(proto, 0.0)
+    try:
+        message = reply(kind, rid, **fields)
+    except (TypeError, ValueError, OverflowError):
+        return  # not packable in the first place
+    assert proto.received(0.01, message) == rid
+    out = take(proto, rid)
+    assert isinstance(out, (Reply, TransportError))
+    if isinstance(out, Reply):
+        assert math.isfinite(out.server_ms) and math.isfinite(out.queue_ms)
+
+
 def test_errors_are_transport_errors():
     for exc in (Timeout, ServerBusy, ServerError, Unreachable, RemoteError,
                 MalformedMessage):

@@ -89,10 +89,13 @@ def test_welcome_describes_bundles_cuts_profiles_and_load(tail_server, bundle):
     assert welcome.server_version == 1
     assert list(welcome.bundles) == [bundle.source_sha256]
     info = welcome.bundles[bundle.source_sha256]
-    assert [c["id"] for c in info["cuts"]] == [c.id for c in bundle.cuts]
-    assert info["cuts"][0]["tensors"][0]["shape"] == list(bundle.cuts[0].tensors[0].shape)
+    # "input" first: edge-only requests send the model input and the server runs it all
+    assert [c["id"] for c in info["cuts"]] == ["input"] + [c.id for c in bundle.cuts]
+    assert info["cuts"][0]["tensors"] == [{"name": t.name, "shape": list(t.shape),
+                                           "dtype": t.dtype} for t in bundle.manifest.inputs]
+    assert info["cuts"][1]["tensors"][0]["shape"] == list(bundle.cuts[0].tensors[0].shape)
     profiled = [s["index"] for s in info["profile"]["segments"]]
-    assert profiled == list(range(1, len(bundle.segments)))  # the tails of every cut
+    assert profiled == list(range(len(bundle.segments)))  # the tails of every cut
     assert all(s["median_ms"] > 0 for s in info["profile"]["segments"])
     tails = [c["tail_ms"] for c in info["cuts"]]
     assert tails == sorted(tails, reverse=True) and tails[-1] > 0  # later cut, less left

@@ -14,16 +14,14 @@ of its envelope: echo (default), sleep (`ms`), crash (os._exit), raise, reject, 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
-import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from edgesdk.server_process import ServerProcess as _ServerProcess
+from edgesdk.server_process import ServerStartError
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -97,26 +95,15 @@ def child_env() -> dict[str, str]:
             os.environ.get("EDGESDK_NATIVE", "auto"), "PYTHONWARNINGS": "ignore"}
 
 
-class ServerProcess:
-    """A server subprocess with its log; a context manager that always ends it."""
+class ServerProcess(_ServerProcess):
+    """edgesdk.server_process.ServerProcess with this suite's environment and the two
+    kinds of test server (see the module docstring)."""
 
     def __init__(self, cmd: list[str], ready_timeout: float = 60.0) -> None:
-        self.cmd = cmd
-        self.events: list[dict] = []
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True, env=child_env(), cwd=str(TESTS))
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
         try:
-            ready = self.wait_event("ready", timeout=ready_timeout)
-        except BaseException:
-            self.kill()
-            raise
-        self.endpoint: str = ready["endpoint"]
-        self.pid = self.proc.pid
-        self.metrics_url = ready.get("metrics")
+            super().__init__(cmd, ready_timeout, env=child_env(), cwd=str(TESTS))
+        except ServerStartError as exc:
+            raise AssertionError(str(exc)) from None
 
     @classmethod
     def serving(cls, bundles: list, *args: str) -> ServerProcess:
@@ -127,65 +114,11 @@ class ServerProcess:
     def ops(cls, *args: str) -> ServerProcess:
         return cls([sys.executable, str(TESTS / "transport_helpers.py"), *args])
 
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            with self._cond:
-                self.lines.append(line.rstrip())
-                with contextlib.suppress(ValueError):
-                    event = json.loads(line)
-                    if isinstance(event, dict):
-                        self.events.append(event)
-                self._cond.notify_all()
-
-    def find(self, name: str, where: Callable[[dict], bool] = lambda e: True) -> list[dict]:
-        with self._cond:
-            return [e for e in self.events if e.get("event") == name and where(e)]
-
-    def wait_event(self, name: str, where: Callable[[dict], bool] = lambda e: True,
-                   timeout: float = 30.0, count: int = 1) -> dict:
-        """The `count`-th log event called `name` matching `where`; fails after timeout."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                found = [e for e in self.events if e.get("event") == name and where(e)]
-                if len(found) >= count:
-                    return found[count - 1]
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
-                    tail = "\n".join(self.lines[-20:])
-                    raise AssertionError(f"no {name!r} event (x{count}) within {timeout} s; "
-                                         f"exit code {self.proc.poll()}; log tail:\n{tail}")
-                self._cond.wait(min(left, 0.1))
-
-    def worker_pids(self) -> dict[int, int]:
-        """slot -> pid of the latest ready worker of each slot."""
-        pids: dict[int, int] = {}
-        for e in self.find("worker_ready"):
-            pids[e["slot"]] = e["pid"]
-        return pids
-
-    def terminate(self, timeout: float = 20.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+    def wait_event(self, *args, **kw) -> dict:
         try:
-            return self.proc.wait(timeout)
-        finally:
-            self.kill()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._reader.join(5)
-        if self.proc.stderr:
-            self.proc.stderr.close()
-
-    def __enter__(self) -> ServerProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.kill()
+            return super().wait_event(*args, **kw)
+        except ServerStartError as exc:
+            raise AssertionError(str(exc)) from None
 
 
 def pid_alive(pid: int) -> bool:

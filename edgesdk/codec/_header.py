@@ -54,10 +54,6 @@ class Header:
     codec: str
     raw_len: int
 
-    @property
-    def size(self) -> int:
-        return math.prod(self.shape)
-
 
 def payload_size(shape: tuple[int, ...], bits: int) -> int:
     """Uncompressed payload bytes of a tensor of `shape` at `bits`."""

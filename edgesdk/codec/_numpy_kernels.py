@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._layout import code_range, layout, packed_size, params_affine, params_symmetric
+from ._layout import _MAGIC, code_range, layout, packed_size, params_affine, params_symmetric
 
 NAME = "numpy"
-_MAGIC = np.float32(12582912.0)
 
 
 def absmax(x: np.ndarray) -> float:

@@ -142,6 +142,32 @@ class CandidateTable:
     def index(self, candidate: Candidate) -> int:
         return self.candidates.index(candidate)
 
+    def subset(self, keep: Sequence[bool] | np.ndarray) -> CandidateTable:
+        """The candidates where `keep` is true (e.g. device-only ones when offline)."""
+        mask = np.asarray(keep, dtype=bool)
+        if mask.shape != (len(self),) or not mask.any():
+            raise PolicyError(f"subset mask selects {int(mask.sum())} of {len(self)} "
+                              "candidates; expected a non-empty selection of the same length")
+        arrays = {f: getattr(self, f)[mask] for f in _ARRAY_FIELDS}
+        cands = tuple(c for c, k in zip(self.candidates, mask) if k)
+        return CandidateTable(self.model, cands, **arrays)
+
+    def with_server_times(self, tail_ms: Mapping[str, float]) -> CandidateTable:
+        """The same candidates with the server's own compute time after each cut (from
+        its welcome) instead of the device profile's; cuts it does not report keep
+        theirs."""
+        srv = self.srv_ms.copy()
+        for i, c in enumerate(self.candidates):
+            if c.cut in tail_ms and c.cut != "device":
+                srv[i] = float(tail_ms[c.cut])
+        arrays = {f: getattr(self, f) for f in _ARRAY_FIELDS}
+        arrays["srv_ms"] = srv
+        return CandidateTable(self.model, self.candidates, **arrays)
+
+
+_ARRAY_FIELDS = ("dev_ms", "enc_ms", "wire_bytes", "srv_ms", "p_exit", "exit_ms", "exit_acc",
+                 "rest_acc", "bits")
+
 
 def build_candidates(model: ModelProfile, bits: Sequence[int] = BITS) -> CandidateTable:
     """Every (exit prefix, cut, bits) that makes sense for `model`."""

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._fs import replacing
 from ..bundle import (
     Bundle,
     CutSpec,
@@ -42,6 +43,7 @@ from ..bundle import (
     sha256_file,
 )
 from ..errors import MissingDependency
+from ..profile import seeded_inputs
 from . import CutCandidate, SplitError, choose_cuts
 
 try:
@@ -174,6 +176,8 @@ class Analysis:
     candidates: list[CutCandidate]
     outputs: list[str]  # model outputs, exits excluded
     exits: list[ExitBranch]
+    max_cut_tensors: int = 2  # the limits `candidates` was filtered with
+    float_only: bool = True
 
 
 @dataclass
@@ -319,7 +323,7 @@ def analyse(model: onnx.ModelProto, max_cut_tensors: int = 2, float_only: bool =
     for b in exit_branches:
         specs.update(_tensor_specs(model, [o for n in b.nodes for o in n.output if o]))
     return Analysis(model, order, static, specs, producer, live_after, flops, candidates,
-                    outputs, exit_branches)
+                    outputs, exit_branches, max_cut_tensors, float_only)
 
 
 def _needed(order: list[onnx.NodeProto], targets: list[str]) -> set[int]:
@@ -389,19 +393,11 @@ def _observe(model: onnx.ModelProto, names: list[str]) -> dict[str, np.ndarray]:
 
 
 def random_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs for verification: standard normal floats, small non-negative ints."""
-    rng = np.random.default_rng(seed)
-    feed = {}
-    for inp in model.graph.input:
-        shape = _static_shape(inp)
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type))
-        if dtype.kind == "f":
-            feed[inp.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype.kind == "b":
-            feed[inp.name] = rng.integers(0, 2, shape).astype(dtype)
-        else:
-            feed[inp.name] = rng.integers(0, 4, shape).astype(dtype)
-    return feed
+    """Seeded inputs for verification: :func:`edgesdk.profile.seeded_inputs` for the model's
+    inputs (standard normal floats, small non-negative ints), as a bundle's profile uses."""
+    return seeded_inputs([TensorSpec(i.name, _static_shape(i),
+                                     _dtype_name(i.type.tensor_type.elem_type))
+                          for i in model.graph.input], seed)
 
 
 # --------------------------------------------------------------------------- cut selection
@@ -438,7 +434,21 @@ def _leak(an: Analysis, names: list[str]) -> str:
                 f"read after it), so the cut does not separate the graph; "
                 f"use {'+'.join(an.live_after[k])}")
     extra = [n for n in names if n not in an.live_after[k]]
-    return f"tensor {extra[0]!r} is not needed after the cut"
+    if extra:
+        return f"tensor {extra[0]!r} is not needed after the cut"
+    # `names` is exactly the live set after node k: it separates the graph, but analyse()
+    # left it out of the candidates. Say which of its filters did.
+    live = "+".join(an.live_after[k])
+    if an.float_only:
+        odd = [t for t in an.live_after[k] if an.specs[t].dtype not in FLOAT_DTYPES]
+        if odd:
+            kinds = ", ".join(f"{t!r} is {an.specs[t].dtype}" for t in odd)
+            return (f"{live} separates the graph, but {kinds}; the activation codec sends "
+                    f"only {' and '.join(FLOAT_DTYPES)} tensors")
+    if len(an.live_after[k]) > an.max_cut_tensors:
+        return (f"{live} separates the graph, but it has {len(an.live_after[k])} tensors, "
+                f"limit max_cut_tensors={an.max_cut_tensors}; raise it to cut here")
+    return f"{live} separates the graph, but it is not a candidate cut"
 
 
 # --------------------------------------------------------------------------- extraction
@@ -589,10 +599,8 @@ def _output_specs(an: Analysis) -> list[TensorSpec]:
 
 
 def _save_atomic(model: onnx.ModelProto, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(fd)
-    onnx.save(model, tmp)
-    os.replace(tmp, target)
+    with replacing(target) as tmp:
+        onnx.save(model, tmp)
 
 
 def verify_chain(model: onnx.ModelProto, out: Path, segments: Sequence[SegmentSpec],

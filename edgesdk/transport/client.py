@@ -85,7 +85,7 @@ class Client:
         self._own_context = context is None
         self._ctx = context or zmq.Context()
         self._sock: zmq.Socket | None = None
-        self._poller = zmq.Poller()
+        self._wake_fd: int | None = None
         self._closed = False
         self._open_socket()
 
@@ -111,6 +111,8 @@ class Client:
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
         self._poll_events = zmq.POLLIN
+        if self._wake_fd is not None:
+            self._poller.register(self._wake_fd, zmq.POLLIN)
 
     def _reset_socket(self) -> None:
         """Lazy Pirate: drop the socket (and whatever it still queues), open a fresh one."""
@@ -159,6 +161,24 @@ class Client:
         """A heartbeat round trip; the reply's envelope carries the server's load."""
         return self.wait(self.submit(budget_s=budget_s, kind=protocol.HEARTBEAT))
 
+    def done(self, request_id: int) -> bool:
+        """True once `request_id` has an outcome (`wait` then returns it at once)."""
+        return self._proto.done(request_id)
+
+    def poll(self, timeout_s: float, wake_fd: int | None = None) -> None:
+        """One turn of the I/O loop for callers that multiplex many requests (an event
+        loop, or a thread that also takes new work): timers, sends, then wait up to
+        `timeout_s` for replies, or until `wake_fd` (e.g. a pipe's read end) is readable;
+        the caller drains that fd. Check `done` for the requests it cares about."""
+        self._check_open()
+        if wake_fd != self._wake_fd:
+            if self._wake_fd is not None:
+                self._poller.unregister(self._wake_fd)
+            self._wake_fd = wake_fd
+            if wake_fd is not None:
+                self._poller.register(wake_fd, zmq.POLLIN)
+        self._turn(timeout_s)
+
     def cancel(self, request_id: int) -> None:
         """Give up on a submitted request; its reply, if any, is dropped as late."""
         self._proto.cancel(request_id)
@@ -206,25 +226,31 @@ class Client:
             self._proto.sent(rid, now)
 
     def _step(self, request_id: int) -> bool:
-        """One turn: timers, sends, one poll, reads. True once `request_id` is done."""
+        """One turn for `wait`. True once `request_id` is done."""
+        self._turn(1.0, request_id)
+        return self._proto.done(request_id)
+
+    def _turn(self, max_wait_s: float, request_id: int | None = None) -> None:
+        """Timers, sends, one poll of at most `max_wait_s` (or the next timer), reads.
+        Returns before polling when the timers completed `request_id`."""
         now = time.monotonic()
         if self._proto.tick(now):
             self._reset_socket()
             self._proto.reset(now)
-        if self._proto.done(request_id):
-            return True
+        if request_id is not None and self._proto.done(request_id):
+            return
         self._flush(now)
         wake = self._proto.next_timer()
-        timeout_ms = 0 if wake <= now else math.ceil(min(wake - now, 1.0) * 1e3)
+        timeout_ms = 0 if wake <= now else math.ceil(min(wake - now, max_wait_s) * 1e3)
         events = zmq.POLLIN
         if self._proto.has_sendable():
             events |= zmq.POLLOUT  # wake when a server connection appears
         if events != self._poll_events:
             self._poller.modify(self._sock, events)
             self._poll_events = events
-        if self._poller.poll(timeout_ms):
+        ready = dict(self._poller.poll(timeout_ms))
+        if ready.get(self._sock, 0) & zmq.POLLIN:
             self._drain(time.monotonic())
-        return self._proto.done(request_id)
 
     def _drain(self, now: float) -> None:
         """Read every waiting reply. The poll said readable, so the first read needs no

@@ -228,8 +228,10 @@ def check_request(env: Envelope) -> None:
         raise MalformedMessage(f"infer request {env.id} needs 'bundle' and 'cut'")
 
 
-def _field(env: Envelope, key: str, ok, expected: str) -> Any:
+def _field(env: Envelope, key: str, ok, expected: str, required: bool = True) -> Any:
     value = env.extra.get(key)
+    if not required and key not in env.extra:
+        return None
     if not ok(value):
         raise MalformedMessage(f"{env.kind} reply {env.id}: field {key!r} is "
                                f"{repr(value)[:60]}, expected {expected}")
@@ -240,27 +242,79 @@ def _ms(value: Any) -> bool:
     return _number(value) and math.isfinite(value) and value >= 0
 
 
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def check_reply(env: Envelope) -> None:
     """What a client requires of a reply's kind-specific fields. Raises MalformedMessage."""
     if env.kind not in REPLY_KINDS:
         raise MalformedMessage(f"the server sent kind {env.kind!r}; replies are "
                                f"{list(REPLY_KINDS)}")
-    if env.kind == RESULT:
-        _field(env, "server_ms", _ms, "a number >= 0")
-        _field(env, "queue_ms", _ms, "a number >= 0")
-    elif env.kind == ERROR:
+    # Timings: required in a result, optional elsewhere, but numbers wherever they appear
+    # (a Reply carries them as floats).
+    for key in ("server_ms", "queue_ms"):
+        _field(env, key, _ms, "a number >= 0", required=env.kind == RESULT)
+    if env.kind == ERROR:
         _field(env, "error", lambda v: isinstance(v, str) and 0 < len(v) <= MAX_NAME_CHARS,
                "an error code string")
         _field(env, "message", lambda v: isinstance(v, str), "a string")
     elif env.kind == WELCOME:
         _field(env, "bundles", lambda v: isinstance(v, dict), "a map")
         _field(env, "load", lambda v: isinstance(v, dict), "a map")
+        _field(env, "server_version", _count, "an int >= 0", required=False)
+        _field(env, "server", lambda v: isinstance(v, str), "a string", required=False)
+    elif env.kind == HEARTBEAT:
+        _field(env, "load", lambda v: isinstance(v, dict), "a map", required=False)
+    elif env.kind == BUSY:
+        _field(env, "queue", _count, "an int >= 0", required=False)
+        _field(env, "max_queue", _count, "an int >= 0", required=False)
 
 
 def error_envelope(request_id: int, code: str, message: str, **extra: Any) -> Envelope:
     """An `error` reply to `request_id`."""
     return Envelope(ERROR, request_id, extra={"error": code,
                                               "message": message[:MAX_MESSAGE_CHARS], **extra})
+
+
+def _request_fields(extra: Any) -> dict[str, Any]:
+    """A request's extra envelope fields, checked to pack: a map of string keys that leave
+    the core fields alone, each value msgpack can pack. Raises MalformedMessage."""
+    if extra is None:
+        return {}
+    if not isinstance(extra, Mapping):
+        raise MalformedMessage(f"fields has type {type(extra).__name__}, expected a mapping "
+                               "of string keys")
+    fields = dict(extra)
+    for key, value in fields.items():
+        if not isinstance(key, str):
+            raise MalformedMessage(f"fields key {repr(key)[:60]} has type "
+                                   f"{type(key).__name__}, expected str")
+        if key in _CORE_KEYS:
+            raise MalformedMessage(f"fields key {key!r} would overwrite an envelope field")
+        try:
+            msgpack.packb(value, use_bin_type=True)
+        except Exception as exc:  # TypeError, OverflowError, ValueError (depth), ...
+            raise MalformedMessage(f"fields[{key!r}] cannot be sent: {type(exc).__name__}: "
+                                   f"{str(exc)[:120]}") from None
+    return fields
+
+
+def _request_frames(frames: Any) -> tuple:
+    """Payload frames, checked to be contiguous buffers a socket can send."""
+    if isinstance(frames, (str, bytes, bytearray, memoryview)):
+        raise MalformedMessage(f"frames is a single {type(frames).__name__}, expected a "
+                               "sequence of frames")
+    out = tuple(frames)
+    for i, frame in enumerate(out):
+        try:
+            ok = memoryview(frame).contiguous
+        except TypeError:
+            ok = isinstance(getattr(frame, "buffer", None), memoryview)  # zmq.Frame
+        if not ok:
+            raise MalformedMessage(f"frame {i} has type {type(frame).__name__}, expected a "
+                                   "contiguous bytes-like object")
+    return out
 
 
 # -- the client's state machine ------------------------------------------------------------
@@ -365,12 +419,26 @@ class ClientProtocol:
                 and 0 < budget_s * 1e3 <= MAX_BUDGET_MS):
             raise ValueError(f"budget_s is {budget_s!r}, expected seconds in "
                              f"(0, {MAX_BUDGET_MS / 1e3:.0f}]")
+        for key, value in (("bundle", bundle), ("cut", cut)):
+            if value is not None and not (isinstance(value, str)
+                                          and 0 < len(value) <= MAX_NAME_CHARS):
+                raise MalformedMessage(f"{key} is {repr(value)[:60]}, expected a string of "
+                                       f"1..{MAX_NAME_CHARS} characters")
         if kind == INFER and (not bundle or not cut):
             raise ValueError("an infer request needs a bundle id and a cut id")
+        # Everything that could fail later, when `outgoing` packs and the socket sends, fails
+        # here instead: a request that cannot go out would otherwise stay first in line and
+        # wedge every later one. Nothing is registered (not even an id) until it passes.
+        extra = _request_fields(extra)
+        frames = _request_frames(frames)
+        size = len(pack(Envelope(kind, self._next_id, budget_s * 1e3, bundle, cut, extra)))
+        if size > MAX_ENVELOPE_BYTES:
+            raise MalformedMessage(f"the {kind} request envelope is {size} bytes, limit "
+                                   f"{MAX_ENVELOPE_BYTES}: send large data as frames")
         rid = self._next_id
         self._next_id += 1
-        self._pending[rid] = _Pending(rid, kind, tuple(frames), bundle, cut, dict(extra or {}),
-                                      now, now + budget_s)
+        self._pending[rid] = _Pending(rid, kind, frames, bundle, cut, extra, now,
+                                      now + budget_s)
         return rid
 
     def in_flight(self) -> int:
@@ -435,8 +503,9 @@ class ClientProtocol:
             # that a reset superseded (id reused only by the same logical request).
             self.stats.late_dropped += 1
             return None
+        outcome = self._outcome(now, p, env, tuple(frames[1:]))
         del self._pending[env.id]
-        self._done[env.id] = self._outcome(now, p, env, tuple(frames[1:]))
+        self._done[env.id] = outcome
         self.stats.replies += 1
         return env.id
 
@@ -460,9 +529,10 @@ class ClientProtocol:
                 return Timeout(f"request {p.id}: the server dropped it, its budget ran out "
                                f"before compute: {message}")
             return RemoteError(code, f"request {p.id}: {message}")
-        rtt = now - p.sent_at if p.sent_at is not None else math.nan
+        # check_reply made server_ms and queue_ms numbers >= 0 wherever present, and
+        # `received` only gets here for a request that was sent (sent_at is set).
         return Reply(p.id, env.kind, frames, float(env.get("server_ms", 0.0)),
-                     float(env.get("queue_ms", 0.0)), rtt, p.attempts, env)
+                     float(env.get("queue_ms", 0.0)), now - p.sent_at, p.attempts, env)
 
     # -- time ------------------------------------------------------------------------------
     def tick(self, now: float) -> bool:

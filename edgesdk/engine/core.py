@@ -1,0 +1,405 @@
+"""The Engine: one call per frame that runs the head of a split model here, stops at a
+confident exit, offloads the rest when that is faster, and never blocks past its deadline.
+
+Per frame (`infer`, or the two halves `_front` and `_back` that `stream` interleaves):
+
+1. decide: the strategy (the bundled policy network by default) picks a candidate
+   (exits, cut, bits) from live estimates: bandwidth, RTT, server queue and speed (the
+   EdgeLink's), this device's slowdown against its profile, the SLO and the task. When
+   the link cannot offload now, only device-only candidates are considered.
+2. front: run segments up to the cut, evaluating the plan's exits after each segment;
+   a confident exit ends the frame. Encode the cut's tensors and hand them to the link.
+3. back: wait for the reply until the frame's budget runs out; decode the outputs.
+   On Timeout, ServerBusy, ServerError or Unreachable, finish here if that fits the SLO
+   (the bundle has every segment), else answer with the most confident exit already
+   computed, else finish here anyway (late, but never lost). The reason is in
+   Result.fallback_reason.
+
+The budget sent with an offload keeps back the time a local finish would take, when that
+still fits the SLO: if the server has not answered by then, finishing here is the faster
+way to an answer within the deadline.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from ..bundle import Bundle
+from ..errors import (
+    BundleError,
+    PolicyError,
+    ServerBusy,
+    ServerError,
+    TransportError,
+    Unreachable,
+)
+from ..errors import Timeout as LinkTimeout
+from ..exits import confidence as confidence_of
+from ..exits import softmax
+from ..policy import (
+    TASKS,
+    Candidate,
+    CandidateTable,
+    PolicyNet,
+    State,
+    build_candidates,
+    model_profile,
+    plan,
+)
+from ..profile import SlowdownEstimator, profile_segments, seeded_inputs
+from ..serving import decode_tensors, encode_tensors, input_cut
+from .device import DeviceRunner, ExitAnswer
+from .link import EdgeLink
+from .result import Result, Timings
+
+STRATEGIES = ("policy", "planner", "device", "edge")
+GRACE_S = 0.02  # waited past an offload's budget before giving up on the link thread
+_REASONS = {LinkTimeout: "timeout", ServerBusy: "busy", ServerError: "server_error",
+            Unreachable: "unreachable"}
+
+
+@dataclass
+class _Frame:
+    """A frame between its front (device) half and its back (network) half."""
+
+    id: int
+    t0: float
+    deadline: float
+    env: dict[str, np.ndarray]
+    plan: Candidate
+    reason: str | None = None
+    device_ms: float = 0.0
+    encode_ms: float = 0.0
+    next_segment: int = 0
+    best_exit: ExitAnswer | None = None
+    result: Result | None = None  # set when the front already finished the frame
+    future: Future | None = None
+    sent_at: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Engine:
+    """Device-edge inference for one bundle.
+
+        with Engine("digits.edge", server="tcp://edge:5555", slo_ms=50) as engine:
+            result = engine.infer(x)        # Result: output, where, exit_name, cut, bits...
+
+    bundle: a Bundle or its directory. server: "tcp://host:port" of `edgesdk serve`, or
+    None (device only). slo_ms: each frame's latency budget. task: "balanced", "accuracy"
+    or "latency" (how the reward trades accuracy against time, edgesdk.policy.TASKS).
+    threads: onnxruntime intra-op threads per segment. curve_server_key: the server's
+    CURVE public key (z85 or a .key file); client_keys: this device's key pair file.
+    strategy: "policy" (the bundled network), "planner" (the analytic planner), "device"
+    (all exits, then the whole model here), "edge" (send the input at 8 bits), a
+    Candidate, or "CUT@BITS" (a fixed split, with every exit before the cut).
+    device: which stored profile describes this device (default: the first; if the
+    bundle has none, one is measured now). max_in_flight: frames `stream` overlaps.
+    connect_timeout_s: how long the constructor waits for the server's welcome.
+    """
+
+    def __init__(self, bundle: Bundle | str, server: str | None = None, *,
+                 slo_ms: float = 100.0, task: str = "balanced", threads: int = 1,
+                 curve_server_key: Any = None, client_keys: Any = None,
+                 strategy: str | Candidate = "policy", device: str | None = None,
+                 max_in_flight: int = 2, connect_timeout_s: float = 2.0) -> None:
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        if not (isinstance(slo_ms, (int, float)) and math.isfinite(slo_ms) and slo_ms > 0):
+            raise PolicyError(f"slo_ms is {slo_ms!r}, expected a finite number > 0")
+        if task not in TASKS:
+            raise PolicyError(f"task is {task!r}, expected one of {sorted(TASKS)}")
+        if not isinstance(max_in_flight, int) or max_in_flight < 1:
+            raise ValueError(f"max_in_flight is {max_in_flight!r}, expected an int >= 1")
+        self.slo_ms = float(slo_ms)
+        self.task = task
+        self.max_in_flight = max_in_flight
+        self.device = DeviceRunner(self.bundle, threads)
+        manifest = self._with_profile(device, threads)
+        self._profile = model_profile(manifest, device)
+        self._seg_ms = self._profile.seg_ms
+        self._base_table = build_candidates(self._profile)
+        self._table = self._base_table
+        self._device_only = self._base_table.subset(
+            [c.cut == "device" for c in self._base_table.candidates])
+        self._choose = self._chooser(strategy)
+        self._adaptive = strategy in ("policy", "planner")
+        self._slowdown = SlowdownEstimator([{"median_ms": m} for m in self._seg_ms])
+        self._cuts = {c.id: c for c in self.bundle.cuts}
+        first = input_cut(self.bundle)
+        if first is not None:
+            self._cuts[first.id] = first
+        self._ids = itertools.count()
+        self._device_lock = threading.RLock()
+        self._async: ThreadPoolExecutor | None = None
+        self._welcomes_seen = 0
+        self._closed = False
+        self.link: EdgeLink | None = None
+        if server is not None:
+            if not self.bundle.source_sha256:
+                raise BundleError(f"{self.bundle.path}: no source sha256; the server cannot "
+                                  "tell which model it is")
+            self.link = EdgeLink(server, self.bundle.source_sha256,
+                                 server_public_key=curve_server_key, client_keys=client_keys)
+            self.link.wait_connected(connect_timeout_s)
+
+    # -- setup -----------------------------------------------------------------------------
+    def _with_profile(self, device: str | None, threads: int):
+        """The manifest, with a profile measured now if the bundle stores none."""
+        manifest = self.bundle.manifest
+        if manifest.profiles and (device is None or device in manifest.profiles):
+            return manifest
+        name = device or "this-device"
+        env = seeded_inputs(manifest.inputs, seed=0)
+        prof = profile_segments(self.device.segments, env, runs=10, warmup=2,
+                                threads=threads, files=[s.file for s in manifest.segments])
+        return replace(manifest, profiles={**manifest.profiles, name: prof})
+
+    def _chooser(self, strategy: str | Candidate):
+        """A function (table, state) -> index into table."""
+        if strategy == "policy":
+            net = PolicyNet.load()
+            return net.decide
+        if strategy == "planner":
+            return plan
+        table = self._base_table
+        if isinstance(strategy, Candidate):
+            fixed = strategy
+        elif strategy == "device":
+            fixed = max((c for c in table.candidates if c.cut == "device"),
+                        key=lambda c: c.n_exits)
+        elif strategy == "edge":
+            fixed = Candidate(0, "input", 8)
+        elif isinstance(strategy, str) and "@" in strategy:
+            cut, _, bits = strategy.partition("@")
+            options = [c for c in table.candidates if c.cut == cut and str(c.bits) == bits]
+            if not options:
+                raise PolicyError(f"strategy {strategy!r}: no candidate cut {cut!r} at {bits} "
+                                  f"bits; cuts are {sorted({c.cut for c in table.candidates})}")
+            fixed = max(options, key=lambda c: c.n_exits)
+        else:
+            raise PolicyError(f"strategy is {strategy!r}, expected one of {list(STRATEGIES)}, "
+                              "'CUT@BITS' or a Candidate")
+        if fixed not in table.candidates:
+            raise PolicyError(f"strategy {fixed} is not a candidate of {self.bundle.name!r}")
+
+        def choose(t: CandidateTable, state: State | None) -> int:
+            if fixed in t.candidates:
+                return t.index(fixed)
+            # offline: the device-only plan with the same exits
+            return t.index(Candidate(fixed.n_exits, "device", 32)) if Candidate(
+                fixed.n_exits, "device", 32) in t.candidates else 0
+        return choose
+
+    # -- deciding --------------------------------------------------------------------------
+    def state(self, now: float | None = None) -> State:
+        """What the engine currently believes (the planner's input)."""
+        now = time.monotonic() if now is None else now
+        slow = self._slowdown.estimate().value
+        if self.link is None:
+            return State(bw_mbps=1.0, slo_ms=self.slo_ms, device_slowdown=slow, task=self.task)
+        s = self.link.snapshot(now)
+        return State(bw_mbps=max(s["bw_mbps"], 1e-3), bw_std=s["bw_std"],
+                     bw_history=tuple(h for h in s["bw_history"] if h > 0),
+                     rtt_ms=s["rtt_ms"], queue_ms=s["queue_ms"], device_slowdown=slow,
+                     server_slowdown=max(s["server_slowdown"], 1e-3), slo_ms=self.slo_ms,
+                     task=self.task)
+
+    def _decide(self, now: float) -> tuple[Candidate, str | None]:
+        """(plan, why offloading was ruled out, if it was)."""
+        link = self.link
+        reason = "no_server" if link is None else link.usable(now)
+        if link is not None and link.welcomes != self._welcomes_seen:
+            self._welcomes_seen = link.welcomes
+            self._table = self._base_table.with_server_times(link.server_tail_ms)
+        table = self._device_only if reason else self._table
+        if len(table) == 1:
+            return table.candidates[0], (None if link is None else reason)
+        # Fixed plans ignore the state: skip estimating it (it costs tens of microseconds)
+        state = self.state(now) if self._adaptive else None
+        chosen = table.candidates[self._choose(table, state)]
+        return chosen, (None if link is None else reason)
+
+    # -- the frame -------------------------------------------------------------------------
+    def infer(self, x: Any) -> Result:
+        """Run one frame (an array, or a dict of input arrays) and return its Result."""
+        return self._back(self._front(x, time.monotonic()))
+
+    def infer_async(self, x: Any) -> Future:
+        """`infer` on the engine's worker thread; frames run one after another there."""
+        self._check_open()
+        if self._async is None:
+            self._async = ThreadPoolExecutor(1, thread_name_prefix="edgesdk-engine")
+        return self._async.submit(self.infer, x)
+
+    def stream(self, frames: Iterable[Any]) -> Iterator[Result]:
+        """Results of `frames` in order, pipelined: the device half of frame t+1 runs
+        while frame t is on the network, with at most `max_in_flight` frames open."""
+        open_frames: deque[_Frame] = deque()
+        for x in frames:
+            open_frames.append(self._front(x, time.monotonic()))
+            if len(open_frames) >= self.max_in_flight:
+                yield self._back(open_frames.popleft())
+        while open_frames:
+            yield self._back(open_frames.popleft())
+
+    def _front(self, x: Any, t0: float) -> _Frame:
+        self._check_open()
+        with self._device_lock:
+            env = self.device.feed(x)
+            chosen, reason = self._decide(t0)
+            f = _Frame(next(self._ids), t0, t0 + self.slo_ms / 1e3, env, chosen, reason)
+            stop = (len(self._seg_ms) - 1 if chosen.cut == "device"
+                    else self._cuts[chosen.cut].after_segment)
+            if self._run_segments(f, stop):
+                return f
+            if chosen.cut == "device":
+                f.result = self._local_result(f)
+                return f
+            self._send(f)
+            return f
+
+    def _run_segments(self, f: _Frame, stop: int) -> bool:
+        """Run segments f.next_segment..stop with the plan's exits; True if one fired."""
+        for i in range(f.next_segment, stop + 1):
+            ms = self.device.run_segment(i, f.env)
+            self._slowdown.observe(i, ms)
+            f.device_ms += ms
+            f.next_segment = i + 1
+            for ex in self.device.exits_after(i, f.plan.n_exits):
+                t = time.perf_counter()
+                ans = ex.answer(f.env)
+                f.device_ms += (time.perf_counter() - t) * 1e3
+                if ans.fires:
+                    f.result = self._exit_result(f, ans, None)
+                    return True
+                if f.best_exit is None or ans.confidence > f.best_exit.confidence:
+                    f.best_exit = ans
+        return False
+
+    def _send(self, f: _Frame) -> None:
+        cut = self._cuts[f.plan.cut]
+        t = time.perf_counter()
+        frames = encode_tensors([f.env[n] for n in cut.names], bits=f.plan.bits)
+        f.encode_ms = (time.perf_counter() - t) * 1e3
+        now = time.monotonic()
+        left = f.deadline - now
+        local_s = self._local_rest_ms(f) / 1e3
+        # Without an exit answer to fall back on, keep the time a local finish needs, so
+        # a late server still leaves a result within the deadline.
+        reserve = local_s if f.best_exit is None and left - local_s > 0.001 else 0.0
+        budget = left - reserve
+        if budget <= 0.0005:
+            f.reason = "timeout"  # the deadline passed during the device half
+            return
+        f.sent_at = now
+        f.future = self.link.offload(frames, cut.id, budget)
+        f.timings["budget_s"] = budget
+
+    def _back(self, f: _Frame) -> Result:
+        if f.result is not None:
+            return f.result
+        if f.future is not None:
+            try:
+                reply = f.future.result(timeout=f.timings["budget_s"] + GRACE_S)
+            except FutureTimeout:
+                f.reason = "timeout"
+            except TransportError as exc:
+                f.reason = next((r for k, r in _REASONS.items() if isinstance(exc, k)),
+                                "server_error")
+            else:
+                result = self._edge_result(f, reply)
+                if result is not None:
+                    return result
+        return self._fallback(f)
+
+    # -- results ---------------------------------------------------------------------------
+    def _edge_result(self, f: _Frame, reply: Any) -> Result | None:
+        t = time.perf_counter()
+        try:
+            outputs = decode_tensors(reply.frames, self.bundle.manifest.outputs)
+        except (ValueError, TypeError):
+            f.reason = "server_error"  # a reply we cannot read: finish here instead
+            return None
+        decode_ms = (time.perf_counter() - t) * 1e3
+        network = max(reply.rtt * 1e3 - reply.server_ms - reply.queue_ms, 0.0)
+        return self._make(f, "edge", outputs, None, device=f.device_ms, encode=f.encode_ms,
+                          network=network, server=reply.server_ms, queue=reply.queue_ms,
+                          decode=decode_ms)
+
+    def _fallback(self, f: _Frame) -> Result:
+        """The offload failed (f.reason): finish here, or answer with the best exit when
+        finishing here would miss the deadline."""
+        with self._device_lock:
+            late = time.monotonic() + self._local_rest_ms(f) / 1e3 > f.deadline
+            if late and f.best_exit is not None:
+                return self._exit_result(f, f.best_exit, f.reason)
+            self._run_segments(f, len(self._seg_ms) - 1)
+            if f.result is not None:  # an exit after the cut fired (fixed plans only)
+                return f.result
+            return self._local_result(f)
+
+    def _local_rest_ms(self, f: _Frame) -> float:
+        return sum(self._seg_ms[f.next_segment:]) * self._slowdown.estimate().value
+
+    def _local_result(self, f: _Frame) -> Result:
+        outputs = {n: f.env[n] for n in self.device.outputs}
+        return self._make(f, "device", outputs, None, device=f.device_ms, encode=f.encode_ms)
+
+    def _exit_result(self, f: _Frame, ans: ExitAnswer, reason: str | None) -> Result:
+        f.reason = reason
+        return self._make(f, "exit", {ans.name: ans.output}, ans, device=f.device_ms,
+                          encode=f.encode_ms)
+
+    def _make(self, f: _Frame, where: str, outputs: Mapping[str, np.ndarray],
+              ans: ExitAnswer | None, **ms: float) -> Result:
+        output = next(iter(outputs.values()))
+        if ans is not None:
+            conf: float | None = ans.confidence
+        else:
+            conf = _confidence(output)
+        sent = where == "edge" or f.future is not None
+        return Result(output=output, where=where,
+                      exit_name=ans.name if ans is not None else None,
+                      cut=f.plan.cut if sent else None,
+                      bits=f.plan.bits if sent else None, confidence=conf,
+                      timings=Timings(**ms, total=(time.monotonic() - f.t0) * 1e3),
+                      fallback_reason=f.reason, plan=str(f.plan), frame=f.id,
+                      outputs=dict(outputs))
+
+    # -- lifetime --------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the engine is closed")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._async is not None:
+            self._async.shutdown(wait=True)
+        if self.link is not None:
+            self.link.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _confidence(output: np.ndarray) -> float | None:
+    """Max softmax probability of a (1, classes) score vector; None for other outputs."""
+    arr = np.asarray(output)
+    if arr.ndim == 0 or arr.size < 2 or arr.size != arr.shape[-1] or arr.dtype.kind != "f":
+        return None
+    return float(confidence_of(softmax(arr.reshape(1, -1)))[0])

@@ -1,0 +1,110 @@
+"""The device side of a frame: input checks, the head segments, the exit cascade, and
+finishing locally. Timed per segment, so the engine can track the device's slowdown.
+
+Exits run in cascade order (by segment, then manifest order; calibration stored it as
+"order"), the same order `edgesdk.policy.model_profile` counts them in: a plan with
+`n_exits = m` evaluates the first m calibrated exits and no others.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..bundle import Bundle, ExitSpec
+from ..errors import InputError
+from ..exit_tools import exit_runner, ordered_exits
+from ..exits import ExitRule
+from ..runtime import open_segments
+
+
+@dataclass(frozen=True)
+class ExitAnswer:
+    """An exit's verdict on one frame (fired or not: an unfired one is still an answer)."""
+
+    name: str
+    order: int
+    fires: bool
+    confidence: float
+    output: np.ndarray
+
+
+class _Exit:
+    def __init__(self, bundle: Bundle, spec: ExitSpec, order: int, threads: int) -> None:
+        self.spec = spec
+        self.order = order
+        self.rule = ExitRule.from_calibration(spec.calibration, spec.name)
+        self.run = exit_runner(bundle, spec, threads)
+
+    def answer(self, env: Mapping[str, np.ndarray]) -> ExitAnswer:
+        out = np.asarray(self.run(env))
+        d = self.rule.decide(out)
+        return ExitAnswer(self.spec.name, self.order, d.fires, d.confidence, out)
+
+
+class DeviceRunner:
+    """Segments and calibrated exits of a bundle, opened for this device."""
+
+    def __init__(self, bundle: Bundle, threads: int = 1) -> None:
+        self.bundle = bundle
+        self.segments = open_segments(bundle, threads=threads)
+        calibrated = []
+        for _, e in ordered_exits(bundle):
+            if "coverage" not in e.calibration or "measure" not in e.calibration:
+                break  # uncalibrated: the cascade stops here (as model_profile counts it)
+            calibrated.append(e)
+        self.exits = [_Exit(bundle, e, k, threads) for k, e in enumerate(calibrated)]
+        self.inputs = bundle.manifest.inputs
+        self.outputs = tuple(t.name for t in bundle.manifest.outputs)
+
+    def feed(self, x: Any) -> dict[str, np.ndarray]:
+        """The model inputs from `x`: an array for a single-input model, or a mapping of
+        input name to array. Shapes must match the bundle exactly (a missing batch dim of
+        1 is added); floats are cast to the input's dtype; NaN/inf are rejected."""
+        if isinstance(x, Mapping):
+            given = dict(x)
+        elif len(self.inputs) == 1:
+            given = {self.inputs[0].name: x}
+        else:
+            raise InputError(f"the model has {len(self.inputs)} inputs "
+                             f"{[t.name for t in self.inputs]}; pass a dict of arrays")
+        names = [t.name for t in self.inputs]
+        extra = sorted(set(given) - set(names))
+        missing = [n for n in names if n not in given]
+        if extra or missing:
+            raise InputError(f"inputs {sorted(given)} do not match the model's {names}")
+        feed = {}
+        for spec in self.inputs:
+            arr = np.asarray(given[spec.name])
+            if arr.shape != spec.shape and (1,) + arr.shape == spec.shape:
+                arr = arr[None]
+            if arr.shape != spec.shape:
+                raise InputError(f"input {spec.name!r} has shape {list(arr.shape)}, expected "
+                                 f"{list(spec.shape)}")
+            if arr.dtype.kind == "f" or spec.dtype.startswith("float"):
+                if arr.dtype.kind not in "fiub":
+                    raise InputError(f"input {spec.name!r} has dtype {arr.dtype}, expected "
+                                     f"{spec.dtype}")
+                arr = arr.astype(spec.dtype, copy=False)
+                if not np.all(np.isfinite(arr)):
+                    raise InputError(f"input {spec.name!r} has NaN or infinite values")
+            elif str(arr.dtype) != spec.dtype:
+                raise InputError(f"input {spec.name!r} has dtype {arr.dtype}, expected "
+                                 f"{spec.dtype}")
+            feed[spec.name] = np.ascontiguousarray(arr)
+        return feed
+
+    def run_segment(self, index: int, env: dict[str, np.ndarray]) -> float:
+        """Run segment `index` on `env` (updated in place); returns its milliseconds."""
+        seg = self.segments[index]
+        t0 = time.perf_counter()
+        env.update(seg.run({n: env[n] for n in seg.inputs}))
+        return (time.perf_counter() - t0) * 1e3
+
+    def exits_after(self, index: int, n_exits: int) -> list[_Exit]:
+        """The first-n_exits exits that read the tensors of segment `index`."""
+        return [e for e in self.exits[:n_exits] if e.spec.after_segment == index]

@@ -1,0 +1,246 @@
+"""The device's connection to its edge server, run on one I/O thread.
+
+A ZeroMQ socket belongs to one thread, and an offload must not stop the device from
+computing the next frame, so `EdgeLink` owns the transport Client on a thread of its own.
+`offload(frames, cut, budget_s)` returns a Future at once; the thread submits it, drives
+the socket (`Client.poll`, woken through a pipe when work arrives) and resolves the
+Future with the Reply or the typed error (Timeout, ServerBusy, ServerError, Unreachable).
+The client enforces the budget, so a Future never outlives its deadline by more than a
+poll turn.
+
+It also keeps the live estimates (edgesdk.profile.LinkEstimator) from real traffic, and
+decides whether offloading is possible at all:
+
+    status "connecting" -> hello -> "up" (the welcome lists this bundle) | "not_served"
+    "up" -> an infer times out or is unreachable -> "checking" (hello) -> "up" | "down"
+    "down" -> hello every `retry_s` -> "up" when the server is back
+
+Only "up" offloads. Busy replies pause offloading for `busy_backoff_s`. When the link has
+been idle for `probe_idle_s`, it probes: a heartbeat (RTT) and a heartbeat carrying a
+payload sized to take ~10 ms at the current estimate (bandwidth), which the broker answers
+without touching a worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ServerBusy, TransportError, Unreachable
+from ..errors import Timeout as LinkTimeout
+from ..profile import LinkEstimator
+from ..transport import protocol
+from ..transport.client import Client
+
+UP, CONNECTING, CHECKING, DOWN, NOT_SERVED = "up", "connecting", "checking", "down", "not_served"
+PROBE_BYTES = (4 * 1024, 256 * 1024)  # bandwidth probe size bounds
+
+
+@dataclass
+class _Job:
+    kind: str
+    frames: Sequence = ()
+    cut: str | None = None
+    budget_s: float = 0.5
+    future: Future = field(default_factory=Future)
+    payload_bytes: int = 0
+
+
+class EdgeLink:
+    """See the module docstring. `bundle_id`: the bundle's source sha256."""
+
+    def __init__(self, endpoint: str, bundle_id: str, *,
+                 server_public_key: Any = None, client_keys: Any = None,
+                 retry_s: float = 0.5, hello_budget_s: float = 0.5,
+                 probe_idle_s: float = 2.0, busy_backoff_s: float = 0.25) -> None:
+        self.endpoint = endpoint
+        self.bundle_id = bundle_id
+        self.estimator = LinkEstimator(idle_s=probe_idle_s)
+        self.status = CONNECTING
+        self.welcome: Any = None
+        self.server_tail_ms: dict[str, float] = {}  # cut id -> server compute, from welcome
+        self.welcomes = 0  # how many welcomes arrived (the engine re-plans on a change)
+        self._retry_s = retry_s
+        self._hello_budget_s = hello_budget_s
+        self._busy_backoff_s = busy_backoff_s
+        self._busy_until = 0.0
+        self._lock = threading.Lock()  # guards estimator and status against the caller
+        self._jobs: deque[_Job] = deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._closing = False
+        self._first_answer = threading.Event()
+        # Created here, so a bad key fails in the caller; used only by the thread after.
+        self._client = Client(endpoint, server_public_key=server_public_key,
+                              client_keys=client_keys, retries=0)
+        self._thread = threading.Thread(target=self._run, name="edgesdk-link", daemon=True)
+        self._thread.start()
+
+    # -- caller side -----------------------------------------------------------------------
+    def wait_connected(self, timeout_s: float) -> bool:
+        """Wait for the first hello's outcome; True if the link is up."""
+        self._first_answer.wait(timeout_s)
+        return self.status == UP
+
+    def usable(self, now: float) -> str | None:
+        """None if an offload may be sent now, else the reason it may not."""
+        status = self.status
+        if status == UP:
+            return "busy" if now < self._busy_until else None
+        if status == NOT_SERVED:
+            return "bundle_not_served"
+        return "unreachable"
+
+    def offload(self, frames: Sequence, cut: str, budget_s: float) -> Future:
+        """Send an infer request for `cut`; the Future resolves to a transport Reply or
+        raises a TransportError."""
+        size = sum(memoryview(f).nbytes for f in frames)
+        return self._push(_Job(protocol.INFER, frames, cut, budget_s, payload_bytes=size))
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """The estimates the planner needs, read consistently."""
+        with self._lock:
+            e = self.estimator
+            bw = e.bandwidth.estimate(now)
+            rtt = e.rtt.estimate(now)
+            return {"bw_mbps": bw.value, "bw_std": bw.std, "bw_history": tuple(
+                e.bandwidth.history()), "rtt_ms": rtt.value, "queue_ms": e.server.queue_ms,
+                "server_slowdown": e.server.slowdown}
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._wake()
+        self._thread.join(timeout_s)
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _push(self, job: _Job) -> Future:
+        if self._closing:
+            job.future.set_exception(Unreachable("the engine is closed"))
+            return job.future
+        self._jobs.append(job)
+        self._wake()
+        return job.future
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"x")
+
+    # -- the I/O thread --------------------------------------------------------------------
+    def _run(self) -> None:
+        client = self._client
+        pending: dict[int, tuple[_Job, float]] = {}
+        next_probe = 0.0
+        try:
+            while not self._closing:
+                now = time.monotonic()
+                while self._jobs:
+                    job = self._jobs.popleft()
+                    try:
+                        rid = client.submit(job.frames, budget_s=job.budget_s,
+                                            bundle=self.bundle_id, cut=job.cut, kind=job.kind)
+                    except (TransportError, ValueError, TypeError) as exc:
+                        job.future.set_exception(exc)
+                        continue
+                    pending[rid] = (job, now)
+                probing = any(j.kind != protocol.INFER for j, _ in pending.values())
+                if not probing and now >= next_probe:
+                    for job in self._probes(now):
+                        rid = client.submit(job.frames, budget_s=job.budget_s, kind=job.kind)
+                        pending[rid] = (job, now)
+                    next_probe = now + self._retry_s
+                client.poll(0.25, wake_fd=self._wake_r)
+                with contextlib.suppress(BlockingIOError, OSError):
+                    os.read(self._wake_r, 4096)
+                for rid in [r for r in pending if client.done(r)]:
+                    job, _ = pending.pop(rid)
+                    try:
+                        outcome: Any = client.wait(rid)
+                    except TransportError as exc:
+                        outcome = exc
+                    self._account(job, outcome, time.monotonic())
+        finally:
+            for job, _ in pending.values():
+                if not job.future.done():
+                    job.future.set_exception(Unreachable("the engine is closed"))
+            while self._jobs:
+                self._jobs.popleft().future.set_exception(Unreachable("the engine is closed"))
+            client.close()
+
+    def _probes(self, now: float) -> list[_Job]:
+        """What to send when nothing else is: a hello until the server answers, then
+        RTT and bandwidth heartbeats when the link has been idle."""
+        if self.status != UP:
+            return [_Job(protocol.HELLO, budget_s=self._hello_budget_s)]
+        with self._lock:
+            if not self.estimator.should_probe(now):
+                return []
+            mbps = self.estimator.bandwidth.estimate(now).value
+        size = int(min(max(mbps * 1e6 / 8 * 0.010, PROBE_BYTES[0]), PROBE_BYTES[1]))
+        return [_Job(protocol.HEARTBEAT, budget_s=self._hello_budget_s),
+                _Job(protocol.HEARTBEAT, [bytes(size)], budget_s=2 * self._hello_budget_s,
+                     payload_bytes=size)]
+
+    def _account(self, job: _Job, outcome: Any, now: float) -> None:
+        """Update status and estimates from one outcome, then resolve the job's Future."""
+        with self._lock:
+            if isinstance(outcome, TransportError):
+                self._on_failure(job, outcome, now)
+            else:
+                self._on_reply(job, outcome, now)
+        if not job.future.done():
+            if isinstance(outcome, TransportError):
+                job.future.set_exception(outcome)
+            else:
+                job.future.set_result(outcome)
+        if job.kind == protocol.HELLO:
+            self._first_answer.set()
+
+    def _on_failure(self, job: _Job, exc: TransportError, now: float) -> None:
+        if isinstance(exc, ServerBusy):
+            self._busy_until = now + self._busy_backoff_s
+        elif isinstance(exc, (LinkTimeout, Unreachable)):
+            # Hello failing means down; an infer failing means "check before trusting it".
+            self.status = DOWN if job.kind == protocol.HELLO else CHECKING
+
+    def _on_reply(self, job: _Job, reply: Any, now: float) -> None:
+        e = self.estimator
+        extra: Mapping[str, Any] = reply.envelope.extra
+        if isinstance(extra.get("load"), Mapping):
+            e.server.observe_load(extra["load"])
+        rtt_ms = reply.rtt * 1e3
+        if job.kind == protocol.HELLO:
+            self._on_welcome(extra)
+            e.on_small_message(rtt_ms, now)
+        elif job.kind == protocol.HEARTBEAT:
+            e.on_reply(job.payload_bytes, rtt_ms, 0.0, 0.0, now)
+        else:
+            e.on_reply(job.payload_bytes, rtt_ms, reply.server_ms, reply.queue_ms, now,
+                       self.server_tail_ms.get(job.cut or ""))
+            self.status = UP
+
+    def _on_welcome(self, extra: Mapping[str, Any]) -> None:
+        bundles = extra.get("bundles")
+        served = bundles.get(self.bundle_id) if isinstance(bundles, Mapping) else None
+        if not isinstance(served, Mapping):
+            self.status = NOT_SERVED
+            return
+        tails = {}
+        for cut in served.get("cuts") or ():
+            if isinstance(cut, Mapping) and isinstance(cut.get("tail_ms"), (int, float)):
+                tails[str(cut.get("id"))] = float(cut["tail_ms"])
+        self.server_tail_ms = tails
+        self.welcome = served
+        self.welcomes += 1
+        self.status = UP

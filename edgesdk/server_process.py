@@ -1,0 +1,123 @@
+"""`edgesdk serve` as a child process: start it, learn its endpoint, always end it.
+
+The demo, the end-to-end benchmark and the tests run the edge server the way a user
+does, as its own process. `ServerProcess` reads the server's JSON log lines (stderr) on a
+thread, so the pipe never fills, waits for the "ready" event to learn the bound endpoint
+(bind to port * and let the OS pick), and in `__exit__` always ends it (SIGTERM to drain,
+SIGKILL if that hangs); the workers die with it (PR_SET_PDEATHSIG).
+
+    with ServerProcess.serve([bundle_dir], "--workers", "2") as server:
+        engine = Engine(bundle_dir, server=server.endpoint)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from .errors import EdgeError
+
+
+class ServerStartError(EdgeError, RuntimeError):
+    """The server process did not log an expected event (e.g. "ready") in time."""
+
+
+class ServerProcess:
+    """A server subprocess with its parsed log; a context manager that always ends it.
+
+    cmd: the command line; it must log JSON lines with a "ready" event carrying
+    "endpoint" (edgesdk.transport.server does). env/cwd: for the child.
+    """
+
+    def __init__(self, cmd: Sequence[str], ready_timeout: float = 60.0,
+                 env: Mapping[str, str] | None = None, cwd: str | None = None) -> None:
+        self.cmd = list(cmd)
+        self.events: list[dict] = []
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True, env=dict(env) if env is not None else None,
+                                     cwd=cwd)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        try:
+            ready = self.wait_event("ready", timeout=ready_timeout)
+        except BaseException:
+            self.kill()
+            raise
+        self.endpoint: str = ready["endpoint"]
+        self.pid = self.proc.pid
+        self.metrics_url = ready.get("metrics")
+
+    @classmethod
+    def serve(cls, bundles: Sequence[str | os.PathLike], *args: str,
+              bind: str = "tcp://127.0.0.1:*", **kw) -> ServerProcess:
+        """`python -m edgesdk.serving serve BUNDLE... --bind BIND ARGS...`."""
+        return cls([sys.executable, "-m", "edgesdk.serving", "serve",
+                    *(str(Path(b)) for b in bundles), "--bind", bind, *args], **kw)
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            with self._cond:
+                self.lines.append(line.rstrip())
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    if isinstance(event, dict):
+                        self.events.append(event)
+                self._cond.notify_all()
+
+    def find(self, name: str, where: Callable[[dict], bool] = lambda e: True) -> list[dict]:
+        with self._cond:
+            return [e for e in self.events if e.get("event") == name and where(e)]
+
+    def wait_event(self, name: str, where: Callable[[dict], bool] = lambda e: True,
+                   timeout: float = 30.0, count: int = 1) -> dict:
+        """The `count`-th log event called `name` matching `where`; ServerStartError (with
+        the log's tail) after `timeout` or when the server exits first."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = [e for e in self.events if e.get("event") == name and where(e)]
+                if len(found) >= count:
+                    return found[count - 1]
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    tail = "\n".join(self.lines[-20:])
+                    raise ServerStartError(f"no {name!r} event (x{count}) within {timeout} s; "
+                                       f"exit code {self.proc.poll()}; log tail:\n{tail}")
+                self._cond.wait(min(left, 0.1))
+
+    def worker_pids(self) -> dict[int, int]:
+        """slot -> pid of the latest ready worker of each slot."""
+        return {e["slot"]: e["pid"] for e in self.find("worker_ready")}
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        """SIGTERM (the server drains) and wait; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._reader.join(5)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()

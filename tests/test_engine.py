@@ -1,0 +1,242 @@
+"""The Engine end to end, with the bundled digits model, real onnxruntime sessions and real
+server processes on 127.0.0.1 that are started, slowed down, saturated, killed and
+restarted. Every path ends in exactly one Result per frame, within its deadline."""
+
+from __future__ import annotations
+
+import math
+import socket
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from edgesdk import Engine, InputError, PolicyError, Result
+from edgesdk.bundle import Bundle
+from edgesdk.models import DIGITS_BUNDLE, load_digits_test
+from edgesdk.runtime import open_segments, run_chain
+
+from transport_helpers import TESTS, ServerProcess
+
+pytestmark = pytest.mark.timeout(120)
+SLO_MS = 100.0
+LATE_MS = 50.0  # what a fallback may add past the deadline on this shared 2-core VM
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y = load_digits_test()
+    return x[:60], y[:60]
+
+
+@pytest.fixture(scope="module")
+def full_model(digits):
+    """The whole model run locally: logits per digit."""
+    segs = open_segments(Bundle.load(DIGITS_BUNDLE))
+    return np.stack([run_chain(segs, {"x": x[None]})["logits"][0] for x in digits[0]])
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ServerProcess.serving([DIGITS_BUNDLE], "--workers", "1") as s:
+        yield s
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _slow_server(delay_ms: float, *args: str) -> ServerProcess:
+    return ServerProcess([sys.executable, str(TESTS / "engine_helpers.py"), str(DIGITS_BUNDLE),
+                          "--delay-ms", str(delay_ms), *args])
+
+
+def _check_shape(r: Result) -> None:
+    assert r.where in ("exit", "edge", "device")
+    t = r.timings
+    for name in ("device", "encode", "network", "server", "queue", "decode", "total"):
+        value = getattr(t, name)
+        assert math.isfinite(value) and value >= 0, (name, value)
+    assert (r.exit_name is not None) == (r.where == "exit")
+    if r.where == "edge":
+        assert r.cut is not None and r.bits in (32, 16, 8, 4, 2)
+
+
+# -- on the device alone -------------------------------------------------------------------
+
+
+def test_device_only_equals_the_whole_model(digits, full_model):
+    x, _ = digits
+    with Engine(DIGITS_BUNDLE, strategy="device") as engine:
+        results = [engine.infer(xi) for xi in x]
+    for r, ref in zip(results, full_model, strict=True):
+        _check_shape(r)
+        assert r.fallback_reason is None and r.cut is None
+        if r.where == "device":
+            np.testing.assert_array_equal(r.output[0], ref)
+    exits = [r for r in results if r.where == "exit"]
+    assert len(exits) > len(x) // 2  # the calibrated first exit takes most digits
+    for r in exits:
+        assert r.exit_name in ("exit1", "exit2") and r.confidence >= 0.6
+        assert r.timings.network == 0 and r.timings.server == 0
+
+
+def test_exits_keep_accuracy(digits):
+    x, y = digits
+    with Engine(DIGITS_BUNDLE, strategy="device") as engine:
+        acc = np.mean([engine.infer(xi).label == yi for xi, yi in zip(x, y, strict=True)])
+    assert acc >= 0.93
+
+
+def test_stream_and_async_return_one_result_per_frame_in_order(digits):
+    x, _ = digits
+    with Engine(DIGITS_BUNDLE, max_in_flight=3) as engine:
+        streamed = list(engine.stream(iter(x)))
+        futures = [engine.infer_async(xi) for xi in x[:10]]
+        async_results = [f.result(timeout=30) for f in futures]
+    assert [r.frame for r in streamed] == list(range(len(x)))
+    assert [r.frame for r in async_results] == list(range(len(x), len(x) + 10))
+    for a, b in zip(streamed[:10], async_results, strict=True):
+        np.testing.assert_array_equal(a.output, b.output)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros((1, 1, 27, 28), np.float32), r"shape \[1, 1, 27, 28\]"),
+    (np.full((1, 1, 28, 28), np.nan, np.float32), "NaN"),
+    (np.full((1, 1, 28, 28), "a"), "dtype"),
+    ({"y": np.zeros((1, 1, 28, 28), np.float32)}, r"\['y'\]"),
+])
+def test_bad_frames_are_typed_errors_and_the_engine_keeps_working(bad, match, digits):
+    with Engine(DIGITS_BUNDLE) as engine:
+        with pytest.raises(InputError, match=match):
+            engine.infer(bad)
+        assert engine.infer(digits[0][0]).where in ("exit", "device")
+
+
+def test_bad_options_are_typed_errors():
+    with pytest.raises(PolicyError, match="slo_ms"):
+        Engine(DIGITS_BUNDLE, slo_ms=0)
+    with pytest.raises(PolicyError, match="task"):
+        Engine(DIGITS_BUNDLE, task="fast")
+    with pytest.raises(PolicyError, match="strategy"):
+        Engine(DIGITS_BUNDLE, strategy="c9@8")
+
+
+def test_a_bundle_without_profile_gets_one_measured(tmp_path, digits):
+    import json
+    import shutil
+
+    copy = tmp_path / "digits.edge"
+    shutil.copytree(DIGITS_BUNDLE, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["profiles"] = {}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with Engine(copy) as engine:
+        assert engine.infer(digits[0][0]).where in ("exit", "device")
+
+
+# -- with a server -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["edge", "c0@32", "c1@32", "c2@16", "c1@4"])
+def test_offloaded_frames_match_the_whole_model(server, digits, full_model, strategy):
+    x, _ = digits
+    with Engine(DIGITS_BUNDLE, server=server.endpoint, slo_ms=SLO_MS, strategy=strategy) as e:
+        assert e.link.status == "up"
+        results = list(e.stream(x[:20]))
+    edge = [(r, ref) for r, ref in zip(results, full_model, strict=False) if r.where == "edge"]
+    assert edge, [r.where for r in results]
+    for r, ref in edge:
+        _check_shape(r)
+        assert r.fallback_reason is None
+        assert r.cut == strategy.replace("edge", "input@8").split("@")[0]
+        if r.bits == 32:
+            np.testing.assert_allclose(r.output[0], ref, rtol=1e-5, atol=1e-5)
+        else:  # quantized: same answer
+            assert int(np.argmax(r.output)) == int(np.argmax(ref))
+        assert r.timings.server > 0 and r.timings.total >= r.timings.network
+
+
+def test_unreachable_server_finishes_on_the_device(digits, full_model):
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
+    with Engine(DIGITS_BUNDLE, server=endpoint, slo_ms=SLO_MS, strategy="edge",
+                connect_timeout_s=0.5) as engine:
+        results = [engine.infer(xi) for xi in digits[0][:10]]
+    for r, ref in zip(results, full_model, strict=False):
+        assert r.where == "device" and r.fallback_reason == "unreachable"
+        np.testing.assert_array_equal(r.output[0], ref)
+        assert r.timings.total < SLO_MS
+
+
+def test_server_killed_and_restarted_same_engine(digits):
+    x, y = digits
+    port = _free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    first = ServerProcess.serving([DIGITS_BUNDLE], "--bind", endpoint)
+    try:
+        engine = Engine(DIGITS_BUNDLE, server=endpoint, slo_ms=SLO_MS, strategy="c1@8")
+        before = list(engine.stream(x[:20]))
+        first.proc.kill()  # SIGKILL: no goodbye
+        first.proc.wait(10)
+    finally:
+        first.kill()
+    during = list(engine.stream(x[20:40]))
+    with ServerProcess.serving([DIGITS_BUNDLE], "--bind", endpoint):
+        deadline = time.monotonic() + 15
+        after: list[Result] = []
+        while time.monotonic() < deadline and not any(r.where == "edge" for r in after):
+            after = list(engine.stream(x[40:60]))
+            time.sleep(0.1)
+        engine.close()
+    for rs in (before, during, after):
+        assert len(rs) == 20  # one result per frame: none lost, none duplicated
+        for r in rs:
+            _check_shape(r)
+            assert r.timings.total < SLO_MS + LATE_MS
+    assert any(r.where == "edge" for r in before)
+    assert not any(r.where == "edge" for r in during)
+    assert {r.fallback_reason for r in during if r.where != "exit"} <= {"unreachable",
+                                                                        "timeout"}
+    assert any(r.where == "edge" for r in after), "the engine did not reconnect"
+    acc = np.mean([r.label == yi for r, yi in zip(before + during + after, y, strict=True)])
+    assert acc >= 0.9
+
+
+def test_slow_server_times_out_and_the_frame_finishes_within_the_deadline(digits, full_model):
+    with _slow_server(300) as slow, Engine(DIGITS_BUNDLE, server=slow.endpoint, slo_ms=SLO_MS,
+                                            strategy="edge") as engine:
+        results = [engine.infer(xi) for xi in digits[0][:4]]
+    for r, ref in zip(results, full_model, strict=False):
+        assert r.where == "device" and r.fallback_reason in ("timeout", "unreachable")
+        np.testing.assert_array_equal(r.output[0], ref)
+        assert r.timings.total < SLO_MS + LATE_MS
+    assert results[0].fallback_reason == "timeout"
+
+
+def test_busy_server_answers_busy_and_the_frame_finishes_here(digits):
+    x, _ = digits
+    with _slow_server(400, "--max-queue", "0") as slow, Engine(
+            DIGITS_BUNDLE, server=slow.endpoint, slo_ms=1000, strategy="edge",
+            max_in_flight=3) as engine:
+        results = list(engine.stream(x[:3]))  # one takes the worker, the next are busy
+    reasons = [r.fallback_reason for r in results]
+    assert "busy" in reasons, reasons
+    assert all(r.where in ("edge", "device") for r in results)
+
+
+def test_bundle_not_served(tmp_path, digits, server):
+    import json
+    import shutil
+
+    copy = tmp_path / "other.edge"
+    shutil.copytree(DIGITS_BUNDLE, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["source"]["sha256"] = "0" * 64  # a model the server does not know
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with Engine(copy, server=server.endpoint, strategy="edge") as engine:
+        r = engine.infer(digits[0][0])
+        assert engine.link.status == "not_served"
+    assert r.where == "device" and r.fallback_reason == "bundle_not_served"

@@ -1,0 +1,108 @@
+"""The Client against a scripted in-process ROUTER on 127.0.0.1: a bad request fails at
+submit without wedging the client, and a hostile reply is a typed error, never a crash."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import msgpack
+import pytest
+import zmq
+
+from edgesdk.errors import ServerError, TransportError
+from edgesdk.transport import Client, protocol
+from edgesdk.transport.protocol import Envelope, MalformedMessage, pack, unpack
+
+pytestmark = pytest.mark.timeout(60)
+
+Answer = Callable[[Envelope], "bytes | None"]
+
+
+class FakeServer:
+    """A ROUTER thread that answers each request with `answer(envelope)` (None: silence)."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self.seen: list[Envelope] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self.sock.poll(20):
+                continue
+            ident, *frames = self.sock.recv_multipart()
+            env = unpack(frames[0])
+            self.seen.append(env)
+            out = self.answer(env)
+            if out is not None:
+                self.sock.send_multipart([ident, out])
+
+    def __enter__(self) -> FakeServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close(0)
+        self.ctx.term()
+
+
+def raw_reply(kind: str, rid: int, **fields) -> bytes:
+    return msgpack.packb({"v": protocol.VERSION, "kind": kind, "id": rid, **fields})
+
+
+def welcome(env: Envelope, **fields) -> bytes:
+    return raw_reply("welcome", env.id, bundles={}, load={"queue": 0}, **fields)
+
+
+def test_a_bad_request_fails_at_submit_and_the_client_keeps_working():
+    def answer(env):
+        return pack(Envelope("result", env.id, extra={"server_ms": 1.0, "queue_ms": 0.5,
+                                                      "echo": env.get("op")}))
+
+    with FakeServer(answer) as server, Client(server.endpoint, retries=0) as client:
+        with pytest.raises(MalformedMessage, match=r"fields\['op'\] cannot be sent"):
+            client.submit(budget_s=2.0, bundle="b", cut="c", fields={"op": object()})
+        with pytest.raises(MalformedMessage, match="frame 0 has type int"):
+            client.request([1], budget_s=2.0, bundle="b", cut="c")
+        reply = client.request([b"payload"], budget_s=5.0, bundle="b", cut="c",
+                               fields={"op": "ok"})
+        assert reply.envelope.get("echo") == "ok" and reply.server_ms == 1.0
+        assert [e.id for e in server.seen] == [reply.id]  # the bad ones never went out
+
+
+@pytest.mark.parametrize("fields, needle", [
+    ({"server_version": "1.0"}, "'server_version'"),
+    ({"server_version": 1, "server_ms": "fast"}, "'server_ms'"),
+    ({"server": ["x"]}, "'server'"),
+])
+def test_a_malformed_welcome_is_a_server_error(fields, needle):
+    """hello() used to call int() and float() on whatever the server sent: ValueError."""
+    with FakeServer(lambda env: welcome(env, **fields)) as server, \
+            Client(server.endpoint, retries=0) as client:
+        with pytest.raises(ServerError, match=needle):
+            client.hello(budget_s=5.0)
+        # the client is still usable: a well-formed welcome goes through
+        server.answer = lambda env: welcome(env, server_version=1, server="edge-1")
+        hello = client.hello(budget_s=5.0)
+        assert (hello.server_version, hello.server, hello.load) == (1, "edge-1", {"queue": 0})
+
+
+def test_a_malformed_heartbeat_is_a_server_error_not_a_lost_request():
+    def answer(env):
+        return raw_reply("heartbeat", env.id, load={}, queue_ms={"no": "number"})
+
+    with FakeServer(answer) as server, Client(server.endpoint, retries=0) as client:
+        rid = client.submit(budget_s=5.0, kind=protocol.HEARTBEAT)
+        with pytest.raises(TransportError, match="'queue_ms'") as info:
+            client.wait(rid)
+        assert isinstance(info.value, ServerError)
+        assert client.stats.replies == 1
