@@ -1,0 +1,31 @@
+"""`edgesdk demo`, the main job, run as a user runs it (a real server subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+
+@pytest.mark.timeout(120)
+def test_demo_runs_every_path_and_shuts_down_cleanly():
+    out = subprocess.run([sys.executable, "-m", "edgesdk", "demo", "--frames", "60", "--json"],
+                         capture_output=True, text=True, timeout=110,
+                         cwd=tempfile.gettempdir())
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    runs = {r["name"]: r for r in report["runs"]}
+    assert report["server_exit_code"] == 0
+    for r in runs.values():
+        assert abs(r["exit"] + r["edge"] + r["device"] - 1) < 1e-9  # every frame answered
+        assert r["accuracy"] >= 0.85, r
+    assert runs["edge"]["edge"] == 1.0 and runs["device"]["edge"] == 0.0
+    assert runs["device"]["exit"] > 0.5
+    assert runs["edge, server up"]["edge"] == 1.0
+    gone = runs["edge, server gone"]
+    assert gone["edge"] == 0.0 and gone["device"] == 1.0
+    assert set(gone["fallbacks"]) <= {"unreachable", "timeout"}
+    assert sum(gone["fallbacks"].values()) == gone["frames"]
