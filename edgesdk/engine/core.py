@@ -45,8 +45,6 @@ from ..errors import (
     Unreachable,
 )
 from ..errors import Timeout as LinkTimeout
-from ..exits import confidence as confidence_of
-from ..exits import softmax
 from ..policy import (
     TASKS,
     Candidate,
@@ -64,6 +62,7 @@ from .link import EdgeLink
 from .result import Result, Timings
 
 STRATEGIES = ("policy", "planner", "device", "edge")
+DECISION_TTL_S = 0.25  # a cached decision is re-evaluated at least this often
 GRACE_S = 0.02  # waited past an offload's budget before giving up on the link thread
 _REASONS = {LinkTimeout: "timeout", ServerBusy: "busy", ServerError: "server_error",
             Unreachable: "unreachable"}
@@ -102,7 +101,8 @@ class Engine:
     CURVE public key (z85 or a .key file); client_keys: this device's key pair file.
     strategy: "policy" (the bundled network), "planner" (the analytic planner), "device"
     (all exits, then the whole model here), "edge" (send the input at 8 bits), a
-    Candidate, or "CUT@BITS" (a fixed split, with every exit before the cut).
+    Candidate, or "CUT@BITS" (a fixed split, with every exit before the cut; "CUT@BITS/E"
+    with the first E exits).
     device: which stored profile describes this device (default: the first; if the
     bundle has none, one is measured now). max_in_flight: frames `stream` overlaps.
     connect_timeout_s: how long the constructor waits for the server's welcome.
@@ -133,6 +133,9 @@ class Engine:
             [c.cut == "device" for c in self._base_table.candidates])
         self._choose = self._chooser(strategy)
         self._adaptive = strategy in ("policy", "planner")
+        self._last_key: tuple | None = None  # the decision cache (see _state_key)
+        self._last_until = 0.0
+        self._last_choice: Candidate | None = None
         self._slowdown = SlowdownEstimator([{"median_ms": m} for m in self._seg_ms])
         self._cuts = {c.id: c for c in self.bundle.cuts}
         first = input_cut(self.bundle)
@@ -180,12 +183,7 @@ class Engine:
         elif strategy == "edge":
             fixed = Candidate(0, "input", 8)
         elif isinstance(strategy, str) and "@" in strategy:
-            cut, _, bits = strategy.partition("@")
-            options = [c for c in table.candidates if c.cut == cut and str(c.bits) == bits]
-            if not options:
-                raise PolicyError(f"strategy {strategy!r}: no candidate cut {cut!r} at {bits} "
-                                  f"bits; cuts are {sorted({c.cut for c in table.candidates})}")
-            fixed = max(options, key=lambda c: c.n_exits)
+            fixed = _parse_fixed(strategy, table)
         else:
             raise PolicyError(f"strategy is {strategy!r}, expected one of {list(STRATEGIES)}, "
                               "'CUT@BITS' or a Candidate")
@@ -225,9 +223,15 @@ class Engine:
         if len(table) == 1:
             return table.candidates[0], (None if link is None else reason)
         # Fixed plans ignore the state: skip estimating it (it costs tens of microseconds)
-        state = self.state(now) if self._adaptive else None
-        chosen = table.candidates[self._choose(table, state)]
-        return chosen, (None if link is None else reason)
+        if not self._adaptive:
+            return table.candidates[self._choose(table, None)], (None if link is None else
+                                                                  reason)
+        state = self.state(now)
+        key = (id(table), _state_key(state))
+        if key != self._last_key or now >= self._last_until:
+            self._last_choice = table.candidates[self._choose(table, state)]
+            self._last_key, self._last_until = key, now + DECISION_TTL_S
+        return self._last_choice, (None if link is None else reason)
 
     # -- the frame -------------------------------------------------------------------------
     def infer(self, x: Any) -> Result:
@@ -397,9 +401,37 @@ class Engine:
         self.close()
 
 
+def _state_key(state: State) -> tuple:
+    """The state rounded to what can change a decision: ~5 % steps of bandwidth and
+    times, ~20 % steps of the slowdowns (which jitter with every frame's timing), on a log
+    scale, bandwidth history included. Frames whose state rounds the same within
+    DECISION_TTL_S reuse the decision: the policy's ~0.1 ms would otherwise dominate small
+    models at high frame rates."""
+    def q(v: float, steps: float = 20.0) -> int:
+        return round(math.log(max(v, 1e-6)) * steps)
+
+    return (q(state.bw_mbps), q(state.bw_std + 1e-3), q(state.rtt_ms + 0.01),
+            q(state.queue_ms + 0.01), q(state.device_slowdown, 5.0),
+            q(state.server_slowdown, 5.0), tuple(q(h) for h in state.bw_history))
+
+
+def _parse_fixed(strategy: str, table: CandidateTable) -> Candidate:
+    """"CUT@BITS" (every exit before the cut on) or "CUT@BITS/E" (the first E exits)."""
+    spec, _, exits = strategy.partition("/")
+    cut, _, bits = spec.partition("@")
+    options = [c for c in table.candidates if c.cut == cut and str(c.bits) == bits
+               and (not exits or str(c.n_exits) == exits)]
+    if not options:
+        raise PolicyError(f"strategy {strategy!r}: no candidate cut {cut!r} at {bits} bits"
+                          + (f" with {exits} exits" if exits else "")
+                          + f"; cuts are {sorted({c.cut for c in table.candidates})}")
+    return max(options, key=lambda c: c.n_exits)
+
+
 def _confidence(output: np.ndarray) -> float | None:
     """Max softmax probability of a (1, classes) score vector; None for other outputs."""
     arr = np.asarray(output)
     if arr.ndim == 0 or arr.size < 2 or arr.size != arr.shape[-1] or arr.dtype.kind != "f":
         return None
-    return float(confidence_of(softmax(arr.reshape(1, -1)))[0])
+    v = arr.reshape(-1).astype(np.float64)
+    return float(1.0 / np.exp(v - v.max()).sum())  # max softmax probability
