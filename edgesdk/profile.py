@@ -244,7 +244,9 @@ def measure_cut_codec(
     agreement is the fraction of samples whose final argmax matches the fp32 run.
 
     Returns ``{"bits": [...], "samples": n, "cuts": {cut_id: {str(bits): {"bytes",
-    "encode_ms", "agreement"}}}, "input": {...same for the model input...}}``.
+    "encode_ms", "agreement"}}}, "input": {...same for the model input...}}``. A bit width
+    the codec refuses for some sample (e.g. values beyond float16's range) is stored as
+    ``{"error": message}``, and the planner leaves it out.
     """
     if encode is None or decode is None:
         from . import codec  # lateral import, only when measuring
@@ -256,6 +258,7 @@ def measure_cut_codec(
     points = [("input", 0, tuple(samples[0].keys()))]
     points += [(c.id, c.after_segment + 1, tuple(c.names)) for c in cuts]
     acc: dict[str, dict[str, list]] = {p[0]: {str(b): [] for b in bits} for p in points}
+    unusable: dict[str, dict[str, str]] = {p[0]: {} for p in points}  # bits the codec refused
     for feed in samples:
         env = dict(feed)
         envs = [dict(env)]  # envs[i]: tensors available before segment i
@@ -265,8 +268,15 @@ def measure_cut_codec(
         ref = int(np.argmax(env[final_output]))
         for name, start, names in points:
             for b in bits:
+                if str(b) in unusable[name]:
+                    continue
                 t0 = time.perf_counter_ns()
-                frames = [encode(np.asarray(envs[start][n], np.float32), bits=b) for n in names]
+                try:
+                    frames = [encode(np.asarray(envs[start][n], np.float32), bits=b)
+                              for n in names]
+                except ValueError as exc:  # CodecError, e.g. values beyond float16's range
+                    unusable[name][str(b)] = str(exc)
+                    continue
                 t1 = time.perf_counter_ns()
                 size = sum(len(memoryview(f).cast("B")) for fr in frames for f in fr)
                 tail = dict(envs[start])
@@ -277,10 +287,12 @@ def measure_cut_codec(
                 acc[name][str(b)].append((size, (t1 - t0) / 1e6, agree))
     out: dict[str, Any] = {"bits": list(bits), "samples": len(samples), "cuts": {}}
     for name, per_bits in acc.items():
-        entry = {b: {"bytes": round(float(np.mean([r[0] for r in rows])), 1),
-                     "encode_ms": round(float(np.median([r[1] for r in rows])), 4),
-                     "agreement": round(float(np.mean([r[2] for r in rows])), 4)}
-                 for b, rows in per_bits.items()}
+        entry: dict[str, Any] = {
+            b: {"bytes": round(float(np.mean([r[0] for r in rows])), 1),
+                "encode_ms": round(float(np.median([r[1] for r in rows])), 4),
+                "agreement": round(float(np.mean([r[2] for r in rows])), 4)}
+            for b, rows in per_bits.items() if b not in unusable[name]}
+        entry.update({b: {"error": why} for b, why in unusable[name].items()})
         if name == "input":
             out["input"] = entry
         else:

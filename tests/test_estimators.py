@@ -128,3 +128,25 @@ def test_measure_cut_codec_sizes_shrink_with_bits_and_fp32_agrees():
     assert c["32"]["agreement"] == 1.0 and out["input"]["32"]["agreement"] == 1.0
     assert c["32"]["bytes"] > c["8"]["bytes"] > c["2"]["bytes"]
     assert out["samples"] == 8
+
+
+def test_bits_the_codec_refuses_are_recorded_and_left_out_of_the_candidates():
+    from edgesdk.bundle import Bundle
+    from edgesdk.models import DIGITS_BUNDLE
+    from edgesdk.policy import build_candidates, model_profile
+
+    w = np.ones((64, 10), np.float32)
+    segs = [_Seg("x", "h", lambda x: x * 1e5), _Seg("h", "y", lambda h: h @ w)]  # > fp16 max
+    samples = [{"x": np.full((1, 64), 2.0, np.float32)}]
+    out = measure_cut_codec(segs, [_Cut()], samples, "y", bits=(32, 16, 8))
+    assert "65504" in out["cuts"]["c0"]["16"]["error"]
+    assert out["cuts"]["c0"]["8"]["agreement"] == 1.0
+    manifest = Bundle.load(DIGITS_BUNDLE).manifest
+    prof = dict(manifest.profiles)
+    name = next(iter(prof))
+    prof[name] = {**prof[name], "codec": {"cuts": {"c1": {"16": {"error": "too large"}}}}}
+    from dataclasses import replace
+
+    table = build_candidates(model_profile(replace(manifest, profiles=prof)))
+    bits_at_c1 = {c.bits for c in table.candidates if c.cut == "c1"}
+    assert 16 not in bits_at_c1 and {32, 8, 4, 2} <= bits_at_c1

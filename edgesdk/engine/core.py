@@ -38,6 +38,7 @@ import numpy as np
 from ..bundle import Bundle
 from ..errors import (
     BundleError,
+    CodecError,
     PolicyError,
     ServerBusy,
     ServerError,
@@ -293,7 +294,11 @@ class Engine:
     def _send(self, f: _Frame) -> None:
         cut = self._cuts[f.plan.cut]
         t = time.perf_counter()
-        frames = encode_tensors([f.env[n] for n in cut.names], bits=f.plan.bits)
+        try:
+            frames = encode_tensors([f.env[n] for n in cut.names], bits=f.plan.bits)
+        except CodecError:  # e.g. this frame's values exceed float16: finish here
+            f.reason = "encode_error"
+            return
         f.encode_ms = (time.perf_counter() - t) * 1e3
         now = time.monotonic()
         left = f.deadline - now

@@ -36,9 +36,10 @@ class Result:
     cut / bits: the partition point and bit width used for the offload (None when nothing
     was sent). confidence: the answering classifier's calibrated confidence (None when the
     output is not a class-score vector). plan: the decision ("exits=1 c1@8b").
-    fallback_reason: why the plan was not followed (None: it was): "no_server",
-    "unreachable", "busy", "timeout", "server_error", "late" (the server could not meet the
-    deadline, so the engine did not ask), "bundle_not_served".
+    fallback_reason: why the plan was not followed (None: it was, or there is no server):
+    "unreachable", "busy", "timeout" (no reply in time, or no time left to ask),
+    "server_error", "bundle_not_served", "encode_error" (the codec refused this frame's
+    tensor, e.g. beyond float16's range).
     """
 
     output: np.ndarray

@@ -61,7 +61,8 @@ class ExitProfile:
 class ModelProfile:
     """What the candidates of one model are derived from; the simulator randomizes these.
 
-    wire: per point ("input" or cut id) and bits: (bytes, encode_ms, agreement).
+    wire: per point ("input" or cut id) and bits: (bytes, encode_ms, agreement); a bits
+    value missing from a point's map is not a candidate there.
     accuracy_upto[m]: accuracy of the cascade with the first m exits on (m = 0: full model).
     """
 
@@ -113,7 +114,11 @@ def model_profile(manifest: Any, device: str | None = None) -> ModelProfile:
         measured = codec.get("input") if name == "input" else codec.get("cuts", {}).get(name)
         table = _wire_defaults(fp32)
         for b, m in (measured or {}).items():
-            table[int(b)] = (float(m["bytes"]), float(m["encode_ms"]), float(m["agreement"]))
+            if "error" in m:
+                table.pop(int(b), None)  # the codec cannot carry this cut at these bits
+            else:
+                table[int(b)] = (float(m["bytes"]), float(m["encode_ms"]),
+                                 float(m["agreement"]))
         wire[name] = table
     return ModelProfile(manifest.name, seg_ms, tuple(c.id for c in manifest.cuts),
                         tuple(c.after_segment for c in manifest.cuts), tuple(exits),
@@ -191,6 +196,8 @@ def build_candidates(model: ModelProfile, bits: Sequence[int] = BITS) -> Candida
             if after < last_exit_seg:
                 continue  # the exit would come after the cut
             for b in bits:
+                if b not in model.wire[name]:
+                    continue
                 size, enc, agree = model.wire[name][b]
                 rows.append((Candidate(m, name, b), prefix[after + 1] + heads, enc, size,
                              total - prefix[after + 1], p_exit, exit_ms, exit_acc,
