@@ -240,3 +240,27 @@ def test_bundle_not_served(tmp_path, digits, server):
         r = engine.infer(digits[0][0])
         assert engine.link.status == "not_served"
     assert r.where == "device" and r.fallback_reason == "bundle_not_served"
+
+
+def test_when_finishing_here_would_miss_the_deadline_the_best_exit_answers(tmp_path, digits):
+    """A slow server and a device whose profile says the rest takes 10 s: the frame ends
+    with the most confident exit already computed, not a late local finish."""
+    import json
+    import shutil
+
+    copy = tmp_path / "slowdevice.edge"
+    shutil.copytree(DIGITS_BUNDLE, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    prof = next(iter(manifest["profiles"].values()))
+    prof["segments"][-1]["median_ms"] = 10_000.0  # the last segment, as this device sees it
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    x, _ = digits
+    with Engine(DIGITS_BUNDLE, strategy="device") as plain:
+        hard = [xi for xi in x if plain.infer(xi).where == "device"]  # no exit fires
+    assert hard, "every digit exits early; no frame for this test"
+    with _slow_server(400) as slow, Engine(copy, server=slow.endpoint, slo_ms=SLO_MS,
+                                            strategy="c2@8") as engine:
+        r = engine.infer(hard[0])
+    assert r.where == "exit" and r.fallback_reason == "timeout"
+    assert r.exit_name in ("exit1", "exit2") and r.confidence is not None
+    assert r.timings.total < SLO_MS + LATE_MS
