@@ -120,4 +120,5 @@ class ServerProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.kill()
+        # SIGTERM first: a drained server removes its ipc:// directory; SIGKILL cannot.
+        self.terminate(timeout=5.0)
