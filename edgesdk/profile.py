@@ -364,8 +364,11 @@ class BandwidthEstimator:
     A transfer of `payload_bytes` whose reply came `round_trip_ms` after the send spent
     ``round_trip_ms - server_ms - queue_ms - rtt_floor_ms`` on the wire; its throughput is
     one sample. The estimate is the harmonic mean of the last `k` samples (robust to one
-    lucky fast sample, as in MPC-style ABR), and `std` the standard deviation of those
-    samples (an EWMA mean would lag a step change by the same amount). Transfers whose wire
+    lucky fast sample, as in MPC-style ABR; an EWMA would lag a step change), and `std` is
+    the estimate times the robust spread of the samples' logarithms (1.4826 x their median
+    absolute deviation): the planner models bandwidth as lognormal, and one burst sample
+    (a small upload through a token bucket's burst) must not make a steady link look
+    volatile, as a plain standard deviation did. Transfers whose wire
     time is under `min_wire_ms` say more about timer noise than bandwidth and are ignored.
 
         bw = BandwidthEstimator()
@@ -411,7 +414,12 @@ class BandwidthEstimator:
             return Estimate(self._prior, self._prior, 0, math.inf)
         s = np.asarray(self._samples)
         value = len(s) / float(np.sum(1.0 / s))
-        std = float(np.std(s)) if len(s) > 1 else value / 2
+        if len(s) > 1:  # robust spread of log-bandwidth (MAD, normal-consistent) x value
+            logs = np.log(s)
+            spread = 1.4826 * float(np.median(np.abs(logs - np.median(logs))))
+            std = value * spread
+        else:
+            std = value / 2
         return Estimate(value, std, len(s), now - self._last)
 
 

@@ -34,8 +34,18 @@ def test_bandwidth_harmonic_mean_and_uncertainty_of_last_k():
         bw.observe(mbps, now=float(t))
     e = bw.estimate(now=3.0)
     assert e.value == pytest.approx(3 / (1 / 2 + 1 / 4 + 1 / 4))
-    assert e.std == pytest.approx(np.std([2.0, 4.0, 4.0]))
+    logs = np.log([2.0, 4.0, 4.0])  # median log 4; deviations 0, 0, log 2
+    assert e.std == pytest.approx(e.value * 1.4826 * np.median(np.abs(logs - np.log(4.0))))
     assert bw.history() == [2.0, 4.0, 4.0]
+
+
+def test_one_burst_sample_does_not_make_a_steady_link_look_volatile():
+    bw = BandwidthEstimator(k=5)
+    for t, mbps in enumerate([35.0, 290.0, 29.0, 30.0, 60.0]):
+        bw.observe(mbps, now=float(t))
+    e = bw.estimate(now=5.0)
+    assert 30 < e.value < 50
+    assert e.std / e.value < 0.5  # a plain standard deviation would say 2.5
 
 
 def test_bandwidth_step_change_is_tracked_within_k_samples():

@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     with Engine(args.bundle, server=args.server, slo_ms=args.slo_ms, task=args.task,
                 strategy=args.strategy, threads=args.threads, device=args.device,
                 connect_timeout_s=10) as engine:
+        from .netem import TokenBucket
+
+        if engine.link is not None:  # the loopback testbed shapes the link in-process
+            engine.link.shaper = TokenBucket.from_env()
         for i in range(args.warmup):
             engine.infer(x[i % len(x)])
         if args.start_at:

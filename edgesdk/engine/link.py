@@ -17,7 +17,8 @@ decides whether offloading is possible at all:
 
 Only "up" offloads. Busy replies pause offloading for `busy_backoff_s`. When the link has
 been idle for `probe_idle_s`, it probes: a heartbeat (RTT) and a heartbeat carrying a
-payload sized to take ~10 ms at the current estimate (bandwidth), which the broker answers
+payload sized to take ~50 ms at the current estimate, at least 64 KiB so that a
+token bucket's burst does not hide the rate (bandwidth), which the broker answers
 without touching a worker.
 """
 
@@ -40,7 +41,7 @@ from ..transport import protocol
 from ..transport.client import Client
 
 UP, CONNECTING, CHECKING, DOWN, NOT_SERVED = "up", "connecting", "checking", "down", "not_served"
-PROBE_BYTES = (4 * 1024, 256 * 1024)  # bandwidth probe size bounds
+PROBE_BYTES = (64 * 1024, 1024 * 1024)  # bandwidth probe size bounds (above a tbf burst)
 
 
 @dataclass
@@ -51,6 +52,8 @@ class _Job:
     budget_s: float = 0.5
     future: Future = field(default_factory=Future)
     payload_bytes: int = 0
+    queued_at: float = field(default_factory=time.monotonic)
+    held_s: float = 0.0  # time the shaper held it (an emulated transfer)
 
 
 class EdgeLink:
@@ -78,6 +81,10 @@ class EdgeLink:
         os.set_blocking(self._wake_w, False)
         self._closing = False
         self._first_answer = threading.Event()
+        # Emulation hook (benchmarks): an object with release_time(nbytes, now) -> when
+        # an upload of nbytes sent at `now` has crossed a slower link; infer requests are
+        # held until then. See edgesdk.bench.netem.TokenBucket.
+        self.shaper: Any = None
         # Created here, so a bad key fails in the caller; used only by the thread after.
         self._client = Client(endpoint, server_public_key=server_public_key,
                               client_keys=client_keys, retries=0)
@@ -111,8 +118,12 @@ class EdgeLink:
             e = self.estimator
             bw = e.bandwidth.estimate(now)
             rtt = e.rtt.estimate(now)
+            # The RTT floor, not the smoothed RTT: heartbeats are timed while the device
+            # computes, so their replies wait for this process's CPU, which an offload
+            # (the device idle, waiting for the reply) does not. Smoothed until seen.
+            rtt_ms = e.rtt.floor_ms if rtt.n else rtt.value
             return {"bw_mbps": bw.value, "bw_std": bw.std, "bw_history": tuple(
-                e.bandwidth.history()), "rtt_ms": rtt.value, "queue_ms": e.server.queue_ms,
+                e.bandwidth.history()), "rtt_ms": rtt_ms, "queue_ms": e.server.queue_ms,
                 "server_slowdown": e.server.slowdown}
 
     def close(self, timeout_s: float = 2.0) -> None:
@@ -141,12 +152,14 @@ class EdgeLink:
     def _run(self) -> None:
         client = self._client
         pending: dict[int, tuple[_Job, float]] = {}
+        held: list[tuple[float, _Job]] = []  # (release time, job): see `shaper`
         next_probe = 0.0
         try:
             while not self._closing:
                 now = time.monotonic()
-                while self._jobs:
-                    job = self._jobs.popleft()
+                ready = self._release(held, now)
+                while ready:
+                    job = ready.popleft()
                     try:
                         rid = client.submit(job.frames, budget_s=job.budget_s,
                                             bundle=self.bundle_id, cut=job.cut, kind=job.kind)
@@ -160,7 +173,8 @@ class EdgeLink:
                         rid = client.submit(job.frames, budget_s=job.budget_s, kind=job.kind)
                         pending[rid] = (job, now)
                     next_probe = now + self._retry_s
-                client.poll(0.25, wake_fd=self._wake_r)
+                wait = min([0.25] + [t - now for t, _ in held])
+                client.poll(max(wait, 0.0), wake_fd=self._wake_r)
                 with contextlib.suppress(BlockingIOError, OSError):
                     os.read(self._wake_r, 4096)
                 for rid in [r for r in pending if client.done(r)]:
@@ -178,6 +192,24 @@ class EdgeLink:
                 self._jobs.popleft().future.set_exception(Unreachable("the engine is closed"))
             client.close()
 
+    def _release(self, held: list[tuple[float, _Job]], now: float) -> deque[_Job]:
+        """The jobs to submit now: new ones (unless the shaper holds them) and held ones
+        whose time came, with the hold taken off their budget."""
+        while self._jobs:
+            job = self._jobs.popleft()
+            if self.shaper is not None and job.kind == protocol.INFER:
+                held.append((self.shaper.release_time(job.payload_bytes, now), job))
+            else:
+                held.append((now, job))
+        ready: deque[_Job] = deque()
+        for t, job in sorted(held, key=lambda tj: tj[0]):
+            if t <= now:
+                job.held_s = now - job.queued_at
+                job.budget_s = max(job.budget_s - job.held_s, 0.001)
+                ready.append(job)
+        held[:] = [(t, j) for t, j in held if t > now]
+        return ready
+
     def _probes(self, now: float) -> list[_Job]:
         """What to send when nothing else is: a hello until the server answers, then
         RTT and bandwidth heartbeats when the link has been idle."""
@@ -187,7 +219,7 @@ class EdgeLink:
             if not self.estimator.should_probe(now):
                 return []
             mbps = self.estimator.bandwidth.estimate(now).value
-        size = int(min(max(mbps * 1e6 / 8 * 0.010, PROBE_BYTES[0]), PROBE_BYTES[1]))
+        size = int(min(max(mbps * 1e6 / 8 * 0.050, PROBE_BYTES[0]), PROBE_BYTES[1]))
         return [_Job(protocol.HEARTBEAT, budget_s=self._hello_budget_s),
                 _Job(protocol.HEARTBEAT, [bytes(size)], budget_s=2 * self._hello_budget_s,
                      payload_bytes=size)]
@@ -219,7 +251,7 @@ class EdgeLink:
         extra: Mapping[str, Any] = reply.envelope.extra
         if isinstance(extra.get("load"), Mapping):
             e.server.observe_load(extra["load"])
-        rtt_ms = reply.rtt * 1e3
+        rtt_ms = (reply.rtt + job.held_s) * 1e3
         if job.kind == protocol.HELLO:
             self._on_welcome(extra)
             e.on_small_message(rtt_ms, now)

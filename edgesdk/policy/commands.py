@@ -37,6 +37,7 @@ def _train(args: argparse.Namespace) -> int:
                                                         else None)
     cfg = tr.TrainConfig(steps=args.steps, seed=args.seed, init=init,
                          p_real=0.8 if args.bundle else 0.3, planner_gain=args.planner_gain,
+                         hedge=tr.HEDGE if args.hedge is None else args.hedge,
                          entropy_ratio=args.entropy_ratio, lr=args.lr)
     traces = Path(args.traces) / "train" if args.traces else default_traces_dir() / "train"
     net = tr.train(traces, cfg, _profiles(args.bundle), progress=not args.quiet)
@@ -45,7 +46,8 @@ def _train(args: argparse.Namespace) -> int:
     command = f"edgesdk policy train --steps {args.steps} --seed {args.seed}"
     command += "".join(f" --bundle {shlex.quote(str(b))}" for b in args.bundle or ())
     command += f" --init {shlex.quote(args.init)}" if args.init else ""
-    command += (f" --planner-gain {args.planner_gain:g} --entropy-ratio {args.entropy_ratio:g}"
+    command += (f" --planner-gain {args.planner_gain:g} --hedge {cfg.hedge:g}"
+                f" --entropy-ratio {args.entropy_ratio:g}"
                 f" --lr {args.lr:g}")
     net.save(out, seed=np.array(args.seed), steps=np.array(args.steps),
              command=np.array(command))
@@ -90,6 +92,9 @@ def add_policy_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--traces", help="traces root with train/ (default ../shared/traces)")
     t.add_argument("--bundle", action="append", help="fine-tune on this bundle's profile")
     t.add_argument("--init", help="start from these weights")
+    t.add_argument("--hedge", type=float,
+                   help="initial weight of the planner at the pessimistic (lowest recent) "
+                        "bandwidth, vs the planner at the estimate (default train.HEDGE)")
     t.add_argument("--planner-gain", type=float, default=20.0,
                    help="initial weight of the planner's reward in the actor's score")
     t.add_argument("--entropy-ratio", type=float, default=0.1,

@@ -1,0 +1,119 @@
+"""The end-to-end benchmark's testbed: real network namespaces, a veth pair shaped by tc,
+a cgroup CPU quota, and the loopback fallback's token bucket inside the engine."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from edgesdk.bench.netem import NamespaceTestbed, TokenBucket, unavailable_reason
+
+pytestmark = pytest.mark.timeout(120)
+NETNS = unavailable_reason()
+needs_netns = pytest.mark.skipif(NETNS is not None, reason=f"no testbed here: {NETNS}")
+
+RECEIVER = """
+import socket, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("10.213.0.2", 5001)); s.listen(); c, _ = s.accept()
+n, t0 = 0, None
+while True:
+    d = c.recv(1 << 20)
+    if t0 is None: t0 = time.perf_counter()
+    if not d: break
+    n += len(d)
+print(n, time.perf_counter() - t0)
+"""
+SENDER = """
+import socket, time, sys
+for _ in range(100):
+    try: s = socket.create_connection(("10.213.0.2", 5001)); break
+    except OSError: time.sleep(0.05)
+s.sendall(b"x" * int(sys.argv[1])); s.close()
+"""
+SPIN = "import time; t = time.perf_counter(); sum(range(4_000_000)); print(time.perf_counter() - t)"
+
+
+def _throughput_mbit(tb: NamespaceTestbed, nbytes: int) -> float:
+    rx = subprocess.Popen(tb.edge_command([sys.executable, "-c", RECEIVER]),
+                          stdout=subprocess.PIPE, text=True)
+    tx = tb.popen_device([sys.executable, "-c", SENDER, str(nbytes)])
+    assert tx.wait(60) == 0
+    n, seconds = rx.communicate(timeout=60)[0].split()
+    assert int(n) == nbytes
+    return nbytes * 8 / float(seconds) / 1e6
+
+
+def _namespaces() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+@needs_netns
+def test_shaped_link_rate_changes_and_cleanup():
+    with NamespaceTestbed(tag="t1") as tb:
+        assert tb.device_ns in _namespaces() and tb.cgroup.is_dir()
+        tb.set_rate(5.0)
+        slow = _throughput_mbit(tb, 1_000_000)
+        tb.set_rate(40.0)
+        fast = _throughput_mbit(tb, 2_000_000)
+    assert 5.0 * 0.75 < slow < 5.0 * 1.25, slow
+    assert 40.0 * 0.7 < fast < 40.0 * 1.25, fast
+    assert "edgesdk-dev-t1" not in _namespaces() and not tb.cgroup.exists()
+
+
+@needs_netns
+def test_namespaces_are_removed_after_an_exception():
+    with pytest.raises(RuntimeError), NamespaceTestbed(tag="t2") as tb:
+        assert tb.edge_ns in _namespaces()
+        raise RuntimeError("boom")
+    assert "edgesdk-edge-t2" not in _namespaces()
+
+
+@needs_netns
+def test_cpu_quota_slows_the_device_process():
+    with NamespaceTestbed(tag="t3") as tb:
+        def timed(quota):
+            p = tb.popen_device([sys.executable, "-c", SPIN], cpu_quota=quota,
+                                stdout=subprocess.PIPE, text=True)
+            return float(p.communicate(timeout=60)[0])
+        full, throttled = timed(None), timed(0.25)
+    assert throttled / full > 2.5, (full, throttled)
+
+
+@needs_netns
+def test_replay_changes_the_rate_on_schedule():
+    with NamespaceTestbed(tag="t4") as tb:
+        tb.replay_rates([3.0, 7.0, 11.0], start_at=time.time(), speed=10.0)
+        time.sleep(0.5)
+        assert tb.rate_mbit == 11.0
+
+
+def test_token_bucket_is_a_fifo_link():
+    tb = TokenBucket(rate_mbit=8.0)  # 1 byte per microsecond
+    assert tb.release_time(1000, now=10.0) == pytest.approx(10.001)
+    assert tb.release_time(1000, now=10.0) == pytest.approx(10.002)  # queued behind it
+    assert tb.release_time(500, now=20.0) == pytest.approx(20.0005)  # the link was idle
+    trace = TokenBucket(rates=[1.0, 100.0], start_at=time.time() - 1.5, speed=1.0)
+    assert trace.rate_mbit() == 100.0
+    assert TokenBucket.from_env("2.5").rate_mbit() == 2.5
+    assert TokenBucket.from_env("trace:0:1:4,5").rate_mbit() == 5.0  # long past: the last
+    assert TokenBucket.from_env("") is None
+
+
+def test_the_engine_link_holds_uploads_for_the_shaper():
+    from edgesdk import Engine
+    from edgesdk.models import DIGITS_BUNDLE, load_digits_test
+    from edgesdk.server_process import ServerProcess
+
+    x, _ = load_digits_test()
+    with ServerProcess.serve([DIGITS_BUNDLE]) as server, Engine(
+            DIGITS_BUNDLE, server=server.endpoint, slo_ms=2000, strategy="c0@32/0") as e:
+        fast = np.median([e.infer(x[i]).timings.total for i in range(5)])
+        e.link.shaper = TokenBucket(rate_mbit=2.0)  # c0 at 32 bits: 12.5 kB, 50 ms at 2 Mbit
+        shaped = [e.infer(x[i]) for i in range(5)]
+    assert all(r.where == "edge" for r in shaped)
+    assert min(r.timings.total for r in shaped) > 40 > fast
