@@ -110,3 +110,24 @@ def test_unknown_task_and_nan_history_are_policy_errors():
         State(bw_mbps=1.0, slo_ms=1.0, task="fast")
     with pytest.raises(PolicyError, match=r"bw_history\[1\]"):
         State(bw_mbps=1.0, slo_ms=1.0, bw_history=(1.0, math.nan))
+
+
+def test_exits_calibrated_without_labels_plan_on_agreement():
+    """`exits calibrate` without labels stores agreement with the full model, and None for
+    the accuracies: the candidates use the agreement (the full model counting as 1.0)."""
+    from dataclasses import replace
+
+    from edgesdk.bundle import Bundle
+    from edgesdk.models import DIGITS_BUNDLE
+    from edgesdk.policy import build_candidates, model_profile
+
+    manifest = Bundle.load(DIGITS_BUNDLE).manifest
+    exits = []
+    for e in manifest.exits:
+        c = {**e.calibration, "target": "agreement", "baseline_accuracy": None,
+             "accuracy_exited": None, "accuracy_upto": None}
+        exits.append(replace(e, calibration=c))
+    prof = model_profile(replace(manifest, exits=tuple(exits)))
+    assert prof.accuracy_upto[0] == 1.0
+    assert prof.exits[0].accuracy == manifest.exits[0].calibration["agreement_exited"]
+    assert len(build_candidates(prof)) > 0

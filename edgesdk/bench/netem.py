@@ -8,8 +8,8 @@ a veth pair, the device->edge link shaped with tc, and a cgroup CPU quota for th
         proc = tb.popen_device([...], cpu_quota=0.15)       # 15 % of one core
         tb.replay_rates([12.0, 3.5, ...], start_at=t)       # one rate per second
 
-Shaping is a token bucket filter (tc tbf) on the device's veth: a rate, a bucket of 4 ms at
-that rate (the timer tick; at least two full frames), and a queue of up to 2 s, so TCP
+Shaping is a token bucket filter (tc tbf) on the device's veth: a rate (of TCP goodput), a
+bucket of 1 ms at that rate (at least two full frames), and a queue of up to 2 s, so TCP
 sees a slow link rather than losses. Changing
 the rate is one `tc qdisc change` (about 2 ms). Delay, jitter and loss need sch_netem, which
 this kernel may lack; `describe()` says what is emulated.
@@ -42,6 +42,7 @@ from pathlib import Path
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
 MIN_QUOTA_US = 1_000  # the kernel's smallest cfs_quota_us
 MIN_RATE_MBIT = 0.05  # tbf cannot be 0; traces have seconds of (almost) nothing
+TCP_OVERHEAD = 1514 / 1448  # link bytes per TCP payload byte (Ethernet + IP + TCP headers)
 SHAPE_ENV = "EDGESDK_SHAPE"  # loopback fallback: "rate_mbit" or "@file" of rates per second
 
 
@@ -50,10 +51,13 @@ def _run(*cmd: str) -> None:
 
 
 def _tbf(rate_mbit: float) -> list[str]:
-    rate = max(rate_mbit, MIN_RATE_MBIT)
-    # 4 ms of tokens (the kernel's timer tick at HZ 250), at least two full frames: a
-    # bigger bucket lets small uploads through at line rate and hides the rate.
-    burst = max(int(rate * 1e6 / 8 * 0.004), 3028)
+    # The rate is TCP goodput: tbf counts whole Ethernet frames (1514 B per 1448 B of TCP
+    # payload). The bucket holds 1 ms of tokens, at least two full frames: a bigger one
+    # lets small uploads through at line rate and hides the rate (a 16 KiB bucket passed a
+    # 16 KB tensor at 5x the rate at 0.1 Mbit/s); a one-frame bucket slowed bulk transfers
+    # by 2-4 % at 5-10 Mbit/s.
+    rate = max(rate_mbit, MIN_RATE_MBIT) * TCP_OVERHEAD
+    burst = max(int(rate * 1e6 / 8 * 0.001), 3028)
     return ["tbf", "rate", f"{rate:.4f}mbit", "burst", str(burst), "latency", "2s"]
 
 
@@ -82,6 +86,24 @@ def unavailable_reason() -> str | None:
     subprocess.run(["ip", "netns", "del", f"edgesdk-probe-{os.getpid()}"],
                    capture_output=True)
     return None
+
+
+def _remove_stale() -> None:
+    """Namespaces and cgroups of earlier runs whose process is gone (a crash, SIGKILL):
+    their names end in the owner's pid."""
+    def dead(tag: str) -> bool:
+        return tag.isdigit() and int(tag) != os.getpid() and not Path(f"/proc/{tag}").exists()
+
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for line in listing.splitlines():
+        name = line.split(" ", 1)[0]
+        prefix, _, tag = name.rpartition("-")
+        if prefix in ("edgesdk-dev", "edgesdk-edge") and dead(tag):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    for d in CGROUP_CPU.glob("edgesdk-*"):
+        if dead(d.name.rpartition("-")[2]):
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
 
 class _Replay:
@@ -126,6 +148,7 @@ class NamespaceTestbed:
         return self
 
     def _setup(self) -> None:
+        _remove_stale()
         dev, edge = self.device_ns, self.edge_ns
         vd, ve = self._veth
         _run("ip", "netns", "add", dev)

@@ -101,11 +101,13 @@ def model_profile(manifest: Any, device: str | None = None) -> ModelProfile:
         c = e.calibration
         if "coverage" not in c:
             break  # uncalibrated: the cascade stops here
-        baseline = float(c.get("baseline_accuracy", baseline))
+        # Calibrated on labels: accuracies. Without labels (self-distillation) only the
+        # agreement with the full model is known; the full model then counts as 1.0.
+        baseline = _first(c, ("baseline_accuracy",), 1.0)
         exits.append(ExitProfile(e.after_segment, float(c["coverage"]),
-                                 float(c.get("accuracy_exited", baseline)),
-                                 float(c.get("head_ms", 0.0))))
-        upto.append(float(c.get("accuracy_upto", baseline)))
+                                 _first(c, ("accuracy_exited", "agreement_exited"), baseline),
+                                 _first(c, ("head_ms",), 0.0)))
+        upto.append(_first(c, ("accuracy_upto", "agreement_upto"), baseline))
     codec = prof.get("codec", {})
     wire: dict[str, dict[int, tuple[float, float, float]]] = {}
     points = [("input", sum(t.fp32_bytes for t in manifest.inputs))]
@@ -123,6 +125,15 @@ def model_profile(manifest: Any, device: str | None = None) -> ModelProfile:
     return ModelProfile(manifest.name, seg_ms, tuple(c.id for c in manifest.cuts),
                         tuple(c.after_segment for c in manifest.cuts), tuple(exits),
                         (baseline, *upto), wire)
+
+
+def _first(calibration: Mapping[str, Any], keys: Sequence[str], default: float) -> float:
+    """The first of `keys` that the calibration holds a number for (None: not measured)."""
+    for k in keys:
+        v = calibration.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+    return float(default)
 
 
 @dataclass(frozen=True)
