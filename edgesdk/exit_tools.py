@@ -66,6 +66,7 @@ from typing import Any
 
 import numpy as np
 
+from ._plot import pyplot
 from .bundle import Bundle, CutSpec, ExitSpec, TensorSpec, sha256_file
 from .errors import BundleError, EdgeError, ExitError, MissingDependency
 from .exits import (
@@ -809,13 +810,9 @@ def format_report(bundle: Bundle) -> str:
 def plot_report(bundle: Bundle, png: str | Path) -> Path:
     """The trade-off as a PNG: per exit, coverage against accuracy on the exited samples
     and against the cascade's accuracy, with the calibrated points marked."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise MissingDependency("matplotlib", "plot") from None
+    plt = pyplot()
+    if plt is None:
+        raise MissingDependency("matplotlib", "plot")
     rows = [r for r in report_rows(bundle) if "curve" in r]
     if not rows:
         raise ExitError(f"{bundle.path}: no calibrated exits to plot; run `edgesdk exits "

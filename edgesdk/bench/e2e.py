@@ -13,6 +13,8 @@ device-only and edge-only.
 Strategies: device-only (all exits on), edge-only (the input at 8 bits), the best fixed
 split (the planner's choice at the condition's mean bandwidth, held for the whole run:
 Neurosurgeon's static partition), the planner on live estimates, and the policy network.
+The last three optimize the same reward (--task, default "latency", since the targets
+compare latency).
 
 Device speed. The device runs in a cgroup with a CPU quota of --cpu-quota of one core
 (default 0.25: about 4x slower than this machine's core, roughly a Raspberry Pi 5's
@@ -39,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._plot import pyplot
 from . import format_table
 from .e2e_models import MODELS, build
 
@@ -95,13 +98,14 @@ def _stats(records: list, slo_ms: float) -> dict:
 
 
 def _best_fixed(bundle_dir: Path, mbps: float, slowdown: float, slo_ms: float,
-                rtt_ms: float) -> str:
+                rtt_ms: float, task: str) -> str:
     """The planner's choice with the condition's mean bandwidth: a static partition."""
     from ..bundle import Bundle
     from ..policy import State, build_candidates, model_profile, plan
 
     table = build_candidates(model_profile(Bundle.load(bundle_dir).manifest, "reference"))
-    state = State(bw_mbps=mbps, slo_ms=slo_ms, rtt_ms=rtt_ms, device_slowdown=slowdown)
+    state = State(bw_mbps=mbps, slo_ms=slo_ms, rtt_ms=rtt_ms, device_slowdown=slowdown,
+                  task=task)
     c = table.candidates[plan(table, state)]
     return f"{c.cut}@{c.bits}/{c.n_exits}"
 
@@ -115,12 +119,12 @@ class Runner:
         self.cpu_quota = cpu_quota
         self.log = log
 
-    def run(self, bundle: Path, frames_npz: Path, strategy: str, slo_ms: float, *,
+    def run(self, bundle: Path, frames_npz: Path, strategy: str, slo_ms: float, task: str, *,
             frames: int | None = None, seconds: float | None = None,
             replay: list[float] | None = None, speed: float = 1.0) -> list:
         argv = [sys.executable, "-m", "edgesdk.bench.e2e_device", "--bundle", str(bundle),
                 "--server", self.endpoint, "--strategy", strategy, "--slo-ms", f"{slo_ms:g}",
-                "--inputs", str(frames_npz), "--device", "reference"]
+                "--inputs", str(frames_npz), "--device", "reference", "--task", task]
         argv += ["--frames", str(frames)] if frames else ["--seconds", f"{seconds:g}"]
         start_at = time.time() + 4.0  # the engine's setup (sessions, hello) comes first
         argv += ["--start-at", f"{start_at:.3f}"]
@@ -142,7 +146,7 @@ def run_model(name: str, runner: Runner, workdir: Path, traces: list[dict], args
     bundle, frames_npz = build(name, workdir, log=log)
     tb = runner.tb
     tb.set_rate(1000.0)
-    calib = runner.run(bundle, frames_npz, "device@32/0", 1e6, frames=8)
+    calib = runner.run(bundle, frames_npz, "device@32/0", 1e6, args.task, frames=8)
     device_ms = float(np.median([r[1] for r in calib]))
     from ..bundle import Bundle
 
@@ -155,7 +159,7 @@ def run_model(name: str, runner: Runner, workdir: Path, traces: list[dict], args
     conditions = [(f"{r:g} Mbit/s", r, None) for r in args.rates]
     conditions += [(t["name"], float(np.mean(t["mbps"])), t["mbps"]) for t in traces]
     for label, mean_mbps, replay in conditions:
-        fixed = _best_fixed(bundle, mean_mbps, slowdown, slo_ms, args.rtt_ms)
+        fixed = _best_fixed(bundle, mean_mbps, slowdown, slo_ms, args.rtt_ms, args.task)
         plans = {"device-only": "device", "edge-only": "edge", "best-fixed": fixed,
                  "planner": "planner", "policy": "policy"}
         row = {"condition": label, "mean_mbps": mean_mbps, "trace": replay is not None,
@@ -163,11 +167,11 @@ def run_model(name: str, runner: Runner, workdir: Path, traces: list[dict], args
         for strategy in args.strategies:
             if replay is None:
                 tb.set_rate(mean_mbps)
-                rec = runner.run(bundle, frames_npz, plans[strategy], slo_ms,
+                rec = runner.run(bundle, frames_npz, plans[strategy], slo_ms, args.task,
                                  frames=args.frames)
             else:
                 tb.set_rate(replay[0])
-                rec = runner.run(bundle, frames_npz, plans[strategy], slo_ms,
+                rec = runner.run(bundle, frames_npz, plans[strategy], slo_ms, args.task,
                                  seconds=len(replay) / args.speed, replay=replay,
                                  speed=args.speed)
             row["strategies"][strategy] = _stats(rec, slo_ms)
@@ -244,12 +248,8 @@ def format_report(report: dict) -> str:
 
 
 def save_png(report: dict, path: str) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     models = report["models"]
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
@@ -284,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=30, help="frames per fixed-rate run")
     p.add_argument("--cpu-quota", type=float, default=0.25,
                    help="the device's share of one core (0 or 1: unthrottled)")
+    p.add_argument("--task", default="latency", choices=("latency", "balanced", "accuracy"),
+                   help="the reward of the planner, the policy and the best fixed split "
+                        "(default latency: what this benchmark's targets measure)")
     p.add_argument("--rtt-ms", type=float, default=1.0,
                    help="RTT assumed by the best-fixed planner")
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "edgesdk-e2e"))

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._plot import pyplot
 from .candidates import CandidateTable, ModelProfile, build_candidates
 from .net import PolicyNet
 from .planner import expected_rewards, expected_terms, plan
@@ -189,12 +190,8 @@ def format_table(report: dict) -> str:
 
 
 def save_png(report: dict, path: str | Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     groups = report["groups"]
     fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 3.5), squeeze=False)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._plot import pyplot
 from ..errors import MissingDependency
 from .candidates import ModelProfile
 from .features import N_FEATURES, N_STATE, features
@@ -253,12 +254,8 @@ def reference_pairs(net_model: nn.Sequential, seed: int = 0, n: int = 8) -> dict
 
 def save_curve_png(curve: list, path: str | Path) -> bool:
     """Plot mean regret against steps; False if matplotlib (edgesdk[plot]) is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     steps, reg, _ = zip(*curve)
     fig, ax = plt.subplots(figsize=(6, 3.5))
