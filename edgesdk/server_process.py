@@ -30,6 +30,19 @@ class ServerStartError(EdgeError, RuntimeError):
     """The server process did not log an expected event (e.g. "ready") in time."""
 
 
+def module_command(module: str, *args: str) -> list[str]:
+    """`python -m MODULE ARGS...` that runs the edgesdk this process imported.
+
+    `python -m` puts the child's working directory first on sys.path, so a child started
+    in a source checkout would import the checkout's edgesdk, which has no compiled
+    extension, instead of the installed one. The child puts this package's root first.
+    """
+    root = str(Path(__file__).resolve().parent.parent)
+    boot = (f"import runpy, sys; sys.path.insert(0, {root!r}); "
+            f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)")
+    return [sys.executable, "-c", boot, *args]
+
+
 class ServerProcess:
     """A server subprocess with its parsed log; a context manager that always ends it.
 
@@ -61,8 +74,8 @@ class ServerProcess:
     def serve(cls, bundles: Sequence[str | os.PathLike], *args: str,
               bind: str = "tcp://127.0.0.1:*", **kw) -> ServerProcess:
         """`python -m edgesdk.serving serve BUNDLE... --bind BIND ARGS...`."""
-        return cls([sys.executable, "-m", "edgesdk.serving", "serve",
-                    *(str(Path(b)) for b in bundles), "--bind", bind, *args], **kw)
+        return cls(module_command("edgesdk.serving", "serve", *(str(Path(b)) for b in bundles),
+                                  "--bind", bind, *args), **kw)
 
     def _read(self) -> None:
         for line in self.proc.stderr:

@@ -49,6 +49,20 @@ def test_camera_opencv_example_with_a_server():
     assert out.stdout.count("frame ") == 30 and "accuracy" in out.stdout
 
 
+@pytest.mark.timeout(120)
+def test_the_server_process_runs_this_edgesdk_whatever_its_working_directory(tmp_path):
+    # CI runs pytest in the checkout, whose edgesdk/ has no compiled extension: a child
+    # started there with `python -m` would import that tree instead of the installed one.
+    from edgesdk.models import DIGITS_BUNDLE
+    from edgesdk.server_process import ServerProcess
+
+    shadow = tmp_path / "edgesdk"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('the shadowing tree was imported')\n")
+    with ServerProcess.serve([DIGITS_BUNDLE], cwd=str(tmp_path)) as server:
+        assert server.endpoint.startswith("tcp://127.0.0.1:")
+
+
 @pytest.mark.timeout(60)
 def test_camera_picamera2_example_imports_without_picamera2():
     out = subprocess.run([sys.executable, str(EXAMPLES / "camera_picamera2.py"), "--help"],

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from .._plot import pyplot
+from ..server_process import ServerProcess, module_command
 from . import format_table
 from .e2e_models import MODELS, build
 
@@ -122,9 +123,10 @@ class Runner:
     def run(self, bundle: Path, frames_npz: Path, strategy: str, slo_ms: float, task: str, *,
             frames: int | None = None, seconds: float | None = None,
             replay: list[float] | None = None, speed: float = 1.0) -> list:
-        argv = [sys.executable, "-m", "edgesdk.bench.e2e_device", "--bundle", str(bundle),
-                "--server", self.endpoint, "--strategy", strategy, "--slo-ms", f"{slo_ms:g}",
-                "--inputs", str(frames_npz), "--device", "reference", "--task", task]
+        argv = module_command(
+            "edgesdk.bench.e2e_device", "--bundle", str(bundle), "--server", self.endpoint,
+            "--strategy", strategy, "--slo-ms", f"{slo_ms:g}", "--inputs", str(frames_npz),
+            "--device", "reference", "--task", task)
         argv += ["--frames", str(frames)] if frames else ["--seconds", f"{seconds:g}"]
         start_at = time.time() + 4.0  # the engine's setup (sessions, hello) comes first
         argv += ["--start-at", f"{start_at:.3f}"]
@@ -299,7 +301,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from ..policy.simulator import default_traces_dir
-    from ..server_process import ServerProcess
     from .netem import open_testbed
 
     args = build_parser().parse_args(argv)
@@ -315,9 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     with open_testbed(log=log) as tb:
         report["testbed"] = tb.describe()
         log(report["testbed"]["description"])
-        cmd = tb.edge_command([sys.executable, "-m", "edgesdk.serving", "serve",
-                               *map(str, bundles), "--bind", f"tcp://{tb.edge_address}:5555",
-                               "--workers", "1", "--log-level", "info"])
+        cmd = tb.edge_command(module_command(
+            "edgesdk.serving", "serve", *map(str, bundles), "--bind",
+            f"tcp://{tb.edge_address}:5555", "--workers", "1", "--log-level", "info"))
         with ServerProcess(cmd, ready_timeout=120) as server:
             runner = Runner(tb, f"tcp://{tb.edge_address}:5555", args.cpu_quota, log)
             for m in args.models:

@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -85,8 +85,7 @@ class _Frame:
     best_exit: ExitAnswer | None = None
     result: Result | None = None  # set when the front already finished the frame
     future: Future | None = None
-    sent_at: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)
+    budget_s: float = 0.0  # what the offload was given
 
 
 class Engine:
@@ -310,16 +309,15 @@ class Engine:
         if budget <= 0.0005:
             f.reason = "timeout"  # the deadline passed during the device half
             return
-        f.sent_at = now
         f.future = self.link.offload(frames, cut.id, budget)
-        f.timings["budget_s"] = budget
+        f.budget_s = budget
 
     def _back(self, f: _Frame) -> Result:
         if f.result is not None:
             return f.result
         if f.future is not None:
             try:
-                reply = f.future.result(timeout=f.timings["budget_s"] + GRACE_S)
+                reply = f.future.result(timeout=f.budget_s + GRACE_S)
             except FutureTimeout:
                 f.reason = "timeout"
             except TransportError as exc:
