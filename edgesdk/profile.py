@@ -415,8 +415,10 @@ class BandwidthEstimator:
         s = np.asarray(self._samples)
         value = len(s) / float(np.sum(1.0 / s))
         if len(s) > 1:  # robust spread of log-bandwidth (MAD, normal-consistent) x value
-            logs = np.log(s)
-            spread = 1.4826 * float(np.median(np.abs(logs - np.median(logs))))
+            dev = np.abs(np.log(s) - np.median(np.log(s)))
+            spread = 1.4826 * float(np.median(dev))
+            if spread == 0.0:  # half the samples tie: the mean deviation still sees the rest
+                spread = 1.2533 * float(np.mean(dev))
             std = value * spread
         else:
             std = value / 2

@@ -35,10 +35,14 @@ def module_command(module: str, *args: str) -> list[str]:
 
     `python -m` puts the child's working directory first on sys.path, so a child started
     in a source checkout would import the checkout's edgesdk, which has no compiled
-    extension, instead of the installed one. The child puts this package's root first.
+    extension, instead of the installed one. The child drops the working directory and,
+    unless it is already on the path (an installed package), puts this package's root
+    where it was.
     """
     root = str(Path(__file__).resolve().parent.parent)
-    boot = (f"import runpy, sys; sys.path.insert(0, {root!r}); "
+    boot = ("import runpy, sys\n"
+            "if sys.path[:1] == ['']: del sys.path[0]\n"
+            f"if {root!r} not in sys.path: sys.path.insert(0, {root!r})\n"
             f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)")
     return [sys.executable, "-c", boot, *args]
 

@@ -21,10 +21,16 @@ import numpy as np
 
 
 def yuv420_to_rgb(yuv: np.ndarray, width: int, height: int) -> np.ndarray:
-    """I420 (the lores stream's YUV420) to RGB uint8, BT.601 full range, in numpy."""
+    """I420 (the lores stream's YUV420) to RGB uint8, BT.601 full range, in numpy.
+
+    picamera2 gives it as one (height * 3 / 2, stride) array, stride >= width: the Y plane's
+    rows, then the U plane's and the V plane's, each of half the stride and half the height,
+    packed two to a row."""
+    stride = yuv.shape[1]
     y = yuv[:height, :width].astype(np.float32)
-    u = yuv[height:height + height // 4].reshape(height // 2, width // 2).astype(np.float32)
-    v = yuv[height + height // 4:height + height // 2].reshape(height // 2, width // 2)
+    chroma = (height // 2, stride // 2)
+    u = yuv[height:height + height // 4].reshape(chroma)[:, :width // 2].astype(np.float32)
+    v = yuv[height + height // 4:height + height // 2].reshape(chroma)[:, :width // 2]
     u = np.repeat(np.repeat(u - 128, 2, axis=0), 2, axis=1)
     v = np.repeat(np.repeat(v.astype(np.float32) - 128, 2, axis=0), 2, axis=1)
     rgb = np.stack([y + 1.402 * v, y - 0.344136 * u - 0.714136 * v, y + 1.772 * u], axis=2)

@@ -34,9 +34,14 @@ def test_bandwidth_harmonic_mean_and_uncertainty_of_last_k():
         bw.observe(mbps, now=float(t))
     e = bw.estimate(now=3.0)
     assert e.value == pytest.approx(3 / (1 / 2 + 1 / 4 + 1 / 4))
-    logs = np.log([2.0, 4.0, 4.0])  # median log 4; deviations 0, 0, log 2
+    # median log 4; deviations 0, 0, log 2: the MAD is 0, so the mean deviation counts
+    assert e.std == pytest.approx(e.value * 1.2533 * np.log(2.0) / 3) and e.std > 0
+    bw.observe(8.0, now=4.0)  # 4, 4, 8: still tied; 2, 4, 8 below: the MAD
+    bw.observe(2.0, now=5.0)
+    logs = np.log([4.0, 8.0, 2.0])
+    e = bw.estimate(now=5.0)
     assert e.std == pytest.approx(e.value * 1.4826 * np.median(np.abs(logs - np.log(4.0))))
-    assert bw.history() == [2.0, 4.0, 4.0]
+    assert bw.history() == [4.0, 8.0, 2.0]
 
 
 def test_one_burst_sample_does_not_make_a_steady_link_look_volatile():

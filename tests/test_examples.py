@@ -80,3 +80,14 @@ def test_camera_picamera2_example_imports_without_picamera2():
     yuv = np.full((h * 3 // 2, w), 128, np.uint8)
     yuv[:h] = 200
     assert (camera_picamera2.yuv420_to_rgb(yuv, w, h) == 200).all()
+    # rows padded to a stride of 16, padding 0: Y 100, U 128, V 228 is (240, 28, 100)
+    stride = 16
+    yuv = np.zeros((h * 3 // 2, stride), np.uint8)
+    yuv[:h, :w] = 100
+    u = np.zeros((h // 2, stride // 2), np.uint8)
+    v = np.zeros((h // 2, stride // 2), np.uint8)
+    u[:, :w // 2], v[:, :w // 2] = 128, 228
+    yuv[h:h + h // 4] = u.reshape(h // 4, stride)
+    yuv[h + h // 4:] = v.reshape(h // 4, stride)
+    rgb = camera_picamera2.yuv420_to_rgb(yuv, w, h)
+    assert rgb.shape == (h, w, 3) and (rgb == [240, 28, 100]).all(), rgb[0, 0]

@@ -3,6 +3,7 @@ a cgroup CPU quota, and the loopback fallback's token bucket inside the engine."
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -48,13 +49,18 @@ def _throughput_mbit(tb: NamespaceTestbed, nbytes: int) -> float:
     return nbytes * 8 / float(seconds) / 1e6
 
 
+def _tag(name: str) -> str:
+    # the pid first: a later run removes what a killed one left (netem._remove_stale)
+    return f"{os.getpid()}x{name}"
+
+
 def _namespaces() -> str:
     return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
 
 
 @needs_netns
 def test_shaped_link_rate_changes_and_cleanup():
-    with NamespaceTestbed(tag="t1") as tb:
+    with NamespaceTestbed(tag=_tag("t1")) as tb:
         assert tb.device_ns in _namespaces() and tb.cgroup.is_dir()
         tb.set_rate(5.0)
         slow = _throughput_mbit(tb, 1_000_000)
@@ -67,7 +73,7 @@ def test_shaped_link_rate_changes_and_cleanup():
 
 @needs_netns
 def test_namespaces_are_removed_after_an_exception():
-    with pytest.raises(RuntimeError), NamespaceTestbed(tag="t2") as tb:
+    with pytest.raises(RuntimeError), NamespaceTestbed(tag=_tag("t2")) as tb:
         assert tb.edge_ns in _namespaces()
         raise RuntimeError("boom")
     assert "edgesdk-edge-t2" not in _namespaces()
@@ -75,7 +81,7 @@ def test_namespaces_are_removed_after_an_exception():
 
 @needs_netns
 def test_cpu_quota_slows_the_device_process():
-    with NamespaceTestbed(tag="t3") as tb:
+    with NamespaceTestbed(tag=_tag("t3")) as tb:
         def timed(quota):
             p = tb.popen_device([sys.executable, "-c", SPIN], cpu_quota=quota,
                                 stdout=subprocess.PIPE, text=True)
@@ -86,7 +92,7 @@ def test_cpu_quota_slows_the_device_process():
 
 @needs_netns
 def test_replay_changes_the_rate_on_schedule():
-    with NamespaceTestbed(tag="t4") as tb:
+    with NamespaceTestbed(tag=_tag("t4")) as tb:
         tb.replay_rates([3.0, 7.0, 11.0], start_at=time.time(), speed=10.0)
         time.sleep(0.5)
         assert tb.rate_mbit == 11.0
@@ -102,6 +108,14 @@ def test_token_bucket_is_a_fifo_link():
     assert TokenBucket.from_env("2.5").rate_mbit() == 2.5
     assert TokenBucket.from_env("trace:0:1:4,5").rate_mbit() == 5.0  # long past: the last
     assert TokenBucket.from_env("") is None
+
+
+def test_token_bucket_sends_each_byte_at_the_rate_of_its_second():
+    # half a second left at 0.1 Mbit/s (6,250 B), then 100 Mbit/s: 50 kB cross in
+    # 0.5 s + 43,750 B / 12.5 MB/s = 0.5035 s (at the first second's rate: 4 s)
+    now = time.monotonic()
+    link = TokenBucket(rates=[0.1, 100.0], start_at=time.time() - 0.5)
+    assert link.release_time(50_000, now) - now == pytest.approx(0.5035, abs=2e-3)
 
 
 def test_the_engine_link_holds_uploads_for_the_shaper():
@@ -125,3 +139,25 @@ def test_the_engine_link_holds_uploads_for_the_shaper():
     expected_ms = size * 8 / 0.25e3
     assert all(r.where == "edge" for r in shaped)
     assert min(r.timings.total for r in shaped) > 0.8 * expected_ms > fast
+
+
+@needs_netns
+def test_the_benchmark_runs_a_throttled_device_against_a_server_in_the_edge_namespace(
+        tmp_path):
+    from edgesdk.bench.e2e import Runner
+    from edgesdk.models import DIGITS_BUNDLE, load_digits_test
+    from edgesdk.server_process import ServerProcess, module_command
+
+    x, y = load_digits_test()
+    np.savez(tmp_path / "frames.npz", x=x[:10], y=y[:10])
+    with NamespaceTestbed(tag=_tag("t5")) as tb:
+        serve = module_command("edgesdk.serving", "serve", str(DIGITS_BUNDLE), "--bind",
+                               f"tcp://{tb.edge_address}:*")
+        with ServerProcess(tb.edge_command(serve)) as server:
+            assert server.endpoint.startswith(f"tcp://{tb.edge_address}:")
+            runner = Runner(tb, server.endpoint, cpu_quota=0.5)
+            records = runner.run(DIGITS_BUNDLE, tmp_path / "frames.npz", "edge", 1000.0,
+                                 "latency", seconds=1.0, replay=[20.0, 50.0])
+    assert len(records) >= 5 and all(r[2] == "edge" for r in records)
+    assert np.mean([r[6] for r in records]) >= 0.8  # [t, ms, where, cut, bits, fallback, ok]
+    assert tb.device_ns not in _namespaces() and not tb.cgroup.exists()

@@ -7,8 +7,9 @@ network namespace and CPU quota; it is also usable on its own against any server
 
 inputs: an .npz with `x` (N, *input shape without batch) float32 and optionally `y`
 (labels). Frames cycle through x. Prints {"records": [[t, total_ms, where, cut, bits,
-fallback, correct], ...], "warmup": W} on stdout; t is seconds since the first timed
-frame, correct is null without labels.
+fallback, correct], ...], "warmup": W, "late_s": L} on stdout; t is seconds since the
+first timed frame, correct is null without labels, and late_s is how far past --start-at
+the timed frames began (setup and warm-up overran it: a replayed trace is then shifted).
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
             engine.link.shaper = TokenBucket.from_env()
         for i in range(args.warmup):
             engine.infer(x[i % len(x)])
+        late_s = 0.0
         if args.start_at:
+            late_s = max(time.time() - args.start_at, 0.0)
             time.sleep(max(args.start_at - time.time(), 0.0))
         t0 = time.monotonic()
         i = 0
@@ -69,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             records.append([round(now, 4), round(r.timings.total, 3), r.where, r.cut, r.bits,
                             r.fallback_reason, correct])
             i += 1
-    json.dump({"records": records, "warmup": args.warmup}, sys.stdout)
+    json.dump({"records": records, "warmup": args.warmup, "late_s": round(late_s, 3)},
+              sys.stdout)
     return 0
 
 

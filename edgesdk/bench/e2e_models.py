@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 from pathlib import Path
 
@@ -90,5 +89,4 @@ def build(name: str, workdir: Path, frames: int = 64, log=print) -> tuple[Path, 
     samples = [{spec.name: x[i][None]} for i in range(min(8, len(x)))]
     _profile_and_codec(bundle, samples)
     np.savez(data, x=x, **({} if y is None else {"y": y}))
-    (workdir / f"{name}.json").write_text(json.dumps({"frames": len(x), "labels": y is not None}))
     return out, data

@@ -5,14 +5,14 @@ a veth pair, the device->edge link shaped with tc, and a cgroup CPU quota for th
         server = ServerProcess(tb.edge_command([...serve..., "--bind",
                                                 f"tcp://{tb.edge_address}:5555"]))
         tb.set_rate(10.0)                                   # Mbit/s, device -> edge
+        tb.replay_rates([12.0, 3.5, ...], start_at=t)       # one rate per second, or
         proc = tb.popen_device([...], cpu_quota=0.15)       # 15 % of one core
-        tb.replay_rates([12.0, 3.5, ...], start_at=t)       # one rate per second
 
 Shaping is a token bucket filter (tc tbf) on the device's veth: a rate (of TCP goodput), a
 bucket of 1 ms at that rate (at least two full frames), and a queue of up to 2 s, so TCP
-sees a slow link rather than losses. Changing
-the rate is one `tc qdisc change` (about 2 ms). Delay, jitter and loss need sch_netem, which
-this kernel may lack; `describe()` says what is emulated.
+sees a slow link rather than losses. Changing the rate is one `tc qdisc change` (about
+2 ms). Delay, jitter and loss are not emulated (they need sch_netem, which this machine's
+kernel lacks): the RTT is the veth's, well under a millisecond.
 
 The device's CPU quota is a cgroup-v1 `cpu` group: 1 ms of CPU (the kernel's smallest
 cfs_quota_us) per period of 1 ms / fraction, so the throttling stalls are as short as CFS
@@ -31,8 +31,10 @@ EDGESDK_SHAPE environment variable. Its description says so.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -61,15 +63,6 @@ def _tbf(rate_mbit: float) -> list[str]:
     return ["tbf", "rate", f"{rate:.4f}mbit", "burst", str(burst), "latency", "2s"]
 
 
-def _netem_available() -> bool:
-    probe = subprocess.run(["tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay",
-                            "0ms"], capture_output=True, text=True)
-    if probe.returncode == 0:
-        subprocess.run(["tc", "qdisc", "del", "dev", "lo", "root"], capture_output=True)
-        return True
-    return False
-
-
 def unavailable_reason() -> str | None:
     """Why the namespace testbed cannot run here (None: it can)."""
     if os.geteuid() != 0:
@@ -90,9 +83,10 @@ def unavailable_reason() -> str | None:
 
 def _remove_stale() -> None:
     """Namespaces and cgroups of earlier runs whose process is gone (a crash, SIGKILL):
-    their names end in the owner's pid."""
+    their tags are the owner's pid, optionally followed by "x" and a suffix."""
     def dead(tag: str) -> bool:
-        return tag.isdigit() and int(tag) != os.getpid() and not Path(f"/proc/{tag}").exists()
+        pid = tag.split("x", 1)[0]
+        return pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists()
 
     listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     for line in listing.splitlines():
@@ -107,35 +101,43 @@ def _remove_stale() -> None:
 
 
 class _Replay:
-    """Changes the rate once per (trace second / speed), from `start_at` (time.time())."""
+    """Changes the rate once per (trace second / speed), from `start_at` (time.time());
+    `stop()` re-raises a failure to set a rate, so a run never goes on at a stale rate."""
 
     def __init__(self, set_rate, rates: Sequence[float], start_at: float, speed: float):
         self._stop = threading.Event()
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(set_rate, list(rates),
                                                                 start_at, speed), daemon=True)
         self._thread.start()
 
     def _run(self, set_rate, rates, start_at, speed) -> None:
-        for i, r in enumerate(rates):
-            if self._stop.wait(max(start_at + i / speed - time.time(), 0.0)):
-                return
-            set_rate(r)
+        try:
+            for i, r in enumerate(rates):
+                if self._stop.wait(max(start_at + i / speed - time.time(), 0.0)):
+                    return
+                set_rate(r)
+        except BaseException as exc:  # noqa: BLE001 - handed to stop()
+            self._error = exc
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
+        if self._error is not None:
+            raise RuntimeError(f"replaying the trace failed: {self._error}") from self._error
 
 
 class NamespaceTestbed:
     """Device and edge namespaces, a shaped veth, a CPU cgroup (see the module docs)."""
 
     def __init__(self, tag: str | None = None) -> None:
+        """tag: names the namespaces, veth and cgroup; the owner's pid (default), then
+        optionally "x" and a suffix, so a later run can remove them if this one dies."""
         tag = tag or str(os.getpid())
         self.device_ns, self.edge_ns = f"edgesdk-dev-{tag}", f"edgesdk-edge-{tag}"
         self.device_address, self.edge_address = "10.213.0.1", "10.213.0.2"
         self._veth = (f"esd{tag}"[:15], f"ese{tag}"[:15])
         self.cgroup = CGROUP_CPU / f"edgesdk-{tag}"
-        self.netem = False
         self.rate_mbit: float | None = None
         self._replays: list[_Replay] = []
 
@@ -162,7 +164,6 @@ class NamespaceTestbed:
             _run("ip", "-n", ns, "link", "set", "lo", "up")
         _run("ip", "netns", "exec", dev, "tc", "qdisc", "add", "dev", vd, "root", *_tbf(1000))
         self.rate_mbit = 1000.0
-        self.netem = _netem_available()
         self.cgroup.mkdir(exist_ok=True)
 
     def set_rate(self, mbit: float) -> None:
@@ -176,16 +177,18 @@ class NamespaceTestbed:
         self._replays.append(_Replay(self.set_rate, rates, start_at, speed))
 
     def stop_replays(self) -> None:
-        for r in self._replays:
+        replays, self._replays = self._replays, []
+        for r in replays:
             r.stop()
-        self._replays.clear()
 
     def popen_device(self, argv: Sequence[str], cpu_quota: float | None = None,
                      **kw) -> subprocess.Popen:
-        """Run argv in the device namespace, inside the CPU quota (fraction of one core)."""
+        """Run argv in the device namespace, inside the CPU quota (fraction of one core;
+        None, 0 or 1: unthrottled)."""
         # The kernel's smallest quota is 1 ms; the shortest stalls come from a 1 ms quota
         # in a period of 1 ms / fraction (0.25: 1 ms of CPU, then at most 3 ms of waiting).
-        if cpu_quota:
+        check_quota(cpu_quota)
+        if cpu_quota and cpu_quota < 1:
             (self.cgroup / "cpu.cfs_quota_us").write_text("-1")
             (self.cgroup / "cpu.cfs_period_us").write_text(str(round(MIN_QUOTA_US / cpu_quota)))
             (self.cgroup / "cpu.cfs_quota_us").write_text(str(MIN_QUOTA_US))
@@ -201,7 +204,7 @@ class NamespaceTestbed:
         return ["ip", "netns", "exec", self.edge_ns, *argv]
 
     def describe(self) -> dict:
-        delay = "netem" if self.netem else "not emulated (this kernel has no sch_netem)"
+        delay = "not emulated (no sch_netem)"
         return {"kind": "netns", "device_ns": self.device_ns, "edge_ns": self.edge_ns,
                 "shaping": "tc tbf on the device's veth (device -> edge)",
                 "delay_loss": delay,
@@ -212,13 +215,28 @@ class NamespaceTestbed:
                     f"device CPU by cgroup quota; delay/loss {delay}")}
 
     def close(self) -> None:
-        self.stop_replays()
+        try:
+            self.stop_replays()
+        finally:
+            self._remove()
+
+    def _remove(self) -> None:
         for ns in (self.device_ns, self.edge_ns):
-            subprocess.run(["ip", "netns", "pids", ns], capture_output=True)
+            # a process left in a namespace would keep it (and the cgroup) alive unnamed
+            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                                  text=True).stdout.split()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        if self.cgroup.is_dir():
-            with contextlib.suppress(OSError):
+        # a setup that failed before moving the veth into its namespace leaves it here
+        subprocess.run(["ip", "link", "del", self._veth[0]], capture_output=True)
+        deadline = time.monotonic() + 5
+        while self.cgroup.is_dir() and time.monotonic() < deadline:
+            try:
                 self.cgroup.rmdir()
+            except OSError:  # EBUSY until the killed processes are reaped
+                time.sleep(0.05)
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -254,6 +272,7 @@ class LoopbackTestbed:
 
     def popen_device(self, argv: Sequence[str], cpu_quota: float | None = None,
                      **kw) -> subprocess.Popen:
+        check_quota(cpu_quota)  # accepted, not applied: loopback has no CPU quota
         env = dict(kw.pop("env", None) or os.environ)
         if self._rates is not None:
             env[SHAPE_ENV] = (f"trace:{self._start_at}:{self._speed}:"
@@ -285,11 +304,17 @@ def open_testbed(log=print) -> Iterator[NamespaceTestbed | LoopbackTestbed]:
             yield tb
 
 
+def check_quota(fraction: float | None) -> None:
+    if fraction is not None and not 0 <= fraction <= 1:
+        raise ValueError(f"cpu_quota must be a fraction of one core in [0, 1], got {fraction}")
+
+
 class TokenBucket:
-    """The loopback fallback's link: uploads cross it one after another at the current
-    rate (a FIFO link, as tbf with a deep queue is); `release_time` says when an upload of
-    nbytes, sent at `now` (time.monotonic), has crossed. The rate is fixed, or follows
-    `rates` (Mbit/s per second) from `start_at` (time.time()) at `speed`."""
+    """The loopback fallback's link: uploads cross it one after another (a FIFO link, as
+    tbf with a deep queue is), each byte at the rate of the second it crosses in;
+    `release_time` says when an upload of nbytes, sent at `now` (time.monotonic), has
+    crossed. The rate is fixed, or follows `rates` (Mbit/s per second) from `start_at`
+    (time.time()) at `speed`; before the first second and after the last, their rates."""
 
     def __init__(self, rate_mbit: float = 0.0, rates: Sequence[float] = (),
                  start_at: float = 0.0, speed: float = 1.0) -> None:
@@ -298,15 +323,31 @@ class TokenBucket:
         self._start_at, self._speed = start_at, speed
         self._free_at = 0.0
 
-    def rate_mbit(self) -> float:
+    def _rate_at(self, wall: float) -> tuple[float, float]:
+        """(bits/s, time.time() at which that rate ends) at time.time() `wall`."""
         if not self._rates:
-            return max(self._fixed, MIN_RATE_MBIT)
-        i = int((time.time() - self._start_at) * self._speed)
-        return max(self._rates[min(max(i, 0), len(self._rates) - 1)], MIN_RATE_MBIT)
+            return max(self._fixed, MIN_RATE_MBIT) * 1e6, float("inf")
+        i = math.floor((wall - self._start_at) * self._speed)
+        k = min(max(i, 0), len(self._rates) - 1)
+        ends = float("inf") if i >= len(self._rates) - 1 else self._start_at + (i + 1) / self._speed
+        return max(self._rates[k], MIN_RATE_MBIT) * 1e6, ends
+
+    def rate_mbit(self) -> float:
+        return self._rate_at(time.time())[0] / 1e6
 
     def release_time(self, nbytes: int, now: float) -> float:
         start = max(now, self._free_at)
-        self._free_at = start + nbytes * 8 / (self.rate_mbit() * 1e6)
+        to_wall = time.time() - time.monotonic()  # the schedule runs on time.time()
+        wall = start + to_wall
+        bits = nbytes * 8.0
+        while True:
+            rate, ends = self._rate_at(wall)
+            if bits <= rate * (ends - wall):
+                wall += bits / rate
+                break
+            bits -= rate * (ends - wall)
+            wall = ends
+        self._free_at = wall - to_wall
         return self._free_at
 
     @classmethod

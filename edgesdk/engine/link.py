@@ -42,6 +42,7 @@ from ..transport.client import Client
 
 UP, CONNECTING, CHECKING, DOWN, NOT_SERVED = "up", "connecting", "checking", "down", "not_served"
 PROBE_BYTES = (64 * 1024, 1024 * 1024)  # bandwidth probe size bounds (above a tbf burst)
+PROBE_MAX_S = 0.25  # ...but a probe that would take longer at the estimate is cut to this
 
 
 @dataclass
@@ -53,7 +54,7 @@ class _Job:
     future: Future = field(default_factory=Future)
     payload_bytes: int = 0
     queued_at: float = field(default_factory=time.monotonic)
-    held_s: float = 0.0  # time the shaper held it (an emulated transfer)
+    held_s: float = 0.0  # time the loopback shaper held it: an emulated transfer
 
 
 class EdgeLink:
@@ -161,18 +162,22 @@ class EdgeLink:
                 while ready:
                     job = ready.popleft()
                     try:
-                        rid = client.submit(job.frames, budget_s=job.budget_s,
-                                            bundle=self.bundle_id, cut=job.cut, kind=job.kind)
+                        if job.kind == protocol.INFER:
+                            rid = client.submit(job.frames, budget_s=job.budget_s,
+                                                bundle=self.bundle_id, cut=job.cut)
+                        else:
+                            rid = client.submit(job.frames, budget_s=job.budget_s,
+                                                kind=job.kind)
                     except (TransportError, ValueError, TypeError) as exc:
                         job.future.set_exception(exc)
                         continue
                     pending[rid] = (job, now)
-                probing = any(j.kind != protocol.INFER for j, _ in pending.values())
+                probing = any(j.kind != protocol.INFER for j, _ in pending.values()) or any(
+                    j.kind != protocol.INFER for _, j in held)
                 if not probing and now >= next_probe:
-                    for job in self._probes(now):
-                        rid = client.submit(job.frames, budget_s=job.budget_s, kind=job.kind)
-                        pending[rid] = (job, now)
+                    held.extend((self._release_at(job, now), job) for job in self._probes(now))
                     next_probe = now + self._retry_s
+                    continue  # unshaped probes go at once
                 wait = min([0.25] + [t - now for t, _ in held])
                 client.poll(max(wait, 0.0), wake_fd=self._wake_r)
                 with contextlib.suppress(BlockingIOError, OSError):
@@ -192,20 +197,25 @@ class EdgeLink:
                 self._jobs.popleft().future.set_exception(Unreachable("the engine is closed"))
             client.close()
 
+    def _release_at(self, job: _Job, now: float) -> float:
+        """When a job may go: now, or when the loopback shaper has carried its payload."""
+        if self.shaper is not None and job.payload_bytes > 0:
+            return self.shaper.release_time(job.payload_bytes, now)
+        return now
+
     def _release(self, held: list[tuple[float, _Job]], now: float) -> deque[_Job]:
         """The jobs to submit now: new ones (unless the shaper holds them) and held ones
-        whose time came, with the hold taken off their budget."""
+        whose time came, with the wait taken off their budget."""
         while self._jobs:
             job = self._jobs.popleft()
-            if self.shaper is not None and job.kind == protocol.INFER:
-                held.append((self.shaper.release_time(job.payload_bytes, now), job))
-            else:
-                held.append((now, job))
+            held.append((self._release_at(job, now), job))
         ready: deque[_Job] = deque()
         for t, job in sorted(held, key=lambda tj: tj[0]):
             if t <= now:
-                job.held_s = now - job.queued_at
-                job.budget_s = max(job.budget_s - job.held_s, 0.001)
+                waited = now - job.queued_at
+                if self.shaper is not None and job.payload_bytes > 0:
+                    job.held_s = waited  # the emulated transfer belongs to the round trip
+                job.budget_s = max(job.budget_s - waited, 0.001)
                 ready.append(job)
         held[:] = [(t, j) for t, j in held if t > now]
         return ready
@@ -219,7 +229,8 @@ class EdgeLink:
             if not self.estimator.should_probe(now):
                 return []
             mbps = self.estimator.bandwidth.estimate(now).value
-        size = int(min(max(mbps * 1e6 / 8 * 0.050, PROBE_BYTES[0]), PROBE_BYTES[1]))
+        size = min(max(mbps * 1e6 / 8 * 0.050, PROBE_BYTES[0]), PROBE_BYTES[1])
+        size = int(max(min(size, mbps * 1e6 / 8 * PROBE_MAX_S), 4096))
         return [_Job(protocol.HEARTBEAT, budget_s=self._hello_budget_s),
                 _Job(protocol.HEARTBEAT, [bytes(size)], budget_s=2 * self._hello_budget_s,
                      payload_bytes=size)]
@@ -242,6 +253,11 @@ class EdgeLink:
     def _on_failure(self, job: _Job, exc: TransportError, now: float) -> None:
         if isinstance(exc, ServerBusy):
             self._busy_until = now + self._busy_backoff_s
+        elif isinstance(exc, LinkTimeout) and job.kind == protocol.HEARTBEAT and job.payload_bytes:
+            # A bandwidth probe that timed out says the link is slower than size / budget;
+            # that bound is the sample (the small heartbeat beside it tests liveness).
+            self.estimator.on_reply(job.payload_bytes, (job.budget_s + job.held_s) * 1e3, 0.0,
+                                    0.0, now)
         elif isinstance(exc, (LinkTimeout, Unreachable)):
             # Hello failing means down; an infer failing means "check before trusting it".
             self.status = DOWN if job.kind == protocol.HELLO else CHECKING

@@ -1,6 +1,6 @@
 """`edgesdk policy train|eval`: add_policy_parser(subparsers) adds them to the CLI.
 
-    edgesdk policy train --steps 20000 --seed 0 [--bundle B ...] [--out policy.npz]
+    edgesdk policy train --steps 12000 --seed 0 [--bundle B ...] [--out policy.npz]
     edgesdk policy eval [--traces DIR] [--bundle B ...] [--json] [--png out.png]
 
 Also runnable as ``python -m edgesdk.policy.commands ...``.

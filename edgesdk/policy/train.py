@@ -1,6 +1,6 @@
 """SAC-discrete training of the policy network in the simulator (needs edgesdk[train]).
 
-    edgesdk policy train --steps 20000 --seed 0 --out policy.npz [--bundle B ...]
+    edgesdk policy train --steps 12000 --seed 0 --out policy.npz [--bundle B ...]
 
 Each request is one step of a contextual bandit: its reward arrives at once, and a choice
 influences later states only through what the estimators get to see. So this is SAC-
