@@ -385,6 +385,11 @@ class BandwidthEstimator:
         self._min_wire = min_wire_ms
         self._last: float | None = None
 
+    @property
+    def last_at(self) -> float | None:
+        """When the newest sample came (None: never)."""
+        return self._last
+
     def observe(self, mbps: float, now: float) -> None:
         """A throughput sample measured some other way (an active probe, a trace)."""
         v = _check_finite("mbps", mbps)
@@ -533,4 +538,6 @@ class LinkEstimator:
                                                queue_ms, self.rtt.floor_ms, now)
 
     def should_probe(self, now: float) -> bool:
-        return now - self._last_traffic >= self.idle_s
+        """True with no bandwidth sample yet (a cold start would plan on the prior) or
+        after `idle_s` without traffic."""
+        return self.bandwidth.last_at is None or now - self._last_traffic >= self.idle_s

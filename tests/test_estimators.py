@@ -110,11 +110,12 @@ def test_link_timeline_probe_only_when_idle():
     link = LinkEstimator(idle_s=5.0)
     assert link.should_probe(0.0)  # nothing flowed yet
     link.on_small_message(rtt_ms=4.0, now=0.0)  # a heartbeat
-    assert not link.should_probe(1.0)
+    assert link.should_probe(1.0)  # ...but no bandwidth sample yet: the prior is a guess
     # 500 kB = 4 Mbit; wire time 405 - 1 (server) - 0 (queue) - 4 (RTT floor) = 400 ms
     got = link.on_reply(payload_bytes=500_000, round_trip_ms=405.0, server_ms=1.0,
                         queue_ms=0.0, now=1.0)
     assert got == pytest.approx(4e6 / 400e3)  # 4 Mbit in 400 ms = 10 Mbit/s
+    assert not link.should_probe(1.5)
     assert link.on_reply(payload_bytes=100, round_trip_ms=6.0, server_ms=1.0, queue_ms=1.0,
                          now=2.0) is None  # small: an RTT sample instead
     assert link.rtt.floor_ms == 4.0
