@@ -385,11 +385,6 @@ class BandwidthEstimator:
         self._min_wire = min_wire_ms
         self._last: float | None = None
 
-    @property
-    def last_at(self) -> float | None:
-        """When the newest sample came (None: never)."""
-        return self._last
-
     def observe(self, mbps: float, now: float) -> None:
         """A throughput sample measured some other way (an active probe, a trace)."""
         v = _check_finite("mbps", mbps)
@@ -512,8 +507,10 @@ class LinkEstimator:
         if link.should_probe(now): ...                 # send a probe, feed it back
     """
 
-    def __init__(self, k: int = 5, idle_s: float = 5.0, small_bytes: int = 2048) -> None:
+    def __init__(self, k: int = 5, idle_s: float = 5.0, small_bytes: int = 2048,
+                 warm_samples: int = 3) -> None:
         self.bandwidth = BandwidthEstimator(k=k)
+        self.warm_samples = min(warm_samples, k)
         self.rtt = RttEstimator()
         self.server = ServerLoadEstimator()
         self.idle_s = idle_s
@@ -538,6 +535,8 @@ class LinkEstimator:
                                                queue_ms, self.rtt.floor_ms, now)
 
     def should_probe(self, now: float) -> bool:
-        """True with no bandwidth sample yet (a cold start would plan on the prior) or
-        after `idle_s` without traffic."""
-        return self.bandwidth.last_at is None or now - self._last_traffic >= self.idle_s
+        """True before `warm_samples` bandwidth samples (a cold start would plan on the
+        prior, or on one sample of unknown spread, and plans that keep the work on the
+        device bring no new samples) or after `idle_s` without traffic."""
+        return (len(self.bandwidth.history()) < self.warm_samples
+                or now - self._last_traffic >= self.idle_s)

@@ -106,7 +106,7 @@ def test_server_load_from_replies_and_welcome():
     assert s.utilization == 0.75 and s.queue_length == 3
 
 
-def test_link_timeline_probe_only_when_idle():
+def test_link_timeline_probe_until_warm_then_only_when_idle():
     link = LinkEstimator(idle_s=5.0)
     assert link.should_probe(0.0)  # nothing flowed yet
     link.on_small_message(rtt_ms=4.0, now=0.0)  # a heartbeat
@@ -115,7 +115,10 @@ def test_link_timeline_probe_only_when_idle():
     got = link.on_reply(payload_bytes=500_000, round_trip_ms=405.0, server_ms=1.0,
                         queue_ms=0.0, now=1.0)
     assert got == pytest.approx(4e6 / 400e3)  # 4 Mbit in 400 ms = 10 Mbit/s
-    assert not link.should_probe(1.5)
+    assert link.should_probe(1.5)  # one sample: its spread is unknown
+    for t in (1.5, 1.6):
+        link.bandwidth.observe(10.0, now=t)
+    assert not link.should_probe(1.7)  # three: warm
     assert link.on_reply(payload_bytes=100, round_trip_ms=6.0, server_ms=1.0, queue_ms=1.0,
                          now=2.0) is None  # small: an RTT sample instead
     assert link.rtt.floor_ms == 4.0
