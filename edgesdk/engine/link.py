@@ -12,14 +12,17 @@ It also keeps the live estimates (edgesdk.profile.LinkEstimator) from real traff
 decides whether offloading is possible at all:
 
     status "connecting" -> hello -> "up" (the welcome lists this bundle) | "not_served"
-    "up" -> an infer times out or is unreachable -> "checking" (hello) -> "up" | "down"
+    "up" -> an infer times out or is unreachable -> "checking" (a hello at once)
+         -> "up" | "down"
     "down" -> hello every `retry_s` -> "up" when the server is back
 
-Only "up" offloads. Busy replies pause offloading for `busy_backoff_s`. When the link has
-been idle for `probe_idle_s`, it probes: a heartbeat (RTT) and a heartbeat carrying a
-payload sized to take ~50 ms at the current estimate, at least 64 KiB so that a
-token bucket's burst does not hide the rate (bandwidth), which the broker answers
-without touching a worker.
+Only "up" offloads. Busy replies pause offloading for `busy_backoff_s`. Until the
+estimator has a few bandwidth samples, and whenever the link has been idle for
+`probe_idle_s`, it probes: a heartbeat (RTT) and a heartbeat carrying a payload sized to
+take ~50 ms at the current estimate, at least 64 KiB so that a token bucket's burst does
+not hide the rate, but no more than PROBE_MAX_S at the estimate (bandwidth; one that
+times out is a sample of size / budget), which the broker answers without touching a
+worker.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ class EdgeLink:
         self._hello_budget_s = hello_budget_s
         self._busy_backoff_s = busy_backoff_s
         self._busy_until = 0.0
+        self._next_probe = 0.0  # when the I/O thread may probe (or hello) again
         self._lock = threading.Lock()  # guards estimator and status against the caller
         self._jobs: deque[_Job] = deque()
         self._wake_r, self._wake_w = os.pipe()
@@ -154,7 +158,6 @@ class EdgeLink:
         client = self._client
         pending: dict[int, tuple[_Job, float]] = {}
         held: list[tuple[float, _Job]] = []  # (release time, job): see `shaper`
-        next_probe = 0.0
         try:
             while not self._closing:
                 now = time.monotonic()
@@ -174,9 +177,9 @@ class EdgeLink:
                     pending[rid] = (job, now)
                 probing = any(j.kind != protocol.INFER for j, _ in pending.values()) or any(
                     j.kind != protocol.INFER for _, j in held)
-                if not probing and now >= next_probe:
+                if not probing and now >= self._next_probe:
                     held.extend((self._release_at(job, now), job) for job in self._probes(now))
-                    next_probe = now + self._retry_s
+                    self._next_probe = now + self._retry_s
                     continue  # unshaped probes go at once
                 wait = min([0.25] + [t - now for t, _ in held])
                 client.poll(max(wait, 0.0), wake_fd=self._wake_r)
@@ -253,14 +256,24 @@ class EdgeLink:
     def _on_failure(self, job: _Job, exc: TransportError, now: float) -> None:
         if isinstance(exc, ServerBusy):
             self._busy_until = now + self._busy_backoff_s
-        elif isinstance(exc, LinkTimeout) and job.kind == protocol.HEARTBEAT and job.payload_bytes:
-            # A bandwidth probe that timed out says the link is slower than size / budget;
-            # that bound is the sample (the small heartbeat beside it tests liveness).
-            self.estimator.on_reply(job.payload_bytes, (job.budget_s + job.held_s) * 1e3, 0.0,
-                                    0.0, now)
-        elif isinstance(exc, (LinkTimeout, Unreachable)):
-            # Hello failing means down; an infer failing means "check before trusting it".
+            return
+        if job.kind == protocol.HEARTBEAT and job.payload_bytes:
+            # A bandwidth probe that timed out: the link is slower than size / budget, and
+            # that bound is the sample (the small heartbeat beside it tests liveness). Not
+            # so for an infer: its time includes compute, and on a throttled device CPU
+            # stalls, so a missed deadline says little about the link.
+            if isinstance(exc, LinkTimeout):
+                e = self.estimator
+                e.bandwidth.observe_transfer(job.payload_bytes,
+                                             (job.budget_s + job.held_s) * 1e3, 0.0, 0.0,
+                                             e.rtt.floor_ms, now)
+            return
+        if isinstance(exc, (LinkTimeout, Unreachable)):
+            # Hello failing means down; an infer failing means "check before trusting it",
+            # with a hello at once: frames go to the device until it answers.
             self.status = DOWN if job.kind == protocol.HELLO else CHECKING
+            if self.status == CHECKING:
+                self._next_probe = now
 
     def _on_reply(self, job: _Job, reply: Any, now: float) -> None:
         e = self.estimator
