@@ -216,6 +216,46 @@ def test_slow_server_times_out_and_the_frame_finishes_within_the_deadline(digits
     assert results[0].fallback_reason == "timeout"
 
 
+def _wait_for(predicate, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_the_link_measures_bandwidth_right_after_connecting(server):
+    from edgesdk.engine.link import EdgeLink
+
+    # idle probing would wait probe_idle_s (here 30 s): three samples come from the
+    # warm-up probes alone, with no offload
+    link = EdgeLink(server.endpoint, Bundle.load(DIGITS_BUNDLE).source_sha256, retry_s=0.05,
+                    probe_idle_s=30.0)
+    try:
+        assert link.wait_connected(10)
+        assert _wait_for(lambda: len(link.estimator.bandwidth.history()) >= 3, 5.0)
+        assert all(s > 0 for s in link.estimator.bandwidth.history())
+    finally:
+        link.close()
+
+
+def test_after_a_timed_out_offload_the_link_checks_the_server_at_once():
+    from edgesdk.engine.link import UP, EdgeLink
+    from edgesdk.errors import Timeout
+
+    # retry_s 30: the periodic hello cannot be what brings the link back up
+    with _slow_server(300) as slow:
+        link = EdgeLink(slow.endpoint, Bundle.load(DIGITS_BUNDLE).source_sha256, retry_s=30.0)
+        try:
+            assert link.wait_connected(10)
+            with pytest.raises(Timeout):
+                link.offload([b"x" * 100], "c1", budget_s=0.05).result(5)
+            assert _wait_for(lambda: link.status == UP, 1.0), link.status
+        finally:
+            link.close()
+
+
 def test_busy_server_answers_busy_and_the_frame_finishes_here(digits):
     x, _ = digits
     with _slow_server(400, "--max-queue", "0") as slow, Engine(
