@@ -46,7 +46,7 @@ from .._plot import pyplot
 from ..server_process import ServerProcess, module_command
 from . import format_table
 from .e2e_models import MODELS, build
-from .netem import MIN_RATE_MBIT, open_testbed
+from .netem import MIN_RATE_MBIT, check_quota, open_testbed
 
 STRATEGIES = ("device-only", "edge-only", "best-fixed", "planner", "policy")
 ADAPTIVE = ("planner", "policy")
@@ -323,7 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     from .. import codec
     from ..policy.simulator import default_traces_dir
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        check_quota(args.cpu_quota)  # now, not after minutes of building bundles
+    except ValueError as exc:
+        parser.error(str(exc))
     # SIGTERM unwinds like Ctrl-C, so the namespaces, the cgroup and the server go away.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else print
