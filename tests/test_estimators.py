@@ -1,4 +1,4 @@
-"""edgesdk.profile estimators: synthetic timelines replayed with known answers."""
+"""edgesdk.estimators: synthetic timelines replayed with known answers."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from edgesdk.errors import PolicyError
-from edgesdk.profile import (
+from edgesdk.estimators import (
     BandwidthEstimator,
     LinkEstimator,
     RttEstimator,
     ServerLoadEstimator,
     SlowdownEstimator,
-    measure_cut_codec,
 )
+from edgesdk.profile import measure_cut_codec
 
 
 def test_bandwidth_from_transfers_subtracts_server_queue_and_rtt_floor():

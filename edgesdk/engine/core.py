@@ -46,6 +46,7 @@ from ..errors import (
     Unreachable,
 )
 from ..errors import Timeout as LinkTimeout
+from ..estimators import SlowdownEstimator
 from ..policy import (
     TASKS,
     Candidate,
@@ -56,7 +57,7 @@ from ..policy import (
     model_profile,
     plan,
 )
-from ..profile import SlowdownEstimator, profile_segments, seeded_inputs
+from ..profile import profile_segments, seeded_inputs
 from ..serving import decode_tensors, encode_tensors, input_cut
 from .device import DeviceRunner, ExitAnswer
 from .link import EdgeLink

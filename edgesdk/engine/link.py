@@ -8,7 +8,7 @@ Future with the Reply or the typed error (Timeout, ServerBusy, ServerError, Unre
 The client enforces the budget, so a Future never outlives its deadline by more than a
 poll turn.
 
-It also keeps the live estimates (edgesdk.profile.LinkEstimator) from real traffic, and
+It also keeps the live estimates (edgesdk.estimators.LinkEstimator) from real traffic, and
 decides whether offloading is possible at all:
 
     status "connecting" -> hello -> "up" (the welcome lists this bundle) | "not_served"
@@ -39,7 +39,7 @@ from typing import Any
 
 from ..errors import ServerBusy, TransportError, Unreachable
 from ..errors import Timeout as LinkTimeout
-from ..profile import LinkEstimator
+from ..estimators import LinkEstimator
 from ..transport import protocol
 from ..transport.client import Client
 

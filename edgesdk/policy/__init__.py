@@ -7,7 +7,7 @@
     i = plan(table, state)                       # the exhaustive analytic planner
     table.candidates[i]                          # Candidate(n_exits, cut, bits)
 
-Live estimates come from edgesdk.profile (LinkEstimator and friends). Training
+Live estimates come from edgesdk.estimators (LinkEstimator and friends). Training
 (`edgesdk policy train`, edgesdk.policy.train) needs PyTorch and is imported only there.
 """
 

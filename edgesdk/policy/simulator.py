@@ -2,7 +2,7 @@
 
 One request per second of trace. The true state at step t is the trace's bandwidth at t,
 the episode's RTT, server speed and queue (with per-step jitter); the device sees only
-what its estimators (edgesdk.profile) learned from earlier traffic: a bandwidth sample
+what its estimators (edgesdk.estimators) learned from earlier traffic: a bandwidth sample
 after each offloaded request, an active probe when nothing was sent for PROBE_IDLE steps,
 an RTT sample per step (heartbeats), noisy slowdown and queue. The reward of a choice is
 its expected reward under the true state (expectation over exits only), so the oracle is
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PolicyError
-from ..profile import BandwidthEstimator, RttEstimator
+from ..estimators import BandwidthEstimator, RttEstimator
 from .candidates import BITS, CandidateTable, ExitProfile, ModelProfile, build_candidates
 from .planner import expected_rewards, expected_terms
 from .state import HISTORY, TASKS, State
