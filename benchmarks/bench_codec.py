@@ -1,12 +1,13 @@
 """Codec microbenchmark; the same as `edgesdk bench codec`. The logic is in
-edgesdk/bench/codec.py so that installed users can run it.
+edgesdk/bench/codec.py (options: edgesdk/cli/bench.py) so that
+installed users can run it.
 
     python benchmarks/bench_codec.py [--json] [--quick] [--isa {best,all}] [--rounds N]
 """
 
 import sys
 
-from edgesdk.bench.codec import main
+from edgesdk.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(["bench", "codec", *sys.argv[1:]]))

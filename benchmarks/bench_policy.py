@@ -5,7 +5,7 @@
 
 import sys
 
-from edgesdk.bench.policy import main
+from edgesdk.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(["bench", "policy", *sys.argv[1:]]))

@@ -8,7 +8,7 @@ users can run it.
 
 import sys
 
-from edgesdk.bench.split import main
+from edgesdk.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(["bench", "split", *sys.argv[1:]]))

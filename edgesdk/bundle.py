@@ -23,6 +23,10 @@ A model split at K cut points has K + 1 segments; cut ``i`` is the boundary afte
 `Bundle.load` checks that every file exists and matches its hash, that the segments chain
 (each segment input is a model input or an output of an earlier segment) and that the
 format version is known. Every failure is a BundleError naming the file and the field.
+
+Besides its cut points, a bundle with float inputs can be entered at the pseudo-cut
+"input" (the device sends the model input and the server runs everything):
+:func:`input_cut` and :func:`servable_cuts` say where a request may enter the server.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -373,6 +377,23 @@ def check_chain(manifest: Manifest, where: str) -> None:
                               f"after segments[{c.after_segment}]")
 
 
-def tensor_specs(items: Iterable[tuple[str, Iterable[int], str]]) -> tuple[TensorSpec, ...]:
-    """TensorSpecs from (name, shape, dtype) triples."""
-    return tuple(TensorSpec(n, tuple(int(d) for d in s), str(t)) for n, s, t in items)
+# -- where a request may enter the server -------------------------------------------------
+
+INPUT_CUT = "input"  # the pseudo-cut before segment 0: the device sends the model input
+FLOAT_DTYPES = ("float16", "float32", "float64")  # what the codec carries
+
+
+def input_cut(bundle: Bundle) -> CutSpec | None:
+    """The pseudo-cut "input" before segment 0 (edge-only: the device sends the model
+    input and the server runs everything), when the inputs are float tensors."""
+    inputs = bundle.manifest.inputs
+    if any(t.dtype not in FLOAT_DTYPES for t in inputs):
+        return None
+    total = sum(s.flops for s in bundle.segments)
+    return CutSpec(INPUT_CUT, -1, inputs, 0, total)
+
+
+def servable_cuts(bundle: Bundle) -> tuple[CutSpec, ...]:
+    """Where a request may enter the server: "input" (if float) and every cut point."""
+    first = input_cut(bundle)
+    return ((first,) if first else ()) + tuple(bundle.cuts)

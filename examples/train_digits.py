@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         print('this example needs PyTorch: pip install "edgesdk[train]"', file=sys.stderr)
         return 1
     from edgesdk.bundle import Bundle
-    from edgesdk.exit_tools import calibrate, evaluate, format_evaluation, format_report
+    from edgesdk.exits.tools import calibrate, evaluate, format_evaluation, format_report
     from edgesdk.profile import profile_segments, seeded_inputs
     from edgesdk.runtime import open_segments
     from edgesdk.split import split_model

@@ -46,8 +46,22 @@ typedef struct {
 es_qparams es_params_symmetric(float absmax, int bits);
 es_qparams es_params_affine(float min, float max, int bits);
 
-/* Size in bytes of n codes packed at `bits` (8, 4 or 2). */
-static inline size_t es_packed_size(size_t n, int bits) { return (n * (size_t)bits + 7) / 8; }
+/* The most codes that es_packed_size accepts at `bits`: n * bits must fit in size_t. On
+ * 32-bit targets that is 512 Mi codes at 8 bits, fewer than a Python buffer may hold, so
+ * every size computed from a caller's buffer goes through the check below. */
+static inline size_t es_max_codes(int bits) { return SIZE_MAX / (size_t)bits; }
+
+/* Size in bytes of n codes packed at `bits` (8, 4 or 2), ceil(n * bits / 8), into *size.
+ * Returns 0, or -1 (*size untouched) if n > es_max_codes(bits): n * bits would wrap around,
+ * and a wrapped size (e.g. 2^29 codes at 8 bits -> 0 bytes on armv7) would pass a
+ * buffer-size check and let the kernels run past the buffer. Within the limit, neither
+ * n * bits nor the offsets `i * bits / 8` (i < n) that the kernels form can overflow. */
+static inline int es_packed_size(size_t n, int bits, size_t *size) {
+    if (n > es_max_codes(bits)) return -1;
+    size_t nbits = n * (size_t)bits;
+    *size = nbits / 8 + (nbits % 8 != 0); /* not (nbits + 7) / 8: that can wrap too */
+    return 0;
+}
 
 /* One implementation per instruction set; the dispatcher picks one at import time. */
 typedef struct {

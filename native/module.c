@@ -106,6 +106,60 @@ static es_qparams params_for(float scale, int32_t zp, int bits, int symmetric) {
     return p;
 }
 
+/* es_packed_size, or OverflowError naming the count and the limit. The count comes from a
+ * caller's buffer: on 32-bit targets 512 Mi codes at 8 bits already wrap n * bits. */
+static int packed_size(size_t n, int bits, size_t *size) {
+    if (es_packed_size(n, bits, size) == 0) return 0;
+    PyErr_Format(PyExc_OverflowError, "%zu codes at %d bits exceed the limit of %zu codes "
+                 "(their packed size would not fit in size_t)", n, bits, es_max_codes(bits));
+    return -1;
+}
+
+/* One data argument of a grouped call: the object, its struct format and its name. */
+typedef struct {
+    PyObject *obj;
+    char fmt;
+    const char *what;
+} arg_t;
+
+/* The four buffers of a grouped call (quantize, dequantize and their fused forms): the
+ * data read, the data written, and the per-group scales and zero points. */
+typedef struct {
+    buf_t in, out, scales, zps;
+    size_t n, groups; /* elements of the float side; len(scales) */
+} grouped_t;
+
+static void grouped_release(grouped_t *g) {
+    buf_release(&g->in), buf_release(&g->out), buf_release(&g->scales), buf_release(&g->zps);
+}
+
+/* Gets the buffers of a grouped call and checks their lengths against each other: the
+ * float side (whichever of in/out has format 'f') holds n elements, the code side n codes
+ * one per byte (bits 0) or packed at `bits`, and there is one zero point per scale.
+ * `params_out`: the call writes the scales and zero points. Returns 0, or -1 with an
+ * exception set; grouped_release() is needed either way. */
+static int grouped_get(grouped_t *g, arg_t in, arg_t out, PyObject *scales, PyObject *zps,
+                       int bits, int params_out) {
+    if (buf_get(in.obj, &g->in, in.fmt, 0, in.what) < 0 ||
+        buf_get(out.obj, &g->out, out.fmt, 1, out.what) < 0 ||
+        buf_get(scales, &g->scales, 'f', params_out, "scales") < 0 ||
+        buf_get(zps, &g->zps, 'i', params_out, "zero_points") < 0)
+        return -1;
+    int float_in = in.fmt == 'f';
+    const buf_t *code = float_in ? &g->out : &g->in;
+    g->n = buf_len(float_in ? &g->in : &g->out);
+    g->groups = buf_len(&g->scales);
+    size_t want = g->n;
+    if (bits && packed_size(g->n, bits, &want) < 0) return -1;
+    if (buf_len(code) != want || buf_len(&g->zps) != g->groups) {
+        PyErr_Format(PyExc_ValueError, "%s has %zu bytes and zero_points %zu items, expected "
+                     "%zu and %zu", float_in ? out.what : in.what, buf_len(code),
+                     buf_len(&g->zps), want, g->groups);
+        return -1;
+    }
+    return 0;
+}
+
 /* -------------------------------------------------------------- functions */
 
 static PyObject *py_absmax(PyObject *self, PyObject *arg) {
@@ -149,22 +203,17 @@ static PyObject *py_quantize(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOOipn", &ox, &oc, &os, &oz, &bits, &symmetric, &inner))
         return NULL;
     if (check_bits(bits) < 0) return NULL;
-    buf_t x = {0}, c = {0}, s = {0}, z = {0};
+    grouped_t b = {0};
     PyObject *ret = NULL;
-    if (buf_get(ox, &x, 'f', 0, "x") < 0 || buf_get(oc, &c, 'B', 1, "codes") < 0 ||
-        buf_get(os, &s, 'f', 0, "scales") < 0 || buf_get(oz, &z, 'i', 0, "zero_points") < 0)
+    size_t outer;
+    if (grouped_get(&b, (arg_t){ox, 'f', "x"}, (arg_t){oc, 'B', "codes"}, os, oz, 0, 0) < 0 ||
+        group_layout(b.n, b.groups, inner, &outer) < 0)
         goto done;
-    size_t n = buf_len(&x), groups = buf_len(&s), outer;
-    if (buf_len(&c) != n || buf_len(&z) != groups) {
-        PyErr_Format(PyExc_ValueError, "codes has %zu items and zero_points %zu, expected %zu "
-                     "and %zu", buf_len(&c), buf_len(&z), n, groups);
-        goto done;
-    }
-    if (group_layout(n, groups, inner, &outer) < 0) goto done;
-    const float *xp = x.view.buf;
-    const float *sp = s.view.buf;
-    const int32_t *zpp = z.view.buf;
-    uint8_t *cp = c.view.buf;
+    const float *xp = b.in.view.buf;
+    const float *sp = b.scales.view.buf;
+    const int32_t *zpp = b.zps.view.buf;
+    uint8_t *cp = b.out.view.buf;
+    size_t groups = b.groups;
     Py_BEGIN_ALLOW_THREADS for (size_t o = 0; o < outer; o++) {
         for (size_t g = 0; g < groups; g++) {
             size_t at = (o * groups + g) * (size_t)inner;
@@ -174,7 +223,7 @@ static PyObject *py_quantize(PyObject *self, PyObject *args) {
     }
     Py_END_ALLOW_THREADS ret = Py_NewRef(Py_None);
 done:
-    buf_release(&x), buf_release(&c), buf_release(&s), buf_release(&z);
+    grouped_release(&b);
     return ret;
 }
 
@@ -183,22 +232,17 @@ static PyObject *py_dequantize(PyObject *self, PyObject *args) {
     PyObject *oc, *oo, *os, *oz;
     Py_ssize_t inner;
     if (!PyArg_ParseTuple(args, "OOOOn", &oc, &oo, &os, &oz, &inner)) return NULL;
-    buf_t c = {0}, out = {0}, s = {0}, z = {0};
+    grouped_t b = {0};
     PyObject *ret = NULL;
-    if (buf_get(oc, &c, 'B', 0, "codes") < 0 || buf_get(oo, &out, 'f', 1, "out") < 0 ||
-        buf_get(os, &s, 'f', 0, "scales") < 0 || buf_get(oz, &z, 'i', 0, "zero_points") < 0)
+    size_t outer;
+    if (grouped_get(&b, (arg_t){oc, 'B', "codes"}, (arg_t){oo, 'f', "out"}, os, oz, 0, 0) < 0 ||
+        group_layout(b.n, b.groups, inner, &outer) < 0)
         goto done;
-    size_t n = buf_len(&c), groups = buf_len(&s), outer;
-    if (buf_len(&out) != n || buf_len(&z) != groups) {
-        PyErr_Format(PyExc_ValueError, "out has %zu items and zero_points %zu, expected %zu "
-                     "and %zu", buf_len(&out), buf_len(&z), n, groups);
-        goto done;
-    }
-    if (group_layout(n, groups, inner, &outer) < 0) goto done;
-    const uint8_t *cp = c.view.buf;
-    const float *sp = s.view.buf;
-    const int32_t *zpp = z.view.buf;
-    float *op = out.view.buf;
+    const uint8_t *cp = b.in.view.buf;
+    const float *sp = b.scales.view.buf;
+    const int32_t *zpp = b.zps.view.buf;
+    float *op = b.out.view.buf;
+    size_t groups = b.groups;
     Py_BEGIN_ALLOW_THREADS for (size_t o = 0; o < outer; o++) {
         for (size_t g = 0; g < groups; g++) {
             size_t at = (o * groups + g) * (size_t)inner;
@@ -208,7 +252,7 @@ static PyObject *py_dequantize(PyObject *self, PyObject *args) {
     }
     Py_END_ALLOW_THREADS ret = Py_NewRef(Py_None);
 done:
-    buf_release(&c), buf_release(&out), buf_release(&s), buf_release(&z);
+    grouped_release(&b);
     return ret;
 }
 
@@ -223,10 +267,11 @@ static PyObject *pack_or_unpack(PyObject *args, int packing) {
     if (buf_get(oa, &a, 'B', 0, "input") < 0 || buf_get(ob, &b, 'B', 1, "output") < 0)
         goto done;
     size_t n = packing ? buf_len(&a) : buf_len(&b);
-    size_t packed = packing ? buf_len(&b) : buf_len(&a);
-    if (packed != es_packed_size(n, bits)) {
+    size_t packed = packing ? buf_len(&b) : buf_len(&a), want;
+    if (packed_size(n, bits, &want) < 0) goto done;
+    if (packed != want) {
         PyErr_Format(PyExc_ValueError, "%zu codes at %d bits pack into %zu bytes, got %zu", n,
-                     bits, es_packed_size(n, bits), packed);
+                     bits, want, packed);
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS if (packing) K->pack(a.view.buf, n, bits, b.view.buf);
@@ -277,26 +322,20 @@ static PyObject *py_quantize_pack(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOOipn", &ox, &oo, &os, &oz, &bits, &symmetric, &inner))
         return NULL;
     if (check_bits(bits) < 0) return NULL;
-    buf_t x = {0}, out = {0}, s = {0}, z = {0};
+    grouped_t b = {0};
     PyObject *ret = NULL;
-    if (buf_get(ox, &x, 'f', 0, "x") < 0 || buf_get(oo, &out, 'B', 1, "out") < 0 ||
-        buf_get(os, &s, 'f', 1, "scales") < 0 || buf_get(oz, &z, 'i', 1, "zero_points") < 0)
+    if (grouped_get(&b, (arg_t){ox, 'f', "x"}, (arg_t){oo, 'B', "out"}, os, oz, bits, 1) < 0)
         goto done;
-    size_t n = buf_len(&x), groups = buf_len(&s), outer;
-    if (buf_len(&out) != es_packed_size(n, bits) || buf_len(&z) != groups) {
-        PyErr_Format(PyExc_ValueError, "out has %zu bytes and zero_points %zu items, expected "
-                     "%zu and %zu", buf_len(&out), buf_len(&z), es_packed_size(n, bits), groups);
-        goto done;
-    }
+    size_t n = b.n, groups = b.groups, outer;
     if (n == 0) {
         ret = Py_NewRef(Py_None);
         goto done;
     }
     if (group_layout(n, groups, inner, &outer) < 0) goto done;
-    const float *xp = x.view.buf;
-    float *sp = s.view.buf;
-    int32_t *zpp = z.view.buf;
-    uint8_t *op = out.view.buf;
+    const float *xp = b.in.view.buf;
+    float *sp = b.scales.view.buf;
+    int32_t *zpp = b.zps.view.buf;
+    uint8_t *op = b.out.view.buf;
     size_t run;
     int aligned = runs_of(n, groups, (size_t)inner, bits, &outer, &run);
     uint8_t *scratch = aligned ? NULL : malloc(n);
@@ -328,7 +367,7 @@ static PyObject *py_quantize_pack(PyObject *self, PyObject *args) {
     }
     ret = Py_NewRef(Py_None);
 done:
-    buf_release(&x), buf_release(&out), buf_release(&s), buf_release(&z);
+    grouped_release(&b);
     return ret;
 }
 
@@ -339,27 +378,21 @@ static PyObject *py_unpack_dequantize(PyObject *self, PyObject *args) {
     Py_ssize_t inner;
     if (!PyArg_ParseTuple(args, "OOOOin", &op_, &oo, &os, &oz, &bits, &inner)) return NULL;
     if (check_bits(bits) < 0) return NULL;
-    buf_t pk = {0}, out = {0}, s = {0}, z = {0};
+    grouped_t b = {0};
     PyObject *ret = NULL;
-    if (buf_get(op_, &pk, 'B', 0, "packed") < 0 || buf_get(oo, &out, 'f', 1, "out") < 0 ||
-        buf_get(os, &s, 'f', 0, "scales") < 0 || buf_get(oz, &z, 'i', 0, "zero_points") < 0)
+    if (grouped_get(&b, (arg_t){op_, 'B', "packed"}, (arg_t){oo, 'f', "out"}, os, oz, bits,
+                    0) < 0)
         goto done;
-    size_t n = buf_len(&out), groups = buf_len(&s), outer;
-    if (buf_len(&pk) != es_packed_size(n, bits) || buf_len(&z) != groups) {
-        PyErr_Format(PyExc_ValueError, "packed has %zu bytes and zero_points %zu items, "
-                     "expected %zu and %zu", buf_len(&pk), buf_len(&z),
-                     es_packed_size(n, bits), groups);
-        goto done;
-    }
+    size_t n = b.n, groups = b.groups, outer;
     if (n == 0) {
         ret = Py_NewRef(Py_None);
         goto done;
     }
     if (group_layout(n, groups, inner, &outer) < 0) goto done;
-    const uint8_t *pp = pk.view.buf;
-    const float *sp = s.view.buf;
-    const int32_t *zpp = z.view.buf;
-    float *dst = out.view.buf;
+    const uint8_t *pp = b.in.view.buf;
+    const float *sp = b.scales.view.buf;
+    const int32_t *zpp = b.zps.view.buf;
+    float *dst = b.out.view.buf;
     size_t run;
     int aligned = runs_of(n, groups, (size_t)inner, bits, &outer, &run);
     uint8_t *scratch = aligned ? NULL : malloc(n);
@@ -379,7 +412,7 @@ static PyObject *py_unpack_dequantize(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS free(scratch);
     ret = Py_NewRef(Py_None);
 done:
-    buf_release(&pk), buf_release(&out), buf_release(&s), buf_release(&z);
+    grouped_release(&b);
     return ret;
 }
 

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from edgesdk.serving import TailHandler, TailHandlerFactory
+from edgesdk.server import TailHandler, TailHandlerFactory
 
 
 class SlowTailHandler(TailHandler):
@@ -31,7 +31,8 @@ class SlowTailFactory(TailHandlerFactory):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edgesdk.transport.server import Server, ServerConfig, configure_logging
+    from edgesdk.transport.broker import Server, ServerConfig
+    from edgesdk.transport.logs import configure_logging
 
     p = argparse.ArgumentParser()
     p.add_argument("bundle")

@@ -9,6 +9,7 @@ import pytest
 
 from edgesdk import bench
 from edgesdk.bench import codec as bench_codec
+from edgesdk.cli import main as cli_main
 
 ROW_KEYS = {
     "shape", "bits", "fp32_bytes", "wire_bytes", "wire_over_fp32", "packed_bytes",
@@ -19,7 +20,7 @@ STAT_KEYS = {"median", "ci_low", "ci_high", "ci_level", "q1", "q3", "n"}
 
 
 def _run_json(capsys, *argv: str) -> dict:
-    assert bench_codec.main(["--quick", "--json", *argv]) == 0
+    assert cli_main(["bench", "codec", "--quick", "--json", *argv]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -46,6 +47,7 @@ def _check_rows(report: dict, native: bool) -> None:
             assert r["native_x_memcpy"] is None and r["targets"] == [] and r["pass"] is None
 
 
+@pytest.mark.slow
 def test_quick_json(capsys):
     report = _run_json(capsys)
     native = report["backend"]["native_available"]
@@ -54,6 +56,7 @@ def test_quick_json(capsys):
     assert (report["summary"]["all_pass"] is None) == (not native)
 
 
+@pytest.mark.slow
 def test_quick_isa_all_restores_isa(capsys):
     native, _ = bench_codec._native()
     if native is None:
@@ -65,17 +68,18 @@ def test_quick_isa_all_restores_isa(capsys):
         assert list(r["isa"]) == list(native.available_isas())
 
 
+@pytest.mark.slow
 def test_numpy_only_when_native_missing(capsys, monkeypatch):
     monkeypatch.setattr(bench_codec, "_native", lambda: (None, "simulated: no extension"))
     report = _run_json(capsys, "--rounds", "1")
     assert report["backend"]["native_available"] is False
     _check_rows(report, native=False)
-    assert bench_codec.main(["--quick", "--rounds", "1"]) == 0
+    assert cli_main(["bench", "codec", "--quick", "--rounds", "1"]) == 0
     assert "NOT AVAILABLE" in capsys.readouterr().out
 
 
 def test_text_output(capsys):
-    assert bench_codec.main(["--quick", "--rounds", "1"]) == 0
+    assert cli_main(["bench", "codec", "--quick", "--rounds", "1"]) == 0
     out = capsys.readouterr().out
     assert "memcpy us" in out and "64x56x56" in out and "512x7x7" in out
 

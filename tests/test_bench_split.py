@@ -20,10 +20,11 @@ def report() -> dict:
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        assert bench_split.main(["--quick", "--json"]) == 0
+        assert cli_main(["bench", "split", "--quick", "--json"]) == 0
     return json.loads(buf.getvalue())
 
 
+@pytest.mark.slow
 def test_quick_json_rows(report):
     settings = report["settings"]
     assert settings["quick"] is True and settings["threads"] == [1, 2]
@@ -53,6 +54,7 @@ def test_quick_json_rows(report):
     assert report["machine"]["cpu_count"] >= 1
 
 
+@pytest.mark.slow
 def test_text_and_cli_dispatch(capsys, tmp_path):
     assert cli_main(["bench", "split", "--quick", "--rounds", "1", "--model", "squeezenet",
                      "--threads", "1", "--json-file", str(tmp_path / "r.json")]) == 0
@@ -66,9 +68,10 @@ def test_text_and_cli_dispatch(capsys, tmp_path):
 
 
 def test_bad_options(capsys):
-    assert bench_split.main(["--rounds", "0"]) == 2
-    assert bench_split.main(["--threads", "0"]) == 2
-    assert bench_split.main(["--bogus"]) == 2
+    for argv in (["--rounds", "0"], ["--threads", "0"], ["--bogus"]):
+        with pytest.raises(SystemExit) as exc:  # a usage error: argparse exits with 2
+            cli_main(["bench", "split", *argv])
+        assert exc.value.code == 2
     capsys.readouterr()
 
 

@@ -11,6 +11,7 @@ import pytest
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_demo_runs_every_path_and_shuts_down_cleanly():
     out = subprocess.run([sys.executable, "-m", "edgesdk", "demo", "--frames", "60", "--json"],
                          capture_output=True, text=True, timeout=110,

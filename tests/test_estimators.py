@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -28,20 +29,15 @@ def test_bandwidth_from_transfers_subtracts_server_queue_and_rtt_floor():
     assert e.value == pytest.approx(10.0) and e.n == 1 and e.age_s == 2.0
 
 
-def test_bandwidth_harmonic_mean_and_uncertainty_of_last_k():
-    bw = BandwidthEstimator(k=3)
-    for t, mbps in enumerate([100.0, 2.0, 4.0, 4.0]):  # the first falls out of the window
+def test_bandwidth_is_the_recency_weighted_median_of_rate_samples():
+    # (was: the harmonic mean of the last k; the median with recency weights replaced it)
+    bw = BandwidthEstimator(k=4)
+    for t, mbps in enumerate([4.0, 8.0, 2.0, 4.0, 5.0]):
         bw.observe(mbps, now=float(t))
-    e = bw.estimate(now=3.0)
-    assert e.value == pytest.approx(3 / (1 / 2 + 1 / 4 + 1 / 4))
-    # median log 4; deviations 0, 0, log 2: the MAD is 0, so the mean deviation counts
-    assert e.std == pytest.approx(e.value * 1.2533 * np.log(2.0) / 3) and e.std > 0
-    bw.observe(8.0, now=4.0)  # 4, 4, 8: still tied; 2, 4, 8 below: the MAD
-    bw.observe(2.0, now=5.0)
-    logs = np.log([4.0, 8.0, 2.0])
-    e = bw.estimate(now=5.0)
-    assert e.std == pytest.approx(e.value * 1.4826 * np.median(np.abs(logs - np.log(4.0))))
-    assert bw.history() == [4.0, 8.0, 2.0]
+    e = bw.estimate(now=4.0)
+    assert e.value == pytest.approx(4.0) and e.n == 5 and e.age_s == 0.0
+    assert 0 < e.std / e.value < 1.0
+    assert bw.history() == [8.0, 2.0, 4.0, 4.0 + 1.0]  # the last k, oldest first
 
 
 def test_one_burst_sample_does_not_make_a_steady_link_look_volatile():
@@ -169,3 +165,253 @@ def test_bits_the_codec_refuses_are_recorded_and_left_out_of_the_candidates():
     table = build_candidates(model_profile(replace(manifest, profiles=prof)))
     bits_at_c1 = {c.bits for c in table.candidates if c.cut == "c1"}
     assert 16 not in bits_at_c1 and {32, 8, 4, 2} <= bits_at_c1
+
+
+# -- the size-aware link model ----------------------------------------------------------------
+
+RTT_FLOOR = 2.0  # ms: what small messages measure
+EXTRA = 1.5  # ms: per-message cost beyond the RTT floor
+
+
+def _upload(rng, rate_mbps, nbytes=None, noise=0.05, stall=False):
+    """(bytes, network ms) of one synthetic upload: floor + overhead + bits / rate, with
+    lognormal noise; a stall inflates it 5x."""
+    if nbytes is None:
+        nbytes = int(np.exp(rng.uniform(np.log(4e3), np.log(400e3))))
+    ms = (RTT_FLOOR + EXTRA + nbytes * 8 / (rate_mbps * 1e3)) * np.exp(rng.normal(0, noise))
+    return nbytes, ms * (5.0 if stall else 1.0)
+
+
+def _feed(bw, rng, rate_mbps, n, t0, period_s=1 / 30, stall_p=0.0, read=True, **kw):
+    t = t0
+    for _ in range(n):
+        b, ms = _upload(rng, rate_mbps, stall=rng.random() < stall_p, **kw)
+        bw.observe_transfer(b, ms + 4.0, server_ms=3.0, queue_ms=1.0, rtt_floor_ms=RTT_FLOOR,
+                            now=t)
+        if read:
+            bw.model(t)  # as the engine does, a read between observations
+        t += period_s
+    return t
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_the_model_recovers_overhead_and_rate_despite_noise_and_stalls(seed):
+    rng = np.random.default_rng(seed)
+    bw = BandwidthEstimator()
+    t = _feed(bw, rng, 50.0, 64, 0.0, stall_p=0.08)
+    m = bw.model(t)
+    assert m.fitted and m.n == 32
+    assert m.rate_mbps == pytest.approx(50.0, rel=0.10)
+    assert m.rtt_ms == RTT_FLOOR
+    assert m.overhead_ms + m.rtt_ms == pytest.approx(RTT_FLOOR + EXTRA, rel=0.10)
+    # what the per-upload division made of the same link: small uploads look slow
+    naive = [b * 8 / ((ms - RTT_FLOOR) * 1e3) for b, ms in
+             (_upload(rng, 50.0, nbytes=nb) for nb in (4_000, 400_000))]
+    assert naive[0] < 20 < 40 < naive[1]
+    assert m.transfer_ms(4_000) == pytest.approx(EXTRA + 4_000 * 8 / 50e3, rel=0.15)
+
+
+def test_one_upload_size_takes_the_overhead_from_the_last_fit_then_the_floor():
+    rng = np.random.default_rng(0)
+    bw = BandwidthEstimator()
+    t = _feed(bw, rng, 50.0, 32, 0.0)
+    assert bw.model(t).fitted
+    for _ in range(40):  # a fixed plan: one size only, for a while
+        b, ms = _upload(rng, 50.0, nbytes=20_000, noise=0.02)
+        bw.observe_transfer(b, ms, 0.0, 0.0, RTT_FLOOR, t)
+        t += 0.05
+    m = bw.model(t)
+    assert not m.fitted and m.overhead_ms == pytest.approx(EXTRA, rel=0.2)
+    assert m.rate_mbps == pytest.approx(50.0, rel=0.15)
+    # never fitted: the overhead is taken as zero (the RTT floor is the whole fixed cost)
+    only = BandwidthEstimator()
+    for i in range(5):
+        only.observe_transfer(125_000, 105.0, 0.0, 0.0, rtt_floor_ms=5.0, now=float(i))
+    m = only.model(5.0)
+    assert not m.fitted and m.overhead_ms == 0.0 and m.rate_mbps == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_step_change_is_followed_within_three_samples_both_ways(seed):
+    rng = np.random.default_rng(seed)
+    bw = BandwidthEstimator()
+    t = _feed(bw, rng, 50.0, 40, 0.0, stall_p=0.05)
+    assert bw.model(t).rate_mbps == pytest.approx(50.0, rel=0.1)
+    t = _feed(bw, rng, 2.0, 3, t)
+    assert bw.model(t).rate_mbps == pytest.approx(2.0, rel=0.2)
+    t = _feed(bw, rng, 2.0, 10, t)
+    t = _feed(bw, rng, 50.0, 3, t)
+    assert bw.model(t).rate_mbps == pytest.approx(50.0, rel=0.2)
+
+
+def test_a_step_is_followed_without_reads_between_observations():
+    rng = np.random.default_rng(3)
+    bw = BandwidthEstimator()
+    t = _feed(bw, rng, 50.0, 40, 0.0, read=False)
+    t = _feed(bw, rng, 2.0, 4, t, read=False)
+    assert bw.model(t).rate_mbps == pytest.approx(2.0, rel=0.2)
+
+
+def test_isolated_stalls_are_not_a_change():
+    rng = np.random.default_rng(1)
+    bw = BandwidthEstimator()
+    t = _feed(bw, rng, 50.0, 40, 0.0)
+    for k in range(20):  # every other upload stalls: never three in a row
+        b, ms = _upload(rng, 50.0, stall=k % 2 == 0)
+        bw.observe_transfer(b, ms, 0.0, 0.0, RTT_FLOOR, t)
+        bw.model(t)
+        t += 0.03
+    m = bw.model(t)
+    assert m.n == 32 and m.rate_mbps == pytest.approx(50.0, rel=0.15)
+
+
+def test_low_quantile_lies_below_the_median_and_covers_a_fluctuating_link():
+    rng = np.random.default_rng(0)
+    bw = BandwidthEstimator()
+    log_rate, below, seen, t = np.log(20.0), 0, 0, 0.0
+    for k in range(600):  # AR(1) log rate around 20 Mbit/s, spread ~0.4
+        log_rate = 0.9 * log_rate + 0.1 * np.log(20.0) + rng.normal(0, 0.17)
+        rate = float(np.exp(log_rate))
+        if k > 40:
+            m = bw.model(t)
+            assert m.low_mbps < m.rate_mbps
+            below += rate < m.low_mbps
+            seen += 1
+        b, ms = _upload(rng, rate, noise=0.02)
+        bw.observe_transfer(b, ms, 0.0, 0.0, RTT_FLOOR, t)
+        t += 0.1
+    assert 0.02 < below / seen < 0.25  # a 10th percentile, roughly, one step ahead
+
+
+def test_uncertainty_is_wider_with_few_or_old_samples():
+    rng = np.random.default_rng(0)
+    few, many = BandwidthEstimator(), BandwidthEstimator()
+    t = _feed(few, rng, 50.0, 3, 0.0)
+    _feed(many, rng, 50.0, 32, 0.0)
+    m_few, m_many = few.model(t), many.model(t)
+    assert m_few.log_spread > 2 * m_many.log_spread
+    assert m_few.rate_std == pytest.approx(m_few.rate_mbps * m_few.log_spread)
+    old = many.model(t + 30.0)
+    assert old.log_spread > 2 * m_many.log_spread and old.age_s == pytest.approx(30.0, abs=1.1)
+    assert old.low_mbps < m_many.low_mbps
+    assert m_many.transfer_ms(100_000, 0.9) > m_many.transfer_ms(100_000) > \
+        m_many.transfer_ms(100_000, 0.1)
+    prior = BandwidthEstimator(prior_mbps=5.0).model(0.0)
+    assert prior.n == 0 and prior.rate_mbps == 5.0 and prior.low_mbps < 5.0
+
+
+def test_a_timed_out_upload_is_a_censored_sample():
+    rng = np.random.default_rng(0)
+    bw = BandwidthEstimator()
+    t = _feed(bw, rng, 50.0, 20, 0.0)
+    # 1 MB not answered in 1 s: below 8 Mbit/s; the model says 50, so it counts
+    bound = bw.observe_timeout(1_000_000, elapsed_ms=1000.0, rtt_floor_ms=RTT_FLOOR, now=t)
+    assert bound == pytest.approx(8e3 / (1000.0 - RTT_FLOOR - EXTRA), rel=0.02)
+    assert bw.model(t).rate_mbps == pytest.approx(50.0, rel=0.1)  # one is not a change
+    for k in range(1, 3):  # an outage: three in a row
+        bw.observe_timeout(1_000_000, 1000.0, RTT_FLOOR, t + k)
+    assert bw.model(t + 3).rate_mbps <= bound * 1.001
+    # a bound above the current rate says nothing new
+    assert bw.observe_timeout(1_000_000, 10.0, RTT_FLOOR, t + 4) is None
+
+
+@pytest.mark.parametrize("bad", [math.nan, -1.0, 0, math.inf, "x", None])
+def test_bad_sizes_and_rates_raise_a_policy_error_naming_the_value(bad):
+    bw = BandwidthEstimator()
+    with pytest.raises(PolicyError, match=rf"payload_bytes is {re.escape(repr(bad))}"):
+        bw.observe_transfer(bad, 10.0, 0.0, 0.0, 0.0, now=0.0)
+    with pytest.raises(PolicyError, match=rf"mbps is {re.escape(repr(bad))}"):
+        bw.observe(bad, now=0.0)
+    with pytest.raises(PolicyError, match="payload_bytes"):
+        bw.observe_timeout(bad, 10.0, 0.0, now=0.0)
+    if bad != 0:
+        with pytest.raises(PolicyError, match="nbytes"):
+            bw.model(0.0).transfer_ms(bad)
+    assert bw.count == 0  # nothing was recorded
+
+
+def test_bad_times_raise_and_a_bad_quantile_too():
+    bw = BandwidthEstimator()
+    for name, args in [("rtt_floor_ms", (1000, 10.0, 0.0, 0.0, math.nan, 0.0)),
+                       ("server_ms", (1000, 10.0, -1.0, 0.0, 0.0, 0.0)),
+                       ("now", (1000, 10.0, 0.0, 0.0, 0.0, math.nan))]:
+        with pytest.raises(PolicyError, match=name):
+            bw.observe_transfer(*args)
+    with pytest.raises(PolicyError, match="quantile is 1.0"):
+        bw.model(0.0).transfer_ms(1000, quantile=1.0)
+    with pytest.raises(PolicyError, match="window"):
+        BandwidthEstimator(window=1)
+    with pytest.raises(PolicyError, match="now is nan"):
+        bw.model(math.nan)
+
+
+# -- the device's slowdown ---------------------------------------------------------------------
+
+
+def test_slowdown_is_robust_to_scheduler_stalls():
+    # a 2x slower device, throttled by a CPU quota: 30% of runs stall 1 ms on 1 ms segments
+    rng = np.random.default_rng(0)
+    slow = SlowdownEstimator([{"median_ms": 0.5}, {"median_ms": 1.0}])
+    stalled = 0
+    for k in range(64):
+        seg = k % 2
+        ms = slow._ms[seg] * 2.0 * np.exp(rng.normal(0, 0.03))
+        if rng.random() < 0.3:
+            ms += 1.0
+            stalled += k >= 32
+        slow.observe(seg, ms)
+    m = slow.model()
+    assert m.slowdown == pytest.approx(2.0, rel=0.05)
+    assert m.mean > 2.3  # a mean charges every run for the stalls
+    assert m.stall_fraction == pytest.approx(stalled / 32, abs=0.07)
+    assert m.stall_ms == pytest.approx(1.0, rel=0.2)
+    assert slow.estimate().value == m.slowdown and m.high > m.slowdown
+
+
+def test_slowdown_bad_input_raises():
+    slow = SlowdownEstimator([{"median_ms": 1.0}])
+    for bad in (math.nan, -1.0, math.inf):
+        with pytest.raises(PolicyError, match=rf"measured_ms is {bad!r}"):
+            slow.observe(0, bad)
+    with pytest.raises(PolicyError, match="median_ms"):
+        SlowdownEstimator([{"median_ms": math.nan}])
+    assert slow.model().n == 0
+
+
+def test_link_counts_failures_and_censors_timed_out_probes():
+    link = LinkEstimator(idle_s=5.0)
+    link.on_small_message(2.0, 0.0)
+    for i in range(3):
+        link.on_reply(125_000, 102.0 + i, 0.0, 0.0, now=float(i))
+    assert link.model(3.0).rate_mbps == pytest.approx(10.0, rel=0.05)
+    assert link.on_timeout(1_000_000, 2000.0, now=3.0) == pytest.approx(8e3 / 1998.0)
+    for failed in (True, True, False):
+        link.on_offload(failed)
+    assert link.failures == pytest.approx(0.8 * (0.8 * 0.2 + 0.2))
+
+
+def test_the_links_snapshot_carries_the_model_for_the_planner():
+    from edgesdk.engine.link import EdgeLink
+
+    link = EdgeLink("tcp://127.0.0.1:9", "0" * 64, retry_s=10.0)  # nothing listens there
+    try:
+        rng = np.random.default_rng(0)
+        with link._lock:  # as the I/O thread feeds it
+            e = link.estimator
+            e.on_small_message(RTT_FLOOR, 0.0)
+            t = 0.0
+            for _ in range(32):
+                b, ms = _upload(rng, 50.0, noise=0.02)
+                e.on_reply(b, ms + 1.0, server_ms=1.0, queue_ms=0.0, now=t)
+                t += 0.03
+        s = link.snapshot(t)
+        m = s["bw_model"]
+        assert s["bw_mbps"] == m.rate_mbps == pytest.approx(50.0, rel=0.1)
+        assert s["bw_std"] == m.rate_std and s["bw_spread"] == m.log_spread
+        assert s["bw_low_mbps"] == m.low_mbps < m.rate_mbps
+        assert s["rtt_ms"] == RTT_FLOOR
+        assert s["rtt_ms"] + s["bw_overhead_ms"] == pytest.approx(RTT_FLOOR + EXTRA, rel=0.1)
+        assert s["bw_age_s"] == pytest.approx(0.03) and s["failures"] == 0.0
+        assert len(s["bw_history"]) == 5
+    finally:
+        link.close()

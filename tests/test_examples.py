@@ -39,9 +39,10 @@ def test_camera_opencv_example_on_synthetic_digit_frames():
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_camera_opencv_example_with_a_server():
     from edgesdk.models import DIGITS_BUNDLE
-    from edgesdk.server_process import ServerProcess
+    from edgesdk.server import ServerProcess
 
     with ServerProcess.serve([DIGITS_BUNDLE]) as server:
         out = _camera("--server", server.endpoint)
@@ -50,11 +51,12 @@ def test_camera_opencv_example_with_a_server():
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_the_server_process_runs_this_edgesdk_whatever_its_working_directory(tmp_path):
     # CI runs pytest in the checkout, whose edgesdk/ has no compiled extension: a child
     # started there with `python -m` would import that tree instead of the installed one.
     from edgesdk.models import DIGITS_BUNDLE
-    from edgesdk.server_process import ServerProcess
+    from edgesdk.server import ServerProcess
 
     shadow = tmp_path / "edgesdk"
     shadow.mkdir()

@@ -14,10 +14,11 @@ import pytest
 onnx = pytest.importorskip("onnx", reason="needs the split extra (onnx)")
 from onnx import TensorProto, helper  # noqa: E402
 
-from edgesdk import exit_tools  # noqa: E402
 from edgesdk.bundle import Bundle, sha256_file  # noqa: E402
+from edgesdk.cli import main as cli_main  # noqa: E402
 from edgesdk.errors import BundleError, ExitError  # noqa: E402
-from edgesdk.exit_tools import (  # noqa: E402
+from edgesdk.exits import ExitRule, Head  # noqa: E402
+from edgesdk.exits.tools import (  # noqa: E402
     calibrate,
     evaluate,
     format_report,
@@ -25,7 +26,6 @@ from edgesdk.exit_tools import (  # noqa: E402
     make_dataset,
     train_heads,
 )
-from edgesdk.exits import ExitRule, Head  # noqa: E402
 from edgesdk.models import DIGITS_BUNDLE, DIGITS_TEST, load_digits_test  # noqa: E402
 from edgesdk.split import split_model  # noqa: E402
 
@@ -33,8 +33,8 @@ from test_split_onnx import small_dag  # noqa: E402
 
 
 def cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    """Run `edgesdk exits ...` through exit_tools' own parser (the lead wires it into cli)."""
-    code = exit_tools.main(["exits", *map(str, argv)])
+    """Run `edgesdk exits ...` in this process."""
+    code = cli_main(["exits", *map(str, argv)])
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -98,6 +98,7 @@ def test_report_shows_the_measured_tradeoff(capsys):
     assert [r["name"] for r in rows] == ["exit1", "exit2"] and len(rows[0]["curve"]) > 5
 
 
+@pytest.mark.slow
 def test_report_png(tmp_path, capsys):
     png = tmp_path / "tradeoff.png"
     code, out, err = cli(["report", DIGITS_BUNDLE, "--png", png], capsys)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -221,6 +223,46 @@ def test_native_rejects_inner_that_overflows_the_group_layout(tmp_path):
     lines = proc.stdout.splitlines()
     assert len(lines) == 4 * 6, proc.stdout
     assert all(line.endswith("ValueError") for line in lines), proc.stdout
+
+
+# Code counts whose packed size n * bits wraps around size_t. On 32-bit ARM that is any
+# buffer of >= 512 MiB of codes; here the same wrap needs 2**61 codes, which a ctypes array
+# laid over 16 real bytes claims to have without allocating them (the binding must reject
+# the call before touching the memory). (2**61 + 1) * 8 wrapped to 8, i.e. "1 packed byte",
+# so pack read and unpack wrote 2**61 bytes through a 1-byte buffer. Child interpreter: a
+# crash fails this test instead of killing the run.
+_PACKED_SIZE_WRAP_SCRIPT = """
+import ctypes
+import numpy as np
+from edgesdk import _native
+
+backing = np.zeros(64, np.uint8)
+one = np.zeros(1, np.uint8)
+for bits, n in ((8, 2**61 + 1), (4, 2**62 + 1)):
+    huge = (ctypes.c_uint8 * n).from_address(backing.ctypes.data)
+    for name, call in (("pack", lambda: _native.pack(huge, one, bits)),
+                       ("unpack", lambda: _native.unpack(one, huge, bits))):
+        try:
+            call()
+        except OverflowError as e:
+            limit = (2**64 - 1) // bits
+            assert str(n) in str(e) and str(limit) in str(e), (name, bits, str(e))
+            print(name, bits, "OverflowError")
+        else:
+            print(name, bits, "accepted")
+"""
+
+
+@needs_native
+@pytest.mark.skipif(sys.maxsize < 2**63 - 1, reason="the fake buffers need a 64-bit size_t")
+def test_native_rejects_code_counts_whose_packed_size_wraps(tmp_path):
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", _PACKED_SIZE_WRAP_SCRIPT], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, f"exit status {proc.returncode}\n{proc.stdout}{proc.stderr}"
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 4 and all(line.endswith("OverflowError") for line in lines), proc.stdout
 
 
 @needs_native

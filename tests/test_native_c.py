@@ -21,6 +21,7 @@ RUN_SH = ROOT / "native" / "tests" / "run.sh"
 
 
 @pytest.mark.skipif(shutil.which(os.environ.get("CC", "gcc")) is None, reason="no C compiler")
+@pytest.mark.slow
 def test_c_kernels_match_numpy_reference_on_host():
     # This interpreter has numpy, so it generates the reference vectors.
     env = {**os.environ, "PYTHON": sys.executable}

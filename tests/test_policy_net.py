@@ -72,7 +72,7 @@ def test_bad_weights_are_policy_errors(tmp_path):
 
 
 def test_policy_imports_no_runtime_torch_or_transport():
-    code = ("import sys, edgesdk.policy, edgesdk.policy.evaluate, edgesdk.policy.commands; "
+    code = ("import sys, edgesdk.policy, edgesdk.policy.evaluate, edgesdk.cli.policy; "
             "bad = [m for m in ('torch', 'onnxruntime', 'onnx', 'zmq', 'edgesdk.runtime', "
             "'edgesdk.transport') if m in sys.modules]; print(bad); assert not bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -20,6 +20,7 @@ from edgesdk.policy import (
     model_profile,
     plan,
 )
+from edgesdk.policy.planner import FALLBACK_EXIT_ACC
 
 
 def _table(**cols) -> CandidateTable:
@@ -33,8 +34,9 @@ def _table(**cols) -> CandidateTable:
 
 
 # device-only: 10 ms, accuracy 0.9; offload: 1 ms on the device, 1000 bytes, 1 ms on the
-# server, accuracy 0.95.
-HAND = dict(dev_ms=[10, 1], wire_bytes=[0, 1000], srv_ms=[0, 1], rest_acc=[0.9, 0.95])
+# server, accuracy 0.95; a local finish after a failed offload: 9 ms here.
+HAND = dict(dev_ms=[10, 1], wire_bytes=[0, 1000], srv_ms=[0, 1], rest_acc=[0.9, 0.95],
+            local_ms=[0, 9], local_acc=[0.9, 0.9])
 
 
 def test_planner_fast_link_offloads():
@@ -47,10 +49,12 @@ def test_planner_fast_link_offloads():
 
 
 def test_planner_slow_link_stays_on_device():
-    # 0.8 Mbit/s: transfer 10 ms, latency 14 ms > SLO: 4.75 - 1.4 - 1 = 2.35 < 3.5
+    # 0.8 Mbit/s: the transfer takes 10 ms, more than the 9 - 3 ms the budget leaves it, so
+    # the offload times out: 1 ms + the 9 ms budget + a 9 ms local finish at accuracy 0.9,
+    # 4.5 - 1.9 - 1 = 1.6 < 3.5
     s = State(bw_mbps=0.8, slo_ms=10.0, rtt_ms=2.0, task="balanced")
     r = expected_rewards(_table(**HAND), s)
-    assert r[1] == pytest.approx(5 * 0.95 - 14 / 10 - 1.0)
+    assert r[1] == pytest.approx(5 * 0.9 - 19 / 10 - 1.0)
     assert plan(_table(**HAND), s) == 0
 
 
@@ -61,6 +65,21 @@ def test_uncertainty_makes_offloading_risky():
     exact = State(bw_mbps=2.0, slo_ms=10.0, rtt_ms=2.0)
     wide = State(bw_mbps=2.0, bw_std=2.0, slo_ms=10.0, rtt_ms=2.0)
     assert expected_rewards(t, wide)[1] < expected_rewards(t, exact)[1] - 0.2
+
+
+def test_a_timeout_costs_what_the_engines_fallback_costs():
+    # the reply would come too late: with no exit the engine reserves the local finish, so
+    # the offload gets 10 - 1 - 4 = 5 ms, times out, and the frame finishes here by the SLO
+    t = _table(dev_ms=[1], wire_bytes=[100_000], srv_ms=[1], rest_acc=[0.95], local_ms=[4],
+               local_acc=[0.93])
+    r = expected_rewards(t, State(bw_mbps=1.0, slo_ms=10.0, rtt_ms=2.0, task="balanced"))
+    assert r[0] == pytest.approx(5 * 0.93 - 10 / 10)
+    # with an exit in hand and a local finish that would be late, the best exit answers
+    # at the budget's end (FALLBACK_EXIT_ACC of the local accuracy), inside the SLO
+    t = _table(dev_ms=[1], wire_bytes=[100_000], srv_ms=[1], rest_acc=[0.95], local_ms=[40],
+               local_acc=[0.9], p_exit=[1e-9], exit_ms=[1], exit_acc=[0.8])
+    r = expected_rewards(t, State(bw_mbps=1.0, slo_ms=10.0, rtt_ms=2.0, task="balanced"))
+    assert r[0] == pytest.approx(5 * 0.9 * FALLBACK_EXIT_ACC - 10 / 10, abs=1e-6)
 
 
 def test_exits_mix_latency_and_accuracy():

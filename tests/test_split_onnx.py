@@ -31,7 +31,9 @@ def chained_equals_whole(bundle: Bundle, model_path, feed, optimize=True, input_
     return max(float(np.max(np.abs(whole[k] - got[k]))) for k in whole), whole, got
 
 
-@pytest.mark.parametrize("name", ["bvlc_alexnet", "squeezenet"])
+@pytest.mark.parametrize(
+    "name", [pytest.param("bvlc_alexnet", marks=pytest.mark.slow), "squeezenet"]
+)
 def test_every_candidate_cut_is_exact(tmp_path, name):
     path = onnx_light_model(name)
     an = analyse(load_model(path))
@@ -46,6 +48,7 @@ def test_every_candidate_cut_is_exact(tmp_path, name):
         bundle.manifest.source["verify"]["max_abs_output"])
 
 
+@pytest.mark.slow
 def test_resnet50_dag_with_ranked_points(tmp_path):
     path = onnx_light_model("resnet50")
     an = analyse(load_model(path))
@@ -65,6 +68,7 @@ def test_resnet50_dag_with_ranked_points(tmp_path):
     assert seg0.ir_version >= 4 and [i.name for i in seg0.graph.input] == ["gpu_0/data_0"]
 
 
+@pytest.mark.slow
 def test_flops_and_bytes_are_recorded(tmp_path):
     bundle = split_model(onnx_light_model("bvlc_alexnet"), tmp_path / "a.edge", max_points=3)
     total = bundle.cuts[0].flops_before + bundle.cuts[0].flops_after
@@ -194,6 +198,7 @@ def test_bad_input_shape_option(tmp_path):
         split_model(path, tmp_path / "x.edge", input_shapes=["nope=1x3x224x224"])
 
 
+@pytest.mark.slow
 def test_tampered_segment_is_caught_at_load(tmp_path):
     bundle = split_model(onnx_light_model("bvlc_alexnet"), tmp_path / "a.edge", max_points=2)
     seg = bundle.segment_path(1)
@@ -202,6 +207,7 @@ def test_tampered_segment_is_caught_at_load(tmp_path):
         Bundle.load(bundle.path)
 
 
+@pytest.mark.slow
 def test_resplitting_into_the_same_directory_removes_stale_segments(tmp_path):
     out = tmp_path / "a.edge"
     split_model(onnx_light_model("bvlc_alexnet"), out, max_points=5)

@@ -8,14 +8,17 @@ import json
 import pytest
 
 from edgesdk.bench import transport as bench_transport
+from edgesdk.cli import main as cli_main
 
 pytestmark = pytest.mark.timeout(120)
 
 STAT_KEYS = {"median", "ci_low", "ci_high", "ci_level", "q1", "q3", "n"}
 
 
+@pytest.mark.slow
 def test_quick_round_trip_report(capsys):
-    assert bench_transport.main(["--quick", "--json", "--rounds", "3", "--no-throughput"]) == 0
+    assert cli_main(["bench", "transport", "--quick", "--json", "--rounds", "3",
+                     "--no-throughput"]) == 0
     report = json.loads(capsys.readouterr().out)
     rows = report["round_trip"]["rows"]
     assert [r["bytes"] for r in rows] == list(bench_transport.SIZES)
@@ -30,7 +33,8 @@ def test_quick_round_trip_report(capsys):
     assert report["throughput"] is None and report["summary"]["checked"] == 3
 
 
+@pytest.mark.slow
 def test_text_report_names_the_targets(capsys):
-    assert bench_transport.main(["--quick", "--rounds", "2", "--no-throughput"]) == 0
+    assert cli_main(["bench", "transport", "--quick", "--rounds", "2", "--no-throughput"]) == 0
     out = capsys.readouterr().out
     assert "edgesdk/raw" in out and "CURVE cost" in out and "Throughput: skipped" in out

@@ -48,8 +48,8 @@ def server(bundle):
 @pytest.fixture(scope="module")
 def valid(bundle):
     """A correct request for the softmax tail and its expected output."""
+    from edgesdk.codec import encode_tensors
     from edgesdk.runtime import open_segments, run_chain
-    from edgesdk.serving import encode_tensors
 
     cut = bundle.cuts[2]
     x = np.random.default_rng(0).standard_normal((1, 1000, 1, 1)).astype(np.float32)
@@ -152,6 +152,7 @@ def payloads(draw, good: list) -> list:
 
 @settings(max_examples=80)
 @given(data=st.data())
+@pytest.mark.slow
 def test_random_and_truncated_messages_never_break_the_server(data, server, device, fuzzer,
                                                               valid, bundle):
     frames, where, _ = valid

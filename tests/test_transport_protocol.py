@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from edgesdk.errors import ServerBusy, ServerError, Timeout, TransportError, Unreachable
 from edgesdk.transport import protocol
+from edgesdk.transport.config import is_loopback
+from edgesdk.transport.dispatch import Dispatcher, Job
 from edgesdk.transport.metrics import Metrics
 from edgesdk.transport.protocol import (
     ClientProtocol,
@@ -21,7 +23,6 @@ from edgesdk.transport.protocol import (
     pack,
     unpack,
 )
-from edgesdk.transport.server import Dispatcher, Job, is_loopback
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -497,9 +498,10 @@ def test_transport_imports_neither_the_codec_nor_onnxruntime():
     import sys
     import tempfile
 
-    code = ("import sys, json, edgesdk.transport, edgesdk.transport.server\n"
+    code = ("import sys, json, edgesdk.transport, edgesdk.transport.broker, "
+            "edgesdk.transport.worker\n"
             "print(json.dumps(sorted(m for m in sys.modules if m in ('edgesdk.codec', "
-            "'onnxruntime', 'onnx', 'numpy', 'edgesdk.runtime', 'edgesdk.serving'))))")
+            "'onnxruntime', 'onnx', 'numpy', 'edgesdk.runtime', 'edgesdk.server'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, cwd=tempfile.gettempdir())
     assert out.returncode == 0, out.stderr

@@ -66,15 +66,15 @@ def image(seed: int) -> dict:
 
 
 def cut_frames(bundle, local, cut, feed, bits=32):
+    from edgesdk.codec import encode_tensors
     from edgesdk.runtime import run_chain
-    from edgesdk.serving import encode_tensors
 
     env = run_chain(local, feed, 0, cut.after_segment + 1)
     return encode_tensors([env[n] for n in cut.names], bits=bits)
 
 
 def decode_output(bundle, reply) -> np.ndarray:
-    from edgesdk.serving import decode_tensors
+    from edgesdk.codec import decode_tensors
 
     assert reply.envelope.get("outputs") == [t.name for t in bundle.manifest.outputs]
     return decode_tensors(reply.frames, bundle.manifest.outputs)["softmaxout_1"]
@@ -132,7 +132,7 @@ def test_quantized_cut_tensors_are_accepted(tail_server, bundle, local):
 
 
 def test_bad_requests_get_typed_errors_and_the_server_keeps_serving(tail_server, bundle, local):
-    from edgesdk.serving import encode_tensors
+    from edgesdk.codec import encode_tensors
 
     sha, cut = bundle.source_sha256, bundle.cuts[2]
     good = cut_frames(bundle, local, cut, image(3))
@@ -168,6 +168,7 @@ def test_metrics_endpoint_serves_prometheus_text(tail_server):
 # -- load ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_32_devices_x_200_requests_every_reply_matches_its_request(tail_server, bundle, local):
     """The softmax tail (cut c2): 8 distinct inputs, so a reply delivered to the wrong
     request would not match its expected output."""
@@ -213,6 +214,7 @@ def test_32_devices_x_200_requests_every_reply_matches_its_request(tail_server, 
 # -- faults --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_kill_9_a_worker_mid_load(bundle, local):
     """Every request ends in a correct result or a typed error; the pool is back to 2."""
     from edgesdk.runtime import run_chain
@@ -261,6 +263,7 @@ def test_kill_9_a_worker_mid_load(bundle, local):
     assert sum(o is True for o in outcomes) >= 40
 
 
+@pytest.mark.slow
 def test_a_crashing_request_gets_an_error_and_its_worker_restarts():
     with ServerProcess.ops("--workers", "1") as server, Client(server.endpoint) as client:
         first = client.request([b"x"], budget_s=5.0, bundle="b", cut="c")
@@ -286,6 +289,7 @@ def test_handler_exceptions_are_error_replies_and_the_worker_lives():
         assert server.find("worker_crashed") == []
 
 
+@pytest.mark.slow
 def test_a_hung_worker_is_killed_and_replaced():
     with ServerProcess.ops("--workers", "1", "--worker-timeout", "0.3") as server, \
             Client(server.endpoint) as client:
@@ -296,6 +300,17 @@ def test_a_hung_worker_is_killed_and_replaced():
         assert client.request([b"ok"], budget_s=5.0, bundle="b", cut="c").frames[0] == b"ok"
 
 
+def round_trip_s(call, n: int = 5) -> float:
+    """Median seconds of n calls: the baseline that timing assertions scale with."""
+    times = []
+    for _ in range(n):
+        start = time.monotonic()
+        call()
+        times.append(time.monotonic() - start)
+    return sorted(times)[n // 2]
+
+
+@pytest.mark.slow
 def test_server_crash_unreachable_within_deadline_then_the_same_client_works_again():
     budget = 0.3
     with ServerProcess.ops("--workers", "1") as server:
@@ -304,13 +319,20 @@ def test_server_crash_unreachable_within_deadline_then_the_same_client_works_aga
         client = Client(server.endpoint, retries=1)
         try:
             assert client.request([b"a"], budget_s=2.0, bundle="b", cut="c").frames[0] == b"a"
+            # The baseline, measured here and now: a round trip to the live server. Giving up
+            # late is scheduling delay of the same kind (a poll that wakes up late), so the
+            # allowance grows on a loaded machine and shrinks on a quiet one, and stays far
+            # below what a retry past the budget (+0.3 s) or a reconnect wait (1 s) adds.
+            rtt = round_trip_s(lambda: client.request([b"a"], budget_s=2.0, bundle="b", cut="c"))
+            late_ok = max(0.02, 10 * rtt)
             server.proc.kill()
             server.proc.wait(5)
             for _ in range(3):
                 start = time.monotonic()
                 with pytest.raises((Unreachable, Timeout)):
                     client.request([b"b"], budget_s=budget, bundle="b", cut="c")
-                assert time.monotonic() - start <= budget + 0.05
+                took = time.monotonic() - start
+                assert took <= budget + late_ok, (took, budget, rtt)
             assert wait_until(lambda: not any(pid_alive(p) for p in workers), 5), \
                 "workers outlived the killed server"
             with ServerProcess.ops("--workers", "1", "--bind", f"tcp://127.0.0.1:{port}"):
@@ -327,6 +349,7 @@ def test_server_crash_unreachable_within_deadline_then_the_same_client_works_aga
             client.close()
 
 
+@pytest.mark.slow
 def test_a_saturated_server_answers_busy_not_unbounded_latency():
     with ServerProcess.ops("--workers", "1", "--max-queue", "2") as server, \
             Client(server.endpoint, window=16) as client:
@@ -339,12 +362,18 @@ def test_a_saturated_server_answers_busy_not_unbounded_latency():
             with pytest.raises(ServerBusy) as info:
                 client.wait(rid)
             busy.append(info.value)
-        assert time.monotonic() - start < 0.25  # at once, not after the queue drained
+        busy_s = time.monotonic() - start
         assert "limit 2" in str(busy[0])
         assert [client.wait(rid).kind for rid in ids[:3]] == ["result"] * 3
-        assert time.monotonic() - start >= 0.9
+        drained_s = time.monotonic() - start
+        assert drained_s >= 0.9
+        # At once, not after the queue drained. The baseline is the drain, measured in this
+        # test (three 300 ms jobs one after another), which a loaded machine stretches too:
+        # every refusal came before the first job could have finished.
+        assert busy_s < drained_s / 3, (busy_s, drained_s)
 
 
+@pytest.mark.slow
 def test_expired_requests_are_dropped_before_compute():
     with ServerProcess.ops("--workers", "1", "--max-queue", "8", "--metrics-port", "0") as server:
         with Client(server.endpoint, window=8, retries=0) as client:
@@ -362,6 +391,7 @@ def test_expired_requests_are_dropped_before_compute():
         assert 'edgesdk_replies_total{kind="result"} 1' in text
 
 
+@pytest.mark.slow
 def test_a_late_reply_is_never_returned_for_a_newer_request():
     with ServerProcess.ops("--workers", "2") as server, \
             Client(server.endpoint, retries=0) as client:
@@ -375,6 +405,7 @@ def test_a_late_reply_is_never_returned_for_a_newer_request():
         assert client.stats.late_dropped == 1
 
 
+@pytest.mark.slow
 def test_sigterm_drains_in_flight_work_and_exits_cleanly():
     with ServerProcess.ops("--workers", "1", "--max-queue", "4") as server:
         workers = list(server.worker_pids().values())
@@ -406,6 +437,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=60, env=child_env(), cwd=tempfile.gettempdir())
 
 
+@pytest.mark.slow
 def test_curve_only_allowed_devices_get_service(tmp_path):
     keys, allow = tmp_path / "keys", tmp_path / "allowed"
     for name in ("server", "camera", "intruder"):
@@ -448,6 +480,7 @@ def test_serve_reports_a_bad_bundle_in_one_line(tmp_path):
 # -- two terminals -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_example_client_against_edgesdk_serve(bundle):
     with ServerProcess.serving([bundle.path], "--workers", "1", "--profile-runs", "2") as server:
         out = subprocess.run(

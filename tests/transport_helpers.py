@@ -4,7 +4,7 @@
 on a thread, and in `__exit__` always ends it (SIGTERM, then SIGKILL); its workers die
 with it (PR_SET_PDEATHSIG). Two kinds of server:
 
-    ServerProcess.serving([bundle_dir], "--workers", "2")     # python -m edgesdk.serving serve
+    ServerProcess.serving([bundle_dir], "--workers", "2")     # python -m edgesdk serve
     ServerProcess.ops("--workers", "1")                        # python tests/transport_helpers.py
 
 The "ops" server runs OpsHandler, whose behaviour each request picks with the `op` field
@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edgesdk.server_process import ServerProcess as _ServerProcess
-from edgesdk.server_process import ServerStartError
+from edgesdk.errors import ServerStartError
+from edgesdk.server import ServerProcess as _ServerProcess
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -57,7 +57,8 @@ class OpsFactory:
 
 def _ops_main(argv: list[str] | None = None) -> int:
     from edgesdk.transport.auth import load_key_pair
-    from edgesdk.transport.server import Server, ServerConfig, configure_logging
+    from edgesdk.transport.broker import Server, ServerConfig
+    from edgesdk.transport.logs import configure_logging
 
     p = argparse.ArgumentParser()
     p.add_argument("--bind", default="tcp://127.0.0.1:*")
@@ -96,7 +97,7 @@ def child_env() -> dict[str, str]:
 
 
 class ServerProcess(_ServerProcess):
-    """edgesdk.server_process.ServerProcess with this suite's environment and the two
+    """edgesdk.server.ServerProcess with this suite's environment and the two
     kinds of test server (see the module docstring)."""
 
     def __init__(self, cmd: list[str], ready_timeout: float = 60.0) -> None:
@@ -107,7 +108,7 @@ class ServerProcess(_ServerProcess):
 
     @classmethod
     def serving(cls, bundles: list, *args: str) -> ServerProcess:
-        return cls([sys.executable, "-m", "edgesdk.serving", "serve", *map(str, bundles),
+        return cls([sys.executable, "-m", "edgesdk", "serve", *map(str, bundles),
                     "--bind", "tcp://127.0.0.1:*", "--log-level", "debug", *args])
 
     @classmethod

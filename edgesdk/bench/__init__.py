@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._table import format_table  # the one table of edgesdk, re-exported for the benchmarks
+
 __all__ = [
     "Stats",
     "Timing",
@@ -183,24 +185,3 @@ def pm(s: Stats | None, digits: int = 1) -> str:
     if s is None:
         return "n/a"
     return f"{s.median:.{digits}f} ±{s.half_width:.{digits}f}"
-
-
-def format_table(header: Sequence[str], rows: Sequence[Sequence[object]],
-                 align: str | None = None) -> str:
-    """A plain-text table. align: one "l" or "r" per column (default: first column left,
-    the rest right)."""
-    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
-    ncol = len(header)
-    if any(len(row) != ncol for row in cells):
-        raise ValueError("every row needs one cell per header")
-    align = align or "l" + "r" * (ncol - 1)
-    if len(align) != ncol:
-        raise ValueError(f"align has {len(align)} letters for {ncol} columns")
-    widths = [max(len(row[i]) for row in cells) for i in range(ncol)]
-
-    def line(row: list[str]) -> str:
-        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w)
-                         for c, w, a in zip(row, widths, align, strict=True)).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(cells[0]), rule] + [line(row) for row in cells[1:]])

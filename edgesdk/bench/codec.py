@@ -20,16 +20,15 @@ allocates, so its times vary with the neighbouring workload by more than the quo
 intervals (interleaved with the other contenders here, it is slower than timed alone).
 
     edgesdk bench codec [--json] [--quick] [--isa {best,all}] [--rounds N]
+
+(edgesdk.cli.bench parses those options and prints; this module measures.)
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import os
 import platform
-import sys
 from importlib import metadata
 from types import ModuleType
 
@@ -37,6 +36,7 @@ import numpy as np
 
 from .. import __version__, codec
 from ..codec import _numpy_kernels, _zstd
+from ..errors import ConfigError
 from . import Stats, Timing, format_table, pm, ratio, time_interleaved
 
 SHAPES = ((64, 56, 56), (128, 28, 28), (256, 13, 13), (512, 7, 7))
@@ -234,80 +234,71 @@ def _isa_table(rows: list[dict]) -> str:
     return format_table(header, body, "lrlrrr")
 
 
-def _print_text(report: dict, rows: list[dict]) -> None:
+def format_text(report: dict, rows: list[dict]) -> str:
+    """The text report of :func:`run` (what `edgesdk bench codec` prints)."""
+    out: list[str] = []
+    write = out.append
     m, b, s = report["machine"], report["backend"], report["settings"]
-    print(f"edgesdk {report['edgesdk']} codec benchmark")
-    print(f"machine: {m['cpu']}, {m['cpu_count']} CPUs, {m['platform']}")
-    print(f"python {m['python']}, numpy {m['numpy']}, zstandard {m['zstandard']}")
+    write(f"edgesdk {report['edgesdk']} codec benchmark")
+    write(f"machine: {m['cpu']}, {m['cpu_count']} CPUs, {m['platform']}")
+    write(f"python {m['python']}, numpy {m['numpy']}, zstandard {m['zstandard']}")
     if b["native_available"]:
-        print(f"native kernels: ISA {b['isa']} (builds this CPU runs: "
+        write(f"native kernels: ISA {b['isa']} (builds this CPU runs: "
               f"{', '.join(b['isas_available'])})")
     else:
-        print("native kernels: NOT AVAILABLE - numpy fallback only; native columns and "
+        write("native kernels: NOT AVAILABLE - numpy fallback only; native columns and "
               f"targets are n/a ({b['native_error']})")
-    print(f"encode/decode use the codec backend: {b['codec_backend']}")
-    print(f"data: float32 max(N(0,1), 0), seed {s['seed']}; scheme {s['scheme']}, one scale "
+    write(f"encode/decode use the codec backend: {b['codec_backend']}")
+    write(f"data: float32 max(N(0,1), 0), seed {s['seed']}; scheme {s['scheme']}, one scale "
           f"per tensor; zstd level {s['zstd_level']}")
-    print(f"timing: {s['rounds']} interleaved rounds, batches >= {s['min_time_s'] * 1e3:g} ms; "
+    write(f"timing: {s['rounds']} interleaved rounds, batches >= {s['min_time_s'] * 1e3:g} ms; "
           "median ± half-width of the ~95% CI of the median")
-    print()
-    print(_main_table(rows))
-    print()
-    print("x memcpy, nat/np: per-round ratios (times / memcpy; numpy / native), then median.")
-    print("zstd x: packed bytes / zstd bytes ('off': zstd did not pay, encode sends them raw).")
-    print("wire B: header + payload frames of codec.encode.")
-    print("numpy us depends on allocator state (page faults of its temporaries) beyond the "
+    write("")
+    write(_main_table(rows))
+    write("")
+    write("x memcpy, nat/np: per-round ratios (times / memcpy; numpy / native), then median.")
+    write("zstd x: packed bytes / zstd bytes ('off': zstd did not pay, encode sends them raw).")
+    write("wire B: header + payload frames of codec.encode.")
+    write("numpy us depends on allocator state (page faults of its temporaries) beyond the "
           "quoted intervals.")
-    print(f"target: native x memcpy <= {MAX_X_MEMCPY[8]} at 8 bits, <= {MAX_X_MEMCPY[4]} at "
+    write(f"target: native x memcpy <= {MAX_X_MEMCPY[8]} at 8 bits, <= {MAX_X_MEMCPY[4]} at "
           f"4 bits; nat/np >= {MIN_SPEEDUP}. Judged on the median; * = the CI spans the "
           "limit, so the verdict is within noise.")
     if report["isa_rows"]:
-        print()
-        print("Fused native quantize+pack per ISA build (runtime dispatch):")
-        print(_isa_table(rows))
+        write("")
+        write("Fused native quantize+pack per ISA build (runtime dispatch):")
+        write(_isa_table(rows))
     summary = report["summary"]
-    print()
+    write("")
     if summary["all_pass"] is None:
-        print("targets: not evaluated (no native kernels)")
+        write("targets: not evaluated (no native kernels)")
     elif summary["all_pass"]:
-        print(f"targets: all {summary['checked']} met")
+        write(f"targets: all {summary['checked']} met")
     else:
-        print(f"targets: {len(summary['missed'])} of {summary['checked']} missed:")
+        write(f"targets: {len(summary['missed'])} of {summary['checked']} missed:")
         for miss in summary["missed"]:
-            print(f"  {miss}")
+            write(f"  {miss}")
     if summary["mismatch"]:
-        print(f"WARNING: native and numpy packed bytes differ for {summary['mismatch']}")
+        write(f"WARNING: native and numpy packed bytes differ for {summary['mismatch']}")
+    return "\n".join(out)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgesdk bench codec",
-                                description=__doc__.split("\n")[0])
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON only")
-    p.add_argument("--quick", action="store_true",
-                   help=f"{QUICK['rounds']} short rounds: a smoke test, not a measurement")
-    p.add_argument("--isa", choices=("best", "all"), default="best",
-                   help="all: also time the fused kernel in every ISA build this CPU runs")
-    p.add_argument("--rounds", type=int, metavar="N",
-                   help=f"interleaved rounds (default {FULL['rounds']}, "
-                        f"{QUICK['rounds']} with --quick)")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # --help or a usage error, already printed
-        return int(exc.code or 0)
-    mode = QUICK if args.quick else FULL
-    rounds = args.rounds if args.rounds is not None else mode["rounds"]
+def run(rounds: int | None = None, quick: bool = False, isa: str = "best"
+        ) -> tuple[dict, list[dict]]:
+    """Run the benchmark: (the JSON-ready report, the rows with their Stats for
+    :func:`format_text`). quick: a smoke test, not a measurement. isa "all": also time the
+    fused kernel in every ISA build this CPU runs."""
+    mode = QUICK if quick else FULL
+    rounds = rounds if rounds is not None else mode["rounds"]
     if rounds < 1:
-        print(f"edgesdk bench codec: --rounds is {rounds}, expected >= 1", file=sys.stderr)
-        return 2
+        raise ConfigError(f"rounds is {rounds}, expected >= 1")
+    if isa not in ("best", "all"):
+        raise ConfigError(f"isa is {isa!r}, expected 'best' or 'all'")
 
     native, native_error = _native()
     best_isa = native.isa() if native else None
     available = native.available_isas() if native else ()
-    isas = available if args.isa == "all" else ((best_isa,) if native else ())
+    isas = available if isa == "all" else ((best_isa,) if native else ())
 
     rows = [bench_one(shape, bits, native, isas, best_isa, rounds, mode["min_time"])
             for shape in SHAPES for bits in BITS]
@@ -330,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "rounds": rounds,
             "min_time_s": mode["min_time"],
-            "quick": args.quick,
-            "isa": args.isa,
+            "quick": quick,
+            "isa": isa,
             "seed": SEED,
             "scheme": SCHEME,
             "zstd_level": LEVEL,
@@ -341,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "targets": {"native_x_memcpy_max": {str(k): v for k, v in MAX_X_MEMCPY.items()},
                     "native_speedup_min": MIN_SPEEDUP},
-        "isa_rows": args.isa == "all" and native is not None,
+        "isa_rows": isa == "all" and native is not None,
         "rows": [{k: v for k, v in r.items() if k != "_"} for r in rows],
         "summary": {
             "checked": len(checked),
@@ -351,12 +342,7 @@ def main(argv: list[str] | None = None) -> int:
                          if r["native_equals_numpy"] is False],
         },
     }
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        _print_text(report, rows)
-    return 0
+    return report, rows
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["BITS", "SHAPES", "activation", "bench_one", "format_text", "machine_info", "run"]

@@ -1,81 +1,230 @@
-"""The device side of the end-to-end benchmark: one Engine, frames back to back, one JSON
-record per frame. The benchmark driver (edgesdk.bench.e2e) runs it inside the device's
-network namespace and CPU quota; it is also usable on its own against any server.
+"""The device side of the end-to-end benchmark: one Engine running frames back to back
+through a timeline, one JSON line per frame on stdout. The driver (edgesdk.bench.e2e) runs
+it in the device's network namespace and CPU cgroup; it also runs on its own against any
+server (then it starts at once):
 
-    python -m edgesdk.bench.e2e_device --bundle B.edge --server tcp://10.0.0.2:5555 \\
-        --strategy policy --slo-ms 100 --inputs frames.npz [--frames N | --seconds S]
+    edgesdk bench e2e-device --bundle B.edge --server tcp://10.0.0.2:5555 \\
+        --strategy policy --slo-ms 100 --inputs frames.npz --answer argmax --seconds 10
 
-inputs: an .npz with `x` (N, *input shape without batch) float32 and optionally `y`
-(labels). Frames cycle through x. Prints {"records": [[t, total_ms, where, cut, bits,
-fallback, correct], ...], "warmup": W, "late_s": L} on stdout; t is seconds since the
-first timed frame, correct is null without labels, and late_s is how far past --start-at
-the timed frames began (setup and warm-up overran it: a replayed trace is then shifted).
+Handshake (with --wait-go). Setup (imports, sessions, the Engine and its first hello) is
+not what is measured, so the driver starts this process without a CPU quota; it prints
+``{"type": "ready", ...}`` and waits for lines on stdin, sent once the driver has applied
+the quota. Then, throttled:
+
+1. on ``{"profile_runs": N, "profile_s": S}``: at least N runs and S seconds of the whole
+   segment chain outside the engine, each segment timed (a ``device_profile`` record: the
+   device's time distribution under the quota), then it waits for the next line;
+2. on ``{"start_at": T, "shape": S}`` (S: the loopback testbed's in-process shaper, or
+   null): warm-up frames through the engine until just before T (time.time(), the clock the
+   driver schedules the link with), so estimators are warm when the timeline starts;
+3. frames from T for --seconds, each a ``frame`` record (edgesdk.bench.e2e documents the
+   fields), then an ``end`` record.
+
+inputs: an .npz with ``x`` (N, *input shape) float32 and ``ref`` (N, L), each frame's fp32
+answer (edgesdk.bench.e2e_models); frames cycle through x.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import math
+import re
+import select
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
+PLAN = re.compile(r"exits=(\d+) (?:device-only|([\w.]+)@(\d+)b(\+z)?)")
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m edgesdk.bench.e2e_device")
-    p.add_argument("--bundle", required=True)
-    p.add_argument("--server")
-    p.add_argument("--strategy", default="policy")
-    p.add_argument("--task", default="balanced")
-    p.add_argument("--slo-ms", type=float, required=True)
-    p.add_argument("--inputs", required=True)
-    p.add_argument("--frames", type=int)
-    p.add_argument("--seconds", type=float)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", help="the bundle profile that describes this device")
-    p.add_argument("--start-at", type=float,
-                   help="time.time() at which to start the timed frames (a shared clock)")
-    args = p.parse_args(argv)
-    if (args.frames is None) == (args.seconds is None):
-        p.error("give exactly one of --frames and --seconds")
+
+def parse_plan(plan: str) -> dict[str, Any]:
+    """Result.plan ("exits=1 c1@8b+z", "exits=2 device-only") as fields."""
+    m = PLAN.search(plan or "")
+    if not m:
+        return {"plan": plan, "n_exits": None, "cut": None, "bits": None, "zstd": None}
+    cut = m.group(2) or "device"
+    return {"plan": plan, "n_exits": int(m.group(1)), "cut": cut,
+            "bits": int(m.group(3)) if m.group(3) else 32,
+            "zstd": bool(m.group(4)) if cut != "device" else False}
+
+
+def _state_dict(state: Any) -> dict[str, Any] | None:
+    """The engine's State as JSON-ready numbers (every field it has; a non-finite number,
+    e.g. the age of a sample never seen, is null)."""
+    if state is None:
+        return None
+    from dataclasses import asdict, is_dataclass
+
+    d = asdict(state) if is_dataclass(state) else dict(vars(state))
+    def num(v: float) -> float | None:
+        return round(v, 4) if math.isfinite(v) else None  # strict JSON has no inf
+
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, float):
+            out[k] = num(v)
+        elif isinstance(v, (tuple, list)):
+            out[k] = [num(float(h)) if isinstance(h, (int, float)) else h for h in v]
+        else:
+            out[k] = v
+    return out
+
+
+def _resolve_strategy(strategy: str, bundle, device: str | None):
+    """A strategy name, "CUT@BITS[/E]", or "plan:<str(Candidate)>" (a fixed candidate
+    named exactly as the candidate table prints it)."""
+    if not strategy.startswith("plan:"):
+        return strategy
+    from ..policy import build_candidates, model_profile
+
+    want = strategy[5:]
+    table = build_candidates(model_profile(bundle.manifest, device))
+    for c in table.candidates:
+        if str(c) == want:
+            return c
+    raise SystemExit(f"strategy {strategy!r}: no such candidate; the candidates are "
+                     + ", ".join(str(c) for c in table.candidates))
+
+
+class _Recorder:
+    """Wraps the engine's `state` and its link's `offload` to see what a frame was planned
+    with and what it sent (public methods of this engine instance only)."""
+
+    def __init__(self, engine) -> None:
+        self.state = None
+        self.calls = 0  # the engine's own calls since the frame began
+        self.sent: list[int] = []
+        self.budget_s: float | None = None
+        state_fn = engine.state
+
+        def state(*a, **kw):
+            self.state = state_fn(*a, **kw)
+            self.calls += 1
+            return self.state
+
+        engine.state = state
+        if engine.link is not None:
+            offload = engine.link.offload
+
+            def recorded(frames, cut, budget_s):
+                self.sent.append(sum(memoryview(f).nbytes for f in frames))
+                self.budget_s = budget_s
+                return offload(frames, cut, budget_s)
+
+            engine.link.offload = recorded
+
+    def reset(self) -> None:
+        self.state, self.sent, self.budget_s = None, [], None
+
+
+def _chain_profile(engine, x: np.ndarray, runs: int, seconds: float = 0.0
+                   ) -> list[list[float]]:
+    """At least `runs` runs (and `seconds`) of every segment in order, each segment's ms:
+    the throttled device's time distribution, jitter included."""
+    device = engine.local
+    out = []
+    n = len(engine.bundle.segments)
+    end = time.monotonic() + seconds
+    i = 0
+    while i < runs or time.monotonic() < end:
+        env = device.feed(x[i % len(x)])
+        out.append([round(float(device.run_segment(s, env)), 4) for s in range(n)])
+        i += 1
+    return out
+
+
+def _jsonable(obj: Any) -> Any:
+    """json.dumps' fallback: dataclasses (estimator models) as dicts, numpy scalars as
+    numbers, anything else as its repr."""
+    from dataclasses import asdict, is_dataclass
+
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return asdict(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return repr(obj)
+
+
+def _emit(record: dict) -> None:
+    sys.stdout.write(json.dumps(record, separators=(",", ":"), default=_jsonable) + "\n")
+
+
+def run(args: Any) -> int:
+    from .. import codec
+    from ..bundle import Bundle
     from ..engine import Engine
+    from .e2e_data import answer
+    from .e2e_models import reference_answer
+    from .netem import TokenBucket
 
     with np.load(args.inputs, allow_pickle=False) as z:
         x = z["x"].astype(np.float32)
+        ref = [reference_answer(r) for r in z["ref"]]
         y = z["y"] if "y" in z.files else None
-    records = []
-    with Engine(args.bundle, server=args.server, slo_ms=args.slo_ms, task=args.task,
-                strategy=args.strategy, threads=args.threads, device=args.device,
+    bundle = Bundle.load(args.bundle)
+    strategy = _resolve_strategy(args.strategy, bundle, args.device)
+    with Engine(bundle, server=args.server, slo_ms=args.slo_ms, task=args.task,
+                strategy=strategy, threads=1, device=args.device,
                 connect_timeout_s=10) as engine:
-        from .netem import TokenBucket
-
-        if engine.link is not None:  # the loopback testbed shapes the link in-process
-            engine.link.shaper = TokenBucket.from_env()
-        for i in range(args.warmup):
-            engine.infer(x[i % len(x)])
-        late_s = 0.0
-        if args.start_at:
-            late_s = max(time.time() - args.start_at, 0.0)
-            time.sleep(max(args.start_at - time.time(), 0.0))
-        t0 = time.monotonic()
+        rec = _Recorder(engine)
+        _emit({"type": "ready", "codec_backend": codec.backend,
+               "link": engine.link.status if engine.link is not None else None})
+        sys.stdout.flush()
+        go: dict[str, Any] = {"start_at": time.time() + 1.0}
+        while args.wait_go:  # {"profile_runs": N} (answered at once), then {"start_at": T}
+            ready, _, _ = select.select([sys.stdin], [], [], 120)
+            if not ready:
+                raise SystemExit("no go from the driver within 120 s")
+            go = json.loads(sys.stdin.readline())
+            if "start_at" in go:
+                break
+            _emit({"type": "device_profile",
+                   "segment_ms": _chain_profile(engine, x, int(go["profile_runs"]),
+                                                 float(go.get("profile_s", 0.0)))})
+            sys.stdout.flush()
+        if go.get("shape") and engine.link is not None:  # the loopback testbed's link
+            engine.link.shaper = TokenBucket.from_env(go["shape"])
+        start_at = float(go["start_at"])
+        warm, last_ms = 0, 0.0
+        while warm < args.warmup or time.time() + 1.5 * last_ms / 1e3 < start_at:
+            last_ms = engine.infer(x[warm % len(x)]).timings.total
+            warm += 1
+        late_s = max(time.time() - start_at, 0.0)
+        time.sleep(max(start_at - time.time(), 0.0))
         i = 0
         while True:
-            now = time.monotonic() - t0
-            if (args.frames is not None and i >= args.frames) or (
-                    args.seconds is not None and now >= args.seconds):
+            t = time.time() - start_at
+            if t >= args.seconds:
                 break
             k = i % len(x)
+            rec.reset()
+            engine.state()  # fixed plans never ask for it: record what it was all the same
+            rec.calls = 0
             r = engine.infer(x[k])
-            correct = None if y is None else bool(r.label == int(y[k]))
-            records.append([round(now, 4), round(r.timings.total, 3), r.where, r.cut, r.bits,
-                            r.fallback_reason, correct])
+            ms = r.timings
+            out = r.output
+            got = answer(out, "argmax" if r.where == "exit" else args.answer)
+            _emit({"type": "frame", "i": i, "t": round(t, 4), "input": k,
+                   **parse_plan(r.plan), "sent_cut": r.cut, "sent_bits": r.bits,
+                   "where": r.where, "exit": r.exit_name, "fallback": r.fallback_reason,
+                   "bytes_sent": sum(rec.sent), "budget_ms": (round(rec.budget_s * 1e3, 3)
+                                                             if rec.budget_s else None),
+                   "ms": {"device": round(ms.device, 3), "encode": round(ms.encode, 3),
+                          "network": round(ms.network, 3), "server": round(ms.server, 3),
+                          "queue": round(ms.queue, 3), "decode": round(ms.decode, 3),
+                          "total": round(ms.total, 3)},
+                   "agree": got == ref[k],
+                   "correct": None if y is None else bool(got[0] == int(y[k])),
+                   "state": _state_dict(rec.state),
+                   "state_source": "engine" if rec.calls else "snapshot"})
             i += 1
-    json.dump({"records": records, "warmup": args.warmup, "late_s": round(late_s, 3)},
-              sys.stdout)
+        snap = None
+        if engine.link is not None:
+            snap = {k: (list(v) if isinstance(v, tuple) else v)
+                    for k, v in engine.link.snapshot(time.monotonic()).items()}
+        _emit({"type": "end", "frames": i, "warmup_frames": warm, "late_s": round(late_s, 3),
+               "link": snap})
+    sys.stdout.flush()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,6 +22,12 @@ the device's own RTT and bandwidth samples wrong by the stall (a 10 ms period tu
 writes its own pid to cgroup.procs, then execs `ip netns exec`, which remounts /sys and
 would hide the cgroup tree), so no instruction of the device runs unthrottled.
 
+Weights. The machine may be running other work (a shared CI box, other benchmarks). The
+device's group and the server's (`edge_command` joins it; `popen_edge`, for other devices'
+load, does not) get cpu.shares CPU_SHARES, 8x an ordinary process's weight, so that under
+contention the quota sets the device's speed and the server keeps about a core, as on a
+dedicated edge box, instead of whatever is left over.
+
 Without root, `ip netns`, tc or the cgroup, `open_testbed` returns a LoopbackTestbed: both
 sides on 127.0.0.1, no CPU quota, and the rate enforced by the engine's in-process token
 bucket (EdgeLink's `shaper`) in the device process, which it is told through the
@@ -31,6 +37,7 @@ EDGESDK_SHAPE environment variable. Its description says so.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import shutil
@@ -38,12 +45,13 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
 MIN_QUOTA_US = 1_000  # the kernel's smallest cfs_quota_us
-MIN_RATE_MBIT = 0.05  # tbf cannot be 0; traces have seconds of (almost) nothing
+CPU_SHARES = 8192  # the device's and the server's cgroups: 8x a process's default weight
+MIN_RATE_MBIT = 0.001  # tbf cannot be 0: an outage is 1 kbit/s (125 bytes/s)
 TCP_OVERHEAD = 1514 / 1448  # link bytes per TCP payload byte (Ethernet + IP + TCP headers)
 SHAPE_ENV = "EDGESDK_SHAPE"  # loopback fallback: "rate_mbit" or "@file" of rates per second
 
@@ -100,23 +108,23 @@ def _remove_stale() -> None:
                 d.rmdir()
 
 
-class _Replay:
-    """Changes the rate once per (trace second / speed), from `start_at` (time.time());
-    `stop()` re-raises a failure to set a rate, so a run never goes on at a stale rate."""
+class _Schedule:
+    """Runs each action at its time.time() in the background, in order; `stop()` re-raises
+    a failed action, so a run never goes on at a stale rate."""
 
-    def __init__(self, set_rate, rates: Sequence[float], start_at: float, speed: float):
+    def __init__(self, actions: Sequence[tuple[float, Callable[[], object]]]) -> None:
         self._stop = threading.Event()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(set_rate, list(rates),
-                                                                start_at, speed), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(sorted(actions, key=lambda
+                                        a: a[0]),), daemon=True)
         self._thread.start()
 
-    def _run(self, set_rate, rates, start_at, speed) -> None:
+    def _run(self, actions) -> None:
         try:
-            for i, r in enumerate(rates):
-                if self._stop.wait(max(start_at + i / speed - time.time(), 0.0)):
+            for at, action in actions:
+                if self._stop.wait(max(at - time.time(), 0.0)):
                     return
-                set_rate(r)
+                action()
         except BaseException as exc:  # noqa: BLE001 - handed to stop()
             self._error = exc
 
@@ -138,8 +146,9 @@ class NamespaceTestbed:
         self.device_address, self.edge_address = "10.213.0.1", "10.213.0.2"
         self._veth = (f"esd{tag}"[:15], f"ese{tag}"[:15])
         self.cgroup = CGROUP_CPU / f"edgesdk-{tag}"
+        self.edge_cgroup = CGROUP_CPU / f"edgesdk-srv-{tag}"
         self.rate_mbit: float | None = None
-        self._replays: list[_Replay] = []
+        self._replays: list[_Schedule] = []
 
     def __enter__(self) -> NamespaceTestbed:
         try:
@@ -164,7 +173,9 @@ class NamespaceTestbed:
             _run("ip", "-n", ns, "link", "set", "lo", "up")
         _run("ip", "netns", "exec", dev, "tc", "qdisc", "add", "dev", vd, "root", *_tbf(1000))
         self.rate_mbit = 1000.0
-        self.cgroup.mkdir(exist_ok=True)
+        for group in (self.cgroup, self.edge_cgroup):
+            group.mkdir(exist_ok=True)
+            (group / "cpu.shares").write_text(str(CPU_SHARES))
 
     def set_rate(self, mbit: float) -> None:
         """The device -> edge rate in Mbit/s, from now on."""
@@ -174,7 +185,16 @@ class NamespaceTestbed:
 
     def replay_rates(self, rates: Sequence[float], start_at: float, speed: float = 1.0) -> None:
         """Apply rates[i] at start_at + i / speed (time.time() clock), in the background."""
-        self._replays.append(_Replay(self.set_rate, rates, start_at, speed))
+        self.schedule([(start_at + i / speed, functools.partial(self.set_rate, r))
+                       for i, r in enumerate(rates)])
+
+    def schedule(self, actions: Sequence[tuple[float, Callable[[], object]]]) -> None:
+        """Run each (time.time(), action) in the background; stop_replays() ends them."""
+        self._replays.append(_Schedule(actions))
+
+    def shape_spec(self, rates: Sequence[float], start_at: float, speed: float) -> None:
+        """The device's in-process shaper (loopback only): tc shapes this link."""
+        return None
 
     def stop_replays(self) -> None:
         replays, self._replays = self._replays, []
@@ -187,6 +207,15 @@ class NamespaceTestbed:
         None, 0 or 1: unthrottled)."""
         # The kernel's smallest quota is 1 ms; the shortest stalls come from a 1 ms quota
         # in a period of 1 ms / fraction (0.25: 1 ms of CPU, then at most 3 ms of waiting).
+        self.set_quota(cpu_quota)
+        # Join the cgroup first: `ip netns exec` remounts /sys, hiding the cgroup tree.
+        join = f'echo $$ > {self.cgroup / "cgroup.procs"} && exec "$@"'
+        return subprocess.Popen(["sh", "-c", join, "sh", "ip", "netns", "exec",
+                                 self.device_ns, *argv], **kw)
+
+    def set_quota(self, cpu_quota: float | None) -> None:
+        """The device cgroup's CPU quota from now on, also for processes already in it
+        (None, 0 or 1: unthrottled)."""
         check_quota(cpu_quota)
         if cpu_quota and cpu_quota < 1:
             (self.cgroup / "cpu.cfs_quota_us").write_text("-1")
@@ -194,21 +223,25 @@ class NamespaceTestbed:
             (self.cgroup / "cpu.cfs_quota_us").write_text(str(MIN_QUOTA_US))
         else:
             (self.cgroup / "cpu.cfs_quota_us").write_text("-1")
-        # Join the cgroup first: `ip netns exec` remounts /sys, hiding the cgroup tree.
-        join = f'echo $$ > {self.cgroup / "cgroup.procs"} && exec "$@"'
-        return subprocess.Popen(["sh", "-c", join, "sh", "ip", "netns", "exec",
-                                 self.device_ns, *argv], **kw)
 
     def edge_command(self, argv: Sequence[str]) -> list[str]:
-        """argv, to run in the edge namespace (with the full CPU)."""
-        return ["ip", "netns", "exec", self.edge_ns, *argv]
+        """argv, to run in the edge namespace and its cgroup (no quota, a high weight: the
+        edge server's CPU, whatever else the machine runs)."""
+        join = f'echo $$ > {self.edge_cgroup / "cgroup.procs"} && exec "$@"'
+        return ["sh", "-c", join, "sh", "ip", "netns", "exec", self.edge_ns, *argv]
+
+    def popen_edge(self, argv: Sequence[str], **kw) -> subprocess.Popen:
+        """Run argv in the edge namespace, outside the server's cgroup (e.g. other devices'
+        load on the server: clients, not the server's CPU)."""
+        return subprocess.Popen(["ip", "netns", "exec", self.edge_ns, *argv], **kw)
 
     def describe(self) -> dict:
         delay = "not emulated (no sch_netem)"
         return {"kind": "netns", "device_ns": self.device_ns, "edge_ns": self.edge_ns,
                 "shaping": "tc tbf on the device's veth (device -> edge)",
                 "delay_loss": delay,
-                "cpu": f"cgroup-v1 cpu: {MIN_QUOTA_US} us of CPU per period of 1 ms / quota",
+                "cpu": f"cgroup-v1 cpu: {MIN_QUOTA_US} us of CPU per period of 1 ms / quota; "
+                       f"device and server groups at cpu.shares {CPU_SHARES}",
                 "description": (
                     f"testbed: namespaces {self.device_ns} / {self.edge_ns}, veth "
                     f"{self.device_address} -> {self.edge_address} shaped by tc tbf; "
@@ -232,11 +265,12 @@ class NamespaceTestbed:
         # a setup that failed before moving the veth into its namespace leaves it here
         subprocess.run(["ip", "link", "del", self._veth[0]], capture_output=True)
         deadline = time.monotonic() + 5
-        while self.cgroup.is_dir() and time.monotonic() < deadline:
-            try:
-                self.cgroup.rmdir()
-            except OSError:  # EBUSY until the killed processes are reaped
-                time.sleep(0.05)
+        for group in (self.cgroup, self.edge_cgroup):
+            while group.is_dir() and time.monotonic() < deadline:
+                try:
+                    group.rmdir()
+                except OSError:  # EBUSY until the killed processes are reaped
+                    time.sleep(0.05)
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -253,12 +287,13 @@ class LoopbackTestbed:
         self._rates: list[float] | None = None
         self._start_at = 0.0
         self._speed = 1.0
+        self._schedules: list[_Schedule] = []
 
     def __enter__(self) -> LoopbackTestbed:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        pass
+        self.stop_replays()
 
     def set_rate(self, mbit: float) -> None:
         self.rate_mbit, self._rates = float(mbit), None
@@ -269,6 +304,24 @@ class LoopbackTestbed:
 
     def stop_replays(self) -> None:
         self._rates = None
+        schedules, self._schedules = self._schedules, []
+        for s in schedules:
+            s.stop()
+
+    def schedule(self, actions: Sequence[tuple[float, Callable[[], object]]]) -> None:
+        """Run each (time.time(), action) in the background (rates are the device's
+        shaper's business here: see shape_spec)."""
+        self._schedules.append(_Schedule(actions))
+
+    def shape_spec(self, rates: Sequence[float], start_at: float, speed: float) -> str:
+        """The device's in-process shaper: rates[i] from start_at + i / speed."""
+        return f"trace:{start_at}:{speed}:" + ",".join(f"{r:g}" for r in rates)
+
+    def set_quota(self, cpu_quota: float | None) -> None:
+        check_quota(cpu_quota)  # accepted, not applied: loopback has no CPU quota
+
+    def popen_edge(self, argv: Sequence[str], **kw) -> subprocess.Popen:
+        return subprocess.Popen(list(argv), **kw)
 
     def popen_device(self, argv: Sequence[str], cpu_quota: float | None = None,
                      **kw) -> subprocess.Popen:

@@ -18,16 +18,14 @@ medians of interleaved timings (edgesdk.bench).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 import tempfile
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
 from . import format_table, pm, ratio, time_interleaved
 from .transport import _cpus, _pin, _process, _serve_edgesdk, _squeezenet_bundle
 
@@ -92,7 +90,7 @@ def bench_model(name: str, bundle, whole_model: Path | None, threads: int, round
     from ..policy import Candidate
     from ..profile import seeded_inputs
     from ..runtime import open_segments, run_chain
-    from ..serving import TailHandlerFactory
+    from ..server import TailHandlerFactory
 
     feed = seeded_inputs(bundle.manifest.inputs, seed=0)
     x = next(iter(feed.values()))
@@ -156,7 +154,10 @@ def bench_model(name: str, bundle, whole_model: Path | None, threads: int, round
             "_stats": (t, t2)}
 
 
-def _print(rows: list[dict]) -> None:
+def format_text(rows: list[dict]) -> str:
+    """The text report of :func:`run` (what `edgesdk bench overhead` prints)."""
+    out: list[str] = []
+    write = out.append
     table = []
     for r in rows:
         t, t2 = r["_stats"]
@@ -168,42 +169,34 @@ def _print(rows: list[dict]) -> None:
             table.append([r["model"], label, pm(b.stats().scaled(1e3), 3),
                           pm(a.stats().scaled(1e3), 3), pm(q, 3), f"<= {target}",
                           "met" if q.median <= target else "MISSED"])
-    print(format_table(["model", "engine path", "raw ms", "engine ms", "ratio", "target",
+    write(format_table(["model", "engine path", "raw ms", "engine ms", "ratio", "target",
                         ""], table, "llrrrrl"))
-    print(f"\n{rows[0]['pinning']}; medians ± 95% CI half-width over interleaved rounds")
+    write(f"\n{rows[0]['pinning']}; medians ± 95% CI half-width over interleaved rounds")
+    return "\n".join(out)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgesdk bench overhead", description=__doc__.split(
-        "\n")[0])
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--rounds", type=int, default=21)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--quick", action="store_true", help="5 rounds, short batches")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(rounds: int = 21, threads: int = 1, quick: bool = False) -> list[dict]:
+    """Run the benchmark on SqueezeNet-light and digits: one row per model, with its
+    Stats under "_stats" for :func:`format_text`. quick: 5 rounds, short batches."""
     from ..bundle import Bundle
     from ..models import DIGITS_BUNDLE
 
-    rounds, min_time = (5, 2e-3) if args.quick else (args.rounds, 0.05)
+    if rounds < 1 or threads < 1:
+        raise ConfigError(f"rounds is {rounds} and threads {threads}, expected >= 1 each")
+    rounds, min_time = (5, 2e-3) if quick else (rounds, 0.05)
     with tempfile.TemporaryDirectory(prefix="edgesdk-overhead-") as tmp:
         from ..split.onnx import onnx
 
         sq = _squeezenet_bundle(Path(tmp))
         sq_whole = Path(onnx.__file__).parent / "backend/test/data/light/light_squeezenet.onnx"
-        rows = [bench_model("squeezenet-light", sq, sq_whole, args.threads, rounds, min_time),
-                bench_model("digits", Bundle.load(DIGITS_BUNDLE), None, args.threads, rounds,
+        return [bench_model("squeezenet-light", sq, sq_whole, threads, rounds, min_time),
+                bench_model("digits", Bundle.load(DIGITS_BUNDLE), None, threads, rounds,
                             min_time)]
-    if args.json:
-        print(json.dumps([{k: v for k, v in r.items() if k != "_stats"} for r in rows],
-                         indent=1))
-    else:
-        _print(rows)
-    return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def jsonable(rows: list[dict]) -> list[dict]:
+    """The rows of :func:`run` without their Stats."""
+    return [{k: v for k, v in r.items() if k != "_stats"} for r in rows]
+
+
+__all__ = ["TARGETS", "bench_model", "format_text", "jsonable", "run"]

@@ -1,20 +1,18 @@
 """Decision-time benchmark: the policy network's numpy forward, its feature computation,
 and the planner, for candidate tables of growing size (digits and synthetic models).
 
-    python benchmarks/bench_policy.py [--json] [--rounds N]
+    edgesdk bench policy [--json] [--rounds N]     (or benchmarks/bench_policy.py)
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from functools import partial
 
 import numpy as np
 
 from . import format_table, time_interleaved
 
-__all__ = ["main", "run"]
+__all__ = ["format_text", "run"]
 
 
 def _tables():
@@ -71,17 +69,9 @@ def run(rounds: int = 21, min_time: float = 0.02) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="bench_policy", description=__doc__.splitlines()[0])
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--rounds", type=int, default=21)
-    args = p.parse_args(argv)
-    rows = run(rounds=args.rounds)
-    if args.json:
-        print(json.dumps(rows, indent=1))
-        return 0
+def format_text(rows: list[dict]) -> str:
+    """The text report of :func:`run` (what `edgesdk bench policy` prints)."""
     cols = ["table", "candidates", "forward_us", "features_us", "decide_us", "planner_us"]
-    print(format_table(cols, [[r[c] for c in cols] for r in rows]))
-    print("us per decision, median over rounds; forward = numpy MLP on precomputed features;"
-          " decide = features + forward + argmax")
-    return 0
+    return (format_table(cols, [[r[c] for c in cols] for r in rows]) + "\n"
+            "us per decision, median over rounds; forward = numpy MLP on precomputed features;"
+            " decide = features + forward + argmax")

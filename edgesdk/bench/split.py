@@ -28,19 +28,17 @@ generated weights), at 1 thread.
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
-import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
 from ..bundle import Bundle
+from ..errors import ConfigError
 from ..profile import host_info, seeded_inputs
 from . import Stats, format_table, pm, ratio, summarize, time_interleaved
 
@@ -215,14 +213,17 @@ def _jsonable(obj):
     return obj
 
 
-def _print_text(report: dict, models: list[dict]) -> None:
+def format_text(report: dict, models: list[dict]) -> str:
+    """The text report of :func:`run` (what `edgesdk bench split` prints)."""
+    out: list[str] = []
+    write = out.append
     m, s = report["machine"], report["settings"]
-    print(f"edgesdk {report['edgesdk']} split benchmark: chained segments / whole model")
-    print(f"machine: {m['cpu']}, {m['cpu_count']} CPUs, {m['platform']}; onnxruntime "
+    write(f"edgesdk {report['edgesdk']} split benchmark: chained segments / whole model")
+    write(f"machine: {m['cpu']}, {m['cpu_count']} CPUs, {m['platform']}; onnxruntime "
           f"{m['onnxruntime']}")
-    print(f"timing: {s['rounds']} interleaved rounds, batches >= {s['min_time_s'] * 1e3:g} ms; "
+    write(f"timing: {s['rounds']} interleaved rounds, batches >= {s['min_time_s'] * 1e3:g} ms; "
           "median ±half-width of the ~95% CI of the median; ratios per round")
-    print()
+    write("")
     rows = []
     for mod in models:
         for r in mod["rows"]:
@@ -236,71 +237,53 @@ def _print_text(report: dict, models: list[dict]) -> None:
             rows.append([mod["model"], sessions, r["config"], cuts, r["segments"],
                          pm(r["whole_ms"], 2), pm(r["chain_ms"], 2), pm(r["ratio"], 3),
                          verdict])
-    print(format_table(["model", "sessions", "cut tensors", "FLOPs before", "segs",
+    write(format_table(["model", "sessions", "cut tensors", "FLOPs before", "segs",
                         "whole ms", "chain ms", "chain/whole", f"<= {TARGET}"], rows,
                        "lllrrrrrl"))
-    print()
-    print("sdk: OnnxSegment defaults (spinning off, N intra-op threads). ORT default: plain "
+    write("")
+    write("sdk: OnnxSegment defaults (spinning off, N intra-op threads). ORT default: plain "
           "InferenceSession (threads = cores, spinning on), timed in a separate run.")
-    print("* = the CI of the ratio spans the target, so the verdict is within noise.")
-    print()
+    write("* = the CI of the ratio spans the target, so the verdict is within noise.")
+    write("")
     crows = []
     for mod in models:
         c = mod["creation"]
         crows.append([mod["model"], c["segments"], pm(c["whole_ms"], 1),
                       pm(c["segments_total_ms"], 1), f"{c['ratio']:.2f}",
                       " ".join(f"{v:.1f}" for v in c["per_segment_median_ms"])])
-    print(f"Session creation, 1 thread, median of {s['creations']}:")
-    print(format_table(["model", "segs", "whole ms", "all segments ms", "ratio",
+    write(f"Session creation, 1 thread, median of {s['creations']}:")
+    write(format_table(["model", "segs", "whole ms", "all segments ms", "ratio",
                         "per segment ms"], crows, "lrrrrl"))
     summary = report["summary"]
-    print()
+    write("")
     if summary["all_pass"]:
-        print(f"target chain/whole <= {TARGET}: all {summary['checked']} met")
+        write(f"target chain/whole <= {TARGET}: all {summary['checked']} met")
     else:
-        print(f"target chain/whole <= {TARGET}: {len(summary['missed'])} of "
+        write(f"target chain/whole <= {TARGET}: {len(summary['missed'])} of "
               f"{summary['checked']} missed:")
         for miss in summary["missed"]:
-            print(f"  {miss}")
+            write(f"  {miss}")
+    return "\n".join(out)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgesdk bench split", description=__doc__.split("\n")[0])
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON only")
-    p.add_argument("--json-file", metavar="PATH",
-                   help="also write the JSON report to PATH (one run, both forms)")
-    p.add_argument("--quick", action="store_true",
-                   help=f"{QUICK['rounds']} rounds, one cut: a smoke test, not a measurement")
-    p.add_argument("--rounds", type=int, metavar="N",
-                   help=f"interleaved rounds (default {FULL['rounds']}, "
-                        f"{QUICK['rounds']} with --quick)")
-    p.add_argument("--model", action="append", metavar="NAME",
-                   help=f"light model from the onnx wheel (default: {', '.join(MODELS)})")
-    p.add_argument("--threads", type=int, nargs="+", metavar="N",
-                   help=f"intra-op thread counts (default {' '.join(map(str, THREADS))})")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # --help or a usage error, already printed
-        return int(exc.code or 0)
-    mode = QUICK if args.quick else FULL
-    rounds = args.rounds if args.rounds is not None else mode["rounds"]
+def run(rounds: int | None = None, quick: bool = False, models: Sequence[str] | None = None,
+        threads: Sequence[int] | None = None) -> tuple[dict, list[dict]]:
+    """Run the benchmark: (the JSON-ready report, the per-model results with their Stats
+    for :func:`format_text`). models: light models of the onnx wheel (default MODELS);
+    threads: intra-op thread counts (default THREADS); quick: a smoke test."""
+    mode = QUICK if quick else FULL
+    rounds = rounds if rounds is not None else mode["rounds"]
     if rounds < 1:
-        print(f"edgesdk bench split: --rounds is {rounds}, expected >= 1", file=sys.stderr)
-        return 2
-    threads = tuple(args.threads or THREADS)
+        raise ConfigError(f"rounds is {rounds}, expected >= 1")
+    threads = tuple(threads or THREADS)
     if any(t < 1 for t in threads):
-        print(f"edgesdk bench split: --threads {threads}, expected >= 1", file=sys.stderr)
-        return 2
+        raise ConfigError(f"threads is {threads}, expected counts >= 1")
 
     with tempfile.TemporaryDirectory(prefix="edgesdk-bench-split-") as tmp:
-        models = [bench_model(name, Path(tmp), mode, rounds, threads)
-                  for name in (args.model or MODELS)]
+        results = [bench_model(name, Path(tmp), mode, rounds, threads)
+                   for name in (models or MODELS)]
 
-    checked = [(mod, r) for mod in models for r in mod["rows"] if r["target"] is not None]
+    checked = [(mod, r) for mod in results for r in mod["rows"] if r["target"] is not None]
     missed = [f"{mod['model']} {r['threads']} thr {r['config']}: {r['ratio'].median:.3f} "
               f"[{r['ratio'].low:.3f}, {r['ratio'].high:.3f}]"
               for mod, r in checked if not r["target"]["pass"]]
@@ -312,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": rounds,
             "min_time_s": mode["min_time"],
             "creations": mode["creations"],
-            "quick": args.quick,
+            "quick": quick,
             "threads": list(threads),
             "flops_fractions": list(mode["fractions"]),
             "ort_default_settle_s": SETTLE,
@@ -321,18 +304,10 @@ def main(argv: list[str] | None = None) -> int:
                            "(coverage ci_level); q1/q3: interquartile range",
         },
         "target": {"chain_over_whole_max": TARGET},
-        "models": _jsonable(models),
+        "models": _jsonable(results),
         "summary": {"checked": len(checked), "all_pass": not missed, "missed": missed},
     }
-    text = json.dumps(report, indent=2)
-    if args.json_file:
-        Path(args.json_file).write_text(text + "\n", encoding="utf-8")
-    if args.json:
-        print(text)
-    else:
-        _print_text(report, models)
-    return 0
+    return report, results
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["MODELS", "THREADS", "bench_model", "format_text", "light_model", "pick_cuts", "run"]

@@ -25,10 +25,8 @@ fixed duration; target 2-worker / 1-worker >= 1.8. Unpinned: two workers need tw
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
-import json
 import multiprocessing
 import os
 import signal
@@ -41,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..errors import ConfigError
 from . import format_table, pm, ratio, summarize, time_interleaved
 
 SIZES = (1024, 64 * 1024, 1024 * 1024)
@@ -84,7 +83,8 @@ def _report_endpoint(conn, endpoint: str) -> None:
 def _serve_edgesdk(conn, cpu: int | None, factory, workers: int, curve_dir: str | None) -> None:
     _pin(cpu)
     from ..transport.auth import load_key_pair
-    from ..transport.server import Server, ServerConfig, configure_logging
+    from ..transport.broker import Server, ServerConfig
+    from ..transport.logs import configure_logging
 
     configure_logging("warning")
     curve = load_key_pair(Path(curve_dir) / "server.key_secret") if curve_dir else None
@@ -113,7 +113,7 @@ def _serve_raw_rep(conn, cpu: int | None) -> None:
 
 
 def _raw_worker(backend: str, parent: int) -> None:
-    from ..transport.server import _die_with_parent
+    from ..transport.worker import _die_with_parent
 
     _die_with_parent(parent)
     import zmq
@@ -310,9 +310,10 @@ def _throughput(client, frames: list, where: dict, seconds: float) -> float:
 
 
 def bench_throughput(rounds: int, seconds: float) -> dict:
+    from ..codec import encode_tensors
     from ..profile import seeded_inputs
     from ..runtime import open_segments, run_chain
-    from ..serving import TailHandlerFactory, encode_tensors
+    from ..server import TailHandlerFactory
     from ..transport import Client
 
     with tempfile.TemporaryDirectory(prefix="edgesdk-bench-") as tmp, contextlib.ExitStack() \
@@ -369,18 +370,21 @@ def _verdict(target: dict) -> str:
     return ("PASS" if target["pass"] else "MISS") + mark
 
 
-def _print_text(report: dict) -> None:
+def format_text(report: dict) -> str:
+    """The text report of :func:`run` (what `edgesdk bench transport` prints)."""
+    out: list[str] = []
+    write = out.append
     m, rt = report["machine"], report["round_trip"]
-    print(f"edgesdk {report['edgesdk']} transport benchmark")
-    print(f"machine: {m['cpu']}, {m['cpu_count']} CPUs, {m['platform']}; python "
+    write(f"edgesdk {report['edgesdk']} transport benchmark")
+    write(f"machine: {m['cpu']}, {m['cpu_count']} CPUs, {m['platform']}; python "
           f"{m['python']}, pyzmq {m['pyzmq']}, libzmq {m['libzmq']}")
     s = report["settings"]
-    print(f"timing: {s['rounds']} interleaved rounds, batches >= {s['min_time_s'] * 1e3:g} ms; "
+    write(f"timing: {s['rounds']} interleaved rounds, batches >= {s['min_time_s'] * 1e3:g} ms; "
           "median ± half-width of the ~95% CI of the median; ratios per round")
-    print(f"load average before {report['load_before']}, after {report['load_after']} "
+    write(f"load average before {report['load_before']}, after {report['load_after']} "
           "(other processes skew the figures)")
-    print()
-    print(f"Round trip, echo of one payload ({rt['pinning']}), us:")
+    write("")
+    write(f"Round trip, echo of one payload ({rt['pinning']}), us:")
     header = ["payload", "raw REQ/REP", "raw broker", "edgesdk", "edgesdk+CURVE",
               "edgesdk/raw", "target", "broker/raw", "edgesdk/broker", "CURVE cost"]
     rows = []
@@ -391,27 +395,28 @@ def _print_text(report: dict) -> None:
                      f"<= {MAX_RTT_RATIO} {_verdict(r['target'])}",
                      pm(ra["broker_over_raw"], 2), pm(ra["edgesdk_over_broker"], 2),
                      pm(ra["curve_over_edgesdk"], 2)])
-    print(format_table(header, rows))
-    print("raw broker: pyzmq ROUTER -> LRU broker -> 1 worker process (ipc) -> back, the "
+    write(format_table(header, rows))
+    write("raw broker: pyzmq ROUTER -> LRU broker -> 1 worker process (ipc) -> back, the "
           "topology edgesdk's server has;")
-    print("broker/raw is what that topology costs, edgesdk/broker what edgesdk adds to it. "
+    write("broker/raw is what that topology costs, edgesdk/broker what edgesdk adds to it. "
           "CURVE cost: edgesdk+CURVE / edgesdk.")
     tp = report.get("throughput")
-    print()
+    write("")
     if tp is None:
-        print(f"Throughput: skipped ({report.get('throughput_skipped')})")
+        write(f"Throughput: skipped ({report.get('throughput_skipped')})")
     else:
         o, t, sc = tp["_"]["one"], tp["_"]["two"], tp["_"]["scaling"]
-        print(f"Throughput: {tp['model']} tail after cut {tp['cut']} "
+        write(f"Throughput: {tp['model']} tail after cut {tp['cut']} "
               f"({100 * (1 - tp['cut_flops_fraction']):.0f} % of the FLOPs, server profile "
               f"{tp['tail_ms_server_profile']} ms), {tp['request_bytes']} B requests at "
               f"{tp['bits']} bits, {tp['window']} in flight, {tp['rounds']} rounds of "
               f"{tp['seconds_per_round']:g} s, unpinned:")
-        print(format_table(["workers", "requests/s"], [[1, pm(o)], [2, pm(t)]]))
-        print(f"scaling 2/1 workers: {pm(sc, 2)}  target >= {MIN_SCALING}: "
+        write(format_table(["workers", "requests/s"], [[1, pm(o)], [2, pm(t)]]))
+        write(f"scaling 2/1 workers: {pm(sc, 2)}  target >= {MIN_SCALING}: "
               f"{_verdict(tp['target'])}")
-    print()
-    print("* = the CI spans the limit: the verdict is within noise.")
+    write("")
+    write("* = the CI spans the limit: the verdict is within noise.")
+    return "\n".join(out)
 
 
 def _machine() -> dict:
@@ -424,18 +429,6 @@ def _machine() -> dict:
     return info
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgesdk bench transport",
-                                description=__doc__.split("\n")[0])
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON only")
-    p.add_argument("--quick", action="store_true", help="a smoke test, not a measurement")
-    p.add_argument("--rounds", type=int, metavar="N",
-                   help=f"interleaved round-trip rounds (default {FULL['rounds']})")
-    p.add_argument("--no-throughput", action="store_true",
-                   help="skip the worker-scaling measurement (needs the split extra)")
-    return p
-
-
 def _loadavg() -> list[float] | None:
     """1, 5 and 15-minute load averages: other processes on the machine skew every figure
     here (on 2 CPUs, one busy neighbour halves the 2-worker throughput)."""
@@ -445,28 +438,26 @@ def _loadavg() -> list[float] | None:
         return None
 
 
-def _strip(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """The report without the Stats objects kept for the text table."""
     if isinstance(obj, dict):
-        return {k: _strip(v) for k, v in obj.items() if k != "_"}
+        return {k: jsonable(v) for k, v in obj.items() if k != "_"}
     if isinstance(obj, list):
-        return [_strip(v) for v in obj]
+        return [jsonable(v) for v in obj]
     return obj
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    mode = QUICK if args.quick else FULL
-    rounds = args.rounds if args.rounds is not None else mode["rounds"]
+def run(rounds: int | None = None, quick: bool = False, throughput: bool = True) -> dict:
+    """Run the benchmark; the report keeps Stats under "_" keys for :func:`format_text`
+    (:func:`jsonable` drops them). throughput=False skips the worker-scaling measurement
+    (which needs the split extra); quick: a smoke test, not a measurement."""
+    mode = QUICK if quick else FULL
+    rounds = rounds if rounds is not None else mode["rounds"]
     if rounds < 1:
-        print(f"edgesdk bench transport: --rounds is {rounds}, expected >= 1", file=sys.stderr)
-        return 2
+        raise ConfigError(f"rounds is {rounds}, expected >= 1")
     report: dict[str, Any] = {
         "benchmark": "transport", "edgesdk": __version__, "machine": _machine(),
-        "settings": {"rounds": rounds, "min_time_s": mode["min_time"], "quick": args.quick,
+        "settings": {"rounds": rounds, "min_time_s": mode["min_time"], "quick": quick,
                      "sizes": list(SIZES), "throughput_rounds": mode["tp_rounds"],
                      "throughput_seconds": mode["tp_seconds"]},
         "targets": {"rtt_edgesdk_over_raw_max": MAX_RTT_RATIO,
@@ -474,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     report["load_before"] = _loadavg()
     report["round_trip"] = bench_round_trip(rounds, mode["min_time"])
-    if args.no_throughput:
+    if not throughput:
         report["throughput"], report["throughput_skipped"] = None, "--no-throughput"
     else:
         try:
@@ -488,14 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     report["summary"] = {"checked": len(checked), "all_pass": all(t["pass"] for t in checked),
                          "missed": [f"{t['name']}: {t['value']} (limit {t['limit']})"
                                     for t in checked if not t["pass"]]}
-    if args.json:
-        print(json.dumps(_strip(report), indent=2))
-    else:
-        _print_text(report)
-    return 0
+    return report
 
 
-__all__ = ["EchoFactory", "EchoHandler", "bench_round_trip", "bench_throughput", "main"]
-
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["EchoFactory", "EchoHandler", "bench_round_trip", "bench_throughput",
+           "format_text", "jsonable", "run"]

@@ -5,12 +5,16 @@
         for result in engine.stream(frames):
             print(result.where, result.label, result.timings.total)
 
-Modules: core (the Engine), device (segments and exits here), link (the server
-connection on its own thread, with live estimates), result, preprocess.
+Modules: core (the Engine), plan (Plan, and the Strategy and Task types), device
+(LocalRunner: the segments and exits that run here), link (the server connection on its
+own thread, with live estimates), result (Result, Timings, Where), preprocess.
 """
 
 from .core import STRATEGIES, Engine
+from .device import LocalRunner
+from .plan import Plan, Strategy, Task
 from .preprocess import Preprocessor, prepare
-from .result import Result, Timings
+from .result import Result, Timings, Where
 
-__all__ = ["STRATEGIES", "Engine", "Preprocessor", "Result", "Timings", "prepare"]
+__all__ = ["STRATEGIES", "Engine", "LocalRunner", "Plan", "Preprocessor", "Result", "Strategy",
+           "Task", "Timings", "Where", "prepare"]

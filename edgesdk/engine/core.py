@@ -8,7 +8,13 @@ Per frame (`infer`, or the two halves `_front` and `_back` that `stream` interle
    EdgeLink's), this device's slowdown against its profile, the SLO and the task. When
    the link cannot offload now, only device-only candidates are considered.
 2. front: run segments up to the cut, evaluating the plan's exits after each segment;
-   a confident exit ends the frame. Encode the cut's tensors and hand them to the link.
+   a confident exit ends the frame. With an adaptive strategy, an exit that does not
+   fire re-decides the rest of this frame (SPINN/EDDI style): continue here, offload from
+   here, or go on to the next exit, chosen from the candidates consistent with what ran
+   (policy.build_candidates(after_exits=k): exit probabilities conditioned on the misses,
+   times from now) against the budget that is left. Result.plans lists every plan the
+   frame followed. Encode the cut's tensors (with the zstd stage if the plan says so) and
+   hand them to the link.
 3. back: wait for the reply until the frame's budget runs out; decode the outputs.
    On Timeout, ServerBusy, ServerError or Unreachable, finish here if that fits the SLO
    (the bundle has every segment), else answer with the most confident exit already
@@ -30,22 +36,24 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from ..bundle import Bundle
+from ..bundle import Bundle, input_cut
+from ..codec import decode_tensors, encode_tensors
 from ..errors import (
     BundleError,
     CodecError,
+    ConfigError,
     PolicyError,
     ServerBusy,
     ServerError,
+    Timeout,
     TransportError,
     Unreachable,
 )
-from ..errors import Timeout as LinkTimeout
 from ..estimators import SlowdownEstimator
 from ..policy import (
     TASKS,
@@ -54,19 +62,19 @@ from ..policy import (
     PolicyNet,
     State,
     build_candidates,
+    expected_terms,
     model_profile,
     plan,
 )
-from ..profile import profile_segments, seeded_inputs
-from ..serving import decode_tensors, encode_tensors, input_cut
-from .device import DeviceRunner, ExitAnswer
+from .device import ExitAnswer, LocalRunner
 from .link import EdgeLink
+from .plan import Plan, Strategy, Task
 from .result import Result, Timings
 
 STRATEGIES = ("policy", "planner", "device", "edge")
 DECISION_TTL_S = 0.25  # a cached decision is re-evaluated at least this often
 GRACE_S = 0.02  # waited past an offload's budget before giving up on the link thread
-_REASONS = {LinkTimeout: "timeout", ServerBusy: "busy", ServerError: "server_error",
+_REASONS = {Timeout: "timeout", ServerBusy: "busy", ServerError: "server_error",
             Unreachable: "unreachable"}
 
 
@@ -80,6 +88,10 @@ class _Frame:
     env: dict[str, np.ndarray]
     plan: Candidate
     reason: str | None = None
+    state: State | None = None  # what the frame's decision saw (None: a fixed strategy)
+    offline: bool = False  # only device-only plans were possible at the frame's start
+    exits_run: int = 0  # the first exits_run exits of the cascade have answered
+    plans: list[Candidate] = field(default_factory=list)  # the plan, then each re-decision
     device_ms: float = 0.0
     encode_ms: float = 0.0
     next_segment: int = 0
@@ -102,17 +114,26 @@ class Engine:
     CURVE public key (z85 or a .key file); client_keys: this device's key pair file.
     strategy: "policy" (the bundled network), "planner" (the analytic planner), "device"
     (all exits, then the whole model here), "edge" (send the input at 8 bits), a
-    Candidate, or "CUT@BITS" (a fixed split, with every exit before the cut; "CUT@BITS/E"
-    with the first E exits).
+    Candidate, a Plan (edgesdk.engine.Plan(cut, bits, exits, zstd): a fixed split) or its
+    string form "CUT@BITS" (with every exit before the cut; "CUT@BITS/E" with the first E
+    exits). The entropy stage: "CUT@BITS+z" tries zstd on the payload,
+    "CUT@BITS-z" sends it raw-packed, plain "CUT@BITS" (and "edge", and a Candidate that
+    is not in the table) keeps its old meaning: zstd tried, unless the profile measured
+    that zstd does not shrink this cut's payload (then raw, which the codec would have
+    sent anyway). "policy" and "planner" choose compression per frame, and re-decide the
+    rest of a frame after each exit that does not fire (both with the planner, see
+    _plan_rest); fixed strategies never do.
     device: which stored profile describes this device (default: the first; if the
-    bundle has none, one is measured now). max_in_flight: frames `stream` overlaps.
-    connect_timeout_s: how long the constructor waits for the server's welcome.
+    bundle has none, one is measured now). max_in_flight: frames `stream` overlaps
+    (ConfigError below 1). connect_timeout_s: how long the constructor waits for the
+    server's welcome. The segments and exits that run here are `self.local` (LocalRunner).
     """
 
     def __init__(self, bundle: Bundle | str, server: str | None = None, *,
-                 slo_ms: float = 100.0, task: str = "balanced", threads: int = 1,
+                 slo_ms: float = 100.0, task: Task = "balanced", threads: int = 1,
                  curve_server_key: Any = None, client_keys: Any = None,
-                 strategy: str | Candidate = "policy", device: str | None = None,
+                 strategy: Strategy | Plan | Candidate | str = "policy",
+                 device: str | None = None,
                  max_in_flight: int = 2, connect_timeout_s: float = 2.0) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         if not (isinstance(slo_ms, (int, float)) and math.isfinite(slo_ms) and slo_ms > 0):
@@ -120,11 +141,11 @@ class Engine:
         if task not in TASKS:
             raise PolicyError(f"task is {task!r}, expected one of {sorted(TASKS)}")
         if not isinstance(max_in_flight, int) or max_in_flight < 1:
-            raise ValueError(f"max_in_flight is {max_in_flight!r}, expected an int >= 1")
+            raise ConfigError(f"max_in_flight is {max_in_flight!r}, expected an int >= 1")
         self.slo_ms = float(slo_ms)
         self.task = task
         self.max_in_flight = max_in_flight
-        self.device = DeviceRunner(self.bundle, threads)
+        self.local = LocalRunner(self.bundle, threads)  # the segments and exits run here
         manifest = self._with_profile(device, threads)
         self._profile = model_profile(manifest, device)
         self._seg_ms = self._profile.seg_ms
@@ -134,9 +155,21 @@ class Engine:
             [c.cut == "device" for c in self._base_table.candidates])
         self._choose = self._chooser(strategy)
         self._adaptive = strategy in ("policy", "planner")
+        # The per-frame re-decision after a missed exit (adaptive strategies only): one
+        # table per number of exits run, built once, so a re-decision is one scoring pass.
+        # The planner scores it for "policy" too: what changed since the frame's decision
+        # (position, conditioned exit odds, budget left) is what its model is exact about,
+        # and it takes ~30 us on a 50-row table where the network takes ~130 us.
+        self._choose_rest = _plan_rest
+        self._rest_base = [build_candidates(self._profile, after_exits=k)
+                           for k in range(1, len(self._profile.exits) + 1)]
+        self._rest = list(self._rest_base)
+        self._rest_device = [t.subset([c.cut == "device" for c in t.candidates])
+                             for t in self._rest_base]
         self._last_key: tuple | None = None  # the decision cache (see _state_key)
         self._last_until = 0.0
         self._last_choice: Candidate | None = None
+        self._last_state: State | None = None
         self._slowdown = SlowdownEstimator([{"median_ms": m} for m in self._seg_ms])
         self._cuts = {c.id: c for c in self.bundle.cuts}
         first = input_cut(self.bundle)
@@ -162,13 +195,15 @@ class Engine:
         manifest = self.bundle.manifest
         if manifest.profiles and (device is None or device in manifest.profiles):
             return manifest
+        from ..profile import profile_segments, seeded_inputs  # the offline profiler
+
         name = device or "this-device"
         env = seeded_inputs(manifest.inputs, seed=0)
-        prof = profile_segments(self.device.segments, env, runs=10, warmup=2,
+        prof = profile_segments(self.local.segments, env, runs=10, warmup=2,
                                 threads=threads, files=[s.file for s in manifest.segments])
         return replace(manifest, profiles={**manifest.profiles, name: prof})
 
-    def _chooser(self, strategy: str | Candidate):
+    def _chooser(self, strategy: Strategy | Plan | Candidate | str):
         """A function (table, state) -> index into table."""
         if strategy == "policy":
             net = PolicyNet.load()
@@ -177,13 +212,14 @@ class Engine:
             return plan
         table = self._base_table
         if isinstance(strategy, Candidate):
-            fixed = strategy
+            fixed = (strategy if strategy in table.candidates else
+                     table.find(strategy.n_exits, strategy.cut, strategy.bits) or strategy)
         elif strategy == "device":
             fixed = max((c for c in table.candidates if c.cut == "device"),
                         key=lambda c: c.n_exits)
         elif strategy == "edge":
-            fixed = Candidate(0, "input", 8)
-        elif isinstance(strategy, str) and "@" in strategy:
+            fixed = table.find(0, "input", 8) or Candidate(0, "input", 8)
+        elif isinstance(strategy, Plan) or (isinstance(strategy, str) and "@" in strategy):
             fixed = _parse_fixed(strategy, table)
         else:
             raise PolicyError(f"strategy is {strategy!r}, expected one of {list(STRATEGIES)}, "
@@ -211,7 +247,9 @@ class Engine:
                      bw_history=tuple(h for h in s["bw_history"] if h > 0),
                      rtt_ms=s["rtt_ms"], queue_ms=s["queue_ms"], device_slowdown=slow,
                      server_slowdown=max(s["server_slowdown"], 1e-3), slo_ms=self.slo_ms,
-                     task=self.task)
+                     task=self.task, bw_overhead_ms=s["bw_overhead_ms"],
+                     bw_low_mbps=max(s["bw_low_mbps"], 0.0), failures=s["failures"],
+                     bw_age_s=s["bw_age_s"])
 
     def _decide(self, now: float) -> tuple[Candidate, str | None]:
         """(plan, why offloading was ruled out, if it was)."""
@@ -220,6 +258,7 @@ class Engine:
         if link is not None and link.welcomes != self._welcomes_seen:
             self._welcomes_seen = link.welcomes
             self._table = self._base_table.with_server_times(link.server_tail_ms)
+            self._rest = [t.with_server_times(link.server_tail_ms) for t in self._rest_base]
         table = self._device_only if reason else self._table
         if len(table) == 1:
             return table.candidates[0], (None if link is None else reason)
@@ -228,6 +267,7 @@ class Engine:
             return table.candidates[self._choose(table, None)], (None if link is None else
                                                                   reason)
         state = self.state(now)
+        self._last_state = state  # the frame's re-decisions start from it
         key = (id(table), _state_key(state))
         if key != self._last_key or now >= self._last_until:
             self._last_choice = table.candidates[self._choose(table, state)]
@@ -260,42 +300,76 @@ class Engine:
     def _front(self, x: Any, t0: float) -> _Frame:
         self._check_open()
         with self._device_lock:
-            env = self.device.feed(x)
+            env = self.local.feed(x)
+            self._last_state = None
             chosen, reason = self._decide(t0)
-            f = _Frame(next(self._ids), t0, t0 + self.slo_ms / 1e3, env, chosen, reason)
-            stop = (len(self._seg_ms) - 1 if chosen.cut == "device"
-                    else self._cuts[chosen.cut].after_segment)
-            if self._run_segments(f, stop):
+            f = _Frame(next(self._ids), t0, t0 + self.slo_ms / 1e3, env, chosen, reason,
+                       state=self._last_state, plans=[chosen],
+                       offline=self.link is None or reason is not None)
+            if self._run_segments(f, None):
                 return f
-            if chosen.cut == "device":
+            if f.plan.cut == "device":  # the plan, or what a re-decision made of it
                 f.result = self._local_result(f)
                 return f
             self._send(f)
             return f
 
-    def _run_segments(self, f: _Frame, stop: int) -> bool:
-        """Run segments f.next_segment..stop with the plan's exits; True if one fired."""
-        for i in range(f.next_segment, stop + 1):
-            ms = self.device.run_segment(i, f.env)
+    def _run_segments(self, f: _Frame, stop: int | None) -> bool:
+        """Run segments from f.next_segment to `stop` (None: to the plan's cut, re-deciding
+        the plan after every exit that does not fire) with the plan's exits; True if one
+        fired."""
+        while True:
+            last = stop if stop is not None else self._stop(f.plan)
+            i = f.next_segment
+            if i > last:
+                return False
+            ms = self.local.run_segment(i, f.env)
             self._slowdown.observe(i, ms)
             f.device_ms += ms
             f.next_segment = i + 1
-            for ex in self.device.exits_after(i, f.plan.n_exits):
+            # The exits after segment i that the (possibly re-decided) plan still runs
+            while (ex := next((e for e in self.local.exits_after(i, f.plan.n_exits)
+                               if e.order >= f.exits_run), None)) is not None:
                 t = time.perf_counter()
                 ans = ex.answer(f.env)
                 f.device_ms += (time.perf_counter() - t) * 1e3
+                f.exits_run = ex.order + 1
                 if ans.fires:
                     f.result = self._exit_result(f, ans, None)
                     return True
                 if f.best_exit is None or ans.confidence > f.best_exit.confidence:
                     f.best_exit = ans
-        return False
+                if stop is None and f.state is not None:
+                    self._redecide(f)
+
+    def _stop(self, plan: Candidate) -> int:
+        """The last segment the device runs under `plan`."""
+        return (len(self._seg_ms) - 1 if plan.cut == "device"
+                else self._cuts[plan.cut].after_segment)
+
+    def _redecide(self, f: _Frame) -> None:
+        """Re-plan the rest of frame `f` after its exits so far did not fire: the
+        candidates consistent with what ran (at least f.exits_run exits, cuts from here
+        on, exit probabilities conditioned on the misses), against the budget left (the
+        state the frame's decision saw, its SLO the time to the deadline). Appends the
+        plan to f.plans, changed or not, so a Result shows each re-decision."""
+        k = f.exits_run
+        if not 1 <= k <= len(self._rest):
+            return
+        table = self._rest_device[k - 1] if f.offline else self._rest[k - 1]
+        left_ms = (f.deadline - time.monotonic()) * 1e3
+        # Past the deadline every plan is late: a budget of 1 us prices that in (the
+        # state needs a positive SLO), and the choice falls to the quickest finish
+        state = replace(f.state, slo_ms=max(left_ms, 1e-3))
+        f.plan = table.candidates[self._choose_rest(table, state, self.slo_ms)]
+        f.plans.append(f.plan)
 
     def _send(self, f: _Frame) -> None:
         cut = self._cuts[f.plan.cut]
         t = time.perf_counter()
         try:
-            frames = encode_tensors([f.env[n] for n in cut.names], bits=f.plan.bits)
+            frames = encode_tensors([f.env[n] for n in cut.names], bits=f.plan.bits,
+                                    compress="zstd" if f.plan.zstd else "none")
         except CodecError:  # e.g. this frame's values exceed float16: finish here
             f.reason = "encode_error"
             return
@@ -360,7 +434,7 @@ class Engine:
         return sum(self._seg_ms[f.next_segment:]) * self._slowdown.estimate().value
 
     def _local_result(self, f: _Frame) -> Result:
-        outputs = {n: f.env[n] for n in self.device.outputs}
+        outputs = {n: f.env[n] for n in self.local.outputs}
         return self._make(f, "device", outputs, None, device=f.device_ms, encode=f.encode_ms)
 
     def _exit_result(self, f: _Frame, ans: ExitAnswer, reason: str | None) -> Result:
@@ -382,7 +456,8 @@ class Engine:
                       bits=f.plan.bits if sent else None, confidence=conf,
                       timings=Timings(**ms, total=(time.monotonic() - f.t0) * 1e3),
                       fallback_reason=f.reason, plan=str(f.plan), frame=f.id,
-                      outputs=dict(outputs))
+                      outputs=dict(outputs), zstd=f.plan.zstd if sent else None,
+                      plans=tuple(str(p) for p in f.plans))
 
     # -- lifetime --------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -419,17 +494,35 @@ def _state_key(state: State) -> tuple:
             q(state.server_slowdown, 5.0), tuple(q(h) for h in state.bw_history))
 
 
-def _parse_fixed(strategy: str, table: CandidateTable) -> Candidate:
-    """"CUT@BITS" (every exit before the cut on) or "CUT@BITS/E" (the first E exits)."""
-    spec, _, exits = strategy.partition("/")
-    cut, _, bits = spec.partition("@")
+def _parse_fixed(strategy: str | Plan, table: CandidateTable) -> Candidate:
+    """The candidate of a fixed plan: a Plan, or its string form "CUT@BITS[+z|-z][/E]"
+    (Plan.parse); without a zstd mark, zstd if that is a candidate, else raw."""
+    fixed = strategy if isinstance(strategy, Plan) else Plan.parse(strategy)
+    strategy = str(strategy)  # as given, for the messages below
+    cut, bits = fixed.cut, str(fixed.bits)
+    exits = "" if fixed.exits is None else str(fixed.exits)
+    zstd = fixed.zstd
     options = [c for c in table.candidates if c.cut == cut and str(c.bits) == bits
-               and (not exits or str(c.n_exits) == exits)]
+               and (not exits or str(c.n_exits) == exits)
+               and (zstd is None or c.zstd == zstd or c.cut == "device")]
     if not options:
+        mode = {None: "", True: " with zstd", False: " raw-packed"}[zstd]
         raise PolicyError(f"strategy {strategy!r}: no candidate cut {cut!r} at {bits} bits"
-                          + (f" with {exits} exits" if exits else "")
+                          + mode + (f" with {exits} exits" if exits else "")
                           + f"; cuts are {sorted({c.cut for c in table.candidates})}")
-    return max(options, key=lambda c: c.n_exits)
+    # the most exits; then, with no mark, zstd first (what the plan meant before
+    # compression was a decision)
+    return max(options, key=lambda c: (c.n_exits, c.zstd))
+
+
+def _plan_rest(table: CandidateTable, state: State, slo_ms: float) -> int:
+    """The planner over the rest of a frame: state.slo_ms is the budget left, which a
+    violation is measured against; latency is weighed against the frame's whole SLO as at
+    the frame's start (the time already spent is sunk: it shifts every candidate's reward
+    alike), so a re-decision trades accuracy for time the same way the first one did."""
+    w_acc, penalty = state.weights
+    acc, lat, viol = expected_terms(table, state)
+    return int(np.argmax(w_acc * acc - lat / slo_ms - penalty * viol))
 
 
 def _confidence(output: np.ndarray) -> float | None:

@@ -17,8 +17,7 @@ import numpy as np
 
 from ..bundle import Bundle, ExitSpec
 from ..errors import InputError
-from ..exit_tools import exit_runner, ordered_exits
-from ..exits import ExitRule
+from ..exits import ExitRule, exit_runner, ordered_exits
 from ..runtime import open_segments
 
 
@@ -46,8 +45,9 @@ class _Exit:
         return ExitAnswer(self.spec.name, self.order, d.fires, d.confidence, out)
 
 
-class DeviceRunner:
-    """Segments and calibrated exits of a bundle, opened for this device."""
+class LocalRunner:
+    """Segments and calibrated exits of a bundle, opened in this process: what the Engine
+    runs locally (its head segments, the exit cascade, a local finish)."""
 
     def __init__(self, bundle: Bundle, threads: int = 1) -> None:
         self.bundle = bundle

@@ -19,10 +19,11 @@ decides whether offloading is possible at all:
 Only "up" offloads. Busy replies pause offloading for `busy_backoff_s`. Until the
 estimator has a few bandwidth samples, and whenever the link has been idle for
 `probe_idle_s`, it probes: a heartbeat (RTT) and a heartbeat carrying a payload sized to
-take ~50 ms at the current estimate, at least 64 KiB so that a token bucket's burst does
-not hide the rate, but no more than PROBE_MAX_S at the estimate (bandwidth; one that
-times out is a sample of size / budget), which the broker answers without touching a
-worker.
+take ~50 ms (alternately ~20 ms: two sizes separate the overhead from the rate) at the
+current estimate, at least 64 KiB so that a token bucket's burst does not hide the rate,
+but no more than PROBE_MAX_S at the estimate (bandwidth; one that times out is a censored
+sample: the rate was below size / budget), which the broker answers without touching a
+worker. `snapshot(now)` reads the estimates for the planner.
 """
 
 from __future__ import annotations
@@ -37,15 +38,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ServerBusy, TransportError, Unreachable
-from ..errors import Timeout as LinkTimeout
-from ..estimators import LinkEstimator
+from ..errors import ServerBusy, Timeout, TransportError, Unreachable
+from ..estimators import LinkEstimator, probe_bytes
 from ..transport import protocol
-from ..transport.client import Client
 
 UP, CONNECTING, CHECKING, DOWN, NOT_SERVED = "up", "connecting", "checking", "down", "not_served"
-PROBE_BYTES = (64 * 1024, 1024 * 1024)  # bandwidth probe size bounds (above a tbf burst)
-PROBE_MAX_S = 0.25  # ...but a probe that would take longer at the estimate is cut to this
 
 
 @dataclass
@@ -79,6 +76,7 @@ class EdgeLink:
         self._busy_backoff_s = busy_backoff_s
         self._busy_until = 0.0
         self._next_probe = 0.0  # when the I/O thread may probe (or hello) again
+        self._probe_turn = 0  # alternates the bandwidth probe's size
         self._lock = threading.Lock()  # guards estimator and status against the caller
         self._jobs: deque[_Job] = deque()
         self._wake_r, self._wake_w = os.pipe()
@@ -91,6 +89,9 @@ class EdgeLink:
         # held until then. See edgesdk.bench.netem.TokenBucket.
         self.shaper: Any = None
         # Created here, so a bad key fails in the caller; used only by the thread after.
+        # Imported here: an engine without a server never loads ZeroMQ.
+        from ..transport.client import Client
+
         self._client = Client(endpoint, server_public_key=server_public_key,
                               client_keys=client_keys, retries=0)
         self._thread = threading.Thread(target=self._run, name="edgesdk-link", daemon=True)
@@ -118,18 +119,31 @@ class EdgeLink:
         return self._push(_Job(protocol.INFER, frames, cut, budget_s, payload_bytes=size))
 
     def snapshot(self, now: float) -> dict[str, Any]:
-        """The estimates the planner needs, read consistently."""
+        """The estimates the planner needs, read consistently. A request of n bytes is
+        expected to spend ``rtt_ms + bw_overhead_ms + n * 8 / (bw_mbps * 1e3)`` ms on the
+        network (``bw_model.transfer_ms(n, quantile)`` for a quantile of the last two
+        terms). Keys: bw_mbps (median rate), bw_std (bw_mbps x bw_spread), bw_spread
+        (predictive log-rate spread), bw_low_mbps (10th-percentile forecast), bw_overhead_ms
+        (fixed cost per message beyond rtt_ms), bw_age_s (newest sample's age, inf: none),
+        bw_history (last samples' implied rates, oldest first), bw_model (the LinkModel),
+        rtt_ms (RTT floor), queue_ms, server_slowdown, failures (decayed fraction of
+        offloads that failed, 0..1)."""
         with self._lock:
             e = self.estimator
-            bw = e.bandwidth.estimate(now)
+            m = e.bandwidth.model(now)
             rtt = e.rtt.estimate(now)
             # The RTT floor, not the smoothed RTT: heartbeats are timed while the device
             # computes, so their replies wait for this process's CPU, which an offload
             # (the device idle, waiting for the reply) does not. Smoothed until seen.
             rtt_ms = e.rtt.floor_ms if rtt.n else rtt.value
-            return {"bw_mbps": bw.value, "bw_std": bw.std, "bw_history": tuple(
-                e.bandwidth.history()), "rtt_ms": rtt_ms, "queue_ms": e.server.queue_ms,
-                "server_slowdown": e.server.slowdown}
+            # the model's overhead is over the floor its transfers came with; re-anchor it
+            # on the floor reported here, so rtt_ms + bw_overhead_ms is its intercept
+            overhead = max(m.overhead_ms + m.rtt_ms - rtt_ms, 0.0) if m.n else 0.0
+            return {"bw_mbps": m.rate_mbps, "bw_std": m.rate_std, "bw_spread": m.log_spread,
+                    "bw_low_mbps": m.low_mbps, "bw_overhead_ms": overhead,
+                    "bw_age_s": m.age_s, "bw_history": tuple(e.bandwidth.history()),
+                    "bw_model": m, "rtt_ms": rtt_ms, "queue_ms": e.server.queue_ms,
+                    "server_slowdown": e.server.slowdown, "failures": e.failures}
 
     def close(self, timeout_s: float = 2.0) -> None:
         if self._closing:
@@ -232,8 +246,8 @@ class EdgeLink:
             if not self.estimator.should_probe(now):
                 return []
             mbps = self.estimator.bandwidth.estimate(now).value
-        size = min(max(mbps * 1e6 / 8 * 0.050, PROBE_BYTES[0]), PROBE_BYTES[1])
-        size = int(max(min(size, mbps * 1e6 / 8 * PROBE_MAX_S), 4096))
+        self._probe_turn += 1
+        size = probe_bytes(mbps, self._probe_turn)
         return [_Job(protocol.HEARTBEAT, budget_s=self._hello_budget_s),
                 _Job(protocol.HEARTBEAT, [bytes(size)], budget_s=2 * self._hello_budget_s,
                      payload_bytes=size)]
@@ -262,13 +276,13 @@ class EdgeLink:
             # that bound is the sample (the small heartbeat beside it tests liveness). Not
             # so for an infer: its time includes compute, and on a throttled device CPU
             # stalls, so a missed deadline says little about the link.
-            if isinstance(exc, LinkTimeout):
-                e = self.estimator
-                e.bandwidth.observe_transfer(job.payload_bytes,
-                                             (job.budget_s + job.held_s) * 1e3, 0.0, 0.0,
-                                             e.rtt.floor_ms, now)
+            if isinstance(exc, Timeout):
+                self.estimator.on_timeout(job.payload_bytes,
+                                          (job.budget_s + job.held_s) * 1e3, now)
             return
-        if isinstance(exc, (LinkTimeout, Unreachable)):
+        if isinstance(exc, (Timeout, Unreachable)):
+            if job.kind == protocol.INFER:
+                self.estimator.on_offload(failed=True)
             # Hello failing means down; an infer failing means "check before trusting it",
             # with a hello at once: frames go to the device until it answers.
             self.status = DOWN if job.kind == protocol.HELLO else CHECKING
@@ -289,6 +303,7 @@ class EdgeLink:
         else:
             e.on_reply(job.payload_bytes, rtt_ms, reply.server_ms, reply.queue_ms, now,
                        self.server_tail_ms.get(job.cut or ""))
+            e.on_offload(failed=False)
             self.status = UP
 
     def _on_welcome(self, extra: Mapping[str, Any]) -> None:

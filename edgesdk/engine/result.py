@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
-WHERE = ("exit", "edge", "device")
+Where = Literal["exit", "edge", "device"]
+"""Where a frame was answered: an early exit here, the edge server, or this device."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,13 @@ class Result:
     "device" (finished here). exit_name: the exit that answered (None unless "exit").
     cut / bits: the partition point and bit width used for the offload (None when nothing
     was sent). confidence: the answering classifier's calibrated confidence (None when the
-    output is not a class-score vector). plan: the decision ("exits=1 c1@8b").
+    output is not a class-score vector). plan: the plan the frame followed last
+    ("exits=1 c1@8b+z": one exit, cut c1 at 8 bits, zstd tried; "exits=2 device-only").
+    zstd: whether the offload tried the zstd stage (the codec still sends raw when that
+    does not pay; None when nothing was sent). plans: every plan of the frame in order,
+    the decision before the frame and then one per re-decision after an exit that did not
+    fire (adaptive strategies only), so len(plans) - 1 re-decisions happened (a plan may
+    repeat: the re-decision kept it).
     fallback_reason: why the plan was not followed (None: it was, or there is no server):
     "unreachable", "busy", "timeout" (no reply in time, or no time left to ask),
     "server_error", "bundle_not_served", "encode_error" (the codec refused this frame's
@@ -43,7 +51,7 @@ class Result:
     """
 
     output: np.ndarray
-    where: str
+    where: Where
     exit_name: str | None
     cut: str | None
     bits: int | None
@@ -52,6 +60,8 @@ class Result:
     fallback_reason: str | None = None
     plan: str = ""
     frame: int = -1
+    zstd: bool | None = None
+    plans: tuple[str, ...] = ()
     outputs: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @property

@@ -1,13 +1,24 @@
 """Decision candidates and their features, from a bundle (or a synthetic model profile).
 
-A candidate is (exits, cut, bits): run the first `n_exits` early exits of the calibrated
-cascade on the device, and if none is confident send the tensors of `cut` encoded at `bits`
-to the edge server (`cut` "input": edge-only; "device": run everything locally, bits 32).
+A candidate is (exits, cut, bits, zstd): run the first `n_exits` early exits of the
+calibrated cascade on the device, and if none is confident send the tensors of `cut`
+encoded at `bits` to the edge server (`cut` "input": edge-only; "device": run everything
+locally, bits 32), trying the zstd entropy stage on the payload when `zstd` is true.
 Exit sets are prefixes of the cascade because calibration measured each exit's coverage
 with the earlier exits on; an exit that comes after the cut cannot run on the device.
 
     table = build_candidates(model_profile(bundle.manifest))
     table.candidates[i], table.dev_ms[i], table.wire_bytes[i]
+    rest = build_candidates(profile, after_exits=1)   # the rest of a frame that missed exit 1
+
+Compression is a decision because it trades device time for wire bytes: zstd level 1 costs
+about 10x the quantize-and-pack pass on an 8-bit ReLU map for a ~2x smaller payload, which
+pays only below some bandwidth. When the profile measured both (profile.measure_cut_codec
+stores "raw_bytes"/"raw_encode_ms" beside the zstd "bytes"/"encode_ms"), every (cut, bits)
+appears with zstd off and, if compression shrinks the payload at all, with zstd on (a zstd
+candidate that sends no fewer bytes is dominated: same bytes, more time). Profiles without
+the raw measurement (older bundles, synthetic profiles, defaults) give the zstd candidates
+only, as before compression was a decision.
 
 Per candidate (arrays, one entry each, reference speed; the state scales them):
     dev_ms      device compute when no exit fires: segments to the cut + the exit heads
@@ -18,6 +29,9 @@ Per candidate (arrays, one entry each, reference speed; the state scales them):
     exit_ms     mean device time of the samples that exit
     exit_acc    accuracy of the samples that exit
     rest_acc    accuracy of the other samples, times the bit width's agreement with fp32
+    local_ms    device compute to finish here after a failed offload (the tail, reference
+                speed; the server's own tail times replace srv_ms, not this)
+    local_acc   accuracy of such a local finish (fp32: rest_acc without the codec's loss)
 """
 
 from __future__ import annotations
@@ -40,13 +54,28 @@ DEFAULT_ENCODE_MS_PER_MB = {32: 0.05, 16: 1.0, 8: 2.0, 4: 2.5, 2: 2.5}
 
 @dataclass(frozen=True)
 class Candidate:
+    """One plan. `zstd`: try the entropy stage on the payload (the codec still sends it raw
+    when compressing does not pay, >= 1.1x). The default True is what every offload did
+    before compression became a decision; device-only plans send nothing, so their `zstd`
+    is always False (Candidate(0, "device", 32) is the device-only plan either way).
+
+    str(): "exits=1 c1@8b+z" (zstd tried), "exits=1 c1@8b" (raw-packed), "exits=2
+    device-only".
+    """
+
     n_exits: int
     cut: str  # "input", a cut id, or "device"
     bits: int
+    zstd: bool = True
+
+    def __post_init__(self) -> None:
+        if self.cut == "device" and self.zstd:
+            object.__setattr__(self, "zstd", False)  # nothing is encoded
 
     def __str__(self) -> str:
-        where = "device-only" if self.cut == "device" else f"{self.cut}@{self.bits}b"
-        return f"exits={self.n_exits} {where}"
+        if self.cut == "device":
+            return f"exits={self.n_exits} device-only"
+        return f"exits={self.n_exits} {self.cut}@{self.bits}b{'+z' if self.zstd else ''}"
 
 
 @dataclass(frozen=True)
@@ -61,8 +90,10 @@ class ExitProfile:
 class ModelProfile:
     """What the candidates of one model are derived from; the simulator randomizes these.
 
-    wire: per point ("input" or cut id) and bits: (bytes, encode_ms, agreement); a bits
-    value missing from a point's map is not a candidate there.
+    wire: per point ("input" or cut id) and bits: (bytes, encode_ms, agreement) with the
+    zstd stage tried (the codec's default); a bits value missing from a point's map is not
+    a candidate there. wire_raw: the same points and bits raw-packed, (bytes, encode_ms);
+    where present, the candidates include zstd off (see the module docstring).
     accuracy_upto[m]: accuracy of the cascade with the first m exits on (m = 0: full model).
     """
 
@@ -73,6 +104,7 @@ class ModelProfile:
     exits: tuple[ExitProfile, ...]
     accuracy_upto: tuple[float, ...]
     wire: Mapping[str, Mapping[int, tuple[float, float, float]]] = field(default_factory=dict)
+    wire_raw: Mapping[str, Mapping[int, tuple[float, float]]] = field(default_factory=dict)
 
 
 def _wire_defaults(fp32_bytes: float) -> dict[int, tuple[float, float, float]]:
@@ -84,7 +116,9 @@ def _wire_defaults(fp32_bytes: float) -> dict[int, tuple[float, float, float]]:
 def model_profile(manifest: Any, device: str | None = None) -> ModelProfile:
     """The ModelProfile of a bundle manifest: segment times of `device` (default: the first
     profile), exits' calibration, and the codec sizes stored under profiles[device]["codec"]
-    (from profile.measure_cut_codec) or, missing those, sizes and agreement from defaults."""
+    (from profile.measure_cut_codec) or, missing those, sizes and agreement from defaults.
+    Raw-packed sizes ("raw_bytes", "raw_encode_ms") are read where the profile has them
+    (profiles measured before compression was a decision do not)."""
     profiles = dict(manifest.profiles)
     if not profiles:
         raise PolicyError(f"bundle {manifest.name!r} has no profile; run `edgesdk profile`")
@@ -110,21 +144,26 @@ def model_profile(manifest: Any, device: str | None = None) -> ModelProfile:
         upto.append(_first(c, ("accuracy_upto", "agreement_upto"), baseline))
     codec = prof.get("codec", {})
     wire: dict[str, dict[int, tuple[float, float, float]]] = {}
+    wire_raw: dict[str, dict[int, tuple[float, float]]] = {}
     points = [("input", sum(t.fp32_bytes for t in manifest.inputs))]
     points += [(c.id, c.bytes) for c in manifest.cuts]
     for name, fp32 in points:
         measured = codec.get("input") if name == "input" else codec.get("cuts", {}).get(name)
         table = _wire_defaults(fp32)
+        raw: dict[int, tuple[float, float]] = {}
         for b, m in (measured or {}).items():
             if "error" in m:
                 table.pop(int(b), None)  # the codec cannot carry this cut at these bits
-            else:
-                table[int(b)] = (float(m["bytes"]), float(m["encode_ms"]),
-                                 float(m["agreement"]))
+                continue
+            table[int(b)] = (float(m["bytes"]), float(m["encode_ms"]), float(m["agreement"]))
+            if "raw_bytes" in m and "raw_encode_ms" in m:
+                raw[int(b)] = (float(m["raw_bytes"]), float(m["raw_encode_ms"]))
         wire[name] = table
+        if raw:
+            wire_raw[name] = raw
     return ModelProfile(manifest.name, seg_ms, tuple(c.id for c in manifest.cuts),
                         tuple(c.after_segment for c in manifest.cuts), tuple(exits),
-                        (baseline, *upto), wire)
+                        (baseline, *upto), wire, wire_raw)
 
 
 def _first(calibration: Mapping[str, Any], keys: Sequence[str], default: float) -> float:
@@ -138,7 +177,8 @@ def _first(calibration: Mapping[str, Any], keys: Sequence[str], default: float) 
 
 @dataclass(frozen=True)
 class CandidateTable:
-    """Candidates and their feature arrays (see the module docstring)."""
+    """Candidates and their feature arrays (see the module docstring). `zstd` (bool) is
+    derived from the candidates when not given."""
 
     model: str
     candidates: tuple[Candidate, ...]
@@ -151,12 +191,40 @@ class CandidateTable:
     exit_acc: np.ndarray
     rest_acc: np.ndarray
     bits: np.ndarray
+    zstd: np.ndarray | None = None
+    local_ms: np.ndarray | None = None
+    local_acc: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.zstd is None:
+            object.__setattr__(self, "zstd",
+                               np.fromiter((c.zstd for c in self.candidates), bool,
+                                           len(self.candidates)))
+        if self.local_ms is None:  # the tail at the device's reference speed
+            object.__setattr__(self, "local_ms", np.where(self.wire_bytes > 0, self.srv_ms, 0.0))
+        if self.local_acc is None:  # a local finish runs the tail in fp32
+            agree = {c.n_exits: a for c, a in zip(self.candidates, self.rest_acc)
+                     if c.cut == "device"}
+            object.__setattr__(self, "local_acc", np.array(
+                [agree.get(c.n_exits, a) for c, a in zip(self.candidates, self.rest_acc)]))
 
     def __len__(self) -> int:
         return len(self.candidates)
 
     def index(self, candidate: Candidate) -> int:
         return self.candidates.index(candidate)
+
+    def find(self, n_exits: int, cut: str, bits: int, zstd: bool | None = None
+             ) -> Candidate | None:
+        """The candidate (n_exits, cut, bits) with `zstd` (None: the zstd one if it is a
+        candidate, else the raw one, which is what a plan named before compression was a
+        decision means), or None."""
+        order = (True, False) if zstd is None else (zstd,)
+        for z in order:
+            c = Candidate(n_exits, cut, bits, z)
+            if c in self.candidates:
+                return c
+        return None
 
     def subset(self, keep: Sequence[bool] | np.ndarray) -> CandidateTable:
         """The candidates where `keep` is true (e.g. device-only ones when offline)."""
@@ -182,38 +250,77 @@ class CandidateTable:
 
 
 _ARRAY_FIELDS = ("dev_ms", "enc_ms", "wire_bytes", "srv_ms", "p_exit", "exit_ms", "exit_acc",
-                 "rest_acc", "bits")
+                 "rest_acc", "bits", "zstd", "local_ms", "local_acc")
 
 
-def build_candidates(model: ModelProfile, bits: Sequence[int] = BITS) -> CandidateTable:
-    """Every (exit prefix, cut, bits) that makes sense for `model`."""
+def _encodings(model: ModelProfile, name: str, b: int
+               ) -> list[tuple[bool, float, float, float]]:
+    """(zstd, bytes, encode_ms, agreement) of point `name` at `b` bits: zstd off where the
+    raw-packed size was measured, zstd on unless that is dominated (no fewer bytes)."""
+    size, enc, agree = model.wire[name][b]
+    raw = model.wire_raw.get(name, {}).get(b)
+    if raw is None:
+        return [(True, size, enc, agree)]  # not measured raw: zstd tried, as it always was
+    out = [(False, raw[0], raw[1], agree)]
+    if size < raw[0]:
+        out.append((True, size, enc, agree))
+    return out
+
+
+def build_candidates(model: ModelProfile, bits: Sequence[int] = BITS,
+                     after_exits: int = 0) -> CandidateTable:
+    """Every (exit prefix, cut, bits, zstd) that makes sense for `model`.
+
+    after_exits=k > 0: the rest of a frame that has run the first k exits (and the segments
+    up to the k-th) and that none of them answered; the per-frame re-decision after a
+    missed exit chooses from this table. Its candidates are those consistent with what
+    ran: k exits or more, cuts at or after the k-th exit's segment, and device-only. Times
+    count from now (dev_ms, exit_ms: what is still to run), and the exit probabilities are
+    conditioned on having missed the first k: p_exit = coverage of exits k.. / reach of
+    exit k (calibration measured each exit's coverage with the earlier ones on, so the
+    samples an exit takes are a fraction of those that reach it). The accuracy of the
+    samples no exit takes does not change (they are the same samples).
+    """
+    n = len(model.exits)
+    if not isinstance(after_exits, int) or not 0 <= after_exits <= n:
+        raise PolicyError(f"after_exits is {after_exits!r}, expected an int in [0, {n}] "
+                          f"(the exits of {model.name!r})")
+    k = after_exits
     prefix = np.concatenate([[0.0], np.cumsum(model.seg_ms)])  # prefix[i]: segments 0..i-1
     total = prefix[-1]
+    here = model.exits[k - 1].after_segment if k else -1  # the last segment already run
+    spent = prefix[here + 1]
+    reach = 1.0 - sum(e.coverage for e in model.exits[:k])
     points = [("input", -1)] + list(zip(model.cut_ids, model.cut_after))
     rows: list[tuple] = []
-    for m in range(len(model.exits) + 1):
-        ex = model.exits[:m]
-        p_exit = sum(e.coverage for e in ex)
+    for m in range(k, n + 1):
+        ex = model.exits[k:m]  # the exits still to run
+        cov = sum(e.coverage for e in ex)
+        p_exit = cov / reach if reach > 0 else 0.0
         heads_before = np.cumsum([e.head_ms for e in ex]) if ex else np.zeros(0)
-        exit_ms = (sum(e.coverage * (prefix[e.after_segment + 1] + heads_before[j])
-                       for j, e in enumerate(ex)) / p_exit) if p_exit > 0 else 0.0
-        exit_acc = (sum(e.coverage * e.accuracy for e in ex) / p_exit) if p_exit > 0 else 0.0
+        exit_ms = (sum(e.coverage * (prefix[e.after_segment + 1] - spent + heads_before[j])
+                       for j, e in enumerate(ex)) / cov) if cov > 0 else 0.0
+        exit_acc = (sum(e.coverage * e.accuracy for e in ex) / cov) if cov > 0 else 0.0
+        # The samples no exit of the first m takes: from the whole cascade's numbers
+        all_ex = model.exits[:m]
+        p_all = sum(e.coverage for e in all_ex)
+        acc_all = (sum(e.coverage * e.accuracy for e in all_ex) / p_all) if p_all > 0 else 0.0
         upto = model.accuracy_upto[m]
-        rest = (upto - p_exit * exit_acc) / (1 - p_exit) if p_exit < 1 else upto
+        rest = (upto - p_all * acc_all) / (1 - p_all) if p_all < 1 else upto
         rest = float(np.clip(rest, 0.0, 1.0))
-        heads = float(heads_before[-1]) if m else 0.0
-        last_exit_seg = ex[-1].after_segment if ex else -1
+        heads = float(heads_before[-1]) if ex else 0.0
+        last_exit_seg = model.exits[m - 1].after_segment if m else -1
         for name, after in points:
-            if after < last_exit_seg:
-                continue  # the exit would come after the cut
+            if after < max(last_exit_seg, here):
+                continue  # an exit would come after the cut, or the cut is behind us
             for b in bits:
                 if b not in model.wire[name]:
                     continue
-                size, enc, agree = model.wire[name][b]
-                rows.append((Candidate(m, name, b), prefix[after + 1] + heads, enc, size,
-                             total - prefix[after + 1], p_exit, exit_ms, exit_acc,
-                             rest * agree, b))
-        rows.append((Candidate(m, "device", 32), total + heads, 0.0, 0.0, 0.0, p_exit,
+                for z, size, enc, agree in _encodings(model, name, b):
+                    rows.append((Candidate(m, name, b, z), prefix[after + 1] - spent + heads,
+                                 enc, size, total - prefix[after + 1], p_exit, exit_ms,
+                                 exit_acc, rest * agree, b))
+        rows.append((Candidate(m, "device", 32), total - spent + heads, 0.0, 0.0, 0.0, p_exit,
                      exit_ms, exit_acc, rest, 32))
     cols = list(zip(*rows))
     arr = [np.asarray(c, dtype=np.float64) for c in cols[1:]]

@@ -6,9 +6,9 @@
 
 The weights file holds w0, b0, w1, b1, ... (w_k of shape (in, out)), applied as
 relu(x @ w + b) for every layer but the last, plus `skip` (in,): a linear term x @ skip
-added to the score. Training starts with the skip on the planner's reward-gap feature, so
-the untrained network is the planner and the MLP learns corrections. train.py writes it
-(see weights/README.md).
+added to the score, fixed to the planner's reward-gap feature, so the score is the
+planner's expected reward plus a learned correction. The decision re-ranks the planner's
+TOP_K candidates. train.py writes the file (see weights/README.md).
 """
 
 from __future__ import annotations
@@ -20,10 +20,15 @@ import numpy as np
 
 from ..errors import PolicyError
 from .candidates import CandidateTable
-from .features import N_FEATURES, features
+from .features import N_FEATURES, N_STATE, features
+from .planner import expected_terms, rewards_from_terms
 from .state import State
 
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "policy.npz"
+# The network re-ranks the planner's best TOP_K candidates: it learns where the planner's
+# model is wrong among plausible plans, and cannot pick one the planner finds absurd.
+TOP_K = 8
+PLANNER_GAP = N_STATE + 3  # the feature column: planner reward - best planner reward
 
 
 class PolicyNet:
@@ -70,4 +75,8 @@ class PolicyNet:
         return h[:, 0] + x @ self.skip
 
     def decide(self, table: CandidateTable, state: State) -> int:
-        return int(np.argmax(self.scores(features(table, state))))
+        terms = expected_terms(table, state)
+        r = rewards_from_terms(state, *terms)
+        top = np.argpartition(-r, TOP_K)[:TOP_K] if len(r) > TOP_K else np.arange(len(r))
+        x = features(table, state, rows=top, terms=terms)
+        return int(top[np.argmax(self.scores(x))])

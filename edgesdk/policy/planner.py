@@ -1,18 +1,23 @@
 """The exhaustive analytic planner: the expected reward of every candidate under the
-current estimates, and the argmax. Fed the true bandwidth (bw_std 0), it is the hindsight
-oracle.
+current estimates, and the argmax.
 
     table = build_candidates(model_profile(bundle.manifest))
     i = plan(table, state); table.candidates[i]
 
-Model. With probability p_exit a sample leaves at an exit after exit_ms of device time;
-otherwise its latency is device compute + encoding (both x device_slowdown) + transfer
-(wire_bytes at the bandwidth) + rtt + queue + server compute (x server_slowdown); device-
-only candidates send nothing. The bandwidth is lognormal around `bw_mbps` with relative
-spread bw_std / bw_mbps, so the transfer time's mean grows by exp(s^2 / 2) and
-P(latency > SLO) = Phi((log(bw needed) - log(bw)) / s), Phi approximated by a logistic
-(max error 0.01; numpy has no erf). Reward: w_acc * accuracy - E[latency] / SLO -
-penalty * P(latency > SLO), weights from the task (state.TASKS).
+Model. With probability p_exit a sample leaves at an exit after exit_ms of device time.
+Otherwise a device-only candidate finishes after dev_ms; an offloading one computes and
+encodes (dev_ms + enc_ms, x device_slowdown), then gives the offload the engine's budget:
+the SLO left, minus the time a local finish needs when no exit answer is in hand. The
+reply takes a per-message overhead + rtt + queue + server compute (x server_slowdown) +
+wire_bytes at the bandwidth, which is lognormal around `bw_mbps` with relative spread
+bw_std / bw_mbps (the transfer's mean grows by exp(s^2 / 2); P(transfer > t) =
+Phi((log(bw needed) - log(bw)) / s), Phi approximated by a logistic, max error 0.01). A
+reply later than the budget is a timeout, and the engine falls back as it does: after the
+budget it finishes on the device (local_ms, fp32 accuracy local_acc) or, when that would be
+late and an exit ran, answers with the best exit (accuracy FALLBACK_EXIT_ACC x local_acc).
+So a frame's latency is capped by its budget plus a local finish, as in the engine.
+Reward: w_acc * accuracy - E[latency] / SLO - penalty * P(latency > SLO), weights from the
+task (state.TASKS).
 """
 
 from __future__ import annotations
@@ -23,57 +28,89 @@ from .candidates import CandidateTable
 from .state import State
 
 MAX_SPREAD = 2.0  # cap on the log-bandwidth spread
+# An exit's answer for a frame it was not confident about, relative to the full model's
+# accuracy (the engine's fallback when a local finish would be late); an assumption, as
+# calibration measures exits only on the frames they take.
+FALLBACK_EXIT_ACC = 0.7
 
 
-def branch_latency(table: CandidateTable, state: State) -> tuple[np.ndarray, np.ndarray]:
-    """(latency of the no-exit branch excluding transfer, transfer ms at state.bw_mbps)."""
+def branch_latency(table: CandidateTable, state: State, bw_mbps: float | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(latency of the no-exit branch excluding transfer, transfer ms at state.bw_mbps, or
+    at `bw_mbps` when given)."""
     offload = table.wire_bytes > 0
     remote = table.srv_ms * state.server_slowdown
-    remote += state.rtt_ms + state.queue_ms
+    remote += state.rtt_ms + state.queue_ms + state.bw_overhead_ms
     base = (table.dev_ms + table.enc_ms) * state.device_slowdown
     base += np.where(offload, remote, 0.0)
-    transfer = table.wire_bytes * (8.0 / (state.bw_mbps * 1e3))
+    transfer = table.wire_bytes * (8.0 / ((bw_mbps or state.bw_mbps) * 1e3))
     return base, transfer
 
 
-def expected_terms(table: CandidateTable, state: State
+def expected_terms(table: CandidateTable, state: State, bw_mbps: float | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(E[accuracy], E[latency] ms, P(latency > SLO)) of every candidate."""
-    base, transfer = branch_latency(table, state)
+    """(E[accuracy], E[latency] ms, P(latency > SLO)) of every candidate; at `bw_mbps`
+    instead of state.bw_mbps when given (the same relative spread)."""
+    base, transfer = branch_latency(table, state, bw_mbps)
     s = min(state.bw_std / state.bw_mbps, MAX_SPREAD)
     slo = state.slo_ms
-    slack = slo - base
-    late_anyway = slack <= 0
+    offload = table.wire_bytes > 0
+    dev = (table.dev_ms + table.enc_ms) * state.device_slowdown
+    local = table.local_ms * state.device_slowdown
+    has_exit = table.p_exit > 0
+    # the engine's offload budget: keep time for a local finish without an exit answer
+    reserve = np.where(~has_exit & (slo - dev - local > 1.0), local, 0.0)
+    budget = np.maximum(slo - dev - reserve, 0.0)
+    slack = budget - (base - dev)  # what the transfer may take
     if s > 0:
         # P(transfer > slack) = P(log bw < log(bw * transfer / slack)), logistic for Phi
         ratio = transfer / np.maximum(slack, 1e-12)
         np.maximum(ratio, 1e-300, out=ratio)
         z = np.log(ratio)
         z *= -1.702 / s
-        np.clip(z, -50.0, 50.0, out=z)
-        p_rest = 1.0 / (1.0 + np.exp(z))
-        p_rest[late_anyway] = 1.0
-        rest_lat = base + transfer * np.exp(s * s / 2)
+        np.minimum(z, 50.0, out=z)  # exp(50) is large enough; np.clip is slow on small arrays
+        p_late = 1.0 / (1.0 + np.exp(z))
+        lat_ok = base + transfer * np.exp(s * s / 2)
     else:
-        rest_lat = base + transfer
-        p_rest = (rest_lat > slo).astype(np.float64)
-    p_rest = np.where(table.wire_bytes > 0, p_rest, base > slo)
+        p_late = (transfer > slack).astype(np.float64)
+        lat_ok = base + transfer
+    p_late[slack <= 0] = 1.0
+    lat_ok = np.minimum(lat_ok, dev + budget)  # a reply that comes is within the budget
+    # a timeout: the budget is spent, then a local finish or the best exit's answer
+    exit_answer = has_exit & (dev + budget + local > slo)
+    lat_to = dev + budget + np.where(exit_answer, 0.0, local)
+    acc_to = table.local_acc * np.where(exit_answer, FALLBACK_EXIT_ACC, 1.0)
+    q_ok = 1.0 - p_late
+    rest_lat = np.where(offload, q_ok * lat_ok + p_late * lat_to, dev)
+    rest_acc = np.where(offload, q_ok * table.rest_acc + p_late * acc_to, table.rest_acc)
+    rest_viol = np.where(offload, p_late * (lat_to > slo), dev > slo)
     exit_lat = table.exit_ms * state.device_slowdown
     p = table.p_exit
     q = 1.0 - p
-    acc = p * table.exit_acc + q * table.rest_acc
+    acc = p * table.exit_acc + q * rest_acc
     lat = p * exit_lat + q * rest_lat
-    viol = p * (exit_lat > slo) + q * p_rest
+    viol = p * (exit_lat > slo) + q * rest_viol
     return acc, lat, viol
 
 
 def expected_rewards(table: CandidateTable, state: State) -> np.ndarray:
     """Expected reward of every candidate (see the module docstring)."""
-    w_acc, penalty = state.weights
-    acc, lat, viol = expected_terms(table, state)
-    return w_acc * acc - lat / state.slo_ms - penalty * viol
+    return rewards_from_terms(state, *expected_terms(table, state))
 
 
 def plan(table: CandidateTable, state: State) -> int:
     """Index of the candidate with the highest expected reward."""
     return int(np.argmax(expected_rewards(table, state)))
+
+
+def rewards_from_terms(state: State, acc: np.ndarray, lat: np.ndarray, viol: np.ndarray
+                       ) -> np.ndarray:
+    w_acc, penalty = state.weights
+    return w_acc * acc - lat / state.slo_ms - penalty * viol
+
+
+def plan_pessimistic(table: CandidateTable, state: State) -> int:
+    """The planner at the pessimistic bandwidth (State.pessimistic_mbps, the same relative
+    spread): a simple hedge against a falling link."""
+    terms = expected_terms(table, state, state.pessimistic_mbps)
+    return int(np.argmax(rewards_from_terms(state, *terms)))

@@ -1,204 +1,413 @@
-"""A request-level simulator of split inference over a real bandwidth trace.
+"""A frame-level simulator of split inference over a real bandwidth trace, with the
+engine's own estimators, timeouts and fallbacks.
 
-One request per second of trace. The true state at step t is the trace's bandwidth at t,
-the episode's RTT, server speed and queue (with per-step jitter); the device sees only
-what its estimators (edgesdk.estimators) learned from earlier traffic: a bandwidth sample
-after each offloaded request, an active probe when nothing was sent for PROBE_IDLE steps,
-an RTT sample per step (heartbeats), noisy slowdown and queue. The reward of a choice is
-its expected reward under the true state (expectation over exits only), so the oracle is
-the planner fed the true state.
+It is deliberately not the planner's model. The planner assumes one lognormal bandwidth
+per request, known overheads, a fixed queue and no failures; here:
+
+- the link's rate varies within each second of the trace (an AR(1) lognormal around the
+  trace's value, per SLOT_S slot), a transfer integrates the rate over its duration, pays a
+  per-message overhead, and pays TCP slow start after an idle spell; outages (the rate near
+  zero for seconds) occur;
+- the RTT jitters per message; the server's queue is a fluid queue fed by other devices'
+  Poisson arrivals whose rate changes (load spikes);
+- the device's compute time per frame is its profile times a slowdown times a jitter drawn
+  from a measured distribution (a CPU-quota-throttled device stalls now and then);
+- the engine's behaviour is reproduced: an offload gets the frame's remaining budget minus
+  the time a local finish needs (when no exit answer is in hand); on a timeout the frame
+  finishes on the device (or answers with its best exit when a local finish would be
+  late), the link goes "checking", sends a hello, and offloading stops until a welcome
+  arrives (every RETRY_S while the link is down); plans are drawn from device-only
+  candidates meanwhile;
+- the device's view comes from edgesdk.estimators.LinkEstimator fed exactly what the
+  engine's link feeds it: replies (size, round trip, server and queue time), probes when
+  the link has been idle, and heartbeats.
+
+A frame's reward is the expectation over its exit (an exit fires with the candidate's
+calibrated probability) of ``w_acc * accuracy - latency / SLO - penalty * [latency > SLO]``
+with the realized latency, which the fallback caps: a frame never costs more than its
+budget plus a local finish. Every candidate's realized reward is computed at every frame
+(vectorized), so the oracle (the per-frame best in hindsight), every fixed candidate and
+the regret of any choice come from the same draws.
 
     sc = random_scenario(rng, traces, profiles)
-    for step in run_episode(sc, choose, rng): step.reward, step.rewards_true
+    ep = run_episode(sc, plan)                # EpisodeResult: per-frame arrays
+    ep.reward.mean(), ep.latency_ms, ep.oracle_reward
 
-`choose(table, est_state) -> index` is any strategy.
+The physical constants live in `Physics`; `calibrate.py` fits them to recordings of the
+real loop (bench e2e) and checks the fit.
 """
 
 from __future__ import annotations
 
-import csv
 import math
-import os
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import PolicyError
-from ..estimators import BandwidthEstimator, RttEstimator
-from .candidates import BITS, CandidateTable, ExitProfile, ModelProfile, build_candidates
-from .planner import expected_rewards, expected_terms
-from .state import HISTORY, TASKS, State
+from ..estimators import LinkEstimator, probe_bytes
+from .candidates import CandidateTable
+from .scenarios import (  # noqa: F401  (re-exported: the simulator's public names)
+    DEFAULT_PHYSICS,
+    FIXED_RATES,
+    Physics,
+    Scenario,
+    default_traces_dir,
+    load_traces,
+    make_scenario,
+    random_scenario,
+    synthetic_profile,
+)
+from .state import TASKS, State
 
-PROBE_IDLE = 3
-FIXED_RATES = (1.0, 5.0, 10.0, 50.0, 100.0)
-
-
-def default_traces_dir() -> Path:
-    """$EDGESDK_TRACES, else the first ``shared/traces`` found beside the current directory
-    or beside the source checkout (the traces are data for the project, never copied into
-    it). Commands take --traces to point elsewhere."""
-    env = os.environ.get("EDGESDK_TRACES")
-    if env:
-        return Path(env)
-    here = Path.cwd().resolve()
-    checkout = Path(__file__).resolve().parents[3]
-    for root in (here, here.parent, checkout):
-        if (root / "shared" / "traces").is_dir():
-            return root / "shared" / "traces"
-    return checkout / "shared" / "traces"
+SLOT_S = 0.05  # resolution of the sub-second rate
+OUTAGE_MBPS = 1e-3  # the rate of a link in an outage (> 0 keeps the capacity increasing)
+RETRY_S = 1.0  # the link's hello interval while down (EdgeLink retry_s)
+PROBE_IDLE_S = 2.0  # EdgeLink probe_idle_s
+HELLO_BYTES = 300
 
 
-def load_traces(split_dir: str | Path) -> list[tuple[str, np.ndarray]]:
-    """Every trace listed in split_dir/index.csv as (dataset/file, mbps per second)."""
-    root = Path(split_dir)
-    index = root / "index.csv"
-    if not index.is_file():
-        raise PolicyError(f"{index}: not found; pass --traces DIR or set "
-                          "EDGESDK_TRACES to the traces root (with train/ and test/)")
-    out = []
-    with open(index, newline="") as f:
-        for row in csv.DictReader(f):
-            path = root / row["dataset"] / row["file"]
-            mbps = np.loadtxt(path, delimiter=",", skiprows=1, usecols=1, ndmin=1)
-            out.append((f"{row['dataset']}/{row['file']}", np.maximum(mbps, 0.01)))
+# -- the world: exogenous draws of one episode ---------------------------------------------
+
+
+class World:
+    """Everything in an episode that no decision changes, drawn once: the rate per slot
+    and its running capacity, per-frame RTT, device jitter, queue wait and exit draw."""
+
+    def __init__(self, sc: Scenario) -> None:
+        ph = sc.physics
+        rng = np.random.default_rng([sc.seed, 17])
+        self.sc = sc
+        per = int(round(1 / SLOT_S))
+        seconds = len(sc.mbps) + 30  # room for transfers that end after the last frame
+        base = np.resize(sc.mbps, seconds)
+        base[len(sc.mbps):] = sc.mbps[-1]
+        n = seconds * per
+        eps = rng.normal(0, 1, n)
+        ar = np.empty(n)
+        a, s = ph.subsecond_rho, ph.subsecond_sigma
+        acc = eps[0] * s
+        for i in range(n):  # AR(1) with stationary spread s
+            acc = a * acc + math.sqrt(1 - a * a) * s * eps[i]
+            ar[i] = acc
+        rate = np.repeat(base, per) * np.exp(ar - s * s / 2)  # mean-preserving
+        for start, dur in sc.outages:
+            rate[int(start / SLOT_S):int((start + dur) / SLOT_S)] = OUTAGE_MBPS
+        self.rate_mbps = np.maximum(rate, OUTAGE_MBPS)
+        bytes_per_slot = self.rate_mbps * 1e6 / 8 * SLOT_S
+        self.cum = np.concatenate([[0.0], np.cumsum(bytes_per_slot)])
+        self.times = np.arange(n + 1) * SLOT_S
+        frames = sc.frames
+        self.t = np.arange(frames) * sc.period_s
+        self.rtt = sc.rtt_ms * np.exp(rng.normal(0, ph.rtt_sigma, frames))
+        jitter = np.exp(rng.normal(0, ph.device_sigma, frames))
+        stalled = rng.random(frames) < ph.stall_p
+        lo, hi = np.log(ph.stall_factor)
+        jitter[stalled] *= np.exp(rng.uniform(lo, hi, int(stalled.sum())))
+        self.device = sc.device_slowdown * jitter
+        self.exit_u = rng.random(frames)
+        self.queue = self._queue(rng, frames)
+
+    def _queue(self, rng: np.random.Generator, frames: int) -> np.ndarray:
+        """Queue wait (ms) at each frame's arrival: a fluid queue per slot fed by other
+        devices' Poisson arrivals (utilization sc.load) of typical tail jobs."""
+        sc, ph = self.sc, self.sc.physics
+        offload = sc.table.wire_bytes > 0
+        svc = float(np.median(sc.table.srv_ms[offload])) * sc.server_slowdown if offload.any() \
+            else 1.0
+        svc = max(svc, 0.2)
+        per = int(round(1 / SLOT_S))
+        util = np.repeat(np.resize(sc.load, len(sc.load)), per)
+        slot_ms = SLOT_S * 1e3
+        arrivals = rng.poisson(util * ph.server_workers * slot_ms / svc)
+        backlog = np.empty(len(util) + 1)
+        b = 0.0
+        backlog[0] = 0.0
+        cap = ph.server_workers * slot_ms
+        for i, k in enumerate(arrivals):
+            b = max(b + k * svc - cap, 0.0)
+            backlog[i + 1] = b
+        slot = np.minimum((self.t / SLOT_S).astype(int), len(backlog) - 1)
+        return backlog[slot] / ph.server_workers
+
+    def transfer_ms(self, t_send: float | np.ndarray, nbytes: np.ndarray) -> np.ndarray:
+        """Time to push nbytes through the link starting at t_send (s), rate integrated."""
+        start = np.interp(t_send, self.times, self.cum)
+        end_t = np.interp(start + nbytes, self.cum, self.times)
+        return (end_t - t_send) * 1e3
+
+    def rate_at(self, t: float) -> float:
+        return float(self.rate_mbps[min(int(t / SLOT_S), len(self.rate_mbps) - 1)])
+
+
+# -- one frame, every candidate --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """Per candidate, for one frame: realized expected reward, the rest branch's latency
+    and accuracy, whether the offload timed out, and the wire time it took."""
+
+    reward: np.ndarray
+    latency: np.ndarray  # the no-exit branch
+    accuracy: np.ndarray  # expected over the exit
+    timed_out: np.ndarray
+    wire_ms: np.ndarray
+    exit_latency: np.ndarray
+
+
+class _TableFacts:
+    """Per-candidate constants the frame loop needs, computed once per table."""
+
+    def __init__(self, table: CandidateTable) -> None:
+        self.offload = table.wire_bytes > 0
+        device_ms = {c.n_exits: table.dev_ms[i] for i, c in enumerate(table.candidates)
+                     if c.cut == "device"}
+        device_acc = {c.n_exits: table.rest_acc[i] for i, c in enumerate(table.candidates)
+                      if c.cut == "device"}
+        n = np.array([c.n_exits for c in table.candidates])
+        self.local_rest_ms = np.maximum(np.array([device_ms[k] for k in n]) - table.dev_ms, 0)
+        self.local_acc = np.array([device_acc[k] for k in n])
+        self.has_exit = n > 0
+        self.device_only = ~self.offload
+        # what a candidate becomes when the link is not up: device-only, same exits
+        index = {(c.n_exits, c.cut): i for i, c in enumerate(table.candidates)}
+        self.fallback_index = np.array([index[(k, "device")] for k in n])
+
+
+def frame_outcomes(world: World, k: int, facts: _TableFacts, slowdown_est: float,
+                   idle_s: float | np.ndarray) -> Outcomes:
+    """Every candidate's outcome at frame k if the link is up (see the module docstring)."""
+    sc, ph, t = world.sc, world.sc.physics, world.sc.table
+    slo = sc.slo_ms
+    w_acc, penalty = TASKS[sc.task]
+    jit = world.device[k]
+    d = (t.dev_ms + t.enc_ms) * jit
+    # the engine reserves a local finish when it has no exit answer to fall back on
+    local_est = facts.local_rest_ms * slowdown_est
+    reserve = np.where(~facts.has_exit & (slo - d - local_est > 1.0), local_est, 0.0)
+    budget = slo - d - reserve
+    t_send = world.t[k] + d / 1e3
+    wire = ph.overhead_ms + world.transfer_ms(t_send, t.wire_bytes)
+    cold = np.asarray(idle_s) >= ph.idle_restart_s
+    rtt = world.rtt[k]
+    if np.any(cold):  # slow start: ~one RTT per doubling of the window
+        rounds = np.log2(1 + t.wire_bytes / ph.init_window_bytes)
+        wire = wire + np.where(cold, np.minimum(rounds, 8) * rtt, 0.0)
+    edge = wire + rtt + world.queue[k] + t.srv_ms * sc.server_slowdown
+    ok = facts.offload & (budget > 0.5) & (edge <= budget)
+    timed_out = facts.offload & ~ok
+    waited = np.clip(budget, 0.0, None)
+    local_ms = facts.local_rest_ms * jit
+    late_local = d + waited + local_est > slo
+    exit_answer = timed_out & facts.has_exit & late_local
+    latency = np.where(ok, d + edge, np.where(exit_answer, d + waited, d + waited + local_ms))
+    latency = np.where(facts.device_only, t.dev_ms * jit, latency)
+    acc = np.where(ok, t.rest_acc, np.where(exit_answer, ph.fallback_exit_acc * facts.local_acc,
+                                            facts.local_acc))
+    acc = np.where(facts.device_only, t.rest_acc, acc)
+    exit_lat = t.exit_ms * jit
+    p = t.p_exit
+    r_rest = w_acc * acc - latency / slo - penalty * (latency > slo)
+    r_exit = w_acc * t.exit_acc - exit_lat / slo - penalty * (exit_lat > slo)
+    reward = p * r_exit + (1 - p) * r_rest
+    return Outcomes(reward, latency, p * t.exit_acc + (1 - p) * acc, timed_out,
+                    np.where(ok, wire, 0.0), exit_lat)
+
+
+# -- the device's view ---------------------------------------------------------------------
+
+
+class DeviceView:
+    """What the engine knows: the real LinkEstimator fed as EdgeLink feeds it, the link's
+    status, the device's slowdown estimate, and the recent failure rate."""
+
+    def __init__(self, world: World, facts: _TableFacts) -> None:
+        self.world = world
+        self.facts = facts
+        self.link = LinkEstimator(idle_s=PROBE_IDLE_S)
+        self.up = True
+        self.next_hello = 0.0
+        self.last_send = -math.inf
+        self.probes = 0
+        self.slowdowns: deque[float] = deque(maxlen=16)
+        self._hello(0.0)  # the welcome
+
+    def _small_ms(self, t: float) -> float:
+        w = self.world
+        k = min(int(t / w.sc.period_s), len(w.rtt) - 1)
+        return w.sc.physics.overhead_ms + float(w.transfer_ms(t, np.array([HELLO_BYTES]))[0]) \
+            + float(w.rtt[k])
+
+    def _hello(self, t: float) -> bool:
+        ms = self._small_ms(t)
+        if ms > 1000.0:  # nothing came back within the hello budget: down
+            self.up = False
+            self.next_hello = t + RETRY_S
+            return False
+        self.up = True
+        self.link.on_small_message(ms, t)
+        return True
+
+    def before_frame(self, t: float) -> None:
+        """Probes and hellos the I/O thread would have sent by time t."""
+        if not self.up and t >= self.next_hello:
+            self._hello(t)
+        if self.up and self.link.should_probe(t):
+            self.probes += 1
+            size = probe_bytes(self.link.bandwidth.estimate(t).value, self.probes)
+            self.link.on_small_message(self._small_ms(t), t)
+            w = self.world
+            ms = w.sc.physics.overhead_ms + float(w.transfer_ms(t, np.array([size]))[0])
+            if ms > 2000.0:  # the probe's budget (2 x the hello's)
+                self.link.on_timeout(size, 2000.0, t)
+                self.up = False
+                self.next_hello = t + RETRY_S
+            else:
+                self.link.on_reply(size, ms + self.link.rtt.floor_ms, 0.0, 0.0, t)
+
+    def state(self, t: float) -> State:
+        """The State the engine would build at time t (as EdgeLink.snapshot does)."""
+        sc = self.world.sc
+        e = self.link
+        m = e.bandwidth.model(t)
+        rtt = e.rtt.estimate(t)
+        rtt_ms = e.rtt.floor_ms if rtt.n else rtt.value
+        overhead = max(m.overhead_ms + m.rtt_ms - rtt_ms, 0.0) if m.n else 0.0
+        slow = float(np.median(self.slowdowns)) if self.slowdowns else sc.device_slowdown
+        return State(bw_mbps=max(m.rate_mbps, 1e-3), bw_std=m.rate_std,
+                     bw_history=tuple(h for h in e.bandwidth.history() if h > 0),
+                     rtt_ms=rtt_ms, queue_ms=e.server.queue_ms, device_slowdown=slow,
+                     server_slowdown=max(sc.server_slowdown * e.server.slowdown, 1e-3),
+                     slo_ms=sc.slo_ms, task=sc.task, bw_overhead_ms=overhead,
+                     bw_low_mbps=max(m.low_mbps, 0.0), failures=min(e.failures, 1.0),
+                     bw_age_s=m.age_s)
+
+    def after_frame(self, k: int, i: int, out: Outcomes) -> None:
+        w, t = self.world, self.world.sc.table
+        now = w.t[k] + out.latency[i] / 1e3
+        self.slowdowns.append(float(w.device[k]))
+        exited = w.exit_u[k] < t.p_exit[i]
+        if exited or not self.facts.offload[i]:
+            return
+        self.last_send = w.t[k]
+        self.link.on_offload(bool(out.timed_out[i]))
+        if out.timed_out[i]:
+            self.up = False  # "checking": a hello at once
+            self._hello(now)
+            return
+        srv = float(t.srv_ms[i] * w.sc.server_slowdown)
+        q = float(w.queue[k])
+        self.link.on_reply(int(t.wire_bytes[i]), float(out.wire_ms[i] + w.rtt[k]) + srv + q,
+                           srv, q, now, profiled_ms=float(t.srv_ms[i]))
+
+
+# -- episodes --------------------------------------------------------------------------------
+
+Chooser = Callable[[CandidateTable, State], int]
+
+
+@dataclass
+class EpisodeResult:
+    """Per frame: the choice, its realized reward, the oracle's reward, a latency draw
+    (exit or not, the same draw for every strategy), accuracy, SLO violation, and whether
+    the frame fell back after a timeout. `states`, `rewards_all`: what a learner needs
+    (the device's view and every candidate's realized reward), when recorded."""
+
+    choice: np.ndarray
+    reward: np.ndarray
+    oracle_reward: np.ndarray
+    latency_ms: np.ndarray
+    accuracy: np.ndarray
+    violated: np.ndarray
+    fell_back: np.ndarray
+    decision_s: np.ndarray
+    states: list = field(default_factory=list)
+    rewards_all: list = field(default_factory=list)
+
+
+def run_episode(sc: Scenario, choose: Chooser | None = None, *, record: bool = False,
+                world: World | None = None, clock: Callable[[], float] | None = None
+                ) -> EpisodeResult:
+    """Run `choose(table, state) -> index` over the episode (None: the hindsight oracle,
+    the per-frame best realized reward). While the link is not up, `choose` sees only the
+    device-only candidates, as in the engine."""
+    clock = clock or time.perf_counter
+    world = world or World(sc)
+    facts = _TableFacts(sc.table)
+    view = DeviceView(world, facts)
+    table = sc.table
+    device_idx = np.flatnonzero(facts.device_only)
+    device_table = table.subset(facts.device_only)
+    n = sc.frames
+    res = EpisodeResult(*(np.zeros(n, dtype) for dtype in (int, float, float, float, float,
+                                                           bool, bool, float)))
+    for k in range(n):
+        now = float(world.t[k])
+        view.before_frame(now)
+        idle = now - view.last_send
+        st = view.state(now)
+        out = frame_outcomes(world, k, facts, st.device_slowdown, idle)
+        rewards = out.reward
+        if not view.up:  # offloading is ruled out: only device-only candidates
+            rewards = rewards.copy()
+            rewards[facts.offload] = -np.inf
+        t0 = clock()
+        if choose is None:
+            i = int(np.argmax(rewards))
+        elif view.up:
+            i = int(choose(table, st))
+        else:
+            i = int(device_idx[choose(device_table, st)])
+        res.decision_s[k] = clock() - t0
+        if record and view.up:
+            res.states.append(st)
+            res.rewards_all.append(out.reward)
+        res.choice[k] = i
+        res.reward[k] = out.reward[i]
+        res.oracle_reward[k] = float(np.max(rewards))
+        exited = world.exit_u[k] < table.p_exit[i]
+        res.latency_ms[k] = out.exit_latency[i] if exited else out.latency[i]
+        res.accuracy[k] = out.accuracy[i]
+        res.violated[k] = res.latency_ms[k] > sc.slo_ms
+        res.fell_back[k] = bool(out.timed_out[i]) and not exited
+        view.after_frame(k, i, out)
+    return res
+
+
+def run_fixed(sc: Scenario, world: World | None = None) -> np.ndarray:
+    """Per-frame realized reward of every candidate used as a fixed plan for the whole
+    episode (frames, candidates), each with its own link state: after a timeout the link
+    checks with a hello and a fixed plan falls back to device-only until it is up again.
+    The hindsight-best fixed candidate is the column with the highest mean."""
+    world = world or World(sc)
+    facts = _TableFacts(sc.table)
+    n, m = sc.frames, len(sc.table)
+    out = np.zeros((n, m))
+    down_until = np.zeros(m)
+    last_send = np.full(m, -np.inf)
+    slow = sc.device_slowdown
+    for k in range(n):
+        now = float(world.t[k])
+        o = frame_outcomes(world, k, facts, slow, now - last_send)
+        up = down_until <= now
+        r = np.where(up, o.reward, o.reward[facts.fallback_index])
+        out[k] = r
+        sent = up & facts.offload & (world.exit_u[k] >= sc.table.p_exit)
+        last_send[sent] = now
+        failed = sent & o.timed_out
+        if failed.any():
+            t_fail = now + o.latency[failed] / 1e3
+            # the hello succeeds at once unless the link is in an outage (then every RETRY_S)
+            wait = np.array([_hello_delay(world, tf) for tf in t_fail])
+            down_until[failed] = t_fail + wait
     return out
 
 
-def synthetic_profile(rng: np.random.Generator, name: str = "synthetic") -> ModelProfile:
-    """A random but plausible model: 3..8 segments, activations that grow then shrink,
-    0..2 calibrated exits, codec sizes and agreement per bit width."""
-    n_seg = int(rng.integers(3, 9))
-    total = math.exp(rng.uniform(math.log(0.5), math.log(300)))
-    seg_ms = tuple(float(v) for v in rng.dirichlet(np.ones(n_seg) * 2) * total)
-    size = math.exp(rng.uniform(math.log(3e3), math.log(6e5)))
-    sizes = [size]
-    for _ in range(n_seg - 1):
-        size *= math.exp(rng.uniform(-1.6, 0.9 if len(sizes) == 1 else 0.2))
-        sizes.append(max(size, 40.0))
-    enc_per_mb = rng.uniform(1, 10)
-    squeeze = {32: 1.0, 16: 1.0, 8: rng.uniform(0.5, 1), 4: rng.uniform(0.5, 1),
-               2: rng.uniform(0.4, 1)}
-    agree = {32: 1.0, 16: 1.0, 8: 1 - rng.uniform(0, 0.01), 4: 1 - rng.uniform(0.005, 0.06),
-             2: 1 - rng.uniform(0.03, 0.35)}
-    names = ["input"] + [f"c{i}" for i in range(n_seg - 1)]
-    wire = {nm: {b: (fp * b / 32 * squeeze[b] + 64, fp / 1e6 * enc_per_mb * (b < 32) +
-                     0.01, agree[b]) for b in BITS} for nm, fp in zip(names, sizes)}
-    baseline = rng.uniform(0.6, 0.99)
-    n_exits = int(rng.integers(0, 3))
-    after = sorted(rng.choice(max(n_seg - 1, 1), size=min(n_exits, n_seg - 1), replace=False))
-    exits, upto, left = [], [baseline], 1.0
-    for a in after:
-        cov = left * rng.uniform(0.1, 0.8)
-        left -= cov
-        exits.append(ExitProfile(int(a), float(cov), float(min(baseline + rng.uniform(-0.03,
-                                 0.08), 1.0)), float(total * rng.uniform(0.005, 0.05))))
-        upto.append(upto[-1] - rng.uniform(0, 0.03))
-    return ModelProfile(name, seg_ms, tuple(names[1:]), tuple(range(n_seg - 1)), tuple(exits),
-                        tuple(float(u) for u in upto), wire)
-
-
-@dataclass
-class Scenario:
-    table: CandidateTable
-    mbps: np.ndarray  # true uplink bandwidth per step
-    rtt_ms: float
-    device_slowdown: float
-    server_slowdown: float
-    queue_ms: float
-    slo_ms: float
-    task: str
-    label: str = ""
-
-
-def random_scenario(rng: np.random.Generator, traces: Sequence[tuple[str, np.ndarray]],
-                    profiles: Sequence[ModelProfile] = (), steps: int = 120,
-                    p_real: float = 0.3, scales: Sequence[float] | None = None,
-                    fixed_rate_prob: float = 0.2) -> Scenario:
-    """A random episode: a model (a real profile with probability p_real, else synthetic),
-    a window of a trace (scaled by a log-uniform factor in [0.3, 30] unless `scales` is
-    given) or a fixed rate, RTT, device and server speed, queue, task, and an SLO between
-    0.3x and 3x of the device-only latency (at least RTT + 2 ms)."""
-    if profiles and rng.random() < p_real:
-        model = profiles[int(rng.integers(len(profiles)))]
-        slowdown = math.exp(rng.uniform(0, math.log(100)))
-    else:
-        model = synthetic_profile(rng)
-        slowdown = math.exp(rng.uniform(math.log(0.5), math.log(5)))
-    if rng.random() < fixed_rate_prob:
-        rate = FIXED_RATES[int(rng.integers(len(FIXED_RATES)))]
-        mbps, label = np.full(steps, rate), f"fixed {rate:g}"
-    else:
-        name, tr = traces[int(rng.integers(len(traces)))]
-        start = int(rng.integers(0, max(len(tr) - steps, 1)))
-        scale = (scales[int(rng.integers(len(scales)))] if scales
-                 else math.exp(rng.uniform(math.log(0.3), math.log(30))))
-        mbps, label = np.resize(tr[start:start + steps], steps) * scale, f"{name} x{scale:.2g}"
-    table = build_candidates(model)
-    return make_scenario(rng, table, mbps, slowdown, label)
-
-
-def make_scenario(rng: np.random.Generator, table: CandidateTable, mbps: np.ndarray,
-                  slowdown: float, label: str = "") -> Scenario:
-    rtt = math.exp(rng.uniform(math.log(2), math.log(80)))
-    device_only = float(np.max(table.dev_ms[table.wire_bytes == 0])) * slowdown
-    slo = max(device_only * math.exp(rng.uniform(math.log(0.3), math.log(3))), rtt + 2)
-    task = list(TASKS)[int(rng.integers(len(TASKS)))]
-    return Scenario(table, np.asarray(mbps, float), rtt, slowdown,
-                    server_slowdown=math.exp(rng.uniform(math.log(0.05), math.log(0.5))),
-                    queue_ms=float(rng.exponential(3.0)), slo_ms=slo, task=task, label=label)
-
-
-@dataclass
-class Step:
-    t: int
-    choice: int
-    reward: float
-    rewards_true: np.ndarray  # every candidate's reward under the true state
-    est: State
-    true: State
-
-
-def run_episode(sc: Scenario, choose: Callable[[CandidateTable, State], int],
-                rng: np.random.Generator) -> Iterator[Step]:
-    bw_est = BandwidthEstimator(k=HISTORY)
-    rtt_est = RttEstimator()
-    bw_est.observe(sc.mbps[0] * math.exp(rng.normal(0, 0.15)), 0.0)  # the hello's probe
-    idle = 0
-    for t in range(len(sc.mbps)):
-        rtt = sc.rtt_ms * math.exp(rng.normal(0, 0.2))
-        queue = sc.queue_ms * math.exp(rng.normal(0, 0.5))
-        true = State(bw_mbps=float(sc.mbps[t]), slo_ms=sc.slo_ms, rtt_ms=rtt, queue_ms=queue,
-                     device_slowdown=sc.device_slowdown, server_slowdown=sc.server_slowdown,
-                     task=sc.task)
-        e = bw_est.estimate(float(t))
-        r = rtt_est.estimate(float(t))
-        est = State(bw_mbps=e.value, bw_std=e.std, bw_history=tuple(bw_est.history()),
-                    slo_ms=sc.slo_ms, rtt_ms=r.value if r.n else sc.rtt_ms,
-                    queue_ms=sc.queue_ms * math.exp(rng.normal(0, 0.3)),
-                    device_slowdown=sc.device_slowdown * math.exp(rng.normal(0, 0.05)),
-                    server_slowdown=sc.server_slowdown, task=sc.task)
-        choice = choose(sc.table, est)
-        rewards = expected_rewards(sc.table, true)
-        yield Step(t, choice, float(rewards[choice]), rewards, est, true)
-        rtt_est.observe(rtt, float(t))
-        noise = math.exp(rng.normal(0, 0.15))  # drawn always: runs stay aligned across choices
-        idle = 0 if sc.table.wire_bytes[choice] > 0 else idle + 1
-        if idle == 0 or idle >= PROBE_IDLE:
-            bw_est.observe(sc.mbps[t] * noise, float(t))
-            idle = 0
-
-
-def latency_samples(sc: Scenario, choice: int, true: State, rng: np.random.Generator
-                    ) -> tuple[float, float, bool]:
-    """(expected accuracy, one latency draw, violated?) of a choice under the true state."""
-    acc, lat, viol = expected_terms(sc.table, true)
-    t = sc.table
-    exited = rng.random() < t.p_exit[choice]
-    if exited:
-        ms = float(t.exit_ms[choice] * true.device_slowdown)
-    else:
-        ms = float((lat[choice] - t.p_exit[choice] * t.exit_ms[choice] * true.device_slowdown)
-                   / max(1 - t.p_exit[choice], 1e-9))
-    return float(acc[choice]), ms, ms > true.slo_ms
+def _hello_delay(world: World, t: float) -> float:
+    waited = 0.0
+    while world.rate_at(t + waited) <= OUTAGE_MBPS * 1.01 and waited < 60:
+        waited += RETRY_S
+    return waited

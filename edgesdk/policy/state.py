@@ -6,6 +6,13 @@ server and the request's task. Validated on construction (PolicyError names the 
 Times of the candidate table are at the profiled (reference) speed; `device_slowdown` and
 `server_slowdown` scale them. `bw_history`: the last few bandwidth samples, oldest first
 (an empty history means "only the estimate is known").
+
+What the size-aware link model adds (defaults: unknown): `bw_overhead_ms`, the fixed cost
+of one message (framing, syscalls, the broker's hop) that does not shrink with the payload;
+`bw_low_mbps`, a pessimistic forecast (a low quantile of the rate over the next seconds;
+0: unknown, the planner then uses `bw_mbps`); `failures`, the recent fraction of offloads
+that timed out or fell back (a decayed average, 0..1); `bw_age_s`, the age of the newest
+bandwidth sample (inf: none yet).
 """
 
 from __future__ import annotations
@@ -40,6 +47,10 @@ class State:
     device_slowdown: float = 1.0
     server_slowdown: float = 1.0
     task: str = "balanced"
+    bw_overhead_ms: float = 0.0
+    bw_low_mbps: float = 0.0
+    failures: float = 0.0
+    bw_age_s: float = math.inf
 
     def __post_init__(self) -> None:
         _finite("bw_mbps", self.bw_mbps, 0.0, low_ok=False)
@@ -49,6 +60,12 @@ class State:
         _finite("queue_ms", self.queue_ms, 0.0)
         _finite("device_slowdown", self.device_slowdown, 0.0, low_ok=False)
         _finite("server_slowdown", self.server_slowdown, 0.0, low_ok=False)
+        _finite("bw_overhead_ms", self.bw_overhead_ms, 0.0)
+        _finite("bw_low_mbps", self.bw_low_mbps, 0.0)
+        if not 0.0 <= self.failures <= 1.0:
+            raise PolicyError(f"state.failures is {self.failures!r}, expected 0..1")
+        if math.isnan(self.bw_age_s) or self.bw_age_s < 0:
+            raise PolicyError(f"state.bw_age_s is {self.bw_age_s!r}, expected >= 0")
         for i, h in enumerate(self.bw_history):
             _finite(f"bw_history[{i}]", h, 0.0, low_ok=False)
         if self.task not in TASKS:
@@ -57,3 +74,10 @@ class State:
     @property
     def weights(self) -> tuple[float, float]:
         return TASKS[self.task]
+
+    @property
+    def pessimistic_mbps(self) -> float:
+        """The low forecast if the estimator gave one, else the lowest recent sample."""
+        if self.bw_low_mbps > 0:
+            return min(self.bw_low_mbps, self.bw_mbps)
+        return min((*self.bw_history, self.bw_mbps))

@@ -11,6 +11,7 @@ tflite_runtime, from the `tflite` extra.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
@@ -30,11 +31,10 @@ class Segment(Protocol):
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-def open_segment(bundle: Bundle, index: int, threads: int = 1, **options) -> Segment:
-    """Open segment `index` of `bundle` with its backend's runtime."""
-    if not 0 <= index < len(bundle.segments):
-        raise BundleError(f"{bundle.path}: no segment {index}; it has {len(bundle.segments)}")
-    path = bundle.segment_path(index)
+def open_file(bundle: Bundle, path: str | os.PathLike, threads: int = 1,
+              **options) -> Segment:
+    """Open one model file of `bundle` (a segment, or a model-provided exit branch) with
+    the bundle's backend runtime. The backend module is imported here, on first use."""
     if bundle.backend == "onnx":
         from .onnx import OnnxSegment
 
@@ -42,6 +42,13 @@ def open_segment(bundle: Bundle, index: int, threads: int = 1, **options) -> Seg
     from .tflite import TfliteSegment
 
     return TfliteSegment(path, threads=threads, **options)
+
+
+def open_segment(bundle: Bundle, index: int, threads: int = 1, **options) -> Segment:
+    """Open segment `index` of `bundle` with its backend's runtime."""
+    if not 0 <= index < len(bundle.segments):
+        raise BundleError(f"{bundle.path}: no segment {index}; it has {len(bundle.segments)}")
+    return open_file(bundle, bundle.segment_path(index), threads, **options)
 
 
 def open_segments(bundle: Bundle, threads: int = 1, **options) -> list[Segment]:
@@ -58,4 +65,4 @@ def run_chain(segments: list[Segment], inputs: Mapping[str, np.ndarray],
     return env
 
 
-__all__ = ["Segment", "open_segment", "open_segments", "run_chain"]
+__all__ = ["Segment", "open_file", "open_segment", "open_segments", "run_chain"]

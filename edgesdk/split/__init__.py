@@ -16,11 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..bundle import Bundle, TensorSpec
-from ..errors import BundleError
-
-
-class SplitError(BundleError):
-    """A model cannot be split as asked (dynamic shapes, a non-separating cut, ...)."""
+from ..errors import SplitError  # defined in the one error tree, re-exported here
 
 
 @dataclass(frozen=True)

@@ -5,28 +5,59 @@
         welcome = client.hello()
         reply = client.request(frames, budget_s=0.1, bundle=sha, cut="c1")
 
-- protocol: envelopes and the I/O-free client state machine (docs/protocol.md)
+- protocol: envelopes and the I/O-free client state machine (docs/protocol.md); no zmq
 - client:   Client, a DEALER socket driven by that state machine
-- server:   Server, a ROUTER frontend, load-balancing broker and worker processes
+- broker:   Server, a ROUTER frontend and load-balancing broker (dispatch: its queue,
+            without I/O; config: ServerConfig; logs: its JSON-lines logs)
+- worker:   the server's worker processes and their pool
 - auth:     CURVE key files and the allow-list authenticator
 - metrics:  Prometheus text metrics
 
-edgesdk.serving composes this with the codec and the runtime (`edgesdk serve`).
+Names are imported on first use: `import edgesdk.transport.protocol` loads neither zmq nor
+the server, and a device never loads the broker. edgesdk.server composes this with the
+codec and the runtime (`edgesdk serve`).
 """
 
-from .auth import KeyPair, generate_keys, load_key_pair, load_public_key
-from .client import Client, Welcome
-from .protocol import (
-    VERSION,
-    ClientProtocol,
-    Envelope,
-    HandlerError,
-    MalformedMessage,
-    RemoteError,
-    Reply,
-)
-from .server import Server, ServerConfig, ServerStartError
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..errors import HandlerError, MalformedMessage, RemoteError, ServerStartError
+    from .auth import KeyPair, generate_keys, load_key_pair, load_public_key
+    from .broker import Server
+    from .client import Client, Welcome
+    from .config import ServerConfig
+    from .protocol import VERSION, ClientProtocol, Envelope, Reply
+
+# name -> the module that defines it (relative to this package, or edgesdk.errors)
+_EXPORTS = {
+    "VERSION": ".protocol", "ClientProtocol": ".protocol", "Envelope": ".protocol",
+    "Reply": ".protocol",
+    "HandlerError": "..errors", "MalformedMessage": "..errors", "RemoteError": "..errors",
+    "ServerStartError": "..errors",
+    "Client": ".client", "Welcome": ".client",
+    "KeyPair": ".auth", "generate_keys": ".auth", "load_key_pair": ".auth",
+    "load_public_key": ".auth",
+    "Server": ".broker", "ServerConfig": ".config",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+# A literal list, so that type checkers and linters see the lazy names.
 __all__ = [
     "VERSION",
     "Client",

@@ -23,7 +23,17 @@ from typing import Any
 
 import msgpack
 
-from ..errors import ServerBusy, ServerError, Timeout, TransportError, Unreachable
+# The protocol's exceptions live in edgesdk.errors (the one tree) and are re-exported here.
+from ..errors import (
+    HandlerError,
+    MalformedMessage,
+    RemoteError,
+    ServerBusy,
+    ServerError,
+    Timeout,
+    TransportError,
+    Unreachable,
+)
 
 VERSION = 1
 
@@ -59,31 +69,6 @@ MAX_ID = 2**64 - 1
 
 # The envelope keys this module interprets; everything else is passed through in `extra`.
 _CORE_KEYS = ("v", "kind", "id", "budget_ms", "bundle", "cut")
-
-
-class MalformedMessage(TransportError, ValueError):
-    """Frames that do not form a valid protocol message; the text names field and limit."""
-
-
-class RemoteError(ServerError):
-    """An `error` reply: `code` is one of the protocol's error codes (see docs/protocol.md)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"server error {code}: {message}")
-        self.code = code
-        self.remote_message = message
-
-
-class HandlerError(Exception):
-    """Raised by a server-side handler to reject a request with an error reply.
-
-    The worker turns it into ``error`` with this `code` (default bad_request) and keeps
-    running; any other exception becomes code ``internal``.
-    """
-
-    def __init__(self, message: str, code: str = BAD_REQUEST) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 # -- envelopes -----------------------------------------------------------------------------

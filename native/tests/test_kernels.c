@@ -10,6 +10,8 @@
  * the numpy *outputs* bit for bit, so a failure points at one kernel. Every check runs
  * twice, with 64-byte-aligned buffers and with odd offsets, to exercise the vector
  * prologues and tails, and guard bytes after each output catch writes past the end.
+ * es_packed_size is checked at and past its overflow limit for this target's size_t (the
+ * armv7 build is the 32-bit case).
  *
  * Output: one FAIL line per failed check (case, kernel, ISA, first differing index,
  * expected, got), then exactly "N passed, M failed". Exit status 0 iff M == 0; 2 if the
@@ -22,6 +24,24 @@
 #include <string.h>
 
 #include "kernels.h"
+
+/* Under AddressSanitizer (run.sh sanitize) the arena bytes around each buffer are
+ * poisoned, so a kernel that reads or writes outside its buffers is reported at once: the
+ * arenas are reused at their largest size, and an access past a buffer would otherwise land
+ * in memory ASan considers valid. */
+#if defined(__SANITIZE_ADDRESS__)
+#define ES_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ES_ASAN 1
+#endif
+#endif
+#ifdef ES_ASAN
+#include <sanitizer/asan_interface.h>
+#else
+#define ASAN_POISON_MEMORY_REGION(addr, size) ((void)(addr), (void)(size))
+#define ASAN_UNPOISON_MEMORY_REGION(addr, size) ((void)(addr), (void)(size))
+#endif
 
 /* ------------------------------------------------------------------ vector file */
 
@@ -126,7 +146,7 @@ static void read_case(reader *r, test_case *c) {
     c->flags = read_u32(r);
     if (c->kind > KIND_NONFINITE || (c->bits != 8 && c->bits != 4 && c->bits != 2))
         die("unknown case kind or bit width");
-    c->packed_size = es_packed_size(c->n, (int)c->bits);
+    if (es_packed_size(c->n, (int)c->bits, &c->packed_size) != 0) die("case too large");
     c->x = read_f32s(r, c->n);
     if (c->kind == KIND_FULL) read_full_case(r, c);
 }
@@ -250,7 +270,10 @@ static void *place(arena *a, size_t size, size_t offset) {
         a->cap = need;
     }
     uint8_t *p = a->mem + (64 - (uintptr_t)a->mem % 64) % 64 + offset;
+    ASAN_UNPOISON_MEMORY_REGION(a->mem, a->cap);
     memset(p, FILL, size + GUARD);
+    ASAN_POISON_MEMORY_REGION(a->mem, (size_t)(p - a->mem));
+    ASAN_POISON_MEMORY_REGION(p + size, a->cap - (size_t)(p - a->mem) - size);
     return p;
 }
 
@@ -263,6 +286,7 @@ static void *place_copy(arena *a, const void *src, size_t size, size_t offset) {
 /* The guard after `size` bytes of output is intact; otherwise one FAIL line. */
 static int guard_intact(const check *c, const void *out, size_t size, size_t elem_size) {
     const uint8_t *g = (const uint8_t *)out + size;
+    ASAN_UNPOISON_MEMORY_REGION(g, GUARD); /* under ASan a write there was already fatal */
     for (size_t i = 0; i < GUARD; i++) {
         if (g[i] != FILL) {
             char got[16], note[64];
@@ -462,6 +486,56 @@ static void check_params(const test_case *c) {
     count(1);
 }
 
+/* One es_packed_size call: want_status 0 with size `want`, or -1 with *size untouched. */
+static void check_packed_size(const char *case_name, size_t n, int bits, int want_status,
+                              size_t want) {
+    const size_t untouched = 12345;
+    size_t got = untouched;
+    int status = es_packed_size(n, bits, &got);
+    int ok = status == want_status && got == (want_status == 0 ? want : untouched);
+    if (!ok) {
+        check ck = {case_name, "es_packed_size", "-", 0};
+        char w[64], g[64], note[32];
+        if (want_status == 0)
+            snprintf(w, sizeof w, "%zu", want);
+        else
+            snprintf(w, sizeof w, "rejected(-1)");
+        snprintf(g, sizeof g, "%zu(status %d)", got, status);
+        snprintf(note, sizeof note, " (n, at %d bits)", bits);
+        fail_line(&ck, n, w, g, note);
+    }
+    count(ok);
+}
+
+/* es_packed_size at and past its limit, es_max_codes(bits) = SIZE_MAX / bits. The counts
+ * derive from SIZE_MAX, so under qemu-arm (32-bit size_t) they are the ones that wrapped
+ * the old unchecked (n * bits + 7) / 8 through a Python buffer: 2^29 codes at 8 bits (512
+ * MiB) gave 0 bytes, so an empty output buffer passed the size check. The expected sizes
+ * come from n / 8 * bits + ceil(n % 8 * bits / 8), which cannot overflow. */
+static void check_packed_size_limits(void) {
+    printf("size_t: %u bits\n", (unsigned)(sizeof(size_t) * 8));
+    static const int widths[3] = {8, 4, 2};
+    for (int i = 0; i < 3; i++) {
+        int bits = widths[i];
+        size_t limit = SIZE_MAX / (size_t)bits;
+        const size_t within[4] = {0, 1, 9, limit}; /* exact, up to the largest accepted */
+        for (int k = 0; k < 4; k++) {
+            size_t n = within[k];
+            check_packed_size("packed-size", n, bits, 0,
+                              n / 8 * (size_t)bits + (n % 8 * (size_t)bits + 7) / 8);
+        }
+        const size_t past[3] = {limit + 1, limit + 2, SIZE_MAX}; /* n * bits wraps */
+        for (int k = 0; k < 3; k++) check_packed_size("packed-size-limit", past[k], bits, -1, 0);
+    }
+#if SIZE_MAX == 0xffffffffu
+    /* The bug report's case by name: 512 MiB of codes at 8 bits on a 32-bit target. */
+    check_packed_size("packed-size-512MiB", (size_t)1 << 29, 8, -1, 0);
+    check_packed_size("packed-size-512MiB-1", ((size_t)1 << 29) - 1, 8, 0,
+                      ((size_t)1 << 29) - 1);
+    printf("packed-size limit checks ran with a 32-bit size_t\n");
+#endif
+}
+
 /* ------------------------------------------------------------------ main */
 
 static void print_target(void) {
@@ -504,6 +578,7 @@ int main(int argc, char **argv) {
         n_failed++;
     }
 
+    check_packed_size_limits();
     for (size_t i = 0; i < n_cases; i++) check_params(&cases[i]);
 
     char tested[256] = "", skipped[256] = "";

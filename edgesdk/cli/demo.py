@@ -18,8 +18,11 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+
+from .._table import format_table
 
 # NAME[:TASK] (see --strategy)
 DEFAULT_STRATEGIES = ("policy", "device", "edge", "c1@4")
@@ -81,18 +84,14 @@ def _table(rows: Sequence[dict]) -> str:
                      f"{100 * r['edge']:.0f}%", f"{100 * r['device']:.0f}%",
                      f"{100 * r['accuracy']:.1f}%", f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}",
                      plans, falls])
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    fmt = "  ".join(f"{{:<{w}}}" if i in (0, 8, 9) else f"{{:>{w}}}"
-                    for i, w in enumerate(widths))
-    return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths))]
-                     + [fmt.format(*b) for b in body])
+    return format_table(head, body, "lrrrrrrrll")
 
 
 def run_demo(frames: int = 300, slo_ms: float = 50.0, strategies: Sequence[str] = (),
              workers: int = 1, quiet: bool = False) -> dict:
-    from .engine import Engine
-    from .models import DIGITS_BUNDLE, load_digits_test
-    from .server_process import ServerProcess
+    from ..engine import Engine
+    from ..models import DIGITS_BUNDLE, load_digits_test
+    from ..server import ServerProcess
 
     x, y = load_digits_test()
     n = min(frames, len(x))
@@ -130,9 +129,10 @@ def run_demo(frames: int = 300, slo_ms: float = 50.0, strategies: Sequence[str] 
     return report
 
 
-def add_demo_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("demo", help="device + embedded edge server on loopback, with "
-                                           "the bundled digits model")
+def add_parser(sub: Any, name: str, text: str, argv: Sequence[str] | None = None
+               ) -> argparse.ArgumentParser:
+    """Register `demo` on the `edgesdk` subparsers."""
+    p = sub.add_parser(name, help=text)
     p.add_argument("--frames", type=int, default=300, help="test digits to run (max 750)")
     p.add_argument("--slo-ms", type=float, default=50.0, help="latency budget per frame")
     p.add_argument("--strategy", action="append", metavar="S",

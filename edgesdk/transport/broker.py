@@ -10,9 +10,10 @@ The server is generic: it moves opaque frames. What a request computes is the jo
     frames, fields = handler.handle(envelope, frames)   # fields go into the result envelope
     handler.describe()  # optional: the "bundles" map of the welcome (asked of one worker)
 
-(edgesdk.serving builds the tail-segment handler from bundles.) A handler rejects a bad
-request by raising protocol.HandlerError; any other exception becomes an `internal` error
-reply and the worker keeps running.
+(edgesdk.server builds the tail-segment handler from bundles.) A handler rejects a bad
+request by raising edgesdk.errors.HandlerError; any other exception becomes an `internal`
+error reply and the worker keeps running. This module is the broker; the workers are in
+worker.py, the queue in dispatch.py, the configuration in config.py, the logs in logs.py.
 
 Processes and sockets::
 
@@ -41,212 +42,34 @@ new infer requests get `shutting_down`, queued and running ones finish (up to
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import json
 import logging
 import math
-import multiprocessing
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 import time
 import traceback
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Protocol
+from typing import Any
 
 import msgpack
 import zmq
 
-from ..errors import EdgeError
+from ..errors import MalformedMessage, ServerStartError
 from . import protocol
-from .auth import KeyPair, configure_server_socket, start_authenticator
+from .auth import configure_server_socket, start_authenticator
+from .config import ServerConfig, is_loopback
+from .dispatch import Dispatcher, Job
+from .logs import log_event
 from .metrics import Metrics, serve_metrics
-from .protocol import Envelope, HandlerError, MalformedMessage
+from .protocol import Envelope
+from .worker import DONE, FAIL, JOB, READY, STOP, WorkerPool, _pack_meta, _reply_frames, _Slot
 
-log = logging.getLogger("edgesdk.server")
-
-# Backend (broker <-> worker) commands: the first frame of every internal message.
-READY, DONE, FAIL, JOB, STOP = b"READY", b"DONE", b"FAIL", b"JOB", b"STOP"
-
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 HOUSEKEEPING_S = 0.02  # timers (queue expiry, restarts, hung workers) run this often
 DRAIN_BATCH = 256  # messages read from one socket before looking at the other
-
-
-class Handler(Protocol):
-    def handle(self, request: Envelope, frames: Sequence[memoryview]) -> tuple[list, dict]: ...
-
-
-class ServerStartError(EdgeError, RuntimeError):
-    """The server could not start (a worker failed to load, the address is taken, ...)."""
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """How a server runs. Sizes in bytes, times in seconds.
-
-    bind: the frontend endpoint. max_queue: requests that may wait for a worker before the
-    server answers busy. max_frame_bytes: ZMQ_MAXMSGSIZE on the frontend (a larger frame
-    disconnects its sender). max_frames: frames per message, envelope included.
-    curve: the server's key pair; with it, allow_dir must name the directory of accepted
-    device public keys. metrics_port: serve Prometheus text on it (None: off).
-    """
-
-    bind: str = "tcp://127.0.0.1:5555"
-    workers: int = 1
-    max_queue: int = 16
-    max_frame_bytes: int = 32 * 1024 * 1024
-    max_frames: int = 64
-    curve: KeyPair | None = None
-    allow_dir: str | None = None
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int | None = None
-    drain_timeout_s: float = 10.0
-    worker_timeout_s: float = 30.0
-    startup_timeout_s: float = 120.0
-    name: str = "edgesdk"
-
-    def validate(self) -> None:
-        if not isinstance(self.workers, int) or self.workers < 1:
-            raise ValueError(f"workers is {self.workers!r}, expected an int >= 1")
-        if not isinstance(self.max_queue, int) or self.max_queue < 0:
-            raise ValueError(f"max_queue is {self.max_queue!r}, expected an int >= 0")
-        if self.max_frames < 2:
-            raise ValueError(f"max_frames is {self.max_frames}, expected >= 2")
-        if self.max_frame_bytes < 1024:
-            raise ValueError(f"max_frame_bytes is {self.max_frame_bytes}, expected >= 1024")
-        if self.curve is not None and not self.allow_dir:
-            raise ValueError("a CURVE server needs an allow directory of device public keys "
-                             "(--allow DIR)")
-        if self.allow_dir and self.curve is None:
-            raise ValueError("an allow directory needs the server's CURVE secret key "
-                             "(--curve-secret FILE)")
-
-
-def is_loopback(endpoint: str) -> bool:
-    """True for ipc://, inproc:// and tcp:// endpoints on a loopback address."""
-    if not endpoint.startswith("tcp://"):
-        return True
-    host = endpoint[len("tcp://"):].rsplit(":", 1)[0]
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
-
-
-# -- structured logs -----------------------------------------------------------------------
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, event, then the event's fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        body = {"ts": round(record.created, 6), "level": record.levelname.lower(),
-                "event": record.getMessage()}
-        body.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            body["traceback"] = "".join(traceback.format_exception(*record.exc_info))[-4000:]
-        return json.dumps(body, default=str)
-
-
-def configure_logging(level: str = "info", stream=None) -> None:
-    """JSON-lines logs on stderr for the edgesdk.server logger (workers inherit it)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    log.handlers[:] = [handler]
-    log.setLevel(level.upper())
-    log.propagate = False
-
-
-def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
-    if log.isEnabledFor(level):
-        log.log(level, event, extra={"fields": fields})
-
-
-# -- the dispatcher: queue and idle workers, without I/O -----------------------------------
-
-
-@dataclass
-class Job:
-    """An infer request inside the broker."""
-
-    seq: int
-    client: bytes  # the device's ROUTER identity
-    request_id: int
-    envelope: Any  # the original envelope frame, forwarded as is
-    frames: list
-    received: float  # broker monotonic time
-    deadline: float
-
-
-class Dispatcher:
-    """Which job runs on which worker; LRU load balancing and a bounded queue (no I/O).
-
-    admit() places a new job; worker_ready() is called when a worker starts or finishes
-    and returns its next job; worker_lost() takes a dead worker out and returns the job it
-    held. Expired queued jobs are handed back so the broker can answer them.
-    """
-
-    def __init__(self, max_queue: int) -> None:
-        self.max_queue = max_queue
-        self.idle: deque[bytes] = deque()
-        self.queue: deque[Job] = deque()
-        self.running: dict[bytes, Job] = {}
-
-    def admit(self, job: Job) -> tuple[str, bytes | None]:
-        """("run", worker) to send it now, ("queued", None), or ("busy", None)."""
-        if self.idle:
-            worker = self.idle.popleft()
-            self.running[worker] = job
-            return "run", worker
-        if len(self.queue) >= self.max_queue:
-            return "busy", None
-        self.queue.append(job)
-        return "queued", None
-
-    def worker_ready(self, worker: bytes, now: float) -> tuple[Job | None, list[Job]]:
-        """The worker is free: (the job it should run now or None, expired queued jobs)."""
-        self.running.pop(worker, None)
-        expired = []
-        while self.queue:
-            job = self.queue.popleft()
-            if now >= job.deadline:
-                expired.append(job)
-                continue
-            self.running[worker] = job
-            return job, expired
-        if worker not in self.idle:
-            self.idle.append(worker)
-        return None, expired
-
-    def finished(self, worker: bytes, seq: int) -> Job | None:
-        """The job the worker just finished, if it is the one we gave it."""
-        job = self.running.get(worker)
-        if job is None or job.seq != seq:
-            return None
-        del self.running[worker]
-        return job
-
-    def worker_lost(self, worker: bytes) -> Job | None:
-        with contextlib.suppress(ValueError):
-            self.idle.remove(worker)
-        return self.running.pop(worker, None)
-
-    def expire(self, now: float) -> list[Job]:
-        """Queued jobs whose deadline passed (removed from the queue)."""
-        if not self.queue or all(now < j.deadline for j in self.queue):
-            return []
-        expired = [j for j in self.queue if now >= j.deadline]
-        self.queue = deque(j for j in self.queue if now < j.deadline)
-        return expired
-
-    def drain_queue(self) -> list[Job]:
-        jobs = list(self.queue)
-        self.queue.clear()
-        return jobs
 
 
 def _ready_messages(sock: zmq.Socket, limit: int = DRAIN_BATCH):
@@ -261,217 +84,6 @@ def _ready_messages(sock: zmq.Socket, limit: int = DRAIN_BATCH):
         if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             return
         yield sock.recv_multipart(copy=False)
-
-
-# -- worker processes ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What a worker process needs; pickled to it by the spawn start method."""
-
-    backend: str
-    identity: bytes
-    factory: Callable[[], Any]
-    parent_pid: int
-    describe: bool
-    log_level: str
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to SIGKILL this process when the broker dies (kill -9 included)."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-def _pack_meta(meta: dict) -> bytes:
-    return msgpack.packb(meta, use_bin_type=True)
-
-
-def _reply_frames(env: Envelope, frames: Sequence = ()) -> list:
-    return [protocol.pack(env), *frames]
-
-
-def _payload_frame(frame: Any) -> Any:
-    """A frame a handler returned, as something ZeroMQ can send (TypeError otherwise)."""
-    if isinstance(frame, (bytes, memoryview, zmq.Frame)):
-        return frame
-    return memoryview(frame)  # bytearray, numpy arrays: anything with the buffer protocol
-
-
-def _run_job(handler: Handler, message: list) -> tuple[list, dict]:
-    """Run one JOB message; returns (reply frames, stats meta). Whatever the handler does
-    short of killing the process, the answer is a result or an error reply."""
-    meta = msgpack.unpackb(message[1].bytes, raw=False)
-    env = protocol.unpack(message[2].bytes)  # validated by the broker
-    started = time.monotonic()
-    stats = {"job": meta["job"], "queue_ms": (started - meta["received"]) * 1e3}
-    if started >= meta["deadline"]:
-        over = (started - meta["deadline"]) * 1e3
-        stats.update(status="error", code=protocol.EXPIRED)
-        reply = protocol.error_envelope(env.id, protocol.EXPIRED, f"budget of "
-                                        f"{env.budget_ms:.1f} ms ran out {over:.1f} ms before "
-                                        "compute started")
-        return _reply_frames(reply), stats
-    try:
-        out_frames, fields = handler.handle(env, [f.buffer for f in message[3:]])
-        server_ms = (time.monotonic() - started) * 1e3
-        reply = Envelope(protocol.RESULT, env.id, extra={
-            **dict(fields or {}), "server_ms": server_ms, "queue_ms": stats["queue_ms"]})
-        frames = _reply_frames(reply, [_payload_frame(f) for f in out_frames])
-        stats.update(status="result", server_ms=server_ms)
-        return frames, stats
-    except HandlerError as exc:
-        code, text = exc.code, str(exc)
-    except Exception as exc:  # a handler bug must not take the worker down
-        log_event("handler_exception", logging.ERROR, request=env.id,
-                  error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-3000:])
-        code, text = protocol.INTERNAL, f"{type(exc).__name__}: {exc}"
-    stats.update(status="error", code=code)
-    return _reply_frames(protocol.error_envelope(env.id, code, text)), stats
-
-
-def worker_main(spec: WorkerSpec) -> None:
-    """A worker process: build the handler, announce READY, run jobs until STOP."""
-    _die_with_parent(spec.parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the broker, which drains
-    configure_logging(spec.log_level)
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 1000)
-    sock.setsockopt(zmq.ROUTING_ID, spec.identity)
-    sock.connect(spec.backend)
-    try:
-        handler = spec.factory()
-        description = None
-        if spec.describe and hasattr(handler, "describe"):
-            description = handler.describe()
-    except BaseException as exc:
-        sock.send_multipart([FAIL, _pack_meta({"error": f"{type(exc).__name__}: {exc}"})])
-        sock.close()
-        ctx.term()
-        raise SystemExit(1) from None
-    sock.send_multipart([READY, _pack_meta({"pid": os.getpid(), "describe": description})])
-    sock.setsockopt(zmq.RCVTIMEO, 1000)
-    while True:
-        try:
-            message = sock.recv_multipart(copy=False)
-        except zmq.Again:  # idle for a second: check that the broker is still there
-            if os.getppid() != spec.parent_pid:
-                break
-            continue
-        command = message[0].bytes
-        if command == STOP:
-            break
-        if command != JOB or len(message) < 3:
-            continue
-        try:
-            frames, stats = _run_job(handler, message)
-        except Exception as exc:  # a broken JOB message: a bug, but never a dead worker
-            log_event("job_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
-            continue  # the broker answers the job when it times out the worker
-        sock.send_multipart([DONE, _pack_meta(stats), *frames], copy=False)
-    sock.close()
-    ctx.term()
-
-
-@dataclass
-class _Slot:
-    """One place in the pool; its process is replaced on every restart."""
-
-    index: int
-    generation: int = 0
-    process: Any = None
-    identity: bytes = b""
-    ready: bool = False
-    pid: int | None = None
-    crashes: deque = field(default_factory=deque)  # times of recent crashes
-    restart_at: float | None = None
-    kill_reason: str | None = None  # set when the broker killed it (hung worker)
-
-
-class WorkerPool:
-    """Starts, watches and restarts the worker processes (spawn start method)."""
-
-    def __init__(self, size: int, backend: str, factory: Callable[[], Any],
-                 log_level: str) -> None:
-        self.backend = backend
-        self.factory = factory
-        self.log_level = log_level
-        self.slots = [_Slot(i) for i in range(size)]
-        self._mp = multiprocessing.get_context("spawn")
-
-    def start(self, slot: _Slot, describe: bool = False) -> None:
-        slot.generation += 1
-        slot.identity = f"w{slot.index}.{slot.generation}".encode()
-        slot.ready = False
-        slot.restart_at = None
-        slot.kill_reason = None
-        spec = WorkerSpec(self.backend, slot.identity, self.factory, os.getpid(), describe,
-                          self.log_level)
-        slot.process = self._mp.Process(target=worker_main, args=(spec,), daemon=True,
-                                        name=f"edgesdk-worker-{slot.index}")
-        slot.process.start()
-        slot.pid = slot.process.pid
-
-    def by_identity(self, identity: bytes) -> _Slot | None:
-        for slot in self.slots:
-            if slot.identity == identity and slot.process is not None:
-                return slot
-        return None
-
-    def by_sentinel(self, fd: int) -> _Slot | None:
-        for slot in self.slots:
-            if slot.process is not None and slot.process.sentinel == fd:
-                return slot
-        return None
-
-    def sentinels(self) -> list[int]:
-        return [s.process.sentinel for s in self.slots if s.process is not None]
-
-    def reap(self, slot: _Slot) -> int | None:
-        """Collect a dead slot's process; returns its exit code."""
-        proc = slot.process
-        proc.join(0.5)
-        code = proc.exitcode
-        with contextlib.suppress(Exception):
-            proc.close()
-        slot.process = None
-        slot.ready = False
-        return code
-
-    def schedule_restart(self, slot: _Slot, now: float) -> float:
-        """Back off a slot that keeps crashing: 0.05 s doubling per crash in the last
-        30 s, at most 5 s. Returns the delay."""
-        slot.crashes.append(now)
-        while slot.crashes and now - slot.crashes[0] > 30.0:
-            slot.crashes.popleft()
-        delay = min(5.0, 0.05 * 2 ** (len(slot.crashes) - 1))
-        slot.restart_at = now + delay
-        return delay
-
-    def alive(self) -> int:
-        return sum(1 for s in self.slots if s.ready)
-
-    def stop_all(self, timeout: float = 3.0) -> None:
-        deadline = time.monotonic() + timeout
-        for slot in self.slots:
-            if slot.process is not None:
-                slot.process.join(max(0.0, deadline - time.monotonic()))
-        for slot in self.slots:
-            if slot.process is not None and slot.process.is_alive():
-                slot.process.terminate()
-                slot.process.join(1.0)
-                if slot.process.is_alive():
-                    slot.process.kill()
-                    slot.process.join(1.0)
-            if slot.process is not None:
-                with contextlib.suppress(Exception):
-                    slot.process.close()
-                slot.process = None
 
 
 # -- the broker ----------------------------------------------------------------------------
@@ -900,5 +512,4 @@ class Server:
         pool.stop_all()
 
 
-__all__ = ["Dispatcher", "Handler", "Job", "Server", "ServerConfig", "ServerStartError",
-           "WorkerSpec", "configure_logging", "is_loopback", "log_event", "worker_main"]
+__all__ = ["Server", "ServerConfig", "is_loopback"]

@@ -23,11 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from .errors import EdgeError
-
-
-class ServerStartError(EdgeError, RuntimeError):
-    """The server process did not log an expected event (e.g. "ready") in time."""
+from ..errors import ServerStartError
 
 
 def module_command(module: str, *args: str) -> list[str]:
@@ -39,7 +35,7 @@ def module_command(module: str, *args: str) -> list[str]:
     unless it is already on the path (an installed package), puts this package's root
     where it was.
     """
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     boot = ("import runpy, sys\n"
             "if sys.path[:1] == ['']: del sys.path[0]\n"
             f"if {root!r} not in sys.path: sys.path.insert(0, {root!r})\n"
@@ -51,7 +47,7 @@ class ServerProcess:
     """A server subprocess with its parsed log; a context manager that always ends it.
 
     cmd: the command line; it must log JSON lines with a "ready" event carrying
-    "endpoint" (edgesdk.transport.server does). env/cwd: for the child.
+    "endpoint" (edgesdk.transport.broker does). env/cwd: for the child.
     """
 
     def __init__(self, cmd: Sequence[str], ready_timeout: float = 60.0,
@@ -77,8 +73,8 @@ class ServerProcess:
     @classmethod
     def serve(cls, bundles: Sequence[str | os.PathLike], *args: str,
               bind: str = "tcp://127.0.0.1:*", **kw) -> ServerProcess:
-        """`python -m edgesdk.serving serve BUNDLE... --bind BIND ARGS...`."""
-        return cls(module_command("edgesdk.serving", "serve", *(str(Path(b)) for b in bundles),
+        """`python -m edgesdk serve BUNDLE... --bind BIND ARGS...`."""
+        return cls(module_command("edgesdk", "serve", *(str(Path(b)) for b in bundles),
                                   "--bind", bind, *args), **kw)
 
     def _read(self) -> None:
@@ -139,3 +135,6 @@ class ServerProcess:
     def __exit__(self, *exc: object) -> None:
         # SIGTERM first: a drained server removes its ipc:// directory; SIGKILL cannot.
         self.terminate(timeout=5.0)
+
+
+__all__ = ["ServerProcess", "ServerStartError", "module_command"]

@@ -1,0 +1,124 @@
+"""`edgesdk serve` (the edge server) and `edgesdk keys gen` (CURVE key pairs).
+
+    edgesdk serve BUNDLE... [--bind tcp://127.0.0.1:5555] [--workers N] [--max-queue N]
+                  [--curve-secret FILE --allow DIR] [--metrics-port PORT]
+    edgesdk keys gen DIR [--name NAME]
+
+The server is edgesdk.transport.broker.Server with edgesdk.server.TailHandlerFactory; the
+workers it spawns unpickle that factory from edgesdk.server, never from a __main__ module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from ..server.tail import OUTPUT_BITS
+from ._args import non_negative_int, port, positive_int
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ..server import TailHandlerFactory
+    from ..transport.auth import allowed_keys, load_key_pair
+    from ..transport.broker import Server, ServerConfig
+    from ..transport.logs import configure_logging, log_event
+
+    configure_logging(args.log_level)
+    factory = TailHandlerFactory(tuple(args.bundles), threads=args.threads,
+                                 output_bits=args.output_bits, profile_runs=args.profile_runs,
+                                 device=args.device)
+    factory.check()
+    curve = load_key_pair(args.curve_secret) if args.curve_secret else None
+    if args.allow and not allowed_keys(args.allow):
+        log_event("empty_allow_list", logging.WARNING, allow=args.allow,
+                  hint="no *.key files: no device can connect")
+    config = ServerConfig(
+        bind=args.bind, workers=args.workers,
+        max_queue=args.max_queue if args.max_queue is not None else 4 * args.workers,
+        max_frame_bytes=args.max_frame_bytes, curve=curve, allow_dir=args.allow,
+        metrics_host=args.metrics_host, metrics_port=args.metrics_port,
+        drain_timeout_s=args.drain_timeout, name=args.name or socket.gethostname())
+    return Server(config, factory, log_level=args.log_level).run()
+
+
+def _add_serve(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        name, help=text,
+        description="Run an edge server: a ZeroMQ ROUTER frontend, a load-balancing broker "
+                    "and N worker processes that run the tail segments of every cut point of "
+                    "the given bundles. Logs are JSON lines on stderr. SIGTERM or Ctrl-C "
+                    "drains in-flight work and exits.")
+    p.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundle directories to serve")
+    p.add_argument("--bind", default="tcp://127.0.0.1:5555", metavar="ENDPOINT",
+                   help="frontend endpoint (default tcp://127.0.0.1:5555; binding a public "
+                        "address without --curve-secret logs a warning)")
+    p.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                   help="worker processes (default 1)")
+    p.add_argument("--threads", type=positive_int, default=1, metavar="N",
+                   help="onnxruntime intra-op threads per worker (default 1)")
+    p.add_argument("--max-queue", type=non_negative_int, metavar="N",
+                   help="requests that may wait for a worker before the server answers busy "
+                        "(default 4 x workers)")
+    p.add_argument("--curve-secret", metavar="FILE",
+                   help="the server's CURVE key pair (NAME.key_secret from `edgesdk keys gen`)")
+    p.add_argument("--allow", metavar="DIR",
+                   help="directory of device public keys (*.key) allowed to connect")
+    p.add_argument("--metrics-port", type=port, metavar="PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics")
+    p.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                   help="address of the metrics endpoint (default 127.0.0.1)")
+    p.add_argument("--output-bits", type=int, choices=OUTPUT_BITS, default=32,
+                   help="precision of the returned outputs (default 32)")
+    p.add_argument("--profile-runs", type=non_negative_int, default=10, metavar="N",
+                   help="timed runs of the tail segments at startup for the welcome profile; "
+                        "0 uses the profile stored in the manifest (default 10)")
+    p.add_argument("--device", metavar="NAME",
+                   help="with --profile-runs 0: the manifest profile to use (default: host "
+                        "name)")
+    p.add_argument("--max-frame-bytes", type=positive_int, default=32 * 1024 * 1024,
+                   metavar="BYTES", help="largest frame accepted (ZMQ_MAXMSGSIZE; default "
+                                         "32 MiB)")
+    p.add_argument("--drain-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="longest wait for in-flight work on SIGTERM (default 10)")
+    p.add_argument("--name", help="server name sent in the welcome (default: host name)")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"], help="default info")
+    p.set_defaults(func=_serve)
+    return p
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from ..transport.auth import generate_keys, load_key_pair
+
+    public, secret = generate_keys(args.dir, args.name, force=args.force)
+    pair = load_key_pair(secret)
+    print(f"public key  {public}   (give this file to the other side)")
+    print(f"secret key  {secret}   (keep it here, mode 0600)")
+    print(f"z85 public  {pair.public.decode()}")
+    return 0
+
+
+def _add_keys(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        name, help=text,
+        description="Make a CURVE key pair: NAME.key (public: give it to the other side) and "
+                    "NAME.key_secret (keep it). Run it once for the server and once per "
+                    "device; put device .key files in the server's --allow directory and "
+                    "give the server's .key to the devices.")
+    keys_sub = p.add_subparsers(dest="keys_command", required=True)
+    g = keys_sub.add_parser("gen", help="write NAME.key and NAME.key_secret into DIR")
+    g.add_argument("dir", metavar="DIR", help="directory for the key files")
+    g.add_argument("--name", default=socket.gethostname() or "edgesdk",
+                   help="key file name (default: the host name)")
+    g.add_argument("--force", action="store_true", help="replace an existing pair")
+    g.set_defaults(func=_keys)
+    return p
+
+
+def add_parser(sub: Any, name: str, text: str, argv: Sequence[str] | None = None
+               ) -> argparse.ArgumentParser:
+    """Register `serve` or `keys` on the `edgesdk` subparsers."""
+    return (_add_keys if name == "keys" else _add_serve)(sub, name, text)

@@ -1,0 +1,148 @@
+"""`edgesdk split` (cut a model into a verified bundle and print its cut points) and
+`edgesdk profile` (time each segment here and store it in the bundle)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from .._table import format_table
+from ._args import non_negative_int, positive_int
+from .info import bundle_summary, cuts_table, exits_table, segments_table, verify_line
+
+# -- split ---------------------------------------------------------------------------------
+
+
+def _split(args: argparse.Namespace) -> int:
+    from ..split import split_model
+
+    # Only options given on the command line are passed, so that each backend applies its
+    # own defaults and a backend without an option (tflite input shapes) is not handed it.
+    options: dict[str, Any] = {"verify": not args.no_verify}
+    if args.input_shape:
+        options["input_shapes"] = args.input_shape
+    if args.max_points is not None:
+        options["max_points"] = args.max_points
+    if args.max_cut_tensors is not None:
+        options["max_cut_tensors"] = args.max_cut_tensors
+    if args.cut:
+        options["cuts"] = args.cut
+    if args.exit:
+        options["exits"] = args.exit
+    if args.name:
+        options["name"] = args.name
+    t0 = time.perf_counter()
+    bundle = split_model(args.model, args.out, **options)
+    elapsed = time.perf_counter() - t0
+    summary = bundle_summary(bundle)
+    summary["split_seconds"] = round(elapsed, 3)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"split {args.model} -> {summary['path']} in {elapsed:.1f} s: "
+          f"{len(summary['segments'])} segments, {len(summary['cuts'])} cut points "
+          f"({summary['backend']}, {summary['flops'] / 1e6:.1f} MFLOPs)")
+    print()
+    print(cuts_table(summary))
+    print()
+    print(segments_table(summary))
+    print()
+    if summary["exits"]:
+        print(exits_table(summary))
+        print()
+    print(f"verified: {verify_line(summary['source'])}")
+    return 0
+
+
+# -- profile -------------------------------------------------------------------------------
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from ..bundle import Bundle
+    from ..profile import default_device, profile_segments, seeded_inputs
+    from ..runtime import open_segments
+
+    device = args.device if args.device is not None else default_device()
+    if not device.strip():
+        raise ValueError("--device is empty")
+    bundle = Bundle.load(args.bundle)
+    segments = open_segments(bundle, threads=args.threads)
+    inputs = seeded_inputs(bundle.manifest.inputs, seed=args.seed)
+    profile = profile_segments(segments, inputs, runs=args.runs, warmup=args.warmup,
+                               threads=args.threads, files=[s.file for s in bundle.segments],
+                               seed=args.seed)
+    bundle = bundle.with_profile(device, profile)
+    if args.json:
+        print(json.dumps({"path": str(bundle.path), "device": device, "profile": profile},
+                         indent=2))
+        return 0
+    print(f"profiled {bundle.path} ({bundle.name}) on device {device!r}: threads "
+          f"{args.threads}, {args.runs} runs after {args.warmup} warm-up, seeded input "
+          f"(seed {args.seed})")
+    print()
+    total = profile["total_median_ms"] or 1.0
+    rows = [[s["index"], s.get("file", ""), f"{s['median_ms']:.3f}", f"{s['p90_ms']:.3f}",
+             f"{s['mean_ms']:.3f}", f"{s['min_ms']:.3f}", f"{s['prefix_median_ms']:.3f}",
+             f"{100 * s['median_ms'] / total:.1f}%"] for s in profile["segments"]]
+    rows.append(["total", "", f"{profile['total_median_ms']:.3f}",
+                 f"{profile['total_p90_ms']:.3f}", "", "", "", ""])
+    print(format_table(["seg", "file", "median ms", "p90 ms", "mean ms", "min ms",
+                  "0..seg median ms", "share"], rows, "rlrrrrrr"))
+    print()
+    print(f"stored in {bundle.path / 'manifest.json'} under profiles[{device!r}]")
+    return 0
+
+
+def add_parser(sub: Any, name: str, text: str, argv: Sequence[str] | None = None
+               ) -> argparse.ArgumentParser:
+    """Register `split` or `profile` on the `edgesdk` subparsers."""
+    if name == "profile":
+        return _add_profile(sub, name, text)
+    p = sub.add_parser(name, help=text,
+                       description="Cut an .onnx or .tflite model at its useful cut points, "
+                                   "verify the chained segments reproduce it, write a bundle "
+                                   "and print its cut points.")
+    p.add_argument("model", metavar="MODEL", help="the .onnx or .tflite file")
+    p.add_argument("-o", "--out", required=True, metavar="BUNDLE",
+                   help="bundle directory to write (e.g. model.edge)")
+    p.add_argument("--input-shape", action="append", metavar="NAME=1x3x224x224",
+                   help="pin a dynamic input's shape; repeat for several inputs")
+    p.add_argument("--max-points", type=positive_int, metavar="N",
+                   help="keep at most N cut points (default: every candidate)")
+    p.add_argument("--max-cut-tensors", type=positive_int, metavar="K",
+                   help="largest number of tensors that may cross a cut (onnx default 2)")
+    p.add_argument("--cut", action="append", metavar="T[+T2]",
+                   help="cut exactly after tensor T (or where T and T2 cross); repeatable")
+    p.add_argument("--exit", action="append", metavar="OUTPUT",
+                   help="a model output that is an early-exit classifier: cut its branch "
+                        "into its own file, with a cut where it branches off; repeatable")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip checking that the chained segments reproduce the model")
+    p.add_argument("--name", help="bundle name (default: the model file's stem)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_split)
+    return p
+
+
+
+def _add_profile(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=text,
+                       description="Run the bundle's segments chained on seeded input and "
+                                   "store each one's median and p90 latency in the manifest, "
+                                   "under this device's name.")
+    p.add_argument("bundle", metavar="BUNDLE", help="the bundle directory")
+    p.add_argument("--device", metavar="NAME", help="device name (default: the host name)")
+    p.add_argument("--threads", type=positive_int, default=1, metavar="N",
+                   help="intra-op threads per segment (default 1)")
+    p.add_argument("--runs", type=positive_int, default=50, metavar="N",
+                   help="timed runs of the chain (default 50)")
+    p.add_argument("--warmup", type=non_negative_int, default=5, metavar="N",
+                   help="untimed runs first (default 5)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="input seed (default 0)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_profile)
+    return p
+

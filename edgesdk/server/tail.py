@@ -1,0 +1,221 @@
+"""Serving bundles: the tail handler behind `edgesdk serve`.
+
+The transport moves opaque frames; this module is the composition above it that gives
+them meaning. A device that ran a bundle's segments up to cut `c` sends the cut's tensors,
+each encoded with edgesdk.codec (``encode_tensors``: one [header, payload] pair per
+tensor, in the order of the cut's tensors in the manifest). A worker decodes them, runs
+the remaining segments with edgesdk.runtime and answers with the model outputs, each
+encoded the same way and named in the result envelope's `outputs` field.
+
+    factory = TailHandlerFactory(("squeezenet.edge",), threads=1)
+    Server(ServerConfig(bind="tcp://0.0.0.0:5555", workers=2), factory).run()
+
+Bundles are keyed by their source model's sha256 (`bundle.source_sha256`), so a device
+and a server that split the same model file agree on the id whatever the directory is
+called. The welcome describes, per bundle, the cut points (id and tensors) and the
+server's own per-segment latency profile (measured by the first worker at startup, or read
+from the manifest with --profile-runs 0), so the device's planner knows the server side.
+
+The command line (`edgesdk serve`, `edgesdk keys gen`) is edgesdk.cli.serve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..bundle import FLOAT_DTYPES, Bundle, CutSpec, TensorSpec, servable_cuts
+from ..codec import decode_tensors, encode_tensors
+from ..errors import BundleError, CodecError, ConfigError, HandlerError
+from ..transport.protocol import BAD_REQUEST, Envelope
+
+UNKNOWN_BUNDLE = "unknown_bundle"
+OUTPUT_BITS = (16, 32)
+
+
+def _spec_json(t: TensorSpec) -> dict:
+    return {"name": t.name, "shape": list(t.shape), "dtype": t.dtype}
+
+
+def _check_servable(bundle: Bundle) -> None:
+    """Every cut's tail can run from the cut's tensors alone, and everything on the wire
+    is a float tensor (what the codec carries)."""
+    for out in bundle.manifest.outputs:
+        if out.dtype not in FLOAT_DTYPES:
+            raise BundleError(f"{bundle.path}: model output {out.name!r} is {out.dtype}; the "
+                              f"codec carries only {', '.join(FLOAT_DTYPES)} tensors")
+    for cut in bundle.cuts:
+        bad = [t.name for t in cut.tensors if t.dtype not in FLOAT_DTYPES]
+        if bad:
+            raise BundleError(f"{bundle.path}: cut {cut.id!r} sends non-float tensors {bad}")
+        available = set(cut.names)
+        for index in range(cut.after_segment + 1, len(bundle.segments)):
+            seg = bundle.segments[index]
+            missing = [n for n in seg.inputs if n not in available]
+            if missing:
+                raise BundleError(f"{bundle.path}: after cut {cut.id!r}, segment {index} reads "
+                                  f"{missing}, which the cut does not send")
+            available.update(seg.outputs)
+
+
+def load_bundles(paths: Sequence[str]) -> dict[str, Bundle]:
+    """Bundles keyed by source sha256, checked for serving; BundleError on duplicates."""
+    bundles: dict[str, Bundle] = {}
+    for path in paths:
+        bundle = Bundle.load(path)
+        key = bundle.source_sha256
+        if not key:
+            raise BundleError(f"{bundle.path}: manifest has no source sha256 to serve it by")
+        if key in bundles:
+            raise BundleError(f"{bundle.path} and {bundles[key].path} were cut from the same "
+                              f"model (sha256 {key[:12]}...); serve one of them")
+        if bundle.backend != "onnx":
+            raise BundleError(f"{bundle.path}: backend {bundle.backend!r}; the server runs "
+                              "onnx bundles")
+        _check_servable(bundle)
+        bundles[key] = bundle
+    if not bundles:
+        raise BundleError("no bundles to serve")
+    return bundles
+
+
+@dataclass(frozen=True)
+class TailHandlerFactory:
+    """Picklable recipe for a TailHandler, built inside each worker process.
+
+    threads: onnxruntime intra-op threads per session. output_bits: 32 (exact) or 16 for
+    the result tensors. profile_runs: timed runs of the tail segments for the welcome's
+    profile (0: use the manifest's profile stored under `device`, if any).
+    """
+
+    bundles: tuple[str, ...]
+    threads: int = 1
+    output_bits: int = 32
+    profile_runs: int = 10
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.output_bits not in OUTPUT_BITS:
+            raise ConfigError(f"output_bits is {self.output_bits!r}, expected one of "
+                              f"{list(OUTPUT_BITS)}")
+        if not isinstance(self.profile_runs, int) or self.profile_runs < 0:
+            raise ConfigError(f"profile_runs is {self.profile_runs!r}, expected an int >= 0")
+
+    def check(self) -> None:
+        """Load and check the bundles in the calling process (fail before spawning)."""
+        load_bundles(self.bundles)
+
+    def __call__(self) -> TailHandler:
+        return TailHandler(self)
+
+
+class _Served:
+    """One bundle in a worker: its tail sessions, indexed like the bundle's segments."""
+
+    def __init__(self, bundle: Bundle, threads: int) -> None:
+        from ..runtime import open_segment
+
+        self.bundle = bundle
+        self.cuts = {c.id: c for c in servable_cuts(bundle)}
+        self.first_tail = min((c.after_segment + 1 for c in self.cuts.values()), default=None)
+        n = len(bundle.segments)
+        self.segments: list = [None] * n
+        if self.first_tail is not None:
+            for i in range(self.first_tail, n):
+                self.segments[i] = open_segment(bundle, i, threads=threads)
+        self.outputs = tuple(t.name for t in bundle.manifest.outputs)
+
+
+class TailHandler:
+    """Runs the tail of a served bundle for each infer request (see the module doc)."""
+
+    def __init__(self, factory: TailHandlerFactory) -> None:
+        self.factory = factory
+        self.served = {key: _Served(b, factory.threads)
+                       for key, b in load_bundles(factory.bundles).items()}
+
+    def handle(self, request: Envelope, frames: Sequence) -> tuple[list, dict]:
+        from ..runtime import run_chain
+
+        served = self.served.get(request.bundle or "")
+        if served is None:
+            known = ", ".join(f"{k[:12]}... ({s.bundle.name})" for k, s in self.served.items())
+            raise HandlerError(f"bundle {str(request.bundle)[:64]!r} is not served here; "
+                               f"served: {known}", UNKNOWN_BUNDLE)
+        cut = served.cuts.get(request.cut or "")
+        if cut is None:
+            raise HandlerError(f"bundle {served.bundle.name!r} has no cut "
+                               f"{str(request.cut)[:64]!r}; cuts are {sorted(served.cuts)}",
+                               BAD_REQUEST)
+        try:
+            inputs = decode_tensors(frames, cut.tensors)
+        except CodecError as exc:
+            raise HandlerError(f"cut {cut.id!r} tensors: {exc}", BAD_REQUEST) from None
+        env = run_chain(served.segments, inputs, start=cut.after_segment + 1)
+        outputs = [env[name] for name in served.outputs]
+        return encode_tensors(outputs, bits=self.factory.output_bits, compress="none"), {
+            "outputs": list(served.outputs)}
+
+    # -- the welcome -----------------------------------------------------------------------
+    def describe(self) -> dict:
+        return {key: self._describe_one(s) for key, s in self.served.items()}
+
+    def _describe_one(self, served: _Served) -> dict:
+        bundle = served.bundle
+        profile = self._profile(served)
+        cuts = []
+        for c in served.cuts.values():
+            entry: dict[str, Any] = {
+                "id": c.id, "after_segment": c.after_segment,
+                "tensors": [_spec_json(t) for t in c.tensors], "bytes_fp32": c.bytes,
+                "flops_before": c.flops_before, "flops_after": c.flops_after}
+            if profile is not None:
+                entry["tail_ms"] = _tail_ms(profile, c)
+            cuts.append(entry)
+        return {"name": bundle.name, "backend": bundle.backend,
+                "inputs": [_spec_json(t) for t in bundle.manifest.inputs],
+                "outputs": [_spec_json(t) for t in bundle.manifest.outputs],
+                "output_bits": self.factory.output_bits, "cuts": cuts, "profile": profile}
+
+    def _profile(self, served: _Served) -> dict | None:
+        """Per-segment latency of the tail segments on this server, as edgesdk.profile
+        reports it; segment entries keep the bundle's segment index."""
+        from ..profile import default_device, profile_segments, seeded_inputs
+        from ..runtime import open_segment, run_chain
+
+        bundle = served.bundle
+        if served.first_tail is None:
+            return None
+        if self.factory.profile_runs == 0:
+            stored = bundle.manifest.profiles.get(self.factory.device or default_device())
+            return dict(stored) if isinstance(stored, dict) else None
+        # The tail's inputs: run the head once on seeded inputs (its sessions are dropped).
+        env = seeded_inputs(bundle.manifest.inputs, seed=0)
+        head = [open_segment(bundle, i, threads=self.factory.threads)
+                for i in range(served.first_tail)]
+        env = run_chain(head, env)
+        del head
+        tail = served.segments[served.first_tail:]
+        files = [s.file for s in bundle.segments[served.first_tail:]]
+        profile = profile_segments(tail, env, runs=self.factory.profile_runs, warmup=2,
+                                   threads=self.factory.threads, files=files, seed=0)
+        for entry in profile["segments"]:
+            entry["index"] += served.first_tail
+        profile["first_segment"] = served.first_tail
+        return profile
+
+
+def _tail_ms(profile: dict, cut: CutSpec) -> float | None:
+    """Server time of the tail after `cut`: the sum of its segments' median latencies."""
+    try:
+        by_index = {int(s["index"]): float(s["median_ms"]) for s in profile["segments"]}
+    except (KeyError, TypeError, ValueError):
+        return None
+    wanted = range(cut.after_segment + 1, 1 + max(by_index, default=-1))
+    if not wanted or any(i not in by_index for i in wanted):
+        return None
+    return round(sum(by_index[i] for i in wanted), 4)
+
+
+__all__ = ["OUTPUT_BITS", "UNKNOWN_BUNDLE", "TailHandler", "TailHandlerFactory", "load_bundles"]

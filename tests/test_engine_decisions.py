@@ -1,0 +1,237 @@
+"""The Engine's decisions within a frame, with the bundled digits model: the per-frame
+re-decision after an exit that does not fire (against a real `edgesdk serve` process on
+127.0.0.1), its budget, and the entropy stage chosen per plan (zstd tried or raw-packed,
+on the wire)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from edgesdk import Engine, PolicyError
+from edgesdk.bundle import Bundle
+from edgesdk.models import DIGITS_BUNDLE, load_digits_test
+from edgesdk.policy import Candidate, State, build_candidates, model_profile
+from edgesdk.profile import measure_cut_codec
+from edgesdk.runtime import open_segments, run_chain
+
+from transport_helpers import ServerProcess
+
+pytestmark = pytest.mark.timeout(120)
+SLO_MS = 200.0
+SLOW_SEGMENT_MS = 30.0  # what the test profile says segments 1..3 take on this "device"
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, _ = load_digits_test()
+    segs = open_segments(Bundle.load(DIGITS_BUNDLE))
+    ref = np.stack([run_chain(segs, {"x": xi[None]})["logits"][0] for xi in x[:60]])
+    with Engine(DIGITS_BUNDLE, strategy="device") as plain:
+        where = [plain.infer(xi) for xi in x[:60]]
+    hard = [i for i, r in enumerate(where) if r.where == "device"]  # no exit fires
+    easy = [i for i, r in enumerate(where) if r.exit_name == "exit1"]
+    assert hard and easy
+    return x[:60], ref, hard, easy
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    """(digits with a measured codec profile, the same on a device whose profile says
+    segments 1..3 take SLOW_SEGMENT_MS each): an offload from the first cut then pays."""
+    root = tmp_path_factory.mktemp("decisions")
+    measured = root / "digits.edge"
+    shutil.copytree(DIGITS_BUNDLE, measured)
+    bundle = Bundle.load(measured)
+    x, _ = load_digits_test()
+    codec = measure_cut_codec(open_segments(bundle), bundle.cuts,
+                              [{"x": xi[None]} for xi in x[:8]], "logits")
+    name = next(iter(bundle.manifest.profiles))
+    bundle.with_profile(name, {**bundle.manifest.profiles[name], "codec": codec})
+    slow = root / "slowdevice.edge"
+    shutil.copytree(measured, slow)
+    manifest = json.loads((slow / "manifest.json").read_text())
+    for seg in next(iter(manifest["profiles"].values()))["segments"][1:]:
+        seg["median_ms"] = SLOW_SEGMENT_MS
+    (slow / "manifest.json").write_text(json.dumps(manifest))
+    return measured, slow
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ServerProcess.serving([DIGITS_BUNDLE], "--workers", "1") as s:
+        yield s
+
+
+def _warm(engine: Engine) -> None:
+    """Wait until the link is up with three bandwidth samples (the planner's input)."""
+    deadline = time.monotonic() + 10
+    while len(engine.link.estimator.bandwidth.history()) < 3 or engine.link.usable(
+            time.monotonic()) is not None:
+        assert time.monotonic() < deadline, "the link did not warm up"
+        time.sleep(0.01)
+
+
+def _recording(engine: Engine) -> list:
+    """Record (table, state) of every re-decision of `engine`."""
+    calls = []
+    choose = engine._choose_rest
+
+    def spy(table, state, slo_ms):
+        calls.append((table, state))
+        return choose(table, state, slo_ms)
+    engine._choose_rest = spy
+    return calls
+
+
+# -- the re-decision -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_frame_that_misses_an_exit_is_replanned_from_there_against_a_real_server(
+        server, digits, bundles):
+    """The frame starts on 'everything here, both exits'; exit1 misses, the profile says
+    the rest takes 90 ms here, so the re-decision offloads from the first cut, with the
+    budget that is left, and the server's answer is the whole model's."""
+    x, ref, hard, easy = digits
+    _, slow = bundles
+    start = Candidate(2, "device", 32)
+    with Engine(slow, server=server.endpoint, slo_ms=SLO_MS, strategy="planner") as engine:
+        _warm(engine)
+        engine._choose = lambda table, state: table.index(start)  # the frame's first plan
+        calls = _recording(engine)
+        t0 = time.monotonic()
+        r = engine.infer(x[hard[0]])
+        wall_ms = (time.monotonic() - t0) * 1e3
+        assert calls, "no re-decision after the missed exit"
+        table, state = calls[0]
+        easy_r = engine.infer(x[easy[0]])
+    # re-planned from where the frame is: one exit run, cuts from segment 0 on
+    assert all(c.n_exits >= 1 and c.cut != "input" for c in table.candidates)
+    assert any(c.cut == "c0" for c in table.candidates)
+    # with the budget left: the SLO minus what the frame already spent
+    assert r.timings.device > 0
+    assert SLO_MS - wall_ms <= state.slo_ms <= SLO_MS - r.timings.device + 0.5
+    assert r.plans[0] == str(start) and len(r.plans) == 1 + len(calls)
+    replanned = r.plans[1]
+    assert replanned != str(start) and "device-only" not in replanned, r.plans
+    assert r.plan == r.plans[-1]
+    assert r.where == "edge" and r.fallback_reason is None, r
+    assert r.cut is not None and f"{r.cut}@{r.bits}b" in r.plan
+    assert r.zstd == r.plan.endswith("+z")
+    assert int(np.argmax(r.output)) == int(np.argmax(ref[hard[0]]))
+    # a frame that exits at exit1 is not re-decided
+    assert easy_r.where == "exit" and easy_r.plans == (str(start),)
+
+
+def test_offline_frames_re_decide_among_local_plans(digits):
+    x, ref, hard, _ = digits
+    with Engine(DIGITS_BUNDLE, strategy="planner") as engine:
+        # digits finishes here in 0.07 ms: the planner would run no exit; start on both
+        engine._choose = lambda table, state: table.index(Candidate(2, "device", 32))
+        calls = _recording(engine)
+        results = [engine.infer(x[i]) for i in hard[:3]]
+    assert calls and all(c.cut == "device" for t, _ in calls for c in t.candidates)
+    assert all(s.slo_ms < 100.0 for _, s in calls)  # the default SLO, minus time spent
+    for r, i in zip(results, hard[:3], strict=True):
+        assert r.plans and r.plan == r.plans[-1] and r.zstd is None
+        if r.where == "device":
+            np.testing.assert_array_equal(r.output[0], ref[i])
+
+
+def test_fixed_strategies_never_re_decide(digits):
+    x, _, hard, _ = digits
+    with Engine(DIGITS_BUNDLE, strategy="device") as engine:
+        calls = _recording(engine)
+        r = engine.infer(x[hard[0]])
+    assert not calls and r.plans == ("exits=2 device-only",)
+
+
+def test_the_budget_left_changes_the_re_decision():
+    """Exit1 missed on a device 300x slower than the profile, offline: with 200 ms left
+    the planner also runs exit2 (it usually answers sooner); with 20 ms left it skips it,
+    because a frame exit2 misses would end past the deadline while finishing here without
+    it fits."""
+    from edgesdk.engine.core import _plan_rest
+
+    rest = build_candidates(model_profile(Bundle.load(DIGITS_BUNDLE).manifest), after_exits=1)
+    local = rest.subset([c.cut == "device" for c in rest.candidates])
+
+    def choice(left_ms: float) -> Candidate:
+        state = State(bw_mbps=1.0, slo_ms=left_ms, device_slowdown=300.0)
+        return local.candidates[_plan_rest(local, state, 100.0)]
+
+    assert choice(200.0) == Candidate(2, "device", 32)
+    assert choice(20.0) == Candidate(1, "device", 32)
+
+
+def test_a_re_decision_takes_well_under_a_millisecond():
+    """The planner over the rest-of-frame table (target: <= 100 us on the dev machine;
+    asserted loosely, the test machines are shared)."""
+    from edgesdk.engine.core import _plan_rest
+
+    rest = build_candidates(model_profile(Bundle.load(DIGITS_BUNDLE).manifest), after_exits=1)
+    state = State(bw_mbps=20.0, bw_std=5.0, slo_ms=40.0, rtt_ms=2.0)
+    for _ in range(50):
+        _plan_rest(rest, state, 50.0)
+    n = 500
+    t = time.perf_counter()
+    for _ in range(n):
+        _plan_rest(rest, state, 50.0)
+    assert (time.perf_counter() - t) / n < 1e-3
+
+
+# -- the entropy stage, per plan -------------------------------------------------------------
+
+
+def test_strategy_strings_choose_the_entropy_stage(bundles):
+    measured, _ = bundles
+    cases = {"c0@8+z": Candidate(1, "c0", 8, True), "c0@8-z": Candidate(1, "c0", 8, False),
+             "c0@8": Candidate(1, "c0", 8, True), "c1@8-z/1": Candidate(1, "c1", 8, False),
+             "c1@8/1+z": Candidate(1, "c1", 8, True), "device@32/0": Candidate(0, "device", 32),
+             "edge": Candidate(0, "input", 8, True)}
+    for strategy, want in cases.items():
+        with Engine(measured, strategy=strategy) as engine:
+            table = engine._base_table
+            assert table.candidates[engine._choose(table, None)] == want, strategy
+    for bad in ("c0@8+z-z", "c0@8+z/1+z", "c0@8+x", "c0@"):
+        with pytest.raises(PolicyError, match="strategy"):
+            Engine(measured, strategy=bad)
+    # the shipped bundle measured no raw sizes: "-z" is not a candidate, plain forms are
+    with pytest.raises(PolicyError, match="raw-packed"):
+        Engine(DIGITS_BUNDLE, strategy="c0@8-z")
+    with Engine(DIGITS_BUNDLE, strategy="c0@8") as engine:
+        assert engine._base_table.candidates[engine._choose(engine._base_table, None)].zstd
+
+
+@pytest.mark.parametrize("mark", ["+z", "-z"])
+@pytest.mark.slow
+def test_the_plan_decides_whether_the_payload_is_compressed(server, digits, bundles, mark):
+    import msgpack
+
+    x, ref, hard, _ = digits
+    measured, _ = bundles
+    with Engine(measured, server=server.endpoint, slo_ms=SLO_MS,
+                strategy=f"c0@8{mark}/0") as engine:
+        _warm(engine)
+        sent = []
+        offload = engine.link.offload
+
+        def spy(frames, cut, budget_s):
+            sent.append([bytes(memoryview(f).cast("B")) for f in frames])
+            return offload(frames, cut, budget_s)
+        engine.link.offload = spy
+        results = [engine.infer(x[i]) for i in hard[:3]]
+    edge = [r for r in results if r.where == "edge"]
+    assert edge, [r.fallback_reason for r in results]
+    for r in edge:
+        assert r.zstd == (mark == "+z") and r.plan.endswith("+z") == (mark == "+z")
+    for frames in sent:
+        codec = msgpack.unpackb(frames[0])["codec"]
+        assert codec == ("zstd" if mark == "+z" else "none")
+    for r, i in zip(results, hard[:3], strict=True):
+        assert int(np.argmax(r.output)) == int(np.argmax(ref[i]))
