@@ -652,31 +652,63 @@ class SlowdownEstimator:
 
 
 class ServerLoadEstimator:
-    """Server queueing delay and speed from replies (`queue_ms`, `server_ms`) and the
-    `load` map of welcome and heartbeat messages (queue, workers, workers_busy).
+    """Server queueing delay and speed from replies (`queue_ms`, `server_ms`), timeouts,
+    and the `load` map of welcome and heartbeat messages (queue, workers, workers_busy).
 
     `queue_ms` is an EWMA of reply queue times; `slowdown` the EWMA of server_ms over the
     server's profiled time for the same work (1.0 when unknown); `utilization` the busy
     fraction of workers from the last load report.
+
+    A timed-out offload is a censored sample: the server took at least what the budget
+    left after the network (`observe_timeout`); it can only raise the slowdown. Without
+    replies, the slowdown relaxes back towards 1 with a half-life of RELAX_S, so a server
+    that was slow (or looked slow through timeouts) is tried again instead of being ruled
+    out for good: with every offload timing out, no reply would ever correct it.
     """
+
+    RELAX_S = 20.0
 
     def __init__(self, gain: float = 0.2) -> None:
         self._gain = gain
         self.queue_ms = 0.0
-        self.slowdown = 1.0
+        self._slowdown = 1.0
+        self._since = 0.0  # when _slowdown was last updated
         self.utilization = 0.0
         self.queue_length = 0
         self.n = 0
 
+    def slowdown_at(self, now: float) -> float:
+        """The slowdown, relaxed towards 1 for the time since the last sample."""
+        age = max(now - self._since, 0.0)
+        return 1.0 + (self._slowdown - 1.0) * 0.5 ** (age / self.RELAX_S)
+
+    @property
+    def slowdown(self) -> float:
+        return self._slowdown
+
     def observe_reply(self, server_ms: float, queue_ms: float,
-                      profiled_ms: float | None = None) -> None:
+                      profiled_ms: float | None = None, now: float | None = None) -> None:
         s = _check_finite("server_ms", server_ms)
         q = _check_finite("queue_ms", queue_ms)
         g = self._gain if self.n else 1.0
         self.queue_ms += g * (q - self.queue_ms)
         if profiled_ms:
-            self.slowdown += g * (max(s, 1e-6) / profiled_ms - self.slowdown)
+            current = self._slowdown if now is None else self.slowdown_at(now)
+            self._slowdown = current + g * (max(s, 1e-6) / profiled_ms - current)
+            self._since = self._since if now is None else float(now)
         self.n += 1
+
+    def observe_timeout(self, at_least_ms: float, profiled_ms: float | None,
+                        now: float) -> None:
+        """An offload whose reply did not come although the server had `at_least_ms` for
+        its queue and compute: raises the slowdown towards at_least_ms / profiled_ms."""
+        if not profiled_ms or at_least_ms <= 0:
+            return
+        bound = _check_finite("at_least_ms", at_least_ms) / profiled_ms
+        current = self.slowdown_at(now)
+        if bound > current:
+            self._slowdown = current + max(self._gain, 0.5) * (bound - current)
+            self._since = float(now)
 
     def observe_load(self, load: Mapping[str, Any]) -> None:
         workers = max(int(load.get("workers_alive", load.get("workers", 1)) or 1), 1)
@@ -736,7 +768,7 @@ class LinkEstimator:
                  ) -> float | None:
         """One reply; profiled_ms: the server's profiled time for the same work (tracks
         the server's slowdown). Returns the bandwidth sample, if the payload was large."""
-        self.server.observe_reply(server_ms, queue_ms, profiled_ms)
+        self.server.observe_reply(server_ms, queue_ms, profiled_ms, now)
         self._last_traffic = float(now)
         if payload_bytes <= self.small_bytes:  # small: it measures latency, not bandwidth
             self.rtt.observe(max(round_trip_ms - server_ms - queue_ms, 0.0), now)
@@ -751,6 +783,15 @@ class LinkEstimator:
         for the probing rule (as before): while nothing comes back, probing goes on."""
         return self.bandwidth.observe_timeout(payload_bytes, elapsed_ms, self.rtt.floor_ms,
                                               now)
+
+    def on_offload_timeout(self, payload_bytes: int, budget_ms: float,
+                           profiled_ms: float | None, now: float) -> None:
+        """An offload that got no reply within `budget_ms`: after the network's expected
+        share (RTT floor + overhead + bytes at the rate), the server had the rest and did
+        not answer; a censored sample of its slowdown (ServerLoadEstimator)."""
+        network = self.rtt.floor_ms + self.bandwidth.transfer_ms(max(payload_bytes, 1), now)
+        self.server.observe_timeout(budget_ms - network - self.server.queue_ms, profiled_ms,
+                                    now)
 
     def on_offload(self, failed: bool) -> None:
         """One offload's outcome (a timeout, an unreachable server or a fallback: failed)."""

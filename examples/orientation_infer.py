@@ -11,7 +11,7 @@ from edgesdk import Engine, Preprocessor
 
 LABELS = ["0", "90", "180", "270"]
 page = np.asarray(Image.open("photos/page.png").convert("RGB"))[:, :, ::-1]  # BGR, as cv2
-for strategy in ("policy", "c3@4/0"):  # the policy decides; then cut c3, 4 bits, no exits
+for strategy in ("planner", "c3@4/0"):  # the planner decides; then cut c3, 4 bits, no exits
     with Engine("orientation.edge", server="tcp://127.0.0.1:5555", slo_ms=30,
                 strategy=strategy) as engine:
         prep = Preprocessor(engine.bundle.manifest.inputs[0], mean=(0.485, 0.456, 0.406),

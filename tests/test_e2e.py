@@ -110,12 +110,15 @@ def test_best_fixed_split_holds_fidelity_and_ratios_are_taken_against_it():
     model = {"scenarios": {"s": {
         "device-only": e2e.stats(_frames([80.0] * 50, where="device"), slo),
         "edge-only": e2e.stats(_frames([20.0] * 50, agree=0.9), slo),  # lossy: not eligible
+        "fixed:c2": e2e.stats(_frames([60.0] * 80, agree=79 / 80), slo),  # 1 flip: chance
         "fixed:c1": e2e.stats(_frames([50.0] * 50), slo),
         "planner": e2e.stats(_frames([30.0] * 50), slo),
         "policy": e2e.stats(_frames([45.0] * 49 + [150.0]), slo),
     }}}
     e2e.compare(model, tl)
     assert model["best_fixed"]["s"] == "fixed:c1"
+    assert e2e.holds_fidelity(model["scenarios"]["s"]["fixed:c2"])
+    assert not e2e.holds_fidelity(model["scenarios"]["s"]["edge-only"])
     planner = model["scenarios"]["s"]["planner"]["vs_best_fixed"]
     assert planner["mean_ratio"] == pytest.approx(0.6) and planner["met"]
     policy = model["scenarios"]["s"]["policy"]["vs_best_fixed"]
@@ -150,7 +153,7 @@ def test_a_strategy_runs_through_the_timeline_on_the_loopback_testbed(tmp_path):
         run = runner.run(built, "planner", 200.0, profile_runs=2)
     assert runner.backend is None
     frames = run["records"]
-    assert len(frames) >= 10 and len(run["profile"]) == 2
+    assert len(frames) >= 10 and 2 <= len(run["profile"]) <= 1000
     f = frames[0]
     for key in ("t", "plan", "n_exits", "cut", "bits", "where", "fallback", "bytes_sent",
                 "ms", "agree", "state", "state_source"):
@@ -161,3 +164,17 @@ def test_a_strategy_runs_through_the_timeline_on_the_loopback_testbed(tmp_path):
     assert max(fr["t"] for fr in frames) < timeline.seconds
     assert np.mean([fr["agree"] for fr in frames]) >= 0.9
     json.dumps(frames)  # a recording is plain JSON
+
+
+def test_a_recording_summarizes_to_the_report_statistics(tmp_path):
+    path = tmp_path / "run.jsonl"
+    lines = [{"type": "meta"}, {"type": "model", "model": "m", "slo_ms": 50.0}]
+    for i, ms in enumerate([10.0, 20.0, 60.0]):
+        lines.append({"type": "frame", "model": "m", "strategy": "planner", "scenario": "s",
+                      "phase": "a", **_frames([ms])[0], "i": i})
+    lines.append({"type": "frame", "model": "m", "strategy": "planner", "scenario": "s",
+                  "phase": "settle", **_frames([999.0])[0]})  # not counted
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    s = e2e.summarize_recording(path)["m"]["s"]["planner"]
+    assert s["frames"] == 3 and s["mean_ms"] == pytest.approx(30.0)
+    assert s["slo_violations"] == pytest.approx(1 / 3)

@@ -263,6 +263,30 @@ def test_the_link_measures_bandwidth_right_after_connecting(server):
         link.close()
 
 
+def test_an_idle_link_sleeps_until_its_next_probe(server):
+    """No polling on a short timer: once warm, an idle link's I/O thread wakes for its
+    next probe (probe_idle_s away), so over a second it polls at most once or twice."""
+    from edgesdk.engine.link import EdgeLink
+
+    link = EdgeLink(server.endpoint, Bundle.load(DIGITS_BUNDLE).source_sha256,
+                    probe_idle_s=30.0)
+    try:
+        assert link.wait_connected(10)
+        assert _wait_for(lambda: len(link.estimator.bandwidth.history()) >= 3, 5.0)
+        time.sleep(0.1)  # the last probe's reply
+        polls = []
+        poll = link._client.poll
+
+        def counting(*args, **kw):
+            polls.append(time.monotonic())
+            return poll(*args, **kw)
+        link._client.poll = counting  # looked up on every turn of the I/O loop
+        time.sleep(1.0)
+        assert len(polls) <= 2, len(polls)
+    finally:
+        link.close()
+
+
 @pytest.mark.slow
 def test_after_a_timed_out_offload_the_link_checks_the_server_at_once():
     from edgesdk.engine.link import UP, EdgeLink

@@ -185,6 +185,58 @@ def test_a_re_decision_takes_well_under_a_millisecond():
     assert (time.perf_counter() - t) / n < 1e-3
 
 
+def test_a_repeated_frame_reuses_the_cached_decision_and_re_decision(digits, monkeypatch):
+    """The same frame again, with the same state and about the same budget left at its
+    missed exit, asks the planner nothing: the frame's decision and the re-decision come
+    from the engine's caches (planner calls counted, not time)."""
+    import edgesdk.engine.core as core
+
+    x, _, hard, _ = digits
+    # no server: only these ages could change the state between the frames
+    monkeypatch.setattr(core, "DECISION_TTL_S", 600.0)
+    monkeypatch.setattr(core, "STATE_TTL_S", 600.0)
+    start = Candidate(2, "device", 32)
+    # SLO 1 s: the budget left at exit1 stays in one ~5 % step (969..1000 ms) for 30 ms
+    with Engine(DIGITS_BUNDLE, strategy="planner", slo_ms=1000.0) as engine:
+        decisions = []
+
+        def choose(table, state):
+            decisions.append(state)
+            return table.index(start)
+        engine._choose = choose
+        rests = _recording(engine)
+        results = [engine.infer(x[hard[0]]) for _ in range(5)]
+    assert len(decisions) == 1 and len(rests) == 1, (len(decisions), len(rests))
+    assert results[0].plans[0] == str(start) and len(results[0].plans) >= 2
+    assert all(r.plans == results[0].plans and r.where == results[0].where for r in results)
+
+
+def test_the_decision_state_is_kept_until_the_link_has_news():
+    """state() is the same object while the link's version is unchanged and it is younger
+    than STATE_TTL_S; new estimates (a new version) or age rebuild it."""
+    import edgesdk.engine.core as core
+
+    class Link:  # what state() reads of an EdgeLink
+        version = 0
+
+        def snapshot(self, now):
+            return {"bw_mbps": 10.0, "bw_std": 1.0, "bw_history": (9.0, 11.0), "rtt_ms": 2.0,
+                    "queue_ms": 0.0, "server_slowdown": 1.0, "bw_overhead_ms": 0.1,
+                    "bw_low_mbps": 8.0, "failures": 0.0, "bw_age_s": 0.5}
+
+    with Engine(DIGITS_BUNDLE, strategy="planner") as engine:
+        engine.link = Link()
+        t = time.monotonic()
+        s = engine.state(t)
+        assert s.bw_mbps == 10.0 and s.rtt_ms == 2.0
+        assert engine.state(t + core.STATE_TTL_S / 2) is s
+        assert engine.state(t + core.STATE_TTL_S) is not s  # aged
+        s = engine.state(t + core.STATE_TTL_S)
+        engine.link.version = 1
+        assert engine.state(t + core.STATE_TTL_S) is not s  # news
+        engine.link = None
+
+
 # -- the entropy stage, per plan -------------------------------------------------------------
 
 

@@ -415,3 +415,35 @@ def test_the_links_snapshot_carries_the_model_for_the_planner():
         assert len(s["bw_history"]) == 5
     finally:
         link.close()
+
+
+def test_a_timeout_is_a_censored_server_sample_that_relaxes_without_replies():
+    from edgesdk.estimators import ServerLoadEstimator
+
+    s = ServerLoadEstimator()
+    s.observe_reply(server_ms=10.0, queue_ms=0.0, profiled_ms=10.0, now=0.0)
+    assert s.slowdown_at(0.0) == pytest.approx(1.0)
+    # three offloads gave the server 30 ms each and got nothing back: it is >= 3x slower
+    for t in (1.0, 2.0, 3.0):
+        s.observe_timeout(at_least_ms=30.0, profiled_ms=10.0, now=t)
+    assert s.slowdown_at(3.0) > 2.5
+    # a bound below what is already believed changes nothing
+    before = s.slowdown_at(3.0)
+    s.observe_timeout(at_least_ms=5.0, profiled_ms=10.0, now=3.0)
+    assert s.slowdown_at(3.0) == before
+    # no replies for a while: tried again rather than ruled out for good
+    assert s.slowdown_at(3.0 + ServerLoadEstimator.RELAX_S) == pytest.approx(
+        1 + (before - 1) / 2)
+    assert s.slowdown_at(3.0 + 10 * ServerLoadEstimator.RELAX_S) < 1.01
+
+
+def test_link_turns_an_offload_timeout_into_a_server_bound():
+    link = LinkEstimator()
+    link.on_small_message(2.0, 0.0)
+    for i in range(4):  # 10 Mbit/s: 125 kB take 100 ms
+        link.on_reply(125_000, 100.0 + 2.0 + 5.0, 5.0, 0.0, float(i), profiled_ms=5.0)
+    assert link.server.slowdown_at(4.0) == pytest.approx(1.0, abs=0.05)
+    # a 12.5 kB offload (~10 ms on the wire) with 60 ms of budget timed out: the server
+    # had ~48 ms and did not answer
+    link.on_offload_timeout(12_500, 60.0, profiled_ms=5.0, now=5.0)
+    assert link.server.slowdown_at(5.0) > 4.0

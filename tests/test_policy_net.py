@@ -76,3 +76,31 @@ def test_policy_imports_no_runtime_torch_or_transport():
             "bad = [m for m in ('torch', 'onnxruntime', 'onnx', 'zmq', 'edgesdk.runtime', "
             "'edgesdk.transport') if m in sys.modules]; print(bad); assert not bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_features_of_a_few_rows_equal_those_rows_of_all():
+    # a decision computes features for the planner's best few only; training for every
+    # row: the two must agree, or the network would decide on inputs it never saw
+    from edgesdk.policy.profiles import bundled_profiles
+
+    for profile in bundled_profiles()[:2]:
+        table = build_candidates(profile)
+        s = State(bw_mbps=6.0, bw_std=2.0, bw_history=(4.0, 7.0, 6.5), slo_ms=40.0,
+                  rtt_ms=5.0, bw_low_mbps=3.0, bw_overhead_ms=0.5, failures=0.2,
+                  device_slowdown=4.0)
+        rows = np.array([len(table) - 1, 0, 5])
+        np.testing.assert_allclose(features(table, s, rows=rows), features(table, s)[rows])
+
+
+def test_the_network_re_ranks_the_planners_best_few():
+    from edgesdk.policy.net import TOP_K
+    from edgesdk.policy.planner import expected_rewards
+    from edgesdk.policy.profiles import bundled_profiles
+
+    net = PolicyNet.load()
+    table = build_candidates(bundled_profiles()[0])
+    assert len(table) > TOP_K
+    for bw in (0.3, 3.0, 30.0, 300.0):
+        s = State(bw_mbps=bw, bw_std=bw / 3, slo_ms=30.0, rtt_ms=5.0, device_slowdown=5.0)
+        r = expected_rewards(table, s)
+        assert r[net.decide(table, s)] >= np.sort(r)[-TOP_K]

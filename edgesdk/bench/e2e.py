@@ -25,14 +25,16 @@ Strategies, each one device process through the whole timeline:
 - edge-only: the input at the fewest bits that keep fidelity;
 - fixed:<plan>: fixed candidates (at most --max-fixed): at each rate of the timeline, the
   analytic planner's offline choice and the fastest candidate in expectation (with the
-  device's measured slowdown), run like the others;
+  device's measured slowdown), then the cut inside the model that is fastest over all the
+  rates, run like the others;
 - planner, policy: the engine's adaptive strategies (``Engine(strategy=...)``).
 The hindsight-best fixed split of a scenario is the fixed strategy (device-only,
 edge-only or fixed:*) with the lowest mean latency on that scenario's frames in this run,
-among those whose agreement with fp32 there is >= 99 %. Ratios adaptive / best fixed are
-taken within the run. Targets (issue 12): mean <= 1.05x on stationary links and <= 0.8x
-on non-stationary ones, with no more SLO violations. The SLO is 2x the device's
-whole-model time under the quota (SLO_FACTOR explains why not 1.25x).
+among those whose agreement with fp32 there is >= 99 % within chance (holds_fidelity).
+Ratios adaptive / best fixed are taken within the run. Targets (issue 12): mean <= 1.05x
+on stationary links and <= 0.8x on non-stationary ones, with no more SLO violations. The
+SLO is 2x the device's whole-model time under the quota (SLO_FACTOR explains why not
+1.25x).
 
 Recordings (``--record``, default <workdir>/e2e-<time>.jsonl): one JSON object per line,
 for calibrating the policy simulator against the real loop. ``type`` says which:
@@ -70,6 +72,8 @@ for calibrating the policy simulator against the real loop. ``type`` says which:
   ``where`` (exit / edge / device), ``exit``, ``fallback`` (reason or null), ``agree``
   (answer equals the fp32 answer), ``correct`` (labels, PP-LCNet only), ``slo_ms``,
   ``violation`` (total > SLO).
+
+``summarize_recording(path)`` gives back the per (model, scenario, strategy) statistics.
 
 Run time: the full run takes about 9 minutes here once the bundles are built (first build
 about 1 minute, cached in the work directory); ``--smoke`` about 1.5 minutes.
@@ -282,6 +286,11 @@ def fixed_plans(built: Built, rates: list[float], slo_ms: float, slowdown: float
         picks.append(table.candidates[plan(table, state)])
     for r in rates:  # and the fastest in expectation, whatever the reward says
         picks.append(table.candidates[int(np.argmin(expected_ms(table, r, slowdown, rtt_ms)))])
+    # and a real split: the cut inside the model fastest over all the rates (log-mean)
+    inner = np.array([c.cut not in ("input", "device") for c in table.candidates])
+    if inner.any():
+        logs = np.mean([np.log(expected_ms(table, r, slowdown, rtt_ms)) for r in rates], axis=0)
+        picks.append(table.candidates[int(np.argmin(np.where(inner, logs, np.inf)))])
     out = []
     for c in picks:
         if c not in out and c != edge and c != device:
@@ -332,12 +341,44 @@ def stats(frames: list[dict], slo_ms: float) -> dict:
             "plans": dict(sorted(plans.items(), key=lambda kv: -kv[1])[:3])}
 
 
+def holds_fidelity(v: dict, floor: float = FIDELITY_FLOOR, z: float = 1.645) -> bool:
+    """Whether a strategy's frames agree with fp32 on at least `floor` of frames, within
+    chance: the one-sided 95 % upper (Wilson) bound of its agreement reaches the floor. One
+    input whose answer flips at fp16 is 1 frame in ~80 of a scenario (98.7 %), which says
+    nothing about the plan; a 2-bit input agreeing on 66 % of frames fails at any count."""
+    n = v.get("frames", 0)
+    if not n:
+        return False
+    p = v["agreement"]
+    centre = p + z * z / (2 * n)
+    spread = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return bool((centre + spread) / (1 + z * z / n) >= floor)
+
+
+def summarize_recording(path: str | Path) -> dict:
+    """{model: {scenario: {strategy: stats}}} from a recording: the numbers a simulator
+    replaying the same timeline must reproduce (mean and p95 within 10 %, issue 12)."""
+    frames: dict[tuple, list] = {}
+    slo: dict[str, float] = {}
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line)
+            if r.get("type") == "model":
+                slo[r["model"]] = r["slo_ms"]
+            elif (r.get("type") == "frame" and r.get("scenario")
+                  and r.get("phase") not in (None, "settle")):
+                frames.setdefault((r["model"], r["scenario"], r["strategy"]), []).append(r)
+    out: dict[str, dict] = {}
+    for (m, scn, k), fr in frames.items():
+        out.setdefault(m, {}).setdefault(scn, {})[k] = stats(fr, slo[m])
+    return out
+
+
 def compare(model: dict, timeline: Timeline) -> None:
     """Per scenario: the hindsight-best fixed strategy and adaptive / best-fixed ratios."""
     kinds = {s.name: s.kind for s in timeline.scenarios}
     for name, row in model["scenarios"].items():
-        fixed = {k: v for k, v in row.items() if k not in ADAPTIVE and v.get("frames")
-                 and v["agreement"] >= FIDELITY_FLOOR}
+        fixed = {k: v for k, v in row.items() if k not in ADAPTIVE and holds_fidelity(v)}
         if not fixed:
             continue
         best = min(fixed, key=lambda k: fixed[k]["mean_ms"])
@@ -351,9 +392,9 @@ def compare(model: dict, timeline: Timeline) -> None:
             ratio = v["mean_ms"] / b["mean_ms"]
             v["vs_best_fixed"] = {
                 "best": best, "mean_ratio": ratio, "p95_ratio": v["p95_ms"] / b["p95_ms"],
-                "target": target, "fidelity": v["agreement"] >= FIDELITY_FLOOR,
+                "target": target, "fidelity": holds_fidelity(v),
                 "met": bool(ratio <= target and v["slo_violations"] <= b["slo_violations"]
-                            and v["agreement"] >= FIDELITY_FLOOR)}
+                            and holds_fidelity(v))}
 
 
 # -- one model -------------------------------------------------------------------------------
@@ -489,7 +530,7 @@ def format_report(report: dict) -> str:
     lines.append(f"targets met: {len(met)} of {len(report['targets'])} (adaptive mean <= "
                  f"{TARGET_STATIONARY}x the hindsight-best fixed split on stationary links, <= "
                  f"{TARGET_NONSTATIONARY}x on non-stationary ones, no more SLO violations, "
-                 f">= {100 * FIDELITY_FLOOR:.0f}% agreement with fp32)")
+                 f">= {100 * FIDELITY_FLOOR:.0f}% agreement with fp32 within chance)")
     lines.append(f"recordings: {report['recording']}")
     lines.append(f"wall time {report['seconds']:.0f} s (builds {report['build_seconds']:.0f} s)")
     return "\n".join(lines)
@@ -506,9 +547,13 @@ def targets(report: dict) -> list[dict]:
     return out
 
 
+WINDOW_S = 0.4  # the PNG's rolling median
+
+
 def save_png(report: dict, path: str, timeline: Timeline) -> bool:
     """Latency over time through each non-stationary scenario (the step first), a line per
-    strategy (rolling median of 5 frames), the link's rate behind it."""
+    strategy (rolling median over WINDOW_S), the link's rate behind it (grey), the load
+    spike shaded."""
     from .._plot import pyplot
 
     plt = pyplot()
@@ -528,13 +573,13 @@ def save_png(report: dict, path: str, timeline: Timeline) -> bool:
                 if not pts:
                     continue
                 t, ms = np.array(pts).T
-                med = np.array([np.median(ms[max(0, i - 4):i + 1]) for i in range(len(ms))])
+                med = np.array([np.median(ms[(t > x - WINDOW_S) & (t <= x)]) for x in t])
                 ax.plot(t, med, lw=1.4 if k in ADAPTIVE else 0.9,
                         ls="-" if k in ADAPTIVE else "--", label=k[:28])
             ax.axhline(m["slo_ms"], color="grey", lw=0.8, ls=":", label="SLO")
-            ax.set_yscale("log")
+            ax.set_ylim(bottom=0)
             ax.set_xlabel("s into the scenario")
-            ax.set_ylabel("latency ms (rolling median)")
+            ax.set_ylabel(f"latency ms (median over {WINDOW_S:g} s)")
             ax.set_title(f"{m['model']}: {s.name}", fontsize=9)
             i = timeline.scenarios.index(s)
             t0 = timeline.starts[i]

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+MAX_PROFILE_RUNS = 1000
 PLAN = re.compile(r"exits=(\d+) (?:device-only|([\w.]+)@(\d+)b(\+z)?)")
 
 
@@ -121,14 +122,15 @@ class _Recorder:
 
 def _chain_profile(engine, x: np.ndarray, runs: int, seconds: float = 0.0
                    ) -> list[list[float]]:
-    """At least `runs` runs (and `seconds`) of every segment in order, each segment's ms:
-    the throttled device's time distribution, jitter included."""
+    """At least `runs` runs (and `seconds`, up to MAX_PROFILE_RUNS runs) of every segment
+    in order, each segment's ms: the throttled device's time distribution, jitter
+    included."""
     device = engine.local
     out = []
     n = len(engine.bundle.segments)
     end = time.monotonic() + seconds
     i = 0
-    while i < runs or time.monotonic() < end:
+    while i < runs or (time.monotonic() < end and i < MAX_PROFILE_RUNS):
         env = device.feed(x[i % len(x)])
         out.append([round(float(device.run_segment(s, env)), 4) for s in range(n)])
         i += 1

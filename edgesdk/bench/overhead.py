@@ -8,20 +8,35 @@
    in raw onnxruntime sessions, the cut tensor's bytes over a raw pyzmq REQ/REP to a raw
    server process running the tail sessions (target <= 1.3x).
 
+3. Adaptive against fixed: `Engine(strategy="planner")` against `strategy="device"` through
+   a real server on 127.0.0.1, on frames where both end the same way (the planner keeps
+   every frame here, at an exit or at the end), so the difference is what deciding costs:
+   the frame's decision, the re-decision after each missed exit, the state they read, and
+   the link's I/O thread (target <= 1.05x). Also reported: the planner's calls per frame
+   (what the decision caches leave), the cached decision's cost, and the CPU time of each
+   engine's link thread per second, idle and while frames flow. On the bundled digits
+   (task "latency", SLO 5 ms: the planner then runs both exits and keeps every frame here)
+   by default; `--adaptive BUNDLE FRAMES.npz` adds a bundle of yours (frames: the npz's
+   "x", one frame per row).
+
 Models: SqueezeNet-light from the onnx wheel (a real topology, ~10 ms here) and the
 bundled digits CNN (~0.1 ms: where fixed per-frame costs show). Servers pinned to one
 CPU and the device side to the other, as in `bench transport`. Ratios are per-round
 medians of interleaved timings (edgesdk.bench).
 
-    edgesdk bench overhead [--json] [--rounds N] [--quick]
+    edgesdk bench overhead [--json] [--rounds N] [--quick] [--only raw|adaptive]
+                           [--adaptive BUNDLE FRAMES.npz]
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import threading
+import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +44,8 @@ from ..errors import ConfigError
 from . import format_table, pm, ratio, time_interleaved
 from .transport import _cpus, _pin, _process, _serve_edgesdk, _squeezenet_bundle
 
-TARGETS = {"device": 1.05, "server": 1.3}
+TARGETS = {"device": 1.05, "server": 1.3, "adaptive": 1.05}
+ADAPTIVE = ("device", "planner")  # the fixed strategy first: the reference outcomes
 
 
 def _raw_session(path: Path, threads: int):
@@ -154,8 +170,179 @@ def bench_model(name: str, bundle, whole_model: Path | None, threads: int, round
             "_stats": (t, t2)}
 
 
+def _thread_cpu_s(native_id: int | None) -> float | None:
+    """CPU seconds a thread of this process has run (Linux: schedstat, in ns), or None."""
+    try:
+        with open(f"/proc/self/task/{native_id}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cpu_ms_per_s(tids: dict, seconds: float, during: Any = None) -> dict:
+    """Each thread's CPU ms per wall second over `during()` (or `seconds` of sleep)."""
+    before = {k: _thread_cpu_s(t) for k, t in tids.items()}
+    t0 = time.monotonic()
+    if during is None:
+        time.sleep(seconds)
+    else:
+        during()
+    wall = time.monotonic() - t0
+    after = {k: _thread_cpu_s(t) for k, t in tids.items()}
+    return {k: (None if before[k] is None or after[k] is None
+                else round((after[k] - before[k]) / wall * 1e3, 3)) for k in tids}
+
+
+def _wait_warm(engine, timeout_s: float = 30.0) -> None:
+    """Until the link is up with the bandwidth samples the planner waits for."""
+    link = engine.link
+    deadline = time.monotonic() + timeout_s
+    while (link.estimator.bandwidth.count < link.estimator.warm_samples
+           or link.usable(time.monotonic()) is not None):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the link to the benchmark server did not warm up: "
+                               f"{link.status}")
+        time.sleep(0.01)
+
+
+def bench_adaptive(name: str, bundle, frames: np.ndarray, *, slo_ms: float, task: str,
+                   threads: int, rounds: int, min_time: float, idle_s: float = 4.0) -> dict:
+    """The planner against the device-only strategy on `frames`, through a real server
+    (see the module docstring, 3.). One timed call is a pass over all the frames, so both
+    strategies time the same mix in every round."""
+    from ..engine import Engine
+    from ..server import TailHandlerFactory
+
+    server_cpu, client_cpu, pin_note = _cpus()
+    before = os.sched_getaffinity(0) if client_cpu is not None else None
+    if client_cpu is not None:
+        os.sched_setaffinity(0, {client_cpu})
+    factory = TailHandlerFactory((str(bundle.path),), threads=threads, profile_runs=2)
+    engines: dict = {}
+    try:
+        with _process(_serve_edgesdk, server_cpu, factory, 1, None) as endpoint:
+            for s in ADAPTIVE:
+                engines[s] = Engine(bundle, server=endpoint, strategy=s, slo_ms=slo_ms,
+                                    task=task, threads=threads, connect_timeout_s=30)
+            for e in engines.values():
+                _wait_warm(e)
+            planner = engines["planner"]
+            calls = {"decide": 0, "re_decide": 0}
+
+            def counted(fn, what):
+                def call(*args):
+                    calls[what] += 1
+                    return fn(*args)
+                return call
+            planner._choose = counted(planner._choose, "decide")
+            planner._choose_rest = counted(planner._choose_rest, "re_decide")
+            ends: dict = {s: [] for s in ADAPTIVE}
+            redecisions = [0]
+
+            def one_pass(s: str):
+                e, out = engines[s], ends[s]
+
+                def run() -> None:
+                    rs = [e.infer(x) for x in frames]
+                    out.append([(r.where, r.exit_name) for r in rs])
+                    if s == "planner":
+                        redecisions[0] += sum(len(r.plans) - 1 for r in rs)
+                return run
+            passes = {s: one_pass(s) for s in ADAPTIVE}
+            for run in passes.values():
+                run()  # warm: sessions, allocators, the decision caches' first entries
+            ends = {s: [] for s in ADAPTIVE}
+            passes = {s: one_pass(s) for s in ADAPTIVE}
+            calls.update(decide=0, re_decide=0)
+            redecisions[0] = 0
+            t = time_interleaved({s: passes[s] for s in ADAPTIVE}, rounds=rounds,
+                                 min_time=min_time)
+            n_passes = len(ends["planner"])
+            reference = ends["device"][0]  # a fixed plan ends each frame the same way
+            same = sum(p == d for run in ends["planner"]
+                       for p, d in zip(run, reference, strict=True))
+            agree = same / (n_passes * len(frames))
+            per_frame = {k: v / (n_passes * len(frames)) for k, v in calls.items()}
+            redecided = redecisions[0] / (n_passes * len(frames))
+            hit = 1.0 - calls["re_decide"] / redecisions[0] if redecisions[0] else None
+            # the cached decision: what a frame pays when nothing changed (amortized over
+            # the state's rebuilds within the timing)
+            d = time_interleaved({"decide": lambda: planner._decide(time.monotonic())},
+                                 rounds=rounds, min_time=min_time)["decide"]
+            links = {s: e.link._thread.native_id for s, e in engines.items()}
+            idle = _cpu_ms_per_s(links, idle_s)
+            flowing = {}
+            main_us = {}
+            for s in ADAPTIVE:
+                tids = {"link": links[s], "main": threading.get_native_id()}
+                k = max(1, round(0.5 / max(t[s].stats().median, 1e-6)))
+                got = _cpu_ms_per_s(tids, 0.0, lambda s=s, k=k: [passes[s]() for _ in range(k)])
+                flowing[s] = got["link"]
+                main_us[s] = (None if got["main"] is None else
+                              round(got["main"] * t[s].stats().median / len(frames) * 1e3, 1))
+    finally:
+        for e in engines.values():
+            e.close()
+        if before is not None:
+            os.sched_setaffinity(0, before)
+    frame_ms = {s: t[s].stats().scaled(1e3 / len(frames)).as_dict() for s in ADAPTIVE}
+    return {"model": name, "slo_ms": slo_ms, "task": task, "frames": len(frames),
+            "pinning": pin_note, "frame_ms": frame_ms,
+            "ratio": ratio(t["planner"], t["device"]).as_dict(),
+            "same_ends": round(agree, 4),
+            "planner_calls_per_frame": {k: round(v, 3) for k, v in per_frame.items()},
+            "re_decisions_per_frame": round(redecided, 3),
+            "re_decision_cache_hits": None if hit is None else round(hit, 3),
+            "decide_cached_us": d.stats().scaled(1e6).as_dict(),
+            "link_cpu_ms_per_s": {"idle": idle, "frames": flowing},
+            "main_cpu_us_per_frame": main_us, "_stats": t}
+
+
 def format_text(rows: list[dict]) -> str:
     """The text report of :func:`run` (what `edgesdk bench overhead` prints)."""
+    out: list[str] = []
+    write = out.append
+    raw = [r for r in rows if "device_only_ms" in r]
+    adaptive = [r for r in rows if "frame_ms" in r]
+    if raw:
+        write(_format_raw(raw))
+    if adaptive:
+        if raw:
+            write("")
+        write(_format_adaptive(adaptive))
+    return "\n".join(out)
+
+
+def _format_adaptive(rows: list[dict]) -> str:
+    table, notes = [], []
+    for r in rows:
+        t = r["_stats"]
+        q = ratio(t["planner"], t["device"])
+        per = r["planner_calls_per_frame"]
+        hits = r["re_decision_cache_hits"]
+        table.append([f"{r['model']} ({r['task']}, {r['slo_ms']:g} ms)",
+                      pm(t["device"].stats().scaled(1e3 / r["frames"]), 3),
+                      pm(t["planner"].stats().scaled(1e3 / r["frames"]), 3), pm(q, 3),
+                      f"<= {TARGETS['adaptive']}",
+                      "met" if q.median <= TARGETS["adaptive"] else "MISSED",
+                      f"{r['same_ends']:.0%}"])
+        idle, flow = r["link_cpu_ms_per_s"]["idle"], r["link_cpu_ms_per_s"]["frames"]
+        notes.append(
+            f"{r['model']}: planner calls per frame {per['decide']:.3f} decide, "
+            f"{per['re_decide']:.3f} re-decide (of {r['re_decisions_per_frame']:.2f} "
+            f"re-decisions: {'n/a' if hits is None else f'{hits:.0%}'} from the cache); "
+            f"cached decision {r['decide_cached_us']['median']:.2f} us; link thread CPU "
+            f"ms/s idle {idle}, with frames {flow}; main thread CPU us/frame "
+            f"{r['main_cpu_us_per_frame']}")
+    return "\n".join([format_table(
+        ["model (task, SLO)", "device ms/frame", "planner ms/frame", "ratio", "target", "",
+         "same ends"], table, "lrrrrll"), *notes,
+        f"{rows[0]['pinning']}; a server on 127.0.0.1; ms per frame, medians ± 95% CI "
+        "half-width over interleaved rounds of whole passes; same ends: frames the planner "
+        "finished where the device strategy did (at the same exit or the end)"])
+
+
+def _format_raw(rows: list[dict]) -> str:
     out: list[str] = []
     write = out.append
     table = []
@@ -175,23 +362,48 @@ def format_text(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def run(rounds: int = 21, threads: int = 1, quick: bool = False) -> list[dict]:
-    """Run the benchmark on SqueezeNet-light and digits: one row per model, with its
-    Stats under "_stats" for :func:`format_text`. quick: 5 rounds, short batches."""
+def run(rounds: int = 21, threads: int = 1, quick: bool = False, only: str | None = None,
+        adaptive: tuple[str, str] | None = None, slo_ms: float = 60.0,
+        task: str = "balanced") -> list[dict]:
+    """Run the benchmark: the raw comparisons on SqueezeNet-light and digits, and the
+    planner against the device strategy on digits and on `adaptive` = (bundle dir, frames
+    .npz) if given (at `slo_ms` and `task`); one row per comparison, with its Stats under
+    "_stats" for :func:`format_text`. only: "raw" or "adaptive". quick: 5 rounds, short
+    batches."""
     from ..bundle import Bundle
-    from ..models import DIGITS_BUNDLE
+    from ..models import DIGITS_BUNDLE, load_digits_test
 
     if rounds < 1 or threads < 1:
         raise ConfigError(f"rounds is {rounds} and threads {threads}, expected >= 1 each")
+    if only not in (None, "raw", "adaptive"):
+        raise ConfigError(f"only is {only!r}, expected 'raw' or 'adaptive'")
     rounds, min_time = (5, 2e-3) if quick else (rounds, 0.05)
-    with tempfile.TemporaryDirectory(prefix="edgesdk-overhead-") as tmp:
-        from ..split.onnx import onnx
+    rows = []
+    if only != "adaptive":
+        with tempfile.TemporaryDirectory(prefix="edgesdk-overhead-") as tmp:
+            from ..split.onnx import onnx
 
-        sq = _squeezenet_bundle(Path(tmp))
-        sq_whole = Path(onnx.__file__).parent / "backend/test/data/light/light_squeezenet.onnx"
-        return [bench_model("squeezenet-light", sq, sq_whole, threads, rounds, min_time),
-                bench_model("digits", Bundle.load(DIGITS_BUNDLE), None, threads, rounds,
-                            min_time)]
+            sq = _squeezenet_bundle(Path(tmp))
+            sq_whole = (Path(onnx.__file__).parent
+                        / "backend/test/data/light/light_squeezenet.onnx")
+            rows += [bench_model("squeezenet-light", sq, sq_whole, threads, rounds, min_time),
+                     bench_model("digits", Bundle.load(DIGITS_BUNDLE), None, threads, rounds,
+                                 min_time)]
+    if only != "raw":
+        idle_s = 2.0 if quick else 4.0
+        rows.append(bench_adaptive("digits", Bundle.load(DIGITS_BUNDLE),
+                                   load_digits_test()[0][:60], slo_ms=5.0, task="latency",
+                                   threads=threads, rounds=rounds, min_time=min_time,
+                                   idle_s=idle_s))
+        if adaptive is not None:
+            path, frames = adaptive
+            with np.load(frames) as data:
+                x = data["x"][:60]
+            bundle = Bundle.load(path)
+            rows.append(bench_adaptive(bundle.name, bundle, x, slo_ms=slo_ms, task=task,
+                                       threads=threads, rounds=rounds, min_time=min_time,
+                                       idle_s=idle_s))
+    return rows
 
 
 def jsonable(rows: list[dict]) -> list[dict]:
@@ -199,4 +411,4 @@ def jsonable(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "_stats"} for r in rows]
 
 
-__all__ = ["TARGETS", "bench_model", "format_text", "jsonable", "run"]
+__all__ = ["TARGETS", "bench_adaptive", "bench_model", "format_text", "jsonable", "run"]

@@ -19,9 +19,11 @@ def _tables():
     from ..bundle import Bundle
     from ..models import DIGITS_BUNDLE
     from ..policy import build_candidates, model_profile
+    from ..policy.profiles import bundled_profiles
     from ..policy.simulator import synthetic_profile
 
     out = {"digits": build_candidates(model_profile(Bundle.load(DIGITS_BUNDLE).manifest))}
+    out.update({p.name: build_candidates(p) for p in bundled_profiles()[:2]})
     rng = np.random.default_rng(0)
     sizes = {"small": (0, 30), "medium": (30, 100), "large": (100, 10_000)}
     found: dict = {}
@@ -47,18 +49,28 @@ def _tables():
 
 
 def run(rounds: int = 21, min_time: float = 0.02) -> list[dict]:
+    from ..engine.core import state_key
     from ..policy import PolicyNet, State, features, plan
+    from ..policy.net import TOP_K
 
     net = PolicyNet.load()
     state = State(bw_mbps=8.0, bw_std=2.0, bw_history=(6.0, 9.0, 8.0, 7.0), slo_ms=50.0,
-                  rtt_ms=10.0, device_slowdown=3.0)
+                  rtt_ms=10.0, device_slowdown=3.0, bw_low_mbps=5.0, bw_overhead_ms=0.4)
     rows = []
     for name, table in _tables().items():
-        x = features(table, state)
+        top = np.arange(min(TOP_K, len(table)))
+        x = features(table, state, rows=top)
+        key = (id(table), state_key(state))
+
+        def cached(table=table, key=key) -> bool:
+            # what a cached decision costs the engine: the rounded state, compared
+            return (id(table), state_key(state)) == key
+
         t = time_interleaved({"forward": partial(net.scores, x),
-                              "features": partial(features, table, state),
+                              "features": partial(features, table, state, rows=top),
                               "decide": partial(net.decide, table, state),
-                              "planner": partial(plan, table, state)},
+                              "planner": partial(plan, table, state),
+                              "cached": cached},
                              rounds=rounds, min_time=min_time)
         row = {"table": name, "candidates": len(table)}
         for k, v in t.items():
@@ -71,7 +83,9 @@ def run(rounds: int = 21, min_time: float = 0.02) -> list[dict]:
 
 def format_text(rows: list[dict]) -> str:
     """The text report of :func:`run` (what `edgesdk bench policy` prints)."""
-    cols = ["table", "candidates", "forward_us", "features_us", "decide_us", "planner_us"]
+    cols = ["table", "candidates", "forward_us", "features_us", "decide_us", "planner_us",
+            "cached_us"]
     return (format_table(cols, [[r[c] for c in cols] for r in rows]) + "\n"
-            "us per decision, median over rounds; forward = numpy MLP on precomputed features;"
-            " decide = features + forward + argmax")
+            "us per decision, median over rounds; decide = the planner's terms, features of "
+            "its best few, the MLP forward (on precomputed features) and the argmax; cached = "
+            "the engine's decision-cache lookup (the rounded state)")

@@ -5,7 +5,8 @@
                         [--threads N ...]
     edgesdk bench transport [--json] [--quick] [--rounds N] [--no-throughput]
     edgesdk bench policy [--json] [--rounds N]
-    edgesdk bench overhead [--json] [--rounds N] [--threads N] [--quick]
+    edgesdk bench overhead [--json] [--rounds N] [--threads N] [--quick] [--only raw|adaptive]
+                           [--adaptive BUNDLE FRAMES.npz [--slo-ms MS] [--task TASK]]
     sudo edgesdk bench e2e [--smoke] [--json] [--png e2e.png] ...   (and its e2e-device,
                                                                      e2e-load children)
 
@@ -145,12 +146,21 @@ def _overhead_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=positive_int, default=21)
     p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--quick", action="store_true", help="5 rounds, short batches")
+    p.add_argument("--only", choices=["raw", "adaptive"],
+                   help="only the comparisons with raw parts, or only planner vs device")
+    p.add_argument("--adaptive", nargs=2, metavar=("BUNDLE", "FRAMES"),
+                   help="also compare the planner with the device strategy on this bundle "
+                        "and frames (.npz, array 'x'; the first 60 frames)")
+    p.add_argument("--slo-ms", type=float, default=60.0, help="SLO for --adaptive")
+    p.add_argument("--task", default="balanced", choices=["balanced", "accuracy", "latency"],
+                   help="task for --adaptive")
     p.set_defaults(func=_overhead)
 
 
 def _overhead(args: argparse.Namespace) -> int:
     bench = _module("overhead")
-    rows = bench.run(args.rounds, args.threads, quick=args.quick)
+    rows = bench.run(args.rounds, args.threads, quick=args.quick, only=args.only,
+                     adaptive=args.adaptive, slo_ms=args.slo_ms, task=args.task)
     print(json.dumps(bench.jsonable(rows), indent=1) if args.json
           else bench.format_text(rows))
     return 0

@@ -25,7 +25,7 @@ import numpy as np
 from .._table import format_table
 
 # NAME[:TASK] (see --strategy)
-DEFAULT_STRATEGIES = ("policy", "device", "edge", "c1@4")
+DEFAULT_STRATEGIES = ("planner", "policy", "device", "edge", "c1@4")
 DESCRIPTIONS = {"policy": "the bundled policy network decides per frame",
                 "planner": "the analytic planner decides per frame",
                 "device": "exits on, everything else on the device",

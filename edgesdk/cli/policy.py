@@ -3,6 +3,7 @@ strategies on the test traces (edgesdk.policy does the work; this module parses 
 
     edgesdk policy train --seed 0 [--iterations 4] [--bundle B ...] [--out policy.npz]
     edgesdk policy eval [--traces DIR] [--bundle B ...] [--windows 2] [--json] [--png P]
+    edgesdk policy calibrate RECORDING.jsonl [--json]
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ def _train(args: argparse.Namespace) -> int:
     np.savez(out.with_name(out.stem + "_reference.npz"), **tr.reference_pairs(model))
     curve = out.with_name(out.stem + "_curve.json")
     curve.write_text(json.dumps({"command": command, "seed": args.seed, "curve": cfg.curve,
-                                 "kept_round": cfg.best_round}, indent=1) + "\n")
+                                 "kept_round": cfg.best_round, "margin": net.margin,
+                                 "validation_per_margin": {str(k): v for k, v in
+                                                           cfg.margins.items()}},
+                                indent=1) + "\n")
     png = tr.save_curve_png(cfg.curve, out.with_name(out.stem + "_curve.png"))
     print(f"wrote {out} ({net.n_params} parameters, {out.stat().st_size} bytes), {curve}"
           + (" and the PNG" if png else " (no PNG: pip install 'edgesdk[plot]')"))
@@ -80,6 +84,14 @@ def _eval(args: argparse.Namespace) -> int:
         from ..policy.evaluate import save_png
 
         save_png(report, args.png)
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from ..bench import sim_calibration
+
+    report = sim_calibration.run(args.recording, seeds=args.seeds)
+    print(json.dumps(report, indent=1) if args.json else sim_calibration.format_text(report))
     return 0
 
 
@@ -118,4 +130,10 @@ def add_parser(sub: Any, name: str, text: str, argv: Sequence[str] | None = None
     e.add_argument("--json", action="store_true")
     e.add_argument("--png", help="write the gap-closed chart here (needs edgesdk[plot])")
     e.set_defaults(func=_eval)
+    c = sub.add_parser("calibrate", help="replay a recording of the real loop (bench e2e "
+                       "--record) in the simulator and compare latencies")
+    c.add_argument("recording", help="the .jsonl that `edgesdk bench e2e --record` wrote")
+    c.add_argument("--seeds", type=positive_int, default=3)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=_calibrate)
     return p

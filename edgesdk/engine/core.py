@@ -28,6 +28,7 @@ way to an answer within the deadline.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import threading
@@ -71,8 +72,15 @@ from .link import EdgeLink
 from .plan import Plan, Strategy, Task
 from .result import Result, Timings
 
-STRATEGIES = ("policy", "planner", "device", "edge")
+STRATEGIES = ("planner", "policy", "device", "edge")
 DECISION_TTL_S = 0.25  # a cached decision is re-evaluated at least this often
+# The decision state is rebuilt when the link reports new estimates (EdgeLink.version) and
+# at least this often otherwise: what changes without new samples (the device slowdown,
+# frame by frame; the link model's ageing; the server slowdown's relaxation) moves slowly
+# next to state_key's steps, and a rebuild (snapshot, validated State, key) costs
+# ~0.1 ms, the price of the whole cached decision twenty times over.
+STATE_TTL_S = 0.05
+REST_CACHE_MAX = 1024  # re-decisions kept (per DECISION_TTL_S): bounds a jittery budget
 GRACE_S = 0.02  # waited past an offload's budget before giving up on the link thread
 _REASONS = {Timeout: "timeout", ServerBusy: "busy", ServerError: "server_error",
             Unreachable: "unreachable"}
@@ -89,6 +97,7 @@ class _Frame:
     plan: Candidate
     reason: str | None = None
     state: State | None = None  # what the frame's decision saw (None: a fixed strategy)
+    key: tuple = ()  # state_key(state): the re-decisions' cache key
     offline: bool = False  # only device-only plans were possible at the frame's start
     exits_run: int = 0  # the first exits_run exits of the cascade have answered
     plans: list[Candidate] = field(default_factory=list)  # the plan, then each re-decision
@@ -112,7 +121,9 @@ class Engine:
     or "latency" (how the reward trades accuracy against time, edgesdk.policy.TASKS).
     threads: onnxruntime intra-op threads per segment. curve_server_key: the server's
     CURVE public key (z85 or a .key file); client_keys: this device's key pair file.
-    strategy: "policy" (the bundled network), "planner" (the analytic planner), "device"
+    strategy: "planner" (the default: the analytic planner, which models the engine's own
+    timeouts and fallbacks), "policy" (the bundled network: it re-ranks the planner's best
+    few, and did not beat the planner on held-out traces, see `edgesdk policy eval`), "device"
     (all exits, then the whole model here), "edge" (send the input at 8 bits), a
     Candidate, a Plan (edgesdk.engine.Plan(cut, bits, exits, zstd): a fixed split) or its
     string form "CUT@BITS" (with every exit before the cut; "CUT@BITS/E" with the first E
@@ -132,7 +143,7 @@ class Engine:
     def __init__(self, bundle: Bundle | str, server: str | None = None, *,
                  slo_ms: float = 100.0, task: Task = "balanced", threads: int = 1,
                  curve_server_key: Any = None, client_keys: Any = None,
-                 strategy: Strategy | Plan | Candidate | str = "policy",
+                 strategy: Strategy | Plan | Candidate | str = "planner",
                  device: str | None = None,
                  max_in_flight: int = 2, connect_timeout_s: float = 2.0) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
@@ -166,10 +177,18 @@ class Engine:
         self._rest = list(self._rest_base)
         self._rest_device = [t.subset([c.cut == "device" for c in t.candidates])
                              for t in self._rest_base]
-        self._last_key: tuple | None = None  # the decision cache (see _state_key)
+        self._last_key: tuple | None = None  # the decision cache (see state_key)
         self._last_until = 0.0
         self._last_choice: Candidate | None = None
         self._last_state: State | None = None
+        self._last_state_key: tuple = ()
+        # The decision state, kept between frames (see state()): the link version it
+        # was built at, when, the State and its key
+        self._state: tuple[int, float, State, tuple] | None = None
+        # Re-decisions, by (exits run, offline, state key, rounded budget left): frames
+        # that look alike miss their exits alike and re-plan alike
+        self._rest_cache: dict[tuple, int] = {}
+        self._rest_until = 0.0
         self._slowdown = SlowdownEstimator([{"median_ms": m} for m in self._seg_ms])
         self._cuts = {c.id: c for c in self.bundle.cuts}
         first = input_cut(self.bundle)
@@ -227,18 +246,44 @@ class Engine:
         if fixed not in table.candidates:
             raise PolicyError(f"strategy {fixed} is not a candidate of {self.bundle.name!r}")
 
+        # The index per table, found once: a search compares candidates field by field
+        # (~0.5 us each), tens of microseconds per frame on a table of fifty
+        found: dict[int, tuple[CandidateTable, int]] = {}
+
         def choose(t: CandidateTable, state: State | None) -> int:
+            hit = found.get(id(t))
+            if hit is not None and hit[0] is t:
+                return hit[1]
             if fixed in t.candidates:
-                return t.index(fixed)
-            # offline: the device-only plan with the same exits
-            return t.index(Candidate(fixed.n_exits, "device", 32)) if Candidate(
-                fixed.n_exits, "device", 32) in t.candidates else 0
+                i = t.index(fixed)
+            else:  # offline: the device-only plan with the same exits
+                local = Candidate(fixed.n_exits, "device", 32)
+                i = t.index(local) if local in t.candidates else 0
+            found[id(t)] = (t, i)
+            return i
         return choose
 
     # -- deciding --------------------------------------------------------------------------
     def state(self, now: float | None = None) -> State:
-        """What the engine currently believes (the planner's input)."""
+        """What the engine currently believes (the planner's input): the State of the
+        last decision while the link has no new estimates and it is younger than
+        STATE_TTL_S (the same object, so it costs ~1 us), else a new one built from the
+        link's snapshot and this device's slowdown."""
         now = time.monotonic() if now is None else now
+        version = 0 if self.link is None else self.link.version  # read before the snapshot
+        kept = self._state
+        if kept is not None and kept[0] == version and kept[1] <= now < kept[1] + STATE_TTL_S:
+            return kept[2]
+        state = self._build_state(now)
+        self._state = (version, now, state, state_key(state))
+        return state
+
+    def _state_and_key(self, now: float) -> tuple[State, tuple]:
+        state = self.state(now)  # through the attribute: benchmarks wrap it to record it
+        kept = self._state
+        return state, kept[3] if kept is not None and kept[2] is state else state_key(state)
+
+    def _build_state(self, now: float) -> State:
         slow = self._slowdown.estimate().value
         if self.link is None:
             return State(bw_mbps=1.0, slo_ms=self.slo_ms, device_slowdown=slow, task=self.task)
@@ -259,6 +304,9 @@ class Engine:
             self._welcomes_seen = link.welcomes
             self._table = self._base_table.with_server_times(link.server_tail_ms)
             self._rest = [t.with_server_times(link.server_tail_ms) for t in self._rest_base]
+            # both caches index tables just replaced (whose ids a new table may reuse)
+            self._last_key = None
+            self._rest_cache.clear()
         table = self._device_only if reason else self._table
         if len(table) == 1:
             return table.candidates[0], (None if link is None else reason)
@@ -266,9 +314,9 @@ class Engine:
         if not self._adaptive:
             return table.candidates[self._choose(table, None)], (None if link is None else
                                                                   reason)
-        state = self.state(now)
-        self._last_state = state  # the frame's re-decisions start from it
-        key = (id(table), _state_key(state))
+        state, skey = self._state_and_key(now)
+        self._last_state, self._last_state_key = state, skey  # the frame's re-decisions'
+        key = (id(table), skey)
         if key != self._last_key or now >= self._last_until:
             self._last_choice = table.candidates[self._choose(table, state)]
             self._last_key, self._last_until = key, now + DECISION_TTL_S
@@ -304,7 +352,7 @@ class Engine:
             self._last_state = None
             chosen, reason = self._decide(t0)
             f = _Frame(next(self._ids), t0, t0 + self.slo_ms / 1e3, env, chosen, reason,
-                       state=self._last_state, plans=[chosen],
+                       state=self._last_state, key=self._last_state_key, plans=[chosen],
                        offline=self.link is None or reason is not None)
             if self._run_segments(f, None):
                 return f
@@ -352,16 +400,31 @@ class Engine:
         candidates consistent with what ran (at least f.exits_run exits, cuts from here
         on, exit probabilities conditioned on the misses), against the budget left (the
         state the frame's decision saw, its SLO the time to the deadline). Appends the
-        plan to f.plans, changed or not, so a Result shows each re-decision."""
+        plan to f.plans, changed or not, so a Result shows each re-decision.
+
+        Cached like the frame's decision: by the exits run, the frame's state key and the
+        budget left rounded as state_key rounds times (~5 %), for DECISION_TTL_S; a table
+        of one plan (offline, after the last exit) needs no planner at all."""
         k = f.exits_run
         if not 1 <= k <= len(self._rest):
             return
         table = self._rest_device[k - 1] if f.offline else self._rest[k - 1]
-        left_ms = (f.deadline - time.monotonic()) * 1e3
-        # Past the deadline every plan is late: a budget of 1 us prices that in (the
-        # state needs a positive SLO), and the choice falls to the quickest finish
-        state = replace(f.state, slo_ms=max(left_ms, 1e-3))
-        f.plan = table.candidates[self._choose_rest(table, state, self.slo_ms)]
+        if len(table) > 1:
+            now = time.monotonic()
+            # Past the deadline every plan is late: a budget of 1 us prices that in (the
+            # state needs a positive SLO), and the choice falls to the quickest finish
+            left_ms = max((f.deadline - now) * 1e3, 1e-3)
+            if now >= self._rest_until or len(self._rest_cache) >= REST_CACHE_MAX:
+                self._rest_cache.clear()
+                self._rest_until = now + DECISION_TTL_S
+            key = (k, f.offline, f.key, _q(left_ms))
+            i = self._rest_cache.get(key)
+            if i is None:
+                i = self._choose_rest(table, _with_slo(f.state, left_ms), self.slo_ms)
+                self._rest_cache[key] = i
+            f.plan = table.candidates[i]
+        else:
+            f.plan = table.candidates[0]
         f.plans.append(f.plan)
 
     def _send(self, f: _Frame) -> None:
@@ -480,18 +543,32 @@ class Engine:
         self.close()
 
 
-def _state_key(state: State) -> tuple:
+def _q(v: float, steps: float = 20.0) -> int:
+    """`v` on a log scale in steps of 1/steps (20: ~5 %)."""
+    return round(math.log(max(v, 1e-6)) * steps)
+
+
+def _with_slo(state: State, slo_ms: float) -> State:
+    """`state` with another SLO, unvalidated: `state` was validated when it was built and
+    slo_ms is positive (dataclasses.replace would check every field again, ~5 us x the
+    re-decisions of every frame)."""
+    out = copy.copy(state)
+    object.__setattr__(out, "slo_ms", slo_ms)
+    return out
+
+
+def state_key(state: State) -> tuple:
     """The state rounded to what can change a decision: ~5 % steps of bandwidth and
     times, ~20 % steps of the slowdowns (which jitter with every frame's timing), on a log
     scale, bandwidth history included. Frames whose state rounds the same within
     DECISION_TTL_S reuse the decision: the policy's ~0.1 ms would otherwise dominate small
     models at high frame rates."""
-    def q(v: float, steps: float = 20.0) -> int:
-        return round(math.log(max(v, 1e-6)) * steps)
-
+    q = _q
     return (q(state.bw_mbps), q(state.bw_std + 1e-3), q(state.rtt_ms + 0.01),
             q(state.queue_ms + 0.01), q(state.device_slowdown, 5.0),
-            q(state.server_slowdown, 5.0), tuple(q(h) for h in state.bw_history))
+            q(state.server_slowdown, 5.0), tuple(q(h) for h in state.bw_history),
+            q(state.bw_low_mbps + 1e-3), q(state.bw_overhead_ms + 0.01),
+            round(state.failures * 10))
 
 
 def _parse_fixed(strategy: str | Plan, table: CandidateTable) -> Candidate:

@@ -29,6 +29,7 @@ worker. `snapshot(now)` reads the estimates for the planner.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 import time
@@ -43,6 +44,15 @@ from ..estimators import LinkEstimator, probe_bytes
 from ..transport import protocol
 
 UP, CONNECTING, CHECKING, DOWN, NOT_SERVED = "up", "connecting", "checking", "down", "not_served"
+# The I/O thread sleeps until its next event (a job through the wake pipe, a reply, a
+# request's deadline, a held job's release, the next probe); this cap only bounds a sleep
+# whose wake-up was miscomputed. A device idles here most of the time: every needless
+# wake-up is CPU taken from a throttled device's quota (and a GIL hand-off).
+MAX_SLEEP_S = 5.0
+# Past a request's deadline the client fails it on its next turn: wake that much after it,
+# so a timeout is seen at once (not at the next unrelated wake-up) without spinning on a
+# deadline the client, which stamped it a little later, does not consider passed yet.
+DEADLINE_SLACK_S = 0.002
 
 
 @dataclass
@@ -71,12 +81,16 @@ class EdgeLink:
         self.welcome: Any = None
         self.server_tail_ms: dict[str, float] = {}  # cut id -> server compute, from welcome
         self.welcomes = 0  # how many welcomes arrived (the engine re-plans on a change)
+        # Bumped whenever an outcome updated the estimates or the status: the engine keeps
+        # its decision state until this changes (or ages), instead of re-reading snapshot
+        self.version = 0
         self._retry_s = retry_s
         self._hello_budget_s = hello_budget_s
         self._busy_backoff_s = busy_backoff_s
         self._busy_until = 0.0
         self._next_probe = 0.0  # when the I/O thread may probe (or hello) again
         self._probe_turn = 0  # alternates the bandwidth probe's size
+        self._last_reply = -math.inf  # traffic, as LinkEstimator.should_probe counts it
         self._lock = threading.Lock()  # guards estimator and status against the caller
         self._jobs: deque[_Job] = deque()
         self._wake_r, self._wake_w = os.pipe()
@@ -143,7 +157,7 @@ class EdgeLink:
                     "bw_low_mbps": m.low_mbps, "bw_overhead_ms": overhead,
                     "bw_age_s": m.age_s, "bw_history": tuple(e.bandwidth.history()),
                     "bw_model": m, "rtt_ms": rtt_ms, "queue_ms": e.server.queue_ms,
-                    "server_slowdown": e.server.slowdown, "failures": e.failures}
+                    "server_slowdown": e.server.slowdown_at(now), "failures": e.failures}
 
     def close(self, timeout_s: float = 2.0) -> None:
         if self._closing:
@@ -195,8 +209,11 @@ class EdgeLink:
                     held.extend((self._release_at(job, now), job) for job in self._probes(now))
                     self._next_probe = now + self._retry_s
                     continue  # unshaped probes go at once
-                wait = min([0.25] + [t - now for t, _ in held])
-                client.poll(max(wait, 0.0), wake_fd=self._wake_r)
+                wake = min([now + MAX_SLEEP_S] + [t for t, _ in held]
+                           + [t + j.budget_s + DEADLINE_SLACK_S for j, t in pending.values()])
+                if not probing:
+                    wake = min(wake, self._probe_due())
+                client.poll(max(wake - now, 0.0), wake_fd=self._wake_r)
                 with contextlib.suppress(BlockingIOError, OSError):
                     os.read(self._wake_r, 4096)
                 for rid in [r for r in pending if client.done(r)]:
@@ -237,6 +254,18 @@ class EdgeLink:
         held[:] = [(t, j) for t, j in held if t > now]
         return ready
 
+    def _probe_due(self) -> float:
+        """When `_probes` may next have something to send: hellos every retry_s until the
+        server answers; once up, when the link will have been idle for the estimator's
+        idle_s (at once while it lacks its first samples), not before retry_s."""
+        if self.status != UP:
+            return self._next_probe
+        with self._lock:
+            e = self.estimator
+            if e.bandwidth.count < e.warm_samples:
+                return self._next_probe
+            return max(self._next_probe, self._last_reply + e.idle_s)
+
     def _probes(self, now: float) -> list[_Job]:
         """What to send when nothing else is: a hello until the server answers, then
         RTT and bandwidth heartbeats when the link has been idle."""
@@ -259,6 +288,7 @@ class EdgeLink:
                 self._on_failure(job, outcome, now)
             else:
                 self._on_reply(job, outcome, now)
+            self.version += 1
         if not job.future.done():
             if isinstance(outcome, TransportError):
                 job.future.set_exception(outcome)
@@ -283,6 +313,13 @@ class EdgeLink:
         if isinstance(exc, (Timeout, Unreachable)):
             if job.kind == protocol.INFER:
                 self.estimator.on_offload(failed=True)
+            if job.kind == protocol.INFER and isinstance(exc, Timeout):
+                # the server did not answer in what the budget left it: it is slower than
+                # believed (or queued); without this, a server slower than its welcome
+                # said would be offloaded to, and timed out on, forever
+                self.estimator.on_offload_timeout(
+                    job.payload_bytes, (job.budget_s + job.held_s) * 1e3,
+                    self.server_tail_ms.get(job.cut or ""), now)
             # Hello failing means down; an infer failing means "check before trusting it",
             # with a hello at once: frames go to the device until it answers.
             self.status = DOWN if job.kind == protocol.HELLO else CHECKING
@@ -295,6 +332,7 @@ class EdgeLink:
         if isinstance(extra.get("load"), Mapping):
             e.server.observe_load(extra["load"])
         rtt_ms = (reply.rtt + job.held_s) * 1e3
+        self._last_reply = now  # every reply below is traffic to the estimator
         if job.kind == protocol.HELLO:
             self._on_welcome(extra)
             e.on_small_message(rtt_ms, now)

@@ -19,7 +19,7 @@ from typing import Literal
 
 from ..errors import PolicyError
 
-Strategy = Literal["policy", "planner", "device", "edge"]
+Strategy = Literal["planner", "policy", "device", "edge"]
 """policy: the bundled network decides per frame; planner: the analytic planner; device:
 every exit, then the whole model here; edge: send the input at 8 bits."""
 

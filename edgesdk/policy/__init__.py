@@ -3,12 +3,14 @@
     from edgesdk.policy import State, build_candidates, model_profile, plan, PolicyNet
     table = build_candidates(model_profile(bundle.manifest))     # every sensible choice
     state = State(bw_mbps=link.bandwidth.estimate(now).value, slo_ms=50, rtt_ms=8)
-    i = PolicyNet.load().decide(table, state)    # the bundled network, or:
-    i = plan(table, state)                       # the exhaustive analytic planner
-    table.candidates[i]                          # Candidate(n_exits, cut, bits)
+    i = plan(table, state)                       # the analytic planner, or:
+    i = PolicyNet.load().decide(table, state)    # the bundled network (re-ranks its best)
+    table.candidates[i]                          # Candidate(n_exits, cut, bits, zstd)
 
-Live estimates come from edgesdk.estimators (LinkEstimator and friends). Training
-(`edgesdk policy train`, edgesdk.policy.train) needs PyTorch and is imported only there.
+Live estimates come from edgesdk.estimators (LinkEstimator and friends). The simulator
+(simulator.py, scenarios.py) and the evaluation (evaluate.py) are what `edgesdk policy
+eval` runs; training (`edgesdk policy train`, train.py) needs PyTorch and is imported only
+there.
 """
 
 from .candidates import (
@@ -22,7 +24,7 @@ from .candidates import (
 )
 from .features import N_FEATURES, features
 from .net import WEIGHTS, PolicyNet
-from .planner import expected_rewards, expected_terms, plan
+from .planner import expected_rewards, expected_terms, plan, plan_pessimistic
 from .state import TASKS, State
 
 __all__ = [
@@ -42,4 +44,5 @@ __all__ = [
     "features",
     "model_profile",
     "plan",
+    "plan_pessimistic",
 ]

@@ -42,7 +42,7 @@ def state_features(state: State) -> np.ndarray:
 
 
 _ROW_FIELDS = ("dev_ms", "enc_ms", "wire_bytes", "srv_ms", "p_exit", "exit_ms", "exit_acc",
-               "rest_acc")
+               "rest_acc", "local_ms", "local_acc")
 
 
 class _Rows:

@@ -33,7 +33,7 @@ PLANNER_GAP = N_STATE + 3  # the feature column: planner reward - best planner r
 
 class PolicyNet:
     def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]],
-                 skip: np.ndarray | None = None) -> None:
+                 skip: np.ndarray | None = None, margin: float = 0.0) -> None:
         if not layers or layers[0][0].shape[0] != N_FEATURES or layers[-1][0].shape[1] != 1:
             raise PolicyError(f"policy weights do not fit: expected {N_FEATURES} inputs and "
                               "1 output")
@@ -41,6 +41,10 @@ class PolicyNet:
                        for w, b in layers]
         self.skip = (np.zeros(N_FEATURES, np.float32) if skip is None
                      else np.asarray(skip, np.float32).reshape(N_FEATURES))
+        # Leave the planner's pick only for a predicted gain above `margin`: the argmax of
+        # noisy predictions favours the overestimated (a winner's curse); the margin is
+        # chosen on validation episodes (train.choose_margin).
+        self.margin = float(margin)
 
     @classmethod
     def load(cls, path: str | os.PathLike = WEIGHTS) -> PolicyNet:
@@ -48,7 +52,8 @@ class PolicyNet:
             with np.load(path, allow_pickle=False) as z:
                 n = sum(1 for k in z.files if k.startswith("w"))
                 skip = z["skip"] if "skip" in z.files else None
-                return cls([(z[f"w{i}"], z[f"b{i}"]) for i in range(n)], skip)
+                margin = float(z["margin"]) if "margin" in z.files else 0.0
+                return cls([(z[f"w{i}"], z[f"b{i}"]) for i in range(n)], skip, margin)
         except (OSError, KeyError, ValueError) as exc:
             raise PolicyError(f"{path}: cannot load policy weights: {exc}") from None
 
@@ -56,7 +61,8 @@ class PolicyNet:
         arrays = {}
         for i, (w, b) in enumerate(self.layers):
             arrays[f"w{i}"], arrays[f"b{i}"] = w, b
-        np.savez_compressed(path, **arrays, skip=self.skip, **meta)
+        np.savez_compressed(path, **arrays, skip=self.skip, margin=np.float32(self.margin),
+                            **meta)
 
     @property
     def n_params(self) -> int:
@@ -79,4 +85,7 @@ class PolicyNet:
         r = rewards_from_terms(state, *terms)
         top = np.argpartition(-r, TOP_K)[:TOP_K] if len(r) > TOP_K else np.arange(len(r))
         x = features(table, state, rows=top, terms=terms)
-        return int(top[np.argmax(self.scores(x))])
+        score = self.scores(x)
+        best = int(np.argmax(score))
+        pick = int(np.argmax(x[:, PLANNER_GAP]))  # the planner's own choice (gap 0)
+        return int(top[best if score[best] - score[pick] > self.margin else pick])

@@ -34,13 +34,20 @@ def _wire(d: dict[str, Any]) -> dict[str, dict[int, tuple[float, ...]]]:
             for pt, m in d.items()}
 
 
+def _exit(e: Any) -> ExitProfile:
+    """An exit as [after_segment, coverage, accuracy, head_ms] or as a dict of those."""
+    if isinstance(e, dict):
+        e = (e["after_segment"], e["coverage"], e["accuracy"], e["head_ms"])
+    a, c, acc, h = e
+    return ExitProfile(int(a), float(c), float(acc), float(h))
+
+
 def profile_from_json(d: dict[str, Any]) -> ModelProfile:
     try:
         return ModelProfile(
             str(d["name"]), tuple(float(v) for v in d["seg_ms"]), tuple(d["cut_ids"]),
             tuple(int(v) for v in d["cut_after"]),
-            tuple(ExitProfile(int(a), float(c), float(acc), float(h))
-                  for a, c, acc, h in d["exits"]),
+            tuple(_exit(e) for e in d["exits"]),
             tuple(float(v) for v in d["accuracy_upto"]),
             _wire(d["wire"]), _wire(d.get("wire_raw", {})))
     except (KeyError, TypeError, ValueError) as exc:

@@ -28,8 +28,11 @@ FIXED_RATES = (1.0, 5.0, 10.0, 50.0, 100.0)
 
 @dataclass(frozen=True)
 class Physics:
-    """The simulator's physical constants (defaults: fitted to bench e2e recordings, see
-    weights/README.md; `calibrate.fit_physics` refits them)."""
+    """The simulator's physical constants. The defaults describe the cellular and Wi-Fi
+    links of the training traces (sub-second variation, RTT jitter, slow start) and a
+    Pi-class device (jitter, scheduler stalls); `edgesdk.bench.sim_calibration.fit_physics` fits
+    them to a recording of the real loop (bench e2e --record) to check the simulator
+    against it."""
 
     overhead_ms: float = 0.6  # per message: framing, syscalls, the broker's hop
     subsecond_sigma: float = 0.35  # log-rate spread around the trace's value within a second
@@ -42,6 +45,11 @@ class Physics:
     init_window_bytes: int = 14_600  # ten segments
     fallback_exit_acc: float = FALLBACK_EXIT_ACC  # an unconfident exit answer's, relative
     server_workers: int = 2
+    # measured device-time ratios (a frame's time / the median), resampled instead of the
+    # lognormal + stall model when given (calibration fills it from a device profile)
+    device_samples: tuple[float, ...] = ()
+    engine_ms: float = 0.0  # the engine's own time per frame on the device (reference speed)
+    timeout_grace_ms: float = 2.0  # how late past an offload's budget the engine falls back
 
 
 DEFAULT_PHYSICS = Physics()
@@ -120,9 +128,11 @@ def synthetic_profile(rng: np.random.Generator, name: str = "synthetic") -> Mode
 
 @dataclass
 class Scenario:
-    """One episode: a model's candidates, the link's rate per second of trace, and the
-    conditions around it. `outages`: (start_s, seconds) with the rate near zero;
-    `load`: per second, the server's utilization by other devices (0..0.97)."""
+    """One episode: a model's candidates, the link's rate per `rate_dt_s` seconds (a
+    trace's second by default), and the conditions around it. `outages`: (start_s,
+    seconds) with the rate near zero; `load`: per `rate_dt_s`, the server's utilization by
+    other devices (0..0.97); frames arrive every `period_s`, or at `times` (s) if given
+    (a recorded run's)."""
 
     table: CandidateTable
     mbps: np.ndarray
@@ -138,10 +148,21 @@ class Scenario:
     dataset: str = ""
     physics: Physics = DEFAULT_PHYSICS
     seed: int = 0
+    rate_dt_s: float = 1.0
+    times: np.ndarray | None = None
+    # the server's real speed over what its welcome advertised (server_slowdown): > 1 when
+    # it is busier or slower than it said (a shared box), which only timeouts reveal
+    server_drift: float = 1.0
+
+    @property
+    def seconds(self) -> float:
+        return len(self.mbps) * self.rate_dt_s
 
     @property
     def frames(self) -> int:
-        return max(int(len(self.mbps) / self.period_s), 1)
+        if self.times is not None:
+            return len(self.times)
+        return max(int(self.seconds / self.period_s), 1)
 
 
 def make_scenario(rng: np.random.Generator, table: CandidateTable, mbps: np.ndarray,
@@ -149,9 +170,10 @@ def make_scenario(rng: np.random.Generator, table: CandidateTable, mbps: np.ndar
                   period_s: float = 0.25, outage_p: float = 0.3, spike_p: float = 0.3,
                   physics: Physics = DEFAULT_PHYSICS) -> Scenario:
     """Conditions drawn around a link: RTT 2..80 ms, an SLO 0.3..3x device-only (at least
-    RTT + 2 ms), a task, server speed, the other devices' load (a base utilization and,
-    with probability spike_p, a spike to 0.9+ for 3..10 s) and, with probability outage_p,
-    one outage of 2..5 s."""
+    RTT + 2 ms), a task, server speed (and, one time in five, a server 1.5..4x slower than
+    it advertises), the other devices' load (a base utilization and, with probability
+    spike_p, a spike to 0.9+ for 3..10 s) and, with probability outage_p, one outage of
+    2..5 s."""
     mbps = np.asarray(mbps, float)
     seconds = len(mbps)
     rtt = math.exp(rng.uniform(math.log(2), math.log(80)))
@@ -165,11 +187,12 @@ def make_scenario(rng: np.random.Generator, table: CandidateTable, mbps: np.ndar
     outages: tuple[tuple[float, float], ...] = ()
     if rng.random() < outage_p and seconds > 6:
         outages = ((float(rng.uniform(0, seconds - 5)), float(rng.uniform(2, 5))),)
+    drift = math.exp(rng.uniform(math.log(1.5), math.log(4))) if rng.random() < 0.2 else 1.0
     return Scenario(table, mbps, rtt, slowdown,
                     server_slowdown=math.exp(rng.uniform(math.log(0.05), math.log(0.5))),
                     load=load, slo_ms=slo, task=task, period_s=period_s, outages=outages,
                     label=label, dataset=dataset, physics=physics,
-                    seed=int(rng.integers(2**31)))
+                    seed=int(rng.integers(2**31)), server_drift=drift)
 
 
 def random_scenario(rng: np.random.Generator, traces: Sequence[tuple[str, np.ndarray]],

@@ -80,11 +80,11 @@ class World:
         ph = sc.physics
         rng = np.random.default_rng([sc.seed, 17])
         self.sc = sc
-        per = int(round(1 / SLOT_S))
-        seconds = len(sc.mbps) + 30  # room for transfers that end after the last frame
-        base = np.resize(sc.mbps, seconds)
+        per = max(int(round(sc.rate_dt_s / SLOT_S)), 1)
+        steps = len(sc.mbps) + int(30 / sc.rate_dt_s)  # room for transfers after the end
+        base = np.resize(sc.mbps, steps)
         base[len(sc.mbps):] = sc.mbps[-1]
-        n = seconds * per
+        n = steps * per
         eps = rng.normal(0, 1, n)
         ar = np.empty(n)
         a, s = ph.subsecond_rho, ph.subsecond_sigma
@@ -100,12 +100,16 @@ class World:
         self.cum = np.concatenate([[0.0], np.cumsum(bytes_per_slot)])
         self.times = np.arange(n + 1) * SLOT_S
         frames = sc.frames
-        self.t = np.arange(frames) * sc.period_s
+        self.t = (np.asarray(sc.times, float) if sc.times is not None
+                  else np.arange(frames) * sc.period_s)
         self.rtt = sc.rtt_ms * np.exp(rng.normal(0, ph.rtt_sigma, frames))
-        jitter = np.exp(rng.normal(0, ph.device_sigma, frames))
-        stalled = rng.random(frames) < ph.stall_p
-        lo, hi = np.log(ph.stall_factor)
-        jitter[stalled] *= np.exp(rng.uniform(lo, hi, int(stalled.sum())))
+        if ph.device_samples:  # a measured distribution: resample it
+            jitter = rng.choice(np.asarray(ph.device_samples, float), frames)
+        else:
+            jitter = np.exp(rng.normal(0, ph.device_sigma, frames))
+            stalled = rng.random(frames) < ph.stall_p
+            lo, hi = np.log(ph.stall_factor)
+            jitter[stalled] *= np.exp(rng.uniform(lo, hi, int(stalled.sum())))
         self.device = sc.device_slowdown * jitter
         self.exit_u = rng.random(frames)
         self.queue = self._queue(rng, frames)
@@ -118,8 +122,8 @@ class World:
         svc = float(np.median(sc.table.srv_ms[offload])) * sc.server_slowdown if offload.any() \
             else 1.0
         svc = max(svc, 0.2)
-        per = int(round(1 / SLOT_S))
-        util = np.repeat(np.resize(sc.load, len(sc.load)), per)
+        per = max(int(round(sc.rate_dt_s / SLOT_S)), 1)
+        util = np.repeat(np.asarray(sc.load, float), per)
         slot_ms = SLOT_S * 1e3
         arrivals = rng.poisson(util * ph.server_workers * slot_ms / svc)
         backlog = np.empty(len(util) + 1)
@@ -156,6 +160,7 @@ class Outcomes:
     timed_out: np.ndarray
     wire_ms: np.ndarray
     exit_latency: np.ndarray
+    budget_ms: np.ndarray
 
 
 class _TableFacts:
@@ -184,7 +189,8 @@ def frame_outcomes(world: World, k: int, facts: _TableFacts, slowdown_est: float
     slo = sc.slo_ms
     w_acc, penalty = TASKS[sc.task]
     jit = world.device[k]
-    d = (t.dev_ms + t.enc_ms) * jit
+    eng = ph.engine_ms * jit  # the engine's own work on the device, on every path
+    d = (t.dev_ms + t.enc_ms) * jit + eng
     # the engine reserves a local finish when it has no exit answer to fall back on
     local_est = facts.local_rest_ms * slowdown_est
     reserve = np.where(~facts.has_exit & (slo - d - local_est > 1.0), local_est, 0.0)
@@ -196,25 +202,26 @@ def frame_outcomes(world: World, k: int, facts: _TableFacts, slowdown_est: float
     if np.any(cold):  # slow start: ~one RTT per doubling of the window
         rounds = np.log2(1 + t.wire_bytes / ph.init_window_bytes)
         wire = wire + np.where(cold, np.minimum(rounds, 8) * rtt, 0.0)
-    edge = wire + rtt + world.queue[k] + t.srv_ms * sc.server_slowdown
+    edge = wire + rtt + world.queue[k] + t.srv_ms * (sc.server_slowdown * sc.server_drift)
     ok = facts.offload & (budget > 0.5) & (edge <= budget)
     timed_out = facts.offload & ~ok
-    waited = np.clip(budget, 0.0, None)
+    # a timed-out offload costs its budget plus however late the engine notices
+    waited = np.where(budget > 0.5, budget + ph.timeout_grace_ms, np.maximum(budget, 0.0))
     local_ms = facts.local_rest_ms * jit
     late_local = d + waited + local_est > slo
     exit_answer = timed_out & facts.has_exit & late_local
     latency = np.where(ok, d + edge, np.where(exit_answer, d + waited, d + waited + local_ms))
-    latency = np.where(facts.device_only, t.dev_ms * jit, latency)
+    latency = np.where(facts.device_only, t.dev_ms * jit + eng, latency)
     acc = np.where(ok, t.rest_acc, np.where(exit_answer, ph.fallback_exit_acc * facts.local_acc,
                                             facts.local_acc))
     acc = np.where(facts.device_only, t.rest_acc, acc)
-    exit_lat = t.exit_ms * jit
+    exit_lat = t.exit_ms * jit + eng
     p = t.p_exit
     r_rest = w_acc * acc - latency / slo - penalty * (latency > slo)
     r_exit = w_acc * t.exit_acc - exit_lat / slo - penalty * (exit_lat > slo)
     reward = p * r_exit + (1 - p) * r_rest
     return Outcomes(reward, latency, p * t.exit_acc + (1 - p) * acc, timed_out,
-                    np.where(ok, wire, 0.0), exit_lat)
+                    np.where(ok, wire, 0.0), exit_lat, budget)
 
 
 # -- the device's view ---------------------------------------------------------------------
@@ -237,7 +244,7 @@ class DeviceView:
 
     def _small_ms(self, t: float) -> float:
         w = self.world
-        k = min(int(t / w.sc.period_s), len(w.rtt) - 1)
+        k = min(int(np.searchsorted(w.t, t)), len(w.rtt) - 1)
         return w.sc.physics.overhead_ms + float(w.transfer_ms(t, np.array([HELLO_BYTES]))[0]) \
             + float(w.rtt[k])
 
@@ -280,7 +287,7 @@ class DeviceView:
         return State(bw_mbps=max(m.rate_mbps, 1e-3), bw_std=m.rate_std,
                      bw_history=tuple(h for h in e.bandwidth.history() if h > 0),
                      rtt_ms=rtt_ms, queue_ms=e.server.queue_ms, device_slowdown=slow,
-                     server_slowdown=max(sc.server_slowdown * e.server.slowdown, 1e-3),
+                     server_slowdown=max(sc.server_slowdown * e.server.slowdown_at(t), 1e-3),
                      slo_ms=sc.slo_ms, task=sc.task, bw_overhead_ms=overhead,
                      bw_low_mbps=max(m.low_mbps, 0.0), failures=min(e.failures, 1.0),
                      bw_age_s=m.age_s)
@@ -294,14 +301,17 @@ class DeviceView:
             return
         self.last_send = w.t[k]
         self.link.on_offload(bool(out.timed_out[i]))
+        advertised = float(t.srv_ms[i] * w.sc.server_slowdown)  # the welcome's tail time
         if out.timed_out[i]:
+            self.link.on_offload_timeout(int(t.wire_bytes[i]), float(out.budget_ms[i]),
+                                         advertised, now)
             self.up = False  # "checking": a hello at once
             self._hello(now)
             return
-        srv = float(t.srv_ms[i] * w.sc.server_slowdown)
+        srv = advertised * w.sc.server_drift
         q = float(w.queue[k])
         self.link.on_reply(int(t.wire_bytes[i]), float(out.wire_ms[i] + w.rtt[k]) + srv + q,
-                           srv, q, now, profiled_ms=float(t.srv_ms[i]))
+                           srv, q, now, profiled_ms=advertised)
 
 
 # -- episodes --------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingDependency("torch", "train") from exc
 
 HIDDEN = 32
+MARGINS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5)
 
 
 class Scorer(nn.Module):
@@ -101,6 +102,7 @@ class TrainConfig:
     init: PolicyNet | None = None
     curve: list = field(default_factory=list)
     best_round: int = 0
+    margins: dict = field(default_factory=dict)
 
 
 def _rows(table, states, rewards, rng, max_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -198,7 +200,23 @@ def train(traces_dir: str | Path, cfg: TrainConfig, profiles: Sequence[ModelProf
             best = (v, net, it)
     cfg.best_round = best[2]
     assert best[1] is not None
-    return best[1]
+    net = best[1]
+    cfg.margins = choose_margin(net, traces, profiles, cfg)
+    net.margin = max(cfg.margins, key=cfg.margins.get)
+    if progress:
+        print(f"kept round {cfg.best_round}; margin {net.margin:g} (validation per margin: "
+              + ", ".join(f"{m:g}: {v:.4f}" for m, v in cfg.margins.items()) + ")",
+              file=sys.stderr, flush=True)
+    return net
+
+
+def choose_margin(net: PolicyNet, traces, profiles, cfg: TrainConfig) -> dict[float, float]:
+    """Validation reward of `net` for each candidate MARGINS value (see PolicyNet.margin)."""
+    out = {}
+    for m in MARGINS:
+        net.margin = m
+        out[m] = validate(net.decide, traces, profiles, cfg)
+    return out
 
 
 def reference_pairs(model: nn.Sequential, seed: int = 0, n: int = 8) -> dict:

@@ -249,8 +249,15 @@ class Client:
             self._poller.modify(self._sock, events)
             self._poll_events = events
         ready = dict(self._poller.poll(timeout_ms))
+        now = time.monotonic()
         if ready.get(self._sock, 0) & zmq.POLLIN:
-            self._drain(time.monotonic())
+            self._drain(now)
+        # The poll woke for the next timer: expire what is due now, not at the next turn
+        # (which a caller multiplexing other work may start only much later), so that a
+        # request's Timeout is known at its deadline.
+        if self._proto.next_timer() <= now and self._proto.tick(now):
+            self._reset_socket()
+            self._proto.reset(now)
 
     def _drain(self, now: float) -> None:
         """Read every waiting reply. The poll said readable, so the first read needs no
