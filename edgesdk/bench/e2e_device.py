@@ -154,6 +154,8 @@ def _emit(record: dict) -> None:
 
 
 def run(args: Any) -> int:
+    from dataclasses import asdict
+
     from .. import codec
     from ..bundle import Bundle
     from ..engine import Engine
@@ -206,17 +208,14 @@ def run(args: Any) -> int:
             rec.calls = 0
             r = engine.infer(x[k])
             ms = r.timings
-            out = r.output
-            got = answer(out, "argmax" if r.where == "exit" else args.answer)
+            got = answer(r.output, "argmax" if r.where == "exit" else args.answer)
             _emit({"type": "frame", "i": i, "t": round(t, 4), "input": k,
                    **parse_plan(r.plan), "sent_cut": r.cut, "sent_bits": r.bits,
                    "where": r.where, "exit": r.exit_name, "fallback": r.fallback_reason,
                    "bytes_sent": sum(rec.sent), "budget_ms": (round(rec.budget_s * 1e3, 3)
                                                              if rec.budget_s else None),
-                   "ms": {"device": round(ms.device, 3), "encode": round(ms.encode, 3),
-                          "network": round(ms.network, 3), "server": round(ms.server, 3),
-                          "queue": round(ms.queue, 3), "decode": round(ms.decode, 3),
-                          "total": round(ms.total, 3)},
+                   "ms": {k: round(float(v), 3) for k, v in asdict(ms).items()
+                          if isinstance(v, (int, float))},  # every Timings field
                    "agree": got == ref[k],
                    "correct": None if y is None else bool(got[0] == int(y[k])),
                    "state": _state_dict(rec.state),

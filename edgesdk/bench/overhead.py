@@ -2,12 +2,11 @@
 
 1. Device only: `Engine.infer` with no server against one raw onnxruntime session running
    the whole model, same threads (target <= 1.05x). Two engines: the default strategy
-   (the policy network decides every frame) and a fixed device-only plan.
+   (the planner decides every frame) and a fixed device-only plan.
 2. Through the server: `Engine.infer` offloading at a middle cut at 32 bits through
    `edgesdk serve` (broker + 1 worker process) against the raw parts: the head segments
    in raw onnxruntime sessions, the cut tensor's bytes over a raw pyzmq REQ/REP to a raw
    server process running the tail sessions (target <= 1.3x).
-
 3. Adaptive against fixed: `Engine(strategy="planner")` against `strategy="device"` through
    a real server on 127.0.0.1, on frames where both end the same way (the planner keeps
    every frame here, at an exit or at the end), so the difference is what deciding costs:
@@ -271,15 +270,19 @@ def bench_adaptive(name: str, bundle, frames: np.ndarray, *, slo_ms: float, task
                                  rounds=rounds, min_time=min_time)["decide"]
             links = {s: e.link._thread.native_id for s, e in engines.items()}
             idle = _cpu_ms_per_s(links, idle_s)
-            flowing = {}
-            main_us = {}
+            # each engine's threads while its frames flow (~1 s of passes, one engine at
+            # a time); the main thread's CPU per frame includes what deciding costs
+            flowing, main_us = {}, {}
+            main = threading.get_native_id()
             for s in ADAPTIVE:
-                tids = {"link": links[s], "main": threading.get_native_id()}
-                k = max(1, round(0.5 / max(t[s].stats().median, 1e-6)))
-                got = _cpu_ms_per_s(tids, 0.0, lambda s=s, k=k: [passes[s]() for _ in range(k)])
+                k = max(1, round(1.0 / max(t[s].stats().median, 1e-6)))
+                m0 = _thread_cpu_s(main)
+                got = _cpu_ms_per_s({"link": links[s]}, 0.0,
+                                    lambda s=s, k=k: [passes[s]() for _ in range(k)])
+                m1 = _thread_cpu_s(main)
                 flowing[s] = got["link"]
-                main_us[s] = (None if got["main"] is None else
-                              round(got["main"] * t[s].stats().median / len(frames) * 1e3, 1))
+                main_us[s] = (None if m0 is None or m1 is None
+                              else round((m1 - m0) / (k * len(frames)) * 1e6, 1))
     finally:
         for e in engines.values():
             e.close()
@@ -349,7 +352,7 @@ def _format_raw(rows: list[dict]) -> str:
     for r in rows:
         t, t2 = r["_stats"]
         for label, a, b, target in (
-                ("device, policy", t["engine_policy"], t["raw"], TARGETS["device"]),
+                ("device, default (planner)", t["engine_policy"], t["raw"], TARGETS["device"]),
                 ("device, fixed plan", t["engine_fixed"], t["raw"], TARGETS["device"]),
                 (f"server, {r['cut']}@32", t2["engine"], t2["raw"], TARGETS["server"])):
             q = ratio(a, b)

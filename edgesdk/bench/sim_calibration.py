@@ -115,19 +115,22 @@ def _slowdown(m: Mapping) -> float:
 
 
 def _server(rec: Mapping, model: str, table: CandidateTable) -> tuple[float, float]:
-    """(server slowdown, queue ms under load) from the offloaded frames."""
-    ratios, queued = [], []
+    """(server slowdown, extra wait under load) from the offloaded frames: the server's
+    time over the profile's outside the load windows, and how much longer server + queue
+    took inside them (other devices' work competes for the server's queue and CPU; the
+    simulator models both as queueing)."""
+    quiet, loaded = [], []
     srv = {c.cut: table.srv_ms[i] for i, c in enumerate(table.candidates) if c.cut != "device"}
     for (mdl, _), fl in rec["frames"].items():
         if mdl != model:
             continue
         for f in fl:
             if f["where"] == "edge" and srv.get(f["sent_cut"], 0) > 0:
-                ratios.append(f["ms"]["server"] / srv[f["sent_cut"]])
-                if f["load"]:
-                    queued.append(f["ms"]["queue"])
-    return (float(np.median(ratios)) if ratios else 1.0,
-            float(np.median(queued)) if queued else 0.0)
+                ratio = (f["ms"]["server"] + f["ms"]["queue"]) / srv[f["sent_cut"]]
+                (loaded if f["load"] else quiet).append((ratio, srv[f["sent_cut"]]))
+    slow = float(np.median([r for r, _ in quiet])) if quiet else 1.0
+    extra = (float(np.median([(r - slow) * ms for r, ms in loaded])) if loaded else 0.0)
+    return slow, max(extra, 0.0)
 
 
 def _rates(rec: Mapping, seconds: float) -> np.ndarray:

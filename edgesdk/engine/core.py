@@ -14,7 +14,10 @@ Per frame (`infer`, or the two halves `_front` and `_back` that `stream` interle
    (policy.build_candidates(after_exits=k): exit probabilities conditioned on the misses,
    times from now) against the budget that is left. Result.plans lists every plan the
    frame followed. Encode the cut's tensors (with the zstd stage if the plan says so) and
-   hand them to the link.
+   hand them to the link. Deciding is cached, so that frames that look alike pay for it
+   once: the decision by the rounded state (state_key), the state until the link has new
+   estimates, each re-decision by exit position, state key and rounded budget left, all
+   re-evaluated every DECISION_TTL_S.
 3. back: wait for the reply until the frame's budget runs out; decode the outputs.
    On Timeout, ServerBusy, ServerError or Unreachable, finish here if that fits the SLO
    (the bundle has every segment), else answer with the most confident exit already
@@ -28,7 +31,6 @@ way to an answer within the deadline.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 import threading
@@ -74,12 +76,15 @@ from .result import Result, Timings
 
 STRATEGIES = ("planner", "policy", "device", "edge")
 DECISION_TTL_S = 0.25  # a cached decision is re-evaluated at least this often
-# The decision state is rebuilt when the link reports new estimates (EdgeLink.version) and
-# at least this often otherwise: what changes without new samples (the device slowdown,
-# frame by frame; the link model's ageing; the server slowdown's relaxation) moves slowly
-# next to state_key's steps, and a rebuild (snapshot, validated State, key) costs
-# ~0.1 ms, the price of the whole cached decision twenty times over.
-STATE_TTL_S = 0.05
+# The decision state is rebuilt when the link reports new estimates (EdgeLink.version),
+# when the cached decision is due for re-evaluation, and at least this often for other
+# callers of state(). What changes without new samples (the device slowdown, frame by
+# frame; the link model's ageing; the server slowdown's relaxation) then reaches the
+# decisions within DECISION_TTL_S, as the exact state did through a cached decision
+# before: a rebuild (snapshot, validated State, key) costs ~0.1 ms (~0.5 ms on a
+# throttled device), and every frame paid it; a new state also tends to start new cache
+# keys (its rounded estimates cross a step), each a planner call per exit position.
+STATE_TTL_S = DECISION_TTL_S
 REST_CACHE_MAX = 1024  # re-decisions kept (per DECISION_TTL_S): bounds a jittery budget
 GRACE_S = 0.02  # waited past an offload's budget before giving up on the link thread
 _REASONS = {Timeout: "timeout", ServerBusy: "busy", ServerError: "server_error",
@@ -186,9 +191,9 @@ class Engine:
         # was built at, when, the State and its key
         self._state: tuple[int, float, State, tuple] | None = None
         # Re-decisions, by (exits run, offline, state key, rounded budget left): frames
-        # that look alike miss their exits alike and re-plan alike
+        # that look alike miss their exits alike and re-plan alike. Cleared with each
+        # re-evaluation of the frame's decision (DECISION_TTL_S)
         self._rest_cache: dict[tuple, int] = {}
-        self._rest_until = 0.0
         self._slowdown = SlowdownEstimator([{"median_ms": m} for m in self._seg_ms])
         self._cuts = {c.id: c for c in self.bundle.cuts}
         first = input_cut(self.bundle)
@@ -314,6 +319,10 @@ class Engine:
         if not self._adaptive:
             return table.candidates[self._choose(table, None)], (None if link is None else
                                                                   reason)
+        if now >= self._last_until:
+            # Due for re-evaluation: on a fresh state, and so are the re-decisions
+            self._state = None
+            self._rest_cache.clear()
         state, skey = self._state_and_key(now)
         self._last_state, self._last_state_key = state, skey  # the frame's re-decisions'
         key = (id(table), skey)
@@ -403,8 +412,9 @@ class Engine:
         plan to f.plans, changed or not, so a Result shows each re-decision.
 
         Cached like the frame's decision: by the exits run, the frame's state key and the
-        budget left rounded as state_key rounds times (~5 %), for DECISION_TTL_S; a table
-        of one plan (offline, after the last exit) needs no planner at all."""
+        budget left rounded as state_key rounds times (~5 %), until the frame's decision
+        is re-evaluated (DECISION_TTL_S); a table of one plan (offline, after the last
+        exit) needs no planner at all."""
         k = f.exits_run
         if not 1 <= k <= len(self._rest):
             return
@@ -414,9 +424,8 @@ class Engine:
             # Past the deadline every plan is late: a budget of 1 us prices that in (the
             # state needs a positive SLO), and the choice falls to the quickest finish
             left_ms = max((f.deadline - now) * 1e3, 1e-3)
-            if now >= self._rest_until or len(self._rest_cache) >= REST_CACHE_MAX:
+            if len(self._rest_cache) >= REST_CACHE_MAX:
                 self._rest_cache.clear()
-                self._rest_until = now + DECISION_TTL_S
             key = (k, f.offline, f.key, _q(left_ms))
             i = self._rest_cache.get(key)
             if i is None:
@@ -550,10 +559,14 @@ def _q(v: float, steps: float = 20.0) -> int:
 
 def _with_slo(state: State, slo_ms: float) -> State:
     """`state` with another SLO, unvalidated: `state` was validated when it was built and
-    slo_ms is positive (dataclasses.replace would check every field again, ~5 us x the
-    re-decisions of every frame)."""
-    out = copy.copy(state)
-    object.__setattr__(out, "slo_ms", slo_ms)
+    slo_ms is positive (dataclasses.replace checks every field again: ~5 us, ~10x that on
+    a throttled device, for every re-decision the cache misses)."""
+    out = object.__new__(type(state))
+    fields = getattr(out, "__dict__", None)
+    if fields is None:  # a State with __slots__: the validated copy
+        return replace(state, slo_ms=slo_ms)
+    fields.update(state.__dict__)
+    fields["slo_ms"] = slo_ms
     return out
 
 

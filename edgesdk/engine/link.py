@@ -23,7 +23,9 @@ take ~50 ms (alternately ~20 ms: two sizes separate the overhead from the rate) 
 current estimate, at least 64 KiB so that a token bucket's burst does not hide the rate,
 but no more than PROBE_MAX_S at the estimate (bandwidth; one that times out is a censored
 sample: the rate was below size / budget), which the broker answers without touching a
-worker. `snapshot(now)` reads the estimates for the planner.
+worker. `snapshot(now)` reads the estimates for the planner; `version` changes whenever an
+outcome changed them. Between events the thread sleeps (no poll timer): an idle link
+costs a device a wake-up per probe, not four a second.
 """
 
 from __future__ import annotations
@@ -45,14 +47,11 @@ from ..transport import protocol
 
 UP, CONNECTING, CHECKING, DOWN, NOT_SERVED = "up", "connecting", "checking", "down", "not_served"
 # The I/O thread sleeps until its next event (a job through the wake pipe, a reply, a
-# request's deadline, a held job's release, the next probe); this cap only bounds a sleep
-# whose wake-up was miscomputed. A device idles here most of the time: every needless
-# wake-up is CPU taken from a throttled device's quota (and a GIL hand-off).
+# request's deadline, which Client.poll wakes for itself, a held job's release, the next
+# probe); this cap only bounds a sleep whose wake-up was miscomputed. A device idles here
+# most of the time: every needless wake-up is CPU taken from a throttled device's quota
+# (and a GIL hand-off), and a 0.25 s poll timer woke it four times a second for nothing.
 MAX_SLEEP_S = 5.0
-# Past a request's deadline the client fails it on its next turn: wake that much after it,
-# so a timeout is seen at once (not at the next unrelated wake-up) without spinning on a
-# deadline the client, which stamped it a little later, does not consider passed yet.
-DEADLINE_SLACK_S = 0.002
 
 
 @dataclass
@@ -209,8 +208,7 @@ class EdgeLink:
                     held.extend((self._release_at(job, now), job) for job in self._probes(now))
                     self._next_probe = now + self._retry_s
                     continue  # unshaped probes go at once
-                wake = min([now + MAX_SLEEP_S] + [t for t, _ in held]
-                           + [t + j.budget_s + DEADLINE_SLACK_S for j, t in pending.values()])
+                wake = min([now + MAX_SLEEP_S] + [t for t, _ in held])
                 if not probing:
                     wake = min(wake, self._probe_due())
                 client.poll(max(wake - now, 0.0), wake_fd=self._wake_r)

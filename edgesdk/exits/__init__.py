@@ -25,30 +25,8 @@ offline (``from edgesdk.exits.tools import ...``)
     head = Head.load("model.edge/exit_c1.npz")  # a head trained by `edgesdk exits train`
     logits = head(cut_tensor)                    # GAP -> [hidden ReLU] -> linear
 
-Confidence. Each measure maps class probabilities to [0, 1], higher meaning surer:
-``max_prob`` (the top probability), ``margin`` (top-1 minus top-2 probability) and
-``entropy`` (1 minus the entropy normalized by log(classes)). Probabilities are
-``softmax(logits / T)`` with a temperature T fitted per exit on calibration data
-(:func:`fit_temperature`: golden-section search on log T for the lowest NLL), reported with
-its expected calibration error (:func:`ece`).
-
-Heads. A head reads the tensors of a cut point, averages each over its spatial axes (global
-average pooling; the channel axis is 1 for NCHW onnx tensors, -1 for NHWC tflite ones),
-standardizes the pooled features, optionally applies one small hidden ReLU layer, then a
-linear layer to class logits. :func:`train_head` fits it by L-BFGS (default) or Adam,
-seeded, with weight decay and early stopping on a held-out slice of the training data.
-
-Thresholds. Exits are evaluated in order (earliest first); a sample leaves at the first exit
-whose confidence reaches its threshold, else it runs the whole model (:func:`cascade_exits`).
-:func:`calibrate_thresholds` picks the thresholds greedily from the earliest exit: with the
-earlier thresholds fixed and the later exits off, exit k gets the lowest threshold (the
-largest coverage) for which the cascade's drop in accuracy stays within ``max_drop``. The
-drop is measured against the targets given: true labels, or the full model's own
-predictions (then accuracy is agreement, and the baseline is 1). To hold on new data and
-not only on the calibration set, the constraint is on an upper confidence bound of the
-drop, ``drop + z * SE`` (SE: the standard error of the mean per-sample difference in
-correctness); ``z=0`` gives the plain empirical rule. Earliest-first spends the budget where
-leaving saves the most compute; a later exit still takes the samples it gets right.
+How confidence is measured, how heads pool and train, and how thresholds are calibrated
+is in the docstrings of measures, heads and cascade.
 """
 
 from .cascade import (

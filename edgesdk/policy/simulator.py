@@ -283,7 +283,9 @@ class DeviceView:
         rtt = e.rtt.estimate(t)
         rtt_ms = e.rtt.floor_ms if rtt.n else rtt.value
         overhead = max(m.overhead_ms + m.rtt_ms - rtt_ms, 0.0) if m.n else 0.0
-        slow = float(np.median(self.slowdowns)) if self.slowdowns else sc.device_slowdown
+        # the engine's SlowdownEstimator: the profile is believed (1.0) until segments
+        # have run here; an edge-only stream never learns it from its own frames
+        slow = float(np.median(self.slowdowns)) if self.slowdowns else 1.0
         return State(bw_mbps=max(m.rate_mbps, 1e-3), bw_std=m.rate_std,
                      bw_history=tuple(h for h in e.bandwidth.history() if h > 0),
                      rtt_ms=rtt_ms, queue_ms=e.server.queue_ms, device_slowdown=slow,
@@ -295,8 +297,10 @@ class DeviceView:
     def after_frame(self, k: int, i: int, out: Outcomes) -> None:
         w, t = self.world, self.world.sc.table
         now = w.t[k] + out.latency[i] / 1e3
-        self.slowdowns.append(float(w.device[k]))
         exited = w.exit_u[k] < t.p_exit[i]
+        if t.dev_ms[i] > 0 or exited or out.timed_out[i] or not self.facts.offload[i]:
+            self.slowdowns.append(float(w.device[k]))  # segments ran here: timed
+
         if exited or not self.facts.offload[i]:
             return
         self.last_send = w.t[k]
