@@ -156,14 +156,14 @@ def test_the_budget_left_changes_the_re_decision():
     the planner also runs exit2 (it usually answers sooner); with 20 ms left it skips it,
     because a frame exit2 misses would end past the deadline while finishing here without
     it fits."""
-    from edgesdk.engine.core import _plan_rest
+    from edgesdk.engine.strategy import plan_rest
 
     rest = build_candidates(model_profile(Bundle.load(DIGITS_BUNDLE).manifest), after_exits=1)
     local = rest.subset([c.cut == "device" for c in rest.candidates])
 
     def choice(left_ms: float) -> Candidate:
         state = State(bw_mbps=1.0, slo_ms=left_ms, device_slowdown=300.0)
-        return local.candidates[_plan_rest(local, state, 100.0)]
+        return local.candidates[plan_rest(local, state, 100.0)]
 
     assert choice(200.0) == Candidate(2, "device", 32)
     assert choice(20.0) == Candidate(1, "device", 32)
@@ -172,16 +172,16 @@ def test_the_budget_left_changes_the_re_decision():
 def test_a_re_decision_takes_well_under_a_millisecond():
     """The planner over the rest-of-frame table (target: <= 100 us on the dev machine;
     asserted loosely, the test machines are shared)."""
-    from edgesdk.engine.core import _plan_rest
+    from edgesdk.engine.strategy import plan_rest
 
     rest = build_candidates(model_profile(Bundle.load(DIGITS_BUNDLE).manifest), after_exits=1)
     state = State(bw_mbps=20.0, bw_std=5.0, slo_ms=40.0, rtt_ms=2.0)
     for _ in range(50):
-        _plan_rest(rest, state, 50.0)
+        plan_rest(rest, state, 50.0)
     n = 500
     t = time.perf_counter()
     for _ in range(n):
-        _plan_rest(rest, state, 50.0)
+        plan_rest(rest, state, 50.0)
     assert (time.perf_counter() - t) / n < 1e-3
 
 

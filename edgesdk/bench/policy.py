@@ -49,7 +49,7 @@ def _tables():
 
 
 def run(rounds: int = 21, min_time: float = 0.02) -> list[dict]:
-    from ..engine.core import state_key
+    from ..engine.strategy import state_key
     from ..policy import PolicyNet, State, features, plan
     from ..policy.net import TOP_K
 

@@ -10,11 +10,12 @@ Modules: core (the Engine), plan (Plan, and the Strategy and Task types), device
 own thread, with live estimates), result (Result, Timings, Where), preprocess.
 """
 
-from .core import STRATEGIES, Engine
+from .core import Engine
 from .device import LocalRunner
 from .plan import Plan, Strategy, Task
 from .preprocess import Preprocessor, prepare
 from .result import Result, Timings, Where
+from .strategy import STRATEGIES
 
 __all__ = ["STRATEGIES", "Engine", "LocalRunner", "Plan", "Preprocessor", "Result", "Strategy",
            "Task", "Timings", "Where", "prepare"]

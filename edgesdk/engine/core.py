@@ -61,20 +61,16 @@ from ..estimators import SlowdownEstimator
 from ..policy import (
     TASKS,
     Candidate,
-    CandidateTable,
-    PolicyNet,
     State,
     build_candidates,
-    expected_terms,
     model_profile,
-    plan,
 )
 from .device import ExitAnswer, LocalRunner
 from .link import EdgeLink
 from .plan import Plan, Strategy, Task
 from .result import Result, Timings
+from .strategy import log_step, make_chooser, plan_rest, state_key, with_slo
 
-STRATEGIES = ("planner", "policy", "device", "edge")
 DECISION_TTL_S = 0.25  # a cached decision is re-evaluated at least this often
 # The decision state is rebuilt when the link reports new estimates (EdgeLink.version),
 # when the cached decision is due for re-evaluation, and at least this often for other
@@ -138,7 +134,7 @@ class Engine:
     that zstd does not shrink this cut's payload (then raw, which the codec would have
     sent anyway). "policy" and "planner" choose compression per frame, and re-decide the
     rest of a frame after each exit that does not fire (both with the planner, see
-    _plan_rest); fixed strategies never do.
+    engine.strategy.plan_rest); fixed strategies never do.
     device: which stored profile describes this device (default: the first; if the
     bundle has none, one is measured now). max_in_flight: frames `stream` overlaps
     (ConfigError below 1). connect_timeout_s: how long the constructor waits for the
@@ -169,14 +165,14 @@ class Engine:
         self._table = self._base_table
         self._device_only = self._base_table.subset(
             [c.cut == "device" for c in self._base_table.candidates])
-        self._choose = self._chooser(strategy)
+        self._choose = make_chooser(strategy, self._base_table, self.bundle.name)
         self._adaptive = strategy in ("policy", "planner")
         # The per-frame re-decision after a missed exit (adaptive strategies only): one
         # table per number of exits run, built once, so a re-decision is one scoring pass.
         # The planner scores it for "policy" too: what changed since the frame's decision
         # (position, conditioned exit odds, budget left) is what its model is exact about,
         # and it takes ~30 us on a 50-row table where the network takes ~130 us.
-        self._choose_rest = _plan_rest
+        self._choose_rest = plan_rest
         self._rest_base = [build_candidates(self._profile, after_exits=k)
                            for k in range(1, len(self._profile.exits) + 1)]
         self._rest = list(self._rest_base)
@@ -226,47 +222,6 @@ class Engine:
         prof = profile_segments(self.local.segments, env, runs=10, warmup=2,
                                 threads=threads, files=[s.file for s in manifest.segments])
         return replace(manifest, profiles={**manifest.profiles, name: prof})
-
-    def _chooser(self, strategy: Strategy | Plan | Candidate | str):
-        """A function (table, state) -> index into table."""
-        if strategy == "policy":
-            net = PolicyNet.load()
-            return net.decide
-        if strategy == "planner":
-            return plan
-        table = self._base_table
-        if isinstance(strategy, Candidate):
-            fixed = (strategy if strategy in table.candidates else
-                     table.find(strategy.n_exits, strategy.cut, strategy.bits) or strategy)
-        elif strategy == "device":
-            fixed = max((c for c in table.candidates if c.cut == "device"),
-                        key=lambda c: c.n_exits)
-        elif strategy == "edge":
-            fixed = table.find(0, "input", 8) or Candidate(0, "input", 8)
-        elif isinstance(strategy, Plan) or (isinstance(strategy, str) and "@" in strategy):
-            fixed = _parse_fixed(strategy, table)
-        else:
-            raise PolicyError(f"strategy is {strategy!r}, expected one of {list(STRATEGIES)}, "
-                              "'CUT@BITS' or a Candidate")
-        if fixed not in table.candidates:
-            raise PolicyError(f"strategy {fixed} is not a candidate of {self.bundle.name!r}")
-
-        # The index per table, found once: a search compares candidates field by field
-        # (~0.5 us each), tens of microseconds per frame on a table of fifty
-        found: dict[int, tuple[CandidateTable, int]] = {}
-
-        def choose(t: CandidateTable, state: State | None) -> int:
-            hit = found.get(id(t))
-            if hit is not None and hit[0] is t:
-                return hit[1]
-            if fixed in t.candidates:
-                i = t.index(fixed)
-            else:  # offline: the device-only plan with the same exits
-                local = Candidate(fixed.n_exits, "device", 32)
-                i = t.index(local) if local in t.candidates else 0
-            found[id(t)] = (t, i)
-            return i
-        return choose
 
     # -- deciding --------------------------------------------------------------------------
     def state(self, now: float | None = None) -> State:
@@ -426,10 +381,10 @@ class Engine:
             left_ms = max((f.deadline - now) * 1e3, 1e-3)
             if len(self._rest_cache) >= REST_CACHE_MAX:
                 self._rest_cache.clear()
-            key = (k, f.offline, f.key, _q(left_ms))
+            key = (k, f.offline, f.key, log_step(left_ms))
             i = self._rest_cache.get(key)
             if i is None:
-                i = self._choose_rest(table, _with_slo(f.state, left_ms), self.slo_ms)
+                i = self._choose_rest(table, with_slo(f.state, left_ms), self.slo_ms)
                 self._rest_cache[key] = i
             f.plan = table.candidates[i]
         else:
@@ -550,69 +505,6 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _q(v: float, steps: float = 20.0) -> int:
-    """`v` on a log scale in steps of 1/steps (20: ~5 %)."""
-    return round(math.log(max(v, 1e-6)) * steps)
-
-
-def _with_slo(state: State, slo_ms: float) -> State:
-    """`state` with another SLO, unvalidated: `state` was validated when it was built and
-    slo_ms is positive (dataclasses.replace checks every field again: ~5 us, ~10x that on
-    a throttled device, for every re-decision the cache misses)."""
-    out = object.__new__(type(state))
-    fields = getattr(out, "__dict__", None)
-    if fields is None:  # a State with __slots__: the validated copy
-        return replace(state, slo_ms=slo_ms)
-    fields.update(state.__dict__)
-    fields["slo_ms"] = slo_ms
-    return out
-
-
-def state_key(state: State) -> tuple:
-    """The state rounded to what can change a decision: ~5 % steps of bandwidth and
-    times, ~20 % steps of the slowdowns (which jitter with every frame's timing), on a log
-    scale, bandwidth history included. Frames whose state rounds the same within
-    DECISION_TTL_S reuse the decision: the policy's ~0.1 ms would otherwise dominate small
-    models at high frame rates."""
-    q = _q
-    return (q(state.bw_mbps), q(state.bw_std + 1e-3), q(state.rtt_ms + 0.01),
-            q(state.queue_ms + 0.01), q(state.device_slowdown, 5.0),
-            q(state.server_slowdown, 5.0), tuple(q(h) for h in state.bw_history),
-            q(state.bw_low_mbps + 1e-3), q(state.bw_overhead_ms + 0.01),
-            round(state.failures * 10))
-
-
-def _parse_fixed(strategy: str | Plan, table: CandidateTable) -> Candidate:
-    """The candidate of a fixed plan: a Plan, or its string form "CUT@BITS[+z|-z][/E]"
-    (Plan.parse); without a zstd mark, zstd if that is a candidate, else raw."""
-    fixed = strategy if isinstance(strategy, Plan) else Plan.parse(strategy)
-    strategy = str(strategy)  # as given, for the messages below
-    cut, bits = fixed.cut, str(fixed.bits)
-    exits = "" if fixed.exits is None else str(fixed.exits)
-    zstd = fixed.zstd
-    options = [c for c in table.candidates if c.cut == cut and str(c.bits) == bits
-               and (not exits or str(c.n_exits) == exits)
-               and (zstd is None or c.zstd == zstd or c.cut == "device")]
-    if not options:
-        mode = {None: "", True: " with zstd", False: " raw-packed"}[zstd]
-        raise PolicyError(f"strategy {strategy!r}: no candidate cut {cut!r} at {bits} bits"
-                          + mode + (f" with {exits} exits" if exits else "")
-                          + f"; cuts are {sorted({c.cut for c in table.candidates})}")
-    # the most exits; then, with no mark, zstd first (what the plan meant before
-    # compression was a decision)
-    return max(options, key=lambda c: (c.n_exits, c.zstd))
-
-
-def _plan_rest(table: CandidateTable, state: State, slo_ms: float) -> int:
-    """The planner over the rest of a frame: state.slo_ms is the budget left, which a
-    violation is measured against; latency is weighed against the frame's whole SLO as at
-    the frame's start (the time already spent is sunk: it shifts every candidate's reward
-    alike), so a re-decision trades accuracy for time the same way the first one did."""
-    w_acc, penalty = state.weights
-    acc, lat, viol = expected_terms(table, state)
-    return int(np.argmax(w_acc * acc - lat / slo_ms - penalty * viol))
 
 
 def _confidence(output: np.ndarray) -> float | None:

@@ -1,0 +1,124 @@
+"""The device's slowdown against its profile: a median of recent ratios, robust to
+scheduler stalls on a CPU-quota throttled device (SlowdownEstimator, DeviceModel)."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import PolicyError
+from ._common import Estimate, _check_finite
+
+_LOG_1_2 = math.log(1.2)  # ratios within 1.2x of the typical one are never stalls
+
+
+@dataclass(frozen=True)
+class DeviceModel:
+    """How this device runs against its stored profile, over the recent window.
+
+    - `slowdown`: the typical measured / profiled ratio (the `quantile`, default the median,
+      of recent ratios): what a run costs when no scheduler stall hits it. A CPU-quota
+      throttled device stalls 1 ms in 4 at random; a mean of ratios would charge every
+      frame for the few a stall hit.
+    - `mean`: sum(measured) / sum(profiled) over the window: the long-run cost, stalls
+      included (what a long local computation averages).
+    - `high`: the 90th percentile of the ratio.
+    - `stall_fraction`: the share of runs slower than the typical by more than 3 robust
+      spreads of the stall-free side (and at least 20%); `stall_ms`: their mean extra time
+      beyond ``slowdown * profiled``.
+    - `log_spread`: 1.4826 x the median absolute deviation of log ratios; `n`: runs kept.
+    """
+
+    slowdown: float
+    mean: float
+    high: float
+    stall_fraction: float
+    stall_ms: float
+    log_spread: float
+    n: int
+
+
+def _sorted_quantile(s: Sequence[float], q: float) -> float:
+    """Linear-interpolated quantile of an ascending sequence (pure Python: for the 32 values
+    of a window, faster than a numpy call)."""
+    pos = q * (len(s) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+class SlowdownEstimator:
+    """How much slower this device runs than its stored profile: measured segment time over
+    profiled time, per run, summarised robustly over the last `window` runs (see
+    DeviceModel). Segments profiled at under a microsecond are timer noise and not counted.
+
+        slow = SlowdownEstimator(profile["segments"])
+        slow.observe(segment=0, measured_ms=0.5)       # profiled 0.25 ms -> 2.0
+        slow.estimate().value                          # the typical ratio (stall-free)
+        slow.model().stall_fraction                    # how often a stall hit
+    """
+
+    def __init__(self, profile_segments: Sequence[Mapping[str, Any]], *, window: int = 32,
+                 quantile: float = 0.5) -> None:
+        self._ms = [_check_finite(f"profile_segments[{i}].median_ms", s["median_ms"])
+                    for i, s in enumerate(profile_segments)]
+        if not isinstance(window, int) or window < 1:
+            raise PolicyError(f"window is {window!r}, expected an int >= 1")
+        if not 0.0 < quantile < 1.0:
+            raise PolicyError(f"quantile is {quantile!r}, expected 0 < q < 1")
+        self._q = float(quantile)
+        self._runs: deque[tuple[float, float, float]] = deque(maxlen=window)  # log, ms, ref
+        self._model: DeviceModel | None = None
+        self._last: float | None = None
+
+    def observe(self, segment: int, measured_ms: float, now: float | None = None) -> float:
+        """One run of `segment` that took `measured_ms`; returns its ratio to the profile."""
+        m = _check_finite("measured_ms", measured_ms)
+        if not isinstance(segment, (int, np.integer)) or not 0 <= segment < len(self._ms):
+            raise PolicyError(f"segment is {segment!r}, the profile has {len(self._ms)}")
+        ref = self._ms[segment]
+        ratio = max(m, 1e-6) / max(ref, 1e-6)
+        if ref >= 1e-3:
+            self._runs.append((math.log(ratio), m, ref))
+            self._model = None
+            if now is not None:
+                self._last = _check_finite("now", now, -math.inf)
+        return ratio
+
+    def model(self) -> DeviceModel:
+        """The summary of the window (cached until the next observation)."""
+        if self._model is not None:
+            return self._model
+        runs = self._runs
+        if not runs:
+            self._model = DeviceModel(1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0)
+            return self._model
+        logs = sorted(r[0] for r in runs)
+        n = len(logs)
+        mid = _sorted_quantile(logs, 0.5)
+        typ = _sorted_quantile(logs, self._q)
+        spread = 1.4826 * _sorted_quantile(sorted(abs(v - mid) for v in logs), 0.5)
+        below = [typ - v for v in logs if v <= typ][::-1]  # the stall-free side, ascending
+        lo_spread = 1.4826 * _sorted_quantile(below, 0.5) if below else spread
+        cut = typ + max(3.0 * lo_spread, _LOG_1_2)
+        slowdown = math.exp(typ)
+        extra = [ms - slowdown * ref for lg, ms, ref in runs if lg > cut]
+        _, ms, ref = zip(*runs)
+        self._model = DeviceModel(
+            slowdown=slowdown, mean=sum(ms) / sum(ref), high=math.exp(
+                _sorted_quantile(logs, 0.9)), stall_fraction=len(extra) / n,
+            stall_ms=sum(extra) / len(extra) if extra else 0.0, log_spread=spread, n=n)
+        return self._model
+
+    def estimate(self, now: float | None = None) -> Estimate:
+        """(slowdown, slowdown x log_spread, n, age): age 0 unless times were given."""
+        m = self.model()
+        if m.n == 0:
+            return Estimate(1.0, 0.0, 0, math.inf)
+        age = 0.0 if now is None or self._last is None else max(float(now) - self._last, 0.0)
+        return Estimate(m.slowdown, m.slowdown * m.log_spread, m.n, age)

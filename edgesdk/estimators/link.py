@@ -1,0 +1,206 @@
+"""The link's RTT, the server's load and speed, and LinkEstimator, which holds every
+estimator of one device-edge link and the probing rule."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from ._common import Estimate, _check_finite
+from .bandwidth import BandwidthEstimator, LinkModel
+
+
+class RttEstimator:
+    """Round-trip time of the link from small messages (heartbeats, hello, tiny replies).
+
+    `floor_ms` is the minimum over the last `window` samples (propagation plus fixed
+    overhead: what a transfer's time is corrected by); `value` is a TCP-style smoothed RTT
+    (EWMA, gain 1/8) and `std` its mean deviation (gain 1/4).
+
+        rtt = RttEstimator(); rtt.observe(2.1, now=0.0); rtt.estimate(now=1.0).value
+    """
+
+    def __init__(self, window: int = 32, prior_ms: float = 20.0) -> None:
+        self._recent: deque[float] = deque(maxlen=window)
+        self._srtt: float | None = None
+        self._rttvar = prior_ms / 2
+        self._prior = prior_ms
+        self._last: float | None = None
+
+    def observe(self, rtt_ms: float, now: float) -> None:
+        r = _check_finite("rtt_ms", rtt_ms)
+        self._recent.append(r)
+        if self._srtt is None:
+            self._srtt, self._rttvar = r, r / 2
+        else:
+            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - r)
+            self._srtt = 0.875 * self._srtt + 0.125 * r
+        self._last = float(now)
+
+    @property
+    def floor_ms(self) -> float:
+        return min(self._recent) if self._recent else 0.0
+
+    def estimate(self, now: float) -> Estimate:
+        if self._srtt is None:
+            return Estimate(self._prior, self._prior, 0, math.inf)
+        return Estimate(self._srtt, self._rttvar, len(self._recent), now - self._last)
+
+
+class ServerLoadEstimator:
+    """Server queueing delay and speed from replies (`queue_ms`, `server_ms`), timeouts,
+    and the `load` map of welcome and heartbeat messages (queue, workers, workers_busy).
+
+    `queue_ms` is an EWMA of reply queue times; `slowdown` the EWMA of server_ms over the
+    server's profiled time for the same work (1.0 when unknown); `utilization` the busy
+    fraction of workers from the last load report.
+
+    A timed-out offload is a censored sample: the server took at least what the budget
+    left after the network (`observe_timeout`); it can only raise the slowdown. Without
+    replies, the slowdown relaxes back towards 1 with a half-life of RELAX_S, so a server
+    that was slow (or looked slow through timeouts) is tried again instead of being ruled
+    out for good: with every offload timing out, no reply would ever correct it.
+    """
+
+    RELAX_S = 20.0
+
+    def __init__(self, gain: float = 0.2) -> None:
+        self._gain = gain
+        self.queue_ms = 0.0
+        self._slowdown = 1.0
+        self._since = 0.0  # when _slowdown was last updated
+        self.utilization = 0.0
+        self.queue_length = 0
+        self.n = 0
+
+    def slowdown_at(self, now: float) -> float:
+        """The slowdown, relaxed towards 1 for the time since the last sample."""
+        age = max(now - self._since, 0.0)
+        return 1.0 + (self._slowdown - 1.0) * 0.5 ** (age / self.RELAX_S)
+
+    @property
+    def slowdown(self) -> float:
+        return self._slowdown
+
+    def observe_reply(self, server_ms: float, queue_ms: float,
+                      profiled_ms: float | None = None, now: float | None = None) -> None:
+        s = _check_finite("server_ms", server_ms)
+        q = _check_finite("queue_ms", queue_ms)
+        g = self._gain if self.n else 1.0
+        self.queue_ms += g * (q - self.queue_ms)
+        if profiled_ms:
+            current = self._slowdown if now is None else self.slowdown_at(now)
+            self._slowdown = current + g * (max(s, 1e-6) / profiled_ms - current)
+            self._since = self._since if now is None else float(now)
+        self.n += 1
+
+    def observe_timeout(self, at_least_ms: float, profiled_ms: float | None,
+                        now: float) -> None:
+        """An offload whose reply did not come although the server had `at_least_ms` for
+        its queue and compute: raises the slowdown towards at_least_ms / profiled_ms."""
+        if not profiled_ms or at_least_ms <= 0:
+            return
+        bound = _check_finite("at_least_ms", at_least_ms) / profiled_ms
+        current = self.slowdown_at(now)
+        if bound > current:
+            self._slowdown = current + max(self._gain, 0.5) * (bound - current)
+            self._since = float(now)
+
+    def observe_load(self, load: Mapping[str, Any]) -> None:
+        workers = max(int(load.get("workers_alive", load.get("workers", 1)) or 1), 1)
+        busy = int(load.get("workers_busy", 0) or 0)
+        self.utilization = min(busy / workers, 1.0)
+        self.queue_length = int(load.get("queue", 0) or 0)
+
+
+PROBE_BYTES = (64 * 1024, 1024 * 1024)  # bandwidth probe size bounds (above a tbf burst)
+PROBE_MAX_S = 0.25  # ...but a probe that would take longer at the estimate is cut to this
+
+
+def probe_bytes(mbps: float, turn: int) -> int:
+    """The size of the `turn`-th bandwidth probe at an estimate of `mbps`: ~50 ms and ~20 ms
+    worth in turn (uploads of two sizes let the estimator tell the per-message overhead
+    from the rate; one size cannot), at least 64 KiB so that a token bucket's burst does not
+    hide the rate, at most PROBE_MAX_S at the estimate."""
+    target_s = 0.050 if turn % 2 == 0 else 0.020
+    size = min(max(mbps * 1e6 / 8 * target_s, PROBE_BYTES[0]), PROBE_BYTES[1])
+    return int(max(min(size, mbps * 1e6 / 8 * PROBE_MAX_S), 4096))
+
+
+class LinkEstimator:
+    """The estimators of one device-edge link together, plus the probing rule: probe
+    actively only when no traffic has flowed for `idle_s` seconds.
+
+        link = LinkEstimator()
+        link.on_reply(payload_bytes=50_000, round_trip_ms=45, server_ms=3, queue_ms=1,
+                      now=t)
+        link.on_small_message(rtt_ms=4, now=t)         # heartbeats, hello/welcome
+        link.on_timeout(payload_bytes=300_000, elapsed_ms=1000, now=t)  # a probe lost
+        link.on_offload(failed=False)                  # each offload's outcome
+        if link.should_probe(now): ...                 # send a probe, feed it back
+        link.model(now)                                # the LinkModel
+
+    `failures`: a decayed fraction of offloads that failed (each outcome multiplies it by
+    0.8, a failure then adds 0.2), in 0..1.
+    """
+
+    def __init__(self, k: int = 5, idle_s: float = 5.0, small_bytes: int = 2048,
+                 warm_samples: int = 3) -> None:
+        self.bandwidth = BandwidthEstimator(k=k)
+        self.warm_samples = min(warm_samples, k)
+        self.rtt = RttEstimator()
+        self.server = ServerLoadEstimator()
+        self.idle_s = idle_s
+        self.small_bytes = small_bytes
+        self.failures = 0.0
+        self._last_traffic = -math.inf
+
+    def on_small_message(self, rtt_ms: float, now: float) -> None:
+        self.rtt.observe(rtt_ms, now)
+        self._last_traffic = float(now)
+
+    def on_reply(self, payload_bytes: int, round_trip_ms: float, server_ms: float,
+                 queue_ms: float, now: float, profiled_ms: float | None = None
+                 ) -> float | None:
+        """One reply; profiled_ms: the server's profiled time for the same work (tracks
+        the server's slowdown). Returns the bandwidth sample, if the payload was large."""
+        self.server.observe_reply(server_ms, queue_ms, profiled_ms, now)
+        self._last_traffic = float(now)
+        if payload_bytes <= self.small_bytes:  # small: it measures latency, not bandwidth
+            self.rtt.observe(max(round_trip_ms - server_ms - queue_ms, 0.0), now)
+            return None
+        return self.bandwidth.observe_transfer(payload_bytes, round_trip_ms, server_ms,
+                                               queue_ms, self.rtt.floor_ms, now)
+
+    def on_timeout(self, payload_bytes: int, elapsed_ms: float, now: float) -> float | None:
+        """An upload that got no reply within `elapsed_ms`: a censored bandwidth sample
+        (see BandwidthEstimator.observe_timeout). Only for uploads whose time is all
+        network (probes): an infer's also holds server compute and queueing. Not traffic
+        for the probing rule (as before): while nothing comes back, probing goes on."""
+        return self.bandwidth.observe_timeout(payload_bytes, elapsed_ms, self.rtt.floor_ms,
+                                              now)
+
+    def on_offload_timeout(self, payload_bytes: int, budget_ms: float,
+                           profiled_ms: float | None, now: float) -> None:
+        """An offload that got no reply within `budget_ms`: after the network's expected
+        share (RTT floor + overhead + bytes at the rate), the server had the rest and did
+        not answer; a censored sample of its slowdown (ServerLoadEstimator)."""
+        network = self.rtt.floor_ms + self.bandwidth.transfer_ms(max(payload_bytes, 1), now)
+        self.server.observe_timeout(budget_ms - network - self.server.queue_ms, profiled_ms,
+                                    now)
+
+    def on_offload(self, failed: bool) -> None:
+        """One offload's outcome (a timeout, an unreachable server or a fallback: failed)."""
+        self.failures = 0.8 * self.failures + (0.2 if failed else 0.0)
+
+    def model(self, now: float) -> LinkModel:
+        return self.bandwidth.model(now)
+
+    def should_probe(self, now: float) -> bool:
+        """True before `warm_samples` bandwidth samples (a cold start would plan on the
+        prior, or on one sample of unknown spread, and plans that keep the work on the
+        device bring no new samples) or after `idle_s` without traffic."""
+        return (self.bandwidth.count < self.warm_samples
+                or now - self._last_traffic >= self.idle_s)
