@@ -116,3 +116,14 @@ def test_eval_cli_reports_every_strategy_per_dataset(tmp_path, capsys):
         assert set(res["targets"]["all"]) == {"gap_closed>=0.5", "not below device-only",
                                               "not below best-fixed/dataset",
                                               "beats planner beyond CI"}
+
+
+def test_the_simulators_link_constants_are_the_engines_defaults():
+    import inspect
+
+    from edgesdk.engine.link import EdgeLink
+
+    defaults = {k: v.default for k, v in inspect.signature(EdgeLink).parameters.items()}
+    assert defaults["retry_s"] == sim.RETRY_S
+    assert defaults["hello_budget_s"] * 1e3 == sim.HELLO_BUDGET_MS
+    assert defaults["probe_idle_s"] == sim.PROBE_IDLE_S

@@ -28,7 +28,8 @@ def _table(**cols) -> CandidateTable:
     zeros = np.zeros(n)
     base = dict(enc_ms=zeros, wire_bytes=zeros, srv_ms=zeros, p_exit=zeros, exit_ms=zeros,
                 exit_acc=zeros, rest_acc=np.ones(n), bits=np.full(n, 32.0))
-    base.update({k: np.asarray(v, float) for k, v in cols.items()})
+    base.update({k: np.asarray(v, bool if k == "has_exit" else float)
+                 for k, v in cols.items()})
     cands = tuple(Candidate(0, f"p{i}", 32) for i in range(n))
     return CandidateTable("hand", cands, **base)
 
@@ -77,9 +78,21 @@ def test_a_timeout_costs_what_the_engines_fallback_costs():
     # with an exit in hand and a local finish that would be late, the best exit answers
     # at the budget's end (FALLBACK_EXIT_ACC of the local accuracy), inside the SLO
     t = _table(dev_ms=[1], wire_bytes=[100_000], srv_ms=[1], rest_acc=[0.95], local_ms=[40],
-               local_acc=[0.9], p_exit=[1e-9], exit_ms=[1], exit_acc=[0.8])
+               local_acc=[0.9], has_exit=[True])
     r = expected_rewards(t, State(bw_mbps=1.0, slo_ms=10.0, rtt_ms=2.0, task="balanced"))
     assert r[0] == pytest.approx(5 * 0.9 * FALLBACK_EXIT_ACC - 10 / 10, abs=1e-6)
+
+
+def test_a_rest_of_frame_table_knows_an_exit_answer_is_in_hand():
+    # after a missed exit, rows with no further exits have p_exit 0, yet the engine holds
+    # the missed exit's answer: a timeout falls back to it, not to a late local finish
+    from edgesdk.policy.profiles import bundled_profiles
+
+    profile = bundled_profiles()[0]
+    rest = build_candidates(profile, after_exits=1)
+    here = [i for i, c in enumerate(rest.candidates) if c.n_exits == 1]
+    assert here and all(rest.p_exit[i] == 0 for i in here)
+    assert rest.has_exit.all()
 
 
 def test_exits_mix_latency_and_accuracy():

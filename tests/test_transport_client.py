@@ -106,3 +106,24 @@ def test_a_malformed_heartbeat_is_a_server_error_not_a_lost_request():
             client.wait(rid)
         assert isinstance(info.value, ServerError)
         assert client.stats.replies == 1
+
+
+def test_a_request_expires_at_its_deadline_within_the_poll_that_reaches_it():
+    # a caller that multiplexes other work polls with a long timeout: the poll wakes for
+    # the request's deadline, and the request must be done when it returns, not one turn
+    # (up to that long timeout) later
+    import time
+
+    from edgesdk.errors import Timeout
+
+    with FakeServer(lambda env: None) as srv, Client(srv.endpoint, retries=0) as client:
+        rid = client.submit([b"x"], budget_s=0.05, kind=protocol.HEARTBEAT)
+        t0 = time.monotonic()
+        while not client.done(rid) and time.monotonic() - t0 < 2.0:
+            client.poll(1.0)
+        elapsed = time.monotonic() - t0
+        assert client.done(rid)
+        with pytest.raises(Timeout):
+            client.wait(rid)
+        # the deadline plus the poll's millisecond rounding, far from the 1 s poll timeout
+        assert elapsed < 0.05 + 0.3, elapsed

@@ -20,7 +20,6 @@ check is whether each strategy's mean and p95 come out within 10 % of the real o
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -64,10 +63,6 @@ def load_recording(path: str | Path) -> dict[str, Any]:
         raise PolicyError(f"{path}: no meta or model lines; record with `edgesdk bench e2e "
                           "--record FILE`")
     return rec
-
-
-def _counted(frames: Sequence[Mapping]) -> list[Mapping]:
-    return [f for f in frames if f.get("phase") != "settle"]
 
 
 def fit_physics(rec: Mapping, model: str) -> tuple[Physics, dict[str, float]]:
@@ -134,7 +129,10 @@ def _server(rec: Mapping, model: str, table: CandidateTable) -> tuple[float, flo
 
 
 def _rates(rec: Mapping, seconds: float) -> np.ndarray:
-    events = sorted(rec["meta"]["rate_events"])
+    events = sorted(rec["meta"].get("rate_events") or [])
+    if not events:
+        raise PolicyError("the recording's meta has no rate_events (the shaped rate over "
+                          "time); record with a current `edgesdk bench e2e --record`")
     t = np.arange(0, seconds, RATE_DT_S)
     idx = np.searchsorted([e[0] for e in events], t, side="right") - 1
     return np.array([events[max(i, 0)][1] for i in idx], float)
@@ -171,6 +169,9 @@ def _chooser(strategy: str, frames: Sequence[Mapping], table: CandidateTable):
     # a fixed strategy: the plan its frames ran (most common), device-only when offline
     n, cut, bits, zstd = Counter((f["n_exits"], f["cut"], f["bits"], bool(f["zstd"]))
                                  for f in frames).most_common(1)[0][0]
+    if Candidate(n, cut, bits, zstd) not in table.candidates:
+        raise PolicyError(f"strategy {strategy!r} ran plan {n} exits, {cut}@{bits} "
+                          f"(zstd {zstd}), which is not a candidate of the recorded profile")
     i = table.index(Candidate(n, cut, bits, zstd))
     fallback = [j for j, c in enumerate(table.candidates) if c.cut == "device"]
     local = fallback.index(table.index(Candidate(n, "device", 32)))
@@ -251,6 +252,7 @@ def format_text(report: Mapping) -> str:
 def run(path: str | Path, seeds: int = 3) -> dict[str, Any]:
     report = compare(load_recording(path), seeds)
     report["recording"] = str(path)
-    if not math.isfinite(float(report["total"])):
-        raise PolicyError("nothing to compare")
+    if report["total"] == 0:
+        raise PolicyError(f"{path}: no (model, strategy, scenario) with 5 or more counted "
+                          "frames to compare")
     return report

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,6 +71,8 @@ def _eval(args: argparse.Namespace) -> int:
     from ..policy.evaluate import evaluate, format_table
 
     traces = Path(args.traces) if args.traces else default_traces_dir() / "test"
+    if not (traces / "index.csv").is_file() and (traces / "test" / "index.csv").is_file():
+        traces = traces / "test"  # the traces root, as `train --traces` takes it
     net = PolicyNet.load(args.weights) if args.weights else PolicyNet.load()
     real = [] if args.no_real else [*bundled_profiles(), *_bundle_profiles(args.bundle)]
     report = evaluate(traces, real, net.decide, seed=args.seed, synthetic=args.synthetic,
@@ -77,7 +80,7 @@ def _eval(args: argparse.Namespace) -> int:
                       digits=None if args.no_digits else _digits(),
                       max_traces=args.max_traces)
     if args.json:
-        print(json.dumps(report, indent=1))
+        print(json.dumps(_finite(report), indent=1))
     else:
         print(format_table(report))
     if args.png:
@@ -87,17 +90,30 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finite(value: Any) -> Any:
+    """`value` with NaN and infinities as null (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from ..bench import sim_calibration
 
     report = sim_calibration.run(args.recording, seeds=args.seeds)
-    print(json.dumps(report, indent=1) if args.json else sim_calibration.format_text(report))
+    print(json.dumps(_finite(report), indent=1) if args.json
+          else sim_calibration.format_text(report))
     return 0
 
 
 def add_parser(sub: Any, name: str, text: str, argv: Sequence[str] | None = None
                ) -> argparse.ArgumentParser:
-    """Register `policy train` and `policy eval` on the `edgesdk` subparsers."""
+    """Register `policy train`, `policy eval` and `policy calibrate` on the `edgesdk`
+    subparsers."""
     p = sub.add_parser(name, help=text)
     sub = p.add_subparsers(dest="policy_command", required=True)
     t = sub.add_parser("train", help="DAgger imitation of the hindsight oracle in the "
@@ -114,7 +130,8 @@ def add_parser(sub: Any, name: str, text: str, argv: Sequence[str] | None = None
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_train)
     e = sub.add_parser("eval", help="compare strategies on the TEST traces")
-    e.add_argument("--traces", help="a split directory with index.csv (default test/)")
+    e.add_argument("--traces", help="a split directory with index.csv, or the traces root "
+                   "(then its test/; default ../shared/traces/test)")
     e.add_argument("--bundle", action="append",
                    help="also evaluate on this bundle's profile (in the 'real' group)")
     e.add_argument("--weights", help="policy weights (default: the bundled ones)")

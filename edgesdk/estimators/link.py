@@ -187,7 +187,8 @@ class LinkEstimator:
         """An offload that got no reply within `budget_ms`: after the network's expected
         share (RTT floor + overhead + bytes at the rate), the server had the rest and did
         not answer; a censored sample of its slowdown (ServerLoadEstimator)."""
-        network = self.rtt.floor_ms + self.bandwidth.transfer_ms(max(payload_bytes, 1), now)
+        m = self.bandwidth.model(now)  # its overhead is over the RTT its samples came with
+        network = m.rtt_ms + m.transfer_ms(max(payload_bytes, 1))
         self.server.observe_timeout(budget_ms - network - self.server.queue_ms, profiled_ms,
                                     now)
 

@@ -32,6 +32,9 @@ Per candidate (arrays, one entry each, reference speed; the state scales them):
     local_ms    device compute to finish here after a failed offload (the tail, reference
                 speed; the server's own tail times replace srv_ms, not this)
     local_acc   accuracy of such a local finish (fp32: rest_acc without the codec's loss)
+    has_exit    an exit ran on the device (n_exits > 0): its answer is the fallback when a
+                local finish would be late (also in rest-of-frame tables, whose p_exit
+                can be 0 for the exits already missed)
 """
 
 from __future__ import annotations
@@ -194,12 +197,16 @@ class CandidateTable:
     zstd: np.ndarray | None = None
     local_ms: np.ndarray | None = None
     local_acc: np.ndarray | None = None
+    has_exit: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.zstd is None:
             object.__setattr__(self, "zstd",
                                np.fromiter((c.zstd for c in self.candidates), bool,
                                            len(self.candidates)))
+        if self.has_exit is None:  # an exit answer is in hand when no exit fires
+            object.__setattr__(self, "has_exit", np.fromiter(
+                (c.n_exits > 0 for c in self.candidates), bool, len(self.candidates)))
         if self.local_ms is None:  # the tail at the device's reference speed
             object.__setattr__(self, "local_ms", np.where(self.wire_bytes > 0, self.srv_ms, 0.0))
         if self.local_acc is None:  # a local finish runs the tail in fp32
@@ -250,7 +257,7 @@ class CandidateTable:
 
 
 _ARRAY_FIELDS = ("dev_ms", "enc_ms", "wire_bytes", "srv_ms", "p_exit", "exit_ms", "exit_acc",
-                 "rest_acc", "bits", "zstd", "local_ms", "local_acc")
+                 "rest_acc", "bits", "zstd", "local_ms", "local_acc", "has_exit")
 
 
 def _encodings(model: ModelProfile, name: str, b: int

@@ -4,9 +4,9 @@ metrics that separate a good strategy from a bad one.
 Strategies:
 - device-only (every exit on, the whole model here), edge-only (the input at 8 bits);
 - best-fixed: the hindsight-best fixed candidate, chosen with every candidate's realized
-  reward over the whole episode ("/episode": per episode, an upper bound on any fixed
-  split; "/dataset": one candidate per model and dataset, the Neurosurgeon-style choice a
-  deployer would make after measuring that network);
+  reward over the whole episode ("/episode": per episode, the strongest fixed baseline,
+  chosen with the true device speed; "/dataset": one candidate per model and dataset, the
+  Neurosurgeon-style choice a deployer would make after measuring that network);
 - planner (the analytic planner on the device's estimates), pessimistic (the planner at the
   low bandwidth forecast), policy (the bundled network), oracle (the per-frame best in
   hindsight).
@@ -93,12 +93,6 @@ class EpisodeRecord:
     slo_ms: float
     fixed_means: np.ndarray  # every candidate's mean reward as a fixed plan
     runs: dict[str, EpisodeResult]
-
-
-def _constant(i: int) -> Chooser:
-    def choose(table: CandidateTable, state) -> int:
-        return i if table is None or len(table) > i else 0
-    return choose
 
 
 def _fixed_run(sc: Scenario, world: World, i: int) -> EpisodeResult:

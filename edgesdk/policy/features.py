@@ -42,7 +42,7 @@ def state_features(state: State) -> np.ndarray:
 
 
 _ROW_FIELDS = ("dev_ms", "enc_ms", "wire_bytes", "srv_ms", "p_exit", "exit_ms", "exit_acc",
-               "rest_acc", "local_ms", "local_acc")
+               "rest_acc", "local_ms", "local_acc", "has_exit")
 
 
 class _Rows:
@@ -58,13 +58,10 @@ class _TableConstants:
 
     def __init__(self, table: CandidateTable) -> None:
         offload = table.wire_bytes > 0
-        device_ms = {c.n_exits: table.dev_ms[i] for i, c in enumerate(table.candidates)
-                     if c.cut == "device"}
-        n = [c.n_exits for c in table.candidates]
-        self.local_rest = np.maximum(np.array([device_ms[k] for k in n]) - table.dev_ms, 0.0)
+        self.local_rest = table.local_ms
         self.const = np.stack([table.p_exit, offload.astype(float), table.bits / 32,
                                np.log1p(table.wire_bytes) / 15,
-                               (np.asarray(n) > 0).astype(float)], axis=1)
+                               table.has_exit.astype(float)], axis=1)
 
 
 def _constants(table: CandidateTable) -> _TableConstants:

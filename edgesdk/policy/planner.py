@@ -57,7 +57,7 @@ def expected_terms(table: CandidateTable, state: State, bw_mbps: float | None = 
     offload = table.wire_bytes > 0
     dev = (table.dev_ms + table.enc_ms) * state.device_slowdown
     local = table.local_ms * state.device_slowdown
-    has_exit = table.p_exit > 0
+    has_exit = table.has_exit
     # the engine's offload budget: keep time for a local finish without an exit answer
     reserve = np.where(~has_exit & (slo - dev - local > 1.0), local, 0.0)
     budget = np.maximum(slo - dev - reserve, 0.0)
@@ -83,7 +83,8 @@ def expected_terms(table: CandidateTable, state: State, bw_mbps: float | None = 
     q_ok = 1.0 - p_late
     rest_lat = np.where(offload, q_ok * lat_ok + p_late * lat_to, dev)
     rest_acc = np.where(offload, q_ok * table.rest_acc + p_late * acc_to, table.rest_acc)
-    rest_viol = np.where(offload, p_late * (lat_to > slo), dev > slo)
+    # a fallback that lands at the SLO to the last bit is on time, not late by rounding
+    rest_viol = np.where(offload, p_late * (lat_to > slo * (1 + 1e-9)), dev > slo)
     exit_lat = table.exit_ms * state.device_slowdown
     p = table.p_exit
     q = 1.0 - p

@@ -33,8 +33,12 @@ the regret of any choice come from the same draws.
     ep = run_episode(sc, plan)                # EpisodeResult: per-frame arrays
     ep.reward.mean(), ep.latency_ms, ep.oracle_reward
 
-The physical constants live in `Physics`; `calibrate.py` fits them to recordings of the
-real loop (bench e2e) and checks the fit.
+The physical constants live in `Physics` (scenarios.py); edgesdk.bench.sim_calibration
+fits them to recordings of the real loop (bench e2e) and checks the fit.
+
+Not modelled: the engine's re-decision after an exit that does not fire (a candidate runs
+the whole frame as planned), and a backlog of frames (each starts at its arrival time, even
+if the previous one is still running).
 """
 
 from __future__ import annotations
@@ -64,7 +68,9 @@ from .state import TASKS, State
 
 SLOT_S = 0.05  # resolution of the sub-second rate
 OUTAGE_MBPS = 1e-3  # the rate of a link in an outage (> 0 keeps the capacity increasing)
-RETRY_S = 1.0  # the link's hello interval while down (EdgeLink retry_s)
+# EdgeLink's defaults (tests/test_policy_eval.py checks that they agree)
+RETRY_S = 0.5  # the hello interval while the link is down (retry_s)
+HELLO_BUDGET_MS = 500.0  # hello_budget_s; a bandwidth probe gets twice that
 PROBE_IDLE_S = 2.0  # EdgeLink probe_idle_s
 HELLO_BYTES = 300
 
@@ -89,7 +95,8 @@ class World:
         ar = np.empty(n)
         a, s = ph.subsecond_rho, ph.subsecond_sigma
         acc = eps[0] * s
-        for i in range(n):  # AR(1) with stationary spread s
+        ar[0] = acc
+        for i in range(1, n):  # AR(1) with stationary spread s
             acc = a * acc + math.sqrt(1 - a * a) * s * eps[i]
             ar[i] = acc
         rate = np.repeat(base, per) * np.exp(ar - s * s / 2)  # mean-preserving
@@ -119,8 +126,8 @@ class World:
         devices' Poisson arrivals (utilization sc.load) of typical tail jobs."""
         sc, ph = self.sc, self.sc.physics
         offload = sc.table.wire_bytes > 0
-        svc = float(np.median(sc.table.srv_ms[offload])) * sc.server_slowdown if offload.any() \
-            else 1.0
+        svc = (float(np.median(sc.table.srv_ms[offload])) * sc.server_slowdown * sc.server_drift
+               if offload.any() else 1.0)
         svc = max(svc, 0.2)
         per = max(int(round(sc.rate_dt_s / SLOT_S)), 1)
         util = np.repeat(np.asarray(sc.load, float), per)
@@ -168,18 +175,14 @@ class _TableFacts:
 
     def __init__(self, table: CandidateTable) -> None:
         self.offload = table.wire_bytes > 0
-        device_ms = {c.n_exits: table.dev_ms[i] for i, c in enumerate(table.candidates)
-                     if c.cut == "device"}
-        device_acc = {c.n_exits: table.rest_acc[i] for i, c in enumerate(table.candidates)
-                      if c.cut == "device"}
-        n = np.array([c.n_exits for c in table.candidates])
-        self.local_rest_ms = np.maximum(np.array([device_ms[k] for k in n]) - table.dev_ms, 0)
-        self.local_acc = np.array([device_acc[k] for k in n])
-        self.has_exit = n > 0
+        self.local_rest_ms = table.local_ms
+        self.local_acc = table.local_acc
+        self.has_exit = table.has_exit
         self.device_only = ~self.offload
         # what a candidate becomes when the link is not up: device-only, same exits
         index = {(c.n_exits, c.cut): i for i, c in enumerate(table.candidates)}
-        self.fallback_index = np.array([index[(k, "device")] for k in n])
+        self.fallback_index = np.array([index[(c.n_exits, "device")]
+                                        for c in table.candidates])
 
 
 def frame_outcomes(world: World, k: int, facts: _TableFacts, slowdown_est: float,
@@ -250,7 +253,7 @@ class DeviceView:
 
     def _hello(self, t: float) -> bool:
         ms = self._small_ms(t)
-        if ms > 1000.0:  # nothing came back within the hello budget: down
+        if ms > HELLO_BUDGET_MS:  # nothing came back within the hello budget: down
             self.up = False
             self.next_hello = t + RETRY_S
             return False
@@ -268,10 +271,8 @@ class DeviceView:
             self.link.on_small_message(self._small_ms(t), t)
             w = self.world
             ms = w.sc.physics.overhead_ms + float(w.transfer_ms(t, np.array([size]))[0])
-            if ms > 2000.0:  # the probe's budget (2 x the hello's)
-                self.link.on_timeout(size, 2000.0, t)
-                self.up = False
-                self.next_hello = t + RETRY_S
+            if ms > 2 * HELLO_BUDGET_MS:  # a probe that timed out: a censored sample only
+                self.link.on_timeout(size, 2 * HELLO_BUDGET_MS, t)
             else:
                 self.link.on_reply(size, ms + self.link.rtt.floor_ms, 0.0, 0.0, t)
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .._plot import pyplot
-from ..errors import MissingDependency
+from ..errors import MissingDependency, PolicyError
 from .candidates import ModelProfile
 from .features import N_FEATURES, features
 from .net import PLANNER_GAP, TOP_K, PolicyNet
@@ -103,6 +103,11 @@ class TrainConfig:
     curve: list = field(default_factory=list)
     best_round: int = 0
     margins: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.max_rows < TOP_K:
+            raise PolicyError(f"max_rows is {self.max_rows}, expected >= TOP_K ({TOP_K}): the "
+                              "rows the network re-ranks are always kept")
 
 
 def _rows(table, states, rewards, rng, max_rows: int) -> tuple[np.ndarray, np.ndarray]:
