@@ -161,7 +161,7 @@ def test_a_strategy_runs_through_the_timeline_on_the_loopback_testbed(tmp_path):
     assert f["state_source"] == "engine"  # the planner's own state was recorded
     assert {"bw_mbps", "bw_std", "rtt_ms", "queue_ms", "device_slowdown"} <= set(f["state"])
     assert set(f["ms"]) >= {"device", "encode", "network", "server", "queue", "total"}
-    assert max(fr["t"] for fr in frames) < timeline.seconds
+    assert max(fr["t"] for fr in frames) <= timeline.seconds  # t is rounded to 0.1 ms
     assert np.mean([fr["agree"] for fr in frames]) >= 0.9
     json.dumps(frames)  # a recording is plain JSON
 
