@@ -41,6 +41,14 @@ def test_the_valid_baseline_decodes():
     assert np.array_equal(codec.decode(frames_with()), np.zeros((2, 3), np.float32))
 
 
+def test_header_keys_of_mixed_types_are_a_codec_error():
+    # found by the mutation test below: a flipped byte turned a str key into bytes, and
+    # listing the unexpected keys compared str with bytes (TypeError, not CodecError)
+    h = valid_header()
+    h[b"raw_len"] = h.pop("raw_len")
+    assert_rejected([msgpack.packb(h, use_bin_type=True), b"\x80" * 6], "missing")
+
+
 @pytest.mark.parametrize(
     "changes, match",
     [

@@ -127,7 +127,9 @@ def unpack_header(buf: memoryview, max_bytes: int) -> Header:
     """Parse and validate a header frame; the decoded array may take at most `max_bytes`."""
     obj = _unpack_map(buf)
     if set(obj) != _KEYS:
-        missing, extra = sorted(_KEYS - set(obj)), sorted(set(obj) - _KEYS)
+        # keys of mixed types (str and bytes in a hostile header) do not sort together
+        missing = sorted(_KEYS - set(obj), key=repr)
+        extra = sorted(set(obj) - _KEYS, key=repr)
         raise CodecError(f"header keys: missing {missing}, unexpected {extra}")
     if obj["v"] != FORMAT_VERSION or type(obj["v"]) is not int:
         raise CodecError(f"header field 'v' is {obj['v']!r}, this build reads version "
