@@ -46,6 +46,7 @@ def test_header_keys_of_mixed_types_are_a_codec_error():
     # listing the unexpected keys compared str with bytes (TypeError, not CodecError)
     h = valid_header()
     h[b"raw_len"] = h.pop("raw_len")
+    h["extra"] = 1  # the unexpected keys: one str, one bytes
     assert_rejected([msgpack.packb(h, use_bin_type=True), b"\x80" * 6], "missing")
 
 
