@@ -149,8 +149,19 @@ class World:
         end_t = np.interp(start + nbytes, self.cum, self.times)
         return (end_t - t_send) * 1e3
 
-    def rate_at(self, t: float) -> float:
-        return float(self.rate_mbps[min(int(t / SLOT_S), len(self.rate_mbps) - 1)])
+    def small_message_ms(self, t: float) -> float:
+        """Round trip of a hello or heartbeat sent at t (overhead, its bytes, the RTT)."""
+        k = min(int(np.searchsorted(self.t, t)), len(self.rtt) - 1)
+        return (self.sc.physics.overhead_ms + float(self.transfer_ms(t, np.array([HELLO_BYTES]))[0])
+                + float(self.rtt[k]))
+
+    def hello_wait_s(self, t: float) -> float:
+        """How long after t a hello first gets its welcome within the hello budget, sending
+        one every RETRY_S while none does (the link's "down" state)."""
+        waited = 0.0
+        while self.small_message_ms(t + waited) > HELLO_BUDGET_MS and waited < 60:
+            waited += RETRY_S
+        return waited
 
 
 # -- one frame, every candidate --------------------------------------------------------------
@@ -245,14 +256,8 @@ class DeviceView:
         self.slowdowns: deque[float] = deque(maxlen=16)
         self._hello(0.0)  # the welcome
 
-    def _small_ms(self, t: float) -> float:
-        w = self.world
-        k = min(int(np.searchsorted(w.t, t)), len(w.rtt) - 1)
-        return w.sc.physics.overhead_ms + float(w.transfer_ms(t, np.array([HELLO_BYTES]))[0]) \
-            + float(w.rtt[k])
-
     def _hello(self, t: float) -> bool:
-        ms = self._small_ms(t)
+        ms = self.world.small_message_ms(t)
         if ms > HELLO_BUDGET_MS:  # nothing came back within the hello budget: down
             self.up = False
             self.next_hello = t + RETRY_S
@@ -268,7 +273,7 @@ class DeviceView:
         if self.up and self.link.should_probe(t):
             self.probes += 1
             size = probe_bytes(self.link.bandwidth.estimate(t).value, self.probes)
-            self.link.on_small_message(self._small_ms(t), t)
+            self.link.on_small_message(self.world.small_message_ms(t), t)
             w = self.world
             ms = w.sc.physics.overhead_ms + float(w.transfer_ms(t, np.array([size]))[0])
             if ms > 2 * HELLO_BUDGET_MS:  # a probe that timed out: a censored sample only
@@ -415,14 +420,6 @@ def run_fixed(sc: Scenario, world: World | None = None) -> np.ndarray:
         failed = sent & o.timed_out
         if failed.any():
             t_fail = now + o.latency[failed] / 1e3
-            # the hello succeeds at once unless the link is in an outage (then every RETRY_S)
-            wait = np.array([_hello_delay(world, tf) for tf in t_fail])
-            down_until[failed] = t_fail + wait
+            # the hello at once, then every RETRY_S while the link is down (as DeviceView)
+            down_until[failed] = t_fail + np.array([world.hello_wait_s(tf) for tf in t_fail])
     return out
-
-
-def _hello_delay(world: World, t: float) -> float:
-    waited = 0.0
-    while world.rate_at(t + waited) <= OUTAGE_MBPS * 1.01 and waited < 60:
-        waited += RETRY_S
-    return waited
