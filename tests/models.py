@@ -68,3 +68,24 @@ def onnx_light_model(name: str) -> Path:
     if not path.is_file():
         _unavailable(f"{path} is not in this onnx wheel")
     return path
+
+
+def digits_with_codec_profile(path: Path, samples: int):
+    """(codec profile, Bundle): a copy of the digits bundle at `path` whose profile also
+    stores the codec's measured sizes, raw and with zstd, on `samples` test digits."""
+    import shutil
+
+    from edgesdk.bundle import Bundle
+    from edgesdk.models import DIGITS_BUNDLE, load_digits_test
+    from edgesdk.profile import measure_cut_codec
+    from edgesdk.runtime import open_segments
+
+    shutil.copytree(DIGITS_BUNDLE, path)
+    bundle = Bundle.load(path)
+    x, _ = load_digits_test()
+    codec = measure_cut_codec(open_segments(bundle), bundle.cuts,
+                              [{"x": xi[None]} for xi in x[:samples]], "logits")
+    name = next(iter(bundle.manifest.profiles))
+    bundle = bundle.with_profile(name, {**bundle.manifest.profiles[name], "codec": codec})
+    return codec, bundle
+

@@ -16,9 +16,9 @@ from edgesdk import Engine, PolicyError
 from edgesdk.bundle import Bundle
 from edgesdk.models import DIGITS_BUNDLE, load_digits_test
 from edgesdk.policy import Candidate, State, build_candidates, model_profile
-from edgesdk.profile import measure_cut_codec
 from edgesdk.runtime import open_segments, run_chain
 
+from models import digits_with_codec_profile
 from transport_helpers import ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -45,13 +45,7 @@ def bundles(tmp_path_factory):
     segments 1..3 take SLOW_SEGMENT_MS each): an offload from the first cut then pays."""
     root = tmp_path_factory.mktemp("decisions")
     measured = root / "digits.edge"
-    shutil.copytree(DIGITS_BUNDLE, measured)
-    bundle = Bundle.load(measured)
-    x, _ = load_digits_test()
-    codec = measure_cut_codec(open_segments(bundle), bundle.cuts,
-                              [{"x": xi[None]} for xi in x[:8]], "logits")
-    name = next(iter(bundle.manifest.profiles))
-    bundle.with_profile(name, {**bundle.manifest.profiles[name], "codec": codec})
+    digits_with_codec_profile(measured, 8)
     slow = root / "slowdevice.edge"
     shutil.copytree(measured, slow)
     manifest = json.loads((slow / "manifest.json").read_text())

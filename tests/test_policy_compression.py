@@ -5,7 +5,6 @@ tables of the per-frame re-decision (build_candidates(after_exits=k))."""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -13,10 +12,10 @@ import pytest
 
 from edgesdk.bundle import Bundle
 from edgesdk.errors import PolicyError
-from edgesdk.models import DIGITS_BUNDLE, load_digits_test
+from edgesdk.models import DIGITS_BUNDLE
 from edgesdk.policy import Candidate, State, build_candidates, model_profile, plan
-from edgesdk.profile import measure_cut_codec
-from edgesdk.runtime import open_segments
+
+from models import digits_with_codec_profile
 
 BITS = (32, 16, 8, 4, 2)
 KEYS = {"bytes", "encode_ms", "agreement", "raw_bytes", "raw_encode_ms", "compressed"}
@@ -25,15 +24,7 @@ KEYS = {"bytes", "encode_ms", "agreement", "raw_bytes", "raw_encode_ms", "compre
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
     """(codec profile, bundle copy storing it) of the digits model, 16 test digits."""
-    copy = tmp_path_factory.mktemp("zstd") / "digits.edge"
-    shutil.copytree(DIGITS_BUNDLE, copy)
-    bundle = Bundle.load(copy)
-    x, _ = load_digits_test()
-    codec = measure_cut_codec(open_segments(bundle), bundle.cuts,
-                              [{"x": xi[None]} for xi in x[:16]], "logits")
-    name = next(iter(bundle.manifest.profiles))
-    bundle = bundle.with_profile(name, {**bundle.manifest.profiles[name], "codec": codec})
-    return codec, bundle
+    return digits_with_codec_profile(tmp_path_factory.mktemp("zstd") / "digits.edge", 16)
 
 
 def test_the_profiler_measures_both_compression_states(measured):
