@@ -11,7 +11,10 @@ A model split at K cut points has K + 1 segments; cut ``i`` is the boundary afte
     format, version      "edgesdk-bundle", 1
     name, backend        the bundle name; "onnx" or "tflite"
     source               the model the bundle was cut from: file name, sha256, bytes
-    inputs, outputs      tensor specs of the whole model: name, shape, dtype
+    inputs, outputs      tensor specs of the whole model: name, shape, dtype; an output may
+                         also carry "kind" (classes, dense, boxes, sequence, other), declared
+                         when the model was split; without it the kind is inferred from the
+                         shape (:func:`output_kind`), so manifests without kinds still load
     segments             per segment: file, sha256, inputs, outputs (tensor names), flops
     cuts                 per cut point: id, tensors (specs), bytes at fp32, flops_before/after
     exits                early-exit heads: a branch of the source model ("model", cut out by
@@ -35,7 +38,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -112,6 +115,101 @@ class ExitSpec:
 
 EXIT_KINDS = ("model", "head")
 
+# -- what a model output is ---------------------------------------------------------------
+
+OUTPUT_KINDS = ("classes", "dense", "boxes", "sequence", "other")
+"""What a model output means, which decides what fidelity to fp32 is measured as
+(edgesdk.profile) and whether early exits apply (classes only):
+
+    classes   one score vector: a classifier's logits or probabilities
+    dense     a spatial map: a text detector's probability map, a segmentation, a depth map
+    boxes     detections: rows of box coordinates (+ scores), or a detector's raw head
+    sequence  a distribution per step: a CTC text recognizer's (1, T, vocabulary)
+    other     anything else: landmark coordinates, a regression, a flag, an embedding
+"""
+
+# Words in an output's name that say a vector is coordinates, not class scores (iris
+# landmark: "output_iris" [1, 15], "output_eyes_contours_and_brows" [1, 213]).
+_COORDINATE_WORDS = ("landmark", "iris", "contour", "keypoint", "kpt", "coord", "regress",
+                     "box")
+_MIN_SPATIAL = 8  # a dense map is at least 8 x 8
+# One-stage detectors with stride-8/16/32 grids (YOLOv5/8/11 and the like) emit
+# 21 * H * W / 1024 anchors for an H x W input: (1, 4 + K, N) with N a multiple of 21.
+_ANCHOR_GRID, _MIN_ANCHORS = 21, 500
+
+
+def output_kind(spec: TensorSpec, outputs: Sequence[TensorSpec] = ()) -> str:
+    """The kind of a model output inferred from its shape (and, for a bare vector, its
+    name and the model's other `outputs`): the rule used when the manifest declares none
+    (a declared kind always wins; see :meth:`Manifest.output_kind`). Conservative: a shape
+    that is not clearly one of the kinds is "other", and only "classes" lets early exits
+    apply.
+
+    ==============================================  =========  ==========================
+    shape (batch 1)                                 kind       e.g.
+    ==============================================  =========  ==========================
+    float [C] or [1, C], C >= 2                     classes    digits [1, 10], [1, 1000]
+    float [1, C, 1, 1], C >= 2 (pooled NCHW head)   classes    squeezenet [1, 1000, 1, 1]
+    [1, C, H, W] or [1, H, W, C], H, W >= 8         dense      text map [1, 1, 320, 320]
+    [1, T, C], 2 <= T < C (per-step distribution)   sequence   CTC recognizer [1, 40, 6625]
+    [1, N, 4 + K], N > 4 + K                        boxes      BlazeFace [1, 896, 16]
+    [1, 4 + K, N], N >= 500, a multiple of 21       boxes      YOLOv8 [1, 84, 8400]
+    anything else                                   other      [1, 1, 1, 1404], [1, 1]
+    ==============================================  =========  ==========================
+
+    A vector is "other", not classes, when its name says it is coordinates ("landmark",
+    "iris", "contour", "keypoint", "box", "regress", ...) or when the model has other
+    outputs (`outputs`, all of the model's, this one included): a classifier emits one
+    score vector, a landmark model a coordinate vector beside a presence flag (MediaPipe
+    hands: [1, 63], [1, 1], [1, 1], [1, 63]). Shapes that the rule cannot tell apart must
+    be declared (``edgesdk split --output-kind NAME=KIND``): a lone landmark vector named
+    like a classifier's ([1, 63] "Identity") reads as classes, a multi-head classifier as
+    other, and a (1, 4 + K, N) detector head whose N is not an anchor grid of strides
+    8/16/32 as a sequence.
+
+        output_kind(TensorSpec("logits", (1, 10), "float32"))    # "classes"
+    """
+    shape = tuple(spec.shape)
+    if len(shape) >= 2 and shape[0] != 1:
+        return "other"  # a batch of several: nothing here is shaped like that
+    width = (shape[0] if len(shape) == 1 else shape[1] if len(shape) == 2
+             else shape[1] if len(shape) == 4 and shape[2:] == (1, 1) else None)
+    if width is not None:  # a vector
+        coordinates = any(w in spec.name.lower() for w in _COORDINATE_WORDS)
+        alone = all(t.name == spec.name for t in outputs)
+        floats = spec.dtype.startswith("float")
+        return "classes" if floats and width >= 2 and alone and not coordinates else "other"
+    if len(shape) == 4:
+        _, a, b, c = shape
+        if (b >= _MIN_SPATIAL and c >= _MIN_SPATIAL) or (a >= _MIN_SPATIAL
+                                                         and b >= _MIN_SPATIAL):
+            return "dense"
+        return "other"
+    if len(shape) == 3:
+        _, a, b = shape
+        if b >= 4 and a > b:
+            return "boxes"
+        if a >= 5 and b >= _MIN_ANCHORS and b % _ANCHOR_GRID == 0:
+            return "boxes"
+        if 2 <= a < b:
+            return "sequence"
+    return "other"
+
+
+def check_output_kinds(kinds: Mapping[str, str], outputs: tuple[TensorSpec, ...],
+                       where: str = MANIFEST) -> dict[str, str]:
+    """`kinds` ({output name: kind}) validated against the model's outputs; BundleError
+    names an unknown output or kind."""
+    names = [t.name for t in outputs]
+    for name, kind in kinds.items():
+        if name not in names:
+            raise BundleError(f"{where}: output kind given for {name!r}, which is not a model "
+                              f"output; outputs are {', '.join(names)}")
+        if kind not in OUTPUT_KINDS:
+            raise BundleError(f"{where}: output {name!r} has kind {kind!r}, expected one of "
+                              f"{list(OUTPUT_KINDS)}")
+    return dict(kinds)
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -126,9 +224,37 @@ class Manifest:
     cuts: tuple[CutSpec, ...]
     exits: tuple[ExitSpec, ...] = ()
     profiles: Mapping[str, Any] = field(default_factory=dict)
+    # Declared kinds, {output name: kind}; stored as "kind" on the output entries of the
+    # JSON. An output without one has the kind its shape says (output_kind).
+    output_kinds: Mapping[str, str] = field(default_factory=dict)
+    # The whole model (exit branches excluded) as one file, when the splitter wrote it: the
+    # device runs it for a frame that stays on the device without exits, at the speed of
+    # the unsplit model (a chain of segments loses fusions and layout at every boundary).
+    whole: SegmentSpec | None = None
+
+    def output_kind(self, name: str | None = None) -> str:
+        """The kind of model output `name` (default: the first output): declared, else
+        inferred from its shape by :func:`output_kind`."""
+        spec = self._output(name)
+        return self.output_kinds.get(spec.name) or output_kind(spec, self.outputs)
+
+    def _output(self, name: str | None) -> TensorSpec:
+        if name is None and self.outputs:
+            return self.outputs[0]
+        for t in self.outputs:
+            if t.name == name:
+                return t
+        known = ", ".join(t.name for t in self.outputs) or "none"
+        raise BundleError(f"{self.name}: no model output {name!r}; outputs are {known}")
 
     def to_json(self) -> dict:
         d = asdict(self)
+        if d["whole"] is None:
+            del d["whole"]
+        kinds = d.pop("output_kinds")
+        for out in d["outputs"]:
+            if out["name"] in kinds:
+                out["kind"] = kinds[out["name"]]
         d["source"] = dict(self.source)
         for e, spec in zip(d["exits"], self.exits):
             e["calibration"] = dict(spec.calibration)
@@ -181,6 +307,16 @@ class Bundle:
     def exits(self) -> tuple[ExitSpec, ...]:
         return self.manifest.exits
 
+    def output_kind(self, name: str | None = None) -> str:
+        """The kind of model output `name` (default: the first), declared or inferred
+        (see :data:`OUTPUT_KINDS`, :func:`output_kind`)."""
+        return self.manifest.output_kind(name)
+
+    @property
+    def output_kinds(self) -> dict[str, str]:
+        """{output name: kind} for every model output, declared or inferred."""
+        return {t.name: self.manifest.output_kind(t.name) for t in self.manifest.outputs}
+
     def exit_path(self, name: str) -> Path:
         for e in self.manifest.exits:
             if e.name == name:
@@ -214,6 +350,8 @@ class Bundle:
         manifest = parse_manifest(raw, str(manifest_path))
         files = [(f"segments[{i}]", s.file, s.sha256) for i, s in enumerate(manifest.segments)]
         files += [(f"exits[{i}]", e.file, e.sha256) for i, e in enumerate(manifest.exits)]
+        if manifest.whole is not None:
+            files.append(("whole", manifest.whole.file, manifest.whole.sha256))
         for field_name, name, digest in files:
             file = root / name
             if Path(name).name != name:
@@ -243,6 +381,15 @@ class Bundle:
         profiles = {**current.profiles, device: dict(profile)}
         return Bundle.save(self.path, replace(current, profiles=profiles))
 
+    def with_output_kinds(self, kinds: Mapping[str, str]) -> Bundle:
+        """Declare the kind of some outputs ({name: kind}, e.g. {"boxes": "boxes"}) in the
+        manifest on disk, over any kind declared before; returns the new bundle. What
+        `edgesdk split --output-kind NAME=KIND` stores."""
+        current = Bundle.load(self.path).manifest
+        declared = {**current.output_kinds,
+                    **check_output_kinds(kinds, current.outputs, str(self.path / MANIFEST))}
+        return Bundle.save(self.path, replace(current, output_kinds=declared))
+
 
 # -- parsing ------------------------------------------------------------------------------
 
@@ -271,6 +418,19 @@ def _tensor(obj: Any, where: str) -> TensorSpec:
         raise BundleError(f"{where}: field 'dtype' is {dtype!r}, expected one of "
                           f"{sorted(DTYPE_BYTES)}")
     return TensorSpec(name, tuple(shape), dtype)
+
+
+def _declared_kinds(raw: list, where: str) -> dict[str, str]:
+    """{output name: kind} of the output entries that declare one (optional field)."""
+    kinds = {}
+    for j, t in enumerate(raw):
+        if isinstance(t, Mapping) and "kind" in t:
+            kind = t["kind"]
+            if kind not in OUTPUT_KINDS:
+                raise BundleError(f"{where}: outputs[{j}]: field 'kind' is {kind!r}, expected "
+                                  f"one of {list(OUTPUT_KINDS)}")
+            kinds[t["name"]] = kind
+    return kinds
 
 
 def _exit(obj: Any, where: str, n_segments: int) -> ExitSpec:
@@ -307,12 +467,8 @@ def parse_manifest(raw: Any, where: str = MANIFEST) -> Manifest:
     if backend not in BACKENDS:
         raise BundleError(f"{where}: field 'backend' is {backend!r}, expected one of "
                           f"{list(BACKENDS)}")
-    segments = []
-    for i, s in enumerate(_get(raw, "segments", list, where)):
-        w = f"{where}: segments[{i}]"
-        segments.append(SegmentSpec(
-            _get(s, "file", str, w), _get(s, "sha256", str, w), _names(s, "inputs", w),
-            _names(s, "outputs", w), _get(s, "flops", int, w)))
+    segments = [_segment(s, f"{where}: segments[{i}]")
+                for i, s in enumerate(_get(raw, "segments", list, where))]
     if not segments:
         raise BundleError(f"{where}: field 'segments' is empty")
     cuts = []
@@ -326,27 +482,37 @@ def parse_manifest(raw: Any, where: str = MANIFEST) -> Manifest:
                         for j, t in enumerate(_get(c, "tensors", list, w)))
         cuts.append(CutSpec(_get(c, "id", str, w), after, tensors,
                             _get(c, "flops_before", int, w), _get(c, "flops_after", int, w)))
+    outputs = tuple(_tensor(t, f"{where}: outputs[{j}]")
+                    for j, t in enumerate(_get(raw, "outputs", list, where)))
     manifest = Manifest(
         name=_get(raw, "name", str, where),
         backend=backend,
         source=_get(raw, "source", dict, where),
         inputs=tuple(_tensor(t, f"{where}: inputs[{j}]")
                      for j, t in enumerate(_get(raw, "inputs", list, where))),
-        outputs=tuple(_tensor(t, f"{where}: outputs[{j}]")
-                      for j, t in enumerate(_get(raw, "outputs", list, where))),
+        outputs=outputs,
         segments=tuple(segments),
         cuts=tuple(cuts),
         exits=tuple(_exit(e, f"{where}: exits[{j}]", len(segments))
                     for j, e in enumerate(_get(raw, "exits", list, where))),
         profiles=_get(raw, "profiles", dict, where),
+        output_kinds=_declared_kinds(raw["outputs"], where),
+        whole=_segment(raw["whole"], f"{where}: whole") if "whole" in raw else None,
     )
     check_chain(manifest, where)
     return manifest
 
 
+def _segment(obj: Any, where: str) -> SegmentSpec:
+    return SegmentSpec(_get(obj, "file", str, where), _get(obj, "sha256", str, where),
+                       _names(obj, "inputs", where), _names(obj, "outputs", where),
+                       _get(obj, "flops", int, where))
+
+
 def check_chain(manifest: Manifest, where: str) -> None:
     """Each segment's inputs are model inputs or outputs of earlier segments; every model
     output is produced; each cut's tensors are available after its segment."""
+    check_output_kinds(manifest.output_kinds, manifest.outputs, where)
     available = {t.name for t in manifest.inputs}
     available_after = []  # tensors that exist once segments 0..i have run
     for i, seg in enumerate(manifest.segments):
@@ -359,6 +525,12 @@ def check_chain(manifest: Manifest, where: str) -> None:
     for t in manifest.outputs:
         if t.name not in available:
             raise BundleError(f"{where}: model output {t.name!r} is produced by no segment")
+    w = manifest.whole
+    if w is not None and (set(w.inputs) != {t.name for t in manifest.inputs}
+                          or not {t.name for t in manifest.outputs} <= set(w.outputs)):
+        raise BundleError(f"{where}: whole ({w.file}) reads {list(w.inputs)} and writes "
+                          f"{list(w.outputs)}; it must read the model inputs and write the "
+                          "model outputs")
     for j, e in enumerate(manifest.exits):
         missing = [n for n in e.inputs if n not in available_after[e.after_segment]]
         if missing:

@@ -42,13 +42,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .bundle import TensorSpec
+from .bundle import OUTPUT_KINDS, TensorSpec, output_kind
 from .errors import BundleError
 
 __all__ = [
     "default_device",
     "host_info",
     "measure_cut_codec",
+    "output_fidelity",
     "profile_segments",
     "seeded_inputs",
 ]
@@ -213,6 +214,82 @@ def profile_segments(
     }
 
 
+# -- how close a lossy run's output is to fp32, per output kind ---------------------------------
+
+DENSE_THRESHOLD = 0.5  # a dense map in [0, 1] (a probability map) is thresholded here
+
+
+def _rel_l2(y: np.ndarray, ref: np.ndarray) -> float:
+    """||y - ref|| / ||ref||; for an all-zero ref: 0 if y equals it, else 1."""
+    diff = float(np.linalg.norm(y - ref))
+    norm = float(np.linalg.norm(ref))
+    if norm > 0:
+        return diff / norm
+    return 0.0 if diff == 0 else 1.0
+
+
+def _dense_iou(y: np.ndarray, ref: np.ndarray) -> float:
+    """IoU of the thresholded maps. The threshold is 0.5 for a fp32 map within [0, 1] (a
+    probability map: what a text detector binarizes), else the fp32 map's median (logits,
+    depth: about half the fp32 map is "on", so the IoU is neither trivially 1 on an
+    empty mask nor dominated by a few pixels). Two empty masks agree (IoU 1)."""
+    lo, hi = float(ref.min()), float(ref.max())
+    threshold = DENSE_THRESHOLD if lo >= 0.0 and hi <= 1.0 else float(np.median(ref))
+    a, b = ref > threshold, y > threshold
+    union = int(np.count_nonzero(a | b))
+    return 1.0 if union == 0 else int(np.count_nonzero(a & b)) / union
+
+
+def output_fidelity(y: np.ndarray, ref: np.ndarray, kind: str) -> dict[str, float]:
+    """How close output `y` (a lossy run: a cut sent at some bit width) is to `ref` (the
+    fp32 run) for an output of `kind` (edgesdk.bundle.OUTPUT_KINDS), on one sample.
+
+    Every kind gets "rel_l2" (||y - ref|| / ||ref||) and "max_abs_err"; then, per kind,
+    what its answer is and the one number "fidelity" in [0, 1] that the planner weighs
+    (where it weighed a classifier's argmax agreement):
+
+        classes   "agreement": argmax equal (0 or 1)            fidelity = agreement
+        dense     "iou": of the thresholded maps (_dense_iou)    fidelity = iou
+        sequence  "step_agreement": fraction of steps whose      fidelity = step_agreement
+                  argmax is equal (the CTC-greedy answer's steps)
+        boxes,    (raw detector heads and coordinates are        fidelity = max(0, 1 - rel_l2)
+        other     compared as numbers)
+
+        m = output_fidelity(y_4bit, y_fp32, "dense")
+        m["fidelity"] == m["iou"]          # also m["rel_l2"], m["max_abs_err"]
+    """
+    if kind not in OUTPUT_KINDS:
+        raise ValueError(f"output kind is {kind!r}, expected one of {list(OUTPUT_KINDS)}")
+    y = np.asarray(y, np.float64)
+    ref = np.asarray(ref, np.float64)
+    if y.shape != ref.shape:
+        raise ValueError(f"output shape {y.shape} differs from the fp32 output's {ref.shape}")
+    rel = _rel_l2(y, ref)
+    out = {"rel_l2": rel, "max_abs_err": float(np.max(np.abs(y - ref))) if y.size else 0.0}
+    if kind == "classes":
+        out["agreement"] = float(np.argmax(y) == np.argmax(ref))
+        out["fidelity"] = out["agreement"]
+    elif kind == "dense":
+        out["iou"] = _dense_iou(y, ref)
+        out["fidelity"] = out["iou"]
+    elif kind == "sequence":
+        steps = ref.reshape(-1, ref.shape[-1]).argmax(axis=1)
+        out["step_agreement"] = float(np.mean(y.reshape(-1, y.shape[-1]).argmax(axis=1)
+                                              == steps))
+        out["fidelity"] = out["step_agreement"]
+    else:
+        out["fidelity"] = max(0.0, 1.0 - rel)
+    return out
+
+
+def _mean_fidelity(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Per-sample measures summarized over samples: means, and the largest abs error."""
+    out = {k: round(float(np.mean([r[k] for r in rows])), 6 if k == "rel_l2" else 4)
+           for k in rows[0] if k != "max_abs_err"}
+    out["max_abs_err"] = round(max(r["max_abs_err"] for r in rows), 6)
+    return out
+
+
 # -- what crossing a cut costs at each bit width ---------------------------------------------
 
 
@@ -225,6 +302,7 @@ def measure_cut_codec(
     encode: Any = None,
     decode: Any = None,
     repeats: int = 3,
+    kind: str | None = None,
 ) -> dict[str, Any]:
     """Wire size, encode time and accuracy cost of every (cut, bits), with the zstd stage
     tried and without it, measured on calibration samples; the dict is meant for
@@ -235,18 +313,26 @@ def measure_cut_codec(
     `encode(array, bits=, compress=)` / `decode(frames)`) twice, with ``compress="zstd"``
     (the codec keeps the zstd payload only when it is >= 1.1x smaller) and with
     ``compress="none"`` (quantize and pack only), decoded, and the tail segments are run on
-    the decoded tensors: the agreement is the fraction of samples whose final argmax
-    matches the fp32 run (the entropy stage is lossless, so it is one number for both).
+    the decoded tensors, whose final output is compared with the fp32 run's as its `kind`
+    says (:func:`output_fidelity`; the entropy stage is lossless, so it is one comparison
+    for both). kind: the output's kind, ``bundle.output_kind(final_output)`` for a bundle
+    (a declared kind wins); None infers it from the output's shape (bundle.output_kind).
     Encode times are the fastest of `repeats` encodes of each sample, alternating the two
     modes (the first encode of a tensor pays for cold caches), then the median over
     samples. Compression is a decision (policy.candidates), because zstd level 1 costs
     about 10x the quantize-and-pack pass for a ~2x smaller payload on a ReLU map.
 
-    Returns ``{"bits": [...], "samples": n, "cuts": {cut_id: {str(bits): {"bytes",
-    "encode_ms", "agreement", "raw_bytes", "raw_encode_ms", "compressed"}}}, "input":
+    Returns ``{"bits": [...], "samples": n, "output": final_output, "kind": kind, "cuts":
+    {cut_id: {str(bits): {"bytes", "encode_ms", "fidelity", <the kind's measures>,
+    "rel_l2", "max_abs_err", "raw_bytes", "raw_encode_ms", "compressed"}}}, "input":
     {...same for the model input...}}``: "bytes"/"encode_ms" with zstd tried (the meaning
     they had before the raw ones were measured, so older readers see the same numbers),
-    "raw_*" without, "compressed" the fraction of samples the codec sent compressed. A bit
+    "raw_*" without, "compressed" the fraction of samples the codec sent compressed.
+    "fidelity" (in [0, 1], the mean over samples) is what the planner weighs: for
+    classes it is "agreement", the fraction of samples whose argmax matches fp32 (the only
+    measure profiles had before output kinds, which readers still accept); for dense maps
+    the mean "iou", for sequences the mean "step_agreement", for boxes and other outputs
+    the mean of max(0, 1 - rel_l2); "max_abs_err" is the largest over samples. A bit
     width the codec refuses for some sample (e.g. values beyond float16's range) is stored
     as ``{"error": message}``, and the planner leaves it out.
     """
@@ -258,6 +344,8 @@ def measure_cut_codec(
         raise ValueError("no calibration samples to measure the codec on")
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats is {repeats!r}, expected an int >= 1")
+    if kind is not None and kind not in OUTPUT_KINDS:
+        raise ValueError(f"kind is {kind!r}, expected one of {list(OUTPUT_KINDS)}")
     # (name, first segment after the cut, tensor names); the model input is "cut" -1
     points = [("input", 0, tuple(samples[0].keys()))]
     points += [(c.id, c.after_segment + 1, tuple(c.names)) for c in cuts]
@@ -269,7 +357,9 @@ def measure_cut_codec(
         for seg in segments:
             env.update(seg.run({n: env[n] for n in seg.inputs}))
             envs.append(dict(env))
-        ref = int(np.argmax(env[final_output]))
+        ref = np.array(env[final_output])  # a copy: a segment may reuse its buffers
+        if kind is None:
+            kind = output_kind(TensorSpec(final_output, tuple(ref.shape), str(ref.dtype)))
         for name, start, names in points:
             arrays = [np.asarray(envs[start][n], np.float32) for n in names]
             for b in bits:
@@ -294,22 +384,23 @@ def measure_cut_codec(
                 tail.update({n: decode(fr) for n, fr in zip(names, raw_frames)})
                 for seg in segments[start:]:
                     tail.update(seg.run({n: tail[n] for n in seg.inputs}))
-                agree = int(np.argmax(tail[final_output])) == ref
-                acc[name][str(b)].append((sizes["zstd"][1], best["zstd"], agree,
-                                          sizes["none"][1], best["none"]))
-    out: dict[str, Any] = {"bits": list(bits), "samples": len(samples), "cuts": {}}
+                fidelity = output_fidelity(tail[final_output], ref, kind)
+                acc[name][str(b)].append(((sizes["zstd"][1], best["zstd"], sizes["none"][1],
+                                           best["none"]), fidelity))
+    out: dict[str, Any] = {"bits": list(bits), "samples": len(samples),
+                           "output": final_output, "kind": kind, "cuts": {}}
     for name, per_bits in acc.items():
         entry: dict[str, Any] = {}
         for b, rows in per_bits.items():
             if b in unusable[name]:
                 continue
-            col = np.asarray(rows, dtype=np.float64)  # zstd bytes, ms, agree, raw bytes, ms
+            col = np.asarray([r[0] for r in rows], dtype=np.float64)  # zstd bytes, ms, raw
             entry[b] = {"bytes": round(float(col[:, 0].mean()), 1),
                         "encode_ms": round(float(np.median(col[:, 1])), 4),
-                        "agreement": round(float(col[:, 2].mean()), 4),
-                        "raw_bytes": round(float(col[:, 3].mean()), 1),
-                        "raw_encode_ms": round(float(np.median(col[:, 4])), 4),
-                        "compressed": round(float(np.mean(col[:, 0] < col[:, 3])), 4)}
+                        **_mean_fidelity([r[1] for r in rows]),
+                        "raw_bytes": round(float(col[:, 2].mean()), 1),
+                        "raw_encode_ms": round(float(np.median(col[:, 3])), 4),
+                        "compressed": round(float(np.mean(col[:, 0] < col[:, 2])), 4)}
         entry.update({b: {"error": why} for b, why in unusable[name].items()})
         if name == "input":
             out["input"] = entry

@@ -3,18 +3,23 @@
     python examples/camera_opencv.py                       # webcam 0, or synthetic frames
     python examples/camera_opencv.py --source clip.mp4     # a video file
     python examples/camera_opencv.py --server tcp://edge-box:5555 --bundle model.edge \\
-        --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225
+        --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 --labels labels.txt
+    python examples/camera_opencv.py --synthetic --plan c1@8     # force a plan
 
 The bundled digits model is the default. Without OpenCV (`pip install opencv-python`) or
 without a camera, the frames are synthetic: real test digits (from edgesdk.models) drawn
 large on a noisy 640x480 BGR canvas, the kind of array cv2.VideoCapture.read() returns,
-so the predictions can be checked against the digits' labels.
+so the digits model's predictions can be checked against the digits' labels (other
+bundles get the same frames, unscored).
 
 Each frame's central square (--crop) goes through `Preprocessor` (BGR HWC uint8 -> the
-bundle's normalized NCHW float input, bilinear resize) and `Engine.stream`, which overlaps
-the device work of the next frame with the offload of the current one. Per frame it prints
-where the answer came from (exit / edge / device), the label and confidence, and the
-latency.
+bundle's normalized NCHW or NHWC float input, bilinear resize) and `Engine.stream`, which
+overlaps the device work of the next frame with the offload of the current one. Per frame
+it prints where the answer came from (an exit, the edge with its cut and bits, or the
+device, with the fallback reason if the plan was not followed), the latency, and what the
+answer is, by the bundle's output kind: a classifier's label (a name from --labels, one
+per line) and confidence; for dense maps, boxes and sequences, each output's name, shape
+and range. --plan forces a plan (the Engine's strategy: "device", "edge", "c1@8"...).
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ import argparse
 import collections
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
-from edgesdk import Engine, Preprocessor
+from edgesdk import Engine, Preprocessor, Result
+from edgesdk.bundle import Bundle
 from edgesdk.models import DIGITS_BUNDLE, load_digits_test
 
 
@@ -75,6 +82,23 @@ def camera_frames(source: str, count: int) -> Iterator[tuple[np.ndarray, None]] 
     return frames()
 
 
+def describe(r: Result, bundle: Bundle, names: list[str] | None = None) -> str:
+    """One frame's answer for any bundle: where it ran, its latency, then the label and
+    confidence of a classifier (an exit always is one), else each output's shape and range."""
+    where = (f"exit {r.exit_name}" if r.where == "exit" else
+             f"edge {r.cut}@{r.bits}" if r.where == "edge" else r.where)
+    text = f"frame {r.frame:4d}  {where:<10} {r.timings.total:6.1f} ms"
+    if r.fallback_reason:
+        text += f" [{r.fallback_reason}]"
+    if r.where == "exit" or bundle.output_kind() == "classes":
+        label = names[r.label] if names and r.label < len(names) else r.label
+        conf = "-" if r.confidence is None else f"{r.confidence:.2f}"
+        return f"{text}  label {label}  conf {conf}"
+    parts = [f"{name} {'x'.join(map(str, a.shape))} {bundle.output_kind(name)} "
+             f"[{a.min():.3g}, {a.max():.3g}]" for name, a in r.outputs.items()]
+    return f"{text}  " + "; ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--source", default="0", help="camera index or video file (default 0)")
@@ -87,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crop", type=float, default=0.7,
                    help="central square to classify, as a fraction of the height (0.7)")
     p.add_argument("--synthetic", action="store_true", help="skip the camera")
+    p.add_argument("--plan", default="planner",
+                   help='force a plan: "device", "edge", "CUT@BITS" (default: the planner)')
+    p.add_argument("--labels", help="class names, one per line (classifier bundles)")
     args = p.parse_args(argv)
+    names = Path(args.labels).read_text().splitlines() if args.labels else None
 
     frames = None if args.synthetic else camera_frames(args.source, args.frames)
     if frames is None:
@@ -102,24 +130,23 @@ def main(argv: list[str] | None = None) -> int:
 
     where: collections.Counter = collections.Counter()
     latency, hits = [], 0
-    with Engine(args.bundle, server=args.server, slo_ms=args.slo_ms) as engine:
-        prep = Preprocessor(engine.bundle.manifest.inputs[0], mean=args.mean, std=args.std,
-                            bgr=True)
+    with Engine(args.bundle, server=args.server, slo_ms=args.slo_ms,
+                strategy=args.plan) as engine:
+        bundle = engine.bundle
+        prep = Preprocessor(bundle.manifest.inputs[0], mean=args.mean, std=args.std, bgr=True)
+        # the synthetic frames' labels score the digits model only
+        digits = bundle.source_sha256 == Bundle.load(DIGITS_BUNDLE).source_sha256
         for r in engine.stream(images()):
-            label = labels[r.frame]
+            label = labels[r.frame] if digits else None
             hits += int(label is not None and r.label == label)
             where[r.where] += 1
             latency.append(r.timings.total)
-            truth = "" if label is None else f" (true {label})"
-            conf = "-" if r.confidence is None else f"{r.confidence:.2f}"
-            print(f"frame {r.frame:4d}  {r.where:<6}  label {r.label}{truth}  conf {conf}  "
-                  f"{r.timings.total:6.2f} ms" + (f"  [{r.fallback_reason}]"
-                                                  if r.fallback_reason else ""))
+            print(describe(r, bundle, names) + ("" if label is None else f" (true {label})"))
     n = len(latency)
     if not n:
         print("no frames", file=sys.stderr)
         return 1
-    known = sum(label is not None for label in labels)
+    known = sum(label is not None for label in labels) if digits else 0
     print(f"\n{n} frames: " + ", ".join(f"{k} {v}" for k, v in where.most_common())
           + f"; p50 {np.percentile(latency, 50):.2f} ms, p95 {np.percentile(latency, 95):.2f} ms"
           + (f"; accuracy {100 * hits / known:.1f}%" if known else ""))

@@ -1,12 +1,16 @@
 """A Raspberry Pi camera loop with picamera2, following its lores-stream pattern.
 
     python examples/camera_picamera2.py --bundle model.edge --server tcp://edge-box:5555
+    python examples/camera_picamera2.py --plan device --labels labels.txt
 
 The camera runs two streams: `main` at full resolution (preview, recording, stills) and
 a small `lores` stream, which picamera2 delivers as YUV420 (I420: a full-size Y plane,
 then quarter-size U and V planes, as an array of shape (height * 3 // 2, width)). The
 model reads only the lores stream: its Y plane is the grayscale image for 1-channel
 models; 3-channel models get it converted to RGB (BT.601). The Engine pipelines frames.
+Each result is printed as camera_opencv.py prints it (`describe`: where it ran, latency,
+a classifier's label and confidence or each output's shape and range); --plan forces a
+plan ("device", "edge", "c1@8"...).
 
 Runs on a Pi with the camera stack (`sudo apt install python3-picamera2`); here it can
 only be imported and asked for --help: picamera2 is imported inside main().
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -46,8 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mean", type=float, nargs="+", default=[0.0])
     p.add_argument("--std", type=float, nargs="+", default=[1.0])
     p.add_argument("--frames", type=int, default=0, help="stop after N frames (0: never)")
+    p.add_argument("--plan", default="planner",
+                   help='force a plan: "device", "edge", "CUT@BITS" (default: the planner)')
+    p.add_argument("--labels", help="class names, one per line (classifier bundles)")
     args = p.parse_args(argv)
+    names = Path(args.labels).read_text().splitlines() if args.labels else None
 
+    from camera_opencv import describe  # beside this file
     from picamera2 import Picamera2  # only on a Pi
 
     from edgesdk import Engine, Preprocessor
@@ -67,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             n += 1
 
     try:
-        with Engine(args.bundle or DIGITS_BUNDLE, server=args.server,
-                    slo_ms=args.slo_ms) as engine:
+        with Engine(args.bundle or DIGITS_BUNDLE, server=args.server, slo_ms=args.slo_ms,
+                    strategy=args.plan) as engine:
             spec = engine.bundle.manifest.inputs[0]
             prep = Preprocessor(spec, mean=args.mean, std=args.std)
             channels = spec.shape[1] if spec.shape[1] in (1, 3) else spec.shape[3]
@@ -79,9 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 return prep(yuv420_to_rgb(yuv, width, height))
 
             for r in engine.stream(frames()):
-                print(f"frame {r.frame:5d}  {r.where:<6}  label {r.label}  "
-                      f"{r.timings.total:6.1f} ms" + (f"  [{r.fallback_reason}]"
-                                                      if r.fallback_reason else ""))
+                print(describe(r, engine.bundle, names))
     finally:
         picam2.stop()
     return 0

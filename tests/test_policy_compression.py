@@ -18,7 +18,8 @@ from edgesdk.policy import Candidate, State, build_candidates, model_profile, pl
 from models import digits_with_codec_profile
 
 BITS = (32, 16, 8, 4, 2)
-KEYS = {"bytes", "encode_ms", "agreement", "raw_bytes", "raw_encode_ms", "compressed"}
+KEYS = {"bytes", "encode_ms", "agreement", "raw_bytes", "raw_encode_ms", "compressed",
+        "fidelity", "rel_l2", "max_abs_err"}  # digits: classes, fidelity = agreement
 
 
 @pytest.fixture(scope="module")

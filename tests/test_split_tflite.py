@@ -74,7 +74,8 @@ def test_blazeface_every_candidate_is_exact(tmp_path, blazeface):
     assert len(dequantize) > 50 and not set(dequantize) & set(info.dynamic_ops)
     assert len(candidates) > 50
     assert any(len(c.tensors) == 2 for c in candidates), "residual blocks give 2-tensor cuts"
-    bundle = split_model(blazeface, tmp_path / "bf.edge")
+    every = ["+".join(c.names) for c in candidates]
+    bundle = split_model(blazeface, tmp_path / "bf.edge", cuts=every)
     assert len(bundle.cuts) == len(candidates) and len(bundle.segments) == len(candidates) + 1
     assert [c.id for c in bundle.cuts] == [f"c{i}" for i in range(len(candidates))]
     assert Bundle.load(bundle.path).backend == "tflite"
@@ -88,7 +89,10 @@ def test_blazeface_every_candidate_is_exact(tmp_path, blazeface):
 
 def test_blazeface_ranked_points_on_a_face(tmp_path, blazeface):
     bundle = split_tflite(blazeface, tmp_path / "bf.edge", max_points=4)
-    assert len(bundle.cuts) == 4
+    # useful cuts only: smaller than the 128x128x3 input, each smaller than the one before
+    assert 2 <= len(bundle.cuts) <= 4
+    sizes = [c.bytes for c in bundle.cuts]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] <= 4 * 128 * 128 * 3
     fractions = [c.flops_before / (c.flops_before + c.flops_after) for c in bundle.cuts]
     assert fractions == sorted(fractions) and fractions[0] > 0 and fractions[-1] < 1
     total = sum(s.flops for s in bundle.segments)
@@ -136,12 +140,15 @@ def test_resplitting_keeps_one_bundle_and_failed_split_keeps_the_old(tmp_path, b
     split_tflite(blazeface, out, max_points=5)
     bundle = split_tflite(blazeface, out, max_points=2)
     assert sorted(p.name for p in out.glob("seg_*")) == [s.file for s in bundle.segments]
-    monkeypatch.setattr(split_tflite_module, "TOLERANCE", -1.0)  # nothing can pass
-    with pytest.raises(SplitError, match="verification failed.*differ from the model"):
+    from edgesdk.split import verify
+
+    monkeypatch.setattr(verify, "limit_for", lambda want, tol: (-1.0, 1.0))  # nothing passes
+    with pytest.raises(SplitError, match="verification failed.*differs by"):
         split_tflite(blazeface, out, max_points=6)
     assert len(Bundle.load(out).cuts) == 2
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "seg_000.tflite",
-                                                     "seg_001.tflite", "seg_002.tflite"]
+                                                     "seg_001.tflite", "seg_002.tflite",
+                                                     "whole.tflite"]
 
 
 # -- a DAG built with the object API -------------------------------------------------------
@@ -224,7 +231,8 @@ def test_dag_candidates_and_every_split_exact(tmp_path, dag):
     assert candidates[0].flops_before == conv_flops
     assert candidates[0].flops_before + candidates[0].flops_after == 3 * conv_flops + 2 * 64 * C
 
-    bundle = split_tflite(dag, tmp_path / "dag.edge")
+    every = ["+".join(c.names) for c in candidates]
+    bundle = split_tflite(dag, tmp_path / "dag.edge", cuts=every)
     assert [s.outputs for s in bundle.segments] == [("a",), ("b",), ("a2",), ("c",), ("y",)]
     assert bundle.segments[4].inputs == ("c",)
     feed = random_inputs(info.inputs, seed=3)
@@ -417,4 +425,5 @@ def test_size_rule_is_enforced(tmp_path, dag, monkeypatch):
     monkeypatch.setattr(split_tflite_module, "SEGMENT_FRAMING", 0)
     with pytest.raises(SplitError, match=r"segments total \d+ bytes, more than 0.5 x the "
                                          r"model's \d+ \+ 4736 bytes of duplicated constants"):
-        split_tflite(dag, tmp_path / "x.edge")
+        split_tflite(dag, tmp_path / "x.edge",
+                     cuts=["+".join(c.names) for c in analyse_tflite(dag)[1]])

@@ -249,9 +249,12 @@ def apply_floor(codec: Mapping[str, Any], floor: float) -> dict[str, Any]:
 
     def fix(entry: dict) -> None:
         for b, m in entry.items():
-            if isinstance(m, dict) and "agreement" in m and m["agreement"] < floor:
-                entry[b] = {"error": f"agreement {m['agreement']:.3f} is below the "
-                                     f"benchmark's fidelity floor {floor}"}
+            # fidelity: the per-kind measure (argmax agreement for a classifier); older
+            # profiles have only agreement
+            fidelity = m.get("fidelity", m.get("agreement")) if isinstance(m, dict) else None
+            if fidelity is not None and fidelity < floor:
+                entry[b] = {"error": f"fidelity {fidelity:.3f} is below the benchmark's "
+                                     f"floor {floor}"}
 
     fix(out.get("input", {}))
     for entry in out.get("cuts", {}).values():

@@ -368,7 +368,9 @@ def _format_raw(rows: list[dict]) -> str:
 def run(rounds: int = 21, threads: int = 1, quick: bool = False, only: str | None = None,
         adaptive: tuple[str, str] | None = None, slo_ms: float = 60.0,
         task: str = "balanced") -> list[dict]:
-    """Run the benchmark: the raw comparisons on SqueezeNet-light and digits, and the
+    """Run the benchmark: the raw comparisons on SqueezeNet-light, digits and (unless
+    quick) two deep DAGs split with the defaults (DenseNet-121, 400+ nodes, and
+    Inception-v2), and the
     planner against the device strategy on digits and on `adaptive` = (bundle dir, frames
     .npz) if given (at `slo_ms` and `task`); one row per comparison, with its Stats under
     "_stats" for :func:`format_text`. only: "raw" or "adaptive". quick: 5 rounds, short
@@ -384,14 +386,21 @@ def run(rounds: int = 21, threads: int = 1, quick: bool = False, only: str | Non
     rows = []
     if only != "adaptive":
         with tempfile.TemporaryDirectory(prefix="edgesdk-overhead-") as tmp:
+            from ..split import split_model
             from ..split.onnx import onnx
 
+            light = Path(onnx.__file__).parent / "backend/test/data/light"
             sq = _squeezenet_bundle(Path(tmp))
-            sq_whole = (Path(onnx.__file__).parent
-                        / "backend/test/data/light/light_squeezenet.onnx")
-            rows += [bench_model("squeezenet-light", sq, sq_whole, threads, rounds, min_time),
+            rows += [bench_model("squeezenet-light", sq, light / "light_squeezenet.onnx",
+                                 threads, rounds, min_time),
                      bench_model("digits", Bundle.load(DIGITS_BUNDLE), None, threads, rounds,
                                  min_time)]
+            if not quick:  # deep DAGs, split with the defaults a user gets
+                for deep in ("densenet121", "inception_v2"):
+                    whole = light / f"light_{deep}.onnx"
+                    bundle = split_model(whole, Path(tmp) / f"{deep}.edge")
+                    rows.append(bench_model(f"{deep}-light", bundle, whole, threads,
+                                            max(5, rounds // 2), min_time))
     if only != "raw":
         idle_s = 2.0 if quick else 4.0
         rows.append(bench_adaptive("digits", Bundle.load(DIGITS_BUNDLE),

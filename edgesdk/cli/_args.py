@@ -65,5 +65,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    value = _float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{value} is not a finite number > 0")
+    return value
+
+
 __all__ = ["fraction", "int_at_least", "non_negative_float", "non_negative_int",
-           "port", "positive_int"]
+           "port", "positive_float", "positive_int"]

@@ -46,6 +46,29 @@ def _tensor_json(t) -> dict:
     return {"name": t.name, "shape": list(t.shape), "dtype": t.dtype}
 
 
+def runs_where(backend: str) -> dict:
+    """What runs a bundle of `backend` on the device and on the edge server (the same
+    runtime: the server runs the bundle's tail segments), with what is installed here."""
+    from ..runtime import backend_runtime
+
+    here = backend_runtime(backend)
+    return {"device": here["runtime"], "server": here["runtime"],
+            "installed": {"module": here["module"], "version": here["version"]}
+            if here["module"] else None}
+
+
+def runs_line(runs: dict) -> str:
+    """"device: LiteRT (ai_edge_litert 2.3.0); server: LiteRT", for `info BUNDLE`."""
+    installed = runs.get("installed")
+    if installed:
+        here = f"{installed['module']} {installed.get('version') or '(version unknown)'}"
+    elif runs["device"] == "LiteRT":
+        here = 'not installed here: pip install "edgesdk[tflite]"'
+    else:
+        here = "not installed here"
+    return f"device: {runs['device']} ({here}); server: {runs['server']}"
+
+
 def bundle_summary(bundle) -> dict:
     """JSON-ready summary of a loaded bundle (what `info BUNDLE --json` prints)."""
     m = bundle.manifest
@@ -73,9 +96,11 @@ def bundle_summary(bundle) -> dict:
         "path": str(bundle.path),
         "name": m.name,
         "backend": m.backend,
+        "runs": runs_where(m.backend),
         "source": dict(m.source),
         "inputs": [_tensor_json(t) for t in m.inputs],
-        "outputs": [_tensor_json(t) for t in m.outputs],
+        "outputs": [{**_tensor_json(t), "kind": m.output_kind(t.name),
+                     "kind_declared": t.name in m.output_kinds} for t in m.outputs],
         "flops": total_flops,
         "segments": segments,
         "cuts": cuts,
@@ -142,13 +167,21 @@ def exits_table(summary: dict) -> str:
                    "calibration"], rows, "llrlllrl")
 
 
+def _kind(output: dict) -> str:
+    """An output's kind for display: "classes", or "dense, inferred" when not declared."""
+    kind = output.get("kind", "?")
+    return kind if output.get("kind_declared") else f"{kind}, inferred"
+
+
 def verify_line(source: dict) -> str:
     v = source.get("verify")
     if not isinstance(v, dict):
         return "not verified (split with --no-verify)"
-    return (f"chained segments match the whole model on seeded input (seed {v.get('seed')}): "
-            f"max abs error {v.get('max_abs_error', 0):.3g}, max |output| "
-            f"{v.get('max_abs_output', 0):.3g}")
+    on = f"seeded input (seed {v.get('seed')})"
+    if v.get("samples"):
+        on += f" and {v['samples']} of your samples"
+    return (f"chained segments match the whole model on {on}: max abs error "
+            f"{v.get('max_abs_error', 0):.3g}, max |output| {v.get('max_abs_output', 0):.3g}")
 
 
 # -- info ----------------------------------------------------------------------------------
@@ -195,12 +228,13 @@ def _info(args: argparse.Namespace) -> int:
         "bundle": summary["path"],
         "name": summary["name"],
         "backend": summary["backend"],
+        "runs": runs_line(summary["runs"]),
         "source": f"{src.get('file', '?')}, {src.get('bytes', '?')} bytes, sha256 "
                   f"{str(src.get('sha256', '?'))[:16]}...",
         "verified": verify_line(src),
         "inputs": "; ".join(f"{t['name']} {t['dtype']} {_shape(t['shape'])}"
                             for t in summary["inputs"]),
-        "outputs": "; ".join(f"{t['name']} {t['dtype']} {_shape(t['shape'])}"
+        "outputs": "; ".join(f"{t['name']} {t['dtype']} {_shape(t['shape'])} ({_kind(t)})"
                              for t in summary["outputs"]),
         "compute": f"{summary['flops'] / 1e6:.1f} MFLOPs, {len(summary['segments'])} segments, "
                    f"{len(summary['cuts'])} cuts, {len(summary['exits'])} exits",

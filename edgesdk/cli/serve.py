@@ -20,17 +20,63 @@ from ..server.tail import OUTPUT_BITS
 from ._args import non_negative_int, port, positive_int
 
 
+class _StartupProgress(logging.Handler):
+    """Start-up stages on a Progress, followed from the broker's own log events (the
+    Server takes no callback): the first worker opens the tails and measures them
+    (warming up), the others start after it, then "ready". Ignores everything after."""
+
+    def __init__(self, progress: Any, workers: int, profile_runs: int) -> None:
+        super().__init__(logging.INFO)
+        self.progress = progress
+        self.workers = workers
+        self.ready = 0
+        self.finished = False
+        warm = f", measuring the tails ({profile_runs} runs)" if profile_runs else ""
+        self.stage = progress.stage(f"warming up: the first worker opens the bundles{warm}")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = record.getMessage()
+        if self.finished:
+            return
+        if event == "worker_ready":
+            self.ready += 1
+            if self.ready == 1:
+                self.stage.end()
+                more = self.workers - 1
+                self.stage = (self.progress.stage(
+                    f"starting {more} more worker{'s' if more > 1 else ''}", total=more)
+                    if more else None)
+            elif self.stage is not None:
+                self.stage.advance()
+        elif event == "ready":
+            if self.stage is not None:
+                self.stage.end()
+            self.stage, self.finished = None, True  # ignore what follows (restarts...)
+            self.progress.note(f"ready on {getattr(record, 'fields', {}).get('endpoint')}")
+
+    def close(self) -> None:
+        if self.stage is not None:  # start-up stopped or failed: the log says why
+            self.stage.end(failed=True)
+            self.stage = None
+        super().close()
+
+
 def _serve(args: argparse.Namespace) -> int:
+    from .._progress import Progress
     from ..server import TailHandlerFactory
     from ..transport.auth import allowed_keys, load_key_pair
     from ..transport.broker import Server, ServerConfig
-    from ..transport.logs import configure_logging, log_event
+    from ..transport.logs import configure_logging, log, log_event
 
     configure_logging(args.log_level)
-    factory = TailHandlerFactory(tuple(args.bundles), threads=args.threads,
-                                 output_bits=args.output_bits, profile_runs=args.profile_runs,
-                                 device=args.device)
-    factory.check()
+    # Stage lines for a person at a terminal (or EDGESDK_PROGRESS=1): stderr is the JSON
+    # log too, so whole lines only (no live bar); only while info events are logged
+    progress = Progress(args.log_level in ("debug", "info"), bars=False)
+    with progress.stage(f"loading {', '.join(args.bundles)}"):
+        factory = TailHandlerFactory(tuple(args.bundles), threads=args.threads,
+                                     output_bits=args.output_bits,
+                                     profile_runs=args.profile_runs, device=args.device)
+        factory.check()
     curve = load_key_pair(args.curve_secret) if args.curve_secret else None
     if args.allow and not allowed_keys(args.allow):
         log_event("empty_allow_list", logging.WARNING, allow=args.allow,
@@ -41,7 +87,16 @@ def _serve(args: argparse.Namespace) -> int:
         max_frame_bytes=args.max_frame_bytes, curve=curve, allow_dir=args.allow,
         metrics_host=args.metrics_host, metrics_port=args.metrics_port,
         drain_timeout_s=args.drain_timeout, name=args.name or socket.gethostname())
-    return Server(config, factory, log_level=args.log_level).run()
+    server = Server(config, factory, log_level=args.log_level)
+    if not progress.lines:
+        return server.run()
+    watcher = _StartupProgress(progress, args.workers, args.profile_runs)
+    log.addHandler(watcher)
+    try:
+        return server.run()
+    finally:
+        log.removeHandler(watcher)
+        watcher.close()
 
 
 def _add_serve(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
@@ -58,7 +113,8 @@ def _add_serve(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=positive_int, default=1, metavar="N",
                    help="worker processes (default 1)")
     p.add_argument("--threads", type=positive_int, default=1, metavar="N",
-                   help="onnxruntime intra-op threads per worker (default 1)")
+                   help="runtime threads per worker: onnxruntime intra-op threads, LiteRT "
+                        "num_threads for .tflite bundles (default 1)")
     p.add_argument("--max-queue", type=non_negative_int, metavar="N",
                    help="requests that may wait for a worker before the server answers busy "
                         "(default 4 x workers)")

@@ -10,13 +10,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._table import format_table
-from ._args import non_negative_int, positive_int
+from ..bundle import OUTPUT_KINDS
+from ._args import non_negative_int, positive_float, positive_int
 from .info import bundle_summary, cuts_table, exits_table, segments_table, verify_line
 
 # -- split ---------------------------------------------------------------------------------
 
 
 def _split(args: argparse.Namespace) -> int:
+    from .._progress import Progress
     from ..split import split_model
 
     # Only options given on the command line are passed, so that each backend applies its
@@ -34,8 +36,15 @@ def _split(args: argparse.Namespace) -> int:
         options["exits"] = args.exit
     if args.name:
         options["name"] = args.name
+    if args.tolerance is not None:
+        options["tolerance"] = args.tolerance
+    if args.data:
+        options["data"] = args.data
+    if args.output_kind:
+        options["output_kinds"] = dict(args.output_kind)
     t0 = time.perf_counter()
-    bundle = split_model(args.model, args.out, **options)
+    with Progress(enabled=not args.json) as progress:  # stage lines on stderr (_progress)
+        bundle = split_model(args.model, args.out, progress=progress, **options)
     elapsed = time.perf_counter() - t0
     summary = bundle_summary(bundle)
     summary["split_seconds"] = round(elapsed, 3)
@@ -54,6 +63,8 @@ def _split(args: argparse.Namespace) -> int:
         print(exits_table(summary))
         print()
     print(f"verified: {verify_line(summary['source'])}")
+    for note in summary["source"].get("notes", ()):
+        print(f"note: {note}")
     return 0
 
 
@@ -61,6 +72,7 @@ def _split(args: argparse.Namespace) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
+    from .._progress import Progress
     from ..bundle import Bundle
     from ..profile import default_device, profile_segments, seeded_inputs
     from ..runtime import open_segments
@@ -68,13 +80,21 @@ def _profile(args: argparse.Namespace) -> int:
     device = args.device if args.device is not None else default_device()
     if not device.strip():
         raise ValueError("--device is empty")
-    bundle = Bundle.load(args.bundle)
-    segments = open_segments(bundle, threads=args.threads)
+    progress = Progress(enabled=not args.json)  # stage lines on stderr (see _progress)
+    with progress.stage(f"loading {args.bundle}"):
+        bundle = Bundle.load(args.bundle)
+    with progress.stage(f"opening {len(bundle.segments)} segments"):
+        segments = open_segments(bundle, threads=args.threads)
     inputs = seeded_inputs(bundle.manifest.inputs, seed=args.seed)
-    profile = profile_segments(segments, inputs, runs=args.runs, warmup=args.warmup,
-                               threads=args.threads, files=[s.file for s in bundle.segments],
-                               seed=args.seed)
-    bundle = bundle.with_profile(device, profile)
+    with progress.stage(f"timing the chain: {args.warmup} warm-up + {args.runs} runs"):
+        profile = profile_segments(segments, inputs, runs=args.runs, warmup=args.warmup,
+                                   threads=args.threads,
+                                   files=[s.file for s in bundle.segments], seed=args.seed)
+    if args.data:
+        profile["codec"] = _measure_codec(bundle, segments, args.data, args.max_samples,
+                                          progress)
+    with progress.stage("storing the profile"):
+        bundle = bundle.with_profile(device, profile)
     if args.json:
         print(json.dumps({"path": str(bundle.path), "device": device, "profile": profile},
                          indent=2))
@@ -92,8 +112,37 @@ def _profile(args: argparse.Namespace) -> int:
     print(format_table(["seg", "file", "median ms", "p90 ms", "mean ms", "min ms",
                   "0..seg median ms", "share"], rows, "rlrrrrrr"))
     print()
+    if "codec" in profile:
+        print(fidelity_table(profile["codec"]))
+        print()
     print(f"stored in {bundle.path / 'manifest.json'} under profiles[{device!r}]")
     return 0
+
+
+def _measure_codec(bundle, segments, data: str, max_samples: int, progress) -> dict:
+    """The codec's size, encode time and fidelity to fp32 (in the final output's kind) for
+    every (cut, bits), on the user's samples: what the planner trades bits with."""
+    from ..exits.data import load_data
+    from ..profile import measure_cut_codec
+
+    dataset = load_data(data, bundle)
+    samples = [dataset.sample(i) for i in range(min(len(dataset), max_samples))]
+    output = bundle.manifest.outputs[0].name
+    with progress.stage(f"measuring the codec at {len(bundle.cuts)} cuts on "
+                        f"{len(samples)} samples"):
+        return measure_cut_codec(segments, bundle.cuts, samples, output,
+                                 kind=bundle.output_kind(output))
+
+
+def fidelity_table(codec: dict) -> str:
+    """Fidelity to fp32 per sending point (rows) and bit width (columns)."""
+    bits = [str(b) for b in codec["bits"]]
+    points = [("input", codec.get("input", {})), *codec.get("cuts", {}).items()]
+    rows = [[name, *(f"{entry[b]['fidelity']:.3f}" if "fidelity" in entry.get(b, {})
+                     else "-" for b in bits)] for name, entry in points]
+    head = (f"fidelity of {codec['output']!r} ({codec['kind']}) to fp32 on "
+            f"{codec['samples']} samples, per point and bits:")
+    return head + "\n" + format_table(["point", *bits], rows, "l" + "r" * len(bits))
 
 
 def add_parser(sub: Any, name: str, text: str, argv: Sequence[str] | None = None
@@ -111,7 +160,7 @@ def add_parser(sub: Any, name: str, text: str, argv: Sequence[str] | None = None
     p.add_argument("--input-shape", action="append", metavar="NAME=1x3x224x224",
                    help="pin a dynamic input's shape; repeat for several inputs")
     p.add_argument("--max-points", type=positive_int, metavar="N",
-                   help="keep at most N cut points (default: every candidate)")
+                   help="keep at most N cut points, the most useful (default 16)")
     p.add_argument("--max-cut-tensors", type=positive_int, metavar="K",
                    help="largest number of tensors that may cross a cut (onnx default 2)")
     p.add_argument("--cut", action="append", metavar="T[+T2]",
@@ -121,11 +170,28 @@ def add_parser(sub: Any, name: str, text: str, argv: Sequence[str] | None = None
                         "into its own file, with a cut where it branches off; repeatable")
     p.add_argument("--no-verify", action="store_true",
                    help="skip checking that the chained segments reproduce the model")
+    p.add_argument("--tolerance", type=positive_float, metavar="T",
+                   help="verification limit relative to max(max|output|, 1) (default 1e-4)")
+    p.add_argument("--data", metavar="DIR_OR_NPZ",
+                   help="also verify on up to 8 of your own inputs: an .npz with one array "
+                        "per model input (or x), samples first, or a directory of them")
+    p.add_argument("--output-kind", action="append", type=_output_kind, metavar="NAME=KIND",
+                   help="what a model output is, where its shape does not tell: one of "
+                        f"{', '.join(OUTPUT_KINDS)} (info shows the inferred kinds); "
+                        "repeatable")
     p.add_argument("--name", help="bundle name (default: the model file's stem)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_split)
     return p
 
+
+
+def _output_kind(text: str) -> tuple[str, str]:
+    name, sep, kind = text.rpartition("=")
+    if not sep or not name or kind not in OUTPUT_KINDS:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=KIND with KIND one of "
+                                         f"{', '.join(OUTPUT_KINDS)}")
+    return name, kind
 
 
 def _add_profile(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
@@ -142,6 +208,13 @@ def _add_profile(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=non_negative_int, default=5, metavar="N",
                    help="untimed runs first (default 5)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="input seed (default 0)")
+    p.add_argument("--data", metavar="NPZ",
+                   help="your samples (an .npz as examples/images_to_npz.py writes): also "
+                        "measure each cut's wire size and fidelity to fp32 per bit width, "
+                        "in the output's kind (argmax agreement, map IoU, ...), which the "
+                        "planner then uses")
+    p.add_argument("--max-samples", type=positive_int, default=32, metavar="N",
+                   help="samples of --data to measure on (default 32)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_profile)
     return p

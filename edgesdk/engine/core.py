@@ -158,6 +158,7 @@ class Engine:
         self.task = task
         self.max_in_flight = max_in_flight
         self.local = LocalRunner(self.bundle, threads)  # the segments and exits run here
+        self._kind = self.bundle.manifest.output_kind()  # what Result.output is
         manifest = self._with_profile(device, threads)
         self._profile = model_profile(manifest, device)
         self._seg_ms = self._profile.seg_ms
@@ -205,8 +206,11 @@ class Engine:
             if not self.bundle.source_sha256:
                 raise BundleError(f"{self.bundle.path}: no source sha256; the server cannot "
                                   "tell which model it is")
+            # the link logs (edgesdk.engine) once if the server cannot be used, and again
+            # when it can: the first hello's outcome lands within connect_timeout_s
             self.link = EdgeLink(server, self.bundle.source_sha256,
-                                 server_public_key=curve_server_key, client_keys=client_keys)
+                                 server_public_key=curve_server_key, client_keys=client_keys,
+                                 name=self.bundle.name)
             self.link.wait_connected(connect_timeout_s)
 
     # -- setup -----------------------------------------------------------------------------
@@ -334,6 +338,14 @@ class Engine:
             last = stop if stop is not None else self._stop(f.plan)
             i = f.next_segment
             if i > last:
+                return False
+            if i == 0 and last == len(self._seg_ms) - 1 and self.local.has_whole and not any(
+                    e.order >= f.exits_run for e in self.local.exits[:f.plan.n_exits]):
+                # the whole frame here and no exit to look at: the one-file model
+                ms = self.local.run_whole(f.env)
+                self._slowdown.observe(0, ms, through=last)
+                f.device_ms += ms
+                f.next_segment = last + 1
                 return False
             ms = self.local.run_segment(i, f.env)
             self._slowdown.observe(i, ms)
@@ -472,10 +484,11 @@ class Engine:
     def _make(self, f: _Frame, where: str, outputs: Mapping[str, np.ndarray],
               ans: ExitAnswer | None, **ms: float) -> Result:
         output = next(iter(outputs.values()))
+        kind = "classes" if ans is not None else self._kind
         if ans is not None:
             conf: float | None = ans.confidence
         else:
-            conf = _confidence(output)
+            conf = _confidence(output) if kind == "classes" else None
         sent = where == "edge" or f.future is not None
         return Result(output=output, where=where,
                       exit_name=ans.name if ans is not None else None,
@@ -484,7 +497,7 @@ class Engine:
                       timings=Timings(**ms, total=(time.monotonic() - f.t0) * 1e3),
                       fallback_reason=f.reason, plan=str(f.plan), frame=f.id,
                       outputs=dict(outputs), zstd=f.plan.zstd if sent else None,
-                      plans=tuple(str(p) for p in f.plans))
+                      plans=tuple(str(p) for p in f.plans), kind=kind)
 
     # -- lifetime --------------------------------------------------------------------------
     def _check_open(self) -> None:

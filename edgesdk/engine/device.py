@@ -18,7 +18,7 @@ import numpy as np
 from ..bundle import Bundle, ExitSpec
 from ..errors import InputError
 from ..exits import ExitRule, exit_runner, ordered_exits
-from ..runtime import open_segments
+from ..runtime import Segment, open_file, open_segments
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,8 @@ class LocalRunner:
         self.exits = [_Exit(bundle, e, k, threads) for k, e in enumerate(calibrated)]
         self.inputs = bundle.manifest.inputs
         self.outputs = tuple(t.name for t in bundle.manifest.outputs)
+        self._threads = threads
+        self._whole: Segment | None = None  # opened on first use: see run_whole
 
     def feed(self, x: Any) -> dict[str, np.ndarray]:
         """The model inputs from `x`: an array for a single-input model, or a mapping of
@@ -103,6 +105,23 @@ class LocalRunner:
         seg = self.segments[index]
         t0 = time.perf_counter()
         env.update(seg.run({n: env[n] for n in seg.inputs}))
+        return (time.perf_counter() - t0) * 1e3
+
+    @property
+    def has_whole(self) -> bool:
+        return self.bundle.manifest.whole is not None
+
+    def run_whole(self, env: dict[str, np.ndarray]) -> float:
+        """Run the whole model file on `env` (updated in place with the model outputs);
+        returns its milliseconds. One session runs at the unsplit model's speed, where a
+        chain of segments loses fused kernels and layout at every cut. It is opened on the
+        first frame that stays on the device, so a device that always offloads never holds
+        the weights twice."""
+        if self._whole is None:
+            whole = self.bundle.manifest.whole
+            self._whole = open_file(self.bundle, self.bundle.path / whole.file, self._threads)
+        t0 = time.perf_counter()
+        env.update(self._whole.run({t.name: env[t.name] for t in self.inputs}))
         return (time.perf_counter() - t0) * 1e3
 
     def exits_after(self, index: int, n_exits: int) -> list[_Exit]:

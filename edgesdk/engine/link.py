@@ -16,7 +16,10 @@ decides whether offloading is possible at all:
          -> "up" | "down"
     "down" -> hello every `retry_s` -> "up" when the server is back
 
-Only "up" offloads. Busy replies pause offloading for `busy_backoff_s`. Until the
+Only "up" offloads. Busy replies pause offloading for `busy_backoff_s`. A user hears of
+the status on the "edgesdk.engine" logger, once per change and never once per frame: a
+warning when the server cannot be used (no answer to the first hello, lost later, or not
+serving this bundle), with what happens meanwhile, and an info line when it is back. Until the
 estimator has a few bandwidth samples, and whenever the link has been idle for
 `probe_idle_s`, it probes: a heartbeat (RTT) and a heartbeat carrying a payload sized to
 take ~50 ms (alternately ~20 ms: two sizes separate the overhead from the rate) at the
@@ -31,6 +34,7 @@ costs a device a wake-up per probe, not four a second.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import threading
@@ -52,6 +56,7 @@ UP, CONNECTING, CHECKING, DOWN, NOT_SERVED = "up", "connecting", "checking", "do
 # most of the time: every needless wake-up is CPU taken from a throttled device's quota
 # (and a GIL hand-off), and a 0.25 s poll timer woke it four times a second for nothing.
 MAX_SLEEP_S = 5.0
+log = logging.getLogger("edgesdk.engine")
 
 
 @dataclass
@@ -67,14 +72,18 @@ class _Job:
 
 
 class EdgeLink:
-    """See the module docstring. `bundle_id`: the bundle's source sha256."""
+    """See the module docstring. `bundle_id`: the bundle's source sha256; `name`: the
+    bundle's name, for the log lines."""
 
     def __init__(self, endpoint: str, bundle_id: str, *,
                  server_public_key: Any = None, client_keys: Any = None,
                  retry_s: float = 0.5, hello_budget_s: float = 0.5,
-                 probe_idle_s: float = 2.0, busy_backoff_s: float = 0.25) -> None:
+                 probe_idle_s: float = 2.0, busy_backoff_s: float = 0.25,
+                 name: str = "") -> None:
         self.endpoint = endpoint
         self.bundle_id = bundle_id
+        self.name = name
+        self._warned: str | None = None  # the status last warned about (see _log_change)
         self.estimator = LinkEstimator(idle_s=probe_idle_s)
         self.status = CONNECTING
         self.welcome: Any = None
@@ -282,11 +291,14 @@ class EdgeLink:
     def _account(self, job: _Job, outcome: Any, now: float) -> None:
         """Update status and estimates from one outcome, then resolve the job's Future."""
         with self._lock:
+            before = self.status
             if isinstance(outcome, TransportError):
                 self._on_failure(job, outcome, now)
             else:
                 self._on_reply(job, outcome, now)
             self.version += 1
+        if self.status != before:
+            self._log_change(outcome)
         if not job.future.done():
             if isinstance(outcome, TransportError):
                 job.future.set_exception(outcome)
@@ -294,6 +306,27 @@ class EdgeLink:
                 job.future.set_result(outcome)
         if job.kind == protocol.HELLO:
             self._first_answer.set()
+
+    def _log_change(self, outcome: Any) -> None:
+        """Tell the user when offloading stops or resumes: one line per change of what
+        they would want to know (a warning per outage, not per frame or per hello)."""
+        status = self.status
+        if status in (DOWN, NOT_SERVED) and self._warned != status:
+            self._warned = status
+            if status == DOWN:
+                why = ("no connection" if isinstance(outcome, Unreachable)
+                       else f"no answer within {self._hello_budget_s * 1e3:.0f} ms")
+                log.warning("edge server %s is unreachable (%s): frames finish on the device "
+                            "until it answers (retrying every %.1f s)", self.endpoint, why,
+                            self._retry_s)
+            else:
+                log.warning("edge server %s does not serve bundle %s (source sha256 %s...): "
+                            "frames finish on the device; serve this bundle there "
+                            "(`edgesdk serve BUNDLE`)", self.endpoint, self.name or "?",
+                            self.bundle_id[:12])
+        elif status == UP and self._warned is not None:
+            self._warned = None
+            log.info("edge server %s is up: offloading resumes", self.endpoint)
 
     def _on_failure(self, job: _Job, exc: TransportError, now: float) -> None:
         if isinstance(exc, ServerBusy):

@@ -36,9 +36,11 @@ class Result:
     where: "exit" (an early exit was confident), "edge" (the server finished it) or
     "device" (finished here). exit_name: the exit that answered (None unless "exit").
     cut / bits: the partition point and bit width used for the offload (None when nothing
-    was sent). confidence: the answering classifier's calibrated confidence (None when the
-    output is not a class-score vector). plan: the plan the frame followed last
-    ("exits=1 c1@8b+z": one exit, cut c1 at 8 bits, zstd tried; "exits=2 device-only").
+    was sent). kind: what `output` is, "classes", "dense", "boxes", "sequence" or "other"
+    (the bundle's output kind; an exit's scores are classes). confidence: the answering
+    classifier's calibrated confidence (None unless kind is "classes"). plan: the plan the
+    frame followed last ("exits=1 c1@8b+z": one exit, cut c1 at 8 bits, zstd tried;
+    "exits=2 device-only").
     zstd: whether the offload tried the zstd stage (the codec still sends raw when that
     does not pay; None when nothing was sent). plans: every plan of the frame in order,
     the decision before the frame and then one per re-decision after an exit that did not
@@ -63,8 +65,10 @@ class Result:
     zstd: bool | None = None
     plans: tuple[str, ...] = ()
     outputs: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    kind: str = "classes"
 
     @property
-    def label(self) -> int:
-        """argmax of `output` (for classifiers)."""
-        return int(np.argmax(self.output))
+    def label(self) -> int | None:
+        """argmax of `output` for a classifier; None for other outputs (a detector's map or
+        boxes, an OCR sequence, landmarks: read `outputs`)."""
+        return int(np.argmax(self.output)) if self.kind == "classes" else None

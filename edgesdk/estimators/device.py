@@ -76,12 +76,17 @@ class SlowdownEstimator:
         self._model: DeviceModel | None = None
         self._last: float | None = None
 
-    def observe(self, segment: int, measured_ms: float, now: float | None = None) -> float:
-        """One run of `segment` that took `measured_ms`; returns its ratio to the profile."""
+    def observe(self, segment: int, measured_ms: float, now: float | None = None, *,
+                through: int | None = None) -> float:
+        """One run of `segment` (of segments `segment..through` run as one file, the whole
+        model) that took `measured_ms`; returns its ratio to the profile."""
         m = _check_finite("measured_ms", measured_ms)
-        if not isinstance(segment, (int, np.integer)) or not 0 <= segment < len(self._ms):
-            raise PolicyError(f"segment is {segment!r}, the profile has {len(self._ms)}")
-        ref = self._ms[segment]
+        last = segment if through is None else through
+        if not all(isinstance(i, (int, np.integer)) and 0 <= i < len(self._ms)
+                   for i in (segment, last)) or last < segment:
+            raise PolicyError(f"segments {segment!r}..{last!r}, the profile has "
+                              f"{len(self._ms)}")
+        ref = math.fsum(self._ms[segment:last + 1])
         ratio = max(m, 1e-6) / max(ref, 1e-6)
         if ref >= 1e-3:
             self._runs.append((math.log(ratio), m, ref))

@@ -28,7 +28,10 @@ Per candidate (arrays, one entry each, reference speed; the state scales them):
     p_exit      probability that an exit fires
     exit_ms     mean device time of the samples that exit
     exit_acc    accuracy of the samples that exit
-    rest_acc    accuracy of the other samples, times the bit width's agreement with fp32
+    rest_acc    accuracy of the other samples, times the bit width's fidelity to fp32
+                (profile.measure_cut_codec: argmax agreement for a classifier, the IoU of
+                a dense map, per-step agreement of a sequence, 1 - relative L2 error
+                otherwise; a model without exits has accuracy 1, so this is the fidelity)
     local_ms    device compute to finish here after a failed offload (the tail, reference
                 speed; the server's own tail times replace srv_ms, not this)
     local_acc   accuracy of such a local finish (fp32: rest_acc without the codec's loss)
@@ -50,8 +53,21 @@ from ..errors import PolicyError
 BITS = (32, 16, 8, 4, 2)
 HEADER_BYTES = 64
 # Used when the bundle stores no measured codec profile (see profile.measure_cut_codec):
-# agreement of the final argmax with fp32 and encode cost per fp32 MB, typical values.
+# fidelity to fp32 (a classifier's argmax agreement) and encode cost per fp32 MB, typical
+# values.
 DEFAULT_AGREEMENT = {32: 1.0, 16: 1.0, 8: 0.998, 4: 0.985, 2: 0.9}
+# The same per output kind (edgesdk.bundle.OUTPUT_KINDS; classes: DEFAULT_AGREEMENT), about
+# the lowest fidelity measured over the cut points of real models on real inputs: PP-OCRv4
+# text detection (dense: IoU of the map), PP-OCRv4 recognition (sequence: per-step
+# agreement), MediaPipe face landmarks (other: 1 - relative L2 error). Low bit widths cost
+# a dense map far more than a classifier's argmax.
+DEFAULT_FIDELITY = {
+    "classes": DEFAULT_AGREEMENT,
+    "dense": {32: 1.0, 16: 1.0, 8: 0.995, 4: 0.93, 2: 0.3},
+    "sequence": {32: 1.0, 16: 1.0, 8: 0.998, 4: 0.94, 2: 0.55},
+    "boxes": {32: 1.0, 16: 1.0, 8: 0.999, 4: 0.985, 2: 0.65},
+    "other": {32: 1.0, 16: 1.0, 8: 0.999, 4: 0.985, 2: 0.65},
+}
 DEFAULT_ENCODE_MS_PER_MB = {32: 0.05, 16: 1.0, 8: 2.0, 4: 2.5, 2: 2.5}
 
 
@@ -93,7 +109,7 @@ class ExitProfile:
 class ModelProfile:
     """What the candidates of one model are derived from; the simulator randomizes these.
 
-    wire: per point ("input" or cut id) and bits: (bytes, encode_ms, agreement) with the
+    wire: per point ("input" or cut id) and bits: (bytes, encode_ms, fidelity) with the
     zstd stage tried (the codec's default); a bits value missing from a point's map is not
     a candidate there. wire_raw: the same points and bits raw-packed, (bytes, encode_ms);
     where present, the candidates include zstd off (see the module docstring).
@@ -110,16 +126,32 @@ class ModelProfile:
     wire_raw: Mapping[str, Mapping[int, tuple[float, float]]] = field(default_factory=dict)
 
 
-def _wire_defaults(fp32_bytes: float) -> dict[int, tuple[float, float, float]]:
+def _wire_defaults(fp32_bytes: float, kind: str = "classes"
+                   ) -> dict[int, tuple[float, float, float]]:
+    fidelity = DEFAULT_FIDELITY.get(kind, DEFAULT_FIDELITY["other"])
     return {b: (fp32_bytes * b / 32 + HEADER_BYTES,
-                fp32_bytes / 1e6 * DEFAULT_ENCODE_MS_PER_MB[b], DEFAULT_AGREEMENT[b])
+                fp32_bytes / 1e6 * DEFAULT_ENCODE_MS_PER_MB[b], fidelity[b])
             for b in BITS}
+
+
+def _output_kind(manifest: Any, codec: Mapping[str, Any]) -> str:
+    """The kind of output the codec's fidelity is about: the one the profile measured,
+    else the manifest's first output's (classes for a manifest that cannot say)."""
+    kind = codec.get("kind")
+    if isinstance(kind, str):
+        return kind
+    of = getattr(manifest, "output_kind", None)
+    return of() if callable(of) and getattr(manifest, "outputs", ()) else "classes"
 
 
 def model_profile(manifest: Any, device: str | None = None) -> ModelProfile:
     """The ModelProfile of a bundle manifest: segment times of `device` (default: the first
     profile), exits' calibration, and the codec sizes stored under profiles[device]["codec"]
-    (from profile.measure_cut_codec) or, missing those, sizes and agreement from defaults.
+    (from profile.measure_cut_codec) or, missing those, sizes and fidelity from defaults
+    (DEFAULT_FIDELITY of the output's kind: a text detector's 4-bit map is not a
+    classifier's 4-bit argmax).
+    Fidelity is the measured "fidelity" (per output kind), or "agreement" in profiles
+    measured before output kinds (argmax agreement, which is the fidelity of classes).
     Raw-packed sizes ("raw_bytes", "raw_encode_ms") are read where the profile has them
     (profiles measured before compression was a decision do not)."""
     profiles = dict(manifest.profiles)
@@ -146,19 +178,20 @@ def model_profile(manifest: Any, device: str | None = None) -> ModelProfile:
                                  _first(c, ("head_ms",), 0.0)))
         upto.append(_first(c, ("accuracy_upto", "agreement_upto"), baseline))
     codec = prof.get("codec", {})
+    kind = _output_kind(manifest, codec)
     wire: dict[str, dict[int, tuple[float, float, float]]] = {}
     wire_raw: dict[str, dict[int, tuple[float, float]]] = {}
     points = [("input", sum(t.fp32_bytes for t in manifest.inputs))]
     points += [(c.id, c.bytes) for c in manifest.cuts]
     for name, fp32 in points:
         measured = codec.get("input") if name == "input" else codec.get("cuts", {}).get(name)
-        table = _wire_defaults(fp32)
+        table = _wire_defaults(fp32, kind)
         raw: dict[int, tuple[float, float]] = {}
         for b, m in (measured or {}).items():
             if "error" in m:
                 table.pop(int(b), None)  # the codec cannot carry this cut at these bits
                 continue
-            table[int(b)] = (float(m["bytes"]), float(m["encode_ms"]), float(m["agreement"]))
+            table[int(b)] = (float(m["bytes"]), float(m["encode_ms"]), _fidelity(m))
             if "raw_bytes" in m and "raw_encode_ms" in m:
                 raw[int(b)] = (float(m["raw_bytes"]), float(m["raw_encode_ms"]))
         wire[name] = table
@@ -167,6 +200,16 @@ def model_profile(manifest: Any, device: str | None = None) -> ModelProfile:
     return ModelProfile(manifest.name, seg_ms, tuple(c.id for c in manifest.cuts),
                         tuple(c.after_segment for c in manifest.cuts), tuple(exits),
                         (baseline, *upto), wire, wire_raw)
+
+
+def _fidelity(measured: Mapping[str, Any]) -> float:
+    """A (point, bits) entry's fidelity to fp32: "fidelity", or "agreement" in a profile
+    measured before output kinds."""
+    value = measured.get("fidelity", measured.get("agreement"))
+    if value is None:
+        raise PolicyError(f"codec profile entry {dict(measured)!r} has neither 'fidelity' "
+                          "nor 'agreement'; re-measure it (profile.measure_cut_codec)")
+    return float(value)
 
 
 def _first(calibration: Mapping[str, Any], keys: Sequence[str], default: float) -> float:
@@ -262,7 +305,7 @@ _ARRAY_FIELDS = ("dev_ms", "enc_ms", "wire_bytes", "srv_ms", "p_exit", "exit_ms"
 
 def _encodings(model: ModelProfile, name: str, b: int
                ) -> list[tuple[bool, float, float, float]]:
-    """(zstd, bytes, encode_ms, agreement) of point `name` at `b` bits: zstd off where the
+    """(zstd, bytes, encode_ms, fidelity) of point `name` at `b` bits: zstd off where the
     raw-packed size was measured, zstd on unless that is dominated (no fewer bytes)."""
     size, enc, agree = model.wire[name][b]
     raw = model.wire_raw.get(name, {}).get(b)

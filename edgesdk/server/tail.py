@@ -4,8 +4,10 @@ The transport moves opaque frames; this module is the composition above it that 
 them meaning. A device that ran a bundle's segments up to cut `c` sends the cut's tensors,
 each encoded with edgesdk.codec (``encode_tensors``: one [header, payload] pair per
 tensor, in the order of the cut's tensors in the manifest). A worker decodes them, runs
-the remaining segments with edgesdk.runtime and answers with the model outputs, each
-encoded the same way and named in the result envelope's `outputs` field.
+the remaining segments with edgesdk.runtime (the bundle's backend: onnxruntime for .onnx
+bundles, LiteRT for .tflite ones; the sessions are opened inside each worker process, only
+the factory's paths are pickled) and answers with the model outputs, each encoded the
+same way and named in the result envelope's `outputs` field.
 
     factory = TailHandlerFactory(("squeezenet.edge",), threads=1)
     Server(ServerConfig(bind="tcp://0.0.0.0:5555", workers=2), factory).run()
@@ -27,7 +29,7 @@ from typing import Any
 
 from ..bundle import FLOAT_DTYPES, Bundle, CutSpec, TensorSpec, servable_cuts
 from ..codec import decode_tensors, encode_tensors
-from ..errors import BundleError, CodecError, ConfigError, HandlerError
+from ..errors import BundleError, CodecError, ConfigError, HandlerError, MissingDependency
 from ..transport.protocol import BAD_REQUEST, Envelope
 
 UNKNOWN_BUNDLE = "unknown_bundle"
@@ -46,9 +48,13 @@ def _check_servable(bundle: Bundle) -> None:
             raise BundleError(f"{bundle.path}: model output {out.name!r} is {out.dtype}; the "
                               f"codec carries only {', '.join(FLOAT_DTYPES)} tensors")
     for cut in bundle.cuts:
-        bad = [t.name for t in cut.tensors if t.dtype not in FLOAT_DTYPES]
+        bad = [f"{t.name} ({t.dtype})" for t in cut.tensors if t.dtype not in FLOAT_DTYPES]
         if bad:
-            raise BundleError(f"{bundle.path}: cut {cut.id!r} sends non-float tensors {bad}")
+            # e.g. an int8 cut of a quantized TFLite model, named explicitly at split time
+            raise BundleError(f"{bundle.path}: cut {cut.id!r} sends non-float tensors "
+                              f"{', '.join(bad)}; the codec carries only "
+                              f"{', '.join(FLOAT_DTYPES)} tensors: split it again without "
+                              "this cut to serve it")
         available = set(cut.names)
         for index in range(cut.after_segment + 1, len(bundle.segments)):
             seg = bundle.segments[index]
@@ -57,6 +63,23 @@ def _check_servable(bundle: Bundle) -> None:
                 raise BundleError(f"{bundle.path}: after cut {cut.id!r}, segment {index} reads "
                                   f"{missing}, which the cut does not send")
             available.update(seg.outputs)
+
+
+def _check_runtime(bundle: Bundle) -> None:
+    """The bundle's backend runtime imports here (LiteRT for tflite bundles): a server
+    without the `tflite` extra fails at start with MissingDependency naming the extra and
+    the bundle, not at its first request."""
+    from ..runtime import backend_runtime, require_runtime
+
+    try:
+        require_runtime(bundle.backend)
+    except MissingDependency as exc:
+        name = backend_runtime(bundle.backend)["runtime"]
+        error = MissingDependency(exc.module, exc.extra)
+        # ImportError's str() is its `msg`, not args[0]
+        error.msg = f"{bundle.path}: a {bundle.backend} bundle runs with {name}, and {exc}"
+        error.args = (error.msg,)
+        raise error from None
 
 
 def load_bundles(paths: Sequence[str]) -> dict[str, Bundle]:
@@ -70,10 +93,8 @@ def load_bundles(paths: Sequence[str]) -> dict[str, Bundle]:
         if key in bundles:
             raise BundleError(f"{bundle.path} and {bundles[key].path} were cut from the same "
                               f"model (sha256 {key[:12]}...); serve one of them")
-        if bundle.backend != "onnx":
-            raise BundleError(f"{bundle.path}: backend {bundle.backend!r}; the server runs "
-                              "onnx bundles")
         _check_servable(bundle)
+        _check_runtime(bundle)
         bundles[key] = bundle
     if not bundles:
         raise BundleError("no bundles to serve")
@@ -84,7 +105,8 @@ def load_bundles(paths: Sequence[str]) -> dict[str, Bundle]:
 class TailHandlerFactory:
     """Picklable recipe for a TailHandler, built inside each worker process.
 
-    threads: onnxruntime intra-op threads per session. output_bits: 32 (exact) or 16 for
+    threads: runtime threads per segment (onnxruntime intra-op threads, LiteRT
+    num_threads). output_bits: 32 (exact) or 16 for
     the result tensors. profile_runs: timed runs of the tail segments for the welcome's
     profile (0: use the manifest's profile stored under `device`, if any).
     """

@@ -12,10 +12,11 @@ verify that chaining them reproduces the whole model before the bundle is saved.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..bundle import Bundle, TensorSpec
+from ..bundle import OUTPUT_KINDS, Bundle, TensorSpec
 from ..errors import SplitError  # defined in the one error tree, re-exported here
 
 
@@ -43,27 +44,40 @@ class CutCandidate:
         return self.flops_before / total if total else 0.0
 
 
-def choose_cuts(candidates: list[CutCandidate], max_points: int | None) -> list[CutCandidate]:
-    """The cut points worth keeping, in execution order.
+DEFAULT_MAX_POINTS = 16  # keeps the policy's candidate table small on any model
 
-    Useful cuts are where the activation shrinks, the Pareto front of (flops_before, bytes):
-    no other cut is smaller on the wire without costing more compute before it (up to 1 %
-    of the total). Useful too are cuts
-    that balance compute between device and edge, so the remaining budget goes to the
-    smallest cut near each evenly spaced fraction of the compute. With more front cuts
-    than `max_points`, the front itself is thinned to evenly spaced fractions.
+
+def choose_cuts(candidates: list[CutCandidate], max_points: int | None = None,
+                input_bytes: int | None = None) -> list[CutCandidate]:
+    """The cut points worth keeping, in execution order: at most `max_points` (default
+    DEFAULT_MAX_POINTS).
+
+    Only useful cuts survive: the Pareto front of (flops_before, bytes). A cut is dropped
+    when another one is no larger on the wire and costs no more compute before it (up to
+    1 % of the total): offloading there is never worse for the device. Dense and inception
+    blocks make hundreds of such candidates (a cut after each BatchNorm carries the same
+    bytes as the one after its conv). Sending the model input (`input_bytes` at fp32, no
+    compute at all) dominates every cut larger than it. With more front cuts than
+    `max_points`, the front is thinned to the smallest cut near each of evenly spaced
+    fractions of the compute.
     """
-    if max_points is not None and max_points < 1:
+    if max_points is None:
+        max_points = DEFAULT_MAX_POINTS
+    if max_points < 1:
         raise SplitError(f"max_points is {max_points}, expected >= 1")
-    ordered = sorted(candidates, key=lambda c: c.position)
-    if max_points is None or len(ordered) <= max_points:
-        return ordered
-    front = _pareto_front(ordered)
-    if len(front) >= max_points:
-        chosen = _spread(front, max_points, [])
-    else:
-        chosen = _spread([c for c in ordered if c not in front], max_points - len(front), front)
+    if input_bytes is not None:
+        candidates = [c for c in candidates if c.bytes <= input_bytes]
+    front = _pareto_front(sorted(candidates, key=lambda c: c.position))
+    chosen = _spread(front, max_points) if len(front) > max_points else front
     return sorted(chosen, key=lambda c: c.position)
+
+
+def no_cut_note(candidates: list[CutCandidate], chosen: list[CutCandidate]) -> list[str]:
+    """What to tell a user whose model kept no cut point at all."""
+    if chosen or not candidates:
+        return []
+    return [f"none of the {len(candidates)} candidate cuts is smaller than the model input: "
+            "the device runs the whole model or sends its input (--cut T forces a cut)"]
 
 
 def _pareto_front(cuts: list[CutCandidate], slack: float = 0.01) -> list[CutCandidate]:
@@ -78,11 +92,10 @@ def _pareto_front(cuts: list[CutCandidate], slack: float = 0.01) -> list[CutCand
     return [c for c in cuts if not any(beats(d, c) for d in cuts)]
 
 
-def _spread(pool: list[CutCandidate], count: int, chosen: list[CutCandidate]
-            ) -> list[CutCandidate]:
-    """Add `count` cuts from `pool` to `chosen`: for each of `count` evenly spaced compute
-    fractions, the smallest cut within a quarter spacing of it, else the nearest one."""
-    chosen = list(chosen)
+def _spread(pool: list[CutCandidate], count: int) -> list[CutCandidate]:
+    """`count` cuts from `pool`: for each of `count` evenly spaced compute fractions, the
+    smallest cut within a quarter spacing of it, else the nearest one."""
+    chosen: list[CutCandidate] = []
     for k in range(count):
         target, window = (k + 0.5) / count, 0.25 / count
         # not a cut already chosen, nor one as large at (almost) the same compute
@@ -97,21 +110,27 @@ def _spread(pool: list[CutCandidate], count: int, chosen: list[CutCandidate]
     return chosen
 
 
-def split_model(model: str | os.PathLike, out: str | os.PathLike, **options) -> Bundle:
-    """Split an .onnx or .tflite file into a verified bundle at `out` (see the backends)."""
+def split_model(model: str | os.PathLike, out: str | os.PathLike, *,
+                output_kinds: Mapping[str, str] | None = None, **options) -> Bundle:
+    """Split an .onnx or .tflite file into a verified bundle at `out` (see the backends).
+    output_kinds: {output name: kind} for outputs whose kind their shape does not tell
+    (see edgesdk.bundle.OUTPUT_KINDS), stored in the manifest."""
     path = Path(model)
     if not path.is_file():
         raise SplitError(f"{path}: model file not found")
+    bad = sorted(k for k in (output_kinds or {}).values() if k not in OUTPUT_KINDS)
+    if bad:
+        raise SplitError(f"output kind {bad[0]!r}: expected one of {list(OUTPUT_KINDS)}")
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        from .onnx import split_onnx
+        from .onnx import split_onnx as split
+    elif suffix == ".tflite":
+        from .tflite import split_tflite as split
+    else:
+        raise SplitError(f"{path}: unknown model type {suffix!r}; expected .onnx or .tflite")
+    bundle = split(path, out, **options)
+    return bundle.with_output_kinds(output_kinds) if output_kinds else bundle
 
-        return split_onnx(path, out, **options)
-    if suffix == ".tflite":
-        from .tflite import split_tflite
 
-        return split_tflite(path, out, **options)
-    raise SplitError(f"{path}: unknown model type {suffix!r}; expected .onnx or .tflite")
-
-
-__all__ = ["CutCandidate", "SplitError", "choose_cuts", "split_model"]
+__all__ = ["DEFAULT_MAX_POINTS", "CutCandidate", "SplitError", "choose_cuts", "no_cut_note",
+           "split_model"]

@@ -26,7 +26,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +44,8 @@ from ..bundle import (
 )
 from ..errors import MissingDependency
 from ..profile import seeded_inputs
-from . import CutCandidate, SplitError, choose_cuts
+from . import CutCandidate, SplitError, choose_cuts, no_cut_note
+from .verify import TOLERANCE, check, load_samples
 
 try:
     import onnx
@@ -67,19 +68,27 @@ def parse_input_shapes(specs: Iterable[str] | Mapping[str, Sequence[int]] | None
     if specs is None:
         return {}
     if isinstance(specs, Mapping):
-        return {k: tuple(int(d) for d in v) for k, v in specs.items()}
-    shapes = {}
-    for spec in specs:
-        m = re.fullmatch(r"\s*([^=]+?)\s*=\s*(\d+(?:x\d+)*)\s*", spec)
-        if not m:
-            raise SplitError(f"--input-shape {spec!r}: expected NAME=DIMxDIMx..., e.g. "
-                             "x=1x3x224x224")
-        shapes[m.group(1)] = tuple(int(d) for d in m.group(2).split("x"))
+        shapes = {k: tuple(int(d) for d in v) for k, v in specs.items()}
+    else:
+        shapes = {}
+        for spec in specs:
+            m = re.fullmatch(r"\s*([^=]+?)\s*=\s*(-?\d+(?:x-?\d+)*)\s*", spec)
+            if not m:
+                raise SplitError(f"--input-shape {spec!r}: expected NAME=DIMxDIMx..., e.g. "
+                                 "x=1x3x224x224")
+            shapes[m.group(1)] = tuple(int(d) for d in m.group(2).split("x"))
+    for name, shape in shapes.items():
+        if any(d < 1 for d in shape):
+            raise SplitError(f"--input-shape {name}={'x'.join(map(str, shape))}: every dim "
+                             "must be a real size >= 1 (a split has static shapes; give the "
+                             "size your app will feed)")
     return shapes
 
 
-def load_model(path: str | os.PathLike, input_shapes=None) -> onnx.ModelProto:
-    """Load and normalize a model for splitting (see the module docstring, step 1)."""
+def load_model(path: str | os.PathLike, input_shapes=None, notes: list[str] | None = None
+               ) -> onnx.ModelProto:
+    """Load and normalize a model for splitting (see the module docstring, step 1).
+    `notes` receives what was decided by default (a batch dim pinned to 1)."""
     path = Path(path)
     try:
         model = onnx.load(os.fspath(path))
@@ -94,7 +103,9 @@ def load_model(path: str | os.PathLike, input_shapes=None) -> onnx.ModelProto:
         del graph.input[:]
         graph.input.extend(real_inputs)
     model.ir_version = max(model.ir_version, 4)
-    _pin_input_shapes(model, parse_input_shapes(input_shapes), path)
+    pinned = _pin_input_shapes(model, parse_input_shapes(input_shapes), path)
+    if notes is not None:
+        notes.extend(pinned)
     try:
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as exc:
@@ -103,34 +114,55 @@ def load_model(path: str | os.PathLike, input_shapes=None) -> onnx.ModelProto:
     return model
 
 
-def _pin_input_shapes(model: onnx.ModelProto, shapes: dict, path: Path) -> None:
+def _pin_input_shapes(model: onnx.ModelProto, shapes: dict, path: Path) -> list[str]:
+    """Give every model input a static shape: from `shapes`, else a dynamic leading batch
+    dim becomes 1 when every other dim is fixed. Dims that are symbolic, -1 or 0 count as
+    dynamic. Returns a note per input that was pinned by default."""
     names = [i.name for i in model.graph.input]
     for name in shapes:
         if name not in names:
             raise SplitError(f"{path}: --input-shape names {name!r}; the inputs are {names}")
+    notes = []
     for inp in model.graph.input:
         dims = inp.type.tensor_type.shape.dim
+        fixed = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                 for d in dims]
         if inp.name in shapes:
             want = shapes[inp.name]
             if len(want) != len(dims):
-                raise SplitError(f"{path}: input {inp.name!r} has {len(dims)} dims, "
-                                 f"--input-shape gives {len(want)}")
-            for d, v in zip(dims, want):
-                if d.HasField("dim_value") and d.dim_value not in (0, v):
-                    raise SplitError(f"{path}: input {inp.name!r} has fixed dim {d.dim_value}"
-                                     f", --input-shape gives {v}")
-                d.Clear()
-                d.dim_value = v
-        elif not dims or any(not d.HasField("dim_value") or d.dim_value <= 0 for d in dims):
-            shown = "x".join(d.dim_param or str(d.dim_value) or "?" for d in dims)
-            raise SplitError(f"{path}: input {inp.name!r} has dynamic shape [{shown}]; pass "
-                             f"--input-shape {inp.name}=1x3x224x224 (your real sizes)")
+                raise SplitError(f"{path}: input {inp.name!r} has {len(dims)} dims "
+                                 f"[{_shown(dims)}], --input-shape gives {len(want)}")
+            for i, (f, v) in enumerate(zip(fixed, want)):
+                if f is not None and f != v:
+                    raise SplitError(f"{path}: input {inp.name!r} has fixed dim {i} = {f}"
+                                     f" [{_shown(dims)}], --input-shape gives {v}")
+        elif dims and fixed[0] is None and all(f is not None for f in fixed[1:]):
+            want = (1, *fixed[1:])
+            notes.append(f"input {inp.name!r} [{_shown(dims)}]: batch dim pinned to 1")
+        elif not dims or None in fixed:
+            guess = "x".join(str(f) if f is not None else ("1" if i == 0 else "N")
+                             for i, f in enumerate(fixed))
+            raise SplitError(f"{path}: input {inp.name!r} has dynamic shape [{_shown(dims)}];"
+                             f" pass --input-shape {inp.name}={guess or '1x3x224x224'} with "
+                             "the sizes your app feeds in place of N")
+        else:
+            continue
+        for d, v in zip(dims, want):
+            d.Clear()
+            d.dim_value = v
+    return notes
+
+
+def _shown(dims) -> str:
+    return "x".join(d.dim_param or (str(d.dim_value) if d.HasField("dim_value") else "?")
+                    for d in dims)
 
 
 def _static_shape(vi: onnx.ValueInfoProto) -> tuple[int, ...] | None:
     t = vi.type.tensor_type
-    if not t.HasField("shape") or any(not d.HasField("dim_value") for d in t.shape.dim):
-        return None
+    if not t.HasField("shape") or any(not d.HasField("dim_value") or d.dim_value < 0
+                                      for d in t.shape.dim):
+        return None  # unknown, symbolic or -1 (some exporters write -1 for "dynamic")
     return tuple(d.dim_value for d in t.shape.dim)
 
 
@@ -488,14 +520,24 @@ def _extract(an: Analysis, inputs: list[str], outputs: list[str]) -> onnx.ModelP
 
 
 def _annotated(model: onnx.ModelProto, specs: Mapping[str, TensorSpec]) -> onnx.ModelProto:
-    """The model with a value_info for every dynamic tensor (Extractor needs them)."""
+    """The model with the static shape and dtype of every dynamic tensor recorded, so that
+    each extracted segment declares exact input and output shapes. Shape inference may
+    leave a value_info without a shape (or a symbolic one) where the tensor was observed by
+    running the model: the observed spec replaces it."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    have = {vi.name for vi in _all_value_infos(out)}
-    for name, s in specs.items():
-        if name not in have:
-            elem = helper.np_dtype_to_tensor_dtype(np.dtype(s.dtype))
-            out.graph.value_info.append(helper.make_tensor_value_info(name, elem, s.shape))
+    g = out.graph
+    typed = {name: helper.make_tensor_value_info(
+        name, helper.np_dtype_to_tensor_dtype(np.dtype(s.dtype)), s.shape)
+        for name, s in specs.items()}
+    for vi in list(g.input) + list(g.output):
+        if vi.name in typed:
+            vi.type.CopyFrom(typed[vi.name].type)
+    declared = {vi.name for vi in list(g.input) + list(g.output)}
+    kept = [vi for vi in g.value_info if vi.name not in typed]
+    del g.value_info[:]
+    g.value_info.extend(kept)
+    g.value_info.extend(vi for name, vi in typed.items() if name not in declared)
     return out
 
 
@@ -509,20 +551,32 @@ def split_onnx(
     cuts: Sequence[str] | None = None,
     exits: Sequence[str] = (),
     verify: bool = True,
+    tolerance: float = TOLERANCE,
+    data: str | os.PathLike | None = None,
     name: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Bundle:
     """Cut an ONNX model into a verified bundle directory `out`.
 
-    cuts: explicit cut points ("tensor" or "t1+t2"); otherwise every candidate, or the
-    `max_points` most useful. exits: model outputs that are early-exit classifiers; each
-    becomes its own segment, and a cut is placed where it branches off when possible.
-    Raises SplitError for anything that cannot be split exactly.
+    cuts: explicit cut points ("tensor" or "t1+t2"); otherwise the `max_points` most useful
+    (see choose_cuts; default 16). exits: model outputs that are early-exit
+    classifiers; each becomes its own segment, and a cut is placed where it branches off
+    when possible. tolerance, data: see :mod:`edgesdk.split.verify`. progress: called with
+    the name of each long step as it starts. Raises SplitError for anything that cannot be
+    split exactly.
     """
+    stage = progress or (lambda _: None)
     path = Path(model_path)
-    model = load_model(path, input_shapes)
+    stage("loading the model and inferring shapes")
+    notes: list[str] = []
+    model = load_model(path, input_shapes, notes)
+    stage(f"finding cut points in {len(model.graph.node)} nodes")
     an = analyse(model, max_cut_tensors, exits=exits)
     an.model = _annotated(an.model, an.specs)
-    chosen = resolve_cuts(an, cuts) if cuts else choose_cuts(an.candidates, max_points)
+    input_bytes = sum(an.specs[i.name].fp32_bytes for i in model.graph.input)
+    chosen = (resolve_cuts(an, cuts) if cuts
+              else choose_cuts(an.candidates, max_points, input_bytes))
+    notes += no_cut_note(an.candidates, chosen)
     at_branch = [c for c in an.candidates if c.position in {b.position for b in an.exits}]
     chosen = sorted(set(chosen) | set(at_branch), key=lambda c: c.position)
 
@@ -532,13 +586,18 @@ def split_onnx(
     # bundle in `out` intact.
     with tempfile.TemporaryDirectory(prefix=".split-", dir=out) as tmp:
         staging = Path(tmp)
-        segments, exit_specs = _write_files(an, chosen, staging)
+        stage(f"writing {len(chosen) + 1} segments")
+        segments, exit_specs, whole = _write_files(an, chosen, staging)
         source = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+        if notes:
+            source["notes"] = notes
         if verify:
+            stage("verifying the chained segments against the model")
             source["verify"] = verify_chain(model, staging, segments + [
-                SegmentSpec(e.file, e.sha256, e.inputs, (e.name,)) for e in exit_specs])
-        for stale in [*out.glob("seg_*.onnx"), *out.glob("exit_*.onnx")]:
-            stale.unlink()  # from an earlier split into the same directory
+                SegmentSpec(e.file, e.sha256, e.inputs, (e.name,)) for e in exit_specs],
+                tolerance, data, whole)
+        for stale in [*out.glob("seg_*.onnx"), *out.glob("exit_*.onnx"), out / "whole.onnx"]:
+            stale.unlink(missing_ok=True)  # from an earlier split into the same directory
         for f in staging.iterdir():
             os.replace(f, out / f.name)
     cut_specs = tuple(CutSpec(f"c{i}", i, c.tensors, c.flops_before, c.flops_after)
@@ -552,13 +611,15 @@ def split_onnx(
         segments=tuple(segments),
         cuts=cut_specs,
         exits=tuple(exit_specs),
+        whole=whole,
     )
     return Bundle.save(out, manifest)
 
 
 def _write_files(an: Analysis, chosen: list[CutCandidate], where: Path
-                 ) -> tuple[list[SegmentSpec], list[ExitSpec]]:
-    """Write the segment files for cuts `chosen`, and one file per model-provided exit."""
+                 ) -> tuple[list[SegmentSpec], list[ExitSpec], SegmentSpec]:
+    """Write the segment files for cuts `chosen`, one file per model-provided exit, and
+    the whole model without its exits (what the device runs when a frame stays there)."""
     bounds = [0] + [c.position + 1 for c in chosen] + [len(an.order)]
     segments = []
     for i, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
@@ -571,7 +632,9 @@ def _write_files(an: Analysis, chosen: list[CutCandidate], where: Path
         after = next(i for i, stop in enumerate(bounds[1:]) if b.position < stop)
         exit_specs.append(ExitSpec(b.name, "model", after, seg.inputs, an.specs[b.name],
                                    seg.file, seg.sha256))
-    return segments, exit_specs
+    inputs = [i.name for i in an.model.graph.input]
+    whole = _write_segment(an, inputs, an.outputs, where / "whole.onnx", sum(an.flops))
+    return segments, exit_specs, whole
 
 
 def _safe(name: str) -> str:
@@ -604,10 +667,12 @@ def _save_atomic(model: onnx.ModelProto, target: Path) -> None:
 
 
 def verify_chain(model: onnx.ModelProto, out: Path, segments: Sequence[SegmentSpec],
-                 tolerance: float = 1e-4) -> dict:
-    """Run the whole model and the chained segments (exit segments last) on seeded input.
+                 tolerance: float = TOLERANCE, data: str | os.PathLike | None = None,
+                 whole: SegmentSpec | None = None) -> dict:
+    """Run the whole model and the chained segments (exit segments last) on seeded input
+    and on up to 8 of the user's samples from `data`; the extracted `whole` file too.
 
-    Fails with SplitError if any output differs by more than tolerance x max |output|.
+    Fails with SplitError if an output is beyond the limit of :mod:`edgesdk.split.verify`.
     Returns the measured errors (stored in the manifest). Both sides run with graph
     optimizations on, as deployed; with them off the chain is bit-exact (see the tests).
     """
@@ -615,23 +680,26 @@ def verify_chain(model: onnx.ModelProto, out: Path, segments: Sequence[SegmentSp
     from ..runtime.onnx import OnnxSegment
 
     feed = random_inputs(model)
-    whole = OnnxSegment(model.SerializeToString())
-    want = whole.run(feed)
+    reference = OnnxSegment(model.SerializeToString())
     chain = [OnnxSegment(out / s.file) for s in segments]
-    got = run_chain(chain, feed)
-    worst = {"max_abs_error": 0.0, "max_abs_output": 0.0}
-    for name, ref in want.items():
-        ref64 = np.asarray(ref, dtype=np.float64)
-        err = float(np.max(np.abs(ref64 - np.asarray(got[name], np.float64)), initial=0.0))
-        scale = float(np.max(np.abs(ref64), initial=0.0))
-        if not err <= tolerance * scale:  # also catches NaN
-            raise SplitError(f"verification failed: output {name!r} differs by {err:.3g}, "
-                             f"limit {tolerance:g} x max|output| = {tolerance * scale:.3g}")
-        worst["max_abs_error"] = max(worst["max_abs_error"], err)
-        worst["max_abs_output"] = max(worst["max_abs_output"], scale)
+    want = reference.run(feed)
+    worst = check(want, run_chain(chain, feed), "seeded random input", tolerance)
+    if whole is not None:  # exits excluded: it writes the final outputs only
+        check({k: want[k] for k in whole.outputs}, OnnxSegment(out / whole.file).run(feed),
+              f"seeded random input, {whole.file}", tolerance, worst)
     worst["seed"] = 0
     worst["inputs_sha256"] = hashlib.sha256(
         b"".join(np.ascontiguousarray(v).tobytes() for v in feed.values())).hexdigest()[:16]
+    if data is not None:
+        specs = [TensorSpec(i.name, _static_shape(i), _dtype_name(i.type.tensor_type.elem_type))
+                 for i in model.graph.input]
+        samples = load_samples(data, specs)
+        for k, sample in enumerate(samples):
+            check(reference.run(sample), run_chain(chain, sample), f"sample {k} of {data}",
+                  tolerance, worst)
+        worst["samples"] = len(samples)
+    if tolerance != TOLERANCE:
+        worst["tolerance"] = tolerance
     return worst
 
 

@@ -32,6 +32,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -41,9 +42,10 @@ import numpy as np
 
 from ..bundle import DTYPE_BYTES, Bundle, CutSpec, Manifest, SegmentSpec, TensorSpec, sha256_file
 from ..errors import BundleError, MissingDependency
-from . import CutCandidate, SplitError, choose_cuts
+from . import CutCandidate, SplitError, choose_cuts, no_cut_note
+from .verify import TOLERANCE, check, load_samples
 
-TOLERANCE = 1e-4  # max abs error allowed, relative to max |output| of the whole model
+WHOLE = "whole.tflite"  # the model itself, for frames that stay on the device
 SIZE_FACTOR = 1.2  # segments may total this much times the model (plus duplicated constants)
 SEGMENT_FRAMING = 1024  # ...plus this per extra segment: headers, op codes, boundary tensors
 ALIGN = 16  # constant data alignment, as the TFLite converter writes it
@@ -669,11 +671,11 @@ def random_inputs(specs: tuple[TensorSpec, ...], seed: int = 0) -> dict[str, np.
     return feed
 
 
-def chain_error(model: Path, segments: list[Path], specs: tuple[TensorSpec, ...],
-                cuts: tuple[CutSpec, ...], feed: dict[str, np.ndarray]
-                ) -> dict[str, tuple[float, float]]:
-    """Run the whole model and the chain of segments on `feed`; per model output, the
-    (max abs error, max |output|). Cut tensors are checked against their specs too."""
+def chain_outputs(model: Path, segments: list[Path], cuts: tuple[CutSpec, ...],
+                  feed: dict[str, np.ndarray]
+                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Run the whole model and the chain of segments on `feed`: (the model's outputs,
+    every tensor at the end of the chain). Cut tensors are checked against their specs."""
     from ..runtime import run_chain
     from ..runtime.tflite import TfliteSegment
 
@@ -691,16 +693,7 @@ def chain_error(model: Path, segments: list[Path], specs: tuple[TensorSpec, ...]
         raise SplitError(f"{model}: the segments do not run: {exc}. Unless the model "
                          "declares wrong tensor shapes, this is an edgesdk bug; please report "
                          "it with the model") from None
-    return {s.name: _difference(want[s.name], env[s.name]) for s in specs}
-
-
-def _difference(want: np.ndarray, got: np.ndarray) -> tuple[float, float]:
-    """(max abs error, max finite |want|). Where both are the same NaN or infinity the
-    chain reproduced the model, so that counts as no error; elsewhere NaN is a failure."""
-    a, b = np.asarray(want, np.float64), np.asarray(got, np.float64)
-    same = (a == b) | (np.isnan(a) & np.isnan(b))
-    err = float(np.max(np.where(same, 0.0, np.abs(a - b)), initial=0.0))
-    return err, float(np.max(np.abs(a[np.isfinite(a)]), initial=0.0))
+    return want, env
 
 
 def _check_cut(segment: Path, cut: CutSpec | None, env: dict[str, np.ndarray]) -> None:
@@ -714,20 +707,24 @@ def _check_cut(segment: Path, cut: CutSpec | None, env: dict[str, np.ndarray]) -
 
 
 def _verify(info: TfliteModel, files: list[Path], cuts: tuple[CutSpec, ...],
-            seed: int = 0) -> dict:
-    """Fail unless the chain matches the whole model on seeded random input; returns the
-    measurements for the manifest (the same record as ONNX bundles keep)."""
+            tolerance: float, data: str | os.PathLike | None, seed: int = 0) -> dict:
+    """Fail unless the chain matches the whole model on seeded random input and on the
+    user's samples (:mod:`edgesdk.split.verify`); returns the measurements for the manifest
+    (the same record as ONNX bundles keep)."""
     feed = random_inputs(info.inputs, seed)
-    errors = chain_error(info.path, files, info.outputs, cuts, feed)
-    for name, (err, scale) in errors.items():
-        if not err <= TOLERANCE * scale:
-            raise SplitError(f"{info.path}: verification failed: the chained segments differ "
-                             f"from the model on output {name!r} by {err:.3g} (max abs), limit "
-                             f"{TOLERANCE:g} x max|output| {scale:.3g} = {TOLERANCE * scale:.3g}")
+    worst = check(*chain_outputs(info.path, files, cuts, feed), "seeded random input",
+                  tolerance)
     digest = hashlib.sha256(b"".join(np.ascontiguousarray(v).tobytes() for v in feed.values()))
-    return {"max_abs_error": max(e for e, _ in errors.values()),
-            "max_abs_output": max(m for _, m in errors.values()),
-            "seed": seed, "inputs_sha256": digest.hexdigest()[:16]}
+    worst.update(seed=seed, inputs_sha256=digest.hexdigest()[:16])
+    if data is not None:
+        samples = load_samples(data, info.inputs)
+        for k, sample in enumerate(samples):
+            check(*chain_outputs(info.path, files, cuts, sample), f"sample {k} of {data}",
+                  tolerance, worst)
+        worst["samples"] = len(samples)
+    if tolerance != TOLERANCE:
+        worst["tolerance"] = tolerance
+    return worst
 
 
 def _check_size(info: TfliteModel, files: list[Path], duplicated: int) -> None:
@@ -764,8 +761,11 @@ def _write_segments(info: TfliteModel, plans: list[_Plan], where: Path, name: st
 
 
 def _manifest(info: TfliteModel, name: str, plans: list[_Plan], files: list[Path],
-              cuts: tuple[CutSpec, ...], verified: dict | None) -> Manifest:
+              whole: Path, cuts: tuple[CutSpec, ...], verified: dict | None,
+              notes: list[str]) -> Manifest:
     source: dict[str, Any] = {"file": info.path.name, "sha256": info.sha256, "bytes": info.size}
+    if notes:
+        source["notes"] = notes
     if verified is not None:
         source["verify"] = verified
     segments = tuple(
@@ -776,13 +776,15 @@ def _manifest(info: TfliteModel, name: str, plans: list[_Plan], files: list[Path
         name=name, backend="tflite",
         source=source,
         inputs=info.inputs, outputs=info.outputs, segments=segments, cuts=cuts,
-        exits=(), profiles={})
+        exits=(), profiles={},
+        whole=SegmentSpec(whole.name, sha256_file(whole), tuple(s.name for s in info.inputs),
+                          tuple(s.name for s in info.outputs), sum(info.flops.values())))
 
 
 def _install(out: Path, files: list[Path]) -> list[Path]:
     """Move the verified `files` into `out`, replacing an older split's segments."""
-    for old in out.glob("seg_*.tflite"):
-        old.unlink()
+    for old in [*out.glob("seg_*.tflite"), out / WHOLE]:
+        old.unlink(missing_ok=True)
     moved = []
     for f in files:
         target = out / f.name
@@ -793,15 +795,20 @@ def _install(out: Path, files: list[Path]) -> list[Path]:
 
 def split_tflite(path: str | os.PathLike, out: str | os.PathLike, *,
                  max_points: int | None = None, cuts: Any = None, verify: bool = True,
+                 tolerance: float = TOLERANCE, data: str | os.PathLike | None = None,
                  name: str | None = None, max_cut_tensors: int = 2,
-                 input_shapes: Any = None, exits: Any = ()) -> Bundle:
+                 input_shapes: Any = None, exits: Any = (),
+                 progress: Callable[[str], None] | None = None) -> Bundle:
     """Split `path` into a verified bundle directory `out` (conventionally NAME.edge).
 
-    cuts: explicit cut points, each a tensor name or names joined with "+"; otherwise every
-    candidate (max_points=None) or the most useful `max_points` (see choose_cuts).
-    verify: chain the segments on seeded random input and compare with the whole model
-    (the result is kept in the manifest's source["verify"]).
+    cuts: explicit cut points, each a tensor name or names joined with "+"; otherwise the
+    most useful `max_points` (see choose_cuts; default 16).
+    verify: chain the segments on seeded random input (and on `data`, the user's samples)
+    and compare with the whole model within `tolerance` (see :mod:`edgesdk.split.verify`;
+    the result is kept in the manifest's source["verify"]).
+    progress: called with the name of each long step as it starts.
     """
+    stage = progress or (lambda _: None)
     if input_shapes:
         raise SplitError(f"{path}: input shapes cannot be set for TFLite models; their shapes "
                          "are fixed when the model is converted")
@@ -810,9 +817,10 @@ def split_tflite(path: str | os.PathLike, out: str | os.PathLike, *,
                          "models; train exit heads with `edgesdk exits train` instead")
     if cuts and max_points is not None:
         raise SplitError("give either cuts or max_points, not both")
+    stage("reading the model and finding cut points")
     info, candidates = analyse_tflite(path, max_cut_tensors=max_cut_tensors)
     chosen = (_explicit_cuts(info, cuts, candidates) if cuts
-              else choose_cuts(candidates, max_points))
+              else choose_cuts(candidates, max_points, sum(t.fp32_bytes for t in info.inputs)))
     name = name or info.path.stem
     cut_specs = tuple(CutSpec(f"c{i}", i, c.tensors, c.flops_before, c.flops_after)
                       for i, c in enumerate(chosen))
@@ -825,11 +833,18 @@ def split_tflite(path: str | os.PathLike, out: str | os.PathLike, *,
     # bundle in `out` intact.
     staging = Path(tempfile.mkdtemp(prefix=".split-", dir=out))
     try:
+        stage(f"writing {len(plans)} segments")
         files, duplicated = _write_segments(info, plans, staging, name)
         _check_size(info, files, duplicated)
-        verified = _verify(info, files, cut_specs) if verify else None
-        manifest = _manifest(info, name, plans, files, cut_specs, verified)
-        _install(out, files)
+        if verify:
+            stage("verifying the chained segments against the model")
+        verified = _verify(info, files, cut_specs, tolerance, data) if verify else None
+        # The model itself, for frames that stay on the device (see Manifest.whole)
+        whole = staging / WHOLE
+        shutil.copyfile(info.path, whole)
+        manifest = _manifest(info, name, plans, files, whole, cut_specs, verified,
+                             no_cut_note(candidates, chosen))
+        _install(out, [*files, whole])
         return Bundle.save(out, manifest)
     except BaseException:
         if created:
@@ -839,5 +854,5 @@ def split_tflite(path: str | os.PathLike, out: str | os.PathLike, *,
         shutil.rmtree(staging, ignore_errors=True)
 
 
-__all__ = ["TfliteModel", "analyse_tflite", "chain_error", "load_tflite", "random_inputs",
+__all__ = ["TfliteModel", "analyse_tflite", "chain_outputs", "load_tflite", "random_inputs",
            "split_tflite"]
