@@ -252,8 +252,9 @@ def output_fidelity(y: np.ndarray, ref: np.ndarray, kind: str) -> dict[str, floa
         dense     "iou": of the thresholded maps (_dense_iou)    fidelity = iou
         sequence  "step_agreement": fraction of steps whose      fidelity = step_agreement
                   argmax is equal (the CTC-greedy answer's steps)
-        boxes,    (raw detector heads and coordinates are        fidelity = max(0, 1 - rel_l2)
-        other     compared as numbers)
+        boxes     "detection_agreement" for a YOLO-style head    fidelity = detection_agreement
+                  (_detection_agreement); other box layouts      (else max(0, 1 - rel_l2))
+        other     (landmarks, embeddings: compared as numbers)   fidelity = max(0, 1 - rel_l2)
 
         m = output_fidelity(y_4bit, y_fp32, "dense")
         m["fidelity"] == m["iou"]          # also m["rel_l2"], m["max_abs_err"]
@@ -277,9 +278,49 @@ def output_fidelity(y: np.ndarray, ref: np.ndarray, kind: str) -> dict[str, floa
         out["step_agreement"] = float(np.mean(y.reshape(-1, y.shape[-1]).argmax(axis=1)
                                               == steps))
         out["fidelity"] = out["step_agreement"]
+    elif kind == "boxes" and (kept := _detection_agreement(y, ref)) is not None:
+        out["detection_agreement"] = kept
+        out["fidelity"] = kept
     else:
         out["fidelity"] = max(0.0, 1.0 - rel)
     return out
+
+
+DETECTION_SCORE = 0.25  # a candidate is a detection at this class score (YOLO's default)
+DETECTION_IOU = 0.5  # ... and the same detection when its box overlaps this much
+
+
+def _detection_agreement(y: np.ndarray, ref: np.ndarray) -> float | None:
+    """For a YOLO-style head, [1, 4+K, N] or [1, N, 4+K] (N candidates: cx, cy, w, h and K
+    class scores in [0, 1]): the fraction of detections the lossy run keeps, matched by
+    candidate, class and box IoU >= 0.5, over the larger of the two runs' detection
+    counts (so spurious detections count too). None for other layouts: the coordinates
+    dominate a relative L2, which then looks fine while every detection is gone."""
+    if ref.ndim != 3 or ref.shape[0] != 1 or min(ref.shape[1:]) < 5:
+        return None
+    r, q = ref[0], y[0]
+    if r.shape[0] < r.shape[1]:  # candidates along the last axis
+        r, q = r.T, q.T
+    scores_r, scores_q = r[:, 4:], q[:, 4:]
+    if scores_r.min() < 0 or scores_r.max() > 1:
+        return None  # not class probabilities: e.g. box regressors with keypoints
+    det_r = scores_r.max(axis=1) >= DETECTION_SCORE
+    det_q = scores_q.max(axis=1) >= DETECTION_SCORE
+    found = max(int(det_r.sum()), int(det_q.sum()))
+    if found == 0:
+        return 1.0
+    same = (det_r & det_q & (scores_r.argmax(axis=1) == scores_q.argmax(axis=1))
+            & (_box_iou(r[:, :4], q[:, :4]) >= DETECTION_IOU))
+    return float(same.sum()) / found
+
+
+def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise IoU of (cx, cy, w, h) boxes."""
+    lo = np.maximum(a[:, :2] - a[:, 2:] / 2, b[:, :2] - b[:, 2:] / 2)
+    hi = np.minimum(a[:, :2] + a[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2)
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
+    union = np.prod(np.abs(a[:, 2:]), axis=1) + np.prod(np.abs(b[:, 2:]), axis=1) - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def _mean_fidelity(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:

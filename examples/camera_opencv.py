@@ -100,19 +100,23 @@ def describe(r: Result, bundle: Bundle, names: list[str] | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--source", default="0", help="camera index or video file (default 0)")
-    p.add_argument("--bundle", default=str(DIGITS_BUNDLE), help="default: the digits model")
-    p.add_argument("--server", help="tcp://host:port of `edgesdk serve` (default: none)")
-    p.add_argument("--slo-ms", type=float, default=50.0)
-    p.add_argument("--frames", type=int, default=100)
-    p.add_argument("--mean", type=float, nargs="+", default=[0.0])
-    p.add_argument("--std", type=float, nargs="+", default=[1.0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--source", default="0", help="camera index or video file")
+    p.add_argument("--bundle", default=str(DIGITS_BUNDLE), help="the bundle (digits model)")
+    p.add_argument("--server", help="tcp://host:port of `edgesdk serve`; none: all on device")
+    p.add_argument("--slo-ms", type=float, default=50.0, help="latency budget per frame")
+    p.add_argument("--frames", type=int, default=100, help="frames to run")
+    p.add_argument("--mean", type=float, nargs="+", default=[0.0],
+                   help="per channel, subtracted after scaling pixels to [0, 1]")
+    p.add_argument("--std", type=float, nargs="+", default=[1.0], help="per channel divisor")
     p.add_argument("--crop", type=float, default=0.7,
-                   help="central square to classify, as a fraction of the height (0.7)")
+                   help="central square fed to the model, as a fraction of the height")
+    p.add_argument("--channels", choices=("rgb", "bgr"), default="rgb",
+                   help="the channel order the model wants (OpenCV frames are BGR)")
     p.add_argument("--synthetic", action="store_true", help="skip the camera")
     p.add_argument("--plan", default="planner",
-                   help='force a plan: "device", "edge", "CUT@BITS" (default: the planner)')
+                   help='"planner", or force a plan: "device", "edge", "CUT@BITS"')
     p.add_argument("--labels", help="class names, one per line (classifier bundles)")
     args = p.parse_args(argv)
     names = Path(args.labels).read_text().splitlines() if args.labels else None
@@ -133,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     with Engine(args.bundle, server=args.server, slo_ms=args.slo_ms,
                 strategy=args.plan) as engine:
         bundle = engine.bundle
-        prep = Preprocessor(bundle.manifest.inputs[0], mean=args.mean, std=args.std, bgr=True)
+        prep = Preprocessor(bundle.manifest.inputs[0], mean=args.mean, std=args.std,
+                            bgr=args.channels == "rgb")  # bgr=True: flip OpenCV's BGR
         # the synthetic frames' labels score the digits model only
         digits = bundle.source_sha256 == Bundle.load(DIGITS_BUNDLE).source_sha256
         for r in engine.stream(images()):

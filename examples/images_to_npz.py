@@ -1,15 +1,16 @@
-"""A folder of images -> an .npz of model inputs for `edgesdk exits train/calibrate/evaluate`.
+"""A folder of images -> an .npz of model inputs for `edgesdk profile --data` (fidelity per
+cut and bit width), `edgesdk split --data` (verification) and `edgesdk exits`.
 
     python examples/images_to_npz.py PHOTOS model.edge calib.npz \\
-        --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 [--scale 1/255] [--bgr]
+        --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 [--scale 1/255] [--channels bgr]
     python examples/images_to_npz.py PHOTOS model.edge calib.npz --crops 8 --rotations --seed 0
 
 The bundle says what to make: its image input's layout (NCHW or NHWC), height and width,
 channels (1: grayscale, 3: colour) and dtype. Each image (jpg, png, ...; read with Pillow)
 is resized to the input (bilinear, the aspect not kept) by edgesdk's Preprocessor, then
 scaled (--scale, default 1/255) and normalized, (x - mean) / std per channel, in the
-model's channel order: RGB, or BGR with --bgr (a model trained on OpenCV's images). An
-integer input (a quantized model) gets the resized pixels as they are.
+model's channel order: RGB, or BGR with --channels bgr (a model trained on OpenCV's
+images). An integer input (a quantized model) gets the resized pixels as they are.
 
 Labels: when PHOTOS has sub-folders, each is a class (sorted names: 0, 1, ...); the labels
 go under "y" and the class names, one per line, to OUT.labels.txt (what the camera
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="pixel multiplier before mean/std (default 1/255)")
     p.add_argument("--mean", type=float, nargs="+", default=[0.0])
     p.add_argument("--std", type=float, nargs="+", default=[1.0])
-    p.add_argument("--bgr", action="store_true", help="the model wants BGR channel order")
+    p.add_argument("--channels", choices=("rgb", "bgr"), default="rgb",
+                   help="the channel order the model wants (bgr: trained on OpenCV images)")
     p.add_argument("--crops", type=int, default=0, help="random square crops per image")
     p.add_argument("--rotations", action="store_true", help="add each turned 90/180/270 deg")
     p.add_argument("--seed", type=int, default=0)
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     norm = ({"scale": args.scale, "mean": args.mean, "std": args.std} if floats
             else {"scale": 1.0})  # integer input: the resized pixels as they are
     prep = Preprocessor(spec, **norm)
-    if args.bgr and prep.channels == 3:
+    if args.channels == "bgr" and prep.channels == 3:
         prep = Preprocessor(spec, **norm, bgr=True)  # flips our RGB to BGR
     paths, labels, names = find_images(args.folder)
     if not paths:

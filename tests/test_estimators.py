@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+from profile_helpers import FnSegment, OneCut
 
 from edgesdk.errors import PolicyError
 from edgesdk.estimators import (
@@ -121,24 +122,12 @@ def test_link_timeline_probe_until_warm_then_only_when_idle():
     assert not link.should_probe(6.9) and link.should_probe(7.0)
 
 
-class _Seg:
-    def __init__(self, i, o, fn):
-        self.inputs, self._o, self._fn = (i,), o, fn
-
-    def run(self, feed):
-        return {self._o: self._fn(next(iter(feed.values())))}
-
-
-class _Cut:
-    id, after_segment, names = "c0", 0, ("h",)
-
-
 def test_measure_cut_codec_sizes_shrink_with_bits_and_fp32_agrees():
     rng = np.random.default_rng(0)
     w = rng.normal(size=(64, 10)).astype(np.float32)
-    segs = [_Seg("x", "h", lambda x: np.maximum(x, 0)), _Seg("h", "y", lambda h: h @ w)]
+    segs = [FnSegment("x", "h", lambda x: np.maximum(x, 0)), FnSegment("h", "y", lambda h: h @ w)]
     samples = [{"x": rng.normal(size=(1, 64)).astype(np.float32)} for _ in range(8)]
-    out = measure_cut_codec(segs, [_Cut()], samples, "y", bits=(32, 8, 2))
+    out = measure_cut_codec(segs, [OneCut()], samples, "y", bits=(32, 8, 2))
     c = out["cuts"]["c0"]
     assert c["32"]["agreement"] == 1.0 and out["input"]["32"]["agreement"] == 1.0
     assert c["32"]["bytes"] > c["8"]["bytes"] > c["2"]["bytes"]
@@ -151,9 +140,10 @@ def test_bits_the_codec_refuses_are_recorded_and_left_out_of_the_candidates():
     from edgesdk.policy import build_candidates, model_profile
 
     w = np.ones((64, 10), np.float32)
-    segs = [_Seg("x", "h", lambda x: x * 1e5), _Seg("h", "y", lambda h: h @ w)]  # > fp16 max
+    # the cut tensor is beyond float16's range
+    segs = [FnSegment("x", "h", lambda x: x * 1e5), FnSegment("h", "y", lambda h: h @ w)]
     samples = [{"x": np.full((1, 64), 2.0, np.float32)}]
-    out = measure_cut_codec(segs, [_Cut()], samples, "y", bits=(32, 16, 8))
+    out = measure_cut_codec(segs, [OneCut()], samples, "y", bits=(32, 16, 8))
     assert "65504" in out["cuts"]["c0"]["16"]["error"]
     assert out["cuts"]["c0"]["8"]["agreement"] == 1.0
     manifest = Bundle.load(DIGITS_BUNDLE).manifest

@@ -204,7 +204,7 @@ def test_images_to_npz_fits_the_bundle_input_and_labels_come_from_folders(tmp_pa
     detector = split_model(model, tmp_path / "fd.edge", max_points=1)
     npz = tmp_path / "fd.npz"
     out = _images_to_npz(classes, detector.path, npz, "--mean", "0.5", "--std", "0.5",
-                         "--bgr", "--crops", "2", "--rotations", "--seed", "3")
+                         "--channels", "bgr", "--crops", "2", "--rotations", "--seed", "3")
     assert out.returncode == 0, out.stderr
     assert "16 inputs 'input' float32 [16, 128, 128, 3] (NHWC)" in out.stdout
     data = load_data(npz, detector)
@@ -212,7 +212,8 @@ def test_images_to_npz_fits_the_bundle_input_and_labels_come_from_folders(tmp_pa
     assert (tmp_path / "fd.labels.txt").read_text() == "china-photos\nflower-photos\n"
     x = data.inputs["input"]
     assert -1 <= x.min() < 0 < x.max() <= 1  # (pixels / 255 - 0.5) / 0.5
-    # --bgr: the channels reversed; --rotations: each crop turned, so crops differ by 90 deg
+    # --channels bgr: the channels reversed; --rotations: each crop turned, so crops
+    # differ by 90 deg
     again = _images_to_npz(classes, detector.path, tmp_path / "rgb.npz", "--mean", "0.5",
                            "--std", "0.5", "--crops", "2", "--rotations", "--seed", "3")
     assert again.returncode == 0, again.stderr

@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from profile_helpers import FnSegment, OneCut
 
 from edgesdk.bundle import (
     MANIFEST,
@@ -162,34 +163,42 @@ def test_fidelity_per_kind_on_synthetic_outputs():
         output_fidelity(pts, pts, "logits")
 
 
-class _Seg:
-    def __init__(self, i, o, fn):
-        self.inputs, self._o, self._fn = (i,), o, fn
-
-    def run(self, feed):
-        return {self._o: self._fn(next(iter(feed.values())))}
-
-
-class _Cut:
-    id, after_segment, names = "c0", 0, ("h",)
+def test_a_yolo_head_is_judged_by_its_detections_not_by_its_coordinates():
+    # [1, 4 + 2 classes, 8 candidates]: two confident detections, six background
+    ref = np.zeros((1, 6, 8), np.float32)
+    ref[0, :4] = [[100, 50] + [10] * 6, [100, 50] + [10] * 6, [20, 30] + [10] * 6,
+                  [20, 30] + [10] * 6]
+    ref[0, 4, :2] = 0.9  # candidates 0 and 1 are class 0
+    both_gone = ref.copy()
+    both_gone[0, 4:] = 0.05  # the scores collapse, the boxes barely move
+    m = output_fidelity(both_gone, ref, "boxes")
+    assert m["rel_l2"] < 0.05, "coordinates dominate: 1 - rel_l2 would say 0.95+"
+    assert m["detection_agreement"] == m["fidelity"] == 0.0
+    one_moved = ref.copy()
+    one_moved[0, 0, 1] = 130  # candidate 1's box slides off itself: IoU 0
+    assert output_fidelity(one_moved, ref, "boxes")["fidelity"] == 0.5
+    assert output_fidelity(ref.transpose(0, 2, 1), ref.transpose(0, 2, 1),
+                           "boxes")["fidelity"] == 1.0  # [1, N, 4+K] too
+    regressors = np.full((1, 8, 18), 40.0, np.float32)  # no class scores: numbers
+    assert "detection_agreement" not in output_fidelity(regressors, regressors, "boxes")
 
 
 def test_profiler_records_the_kind_and_its_measures_for_every_cut_and_bits():
     rng = np.random.default_rng(0)
-    segs = [_Seg("x", "h", lambda x: np.maximum(x, 0)),
-            _Seg("h", "map", lambda h: 1 / (1 + np.exp(-4 * (h - 0.5))))]  # a prob. map
+    segs = [FnSegment("x", "h", lambda x: np.maximum(x, 0)),
+            FnSegment("h", "map", lambda h: 1 / (1 + np.exp(-4 * (h - 0.5))))]  # a prob. map
     samples = [{"x": rng.normal(size=(1, 1, 32, 32)).astype(np.float32)} for _ in range(3)]
-    out = measure_cut_codec(segs, [_Cut()], samples, "map", bits=(32, 8, 2))
+    out = measure_cut_codec(segs, [OneCut()], samples, "map", bits=(32, 8, 2))
     assert out["kind"] == "dense" and out["output"] == "map"  # inferred from the shape
     for entry in (out["input"], out["cuts"]["c0"]):
         assert entry["32"]["fidelity"] == entry["32"]["iou"] == 1.0
         assert "agreement" not in entry["8"]
         assert entry["2"]["fidelity"] < entry["8"]["fidelity"] <= 1.0
         assert entry["2"]["rel_l2"] > entry["8"]["rel_l2"] > 0
-    forced = measure_cut_codec(segs, [_Cut()], samples, "map", bits=(8,), kind="other")
+    forced = measure_cut_codec(segs, [OneCut()], samples, "map", bits=(8,), kind="other")
     assert forced["kind"] == "other" and "iou" not in forced["cuts"]["c0"]["8"]
     with pytest.raises(ValueError, match="kind is 'map'"):
-        measure_cut_codec(segs, [_Cut()], samples, "map", kind="map")
+        measure_cut_codec(segs, [OneCut()], samples, "map", kind="map")
 
 
 # -- the planner reads fidelity (agreement in older profiles) -----------------------------------

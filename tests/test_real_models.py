@@ -7,6 +7,7 @@ the runtime runs the whole model."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 from edgesdk import Engine
@@ -51,9 +52,16 @@ def test_split_with_defaults_verifies_with_few_useful_cuts(split_real):
     for c in bundle.cuts:
         assert not any(d.bytes <= c.bytes and d.flops_before < c.flops_before
                        for d in bundle.cuts if d is not c), (model.family, c.id)
-    # every segment file declares static shapes (the last segment's input included)
+    # the manifest and every segment file declare static shapes (the last segment's input,
+    # which shape inference could not type, included)
     for spec in (*bundle.manifest.inputs, *(t for c in bundle.cuts for t in c.tensors)):
         assert all(isinstance(d, int) and d >= 1 for d in spec.shape), spec
+    for seg in bundle.segments if bundle.backend == "onnx" else ():
+        graph = onnx.load(bundle.path / seg.file, load_external_data=False).graph
+        for vi in (*graph.input, *graph.output):
+            dims = vi.type.tensor_type.shape.dim
+            assert dims and all(d.HasField("dim_value") and d.dim_value >= 1 for d in dims), (
+                seg.file, vi.name)
 
 
 def test_device_only_engine_matches_the_whole_model(split_real):

@@ -299,3 +299,63 @@ def test_several_inputs_and_outputs(tmp_path):
     feed = random_inputs(load_model(path))
     err, whole, got = chained_equals_whole(bundle, path, feed, optimize=False)
     assert err == 0.0 and set(whole) == {"y", "z"}
+
+
+def test_verification_on_the_users_samples_and_a_failure_names_the_ways_out(tmp_path,
+                                                                             monkeypatch):
+    pytest.importorskip("PIL", reason="needs pillow (test extra)")
+    path = pip_file(*PPLCNET)
+    photos = tmp_path / "photos.npz"
+    np.savez(photos, x=np.concatenate([_sample_photo(f"sklearn/datasets/images/{n}.jpg")
+                                       for n in ("china", "flower")]))
+    bundle = split_model(path, tmp_path / "lcnet.edge", data=photos, max_points=3)
+    verified = bundle.manifest.source["verify"]
+    assert verified["samples"] == 2 and verified["max_abs_error"] < 1e-5
+    with pytest.raises(SplitError, match="--data") as wrong:
+        split_model(path, tmp_path / "bad.edge", data=tmp_path / "nope.npz")
+    assert "nope.npz" in str(wrong.value)
+    np.savez(tmp_path / "odd.npz", x=np.zeros((2, 3, 100, 100), np.float32))
+    with pytest.raises(SplitError, match=r"'x' has shape \[2, 3, 100, 100\], expected"):
+        split_model(path, tmp_path / "bad.edge", data=tmp_path / "odd.npz")
+    # a chain beyond its limit: the error says where and names every way out
+    from edgesdk.split import verify
+
+    monkeypatch.setattr(verify, "limit_for", lambda want, tol: (-1.0, 1.0))
+    with pytest.raises(SplitError, match="seeded random input") as failed:
+        split_model(path, tmp_path / "bad.edge")
+    for way_out in ("--data", "--tolerance", "--cut", "--no-verify"):
+        assert way_out in str(failed.value)
+
+
+def test_tolerance_has_a_floor_for_outputs_near_zero_and_scales_with_dtype():
+    from edgesdk.split.verify import check, limit_for
+
+    # a sigmoid map near 0 on random input (the PP-OCR text detector: max 6e-5, moved by
+    # 1.8e-7 by re-fused kernels) passes; an output moved by its own size does not
+    near_zero = np.full((1, 1, 8, 8), 6e-5, np.float32)
+    check({"m": near_zero}, {"m": near_zero + 1.8e-7}, "test")
+    with pytest.raises(SplitError, match="differs by"):
+        check({"m": np.full(4, 50.0, np.float32)}, {"m": np.full(4, 51.0, np.float32)}, "t")
+    assert limit_for(np.ones(3, np.float16))[0] > limit_for(np.ones(3, np.float32))[0]
+    with pytest.raises(SplitError, match="tolerance is 0"):
+        check({"m": near_zero}, {"m": near_zero}, "test", tolerance=0)
+
+
+def test_input_shape_pins_minus_one_dims_and_rejects_minus_one_sizes(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, -1, -1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 3, -1, -1])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])],
+                                                "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    path = tmp_path / "minus.onnx"
+    onnx.save(model, path)
+    with pytest.raises(SplitError, match=r"dynamic shape \[-1x3x-1x-1\]; pass --input-shape "
+                                         r"x=1x3xNxN"):
+        split_model(path, tmp_path / "a.edge")
+    with pytest.raises(SplitError, match="every dim must be a real size >= 1"):
+        split_model(path, tmp_path / "a.edge", input_shapes=["x=-1x3x8x8"])
+    with pytest.raises(SplitError, match=r"fixed dim 1 = 3 \[-1x3x-1x-1\], --input-shape gives 4"):
+        split_model(path, tmp_path / "a.edge", input_shapes=["x=1x4x8x8"])
+    bundle = split_model(path, tmp_path / "a.edge", input_shapes=["x=1x3x8x8"])
+    assert bundle.manifest.inputs[0].shape == (1, 3, 8, 8)
+    assert bundle.manifest.outputs[0].shape == (1, 3, 8, 8)

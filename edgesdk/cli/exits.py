@@ -56,8 +56,9 @@ def require_classes(path: str, output: str | None = None) -> None:
         shape = "x".join(map(str, spec.shape))
         raise ExitError(f"{path}: output {spec.name!r} ({shape}) is of kind {kind!r}, not "
                         "class scores; early exits apply to classifiers only, and "
-                        "detectors, OCR and landmark models run without exits (profile, "
-                        "serve and the engine need none). If it is a classifier, re-split "
+                        "detectors, OCR, segmentation and landmark models run without exits "
+                        "(profile, serve and the engine need none). If it is a classifier, "
+                        "re-split "
                         f"with --output-kind {spec.name}=classes")
 
 

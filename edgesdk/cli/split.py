@@ -52,7 +52,8 @@ def _split(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     print(f"split {args.model} -> {summary['path']} in {elapsed:.1f} s: "
-          f"{len(summary['segments'])} segments, {len(summary['cuts'])} cut points "
+          f"{len(summary['segments'])} segments, {len(summary['cuts'])} cut "
+          f"point{'' if len(summary['cuts']) == 1 else 's'} "
           f"({summary['backend']}, {summary['flops'] / 1e6:.1f} MFLOPs)")
     print()
     print(cuts_table(summary))

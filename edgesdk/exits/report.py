@@ -186,6 +186,9 @@ def format_report(bundle: Bundle) -> str:
     """The exits table, the cascade summary and each exit's coverage/accuracy trade-off."""
     rows = report_rows(bundle)
     if not rows:
+        if bundle.output_kind() != "classes":
+            return (f"{bundle.path}: no exits; its output is of kind "
+                    f"{bundle.output_kind()!r}, and exits apply to classifiers only")
         return (f"{bundle.path}: no exits (train heads with `edgesdk exits train` or split a "
                 "multi-exit model with --exit NAME)")
     out = [format_table(EXIT_HEADER, [_exit_row(r) for r in rows], "llrlrrrrrrrrrr")]
