@@ -22,10 +22,29 @@ A model split at K cut points has K + 1 segments; cut ``i`` is the boundary afte
                          ("head"); per exit: file, sha256, inputs, output, after_segment,
                          and its calibration (measure, temperature, threshold, ...)
     profiles             per device name: latency of each segment (filled by `edgesdk profile`)
+    integrity            the digest of everything above but `profiles` (written by `save`)
 
 `Bundle.load` checks that every file exists and matches its hash, that the segments chain
-(each segment input is a model input or an output of an earlier segment) and that the
-format version is known. Every failure is a BundleError naming the file and the field.
+(each segment input is a model input or an output of an earlier segment), that the
+format version is known, and that the manifest still has the digest it was sealed with.
+Every failure is a BundleError naming the file and the field.
+
+The digest (:func:`manifest_digest`, `Bundle.digest`) is the sha256 of the canonical JSON
+(sorted keys, no spaces) of the manifest without `profiles` and `integrity`: format,
+version, name, backend, source (with the split's verification record), inputs, outputs
+(with declared kinds), segments, cuts, exits (with their calibration) and whole. Through
+the sha256 of each file listed there, it covers the segment, exit and whole-model files.
+Profiles are left out: they are per-device measurements that `edgesdk profile` adds on each
+device, and a profile changes timings, never answers. `Bundle.save` computes it (so every
+update through it, such as `with_profile`, `with_output_kinds` or an exit calibration,
+re-seals the bundle) and stores it with a short hash of each part (`segments[1]`,
+`cuts[0]`, ...), which only serves to name what changed when the digest does not match.
+A manifest without `integrity` (written by an edgesdk before 0.1) is "unsealed": it loads,
+with one warning, and `edgesdk keys seal` seals it. A digest in the manifest catches
+hand edits and corruption; against someone who rewrites the digest too, sign the bundle
+(`edgesdk keys sign`, :mod:`edgesdk.signing`) and load it with the public key. The
+runtimes check at open time that each file declares the tensors the manifest says
+(edgesdk.runtime.check_io), whatever the digest says.
 
 Besides its cut points, a bundle with float inputs can be entered at the pseudo-cut
 "input" (the device sends the model input and the server runs everything):
@@ -36,8 +55,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -50,6 +71,14 @@ FORMAT = "edgesdk-bundle"
 VERSION = 1
 MANIFEST = "manifest.json"
 BACKENDS = ("onnx", "tflite")
+# What the digest leaves out (see the module doc), and how it is computed.
+UNSEALED_FIELDS = ("profiles",)
+DIGEST_SCHEME = "edgesdk-digest-1"
+INTEGRITY = "integrity"
+SIGNATURE = "signature.json"  # the Ed25519 signature record of the digest (edgesdk.signing)
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+log = logging.getLogger("edgesdk.bundle")
+_warned_unsealed: set[str] = set()  # one warning per unsealed bundle and process
 DTYPE_BYTES = {"float32": 4, "float16": 2, "float64": 8, "int64": 8, "int32": 4, "int16": 2,
                "int8": 1, "uint8": 1, "bool": 1}
 
@@ -230,6 +259,7 @@ class Manifest:
     # The whole model (exit branches excluded) as one file, when the splitter wrote it: the
     # device runs it for a frame that stays on the device without exits, at the speed of
     # the unsplit model (a chain of segments loses fusions and layout at every boundary).
+    # The price: the device holds the weights twice, once in the segments and once here.
     whole: SegmentSpec | None = None
 
     def output_kind(self, name: str | None = None) -> str:
@@ -272,12 +302,117 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _check_files(root: Path, manifest: Manifest, manifest_path: Path,
+                 verify_hashes: bool = True) -> None:
+    """Every file the manifest lists is a plain name in `root`, exists, and (if
+    verify_hashes) matches its sha256."""
+    files = [(f"segments[{i}]", s.file, s.sha256) for i, s in enumerate(manifest.segments)]
+    files += [(f"exits[{i}]", e.file, e.sha256) for i, e in enumerate(manifest.exits)]
+    if manifest.whole is not None:
+        files.append(("whole", manifest.whole.file, manifest.whole.sha256))
+    for field_name, name, digest in files:
+        file = root / name
+        if Path(name).name != name:
+            raise BundleError(f"{manifest_path}: {field_name}.file {name!r} must be a "
+                              "plain file name inside the bundle")
+        if not file.is_file():
+            raise BundleError(f"{file}: missing ({field_name}.file in {manifest_path})")
+        if verify_hashes and sha256_file(file) != digest:
+            raise BundleError(f"{file}: sha256 does not match {field_name}.sha256 in "
+                              f"{manifest_path}; the file was changed or corrupted")
+
+
+# -- the digest ---------------------------------------------------------------------------
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=True).encode("ascii")
+
+
+def _sealed_content(manifest: Manifest) -> dict:
+    d = manifest.to_json()
+    for key in UNSEALED_FIELDS:
+        d.pop(key, None)
+    return d
+
+
+def manifest_digest(manifest: Manifest) -> str:
+    """The bundle's digest: sha256 (hex) of the canonical JSON of `manifest` without its
+    profiles (see the module doc for what it covers and why)."""
+    return hashlib.sha256(_canonical(_sealed_content(manifest))).hexdigest()
+
+
+def digest_parts(manifest: Manifest) -> dict[str, str]:
+    """A short hash (16 hex) per part of what the digest covers: one per top-level field,
+    one per entry of segments, cuts and exits. Stored beside the digest only to say which
+    part changed when the digest does not match (the digest itself is over the content)."""
+    parts = {}
+    for key, value in _sealed_content(manifest).items():
+        if key in ("segments", "cuts", "exits") and isinstance(value, (list, tuple)):
+            parts.update({f"{key}[{i}]": hashlib.sha256(_canonical(v)).hexdigest()[:16]
+                          for i, v in enumerate(value)})
+        else:
+            parts[key] = hashlib.sha256(_canonical(value)).hexdigest()[:16]
+    return parts
+
+
+def _part_name(manifest: Manifest, part: str) -> str:
+    """"segments[1] (seg_001.onnx)", "cuts[0] (c0)": a part with what it names."""
+    m = re.fullmatch(r"(segments|cuts|exits)\[(\d+)\]", part)
+    if m is None:
+        return part
+    items = getattr(manifest, m.group(1))
+    i = int(m.group(2))
+    if i >= len(items):
+        return part
+    item = items[i]
+    return f"{part} ({getattr(item, 'file', None) or getattr(item, 'id', None) or item.name})"
+
+
+def _integrity(raw: Mapping, where: str) -> tuple[str, dict] | None:
+    """(digest, parts) recorded in the manifest's JSON; None if it has none (unsealed)."""
+    if INTEGRITY not in raw:
+        return None
+    w = f"{where}: {INTEGRITY}"
+    record = _get(raw, INTEGRITY, dict, where)
+    scheme = _get(record, "scheme", str, w)
+    if scheme != DIGEST_SCHEME:
+        raise BundleError(f"{w}: field 'scheme' is {scheme!r}, this edgesdk reads "
+                          f"{DIGEST_SCHEME!r}; upgrade edgesdk")
+    digest = _get(record, "digest", str, w)
+    if not _HEX64.fullmatch(digest):
+        raise BundleError(f"{w}: field 'digest' is {digest[:80]!r}, expected 64 lowercase "
+                          "hex digits")
+    parts = record.get("parts")
+    return digest, dict(parts) if isinstance(parts, Mapping) else {}
+
+
+def _digest_mismatch(manifest: Manifest, recorded: str, parts: Mapping, actual: str,
+                     where: str) -> BundleError:
+    now = digest_parts(manifest)
+    changed = [_part_name(manifest, k) for k in now if k in parts and parts[k] != now[k]]
+    changed += [f"{_part_name(manifest, k)} added" for k in now if k not in parts]
+    changed += [f"{k} removed" for k in parts if k not in now]
+    what = (f"{', '.join(changed)} changed" if changed
+            else "a part changed (its record in integrity.parts was edited too)")
+    return BundleError(
+        f"{where}: the manifest does not match its digest: {what} since the bundle was "
+        f"sealed (integrity.digest {recorded[:16]}..., content {actual[:16]}...). It was "
+        "edited or corrupted: restore the bundle, or re-split it; if the edit is intended, "
+        "seal it again (`edgesdk keys seal BUNDLE --force`)")
+
+
 class Bundle:
     """A loaded, verified bundle directory. Use :meth:`load`; :meth:`save` writes one."""
 
-    def __init__(self, path: Path, manifest: Manifest) -> None:
+    def __init__(self, path: Path, manifest: Manifest, sealed: bool = False,
+                 hashes_verified: bool = False) -> None:
         self.path = path
         self.manifest = manifest
+        self.digest = manifest_digest(manifest)  # see manifest_digest
+        self.sealed = sealed  # the manifest records this digest (False: an older bundle)
+        self._hashes_verified = hashes_verified  # its files matched their sha256 at load
 
     # -- convenient views -----------------------------------------------------------------
     @property
@@ -337,8 +472,13 @@ class Bundle:
 
     # -- load / save ----------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
-        """Read and validate `path`/manifest.json and the segment files it names."""
+    def load(cls, path: str | os.PathLike, verify_hashes: bool = True, *,
+             public_key: Any = None, check_digest: bool = True) -> Bundle:
+        """Read and validate `path`/manifest.json and the segment files it names, and check
+        the manifest against its digest. public_key: an Ed25519 public key (a PEM file,
+        see edgesdk.signing): the bundle must also carry a valid signature by it.
+        check_digest=False loads a manifest that no longer matches its digest (only to
+        seal it again)."""
         root = Path(path)
         manifest_path = root / MANIFEST
         if not manifest_path.is_file():
@@ -348,21 +488,20 @@ class Bundle:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BundleError(f"{manifest_path}: not readable JSON: {exc}") from None
         manifest = parse_manifest(raw, str(manifest_path))
-        files = [(f"segments[{i}]", s.file, s.sha256) for i, s in enumerate(manifest.segments)]
-        files += [(f"exits[{i}]", e.file, e.sha256) for i, e in enumerate(manifest.exits)]
-        if manifest.whole is not None:
-            files.append(("whole", manifest.whole.file, manifest.whole.sha256))
-        for field_name, name, digest in files:
-            file = root / name
-            if Path(name).name != name:
-                raise BundleError(f"{manifest_path}: {field_name}.file {name!r} must be a "
-                                  "plain file name inside the bundle")
-            if not file.is_file():
-                raise BundleError(f"{file}: missing ({field_name}.file in {manifest_path})")
-            if verify_hashes and sha256_file(file) != digest:
-                raise BundleError(f"{file}: sha256 does not match {field_name}.sha256 in "
-                                  f"{manifest_path}; the file was changed or corrupted")
-        return cls(root, manifest)
+        _check_files(root, manifest, manifest_path, verify_hashes)
+        recorded = _integrity(raw, str(manifest_path))
+        bundle = cls(root, manifest, sealed=recorded is not None,
+                     hashes_verified=verify_hashes)
+        if recorded is not None and check_digest and recorded[0] != bundle.digest:
+            raise _digest_mismatch(manifest, *recorded, bundle.digest, str(manifest_path))
+        if recorded is None and str(root.resolve()) not in _warned_unsealed:
+            _warned_unsealed.add(str(root.resolve()))
+            log.warning("%s: unsealed bundle (no digest in its manifest, written by an older "
+                        "edgesdk): an edit to it cannot be detected; seal it with `edgesdk "
+                        "keys seal %s`", manifest_path, root)
+        if public_key is not None:
+            bundle.check_signature(public_key)
+        return bundle
 
     @classmethod
     def save(cls, path: str | os.PathLike, manifest: Manifest) -> Bundle:
@@ -370,10 +509,66 @@ class Bundle:
         root = Path(path)
         root.mkdir(parents=True, exist_ok=True)
         check_chain(manifest, str(root / MANIFEST))
-        text = json.dumps(manifest.to_json(), indent=2) + "\n"
+        content = manifest.to_json()
+        # Sealed as `load` will read it back: parsed from the JSON text, not the object
+        # given (tuples, numpy floats and the like become what JSON makes of them).
+        stored = parse_manifest(json.loads(json.dumps(content)), str(root / MANIFEST))
+        content[INTEGRITY] = {"scheme": DIGEST_SCHEME, "digest": manifest_digest(stored),
+                              "covers": "every field but profiles; files by their sha256",
+                              "parts": digest_parts(stored)}
+        text = json.dumps(content, indent=2) + "\n"
         with replacing(root / MANIFEST) as tmp:
             tmp.write_text(text, encoding="utf-8")
         return cls.load(root)
+
+    # -- signature ------------------------------------------------------------------------
+    @property
+    def signature_path(self) -> Path:
+        return self.path / SIGNATURE
+
+    def signature(self) -> dict | None:
+        """The signature record stored in the bundle (not verified), or None."""
+        path = self.signature_path
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleError(f"{path}: not readable JSON: {exc}") from None
+        if not isinstance(record, dict):
+            raise BundleError(f"{path}: not a signature record (a JSON object)")
+        return record
+
+    def sign(self, private_key: Any) -> Path:
+        """Sign the bundle's digest with an Ed25519 private key (a PEM file from `edgesdk
+        keys new`, see edgesdk.signing) into `signature.json`; returns its path. The bundle
+        must be sealed (`edgesdk keys sign` seals an older one first)."""
+        from .signing import sign_digest
+
+        if not self.sealed:
+            raise BundleError(f"{self.path / MANIFEST}: unsealed (no digest); seal it before "
+                              "signing it (`edgesdk keys seal`)")
+        record = sign_digest(self.digest, private_key)
+        with replacing(self.signature_path) as tmp:
+            tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        return self.signature_path
+
+    def check_signature(self, public_key: Any) -> dict:
+        """The bundle's signature record, checked against `public_key` (a PEM file, PEM
+        bytes or a key object); BundleError naming signature.json when it is missing, is
+        for another digest or is not by that key."""
+        from .signing import load_public_key, verify_digest
+
+        key = load_public_key(public_key)  # a bad key is the caller's error, named first
+        record = self.signature()
+        if record is None:
+            raise BundleError(f"{self.signature_path}: missing: the bundle is not signed, "
+                              "and a public key was given to check its signature with")
+        if not self._hashes_verified:  # the digest covers the files only through hashes
+            _check_files(self.path, self.manifest, self.path / MANIFEST)
+            self._hashes_verified = True
+        verify_digest(record, self.digest, key, str(self.signature_path))
+        return record
 
     def with_profile(self, device: str, profile: Mapping[str, Any]) -> Bundle:
         """Store `profile` under `device` in the manifest on disk; returns the new bundle."""

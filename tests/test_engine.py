@@ -21,6 +21,7 @@ from transport_helpers import TESTS, ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
 SLO_MS = 100.0
+LATE_MS = 5.0  # the promise: every answer by the deadline + this, faults or not
 
 
 @pytest.fixture(scope="module")
@@ -34,27 +35,6 @@ def full_model(digits):
     """The whole model run locally: logits per digit."""
     segs = open_segments(Bundle.load(DIGITS_BUNDLE))
     return np.stack([run_chain(segs, {"x": x[None]})["logits"][0] for x in digits[0]])
-
-
-@pytest.fixture
-def late_ms(digits) -> float:
-    """What a fallback may add past the deadline, from a baseline measured in the calling
-    test rather than tuned to one machine: the engine's own grace wait past an offload's
-    budget (a design constant), then the rest of the model run here, at most a whole cold
-    device-only inference, and a timed wait waking up late. The measured part gets 10x
-    (at least 10 ms) for the noise between these samples and the frames under test."""
-    import threading
-
-    from edgesdk.engine.core import GRACE_S
-
-    with Engine(DIGITS_BUNDLE, strategy="device") as fresh:
-        cold_ms = fresh.infer(digits[0][0]).timings.total
-    wake_ms = 0.0
-    for _ in range(5):
-        start = time.perf_counter()
-        threading.Event().wait(0.01)
-        wake_ms = max(wake_ms, (time.perf_counter() - start - 0.01) * 1e3)
-    return GRACE_S * 1e3 + max(10.0, 10 * (cold_ms + wake_ms))
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +175,7 @@ def _engine_records(caplog) -> list:
     return [r for r in caplog.records if r.name == "edgesdk.engine"]
 
 
+@pytest.mark.slow
 def test_an_unreachable_server_is_warned_about_once_then_its_return_logged(digits, caplog):
     import logging
 
@@ -222,7 +203,7 @@ def test_an_unreachable_server_is_warned_about_once_then_its_return_logged(digit
 
 
 @pytest.mark.slow
-def test_server_killed_and_restarted_same_engine(digits, late_ms):
+def test_server_killed_and_restarted_same_engine(digits):
     x, y = digits
     port = _free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
@@ -246,26 +227,26 @@ def test_server_killed_and_restarted_same_engine(digits, late_ms):
         assert len(rs) == 20  # one result per frame: none lost, none duplicated
         for r in rs:
             _check_shape(r)
-            assert r.timings.total < SLO_MS + late_ms, (r.timings.total, late_ms)
+            assert r.timings.total < SLO_MS + LATE_MS, r.timings.total
     assert any(r.where == "edge" for r in before)
     assert not any(r.where == "edge" for r in during)
-    assert {r.fallback_reason for r in during if r.where != "exit"} <= {"unreachable",
-                                                                        "timeout"}
+    assert {r.fallback_reason for r in during if r.where != "exit"} <= {
+        "unreachable", "timeout", "checking"}
     assert any(r.where == "edge" for r in after), "the engine did not reconnect"
     acc = np.mean([r.label == yi for r, yi in zip(before + during + after, y, strict=True)])
     assert acc >= 0.9
 
 
 @pytest.mark.slow
-def test_slow_server_times_out_and_the_frame_finishes_within_the_deadline(digits, full_model,
-                                                                          late_ms):
+def test_slow_server_times_out_and_the_frame_finishes_within_the_deadline(digits, full_model):
     with _slow_server(300) as slow, Engine(DIGITS_BUNDLE, server=slow.endpoint, slo_ms=SLO_MS,
                                             strategy="edge") as engine:
         results = [engine.infer(xi) for xi in digits[0][:4]]
     for r, ref in zip(results, full_model, strict=False):
-        assert r.where == "device" and r.fallback_reason in ("timeout", "unreachable")
+        assert r.where == "device" and r.fallback_reason in ("timeout", "checking",
+                                                             "unresponsive")
         np.testing.assert_array_equal(r.output[0], ref)
-        assert r.timings.total < SLO_MS + late_ms, (r.timings.total, late_ms)
+        assert r.timings.total < SLO_MS + LATE_MS, r.timings.total
     assert results[0].fallback_reason == "timeout"
 
 
@@ -319,16 +300,20 @@ def test_an_idle_link_sleeps_until_its_next_probe(server):
 
 @pytest.mark.slow
 def test_after_a_timed_out_offload_the_link_checks_the_server_at_once():
+    from edgesdk.codec import encode_tensors
     from edgesdk.engine.link import UP, EdgeLink
     from edgesdk.errors import Timeout
 
     # retry_s 30: the periodic hello cannot be what brings the link back up
+    bundle = Bundle.load(DIGITS_BUNDLE)
+    frames = encode_tensors([np.zeros(t.shape, t.dtype) for t in bundle.cut("c1").tensors],
+                            bits=8)
     with _slow_server(300) as slow:
-        link = EdgeLink(slow.endpoint, Bundle.load(DIGITS_BUNDLE).source_sha256, retry_s=30.0)
+        link = EdgeLink(slow.endpoint, bundle.source_sha256, retry_s=30.0)
         try:
             assert link.wait_connected(10)
             with pytest.raises(Timeout):
-                link.offload([b"x" * 100], "c1", budget_s=0.05).result(5)
+                link.offload(frames, "c1", budget_s=0.05).result(5)
             assert _wait_for(lambda: link.status == UP, 1.0), link.status
         finally:
             link.close()
@@ -354,7 +339,9 @@ def test_bundle_not_served(tmp_path, digits, server, caplog):
     shutil.copytree(DIGITS_BUNDLE, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["source"]["sha256"] = "0" * 64  # a model the server does not know
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    from edgesdk.bundle import parse_manifest
+
+    Bundle.save(copy, parse_manifest(manifest))  # sealed again: the edit is intended
     with Engine(copy, server=server.endpoint, strategy="edge") as engine:
         r = engine.infer(digits[0][0])
         assert engine.link.status == "not_served"
@@ -364,8 +351,7 @@ def test_bundle_not_served(tmp_path, digits, server, caplog):
 
 
 @pytest.mark.slow
-def test_when_finishing_here_would_miss_the_deadline_the_best_exit_answers(tmp_path, digits,
-                                                                          late_ms):
+def test_when_finishing_here_would_miss_the_deadline_the_best_exit_answers(tmp_path, digits):
     """A slow server and a device whose profile says the rest takes 10 s: the frame ends
     with the most confident exit already computed, not a late local finish."""
     import json
@@ -386,4 +372,4 @@ def test_when_finishing_here_would_miss_the_deadline_the_best_exit_answers(tmp_p
         r = engine.infer(hard[0])
     assert r.where == "exit" and r.fallback_reason == "timeout"
     assert r.exit_name in ("exit1", "exit2") and r.confidence is not None
-    assert r.timings.total < SLO_MS + late_ms, (r.timings.total, late_ms)
+    assert r.timings.total < SLO_MS + LATE_MS, r.timings.total

@@ -20,7 +20,7 @@ from edgesdk.policy import (
     model_profile,
     plan,
 )
-from edgesdk.policy.planner import FALLBACK_EXIT_ACC
+from edgesdk.policy.planner import FALLBACK_EXIT_ACC, FALLBACK_MARGIN_MS
 
 
 def _table(**cols) -> CandidateTable:
@@ -50,37 +50,40 @@ def test_planner_fast_link_offloads():
 
 
 def test_planner_slow_link_stays_on_device():
-    # 0.8 Mbit/s: the transfer takes 10 ms, more than the 9 - 3 ms the budget leaves it, so
-    # the offload times out: 1 ms + the 9 ms budget + a 9 ms local finish at accuracy 0.9,
-    # 4.5 - 1.9 - 1 = 1.6 < 3.5
+    # 0.8 Mbit/s: the transfer takes 10 ms, more than the budget leaves it (10 - 1 ms,
+    # less the engine's 3 ms margin), so the offload times out: 1 ms + the 6 ms budget + a
+    # 9 ms local finish at accuracy 0.9, 4.5 - 1.6 - 1 = 1.9 < 3.5
     s = State(bw_mbps=0.8, slo_ms=10.0, rtt_ms=2.0, task="balanced")
     r = expected_rewards(_table(**HAND), s)
-    assert r[1] == pytest.approx(5 * 0.9 - 19 / 10 - 1.0)
+    assert r[1] == pytest.approx(5 * 0.9 - (1 + 10 - 1 - FALLBACK_MARGIN_MS + 9) / 10 - 1.0)
     assert plan(_table(**HAND), s) == 0
 
 
 def test_uncertainty_makes_offloading_risky():
-    # at 2 Mbit/s the transfer takes 4 ms: 8 ms in all, inside the SLO of 10 ms when the
-    # estimate is exact; with a wide spread the violation probability is priced in
+    # at 4 Mbit/s the transfer takes 2 ms: 6 ms in all, inside the offload's 6 ms budget
+    # when the estimate is exact; with a wide spread the violation probability is priced in
     t = _table(**HAND)
-    exact = State(bw_mbps=2.0, slo_ms=10.0, rtt_ms=2.0)
-    wide = State(bw_mbps=2.0, bw_std=2.0, slo_ms=10.0, rtt_ms=2.0)
+    exact = State(bw_mbps=4.0, slo_ms=10.0, rtt_ms=2.0)
+    wide = State(bw_mbps=4.0, bw_std=4.0, slo_ms=10.0, rtt_ms=2.0)
     assert expected_rewards(t, wide)[1] < expected_rewards(t, exact)[1] - 0.2
 
 
 def test_a_timeout_costs_what_the_engines_fallback_costs():
-    # the reply would come too late: with no exit the engine reserves the local finish, so
-    # the offload gets 10 - 1 - 4 = 5 ms, times out, and the frame finishes here by the SLO
+    # the reply would come too late: with no exit the engine reserves the local finish and
+    # its margin, so the offload gets 10 - 1 - 4 - 3 = 2 ms, times out, and the frame
+    # finishes here at 7 ms, the margin before the SLO
     t = _table(dev_ms=[1], wire_bytes=[100_000], srv_ms=[1], rest_acc=[0.95], local_ms=[4],
                local_acc=[0.93])
     r = expected_rewards(t, State(bw_mbps=1.0, slo_ms=10.0, rtt_ms=2.0, task="balanced"))
-    assert r[0] == pytest.approx(5 * 0.93 - 10 / 10)
+    assert r[0] == pytest.approx(5 * 0.93 - (10 - FALLBACK_MARGIN_MS) / 10)
     # with an exit in hand and a local finish that would be late, the best exit answers
-    # at the budget's end (FALLBACK_EXIT_ACC of the local accuracy), inside the SLO
+    # at the budget's end (FALLBACK_EXIT_ACC of the local accuracy), the margin before
+    # the SLO
     t = _table(dev_ms=[1], wire_bytes=[100_000], srv_ms=[1], rest_acc=[0.95], local_ms=[40],
                local_acc=[0.9], has_exit=[True])
     r = expected_rewards(t, State(bw_mbps=1.0, slo_ms=10.0, rtt_ms=2.0, task="balanced"))
-    assert r[0] == pytest.approx(5 * 0.9 * FALLBACK_EXIT_ACC - 10 / 10, abs=1e-6)
+    assert r[0] == pytest.approx(5 * 0.9 * FALLBACK_EXIT_ACC - (10 - FALLBACK_MARGIN_MS) / 10,
+                                 abs=1e-6)
 
 
 def test_a_rest_of_frame_table_knows_an_exit_answer_is_in_hand():

@@ -120,6 +120,7 @@ def test_profile_prints_stage_lines_on_stderr_and_json_stays_clean(tmp_path, cap
     assert err == "" and json.loads(out)["device"] == "t"
 
 
+@pytest.mark.slow
 def test_serve_start_up_stages(monkeypatch):
     env = {**os.environ, "EDGESDK_PROGRESS": "1"}
     with ServerProcess.serve([DIGITS_BUNDLE], "--workers", "2", "--profile-runs", "1",

@@ -11,6 +11,7 @@
     edgesdk serve BUNDLE... --bind tcp://127.0.0.1:5555 --workers N
                                      the edge server (see examples/edge_server.md)
     edgesdk keys gen DIR             CURVE key pairs for the server and devices
+    edgesdk keys new|sign|seal       Ed25519 key pairs; sign or seal a bundle's digest
     edgesdk policy train|eval        the offloading policy network
     edgesdk bench codec|split|transport|policy|overhead|e2e
                                      the benchmarks (benchmarks/bench_*.py)
@@ -21,7 +22,7 @@ in whatever the codec later sends. Errors print one line, `edgesdk: error: ...`,
 and exit with status 1; usage errors exit with 2.
 
 This package is the only place that parses arguments or prints: one module per command
-group (info, split: split and profile, exits, serve: serve and keys, policy, bench, demo),
+group (info, split: split and profile, exits, serve, keys, policy, bench, demo),
 argument types in _args. Only the chosen command's module is imported, so `edgesdk info`
 does not load the splitter, the server or the benchmarks.
 """
@@ -44,7 +45,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                      "model"),
     "exits": ("exits", "train, calibrate and report early exits"),
     "serve": ("serve", "serve bundles' tail segments to devices over ZeroMQ"),
-    "keys": ("serve", "make CURVE key pairs for the server and devices"),
+    "keys": ("keys", "make key pairs (CURVE for the transport, Ed25519 to sign bundles), "
+                     "sign or seal a bundle"),
     "policy": ("policy", "train or evaluate the offloading policy"),
     "bench": ("bench", "run a benchmark"),
 }

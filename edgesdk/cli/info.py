@@ -106,7 +106,63 @@ def bundle_summary(bundle) -> dict:
         "cuts": cuts,
         "exits": exits,
         "profiles": {k: dict(v) if isinstance(v, dict) else v for k, v in m.profiles.items()},
+        "integrity": integrity_summary(bundle),
     }
+
+
+def integrity_summary(bundle, public_key: Any = None) -> dict:
+    """The digest, whether the manifest records it (sealed), and the signature: by which
+    key, whether it is for this digest, and whether it was checked with `public_key`
+    (checked: Bundle.check_signature raises when it is wrong)."""
+    record = bundle.signature()
+    signature = None
+    if record is not None:
+        signature = {"key_id": record.get("key_id"),
+                     "for_this_digest": record.get("digest") == bundle.digest,
+                     "verified": False}
+        if public_key is not None:
+            bundle.check_signature(public_key)
+            signature["verified"] = True
+    return {"digest": bundle.digest, "sealed": bundle.sealed, "signature": signature}
+
+
+def files_check(bundle) -> dict:
+    """Open each segment, whole-model and exit file with the bundle's runtime and check
+    that it declares the manifest's tensors (edgesdk.runtime.check_files; a mismatch is a
+    BundleError). {"checked": [files], "runtime": ...}, or {"checked": None, "why": ...}
+    when the runtime is not installed here."""
+    from ..errors import MissingDependency
+    from ..runtime import backend_runtime, check_files
+
+    runtime = backend_runtime(bundle.backend)["runtime"]
+    try:
+        return {"checked": check_files(bundle), "runtime": runtime}
+    except MissingDependency as exc:
+        return {"checked": None, "runtime": runtime, "why": str(exc)}
+
+
+def integrity_lines(integrity: dict, files: dict | None) -> dict:
+    """The `digest`, `files` and `signed` lines of `info BUNDLE`."""
+    digest = integrity["digest"]
+    lines = {"digest": f"{digest} (sealed: the manifest matches it)" if integrity["sealed"]
+             else f"{digest} (unsealed: no digest recorded, so edits cannot be detected; "
+                  "`edgesdk keys seal BUNDLE`)"}
+    if files is not None:
+        lines["files"] = (f"{len(files['checked'])} files declare the manifest's tensors "
+                          f"({files['runtime']})" if files["checked"] is not None
+                          else f"not checked against the manifest: {files['why']}")
+    sig = integrity["signature"]
+    if sig is None:
+        lines["signed"] = "no (`edgesdk keys sign BUNDLE --key DIR/private`)"
+    elif not sig["for_this_digest"]:
+        lines["signed"] = (f"by key {sig['key_id']}, but for another digest: the bundle "
+                           "changed since; sign it again")
+    elif sig["verified"]:
+        lines["signed"] = f"by key {sig['key_id']}, verified with the given public key"
+    else:
+        lines["signed"] = (f"by key {sig['key_id']} (not verified: pass --bundle-key "
+                           "PUBLIC)")
+    return lines
 
 
 def cuts_table(summary: dict) -> str:
@@ -219,7 +275,11 @@ def _info(args: argparse.Namespace) -> int:
         return _install_info(args)
     from ..bundle import Bundle
 
-    summary = bundle_summary(Bundle.load(args.bundle))
+    bundle = Bundle.load(args.bundle, public_key=args.bundle_key)
+    summary = bundle_summary(bundle)
+    summary["integrity"] = integrity_summary(bundle, args.bundle_key)
+    files = files_check(bundle)
+    summary["integrity"]["files"] = files
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -232,6 +292,7 @@ def _info(args: argparse.Namespace) -> int:
         "source": f"{src.get('file', '?')}, {src.get('bytes', '?')} bytes, sha256 "
                   f"{str(src.get('sha256', '?'))[:16]}...",
         "verified": verify_line(src),
+        **integrity_lines(summary["integrity"], files),
         "inputs": "; ".join(f"{t['name']} {t['dtype']} {_shape(t['shape'])}"
                             for t in summary["inputs"]),
         "outputs": "; ".join(f"{t['name']} {t['dtype']} {_shape(t['shape'])} ({_kind(t)})"
@@ -273,6 +334,9 @@ def add_parser(sub: Any, name: str, text: str, argv: Sequence[str] | None = None
     p.add_argument("bundle", nargs="?", metavar="BUNDLE",
                    help="a bundle directory to summarize (default: the installation)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--bundle-key", metavar="PUBLIC",
+                   help="check the bundle's signature with this Ed25519 public key "
+                        "(DIR/public from `edgesdk keys new DIR`)")
     p.set_defaults(func=_info)
     return p
 

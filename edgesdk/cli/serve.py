@@ -1,8 +1,8 @@
-"""`edgesdk serve` (the edge server) and `edgesdk keys gen` (CURVE key pairs).
+"""`edgesdk serve`: the edge server (`edgesdk keys` is edgesdk.cli.keys).
 
     edgesdk serve BUNDLE... [--bind tcp://127.0.0.1:5555] [--workers N] [--max-queue N]
                   [--curve-secret FILE --allow DIR] [--metrics-port PORT]
-    edgesdk keys gen DIR [--name NAME]
+                  [--bundle-key PUBLIC]
 
 The server is edgesdk.transport.broker.Server with edgesdk.server.TailHandlerFactory; the
 workers it spawns unpickle that factory from edgesdk.server, never from a __main__ module.
@@ -75,7 +75,8 @@ def _serve(args: argparse.Namespace) -> int:
     with progress.stage(f"loading {', '.join(args.bundles)}"):
         factory = TailHandlerFactory(tuple(args.bundles), threads=args.threads,
                                      output_bits=args.output_bits,
-                                     profile_runs=args.profile_runs, device=args.device)
+                                     profile_runs=args.profile_runs, device=args.device,
+                                     bundle_key=args.bundle_key)
         factory.check()
     curve = load_key_pair(args.curve_secret) if args.curve_secret else None
     if args.allow and not allowed_keys(args.allow):
@@ -105,7 +106,14 @@ def _add_serve(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
         description="Run an edge server: a ZeroMQ ROUTER frontend, a load-balancing broker "
                     "and N worker processes that run the tail segments of every cut point of "
                     "the given bundles. Logs are JSON lines on stderr. SIGTERM or Ctrl-C "
-                    "drains in-flight work and exits.")
+                    "drains in-flight work and exits. Memory: an infer request whose frames "
+                    "are more or larger than its cut takes is refused before it is queued, "
+                    "so beyond its idle size the server holds at most (max-queue + 3 x "
+                    "workers) x R for requests, R being the largest legal request (all "
+                    "frames of the largest cut at 32 bits, plus a 16 KiB envelope; the "
+                    "'ready' log line gives R and the product), plus ZeroMQ's receive "
+                    "buffers: a message is held whole while it arrives, each frame at most "
+                    "--max-frame-bytes (see examples/edge_server.md).")
     p.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundle directories to serve")
     p.add_argument("--bind", default="tcp://127.0.0.1:5555", metavar="ENDPOINT",
                    help="frontend endpoint (default tcp://127.0.0.1:5555; binding a public "
@@ -134,47 +142,24 @@ def _add_serve(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
     p.add_argument("--device", metavar="NAME",
                    help="with --profile-runs 0: the manifest profile to use (default: host "
                         "name)")
-    p.add_argument("--max-frame-bytes", type=positive_int, default=32 * 1024 * 1024,
-                   metavar="BYTES", help="largest frame accepted (ZMQ_MAXMSGSIZE; default "
-                                         "32 MiB)")
+    p.add_argument("--max-frame-bytes", type=positive_int, default=None,
+                   metavar="BYTES", help="largest frame accepted (ZMQ_MAXMSGSIZE; a larger "
+                                         "one disconnects its device). Default: the largest "
+                                         "legal frame of the served cuts (a cut's tensor at "
+                                         "32 bits with codec framing) plus 4 KiB")
     p.add_argument("--drain-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="longest wait for in-flight work on SIGTERM (default 10)")
     p.add_argument("--name", help="server name sent in the welcome (default: host name)")
+    p.add_argument("--bundle-key", metavar="PUBLIC",
+                   help="serve only bundles signed with this Ed25519 key (DIR/public from "
+                        "`edgesdk keys new DIR`; needs the sign extra)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"], help="default info")
     p.set_defaults(func=_serve)
     return p
 
 
-def _keys(args: argparse.Namespace) -> int:
-    from ..transport.auth import generate_keys, load_key_pair
-
-    public, secret = generate_keys(args.dir, args.name, force=args.force)
-    pair = load_key_pair(secret)
-    print(f"public key  {public}   (give this file to the other side)")
-    print(f"secret key  {secret}   (keep it here, mode 0600)")
-    print(f"z85 public  {pair.public.decode()}")
-    return 0
-
-
-def _add_keys(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        name, help=text,
-        description="Make a CURVE key pair: NAME.key (public: give it to the other side) and "
-                    "NAME.key_secret (keep it). Run it once for the server and once per "
-                    "device; put device .key files in the server's --allow directory and "
-                    "give the server's .key to the devices.")
-    keys_sub = p.add_subparsers(dest="keys_command", required=True)
-    g = keys_sub.add_parser("gen", help="write NAME.key and NAME.key_secret into DIR")
-    g.add_argument("dir", metavar="DIR", help="directory for the key files")
-    g.add_argument("--name", default=socket.gethostname() or "edgesdk",
-                   help="key file name (default: the host name)")
-    g.add_argument("--force", action="store_true", help="replace an existing pair")
-    g.set_defaults(func=_keys)
-    return p
-
-
 def add_parser(sub: Any, name: str, text: str, argv: Sequence[str] | None = None
                ) -> argparse.ArgumentParser:
-    """Register `serve` or `keys` on the `edgesdk` subparsers."""
-    return (_add_keys if name == "keys" else _add_serve)(sub, name, text)
+    """Register `serve` on the `edgesdk` subparsers."""
+    return _add_serve(sub, name, text)

@@ -14,7 +14,7 @@ module, for benchmarks and tests. The wire format is in docs/wire-format.md.
 from ..errors import CodecError
 from ._codec import DEFAULT_MAX_BYTES, backend, decode, encode, kernels
 from ._header import FORMAT_VERSION, MAX_GROUPS, MAX_HEADER_BYTES, MAX_NDIM
-from .tensors import decode_tensors, encode_tensors
+from .tensors import decode_tensors, encode_tensors, frame_limits
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -28,5 +28,6 @@ __all__ = [
     "decode_tensors",
     "encode",
     "encode_tensors",
+    "frame_limits",
     "kernels",
 ]

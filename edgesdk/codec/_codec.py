@@ -155,6 +155,13 @@ def decode(frames: Sequence, max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarray:
     else:
         raw = payload
     arr = _dequantize(header, np.frombuffer(raw, dtype=np.uint8))
+    if header.bits in FLOAT_BITS and not np.isfinite(kernels.absmax(arr)):
+        # float16/32 payloads carry raw bit patterns: NaN and Inf would reach the model
+        # (quantized ones cannot: the scale checks keep every code finite)
+        index = int(np.flatnonzero(~np.isfinite(arr))[0])
+        raise CodecError(f"payload has non-finite value {arr.reshape(-1)[index]} at flat "
+                         f"index {index} (bits={header.bits}); NaN and Inf are not valid "
+                         "tensor values")
     return arr if header.dtype == "float32" else arr.astype(header.dtype)
 
 

@@ -6,6 +6,7 @@ development machine) and kept per thread, since they are not thread-safe.
 
 from __future__ import annotations
 
+import re
 import threading
 
 import zstandard
@@ -21,6 +22,9 @@ _SAMPLE_BLOCKS = 4
 _SAMPLE_BLOCK = 4096
 
 _local = threading.local()
+# zstandard's error for data after the frame (allow_extra_data=False)
+_UNUSED = re.compile(r"contains (\d+) bytes of unused data")
+_FRAME_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 def _compressor(level: int) -> zstandard.ZstdCompressor:
@@ -79,9 +83,34 @@ def decompress_exact(payload: memoryview, raw_len: int) -> bytes:
     if params.window_size > MAX_WINDOW:
         raise CodecError(f"zstd window is {params.window_size} bytes, limit {MAX_WINDOW}")
     try:
-        out = _decompressor().decompress(payload, max_output_size=raw_len)
+        # allow_extra_data=False: the wire format carries exactly one frame, and zstd's
+        # default would silently ignore whatever follows it
+        out = _decompressor().decompress(payload, max_output_size=raw_len,
+                                         allow_extra_data=False)
     except zstandard.ZstdError as exc:
+        extra = _UNUSED.search(str(exc))
+        if extra:
+            raise CodecError(_after_frame(payload, int(extra.group(1)))) from None
         raise CodecError(f"zstd payload is corrupt: {exc}") from None
     if len(out) != raw_len:
         raise CodecError(f"zstd payload decompressed to {len(out)} bytes, expected {raw_len}")
     return out
+
+
+def _after_frame(payload: memoryview, extra: int) -> str:
+    """What follows the one zstd frame of a payload: another frame, or trailing bytes."""
+    tail = bytes(payload[len(payload) - extra:len(payload) - extra + 4]) if extra else b""
+    skippable = len(tail) == 4 and int.from_bytes(tail, "little") & 0xFFFFFFF0 == 0x184D2A50
+    if tail == _FRAME_MAGIC or skippable:
+        kind = "skippable " if skippable else ""
+        return (f"zstd payload holds a second zstd {kind}frame ({extra} bytes) after the "
+                "first; the wire format allows one frame")
+    return (f"zstd payload has {extra} trailing bytes after the zstd frame; the wire format "
+            "allows one frame and nothing after it")
+
+
+def compress_bound(size: int) -> int:
+    """The largest zstd frame a conforming encoder makes of `size` bytes: libzstd's
+    ZSTD_COMPRESSBOUND (frame and block headers included), plus room for a checksum."""
+    small = ((128 << 10) - size) >> 11 if size < 128 << 10 else 0
+    return size + (size >> 8) + small + 64

@@ -20,6 +20,12 @@ import numpy as np
 
 from ..errors import CodecError
 from ._codec import decode, encode
+from ._header import MAX_GROUPS, MAX_HEADER_BYTES
+from ._zstd import compress_bound
+
+# A header's size beyond its shape and scales: the 10 keys and the scalar fields, each at
+# msgpack's widest encoding (str32 / uint64), rounded up.
+_HEADER_FIXED = 256
 
 if TYPE_CHECKING:
     from ..bundle import TensorSpec
@@ -33,6 +39,24 @@ def encode_tensors(arrays: Sequence[np.ndarray], bits: int = 32, **options: Any)
     return frames
 
 
+def frame_limits(specs: Sequence[TensorSpec]) -> tuple[int, ...]:
+    """The largest legal size of each frame of ``encode_tensors`` for tensors of these
+    specs: a header then a payload per tensor, in order. A conforming encoder never makes
+    a larger one at any bits, scheme or codec: the header bound allows a scale and a zero
+    point per index of the longest axis and every msgpack field at its widest encoding;
+    the payload bound is the tensor at 32 bits after zstd's worst-case expansion. A
+    server checks a request's frames against these before it holds or decodes them.
+
+        frame_limits(cut.tensors)     # (header_0, payload_0, header_1, payload_1, ...)
+    """
+    out: list[int] = []
+    for spec in specs:
+        groups = min(max(spec.shape, default=0), MAX_GROUPS)
+        header = min(MAX_HEADER_BYTES, _HEADER_FIXED + 9 * len(spec.shape) + 5 * groups)
+        out += [header, compress_bound(4 * math.prod(spec.shape))]
+    return tuple(out)
+
+
 def decode_tensors(frames: Sequence, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
     """The inverse of encode_tensors for tensors of known specs (hostile frames welcome):
     every tensor must decode within its spec's size and have exactly its shape."""
@@ -42,7 +66,10 @@ def decode_tensors(frames: Sequence, specs: Sequence[TensorSpec]) -> dict[str, n
     out = {}
     for i, spec in enumerate(specs):
         limit = 8 * math.prod(spec.shape)  # the spec's size even at float64
-        array = decode(frames[2 * i: 2 * i + 2], max_bytes=max(limit, 1))
+        try:
+            array = decode(frames[2 * i: 2 * i + 2], max_bytes=max(limit, 1))
+        except CodecError as exc:
+            raise CodecError(f"tensor {spec.name!r}: {exc}") from None
         if tuple(array.shape) != tuple(spec.shape):
             raise CodecError(f"tensor {spec.name!r} has shape {list(array.shape)}, expected "
                              f"{list(spec.shape)}")
@@ -50,4 +77,4 @@ def decode_tensors(frames: Sequence, specs: Sequence[TensorSpec]) -> dict[str, n
     return out
 
 
-__all__ = ["decode_tensors", "encode_tensors"]
+__all__ = ["decode_tensors", "encode_tensors", "frame_limits"]

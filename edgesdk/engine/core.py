@@ -64,6 +64,7 @@ from ..policy import (
     State,
     build_candidates,
     model_profile,
+    offload_budget,
 )
 from .device import ExitAnswer, LocalRunner
 from .link import EdgeLink
@@ -82,7 +83,6 @@ DECISION_TTL_S = 0.25  # a cached decision is re-evaluated at least this often
 # keys (its rounded estimates cross a step), each a planner call per exit position.
 STATE_TTL_S = DECISION_TTL_S
 REST_CACHE_MAX = 1024  # re-decisions kept (per DECISION_TTL_S): bounds a jittery budget
-GRACE_S = 0.02  # waited past an offload's budget before giving up on the link thread
 _REASONS = {Timeout: "timeout", ServerBusy: "busy", ServerError: "server_error",
             Unreachable: "unreachable"}
 
@@ -108,7 +108,7 @@ class _Frame:
     best_exit: ExitAnswer | None = None
     result: Result | None = None  # set when the front already finished the frame
     future: Future | None = None
-    budget_s: float = 0.0  # what the offload was given
+    offload_until: float = 0.0  # monotonic time the offload's budget runs out
 
 
 class Engine:
@@ -139,6 +139,12 @@ class Engine:
     bundle has none, one is measured now). max_in_flight: frames `stream` overlaps
     (ConfigError below 1). connect_timeout_s: how long the constructor waits for the
     server's welcome. The segments and exits that run here are `self.local` (LocalRunner).
+    bundle_public_key: an Ed25519 public key (the PEM file `edgesdk keys new` wrote, PEM
+    bytes or a key object): the bundle must carry a valid signature by it (`edgesdk keys
+    sign`), else BundleError naming its signature.json (MissingDependency without the
+    `sign` extra). The bundle's digest is checked at load either way, and sent in the
+    hello: a server with another copy of the bundle gives fallback_reason
+    "bundle_mismatch".
     """
 
     def __init__(self, bundle: Bundle | str, server: str | None = None, *,
@@ -146,8 +152,11 @@ class Engine:
                  curve_server_key: Any = None, client_keys: Any = None,
                  strategy: Strategy | Plan | Candidate | str = "planner",
                  device: str | None = None,
-                 max_in_flight: int = 2, connect_timeout_s: float = 2.0) -> None:
+                 max_in_flight: int = 2, connect_timeout_s: float = 2.0,
+                 bundle_public_key: Any = None) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        if bundle_public_key is not None:
+            self.bundle.check_signature(bundle_public_key)
         if not (isinstance(slo_ms, (int, float)) and math.isfinite(slo_ms) and slo_ms > 0):
             raise PolicyError(f"slo_ms is {slo_ms!r}, expected a finite number > 0")
         if task not in TASKS:
@@ -210,7 +219,7 @@ class Engine:
             # when it can: the first hello's outcome lands within connect_timeout_s
             self.link = EdgeLink(server, self.bundle.source_sha256,
                                  server_public_key=curve_server_key, client_keys=client_keys,
-                                 name=self.bundle.name)
+                                 name=self.bundle.name, digest=self.bundle.digest)
             self.link.wait_connected(connect_timeout_s)
 
     # -- setup -----------------------------------------------------------------------------
@@ -414,24 +423,25 @@ class Engine:
             return
         f.encode_ms = (time.perf_counter() - t) * 1e3
         now = time.monotonic()
-        left = f.deadline - now
-        local_s = self._local_rest_ms(f) / 1e3
         # Without an exit answer to fall back on, keep the time a local finish needs, so
         # a late server still leaves a result within the deadline.
-        reserve = local_s if f.best_exit is None and left - local_s > 0.001 else 0.0
-        budget = left - reserve
+        budget = float(offload_budget((f.deadline - now) * 1e3, self._local_rest_ms(f),
+                                      f.best_exit is not None)) / 1e3
         if budget <= 0.0005:
             f.reason = "timeout"  # the deadline passed during the device half
             return
         f.future = self.link.offload(frames, cut.id, budget)
-        f.budget_s = budget
+        f.offload_until = now + budget
 
     def _back(self, f: _Frame) -> Result:
         if f.result is not None:
             return f.result
         if f.future is not None:
             try:
-                reply = f.future.result(timeout=f.budget_s + GRACE_S)
+                # Not a moment past the budget: the time after it is the local finish's
+                # (the reserve), and a reply the link thread has not delivered by then is
+                # too late to use, however close.
+                reply = f.future.result(timeout=max(f.offload_until - time.monotonic(), 0.0))
             except FutureTimeout:
                 f.reason = "timeout"
             except TransportError as exc:

@@ -60,8 +60,12 @@ class LocalRunner:
         self.exits = [_Exit(bundle, e, k, threads) for k, e in enumerate(calibrated)]
         self.inputs = bundle.manifest.inputs
         self.outputs = tuple(t.name for t in bundle.manifest.outputs)
-        self._threads = threads
-        self._whole: Segment | None = None  # opened on first use: see run_whole
+        # The whole model in one file (Manifest.whole), opened now: opening it on the first
+        # frame that stays here would put a session's load time (~100 ms) into that
+        # frame, which is typically the first one after the server failed.
+        whole = bundle.manifest.whole
+        self._whole: Segment | None = (open_file(bundle, bundle.path / whole.file, threads)
+                                       if whole is not None else None)
 
     def feed(self, x: Any) -> dict[str, np.ndarray]:
         """The model inputs from `x`: an array for a single-input model, or a mapping of
@@ -109,17 +113,13 @@ class LocalRunner:
 
     @property
     def has_whole(self) -> bool:
-        return self.bundle.manifest.whole is not None
+        return self._whole is not None
 
     def run_whole(self, env: dict[str, np.ndarray]) -> float:
         """Run the whole model file on `env` (updated in place with the model outputs);
         returns its milliseconds. One session runs at the unsplit model's speed, where a
-        chain of segments loses fused kernels and layout at every cut. It is opened on the
-        first frame that stays on the device, so a device that always offloads never holds
-        the weights twice."""
-        if self._whole is None:
-            whole = self.bundle.manifest.whole
-            self._whole = open_file(self.bundle, self.bundle.path / whole.file, self._threads)
+        chain of segments loses fused kernels and layout at every cut."""
+        assert self._whole is not None, "the bundle has no whole-model file"
         t0 = time.perf_counter()
         env.update(self._whole.run({t.name: env[t.name] for t in self.inputs}))
         return (time.perf_counter() - t0) * 1e3

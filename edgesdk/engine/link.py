@@ -12,6 +12,8 @@ It also keeps the live estimates (edgesdk.estimators.LinkEstimator) from real tr
 decides whether offloading is possible at all:
 
     status "connecting" -> hello -> "up" (the welcome lists this bundle) | "not_served"
+         | "bundle_mismatch" (the server has another copy of it: the hello carries the
+           bundle's digest, and the server answers an error when its own differs)
     "up" -> an infer times out or is unreachable -> "checking" (a hello at once)
          -> "up" | "down"
     "down" -> hello every `retry_s` -> "up" when the server is back
@@ -50,6 +52,7 @@ from ..estimators import LinkEstimator, probe_bytes
 from ..transport import protocol
 
 UP, CONNECTING, CHECKING, DOWN, NOT_SERVED = "up", "connecting", "checking", "down", "not_served"
+MISMATCH = "bundle_mismatch"
 # The I/O thread sleeps until its next event (a job through the wake pipe, a reply, a
 # request's deadline, which Client.poll wakes for itself, a held job's release, the next
 # probe); this cap only bounds a sleep whose wake-up was miscomputed. A device idles here
@@ -73,19 +76,23 @@ class _Job:
 
 class EdgeLink:
     """See the module docstring. `bundle_id`: the bundle's source sha256; `name`: the
-    bundle's name, for the log lines."""
+    bundle's name, for the log lines; `digest`: the bundle's digest (Bundle.digest), sent
+    in the hello so that a server with another copy of the bundle refuses it."""
 
     def __init__(self, endpoint: str, bundle_id: str, *,
                  server_public_key: Any = None, client_keys: Any = None,
                  retry_s: float = 0.5, hello_budget_s: float = 0.5,
                  probe_idle_s: float = 2.0, busy_backoff_s: float = 0.25,
-                 name: str = "") -> None:
+                 name: str = "", digest: str | None = None) -> None:
         self.endpoint = endpoint
         self.bundle_id = bundle_id
         self.name = name
+        self.digest = digest
+        self.mismatch = ""  # the server's bundle_mismatch message, while it lasts
         self._warned: str | None = None  # the status last warned about (see _log_change)
         self.estimator = LinkEstimator(idle_s=probe_idle_s)
         self.status = CONNECTING
+        self._down_reason = "unreachable"  # why frames stay here while down or connecting
         self.welcome: Any = None
         self.server_tail_ms: dict[str, float] = {}  # cut id -> server compute, from welcome
         self.welcomes = 0  # how many welcomes arrived (the engine re-plans on a change)
@@ -132,7 +139,11 @@ class EdgeLink:
             return "busy" if now < self._busy_until else None
         if status == NOT_SERVED:
             return "bundle_not_served"
-        return "unreachable"
+        if status == MISMATCH:
+            return "bundle_mismatch"
+        if status == CHECKING:
+            return "checking"  # an offload failed: a hello is out, frames stay here till then
+        return self._down_reason
 
     def offload(self, frames: Sequence, cut: str, budget_s: float) -> Future:
         """Send an infer request for `cut`; the Future resolves to a transport Reply or
@@ -204,6 +215,10 @@ class EdgeLink:
                         if job.kind == protocol.INFER:
                             rid = client.submit(job.frames, budget_s=job.budget_s,
                                                 bundle=self.bundle_id, cut=job.cut)
+                        elif job.kind == protocol.HELLO and self.digest:
+                            rid = client.submit(job.frames, budget_s=job.budget_s,
+                                                kind=job.kind, bundle=self.bundle_id,
+                                                fields={"digest": self.digest})
                         else:
                             rid = client.submit(job.frames, budget_s=job.budget_s,
                                                 kind=job.kind)
@@ -311,9 +326,13 @@ class EdgeLink:
         """Tell the user when offloading stops or resumes: one line per change of what
         they would want to know (a warning per outage, not per frame or per hello)."""
         status = self.status
-        if status in (DOWN, NOT_SERVED) and self._warned != status:
+        if status in (DOWN, NOT_SERVED, MISMATCH) and self._warned != status:
             self._warned = status
-            if status == DOWN:
+            if status == MISMATCH:
+                log.warning("edge server %s runs another copy of bundle %s: %s; frames finish "
+                            "on the device until both run the same bundle", self.endpoint,
+                            self.name or "?", self.mismatch)
+            elif status == DOWN:
                 why = ("no connection" if isinstance(outcome, Unreachable)
                        else f"no answer within {self._hello_budget_s * 1e3:.0f} ms")
                 log.warning("edge server %s is unreachable (%s): frames finish on the device "
@@ -329,6 +348,11 @@ class EdgeLink:
             log.info("edge server %s is up: offloading resumes", self.endpoint)
 
     def _on_failure(self, job: _Job, exc: TransportError, now: float) -> None:
+        if job.kind == protocol.HELLO and getattr(exc, "code", None) == protocol.BUNDLE_MISMATCH:
+            self.status = MISMATCH
+            # "request 7: bundle ... digest X..., the device's has digest Y...: ..."
+            self.mismatch = str(getattr(exc, "remote_message", exc)).split(": ", 1)[-1]
+            return
         if isinstance(exc, ServerBusy):
             self._busy_until = now + self._busy_backoff_s
             return
@@ -354,6 +378,11 @@ class EdgeLink:
             # Hello failing means down; an infer failing means "check before trusting it",
             # with a hello at once: frames go to the device until it answers.
             self.status = DOWN if job.kind == protocol.HELLO else CHECKING
+            if self.status == DOWN:
+                # no connection at all, or connected and silent (stopped, or so loaded it
+                # cannot answer a hello in time): a user acts differently on each
+                self._down_reason = ("unreachable" if isinstance(exc, Unreachable)
+                                     else "unresponsive")
             if self.status == CHECKING:
                 self._next_probe = now
 

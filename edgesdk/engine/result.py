@@ -47,8 +47,12 @@ class Result:
     fire (adaptive strategies only), so len(plans) - 1 re-decisions happened (a plan may
     repeat: the re-decision kept it).
     fallback_reason: why the plan was not followed (None: it was, or there is no server):
-    "unreachable", "busy", "timeout" (no reply in time, or no time left to ask),
-    "server_error", "bundle_not_served", "encode_error" (the codec refused this frame's
+    "unreachable" (no connection), "unresponsive" (connected, but no answer to a hello in
+    time: stopped or overloaded), "checking" (an offload just failed; the link is asking
+    the server before it trusts it again), "busy", "timeout" (no reply in time, or no
+    time left to ask),
+    "server_error", "bundle_not_served", "bundle_mismatch" (the server runs another copy
+    of the bundle: a different digest), "encode_error" (the codec refused this frame's
     tensor, e.g. beyond float16's range).
     """
 

@@ -24,25 +24,16 @@ from .candidates import (
 )
 from .features import N_FEATURES, features
 from .net import WEIGHTS, PolicyNet
-from .planner import expected_rewards, expected_terms, plan, plan_pessimistic
+from .planner import (
+    expected_rewards,
+    expected_terms,
+    offload_budget,
+    plan,
+    plan_pessimistic,
+)
 from .state import TASKS, State
 
-__all__ = [
-    "BITS",
-    "N_FEATURES",
-    "TASKS",
-    "WEIGHTS",
-    "Candidate",
-    "CandidateTable",
-    "ExitProfile",
-    "ModelProfile",
-    "PolicyNet",
-    "State",
-    "build_candidates",
-    "expected_rewards",
-    "expected_terms",
-    "features",
-    "model_profile",
-    "plan",
-    "plan_pessimistic",
-]
+__all__ = ["BITS", "Candidate", "CandidateTable", "ExitProfile", "ModelProfile", "N_FEATURES",
+           "PolicyNet", "State", "TASKS", "WEIGHTS", "build_candidates", "expected_rewards",
+           "expected_terms", "features", "model_profile", "offload_budget", "plan",
+           "plan_pessimistic"]

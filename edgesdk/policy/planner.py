@@ -34,6 +34,20 @@ MAX_SPREAD = 2.0  # cap on the log-bandwidth spread
 FALLBACK_EXIT_ACC = 0.7
 
 
+# The engine gives up on an offload this long before it must start its fallback: after a
+# budget runs out, the link thread's answer and the hand-off of the GIL to the waiting
+# frame (a 5 ms switch interval when other threads compute) take time of their own.
+FALLBACK_MARGIN_MS = 3.0
+
+
+def offload_budget(left_ms, local_ms, has_exit):
+    """What the engine gives an offload (ms, arrays or scalars): the time `left_ms` to the
+    deadline once the tensor is ready, less the local finish's `local_ms` when there is no
+    exit answer to fall back on and the finish fits (the reserve), less the margin."""
+    reserve = np.where(~np.asarray(has_exit) & (left_ms - local_ms > 1.0), local_ms, 0.0)
+    return left_ms - reserve - FALLBACK_MARGIN_MS
+
+
 def branch_latency(table: CandidateTable, state: State, bw_mbps: float | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
     """(latency of the no-exit branch excluding transfer, transfer ms at state.bw_mbps, or
@@ -58,9 +72,7 @@ def expected_terms(table: CandidateTable, state: State, bw_mbps: float | None = 
     dev = (table.dev_ms + table.enc_ms) * state.device_slowdown
     local = table.local_ms * state.device_slowdown
     has_exit = table.has_exit
-    # the engine's offload budget: keep time for a local finish without an exit answer
-    reserve = np.where(~has_exit & (slo - dev - local > 1.0), local, 0.0)
-    budget = np.maximum(slo - dev - reserve, 0.0)
+    budget = np.maximum(offload_budget(slo - dev, local, has_exit), 0.0)
     slack = budget - (base - dev)  # what the transfer may take
     if s > 0:
         # P(transfer > slack) = P(log bw < log(bw * transfer / slack)), logistic for Phi

@@ -53,6 +53,7 @@ import numpy as np
 
 from ..estimators import LinkEstimator, probe_bytes
 from .candidates import CandidateTable
+from .planner import offload_budget
 from .scenarios import (  # noqa: F401  (re-exported: the simulator's public names)
     DEFAULT_PHYSICS,
     FIXED_RATES,
@@ -207,8 +208,7 @@ def frame_outcomes(world: World, k: int, facts: _TableFacts, slowdown_est: float
     d = (t.dev_ms + t.enc_ms) * jit + eng
     # the engine reserves a local finish when it has no exit answer to fall back on
     local_est = facts.local_rest_ms * slowdown_est
-    reserve = np.where(~facts.has_exit & (slo - d - local_est > 1.0), local_est, 0.0)
-    budget = slo - d - reserve
+    budget = offload_budget(slo - d, local_est, facts.has_exit)
     t_send = world.t[k] + d / 1e3
     wire = ph.overhead_ms + world.transfer_ms(t_send, t.wire_bytes)
     cold = np.asarray(idle_s) >= ph.idle_restart_s

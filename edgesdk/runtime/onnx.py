@@ -61,6 +61,18 @@ class OnnxSegment:
         self._dtypes = {i.name: _ORT_TO_NUMPY.get(i.type) for i in self.session.get_inputs()}
         self._shapes = {i.name: i.shape for i in self.session.get_inputs()}
 
+    def declared(self) -> tuple[dict, dict]:
+        """({input name: (shape, dtype)}, {output name: (shape, dtype)}) as the model file
+        declares them (get_inputs/get_outputs); a dimension that is not a fixed number is
+        None, a dtype is a numpy name ("float32") or onnxruntime's own for other types."""
+        def spec(arg) -> tuple:
+            shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in arg.shape)
+            want = _ORT_TO_NUMPY.get(arg.type)
+            return shape, np.dtype(want).name if want is not None else arg.type
+
+        return ({i.name: spec(i) for i in self.session.get_inputs()},
+                {o.name: spec(o) for o in self.session.get_outputs()})
+
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {}
         for name in self.inputs:

@@ -60,6 +60,13 @@ def read_model(model: str | os.PathLike | bytes) -> tuple[bytes, str]:
     return data, where
 
 
+def _declared(detail: dict) -> tuple:
+    signature = detail.get("shape_signature")
+    dims = signature if signature is not None and len(signature) else detail["shape"]
+    return (tuple(int(d) if int(d) >= 0 else None for d in dims),
+            np.dtype(detail["dtype"]).name)
+
+
 class TfliteSegment:
     """A segment run by the TFLite interpreter on the CPU.
 
@@ -97,6 +104,14 @@ class TfliteSegment:
         self._in = {d["name"]: (d["index"], tuple(int(s) for s in d["shape"]),
                                 np.dtype(d["dtype"])) for d in ins}
         self._out = [(d["name"], d["index"]) for d in outs]
+        self._declared = ({d["name"]: _declared(d) for d in ins},
+                          {d["name"]: _declared(d) for d in outs})
+
+    def declared(self) -> tuple[dict, dict]:
+        """({input name: (shape, dtype)}, {output name: (shape, dtype)}) as the model file
+        declares them (input/output details; a dimension that is -1 in the shape signature
+        is None), dtypes as numpy names."""
+        return self._declared
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         for name in self.inputs:

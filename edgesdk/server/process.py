@@ -4,7 +4,11 @@ The demo, the end-to-end benchmark and the tests run the edge server the way a u
 does, as its own process. `ServerProcess` reads the server's JSON log lines (stderr) on a
 thread, so the pipe never fills, waits for the "ready" event to learn the bound endpoint
 (bind to port * and let the OS pick), and in `__exit__` always ends it (SIGTERM to drain,
-SIGKILL if that hangs); the workers die with it (PR_SET_PDEATHSIG).
+SIGKILL if that hangs); the workers die with it (PR_SET_PDEATHSIG). With
+`new_group=True` the server leads its own process group, as under systemd or as a
+terminal's foreground job, and `terminate(group=True)` signals the whole group at once
+(what systemd's default KillMode and Ctrl-C do): the server still drains, because its
+workers ignore SIGTERM and SIGINT and are stopped by the broker.
 
     with ServerProcess.serve([bundle_dir], "--workers", "2") as server:
         engine = Engine(bundle_dir, server=server.endpoint)
@@ -47,18 +51,22 @@ class ServerProcess:
     """A server subprocess with its parsed log; a context manager that always ends it.
 
     cmd: the command line; it must log JSON lines with a "ready" event carrying
-    "endpoint" (edgesdk.transport.broker does). env/cwd: for the child.
+    "endpoint" (edgesdk.transport.broker does). env/cwd: for the child. new_group: start
+    it in a new session, so it leads its own process group (pgid == pid) and a signal to
+    the group reaches it and its workers together.
     """
 
     def __init__(self, cmd: Sequence[str], ready_timeout: float = 60.0,
-                 env: Mapping[str, str] | None = None, cwd: str | None = None) -> None:
+                 env: Mapping[str, str] | None = None, cwd: str | None = None,
+                 new_group: bool = False) -> None:
         self.cmd = list(cmd)
         self.events: list[dict] = []
         self.lines: list[str] = []
+        self.new_group = new_group
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True, env=dict(env) if env is not None else None,
-                                     cwd=cwd)
+                                     cwd=cwd, start_new_session=new_group)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         try:
@@ -112,10 +120,23 @@ class ServerProcess:
         """slot -> pid of the latest ready worker of each slot."""
         return {e["slot"]: e["pid"] for e in self.find("worker_ready")}
 
-    def terminate(self, timeout: float = 20.0) -> int:
-        """SIGTERM (the server drains) and wait; returns the exit code."""
+    def signal_group(self, sig: int = signal.SIGTERM) -> None:
+        """Send `sig` to the server's whole process group (needs new_group=True): what
+        systemd's default KillMode=control-group does on stop, and Ctrl-C in a terminal."""
+        if not self.new_group:
+            raise RuntimeError("the server shares this process's group; start it with "
+                               "new_group=True to signal its group")
+        if self.proc.poll() is None:  # the leader not yet reaped: its pgid is still its own
+            os.killpg(self.proc.pid, sig)
+
+    def terminate(self, timeout: float = 20.0, group: bool = False) -> int:
+        """SIGTERM (the server drains) and wait; returns the exit code. group: to the
+        whole process group (new_group=True), not only the broker."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            if group:
+                self.signal_group(signal.SIGTERM)
+            else:
+                self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout)
         finally:
@@ -123,6 +144,9 @@ class ServerProcess:
 
     def kill(self) -> None:
         if self.proc.poll() is None:
+            if self.new_group:  # the broker and whatever it started, in one go
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.kill()
             self.proc.wait(10)
         self._reader.join(5)
@@ -134,7 +158,10 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         # SIGTERM first: a drained server removes its ipc:// directory; SIGKILL cannot.
-        self.terminate(timeout=5.0)
+        # When the block already failed, a server slow to drain is killed without a second
+        # error hiding the first.
+        with contextlib.suppress(*((subprocess.TimeoutExpired,) if exc[0] else ())):
+            self.terminate(timeout=5.0)
 
 
 __all__ = ["ServerProcess", "ServerStartError", "module_command"]

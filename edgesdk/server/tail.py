@@ -28,11 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..bundle import FLOAT_DTYPES, Bundle, CutSpec, TensorSpec, servable_cuts
-from ..codec import decode_tensors, encode_tensors
+from ..codec import decode_tensors, encode_tensors, frame_limits
 from ..errors import BundleError, CodecError, ConfigError, HandlerError, MissingDependency
-from ..transport.protocol import BAD_REQUEST, Envelope
+from ..transport.protocol import BAD_REQUEST, UNKNOWN_BUNDLE, Envelope
 
-UNKNOWN_BUNDLE = "unknown_bundle"
 OUTPUT_BITS = (16, 32)
 
 
@@ -82,11 +81,12 @@ def _check_runtime(bundle: Bundle) -> None:
         raise error from None
 
 
-def load_bundles(paths: Sequence[str]) -> dict[str, Bundle]:
-    """Bundles keyed by source sha256, checked for serving; BundleError on duplicates."""
+def load_bundles(paths: Sequence[str], public_key: Any = None) -> dict[str, Bundle]:
+    """Bundles keyed by source sha256, checked for serving; BundleError on duplicates.
+    public_key (a PEM file, see edgesdk.signing): each bundle must be signed with it."""
     bundles: dict[str, Bundle] = {}
     for path in paths:
-        bundle = Bundle.load(path)
+        bundle = Bundle.load(path, public_key=public_key)
         key = bundle.source_sha256
         if not key:
             raise BundleError(f"{bundle.path}: manifest has no source sha256 to serve it by")
@@ -116,6 +116,7 @@ class TailHandlerFactory:
     output_bits: int = 32
     profile_runs: int = 10
     device: str | None = None
+    bundle_key: str | None = None  # Ed25519 public key file: serve only bundles it signed
 
     def __post_init__(self) -> None:
         if self.output_bits not in OUTPUT_BITS:
@@ -125,8 +126,21 @@ class TailHandlerFactory:
             raise ConfigError(f"profile_runs is {self.profile_runs!r}, expected an int >= 0")
 
     def check(self) -> None:
-        """Load and check the bundles in the calling process (fail before spawning)."""
-        load_bundles(self.bundles)
+        """Load and check the bundles in the calling process (fail before spawning): the
+        digest, the signature with bundle_key, and each segment file against the manifest
+        (its tensors, shapes and dtypes: edgesdk.runtime.check_files)."""
+        from ..runtime import check_files
+
+        for bundle in load_bundles(self.bundles, self.bundle_key).values():
+            check_files(bundle, whole=False, exits=False)  # the server runs segments only
+
+    def payload_limits(self) -> dict[str, dict[str, tuple[int, ...]]]:
+        """What an infer request may carry, for the broker to check before it queues one:
+        {bundle id: {cut id: the largest legal size of each payload frame}}. A cut takes
+        a header and a payload frame per tensor (edgesdk.codec.frame_limits), so a request
+        with more frames, or a larger one, is refused without reaching a worker."""
+        return {key: {c.id: frame_limits(c.tensors) for c in servable_cuts(bundle)}
+                for key, bundle in load_bundles(self.bundles).items()}
 
     def __call__(self) -> TailHandler:
         return TailHandler(self)
@@ -155,7 +169,7 @@ class TailHandler:
     def __init__(self, factory: TailHandlerFactory) -> None:
         self.factory = factory
         self.served = {key: _Served(b, factory.threads)
-                       for key, b in load_bundles(factory.bundles).items()}
+                       for key, b in load_bundles(factory.bundles, factory.bundle_key).items()}
 
     def handle(self, request: Envelope, frames: Sequence) -> tuple[list, dict]:
         from ..runtime import run_chain
@@ -195,7 +209,7 @@ class TailHandler:
             if profile is not None:
                 entry["tail_ms"] = _tail_ms(profile, c)
             cuts.append(entry)
-        return {"name": bundle.name, "backend": bundle.backend,
+        return {"name": bundle.name, "backend": bundle.backend, "digest": bundle.digest,
                 "inputs": [_spec_json(t) for t in bundle.manifest.inputs],
                 "outputs": [_spec_json(t) for t in bundle.manifest.outputs],
                 "output_bits": self.factory.output_bits, "cuts": cuts, "profile": profile}

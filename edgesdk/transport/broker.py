@@ -9,8 +9,13 @@ The server is generic: it moves opaque frames. What a request computes is the jo
     handler = factory()
     frames, fields = handler.handle(envelope, frames)   # fields go into the result envelope
     handler.describe()  # optional: the "bundles" map of the welcome (asked of one worker)
+    factory.payload_limits()  # optional, in the broker: {bundle: {cut: frame size limits}}
 
-(edgesdk.server builds the tail-segment handler from bundles.) A handler rejects a bad
+(edgesdk.server builds the tail-segment handler from bundles.) With payload limits the
+broker refuses an infer request whose bundle or cut is unknown, or whose payload frames
+are more or larger than its cut takes (protocol.check_payload), before it is queued: such
+a request never reaches a worker, and the frontend's ZMQ_MAXMSGSIZE defaults to the
+largest legal frame (config.frame_limit). A handler rejects a bad
 request by raising edgesdk.errors.HandlerError; any other exception becomes an `internal`
 error reply and the worker keeps running. This module is the broker; the workers are in
 worker.py, the queue in dispatch.py, the configuration in config.py, the logs in logs.py.
@@ -61,7 +66,14 @@ import zmq
 from ..errors import MalformedMessage, ServerStartError
 from . import protocol
 from .auth import configure_server_socket, start_authenticator
-from .config import ServerConfig, is_loopback
+from .config import (
+    ServerConfig,
+    frame_limit,
+    is_loopback,
+    largest_frame,
+    largest_request,
+    memory_bound,
+)
 from .dispatch import Dispatcher, Job
 from .logs import log_event
 from .metrics import Metrics, serve_metrics
@@ -101,6 +113,12 @@ class Server:
         self.metrics = Metrics()
         self.dispatcher = Dispatcher(config.max_queue)
         self.description: dict = {}
+        # What each bundle's cuts carry, from the factory (None: a generic handler)
+        limits = getattr(factory, "payload_limits", None)
+        self.payload_limits = limits() if callable(limits) else None
+        self.max_frame_bytes = frame_limit(config, self.payload_limits)
+        self.max_request_bytes = largest_request(self.payload_limits, config.max_frames,
+                                                 self.max_frame_bytes)
         self.endpoint: str | None = None  # the bound frontend endpoint (port resolved)
         self.metrics_address: tuple[str, int] | None = None
         self._stop = threading.Event()
@@ -137,7 +155,7 @@ class Server:
             self.backend.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a dead worker is an error
             self.backend.bind(self.pool.backend)
             if cfg.curve is not None:
-                auth = start_authenticator(ctx, cfg.allow_dir)
+                auth = start_authenticator(ctx, cfg.allow_dir, self.metrics)
             self.frontend = self._bind_frontend(ctx)
             try:
                 self._start_pool()
@@ -151,6 +169,10 @@ class Server:
                 self.metrics_address = metrics_server.server_address[:2]
             log_event("ready", endpoint=self.endpoint, workers=cfg.workers,
                       max_queue=cfg.max_queue, curve=cfg.curve is not None,
+                      max_frame_bytes=self.max_frame_bytes,
+                      max_request_bytes=self.max_request_bytes,
+                      memory_bound_bytes=memory_bound(cfg.max_queue, cfg.workers,
+                                                      self.max_request_bytes),
                       metrics=(f"http://{self.metrics_address[0]}:{self.metrics_address[1]}"
                                "/metrics" if self.metrics_address else None),
                       pid=os.getpid())
@@ -197,7 +219,13 @@ class Server:
         cfg = self.config
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_frame_bytes)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
+        legal = largest_frame(self.payload_limits) if self.payload_limits else 0
+        if legal > self.max_frame_bytes:
+            log_event("max_frame_bytes_too_small", logging.WARNING,
+                      max_frame_bytes=self.max_frame_bytes, largest_legal_frame=legal,
+                      hint="requests with larger frames disconnect their device; raise "
+                           "--max-frame-bytes or leave it unset")
         sock.setsockopt(zmq.RCVHWM, 1000)
         sock.setsockopt(zmq.SNDHWM, 1000)
         sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
@@ -380,7 +408,12 @@ class Server:
             self._malformed(client, message[1], str(exc))
             return
         self.metrics.requests.inc(kind=env.kind)
-        if env.kind == protocol.HELLO:
+        mismatch = (protocol.hello_mismatch(env, self.description)
+                    if env.kind == protocol.HELLO else None)
+        if mismatch is not None:  # the device runs another copy of a bundle served here
+            self._reply(client, protocol.error_envelope(env.id, protocol.BUNDLE_MISMATCH,
+                                                        mismatch))
+        elif env.kind == protocol.HELLO:
             self._reply(client, Envelope(protocol.WELCOME, env.id, extra={
                 "server_version": protocol.VERSION, "server": self.config.name,
                 "bundles": self.description, "load": self._load()}))
@@ -390,6 +423,14 @@ class Server:
             self._reply(client, protocol.error_envelope(
                 env.id, protocol.SHUTTING_DOWN, "the server is shutting down"))
         else:
+            if self.payload_limits is not None:
+                refused = protocol.check_payload(env, [len(f) for f in message[2:]],
+                                                 self.payload_limits)
+                if refused is not None:  # never queued, never sent to a worker
+                    log_event("refused", logging.DEBUG, request=env.id, code=refused[0],
+                              error=refused[1][:200])
+                    self._reply(client, protocol.error_envelope(env.id, *refused))
+                    return
             self._seq += 1
             job = Job(self._seq, client, env.id, message[1], list(message[2:]), now,
                       now + env.budget_ms / 1e3)

@@ -6,9 +6,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .auth import KeyPair
+from .protocol import MAX_ENVELOPE_BYTES, MAX_PROBE_BYTES
+
+# {bundle id: {cut id: the largest legal size of each payload frame}}: what a handler
+# factory's payload_limits() returns (edgesdk.server.TailHandlerFactory derives it from
+# the bundles) and what the broker checks every infer request against.
+PayloadLimits = Mapping[str, Mapping[str, Sequence[int]]]
+DEFAULT_MAX_FRAME_BYTES = 32 * 1024 * 1024  # for handlers that state no payload limits
+FRAME_SLACK = 4096  # above the largest legal frame, for the automatic ZMQ_MAXMSGSIZE
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 
@@ -19,7 +28,9 @@ class ServerConfig:
 
     bind: the frontend endpoint. max_queue: requests that may wait for a worker before the
     server answers busy. max_frame_bytes: ZMQ_MAXMSGSIZE on the frontend (a larger frame
-    disconnects its sender). max_frames: frames per message, envelope included.
+    disconnects its sender); None: the largest legal frame of what the handler serves
+    (see `frame_limit`), or DEFAULT_MAX_FRAME_BYTES for a handler that does not say.
+    max_frames: frames per message, envelope included.
     curve: the server's key pair; with it, allow_dir must name the directory of accepted
     device public keys. metrics_port: serve Prometheus text on it (None: off).
     """
@@ -27,7 +38,7 @@ class ServerConfig:
     bind: str = "tcp://127.0.0.1:5555"
     workers: int = 1
     max_queue: int = 16
-    max_frame_bytes: int = 32 * 1024 * 1024
+    max_frame_bytes: int | None = None
     max_frames: int = 64
     curve: KeyPair | None = None
     allow_dir: str | None = None
@@ -45,7 +56,7 @@ class ServerConfig:
             raise ValueError(f"max_queue is {self.max_queue!r}, expected an int >= 0")
         if self.max_frames < 2:
             raise ValueError(f"max_frames is {self.max_frames}, expected >= 2")
-        if self.max_frame_bytes < 1024:
+        if self.max_frame_bytes is not None and self.max_frame_bytes < 1024:
             raise ValueError(f"max_frame_bytes is {self.max_frame_bytes}, expected >= 1024")
         if self.curve is not None and not self.allow_dir:
             raise ValueError("a CURVE server needs an allow directory of device public keys "
@@ -53,6 +64,43 @@ class ServerConfig:
         if self.allow_dir and self.curve is None:
             raise ValueError("an allow directory needs the server's CURVE secret key "
                              "(--curve-secret FILE)")
+
+
+def frame_limit(config: ServerConfig, payload_limits: PayloadLimits | None) -> int:
+    """The frontend's ZMQ_MAXMSGSIZE: config.max_frame_bytes when given; else the largest
+    legal frame of the served payloads, an envelope (16 KiB) or a heartbeat's bandwidth
+    probe (MAX_PROBE_BYTES, 1 MiB), plus FRAME_SLACK; else, when the handler states no
+    limits, DEFAULT_MAX_FRAME_BYTES. (A frame above it drops the sender's connection, and
+    every request pending on it with it: a probe must always fit.)"""
+    if config.max_frame_bytes is not None:
+        return config.max_frame_bytes
+    if not payload_limits:
+        return DEFAULT_MAX_FRAME_BYTES
+    return max(MAX_ENVELOPE_BYTES, MAX_PROBE_BYTES, largest_frame(payload_limits)) + FRAME_SLACK
+
+
+def largest_frame(payload_limits: PayloadLimits) -> int:
+    """The largest legal payload frame over every bundle and cut (0 if none)."""
+    return max((max(frames, default=0) for cuts in payload_limits.values()
+                for frames in cuts.values()), default=0)
+
+
+def largest_request(payload_limits: PayloadLimits | None, max_frames: int,
+                    max_frame_bytes: int) -> int:
+    """The largest legal infer request in bytes: the envelope plus every payload frame of
+    the largest cut. Without payload limits, what the frame limits allow."""
+    if not payload_limits:
+        return MAX_ENVELOPE_BYTES + (max_frames - 1) * max_frame_bytes
+    return MAX_ENVELOPE_BYTES + max((sum(frames) for cuts in payload_limits.values()
+                                     for frames in cuts.values()), default=0)
+
+
+def memory_bound(max_queue: int, workers: int, request_bytes: int) -> int:
+    """Memory a server may hold for requests beyond its idle size (bytes), apart from
+    ZeroMQ's receive buffers (examples/edge_server.md): every queued or running request in
+    the broker, and in each worker its request and the tensors decoded from it:
+    (max_queue + 3 x workers) x the largest legal request."""
+    return (max_queue + 3 * workers) * request_bytes
 
 
 def is_loopback(endpoint: str) -> bool:
@@ -63,4 +111,6 @@ def is_loopback(endpoint: str) -> bool:
     return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
-__all__ = ["LOOPBACK_HOSTS", "ServerConfig", "is_loopback"]
+__all__ = ["DEFAULT_MAX_FRAME_BYTES", "FRAME_SLACK", "LOOPBACK_HOSTS", "PayloadLimits",
+           "ServerConfig", "frame_limit", "is_loopback", "largest_frame", "largest_request",
+           "memory_bound"]

@@ -146,6 +146,9 @@ class Metrics:
                                  "Malformed messages (answered or dropped).", lk)
         self.worker_restarts = Counter("edgesdk_worker_restarts_total",
                                        "Worker processes restarted after a crash.", lk)
+        self.auth_rejected = Counter("edgesdk_auth_rejected_total",
+                                     "CURVE handshakes rejected: the device's public key is "
+                                     "not in the allow directory.", lk)
         self.queue_length = Gauge("edgesdk_queue_length",
                                   "Requests waiting for a worker.", lk)
         self.workers_alive = Gauge("edgesdk_workers_alive", "Worker processes ready.", lk)
@@ -157,9 +160,9 @@ class Metrics:
         self.request_seconds = Histogram("edgesdk_request_seconds",
                                          "Time from receipt to reply, per infer request.", lk)
         self._all = [self.requests, self.replies, self.errors, self.malformed,
-                     self.worker_restarts, self.queue_length, self.workers_alive,
-                     self.workers_busy, self.server_seconds, self.queue_seconds,
-                     self.request_seconds]
+                     self.worker_restarts, self.auth_rejected, self.queue_length,
+                     self.workers_alive, self.workers_busy, self.server_seconds,
+                     self.queue_seconds, self.request_seconds]
 
     def render(self) -> str:
         with self.lock:

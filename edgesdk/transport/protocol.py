@@ -51,16 +51,21 @@ ANSWERS = {HELLO: (WELCOME, BUSY, ERROR), INFER: (RESULT, BUSY, ERROR),
 EXPIRED = "expired"  # the request's budget ran out before compute started
 MALFORMED = "malformed"  # the envelope or the frames could not be parsed
 VERSION_MISMATCH = "version"  # the envelope's protocol version is not this server's
-TOO_LARGE = "too_large"  # too many frames (single frames are capped by ZMQ_MAXMSGSIZE)
+TOO_LARGE = "too_large"  # more or larger frames than the server (or the request's cut) takes
 BAD_REQUEST = "bad_request"  # well-formed, but the handler rejects it (unknown cut, shape)
+UNKNOWN_BUNDLE = "unknown_bundle"  # the server does not serve the request's bundle
 WORKER_CRASHED = "worker_crashed"  # the worker computing it died; the pool restarts it
 WORKER_TIMEOUT = "worker_timeout"  # the worker hung far past the deadline and was killed
 SHUTTING_DOWN = "shutting_down"  # the server is draining after SIGTERM
 INTERNAL = "internal"  # an unexpected failure in the handler; the worker keeps running
+BUNDLE_MISMATCH = "bundle_mismatch"  # hello: that bundle id is served with another digest
 
 # Limits. An envelope is small: ids, a budget, two names and a few numbers. A welcome
 # carries profiles of every served bundle, so replies get a larger allowance.
 MAX_ENVELOPE_BYTES = 16 * 1024
+# A heartbeat may carry one payload frame of up to this many bytes, which the server
+# discards: a device's bandwidth probe (edgesdk.estimators.link.PROBE_BYTES stays within).
+MAX_PROBE_BYTES = 1024 * 1024
 MAX_REPLY_ENVELOPE_BYTES = 4 * 1024 * 1024
 MAX_NAME_CHARS = 256  # bundle id, cut id, error code
 MAX_MESSAGE_CHARS = 2048  # error message text
@@ -209,8 +214,45 @@ def check_request(env: Envelope) -> None:
                                f"{list(REQUEST_KINDS)}")
     if env.budget_ms is None:
         raise MalformedMessage(f"{env.kind} request {env.id} has no 'budget_ms'")
+    if env.id == 0:  # reserved for error replies that cannot name their request
+        raise MalformedMessage(f"{env.kind} request has id 0; request ids start at 1")
     if env.kind == INFER and (env.bundle is None or env.cut is None):
         raise MalformedMessage(f"infer request {env.id} needs 'bundle' and 'cut'")
+
+
+def check_payload(env: Envelope, sizes: Sequence[int],
+                  limits: Mapping[str, Mapping[str, Sequence[int]]]) -> tuple[str, str] | None:
+    """For a server that knows what each bundle's cuts carry: None when the payload frames
+    of infer request `env` (their sizes in bytes) fit its cut, else (error code, message).
+
+    `limits[bundle][cut]` holds the largest legal size of each payload frame, in order, so
+    its length is the number of frames the cut takes. More frames, or a frame above its
+    limit, is `too_large`; fewer frames or an unknown cut is `bad_request`; an unknown
+    bundle is `unknown_bundle`. A broker checks this before it queues a request, so an
+    oversized one is never held beyond its receipt and never reaches a worker.
+    """
+    cuts = limits.get(env.bundle or "")
+    if cuts is None:
+        served = ", ".join(f"{key[:12]}..." for key in limits)
+        return UNKNOWN_BUNDLE, (f"bundle {str(env.bundle)[:64]!r} is not served here; "
+                                f"served: {served}")
+    frame_limits = cuts.get(env.cut or "")
+    if frame_limits is None:
+        return BAD_REQUEST, (f"bundle {str(env.bundle)[:12]}... has no cut "
+                             f"{str(env.cut)[:64]!r}; cuts are {sorted(cuts)}")
+    need = len(frame_limits)
+    if len(sizes) > need:
+        return TOO_LARGE, (f"infer request {env.id} has {len(sizes)} payload frames; cut "
+                           f"{env.cut!r} takes {need} (a header and a payload per tensor)")
+    for i, (size, limit) in enumerate(zip(sizes, frame_limits)):
+        if size > limit:
+            return TOO_LARGE, (f"payload frame {i} of infer request {env.id} is {size} bytes, "
+                               f"limit {limit} for cut {env.cut!r} (its tensor at 32 bits "
+                               "with codec framing)")
+    if len(sizes) < need:
+        return BAD_REQUEST, (f"got {len(sizes)} payload frames for cut {env.cut!r}, expected "
+                             f"{need} (a header and a payload per tensor)")
+    return None
 
 
 def _field(env: Envelope, key: str, ok, expected: str, required: bool = True) -> Any:
@@ -254,6 +296,21 @@ def check_reply(env: Envelope) -> None:
     elif env.kind == BUSY:
         _field(env, "queue", _count, "an int >= 0", required=False)
         _field(env, "max_queue", _count, "an int >= 0", required=False)
+
+
+def hello_mismatch(env: Envelope, bundles: Any) -> str | None:
+    """The message of a `bundle_mismatch` error when a hello names a bundle (`bundle`, its
+    source sha256) and its digest (`digest`) and `bundles` (the welcome's map) serves that
+    bundle with another digest; None when they agree or either side gives no digest."""
+    mine = env.extra.get("digest")
+    served = bundles.get(env.bundle) if isinstance(bundles, Mapping) and env.bundle else None
+    theirs = served.get("digest") if isinstance(served, Mapping) else None
+    if not isinstance(mine, str) or not isinstance(theirs, str) or mine == theirs:
+        return None
+    name = served.get("name") if isinstance(served.get("name"), str) else "?"
+    return (f"bundle {env.bundle[:12]}... ({name[:64]}) is served here with digest "
+            f"{theirs[:16]}..., the device's has digest {mine[:16]}...: the two copies "
+            "differ (a manifest edited or re-split on one side); run the same bundle on both")
 
 
 def error_envelope(request_id: int, code: str, message: str, **extra: Any) -> Envelope:
@@ -585,10 +642,12 @@ class ClientProtocol:
 
 
 __all__ = [
-    "ANSWERS", "BAD_REQUEST", "BUSY", "ERROR", "EXPIRED", "HEARTBEAT", "HELLO", "INFER",
+    "ANSWERS", "BAD_REQUEST", "BUNDLE_MISMATCH", "BUSY", "ERROR", "EXPIRED", "HEARTBEAT",
+    "HELLO", "INFER",
     "INTERNAL", "MALFORMED", "MAX_BUDGET_MS", "MAX_ENVELOPE_BYTES", "MAX_REPLY_ENVELOPE_BYTES",
-    "REPLY_KINDS", "REQUEST_KINDS", "RESULT", "SHUTTING_DOWN", "TOO_LARGE", "VERSION",
-    "VERSION_MISMATCH", "WELCOME", "WORKER_CRASHED", "WORKER_TIMEOUT", "ClientProtocol",
-    "ClientStats", "Envelope", "HandlerError", "MalformedMessage", "RemoteError", "Reply",
-    "check_reply", "check_request", "error_envelope", "pack", "peek_id", "unpack",
+    "REPLY_KINDS", "REQUEST_KINDS", "RESULT", "SHUTTING_DOWN", "TOO_LARGE", "UNKNOWN_BUNDLE",
+    "VERSION", "VERSION_MISMATCH", "WELCOME", "WORKER_CRASHED", "WORKER_TIMEOUT",
+    "ClientProtocol", "ClientStats", "Envelope", "HandlerError", "MalformedMessage",
+    "RemoteError", "Reply", "check_payload", "check_reply", "check_request", "error_envelope",
+    "hello_mismatch", "pack", "peek_id", "unpack",
 ]

@@ -8,6 +8,14 @@ the handler's description when asked), and answers every JOB with DONE: a result
 error reply, whatever the handler does short of killing the process. It dies with the
 broker (PR_SET_PDEATHSIG, and a parent check every second). The pool starts, watches and
 restarts the processes; the broker (broker.py) decides when.
+
+Signals. A worker ignores SIGTERM and SIGINT: it is stopped by the broker's drain (STOP
+once the queue is empty), or killed. A stop signal sent to the whole process group
+(systemd's default KillMode=control-group, Ctrl-C in a terminal) reaches the workers at
+the same moment as the broker; if it killed them, the running requests would end
+`worker_crashed` and the queued ones would never be computed. The pool spawns each worker
+with both signals blocked until it ignores them, so a group signal during its start-up
+(imports, loading models) cannot kill it either.
 """
 
 from __future__ import annotations
@@ -62,6 +70,39 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _ignore_stop_signals() -> None:
+    """Ignore SIGTERM and SIGINT, then unblock them (the pool spawns workers with them
+    blocked; a pending one is discarded once ignored)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked():
+    """Spawn a child with SIGTERM and SIGINT blocked from its first instruction.
+
+    A child inherits the signal mask of the thread that starts it (across fork and exec),
+    and worker_main ignores both signals before unblocking them, so a group signal that
+    arrives while the worker is still starting (imports, loading models) stays pending and
+    is then discarded instead of killing it. In this process only the calling thread
+    blocks them, for the few milliseconds of the spawn: a stop signal arriving meanwhile
+    is handled by another thread or stays pending until the mask is restored, never lost.
+    The resource tracker is started first, because starting it unblocks both signals."""
+    from multiprocessing import resource_tracker
+
+    with contextlib.suppress(Exception):  # spawn starts it anyway; this only orders it
+        resource_tracker.ensure_running()
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
 def _pack_meta(meta: dict) -> bytes:
     return msgpack.packb(meta, use_bin_type=True)
 
@@ -112,7 +153,7 @@ def _run_job(handler: Handler, message: list) -> tuple[list, dict]:
 def worker_main(spec: WorkerSpec) -> None:
     """A worker process: build the handler, announce READY, run jobs until STOP."""
     _die_with_parent(spec.parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the broker, which drains
+    _ignore_stop_signals()  # the broker drains on SIGTERM/SIGINT and stops us (see above)
     configure_logging(spec.log_level)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
@@ -189,7 +230,8 @@ class WorkerPool:
                           self.log_level)
         slot.process = self._mp.Process(target=worker_main, args=(spec,), daemon=True,
                                         name=f"edgesdk-worker-{slot.index}")
-        slot.process.start()
+        with _stop_signals_blocked():
+            slot.process.start()
         slot.pid = slot.process.pid
 
     def by_identity(self, identity: bytes) -> _Slot | None:
@@ -232,17 +274,16 @@ class WorkerPool:
         return sum(1 for s in self.slots if s.ready)
 
     def stop_all(self, timeout: float = 3.0) -> None:
+        """Wait up to `timeout` for the ready workers (sent STOP) to exit, then kill what
+        is left: workers ignore SIGTERM, and one still starting has nothing to finish."""
         deadline = time.monotonic() + timeout
         for slot in self.slots:
-            if slot.process is not None:
+            if slot.process is not None and slot.ready:
                 slot.process.join(max(0.0, deadline - time.monotonic()))
         for slot in self.slots:
             if slot.process is not None and slot.process.is_alive():
-                slot.process.terminate()
+                slot.process.kill()
                 slot.process.join(1.0)
-                if slot.process.is_alive():
-                    slot.process.kill()
-                    slot.process.join(1.0)
             if slot.process is not None:
                 with contextlib.suppress(Exception):
                     slot.process.close()

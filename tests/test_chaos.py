@@ -1,0 +1,131 @@
+"""Chaos: several Engines stream through a real edge server that is stopped, overloaded,
+killed and restarted under them. Every frame gets exactly one answer, within its deadline
++ 5 ms, and the answer is right (the model's own label)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from edgesdk import Engine
+from edgesdk.bundle import Bundle
+from edgesdk.models import DIGITS_BUNDLE, load_digits_test
+from edgesdk.runtime import open_segments, run_chain
+
+from transport_helpers import ServerProcess, child_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+SLO_MS = 60.0
+LATE_MS = 5.0  # the promise: no answer later than the deadline + this
+ENGINES = 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stream(endpoint: str, x: np.ndarray, stop: threading.Event, out: list) -> None:
+    """Frames one after another until `stop`: (frame index, start, wall ms, Result)."""
+    with Engine(DIGITS_BUNDLE, server=endpoint, slo_ms=SLO_MS, strategy="c1@16/0") as engine:
+        k = 0
+        while not stop.is_set():
+            i = k % len(x)
+            start, t0 = time.monotonic(), time.perf_counter()
+            r = engine.infer(x[i])
+            out.append((i, start, (time.perf_counter() - t0) * 1e3, r))
+            k += 1
+
+
+FLOOD = """
+import sys, threading
+from edgesdk import Engine
+from edgesdk.models import DIGITS_BUNDLE, load_digits_test
+x = load_digits_test()[0][:32]
+def flood():
+    with Engine(DIGITS_BUNDLE, server=sys.argv[1], slo_ms=60, strategy="c1@32/0",
+                max_in_flight=8) as engine:
+        while True:
+            for _ in engine.stream(x):
+                pass
+for _ in range(3):
+    threading.Thread(target=flood, daemon=True).start()
+threading.Event().wait(float(sys.argv[2]))
+"""
+
+
+def _flood(endpoint: str, seconds: float) -> subprocess.Popen:
+    """Other devices pushing frames as fast as their pipelines allow, from their own
+    process (as other devices would: not contending for this one's interpreter)."""
+    return subprocess.Popen([sys.executable, "-c", FLOOD, endpoint, str(seconds)],
+                            env=child_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def test_engines_through_stop_overload_kill_and_restart():
+    x, _ = load_digits_test()
+    x = x[:100]
+    segs = open_segments(Bundle.load(DIGITS_BUNDLE))
+    labels = np.array([int(np.argmax(run_chain(segs, {"x": xi[None]})["logits"]))
+                       for xi in x])
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    args = ("--bind", endpoint, "--workers", "2", "--max-queue", "4")
+    server = ServerProcess.serving([DIGITS_BUNDLE], *args)
+    stop = threading.Event()
+    results: list[list] = [[] for _ in range(ENGINES)]
+    threads = [threading.Thread(target=_stream, args=(endpoint, x, stop, out))
+               for out in results]
+    phases = {}
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(1.5)  # settle: the link is up, frames offload
+        phases["stopped"] = time.monotonic()
+        os.kill(server.proc.pid, signal.SIGSTOP)  # the broker freezes: no replies at all
+        time.sleep(1.0)
+        os.kill(server.proc.pid, signal.SIGCONT)
+        time.sleep(1.0)
+        phases["overloaded"] = time.monotonic()
+        flood = _flood(endpoint, 1.5)
+        flood.wait(30)
+        phases["killed"] = time.monotonic()
+        server.proc.kill()  # no goodbye
+        server.proc.wait(10)
+        server.kill()
+        time.sleep(1.0)
+        phases["restarted"] = time.monotonic()
+        server = ServerProcess.serving([DIGITS_BUNDLE], *args)
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        server.kill()
+    frames = [row for out in results for row in out]
+    assert len(frames) > 300
+    late = [(ms, r.where, r.fallback_reason, r.timings) for _, _, ms, r in frames
+            if ms > SLO_MS + LATE_MS]
+    assert not late, f"{len(late)} of {len(frames)} frames past the deadline + 5 ms: {late[:5]}"
+    wrong = [(i, r.label, r.where) for i, _, _, r in frames if r.label != labels[i]]
+    assert not wrong, f"{len(wrong)} wrong answers: {wrong[:5]}"
+    wheres = {r.where for *_, r in frames}
+    assert "edge" in wheres and "device" in wheres, wheres
+
+    def reasons(start: float, end: float) -> set:
+        return {r.fallback_reason for _, t, _, r in frames if start <= t < end}
+
+    # a frozen or overloaded server is up: frames say so, never "unreachable"
+    assert "unresponsive" in reasons(phases["stopped"], phases["overloaded"])
+    assert "unreachable" not in reasons(phases["stopped"] + 0.1, phases["killed"])
+    assert "unreachable" in reasons(phases["killed"], phases["restarted"])  # gone: it is
+    for out in results:  # each engine reconnected after the restart
+        assert any(r.where == "edge" for *_, r in out[-20:]), [r.where for *_, r in out[-20:]]

@@ -1,0 +1,117 @@
+"""decode is strict about what the wire format allows beyond a parseable header:
+exactly one zstd frame (nothing after it), and only finite values in float payloads.
+Both run with each kernel backend this install has (native, numpy)."""
+
+from __future__ import annotations
+
+import math
+
+import msgpack
+import numpy as np
+import pytest
+import zstandard
+
+import edgesdk.codec as codec
+from edgesdk.bundle import TensorSpec
+from edgesdk.codec import _codec
+from edgesdk.errors import CodecError
+
+from conftest import _native_kernels, _numpy_kernels
+
+
+@pytest.fixture(params=["native", "numpy"])
+def backend(request, monkeypatch):
+    """decode with the native kernels, then with the numpy ones."""
+    if request.param == "native":
+        if _native_kernels is None:
+            pytest.skip("this install has no C extension (EDGESDK_NATIVE=0 build)")
+        monkeypatch.setattr(_codec, "kernels", _native_kernels)
+    else:
+        monkeypatch.setattr(_codec, "kernels", _numpy_kernels)
+    return request.param
+
+
+def zstd_frames(x: np.ndarray, bits: int, tail: bytes = b"") -> list:
+    """encode(x) with a zstd payload (compressible data), plus `tail` after the frame."""
+    header, payload = codec.encode(x, bits=bits)
+    assert msgpack.unpackb(bytes(header))["codec"] == "zstd"
+    return [header, bytes(payload) + tail]
+
+
+COMPRESSIBLE = np.zeros((4, 64, 8, 8), np.float32)
+COMPRESSIBLE[:, :, 0, 0] = 1.5
+
+
+@pytest.mark.parametrize("bits", [4, 8, 16, 32])
+def test_one_zstd_frame_decodes(backend, bits):
+    np.testing.assert_allclose(codec.decode(zstd_frames(COMPRESSIBLE, bits)), COMPRESSIBLE,
+                               atol=0.01)
+
+
+@pytest.mark.parametrize("bits", [4, 8, 16, 32])
+@pytest.mark.parametrize("tail", [b"\x00", b"junk after the frame", b"\xff" * 4096])
+def test_trailing_bytes_after_the_zstd_frame_are_rejected(backend, bits, tail):
+    with pytest.raises(CodecError, match=f"{len(tail)} trailing bytes after the zstd frame"):
+        codec.decode(zstd_frames(COMPRESSIBLE, bits, tail))
+
+
+@pytest.mark.parametrize("bits", [8, 32])
+def test_a_second_zstd_frame_is_rejected(backend, bits):
+    first = zstd_frames(COMPRESSIBLE, bits)
+    second = zstandard.ZstdCompressor(write_content_size=True).compress(b"\x01" * 100)
+    with pytest.raises(CodecError, match=f"a second zstd frame \\({len(second)} bytes\\)"):
+        codec.decode([first[0], first[1] + second])
+    # the same frame twice (content size and window both legal) is no exception
+    with pytest.raises(CodecError, match="a second zstd frame"):
+        codec.decode([first[0], first[1] + first[1]])
+
+
+def test_a_skippable_frame_after_the_zstd_frame_is_rejected(backend):
+    header, payload = zstd_frames(COMPRESSIBLE, 8)
+    skippable = (0x184D2A50).to_bytes(4, "little") + (4).to_bytes(4, "little") + b"abcd"
+    with pytest.raises(CodecError, match="a second zstd skippable frame \\(12 bytes\\)"):
+        codec.decode([header, payload + skippable])
+
+
+def float_frames(x: np.ndarray, bits: int, bad: float, at: int) -> list:
+    """Valid frames of x at `bits` (16 or 32, uncompressed) with element `at` set to bad."""
+    header, payload = codec.encode(x, bits=bits, compress="none")
+    raw = bytearray(bytes(payload))
+    width = bits // 8
+    raw[at * width:(at + 1) * width] = np.array([bad], f"<f{width}").tobytes()
+    return [header, bytes(raw)]
+
+
+@pytest.mark.parametrize("bits", [16, 32])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_float_payloads_are_rejected(backend, bits, bad):
+    x = np.linspace(-2, 2, 6 * 7, dtype=np.float32).reshape(6, 7)
+    with pytest.raises(CodecError, match=f"non-finite value {bad} at flat index 17"):
+        codec.decode(float_frames(x, bits, bad, 17))
+    # the same through zstd
+    header, payload = float_frames(np.zeros((64, 64), np.float32), bits, bad, 4000)
+    packed = zstandard.ZstdCompressor(write_content_size=True).compress(payload)
+    h = msgpack.unpackb(bytes(header))
+    h["codec"] = "zstd"
+    with pytest.raises(CodecError, match="non-finite value .* at flat index 4000"):
+        codec.decode([msgpack.packb(h, use_bin_type=True), packed])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_decode_tensors_names_the_tensor_with_a_non_finite_value(backend, dtype):
+    specs = (TensorSpec("a", (2, 3), "float32"), TensorSpec("feat", (1, 8), dtype))
+    good = np.ones((2, 3), np.float32)
+    bad = np.zeros((1, 8), dtype)
+    frames = codec.encode_tensors([good, bad], bits=32, compress="none")
+    raw = bytearray(bytes(frames[3]))
+    raw[12:16] = np.array([np.nan], "<f4").tobytes()
+    frames[3] = bytes(raw)
+    with pytest.raises(CodecError, match="tensor 'feat'.*non-finite value nan at flat index 3"):
+        codec.decode_tensors(frames, specs)
+
+
+def test_finite_extremes_still_decode(backend):
+    x = np.array([np.finfo(np.float32).max, -np.finfo(np.float32).max, 0.0], np.float32)
+    np.testing.assert_array_equal(codec.decode(codec.encode(x, bits=32)), x)
+    h = np.array([65504.0, -65504.0, 0.0], np.float32)
+    np.testing.assert_array_equal(codec.decode(codec.encode(h, bits=16)), h)
