@@ -31,18 +31,20 @@ Every failure is a BundleError naming the file and the field.
 
 The digest (:func:`manifest_digest`, `Bundle.digest`) is the sha256 of the canonical JSON
 (sorted keys, no spaces) of the manifest without `profiles` and `integrity`: format,
-version, name, backend, source (with the split's verification record), inputs, outputs
-(with declared kinds), segments, cuts, exits (with their calibration) and whole. Through
-the sha256 of each file listed there, it covers the segment, exit and whole-model files.
+version, name, backend, source (with the split's verification record), inputs, outputs (with
+declared kinds), segments, cuts, exits (with their calibration) and whole. Through the
+sha256 of each file listed there, it covers the segment, exit and whole-model files.
 Profiles are left out: they are per-device measurements that `edgesdk profile` adds on each
-device, and a profile changes timings, never answers. `Bundle.save` computes it (so every
-update through it, such as `with_profile`, `with_output_kinds` or an exit calibration,
-re-seals the bundle) and stores it with a short hash of each part (`segments[1]`,
-`cuts[0]`, ...), which only serves to name what changed when the digest does not match.
-A manifest without `integrity` (written by an edgesdk before 0.1) is "unsealed": it loads,
-with one warning, and `edgesdk keys seal` seals it. A digest in the manifest catches
-hand edits and corruption; against someone who rewrites the digest too, sign the bundle
-(`edgesdk keys sign`, :mod:`edgesdk.signing`) and load it with the public key. The
+device. They steer decisions, not what a plan computes: segment times, and (with `profile
+--data`) each bit width's measured fidelity, which the planner weighs; a signed deployment
+that must not trust a device's own measurements should check them itself. `Bundle.save`
+computes it (so every update through it, such as `with_profile`, `with_output_kinds` or an
+exit calibration, re-seals the bundle) and stores it with a short hash of each part
+(`segments[1]`, `cuts[0]`, ...), which only serves to name what changed when the digest does
+not match. A manifest without `integrity` (written by an edgesdk before 0.1) is "unsealed":
+it loads, with one warning, and `edgesdk keys seal` seals it. A digest in the manifest
+catches hand edits and corruption; against someone who rewrites the digest too, sign the
+bundle (`edgesdk keys sign`, :mod:`edgesdk.signing`) and load it with the public key. The
 runtimes check at open time that each file declares the tensors the manifest says
 (edgesdk.runtime.check_io), whatever the digest says.
 
@@ -391,14 +393,15 @@ def _integrity(raw: Mapping, where: str) -> tuple[str, dict] | None:
 def _digest_mismatch(manifest: Manifest, recorded: str, parts: Mapping, actual: str,
                      where: str) -> BundleError:
     now = digest_parts(manifest)
-    changed = [_part_name(manifest, k) for k in now if k in parts and parts[k] != now[k]]
+    changed = [f"{_part_name(manifest, k)} changed" for k in now
+               if k in parts and parts[k] != now[k]]
     changed += [f"{_part_name(manifest, k)} added" for k in now if k not in parts]
     changed += [f"{k} removed" for k in parts if k not in now]
-    what = (f"{', '.join(changed)} changed" if changed
+    what = (", ".join(changed) if changed
             else "a part changed (its record in integrity.parts was edited too)")
     return BundleError(
-        f"{where}: the manifest does not match its digest: {what} since the bundle was "
-        f"sealed (integrity.digest {recorded[:16]}..., content {actual[:16]}...). It was "
+        f"{where}: the manifest does not match its digest since the bundle was sealed: "
+        f"{what} (integrity.digest {recorded[:16]}..., content {actual[:16]}...). It was "
         "edited or corrupted: restore the bundle, or re-split it; if the edit is intended, "
         "seal it again (`edgesdk keys seal BUNDLE --force`)")
 

@@ -162,8 +162,12 @@ def profile_segments(
     threads: int | None = None,
     files: Sequence[str] | None = None,
     seed: int | None = None,
+    whole: _Runnable | None = None,
 ) -> dict[str, Any]:
-    """Latency of each segment of a chain, run as on the device (see the module docstring).
+    """Latency of each segment of a chain, run as on the device (see the module docstring);
+    with `whole` (the bundle's whole-model file), its latency too, run after each chain
+    ("whole_median_ms": what a frame that stays on the device without exits costs, a few
+    percent under the chain's sum).
 
     threads, files, seed: recorded in the profile (this function cannot know them from
     duck-typed segments). Returns the JSON-ready profile dict.
@@ -179,12 +183,19 @@ def profile_segments(
 
     for _ in range(warmup):
         _run_chain_timed(segments, inputs, None)
+        if whole is not None:
+            whole.run(inputs)
     ns = np.zeros((runs, len(segments)), dtype=np.int64)
+    whole_ns = np.zeros(runs, dtype=np.int64)
     gc_was_enabled = gc.isenabled()
     try:
         for r in range(runs):
             gc.disable()
             _run_chain_timed(segments, inputs, ns[r])
+            if whole is not None:
+                t0 = time.perf_counter_ns()
+                whole.run(inputs)
+                whole_ns[r] = time.perf_counter_ns() - t0
             if gc_was_enabled:  # collect between runs, never inside one
                 gc.enable()
     finally:
@@ -201,10 +212,12 @@ def profile_segments(
         entry["prefix_median_ms"] = _summary_ms(prefix[:, i])["median_ms"]
         per_segment.append(entry)
     total = _summary_ms(prefix[:, -1])
+    extra = {"whole_median_ms": _summary_ms(whole_ns)["median_ms"]} if whole is not None else {}
     return {
         "segments": per_segment,
         "total_median_ms": total["median_ms"],
         "total_p90_ms": total["p90_ms"],
+        **extra,
         "runs": runs,
         "warmup": warmup,
         "threads": threads,

@@ -98,7 +98,7 @@ def swap(path) -> str:
     m = raw(path)
     m["segments"][1]["sha256"], m["segments"][2]["sha256"] = sha256(a), sha256(b)
     write(path, m)
-    return "segments[1] (seg_001.onnx), segments[2] (seg_002.onnx)"
+    return "segments[1] (seg_001.onnx) changed, segments[2] (seg_002.onnx)"
 
 
 EDITS = {"cut_shape": cut_shape, "output_shape": output_shape, "weights": weights,

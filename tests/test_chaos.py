@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -34,15 +35,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Frame:
+    """What a frame's answer was: kept small, since a run makes tens of thousands and a
+    list of whole Results (arrays and all) makes the garbage collector's pauses long
+    enough to push every engine thread past its deadline at once."""
+
+    i: int
+    start: float
+    ms: float
+    where: str
+    reason: str | None
+    label: int | None
+
+
 def _stream(endpoint: str, x: np.ndarray, stop: threading.Event, out: list) -> None:
-    """Frames one after another until `stop`: (frame index, start, wall ms, Result)."""
+    """Frames one after another until `stop`."""
     with Engine(DIGITS_BUNDLE, server=endpoint, slo_ms=SLO_MS, strategy="c1@16/0") as engine:
         k = 0
         while not stop.is_set():
             i = k % len(x)
             start, t0 = time.monotonic(), time.perf_counter()
             r = engine.infer(x[i])
-            out.append((i, start, (time.perf_counter() - t0) * 1e3, r))
+            out.append(Frame(i, start, (time.perf_counter() - t0) * 1e3, r.where,
+                             r.fallback_reason, r.label))
             k += 1
 
 
@@ -112,20 +128,21 @@ def test_engines_through_stop_overload_kill_and_restart():
         server.kill()
     frames = [row for out in results for row in out]
     assert len(frames) > 300
-    late = [(ms, r.where, r.fallback_reason, r.timings) for _, _, ms, r in frames
-            if ms > SLO_MS + LATE_MS]
+    late = [f for f in frames if f.ms > SLO_MS + LATE_MS]
     assert not late, f"{len(late)} of {len(frames)} frames past the deadline + 5 ms: {late[:5]}"
-    wrong = [(i, r.label, r.where) for i, _, _, r in frames if r.label != labels[i]]
+    wrong = [f for f in frames if f.label != labels[f.i]]
     assert not wrong, f"{len(wrong)} wrong answers: {wrong[:5]}"
-    wheres = {r.where for *_, r in frames}
+    wheres = {f.where for f in frames}
     assert "edge" in wheres and "device" in wheres, wheres
 
     def reasons(start: float, end: float) -> set:
-        return {r.fallback_reason for _, t, _, r in frames if start <= t < end}
+        return {f.reason for f in frames if start <= f.start < end}
 
-    # a frozen or overloaded server is up: frames say so, never "unreachable"
+    # a frozen server is up: frames say it does not answer; an overloaded one is up and
+    # answering: frames never say "unreachable" there (a freeze may: ZeroMQ's heartbeat
+    # drops a connection that stays silent)
     assert "unresponsive" in reasons(phases["stopped"], phases["overloaded"])
-    assert "unreachable" not in reasons(phases["stopped"] + 0.1, phases["killed"])
+    assert "unreachable" not in reasons(phases["overloaded"] + 0.5, phases["killed"])
     assert "unreachable" in reasons(phases["killed"], phases["restarted"])  # gone: it is
     for out in results:  # each engine reconnected after the restart
-        assert any(r.where == "edge" for *_, r in out[-20:]), [r.where for *_, r in out[-20:]]
+        assert any(f.where == "edge" for f in out[-20:]), [f.where for f in out[-20:]]

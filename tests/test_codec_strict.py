@@ -115,3 +115,15 @@ def test_finite_extremes_still_decode(backend):
     np.testing.assert_array_equal(codec.decode(codec.encode(x, bits=32)), x)
     h = np.array([65504.0, -65504.0, 0.0], np.float32)
     np.testing.assert_array_equal(codec.decode(codec.encode(h, bits=16)), h)
+
+
+def test_a_value_beyond_float16_is_refused_not_decoded_to_inf():
+    # a 32-bit payload of 1e6 for a float16 tensor would become inf in the model
+    from edgesdk.bundle import TensorSpec
+    from edgesdk.codec import decode, decode_tensors, encode, encode_tensors
+
+    big = np.full((1, 4), 1e6, np.float32)
+    with pytest.raises(CodecError, match=r"tensor 'h' as float16 has non-finite value"):
+        decode_tensors(encode_tensors([big], bits=32), [TensorSpec("h", (1, 4), "float16")])
+    frames = encode(big, bits=32)
+    assert np.isfinite(decode(frames)).all()  # float32 as sent: fine

@@ -337,8 +337,18 @@ def test_tolerance_has_a_floor_for_outputs_near_zero_and_scales_with_dtype():
     with pytest.raises(SplitError, match="differs by"):
         check({"m": np.full(4, 50.0, np.float32)}, {"m": np.full(4, 51.0, np.float32)}, "t")
     assert limit_for(np.ones(3, np.float16))[0] > limit_for(np.ones(3, np.float32))[0]
+    assert check({"m": np.array([np.inf])}, {"m": np.array([np.inf])}, "t")  # same inf
+    with pytest.raises(SplitError, match="differs by inf"):
+        check({"m": np.array([1.0])}, {"m": np.array([np.inf])}, "t")
+
+
+def test_contradicting_split_options_are_refused_before_any_work(tmp_path):
+    path = onnx_light_model("squeezenet")
     with pytest.raises(SplitError, match="tolerance is 0"):
-        check({"m": near_zero}, {"m": near_zero}, "test", tolerance=0)
+        split_model(path, tmp_path / "a.edge", tolerance=0)
+    with pytest.raises(SplitError, match="cannot go with --no-verify"):
+        split_model(path, tmp_path / "a.edge", verify=False, data=tmp_path / "x.npz")
+    assert not (tmp_path / "a.edge").exists()
 
 
 def test_input_shape_pins_minus_one_dims_and_rejects_minus_one_sizes(tmp_path):

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..bundle import Bundle
+from ..policy.candidates import measured_fidelity
 from .e2e_data import (
     OCR_REC,
     PPLCNET,
@@ -249,9 +250,9 @@ def apply_floor(codec: Mapping[str, Any], floor: float) -> dict[str, Any]:
 
     def fix(entry: dict) -> None:
         for b, m in entry.items():
-            # fidelity: the per-kind measure (argmax agreement for a classifier); older
-            # profiles have only agreement
-            fidelity = m.get("fidelity", m.get("agreement")) if isinstance(m, dict) else None
+            # the per-kind measure (argmax agreement for a classifier), as the planner reads it
+            fidelity = (measured_fidelity(m) if isinstance(m, dict) and "error" not in m
+                        else None)
             if fidelity is not None and fidelity < floor:
                 entry[b] = {"error": f"fidelity {fidelity:.3f} is below the benchmark's "
                                      f"floor {floor}"}

@@ -61,12 +61,21 @@ def _check_args(x: np.ndarray, bits, scheme, compress, level, axis) -> int | Non
     return axis
 
 
-def _non_finite_error(x: np.ndarray) -> CodecError:
+def _non_finite_error(x: np.ndarray, what: str = "array",
+                      why: str = "NaN and Inf cannot be encoded") -> CodecError:
     index = int(np.flatnonzero(~np.isfinite(x))[0])
-    return CodecError(
-        f"array has non-finite value {x.reshape(-1)[index]} at flat index {index}; "
-        "NaN and Inf cannot be encoded"
-    )
+    return CodecError(f"{what} has non-finite value {x.reshape(-1)[index]} at flat index "
+                      f"{index}; {why}")
+
+
+def finite_as(arr: np.ndarray, dtype: str, what: str) -> np.ndarray:
+    """`arr` cast to `dtype`, refusing a value that does not fit it (float32 beyond
+    float16's range becomes inf there, and the model would compute on it)."""
+    with np.errstate(over="ignore"):  # an overflow is what the check below reports
+        out = arr.astype(dtype, copy=False)
+    if out.dtype != arr.dtype and out.dtype.kind == "f" and not np.all(np.isfinite(out)):
+        raise _non_finite_error(out, f"{what} as {dtype}", "beyond that type's range")
+    return out
 
 
 def _float_payload(x32: np.ndarray, bits: int) -> np.ndarray:
@@ -157,12 +166,10 @@ def decode(frames: Sequence, max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarray:
     arr = _dequantize(header, np.frombuffer(raw, dtype=np.uint8))
     if header.bits in FLOAT_BITS and not np.isfinite(kernels.absmax(arr)):
         # float16/32 payloads carry raw bit patterns: NaN and Inf would reach the model
-        # (quantized ones cannot: the scale checks keep every code finite)
-        index = int(np.flatnonzero(~np.isfinite(arr))[0])
-        raise CodecError(f"payload has non-finite value {arr.reshape(-1)[index]} at flat "
-                         f"index {index} (bits={header.bits}); NaN and Inf are not valid "
-                         "tensor values")
-    return arr if header.dtype == "float32" else arr.astype(header.dtype)
+        # (quantized ones cannot: the scale checks keep every code finite in float32)
+        raise _non_finite_error(arr, f"payload (bits={header.bits})",
+                                "NaN and Inf are not valid tensor values")
+    return finite_as(arr, header.dtype, "payload")
 
 
 def _dequantize(h: Header, raw: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import CodecError
-from ._codec import decode, encode
+from ._codec import decode, encode, finite_as
 from ._header import MAX_GROUPS, MAX_HEADER_BYTES
 from ._zstd import compress_bound
 
@@ -73,7 +73,7 @@ def decode_tensors(frames: Sequence, specs: Sequence[TensorSpec]) -> dict[str, n
         if tuple(array.shape) != tuple(spec.shape):
             raise CodecError(f"tensor {spec.name!r} has shape {list(array.shape)}, expected "
                              f"{list(spec.shape)}")
-        out[spec.name] = array.astype(spec.dtype, copy=False)
+        out[spec.name] = finite_as(array, spec.dtype, f"tensor {spec.name!r}")
     return out
 
 

@@ -233,7 +233,8 @@ class Engine:
         name = device or "this-device"
         env = seeded_inputs(manifest.inputs, seed=0)
         prof = profile_segments(self.local.segments, env, runs=10, warmup=2,
-                                threads=threads, files=[s.file for s in manifest.segments])
+                                threads=threads, files=[s.file for s in manifest.segments],
+                                whole=self.local.whole)
         return replace(manifest, profiles={**manifest.profiles, name: prof})
 
     # -- deciding --------------------------------------------------------------------------
@@ -352,7 +353,7 @@ class Engine:
                     e.order >= f.exits_run for e in self.local.exits[:f.plan.n_exits]):
                 # the whole frame here and no exit to look at: the one-file model
                 ms = self.local.run_whole(f.env)
-                self._slowdown.observe(0, ms, through=last)
+                self._slowdown.observe(0, ms, through=last, profiled_ms=self._profile.whole_ms)
                 f.device_ms += ms
                 f.next_segment = last + 1
                 return False

@@ -66,6 +66,21 @@ class LocalRunner:
         whole = bundle.manifest.whole
         self._whole: Segment | None = (open_file(bundle, bundle.path / whole.file, threads)
                                        if whole is not None else None)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Run every session once, now: a runtime's first run allocates its buffers and
+        packs its weights (tens to hundreds of ms), and the first frame to need a session
+        that offloading had never used (the tail, after the server failed) would pay it
+        past its deadline."""
+        env = {t.name: np.zeros(t.shape, t.dtype) for t in self.inputs}
+        for i in range(len(self.segments)):
+            self.run_segment(i, env)
+            for e in self.exits:
+                if e.spec.after_segment == i:
+                    e.answer(env)
+        if self._whole is not None:
+            self.run_whole({t.name: env[t.name] for t in self.inputs})
 
     def feed(self, x: Any) -> dict[str, np.ndarray]:
         """The model inputs from `x`: an array for a single-input model, or a mapping of
@@ -110,6 +125,11 @@ class LocalRunner:
         t0 = time.perf_counter()
         env.update(seg.run({n: env[n] for n in seg.inputs}))
         return (time.perf_counter() - t0) * 1e3
+
+    @property
+    def whole(self) -> Segment | None:
+        """The whole-model file's session (None when the bundle has none)."""
+        return self._whole
 
     @property
     def has_whole(self) -> bool:

@@ -333,10 +333,12 @@ class EdgeLink:
                             "on the device until both run the same bundle", self.endpoint,
                             self.name or "?", self.mismatch)
             elif status == DOWN:
-                why = ("no connection" if isinstance(outcome, Unreachable)
-                       else f"no answer within {self._hello_budget_s * 1e3:.0f} ms")
-                log.warning("edge server %s is unreachable (%s): frames finish on the device "
-                            "until it answers (retrying every %.1f s)", self.endpoint, why,
+                what = (f"is {self._down_reason} (no connection)"
+                        if self._down_reason == "unreachable" else
+                        f"is {self._down_reason} (connected, no answer to a hello within "
+                        f"{self._hello_budget_s * 1e3:.0f} ms)")
+                log.warning("edge server %s %s: frames finish on the device until it "
+                            "answers (retrying every %.1f s)", self.endpoint, what,
                             self._retry_s)
             else:
                 log.warning("edge server %s does not serve bundle %s (source sha256 %s...): "

@@ -77,16 +77,19 @@ class SlowdownEstimator:
         self._last: float | None = None
 
     def observe(self, segment: int, measured_ms: float, now: float | None = None, *,
-                through: int | None = None) -> float:
+                through: int | None = None, profiled_ms: float | None = None) -> float:
         """One run of `segment` (of segments `segment..through` run as one file, the whole
-        model) that took `measured_ms`; returns its ratio to the profile."""
+        model, whose own profiled time `profiled_ms` is the reference where known: it runs
+        faster than the chain's sum) that took `measured_ms`; returns its ratio to the
+        profile."""
         m = _check_finite("measured_ms", measured_ms)
         last = segment if through is None else through
         if not all(isinstance(i, (int, np.integer)) and 0 <= i < len(self._ms)
                    for i in (segment, last)) or last < segment:
             raise PolicyError(f"segments {segment!r}..{last!r}, the profile has "
                               f"{len(self._ms)}")
-        ref = math.fsum(self._ms[segment:last + 1])
+        ref = (_check_finite("profiled_ms", profiled_ms) if profiled_ms is not None
+               else math.fsum(self._ms[segment:last + 1]))
         ratio = max(m, 1e-6) / max(ref, 1e-6)
         if ref >= 1e-3:
             self._runs.append((math.log(ratio), m, ref))

@@ -124,6 +124,7 @@ class ModelProfile:
     accuracy_upto: tuple[float, ...]
     wire: Mapping[str, Mapping[int, tuple[float, float, float]]] = field(default_factory=dict)
     wire_raw: Mapping[str, Mapping[int, tuple[float, float]]] = field(default_factory=dict)
+    whole_ms: float | None = None  # the whole-model file's time, where it was profiled
 
 
 def _wire_defaults(fp32_bytes: float, kind: str = "classes"
@@ -191,7 +192,7 @@ def model_profile(manifest: Any, device: str | None = None) -> ModelProfile:
             if "error" in m:
                 table.pop(int(b), None)  # the codec cannot carry this cut at these bits
                 continue
-            table[int(b)] = (float(m["bytes"]), float(m["encode_ms"]), _fidelity(m))
+            table[int(b)] = (float(m["bytes"]), float(m["encode_ms"]), measured_fidelity(m))
             if "raw_bytes" in m and "raw_encode_ms" in m:
                 raw[int(b)] = (float(m["raw_bytes"]), float(m["raw_encode_ms"]))
         wire[name] = table
@@ -199,10 +200,11 @@ def model_profile(manifest: Any, device: str | None = None) -> ModelProfile:
             wire_raw[name] = raw
     return ModelProfile(manifest.name, seg_ms, tuple(c.id for c in manifest.cuts),
                         tuple(c.after_segment for c in manifest.cuts), tuple(exits),
-                        (baseline, *upto), wire, wire_raw)
+                        (baseline, *upto), wire, wire_raw,
+                        float(prof["whole_median_ms"]) if "whole_median_ms" in prof else None)
 
 
-def _fidelity(measured: Mapping[str, Any]) -> float:
+def measured_fidelity(measured: Mapping[str, Any]) -> float:
     """A (point, bits) entry's fidelity to fp32: "fidelity", or "agreement" in a profile
     measured before output kinds."""
     value = measured.get("fidelity", measured.get("agreement"))

@@ -12,12 +12,13 @@ verify that chaining them reproduces the whole model before the bundle is saved.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ..bundle import OUTPUT_KINDS, Bundle, TensorSpec
-from ..errors import SplitError  # defined in the one error tree, re-exported here
+from ..bundle import Bundle, TensorSpec, check_output_kinds
+from ..errors import BundleError, SplitError  # SplitError: re-exported here
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,34 @@ def choose_cuts(candidates: list[CutCandidate], max_points: int | None = None,
     return sorted(chosen, key=lambda c: c.position)
 
 
+def sendable_input_bytes(inputs: Sequence[TensorSpec]) -> int | None:
+    """The model input's size at fp32 when the device can send it instead of a cut (every
+    input a float tensor, as bundle.input_cut requires), else None: token ids or a uint8
+    image cannot be offloaded as they are, so no cut is dominated by sending them."""
+    if all(t.dtype in ("float32", "float16") for t in inputs):
+        return sum(t.fp32_bytes for t in inputs)
+    return None
+
+
+def check_split_options(verify: bool, data: Any, tolerance: float) -> None:
+    """Options that contradict each other, refused before any work."""
+    if data is not None and not verify:
+        raise SplitError("--data verifies the split on your samples; it cannot go with "
+                         "--no-verify")
+    if not tolerance > 0:
+        raise SplitError(f"tolerance is {tolerance!r}, expected a number > 0")
+
+
+def declared_kinds(kinds: Mapping[str, str] | None, outputs: Sequence[TensorSpec],
+                   where: Path) -> dict[str, str]:
+    """The declared output kinds checked against the model's outputs, before any file is
+    written (a typo must not cost a whole split)."""
+    try:
+        return check_output_kinds(kinds or {}, tuple(outputs), str(where))
+    except BundleError as exc:
+        raise SplitError(str(exc)) from None
+
+
 def no_cut_note(candidates: list[CutCandidate], chosen: list[CutCandidate]) -> list[str]:
     """What to tell a user whose model kept no cut point at all."""
     if chosen or not candidates:
@@ -118,9 +147,6 @@ def split_model(model: str | os.PathLike, out: str | os.PathLike, *,
     path = Path(model)
     if not path.is_file():
         raise SplitError(f"{path}: model file not found")
-    bad = sorted(k for k in (output_kinds or {}).values() if k not in OUTPUT_KINDS)
-    if bad:
-        raise SplitError(f"output kind {bad[0]!r}: expected one of {list(OUTPUT_KINDS)}")
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         from .onnx import split_onnx as split
@@ -128,9 +154,9 @@ def split_model(model: str | os.PathLike, out: str | os.PathLike, *,
         from .tflite import split_tflite as split
     else:
         raise SplitError(f"{path}: unknown model type {suffix!r}; expected .onnx or .tflite")
-    bundle = split(path, out, **options)
-    return bundle.with_output_kinds(output_kinds) if output_kinds else bundle
+    return split(path, out, output_kinds=output_kinds, **options)
 
 
-__all__ = ["DEFAULT_MAX_POINTS", "CutCandidate", "SplitError", "choose_cuts", "no_cut_note",
+__all__ = ["DEFAULT_MAX_POINTS", "CutCandidate", "SplitError", "check_split_options",
+           "choose_cuts", "declared_kinds", "no_cut_note", "sendable_input_bytes",
            "split_model"]

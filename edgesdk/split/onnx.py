@@ -44,7 +44,15 @@ from ..bundle import (
 )
 from ..errors import MissingDependency
 from ..profile import seeded_inputs
-from . import CutCandidate, SplitError, choose_cuts, no_cut_note
+from . import (
+    CutCandidate,
+    SplitError,
+    check_split_options,
+    choose_cuts,
+    declared_kinds,
+    no_cut_note,
+    sendable_input_bytes,
+)
 from .verify import TOLERANCE, check, load_samples
 
 try:
@@ -136,7 +144,7 @@ def _pin_input_shapes(model: onnx.ModelProto, shapes: dict, path: Path) -> list[
                 if f is not None and f != v:
                     raise SplitError(f"{path}: input {inp.name!r} has fixed dim {i} = {f}"
                                      f" [{_shown(dims)}], --input-shape gives {v}")
-        elif dims and fixed[0] is None and all(f is not None for f in fixed[1:]):
+        elif len(dims) >= 2 and fixed[0] is None and all(f is not None for f in fixed[1:]):
             want = (1, *fixed[1:])
             notes.append(f"input {inp.name!r} [{_shown(dims)}]: batch dim pinned to 1")
         elif not dims or None in fixed:
@@ -555,6 +563,7 @@ def split_onnx(
     data: str | os.PathLike | None = None,
     name: str | None = None,
     progress: Callable[[str], None] | None = None,
+    output_kinds: Mapping[str, str] | None = None,
 ) -> Bundle:
     """Cut an ONNX model into a verified bundle directory `out`.
 
@@ -562,9 +571,11 @@ def split_onnx(
     (see choose_cuts; default 16). exits: model outputs that are early-exit
     classifiers; each becomes its own segment, and a cut is placed where it branches off
     when possible. tolerance, data: see :mod:`edgesdk.split.verify`. progress: called with
-    the name of each long step as it starts. Raises SplitError for anything that cannot be
+    the name of each long step as it starts. output_kinds: declared kinds of outputs
+    ({name: kind}, see edgesdk.bundle.OUTPUT_KINDS). Raises SplitError for anything that cannot be
     split exactly.
     """
+    check_split_options(verify, data, tolerance)
     stage = progress or (lambda _: None)
     path = Path(model_path)
     stage("loading the model and inferring shapes")
@@ -573,12 +584,13 @@ def split_onnx(
     stage(f"finding cut points in {len(model.graph.node)} nodes")
     an = analyse(model, max_cut_tensors, exits=exits)
     an.model = _annotated(an.model, an.specs)
-    input_bytes = sum(an.specs[i.name].fp32_bytes for i in model.graph.input)
+    kinds = declared_kinds(output_kinds, _output_specs(an), path)
+    inputs = [an.specs[i.name] for i in model.graph.input]
     chosen = (resolve_cuts(an, cuts) if cuts
-              else choose_cuts(an.candidates, max_points, input_bytes))
-    notes += no_cut_note(an.candidates, chosen)
+              else choose_cuts(an.candidates, max_points, sendable_input_bytes(inputs)))
     at_branch = [c for c in an.candidates if c.position in {b.position for b in an.exits}]
     chosen = sorted(set(chosen) | set(at_branch), key=lambda c: c.position)
+    notes += no_cut_note(an.candidates, chosen)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -611,6 +623,7 @@ def split_onnx(
         segments=tuple(segments),
         cuts=cut_specs,
         exits=tuple(exit_specs),
+        output_kinds=kinds,
         whole=whole,
     )
     return Bundle.save(out, manifest)

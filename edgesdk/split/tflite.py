@@ -32,8 +32,8 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,15 @@ import numpy as np
 
 from ..bundle import DTYPE_BYTES, Bundle, CutSpec, Manifest, SegmentSpec, TensorSpec, sha256_file
 from ..errors import BundleError, MissingDependency
-from . import CutCandidate, SplitError, choose_cuts, no_cut_note
+from . import (
+    CutCandidate,
+    SplitError,
+    check_split_options,
+    choose_cuts,
+    declared_kinds,
+    no_cut_note,
+    sendable_input_bytes,
+)
 from .verify import TOLERANCE, check, load_samples
 
 WHOLE = "whole.tflite"  # the model itself, for frames that stay on the device
@@ -798,7 +806,8 @@ def split_tflite(path: str | os.PathLike, out: str | os.PathLike, *,
                  tolerance: float = TOLERANCE, data: str | os.PathLike | None = None,
                  name: str | None = None, max_cut_tensors: int = 2,
                  input_shapes: Any = None, exits: Any = (),
-                 progress: Callable[[str], None] | None = None) -> Bundle:
+                 progress: Callable[[str], None] | None = None,
+                 output_kinds: Mapping[str, str] | None = None) -> Bundle:
     """Split `path` into a verified bundle directory `out` (conventionally NAME.edge).
 
     cuts: explicit cut points, each a tensor name or names joined with "+"; otherwise the
@@ -808,6 +817,7 @@ def split_tflite(path: str | os.PathLike, out: str | os.PathLike, *,
     the result is kept in the manifest's source["verify"]).
     progress: called with the name of each long step as it starts.
     """
+    check_split_options(verify, data, tolerance)
     stage = progress or (lambda _: None)
     if input_shapes:
         raise SplitError(f"{path}: input shapes cannot be set for TFLite models; their shapes "
@@ -819,8 +829,9 @@ def split_tflite(path: str | os.PathLike, out: str | os.PathLike, *,
         raise SplitError("give either cuts or max_points, not both")
     stage("reading the model and finding cut points")
     info, candidates = analyse_tflite(path, max_cut_tensors=max_cut_tensors)
+    kinds = declared_kinds(output_kinds, info.outputs, info.path)
     chosen = (_explicit_cuts(info, cuts, candidates) if cuts
-              else choose_cuts(candidates, max_points, sum(t.fp32_bytes for t in info.inputs)))
+              else choose_cuts(candidates, max_points, sendable_input_bytes(info.inputs)))
     name = name or info.path.stem
     cut_specs = tuple(CutSpec(f"c{i}", i, c.tensors, c.flops_before, c.flops_after)
                       for i, c in enumerate(chosen))
@@ -842,8 +853,8 @@ def split_tflite(path: str | os.PathLike, out: str | os.PathLike, *,
         # The model itself, for frames that stay on the device (see Manifest.whole)
         whole = staging / WHOLE
         shutil.copyfile(info.path, whole)
-        manifest = _manifest(info, name, plans, files, whole, cut_specs, verified,
-                             no_cut_note(candidates, chosen))
+        manifest = replace(_manifest(info, name, plans, files, whole, cut_specs, verified,
+                                     no_cut_note(candidates, chosen)), output_kinds=kinds)
         _install(out, [*files, whole])
         return Bundle.save(out, manifest)
     except BaseException:
