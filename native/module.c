@@ -29,7 +29,10 @@ static void buf_release(buf_t *b) {
     b->held = 0;
 }
 
-/* A C-contiguous buffer of items of struct format `fmt` ("f", "B" or "i"). */
+/* A C-contiguous buffer of items of struct format `fmt` ("f", "B" or "i"). "i" means a
+ * 4-byte signed integer, whatever its format letter: numpy reports int32 as 'l' where C's
+ * long is 4 bytes (32-bit ARM, Windows), and the buffer protocol as '<i' or '=l' when the
+ * exporter states a byte order. */
 static int buf_get(PyObject *obj, buf_t *b, char fmt, int writable, const char *what) {
     int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
     if (PyObject_GetBuffer(obj, &b->view, flags) < 0) return -1;
@@ -39,9 +42,12 @@ static int buf_get(PyObject *obj, buf_t *b, char fmt, int writable, const char *
     Py_ssize_t want = fmt == 'f' ? 4 : fmt == 'i' ? 4 : 1;
     int ok = f[0] == fmt && f[1] == '\0' && b->view.itemsize == want;
     if (fmt == 'B' && (f[0] == 'b' || f[0] == 'c') && f[1] == '\0') ok = 1;
+    if (fmt == 'i' && f[0] == 'l' && f[1] == '\0' && b->view.itemsize == 4) ok = 1;
     if (!ok) {
-        PyErr_Format(PyExc_TypeError, "%s must be a contiguous buffer of format '%c', got '%s'",
-                     what, fmt, b->view.format ? b->view.format : "B");
+        PyErr_Format(PyExc_TypeError, "%s must be a contiguous buffer of format '%c'%s, "
+                     "got '%s' (%zd-byte items)", what, fmt,
+                     fmt == 'i' ? " (any 4-byte signed integer)" : "",
+                     b->view.format ? b->view.format : "B", b->view.itemsize);
         buf_release(b);
         return -1;
     }

@@ -275,3 +275,22 @@ def test_native_group_layout_still_accepts_valid_calls():
     _native.quantize(x, codes, s, z, 8, False, 2)  # [2][3][2]
     empty = np.zeros(0, np.float32)
     _native.quantize(empty, np.zeros(0, np.uint8), s, z, 8, False, 7)  # no runs at all
+
+
+@needs_native
+def test_zero_points_take_any_4_byte_signed_integer_buffer():
+    # numpy reports int32 as 'l' where C's long is 4 bytes (32-bit Pi OS): the binding
+    # checks the item size and signedness, not the letter. Here: '<i' from ctypes (a byte
+    # order stated), 'i' from numpy; an 8-byte integer is refused with both facts named.
+    import ctypes
+
+    from edgesdk import _native
+
+    x = np.linspace(-1, 1, 8, dtype=np.float32)
+    codes = np.zeros(8, np.uint8)
+    s = np.ones(1, np.float32)
+    for z in (np.zeros(1, np.int32), (ctypes.c_int32 * 1)()):
+        assert memoryview(z).format in ("i", "<i", "l")
+        _native.quantize(x, codes, s, z, 8, False, 8)
+    with pytest.raises(TypeError, match=r"any 4-byte signed integer.*got '.'.*8-byte items"):
+        _native.quantize(x, codes, s, np.zeros(1, np.int64), 8, False, 8)
