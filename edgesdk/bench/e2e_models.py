@@ -50,7 +50,7 @@ from .e2e_data import (
 )
 
 FIDELITY_FLOOR = 0.99
-BUILD_VERSION = 4  # bump when a bundle built by an older benchmark must be rebuilt
+BUILD_VERSION = 5  # bump when a bundle built by an older benchmark must be rebuilt
 CODE_SIZE = 1 << 16  # the one-hot answer code that measure_cut_codec compares (see below)
 
 
