@@ -25,7 +25,6 @@ from typing import Any
 
 from .._table import format_table
 from ..bundle import Bundle
-from ..errors import ExitError
 from ..exits import MEASURES
 from ..exits.tools import (
     calibrate,
@@ -43,27 +42,7 @@ DESCRIPTION = ("The offline side of early exits: train heads on a bundle, calibr
                "thresholds, report.")
 
 
-def require_classes(path: str, output: str | None = None) -> None:
-    """Raise ExitError unless the bundle's `output` (default: the first) holds class
-    scores: what early exits answer with."""
-    bundle = Bundle.load(path, verify_hashes=False)  # the command loads it again, verified
-    outputs = bundle.manifest.outputs
-    spec = next((t for t in outputs if output is None or t.name == output), None)
-    if spec is None:
-        return  # the command itself names the unknown output (or the missing outputs)
-    kind = bundle.output_kind(spec.name)
-    if kind != "classes":
-        shape = "x".join(map(str, spec.shape))
-        raise ExitError(f"{path}: output {spec.name!r} ({shape}) is of kind {kind!r}, not "
-                        "class scores; early exits apply to classifiers only, and "
-                        "detectors, OCR, segmentation and landmark models run without exits "
-                        "(profile, serve and the engine need none). If it is a classifier, "
-                        "re-split "
-                        f"with --output-kind {spec.name}=classes")
-
-
 def _train_cmd(args: argparse.Namespace) -> int:
-    require_classes(args.bundle, args.output)
     t0 = time.perf_counter()
     bundle, trained = train_heads(
         args.bundle, args.data, cuts=args.cut, use_labels=args.labels, hidden=args.hidden,
@@ -94,7 +73,6 @@ def _train_cmd(args: argparse.Namespace) -> int:
 
 
 def _calibrate_cmd(args: argparse.Namespace) -> int:
-    require_classes(args.bundle, args.output)
     bundle, result = calibrate(
         args.bundle, args.data, max_drop=args.max_drop, measure=args.measure,
         use_labels=args.labels, z=args.z, device=args.device, output=args.output,
@@ -107,7 +85,6 @@ def _calibrate_cmd(args: argparse.Namespace) -> int:
 
 
 def _evaluate_cmd(args: argparse.Namespace) -> int:
-    require_classes(args.bundle, args.output)
     print(format_evaluation(evaluate(args.bundle, args.data, output=args.output,
                                      threads=args.threads)))
     return 0

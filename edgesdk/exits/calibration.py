@@ -38,7 +38,7 @@ import numpy as np
 from ..bundle import Bundle, ExitSpec
 from ..errors import ExitError
 from .cascade import CascadeCalibration, ExitRule, calibrate_thresholds, evaluate_cascade
-from .collect import classes_of, final_output, run_bundle, targets_for
+from .collect import classes_of, classifier_output, run_bundle, targets_for
 from .data import Dataset, as_dataset
 from .measures import MEASURES, as_logits, confidence, ece, fit_temperature, softmax
 from .runner import exit_runner, ordered_exits
@@ -114,7 +114,7 @@ def calibrate(bundle_path: str | Path, data: Dataset | str | Path, *, max_drop: 
     if not bundle.exits:
         raise ExitError(f"{bundle.path}: the bundle has no exits; train heads with `edgesdk "
                         "exits train` or split a multi-exit model with --exit NAME")
-    out_spec = final_output(bundle, output)
+    out_spec = classifier_output(bundle, output)
     classes = classes_of(out_spec)
     ordered = [e for _, e in ordered_exits(bundle)]
     for e in ordered:

@@ -40,6 +40,22 @@ def final_output(bundle: Bundle, name: str | None) -> TensorSpec:
                     f"{[o.name for o in outputs]}")
 
 
+def classifier_output(bundle: Bundle, name: str | None) -> TensorSpec:
+    """final_output, which must hold class scores: what early exits answer with (the
+    library's training, calibration and evaluation all ask here, so a detector's bundle is
+    refused with the reason, not trained on its map)."""
+    spec = final_output(bundle, name)
+    kind = bundle.output_kind(spec.name)
+    if kind != "classes":
+        shape = "x".join(map(str, spec.shape))
+        raise ExitError(f"{bundle.path}: output {spec.name!r} ({shape}) is of kind {kind!r}, "
+                        "not class scores; early exits apply to classifiers only, and "
+                        "detectors, OCR, segmentation and landmark models run without exits "
+                        "(profile, serve and the engine need none). If it is a classifier, "
+                        f"re-split with --output-kind {spec.name}=classes")
+    return spec
+
+
 def classes_of(spec: TensorSpec) -> int:
     if len(spec.shape) < 1 or spec.shape[-1] < 2:
         raise ExitError(f"model output {spec.name!r} has shape {list(spec.shape)}; exits "

@@ -21,7 +21,7 @@ from .._table import format_table
 from ..bundle import Bundle, ExitSpec
 from ..errors import ExitError, MissingDependency
 from .cascade import CascadeCalibration, ExitRule, cascade_exits, evaluate_cascade
-from .collect import classes_of, final_output, run_bundle
+from .collect import classes_of, classifier_output, run_bundle
 from .data import Dataset, as_dataset
 from .runner import ordered_exits
 
@@ -57,7 +57,7 @@ def evaluate(bundle: Bundle | str | Path, data: Dataset | str | Path, *,
     if not ordered:
         raise ExitError(f"{bundle.path}: the bundle has no exits to evaluate")
     rules = [ExitRule.from_calibration(e.calibration, e.name) for e in ordered]
-    out_spec = final_output(bundle, output)
+    out_spec = classifier_output(bundle, output)
     classes = classes_of(out_spec)
     data = as_dataset(data, bundle)
     _, outputs, final = run_bundle(bundle, data, exits=ordered, output=out_spec, threads=threads)

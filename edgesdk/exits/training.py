@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..bundle import Bundle, CutSpec, ExitSpec, TensorSpec, sha256_file
 from ..errors import BundleError, ExitError
-from .collect import channel_axis, classes_of, final_output, run_bundle, targets_for
+from .collect import channel_axis, classes_of, classifier_output, run_bundle, targets_for
 from .data import Dataset, as_dataset
 from .heads import TrainResult, train_head
 
@@ -56,7 +56,7 @@ def train_heads(bundle_path: str | Path, data: Dataset | str | Path, *,
         if bad:
             raise ExitError(f"cut {cut.id}: tensor {bad[0].name!r} is {bad[0].dtype}; a head "
                             "pools float activations")
-    out_spec = final_output(bundle, output)
+    out_spec = classifier_output(bundle, output)
     classes = classes_of(out_spec)
     data = as_dataset(data, bundle)
     features, _, final = run_bundle(bundle, data, cuts=chosen, output=out_spec, threads=threads)
