@@ -120,10 +120,12 @@ class NativeUnavailable(EdgeError, ImportError):
 
 
 class MissingDependency(EdgeError, ImportError):
-    """An optional dependency is missing; the message names the extra that installs it."""
+    """A dependency is missing; the message names the extra that installs it, or `hint`
+    says what to do instead (a module with no build for this platform)."""
 
-    def __init__(self, module: str, extra: str) -> None:
-        super().__init__(f'{module} is not installed; pip install "edgesdk[{extra}]"')
+    def __init__(self, module: str, extra: str | None, hint: str | None = None) -> None:
+        super().__init__(f"{module} is not installed; "
+                         + (hint or f'pip install "edgesdk[{extra}]"'))
         self.module = module
         self.extra = extra
 

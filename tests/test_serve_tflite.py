@@ -187,3 +187,33 @@ def test_info_says_what_runs_where(bundle):
     runs = json.loads(run("--json").stdout)["runs"]
     assert runs == {"device": "LiteRT", "server": "LiteRT",
                     "installed": {"module": "ai_edge_litert", "version": version}}
+
+
+WITHOUT_ONNXRUNTIME = """
+import sys
+sys.modules["onnxruntime"] = None  # blocks the import: 32-bit Pi OS has no onnxruntime
+import numpy as np
+import edgesdk
+from edgesdk import Engine
+from edgesdk.errors import MissingDependency
+from edgesdk.models import DIGITS_BUNDLE
+with Engine(sys.argv[1], strategy="device") as engine:
+    r = engine.infer(np.zeros(engine.bundle.manifest.inputs[0].shape, np.float32))
+    print("tflite", r.where, sorted(r.outputs))
+try:
+    Engine(DIGITS_BUNDLE)
+except MissingDependency as exc:
+    print("onnx", exc)
+"""
+
+
+def test_a_device_without_onnxruntime_runs_tflite_bundles(bundle):
+    # where onnxruntime has no build (armv7l), edgesdk still imports and runs .tflite
+    # bundles; an .onnx bundle is a typed error that says what to do instead
+    out = subprocess.run([sys.executable, "-c", WITHOUT_ONNXRUNTIME, str(bundle.path)],
+                         capture_output=True, text=True, timeout=120, env=child_env(),
+                         cwd=tempfile.gettempdir())
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("tflite device ["), lines
+    assert "onnxruntime is not installed" in lines[1] and ".tflite form" in lines[1], lines

@@ -12,9 +12,16 @@ import os
 from collections.abc import Mapping
 
 import numpy as np
-import onnxruntime as ort
 
-from ..errors import BundleError
+from ..errors import BundleError, MissingDependency
+
+try:
+    import onnxruntime as ort
+except ImportError:  # e.g. 32-bit Pi OS (armv7l): onnxruntime publishes no build there
+    raise MissingDependency(
+        "onnxruntime", None, "it runs .onnx bundles and has no build for some platforms "
+        "(32-bit ARM among them): there, split the model from its .tflite form, whose "
+        "bundles run with tflite-runtime (installed with edgesdk on armv7l)") from None
 
 _ORT_TO_NUMPY = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
