@@ -349,7 +349,8 @@ class Engine:
             i = f.next_segment
             if i > last:
                 return False
-            if i == 0 and last == len(self._seg_ms) - 1 and self.local.has_whole and not any(
+            whole_frame = i == 0 and last == len(self._seg_ms) - 1
+            if whole_frame and self.local.whole is not None and not any(
                     e.order >= f.exits_run for e in self.local.exits[:f.plan.n_exits]):
                 # the whole frame here and no exit to look at: the one-file model
                 ms = self.local.run_whole(f.env)

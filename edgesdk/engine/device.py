@@ -80,7 +80,7 @@ class LocalRunner:
                 if e.spec.after_segment == i:
                     e.answer(env)
         if self._whole is not None:
-            self.run_whole({t.name: env[t.name] for t in self.inputs})
+            self.run_whole(env)
 
     def feed(self, x: Any) -> dict[str, np.ndarray]:
         """The model inputs from `x`: an array for a single-input model, or a mapping of
@@ -130,10 +130,6 @@ class LocalRunner:
     def whole(self) -> Segment | None:
         """The whole-model file's session (None when the bundle has none)."""
         return self._whole
-
-    @property
-    def has_whole(self) -> bool:
-        return self._whole is not None
 
     def run_whole(self, env: dict[str, np.ndarray]) -> float:
         """Run the whole model file on `env` (updated in place with the model outputs);
