@@ -124,8 +124,8 @@ class MissingDependency(EdgeError, ImportError):
     says what to do instead (a module with no build for this platform)."""
 
     def __init__(self, module: str, extra: str | None, hint: str | None = None) -> None:
-        super().__init__(f"{module} is not installed; "
-                         + (hint or f'pip install "edgesdk[{extra}]"'))
+        self.advice = hint or f'pip install "edgesdk[{extra}]"'
+        super().__init__(f"{module} is not installed; {self.advice}")
         self.module = module
         self.extra = extra
 

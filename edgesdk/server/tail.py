@@ -74,11 +74,8 @@ def _check_runtime(bundle: Bundle) -> None:
         require_runtime(bundle.backend)
     except MissingDependency as exc:
         name = backend_runtime(bundle.backend)["runtime"]
-        error = MissingDependency(exc.module, exc.extra)
-        # ImportError's str() is its `msg`, not args[0]
-        error.msg = f"{bundle.path}: a {bundle.backend} bundle runs with {name}, and {exc}"
-        error.args = (error.msg,)
-        raise error from None
+        raise MissingDependency(exc.module, exc.extra, f"{exc.advice} ({bundle.path}: a "
+                                f"{bundle.backend} bundle runs with {name})") from None
 
 
 def load_bundles(paths: Sequence[str], public_key: Any = None) -> dict[str, Bundle]:
