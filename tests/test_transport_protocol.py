@@ -263,6 +263,21 @@ def test_deadline_gives_timeout_when_sent_and_unreachable_when_no_server():
     assert proto.pending_ids() == [] and proto.next_timer() == math.inf
 
 
+def test_a_blocked_send_while_the_server_answers_is_a_timeout_not_unreachable():
+    # the queue to a connected, overloaded server is full: sends block as with no
+    # connection, but the server's replies to other requests show it is there
+    proto = ClientProtocol(retries=0, window=1)
+    first = proto.submit(0.0, "infer", 0.2, bundle="b", cut="c")
+    send_all(proto, 0.0)
+    stuck = proto.submit(0.0, "infer", 0.2, bundle="b", cut="c")
+    proto.blocked()
+    proto.received(0.1, [pack(Envelope("busy", first))])
+    proto.blocked()  # still no room
+    proto.tick(0.2)
+    out = take(proto, stuck)
+    assert isinstance(out, Timeout) and not isinstance(out, Unreachable), out
+
+
 def test_retry_resets_the_socket_and_resends_with_the_remaining_budget():
     proto = ClientProtocol(retries=2)
     rid = proto.submit(0.0, "infer", 0.9, bundle="b", cut="c")

@@ -449,6 +449,7 @@ class ClientProtocol:
         self._pending: OrderedDict[int, _Pending] = OrderedDict()  # submit order
         self._done: dict[int, Reply | TransportError] = {}
         self._peer_missing = False  # the last send found no connected server
+        self._last_received = -math.inf  # when the server's last message came
 
     # -- submitting and sending ------------------------------------------------------------
     def submit(self, now: float, kind: str, budget_s: float, frames: Sequence = (),
@@ -523,7 +524,8 @@ class ClientProtocol:
         self.stats.sent += 1
 
     def blocked(self) -> None:
-        """A send would block: with ZMQ_IMMEDIATE that means no connected server."""
+        """A send would block: with ZMQ_IMMEDIATE, no connected server, or a connection so
+        congested that ZeroMQ's queue to it is full (tick tells the two apart)."""
         self._peer_missing = True
 
     # -- replies ---------------------------------------------------------------------------
@@ -531,6 +533,7 @@ class ClientProtocol:
         """Handle one message from the server; returns the id it completed, or None when
         it was dropped (late, unknown id, or malformed)."""
         self._peer_missing = False
+        self._last_received = now
         if not frames:
             self.stats.malformed_dropped += 1
             return None
@@ -584,7 +587,10 @@ class ClientProtocol:
         for rid in [rid for rid, p in self._pending.items() if now >= p.deadline]:
             p = self._pending.pop(rid)
             budget_ms = (p.deadline - p.created) * 1e3
-            if p.sent_at is None and self._peer_missing:
+            # Never sent, sends blocking, and not one message from the server while this
+            # request waited: no connection. Had the server answered anything meanwhile, the
+            # connection is up and full (an overloaded server): a timeout, not unreachable.
+            if p.sent_at is None and self._peer_missing and self._last_received < p.created:
                 self.stats.unreachable += 1
                 self._done[rid] = Unreachable(
                     f"request {rid}: no connection to the server within its {budget_ms:.0f} ms "
