@@ -51,8 +51,8 @@ def test_planner_fast_link_offloads():
 
 def test_planner_slow_link_stays_on_device():
     # 0.8 Mbit/s: the transfer takes 10 ms, more than the budget leaves it (10 - 1 ms,
-    # less the engine's 3 ms margin), so the offload times out: 1 ms + the 6 ms budget + a
-    # 9 ms local finish at accuracy 0.9, 4.5 - 1.6 - 1 = 1.9 < 3.5
+    # less the engine's 5 ms margin), so the offload times out: 1 ms + the 4 ms budget + a
+    # 9 ms local finish at accuracy 0.9, 4.5 - 1.4 - 1 = 2.1 < 3.5
     s = State(bw_mbps=0.8, slo_ms=10.0, rtt_ms=2.0, task="balanced")
     r = expected_rewards(_table(**HAND), s)
     assert r[1] == pytest.approx(5 * 0.9 - (1 + 10 - 1 - FALLBACK_MARGIN_MS + 9) / 10 - 1.0)
@@ -60,19 +60,20 @@ def test_planner_slow_link_stays_on_device():
 
 
 def test_uncertainty_makes_offloading_risky():
-    # at 4 Mbit/s the transfer takes 2 ms: 6 ms in all, inside the offload's 6 ms budget
-    # when the estimate is exact; with a wide spread the violation probability is priced in
+    # at 16 Mbit/s the transfer takes 0.5 ms: 4.5 ms in all, inside the offload's 4 ms
+    # budget (10 - 1 - the 5 ms margin) when the estimate is exact; with a wide spread the
+    # violation probability is priced in
     t = _table(**HAND)
-    exact = State(bw_mbps=4.0, slo_ms=10.0, rtt_ms=2.0)
-    wide = State(bw_mbps=4.0, bw_std=4.0, slo_ms=10.0, rtt_ms=2.0)
+    exact = State(bw_mbps=16.0, slo_ms=10.0, rtt_ms=2.0)
+    wide = State(bw_mbps=16.0, bw_std=16.0, slo_ms=10.0, rtt_ms=2.0)
     assert expected_rewards(t, wide)[1] < expected_rewards(t, exact)[1] - 0.2
 
 
 def test_a_timeout_costs_what_the_engines_fallback_costs():
     # the reply would come too late: with no exit the engine reserves the local finish and
-    # its margin, so the offload gets 10 - 1 - 4 - 3 = 2 ms, times out, and the frame
-    # finishes here at 7 ms, the margin before the SLO
-    t = _table(dev_ms=[1], wire_bytes=[100_000], srv_ms=[1], rest_acc=[0.95], local_ms=[4],
+    # its margin, so the offload gets 10 - 1 - 2 - 5 = 2 ms, times out, and the frame
+    # finishes here at 5 ms, the margin before the SLO
+    t = _table(dev_ms=[1], wire_bytes=[100_000], srv_ms=[1], rest_acc=[0.95], local_ms=[2],
                local_acc=[0.93])
     r = expected_rewards(t, State(bw_mbps=1.0, slo_ms=10.0, rtt_ms=2.0, task="balanced"))
     assert r[0] == pytest.approx(5 * 0.93 - (10 - FALLBACK_MARGIN_MS) / 10)
