@@ -10,7 +10,9 @@ A model split at K cut points has K + 1 segments; cut ``i`` is the boundary afte
 
     format, version      "edgesdk-bundle", 1
     name, backend        the bundle name; "onnx" or "tflite"
-    source               the model the bundle was cut from: file name, sha256, bytes
+    source               the model the bundle was cut from: file name, sha256, bytes;
+                         optionally "layout" ("NCHW" or "NHWC") of the cut tensors when it
+                         is not the backend's own (NCHW onnx, NHWC tflite), for exit heads
     inputs, outputs      tensor specs of the whole model: name, shape, dtype; an output may
                          also carry "kind" (classes, dense, boxes, sequence, other), declared
                          when the model was split; without it the kind is inferred from the

@@ -34,7 +34,7 @@ import numpy as np
 
 from edgesdk import Engine, Preprocessor, Result
 from edgesdk.bundle import Bundle
-from edgesdk.models import DIGITS_BUNDLE, load_digits_test
+from edgesdk.models import DIGITS_BUNDLE, digits_bundle, load_digits_test
 
 
 def synthetic_frames(count: int, seed: int = 0) -> Iterator[tuple[np.ndarray, int]]:
@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--source", default="0", help="camera index or video file")
-    p.add_argument("--bundle", default=str(DIGITS_BUNDLE), help="the bundle (digits model)")
+    p.add_argument("--bundle", help="the bundle (default: the digits model in the form this "
+                   "machine runs, ONNX or TFLite: edgesdk.models.digits_bundle())")
     p.add_argument("--server", help="tcp://host:port of `edgesdk serve`; none: all on device")
     p.add_argument("--slo-ms", type=float, default=50.0, help="latency budget per frame")
     p.add_argument("--frames", type=int, default=100, help="frames to run")
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
     where: collections.Counter = collections.Counter()
     latency, hits = [], 0
-    with Engine(args.bundle, server=args.server, slo_ms=args.slo_ms,
+    with Engine(args.bundle or digits_bundle(), server=args.server, slo_ms=args.slo_ms,
                 strategy=args.plan) as engine:
         bundle = engine.bundle
         prep = Preprocessor(bundle.manifest.inputs[0], mean=args.mean, std=args.std,

@@ -44,7 +44,8 @@ def yuv420_to_rgb(yuv: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--bundle", help="the bundle (default: the bundled digits model)")
+    p.add_argument("--bundle", help="the bundle (default: the bundled digits model, its TFLite "
+                   "form where onnxruntime does not import)")
     p.add_argument("--server", help="tcp://host:port of `edgesdk serve` (default: none)")
     p.add_argument("--slo-ms", type=float, default=100.0)
     p.add_argument("--lores", default="320x240", help="lores stream size WxH")
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from picamera2 import Picamera2  # only on a Pi
 
     from edgesdk import Engine, Preprocessor
-    from edgesdk.models import DIGITS_BUNDLE
+    from edgesdk.models import digits_bundle  # TFLite on 32-bit Pi OS (no onnxruntime)
 
     width, height = (int(v) for v in args.lores.split("x"))
     picam2 = Picamera2()
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             n += 1
 
     try:
-        with Engine(args.bundle or DIGITS_BUNDLE, server=args.server, slo_ms=args.slo_ms,
+        with Engine(args.bundle or digits_bundle(), server=args.server, slo_ms=args.slo_ms,
                     strategy=args.plan) as engine:
             spec = engine.bundle.manifest.inputs[0]
             prep = Preprocessor(spec, mean=args.mean, std=args.std)

@@ -19,6 +19,8 @@ def test_demo_runs_every_path_and_shuts_down_cleanly():
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout)
     runs = {r["name"]: r for r in report["runs"]}
+    # onnxruntime imports here: the ONNX bundle (tests/test_digits_tflite.py: without it)
+    assert (report["backend"], report["bundle"]) == ("onnx", "digits.edge")
     assert report["server_exit_code"] == 0
     for r in runs.values():
         assert abs(r["exit"] + r["edge"] + r["device"] - 1) < 1e-9  # every frame answered

@@ -7,7 +7,12 @@ p50/p95 latency, and the cuts and bit widths chosen. Last, it stops the server i
 middle of a run to show the fallback: frames finish on the device, none is lost. Then it
 shuts everything down.
 
+The model is the ONNX digits bundle where onnxruntime imports, else its TFLite form (32-bit
+Raspberry Pi OS has no onnxruntime, only tflite-runtime): `edgesdk.models.digits_bundle`.
+--backend picks one; the device and the server run the same bundle.
+
     edgesdk demo [--frames 300] [--slo-ms 50] [--strategy policy --strategy edge ...]
+                 [--backend auto|onnx|tflite]
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -87,10 +93,36 @@ def _table(rows: Sequence[dict]) -> str:
     return format_table(head, body, "lrrrrrrrll")
 
 
+def _choose_bundle(backend: str | None) -> tuple[Path, str, str]:
+    """(bundle, backend, why) for --backend (None or "auto": what this machine runs)."""
+    from ..errors import MissingDependency
+    from ..models import digits_bundle, onnxruntime_available
+    from ..runtime import backend_runtime, require_runtime
+
+    if backend in (None, "auto"):
+        backend = "onnx" if onnxruntime_available() else "tflite"
+        why = ("onnxruntime imports here" if backend == "onnx"
+               else "onnxruntime does not import here")
+    else:
+        why = "as --backend asks"
+    # fail here, before a server starts, when the runtime is missing
+    if backend == "onnx" and not onnxruntime_available():
+        raise MissingDependency("onnxruntime", None, "the demo runs without it on the "
+                                "TFLite digits bundle: edgesdk demo --backend tflite (or auto)")
+    require_runtime(backend)  # tflite: MissingDependency naming the extra
+    found = backend_runtime(backend)
+    version = found["version"] or "?"
+    runtime = (f"{found['runtime']}, not installed" if found["module"] is None
+               else f"onnxruntime {version}" if backend == "onnx"
+               else f"{found['runtime']} ({found['module']} {version})")
+    return digits_bundle(backend), backend, f"{why}; runs with {runtime}"
+
+
 def run_demo(frames: int = 300, slo_ms: float = 50.0, strategies: Sequence[str] = (),
-             workers: int = 1, quiet: bool = False) -> dict:
+             workers: int = 1, quiet: bool = False, backend: str | None = None) -> dict:
+    """Run the demo; backend: "onnx", "tflite", or None / "auto" (see _choose_bundle)."""
     from ..engine import Engine
-    from ..models import DIGITS_BUNDLE, load_digits_test
+    from ..models import load_digits_test
     from ..server import ServerProcess
 
     x, y = load_digits_test()
@@ -99,29 +131,32 @@ def run_demo(frames: int = 300, slo_ms: float = 50.0, strategies: Sequence[str] 
     strategies = list(strategies) or list(DEFAULT_STRATEGIES)
     say = (lambda *a: None) if quiet else print
     t_start = time.monotonic()
-    say(f"edgesdk demo: {n} real test digits, SLO {slo_ms:g} ms, bundle {DIGITS_BUNDLE.name}")
+    bundle, backend, why = _choose_bundle(backend)
+    say(f"edgesdk demo: {n} real test digits, SLO {slo_ms:g} ms, bundle {bundle.name} "
+        f"({backend}, {why})")
     say("starting an edge server on 127.0.0.1 (edgesdk serve, "
         f"{workers} worker{'s' if workers > 1 else ''}) ...")
     rows = []
-    with ServerProcess.serve([DIGITS_BUNDLE], "--workers", str(workers),
+    with ServerProcess.serve([bundle], "--workers", str(workers),
                              "--log-level", "info") as server:
         say(f"server ready at {server.endpoint} (pid {server.pid})\n")
         for name in strategies:
             strategy, _, task = name.partition(":")
             task = task or "balanced"
             say(f"- {name}: {_describe(strategy, task)}")
-            with Engine(DIGITS_BUNDLE, server=server.endpoint, slo_ms=slo_ms,
+            with Engine(bundle, server=server.endpoint, slo_ms=slo_ms,
                         strategy=strategy, task=task) as engine:
                 rows.append(_run(engine, x, y, name, quiet))
         say("- fallback: offloading every frame, and the server is stopped halfway")
         half = n // 2
-        with Engine(DIGITS_BUNDLE, server=server.endpoint, slo_ms=slo_ms,
+        with Engine(bundle, server=server.endpoint, slo_ms=slo_ms,
                     strategy="edge") as engine:
             rows.append(_run(engine, x[:half], y[:half], "edge, server up", quiet))
             code = server.terminate()
             rows.append(_run(engine, x[half:], y[half:], "edge, server gone", quiet))
         say(f"server stopped (exit code {code})\n")
-    report = {"frames": n, "slo_ms": slo_ms, "runs": rows,
+    report = {"frames": n, "slo_ms": slo_ms, "bundle": bundle.name, "backend": backend,
+              "runs": rows,
               "seconds": round(time.monotonic() - t_start, 2), "server_exit_code": code}
     say(_table(rows))
     say(f"\nexit: answered by an early exit on the device; edge: finished by the server; "
@@ -140,6 +175,10 @@ def add_parser(sub: Any, name: str, text: str, argv: Sequence[str] | None = None
                         "(balanced, accuracy, latency); repeatable (default: "
                         + ", ".join(DEFAULT_STRATEGIES) + ")")
     p.add_argument("--workers", type=int, default=1, help="server worker processes")
+    p.add_argument("--backend", choices=("auto", "onnx", "tflite"), default="auto",
+                   help="the digits bundle to run: onnx (onnxruntime) or tflite (LiteRT or "
+                        "tflite-runtime); auto: onnx where onnxruntime imports, else tflite "
+                        "(default)")
     p.add_argument("--json", action="store_true", help="print the report as JSON at the end")
     p.set_defaults(func=_demo_cmd)
     return p
@@ -149,7 +188,7 @@ def _demo_cmd(args: argparse.Namespace) -> int:
     if args.frames < 2:
         raise ValueError(f"--frames is {args.frames}, expected >= 2")
     report = run_demo(args.frames, args.slo_ms, args.strategy or (), args.workers,
-                      quiet=args.json)
+                      quiet=args.json, backend=args.backend)
     if args.json:
         print(json.dumps(report, indent=1))
     return 0 if report["server_exit_code"] == 0 else 1

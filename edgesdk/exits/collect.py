@@ -21,9 +21,17 @@ from .data import Dataset
 from .heads import pool_features
 from .runner import exit_runner
 
+LAYOUTS = {"NCHW": 1, "NHWC": -1}
+
 
 def channel_axis(bundle: Bundle) -> int:
-    """Where channels are in cut tensors: NCHW for onnx, NHWC for tflite."""
+    """Where channels are in cut tensors: as the manifest's source["layout"] says when it
+    says ("NCHW" or "NHWC": a bundle converted from another backend may keep its cut
+    tensors in the source's layout, as edgesdk/models/digits-tflite.edge does), else the
+    backend's own: NCHW for onnx, NHWC for tflite."""
+    layout = bundle.manifest.source.get("layout")
+    if layout in LAYOUTS:
+        return LAYOUTS[layout]
     return 1 if bundle.backend == "onnx" else -1
 
 

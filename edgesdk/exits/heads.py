@@ -4,7 +4,8 @@
     logits = head(cut_tensor)                    # GAP -> [hidden ReLU] -> linear
 
 Heads. A head reads the tensors of a cut point, averages each over its spatial axes (global
-average pooling; the channel axis is 1 for NCHW onnx tensors, -1 for NHWC tflite ones),
+average pooling; the channel axis is 1 for NCHW onnx tensors, -1 for NHWC tflite ones,
+unless the manifest's source["layout"] says otherwise: collect.channel_axis),
 standardizes the pooled features, optionally applies one small hidden ReLU layer, then a
 linear layer to class logits. :func:`train_head` fits it by L-BFGS (default) or Adam,
 seeded, with weight decay and early stopping on a held-out slice of the training data.
