@@ -364,24 +364,27 @@ def measure_cut_codec(
     ``profiles["codec"]`` entry, which `edgesdk.policy.build_candidates` reads.
 
     For each cut and bits the cut's tensors are encoded with `edgesdk.codec` (or the given
-    `encode(array, bits=, compress=)` / `decode(frames)`) twice, with ``compress="zstd"``
-    (the codec keeps the zstd payload only when it is >= 1.1x smaller) and with
-    ``compress="none"`` (quantize and pack only), decoded, and the tail segments are run on
+    `encode(array, bits=, compress=)` / `decode(frames)`) with ``compress="zstd"``
+    (the codec keeps the zstd payload only when it is >= 1.1x smaller), with
+    ``compress="none"`` (quantize and pack only) and, at 8, 4 and 2 bits, with
+    ``compress="sparse"``, decoded, and the tail segments are run on
     the decoded tensors, whose final output is compared with the fp32 run's as its `kind`
     says (:func:`output_fidelity`; the entropy stage is lossless, so it is one comparison
     for both). kind: the output's kind, ``bundle.output_kind(final_output)`` for a bundle
     (a declared kind wins); None infers it from the output's shape (bundle.output_kind).
-    Encode times are the fastest of `repeats` encodes of each sample, alternating the two
-    modes (the first encode of a tensor pays for cold caches), then the median over
+    Encode times are the fastest of `repeats` encodes of each sample, rotating the order of
+    the modes (the first encode of a tensor pays for cold caches), then the median over
     samples. Compression is a decision (policy.candidates), because zstd level 1 costs
     about 10x the quantize-and-pack pass for a ~2x smaller payload on a ReLU map.
 
     Returns ``{"bits": [...], "samples": n, "output": final_output, "kind": kind, "cuts":
     {cut_id: {str(bits): {"bytes", "encode_ms", "fidelity", <the kind's measures>,
-    "rel_l2", "max_abs_err", "raw_bytes", "raw_encode_ms", "compressed"}}}, "input":
-    {...same for the model input...}}``: "bytes"/"encode_ms" with zstd tried (the meaning
-    they had before the raw ones were measured, so older readers see the same numbers),
-    "raw_*" without, "compressed" the fraction of samples the codec sent compressed.
+    "rel_l2", "max_abs_err", "raw_bytes", "raw_encode_ms", "compressed", "sparse_bytes",
+    "sparse_encode_ms"}}}, "input": {...same for the model input...}}``: "bytes"/"encode_ms"
+    with zstd tried (the meaning they had before the raw ones were measured, so older
+    readers see the same numbers), "raw_*" without, "compressed" the fraction of samples
+    the codec sent compressed, "sparse_*" with ``compress="sparse"`` (the zero codes as a
+    bitmap, where that is smaller; bits 8, 4 and 2 only, and only when `encode` takes it).
     "fidelity" (in [0, 1], the mean over samples) is what the planner weighs: for
     classes it is "agreement", the fraction of samples whose argmax matches fp32 (the only
     measure profiles had before output kinds, which readers still accept); for dense maps
@@ -404,6 +407,7 @@ def measure_cut_codec(
     points = [("input", 0, tuple(samples[0].keys()))]
     points += [(c.id, c.after_segment + 1, tuple(c.names)) for c in cuts]
     acc: dict[str, dict[str, list]] = {p[0]: {str(b): [] for b in bits} for p in points}
+    sparse_ok = True  # False once `encode` refuses compress="sparse" (an older codec)
     unusable: dict[str, dict[str, str]] = {p[0]: {} for p in points}  # bits the codec refused
     for feed in samples:
         env = dict(feed)
@@ -419,13 +423,23 @@ def measure_cut_codec(
             for b in bits:
                 if str(b) in unusable[name]:
                     continue
-                best = {"zstd": math.inf, "none": math.inf}
+                # sparse packing only has codes to work on at 8, 4 and 2 bits
+                modes = ("zstd", "none") + (("sparse",) if b <= 8 and sparse_ok else ())
+                best = dict.fromkeys(modes, math.inf)
                 sizes = {}
                 try:
                     for r in range(repeats):
-                        for mode in (("zstd", "none") if r % 2 == 0 else ("none", "zstd")):
+                        for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
+                            if mode == "sparse" and not sparse_ok:
+                                continue
                             t0 = time.perf_counter_ns()
-                            frames = [encode(a, bits=b, compress=mode) for a in arrays]
+                            try:
+                                frames = [encode(a, bits=b, compress=mode) for a in arrays]
+                            except (ValueError, TypeError):
+                                if mode != "sparse":
+                                    raise
+                                sparse_ok = False  # an `encode` without it: not measured
+                                continue
                             t1 = time.perf_counter_ns()
                             best[mode] = min(best[mode], (t1 - t0) / 1e6)
                             sizes[mode] = (frames, sum(len(memoryview(f).cast("B"))
@@ -439,8 +453,10 @@ def measure_cut_codec(
                 for seg in segments[start:]:
                     tail.update(seg.run({n: tail[n] for n in seg.inputs}))
                 fidelity = output_fidelity(tail[final_output], ref, kind)
+                sparse = (sizes["sparse"][1], best["sparse"]) if "sparse" in sizes and \
+                    sparse_ok else None
                 acc[name][str(b)].append(((sizes["zstd"][1], best["zstd"], sizes["none"][1],
-                                           best["none"]), fidelity))
+                                           best["none"]), fidelity, sparse))
     out: dict[str, Any] = {"bits": list(bits), "samples": len(samples),
                            "output": final_output, "kind": kind, "cuts": {}}
     for name, per_bits in acc.items():
@@ -455,6 +471,10 @@ def measure_cut_codec(
                         "raw_bytes": round(float(col[:, 2].mean()), 1),
                         "raw_encode_ms": round(float(np.median(col[:, 3])), 4),
                         "compressed": round(float(np.mean(col[:, 0] < col[:, 2])), 4)}
+            if rows and all(r[2] is not None for r in rows):
+                sp = np.asarray([r[2] for r in rows], dtype=np.float64)  # bytes, ms
+                entry[b].update({"sparse_bytes": round(float(sp[:, 0].mean()), 1),
+                                 "sparse_encode_ms": round(float(np.median(sp[:, 1])), 4)})
         entry.update({b: {"error": why} for b, why in unusable[name].items()})
         if name == "input":
             out["input"] = entry

@@ -66,8 +66,14 @@ extern const es_kernels es_kernels_avx2;
 #ifdef ES_HAVE_AVX512
 extern const es_kernels es_kernels_avx512;
 #endif
+#ifdef ES_HAVE_AVX512VBMI2
+extern const es_kernels es_kernels_avx512vbmi2;
+#endif
 
 static const es_kernels *const all_kernels[] = {
+#ifdef ES_HAVE_AVX512VBMI2
+    &es_kernels_avx512vbmi2,
+#endif
 #ifdef ES_HAVE_AVX512
     &es_kernels_avx512,
 #endif
@@ -87,6 +93,13 @@ static int cpu_runs(const es_kernels *k) {
     if (k == &es_kernels_avx512)
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+#endif
+#ifdef ES_HAVE_AVX512VBMI2
+    /* the avx512 build plus vpcompressb/vpexpandb for the sparse packing (Ice Lake, Zen 4) */
+    if (k == &es_kernels_avx512vbmi2)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512vbmi2");
 #endif
 #ifdef ES_HAVE_AVX2
     if (k == &es_kernels_avx2) return __builtin_cpu_supports("avx2");

@@ -10,10 +10,24 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "sparse_tables.h"
 
 #if defined(__ARM_NEON) || defined(__ARM_NEON__)
 #include <arm_neon.h>
 #define ES_USE_NEON 1
+#endif
+/* The sparse packing's compaction is a byte shuffle: pshufb (SSSE3, so the avx2 and avx512
+ * builds) or vpcompressb/vpexpandb (AVX-512 VBMI2); the sse2 build makes only the bitmap
+ * with vectors. */
+#if defined(__SSE2__) && !defined(ES_USE_NEON)
+#include <immintrin.h>
+#define ES_USE_SSE2 1
+#if defined(__SSSE3__)
+#define ES_USE_SSSE3 1
+#endif
+#if defined(__AVX512VBMI2__) && defined(__AVX512BW__)
+#define ES_USE_VBMI2 1
+#endif
 #endif
 
 #ifndef ES_TABLE
@@ -245,8 +259,274 @@ static void unpack_dequantize_impl(const uint8_t *ES_RESTRICT packed, size_t n, 
     }
 }
 
+/* ---------------------------------------------------------------- sparse packing */
+
+static inline unsigned pop8(unsigned b) {
+#if defined(__GNUC__) && defined(__POPCNT__)
+    return (unsigned)__builtin_popcount(b);
+#else
+    return es_popcount_lut[b & 0xffu]; /* one load: ARM has no scalar popcount */
+#endif
+}
+
+static inline unsigned pop64(uint64_t v) {
+#if defined(__GNUC__)
+    return (unsigned)__builtin_popcountll(v);
+#else
+    v = v - ((v >> 1) & 0x5555555555555555u);
+    v = (v & 0x3333333333333333u) + ((v >> 2) & 0x3333333333333333u);
+    v = (v + (v >> 4)) & 0x0f0f0f0f0f0f0f0fu;
+    return (unsigned)((v * 0x0101010101010101u) >> 56);
+#endif
+}
+
+static size_t popcount_impl(const uint8_t *ES_RESTRICT p, size_t nbytes) {
+    size_t i = 0, c = 0;
+    for (; i + 8 <= nbytes; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, sizeof w);
+        c += pop64(w);
+    }
+    for (; i < nbytes; i++) c += pop8(p[i]);
+    return c;
+}
+
+/* The bitmap of codes[0, n) (es_bitmap_size(n) bytes, padding bits 0) and the codes that
+ * are not `zero`, in order, at out; returns their number k. out needs room for n bytes:
+ * the vector loops store whole registers at out + k, which stays within out + n because
+ * k never exceeds the number of codes read. */
+static size_t compact_impl(const uint8_t *ES_RESTRICT codes, size_t n, uint8_t zero,
+                           uint8_t *ES_RESTRICT bitmap, uint8_t *ES_RESTRICT out) {
+    size_t i = 0, k = 0;
+#ifdef ES_USE_VBMI2
+    const __m512i vz64 = _mm512_set1_epi8((char)zero);
+    for (; i + 64 <= n; i += 64) {
+        __m512i c = _mm512_loadu_si512((const void *)(codes + i));
+        __mmask64 m = _mm512_cmpneq_epu8_mask(c, vz64);
+        uint64_t mb = (uint64_t)m; /* bit j = lane j: the bitmap's order on this LE host */
+        memcpy(bitmap + i / 8, &mb, sizeof mb);
+        _mm512_storeu_si512((void *)(out + k), _mm512_maskz_compress_epi8(m, c));
+        k += pop64(mb);
+    }
+#endif
+#if defined(ES_USE_SSSE3)
+    const __m128i vz = _mm_set1_epi8((char)zero), eight = _mm_set1_epi8(8);
+    for (; i + 16 <= n; i += 16) {
+        __m128i c = _mm_loadu_si128((const __m128i *)(codes + i));
+        unsigned m = ~(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(c, vz)) & 0xffffu;
+        unsigned lo = m & 0xffu, hi = m >> 8;
+        uint16_t m16 = (uint16_t)m; /* bit j = lane j: the bitmap's order on this LE host */
+        memcpy(bitmap + i / 8, &m16, sizeof m16);
+        /* both halves compacted in one shuffle: the high half's lanes are 8..15 */
+        __m128i idx = _mm_unpacklo_epi64(
+            _mm_loadl_epi64((const __m128i *)es_compact_lut[lo]),
+            _mm_add_epi8(_mm_loadl_epi64((const __m128i *)es_compact_lut[hi]), eight));
+        __m128i r = _mm_shuffle_epi8(c, idx);
+        _mm_storel_epi64((__m128i *)(out + k), r);
+        k += pop8(lo);
+        _mm_storel_epi64((__m128i *)(out + k), _mm_unpackhi_epi64(r, r));
+        k += pop8(hi);
+    }
+#elif defined(ES_USE_SSE2)
+    const __m128i vz = _mm_set1_epi8((char)zero);
+    for (; i + 16 <= n; i += 16) {
+        __m128i c = _mm_loadu_si128((const __m128i *)(codes + i));
+        unsigned m = ~(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(c, vz)) & 0xffffu;
+        bitmap[i / 8] = (uint8_t)(m & 0xffu);
+        bitmap[i / 8 + 1] = (uint8_t)(m >> 8);
+        for (unsigned j = 0; j < 16; j++) { /* branch-free: store always, advance on 1 */
+            out[k] = codes[i + j];
+            k += (m >> j) & 1u;
+        }
+    }
+#elif defined(ES_USE_NEON)
+    static const uint8_t weights[16] = {1, 2, 4, 8, 16, 32, 64, 128,
+                                        1, 2, 4, 8, 16, 32, 64, 128};
+    const uint8x16_t vz = vdupq_n_u8(zero), vw = vld1q_u8(weights);
+    for (; i + 16 <= n; i += 16) {
+        uint8x16_t c = vld1q_u8(codes + i);
+        /* lane j of each half contributes 2^j when non-zero; three pairwise adds sum them */
+        uint8x16_t b = vbicq_u8(vw, vceqq_u8(c, vz));
+        uint8x8_t s = vpadd_u8(vget_low_u8(b), vget_high_u8(b));
+        s = vpadd_u8(s, s);
+        s = vpadd_u8(s, s);
+        unsigned lo = vget_lane_u8(s, 0), hi = vget_lane_u8(s, 1);
+        bitmap[i / 8] = (uint8_t)lo;
+        bitmap[i / 8 + 1] = (uint8_t)hi;
+        vst1_u8(out + k, vtbl1_u8(vget_low_u8(c), vld1_u8(es_compact_lut[lo])));
+        k += pop8(lo);
+        vst1_u8(out + k, vtbl1_u8(vget_high_u8(c), vld1_u8(es_compact_lut[hi])));
+        k += pop8(hi);
+    }
+#endif
+    for (; i < n; i += 8) { /* i is a multiple of 8: one bitmap byte per step */
+        size_t end = n - i < 8 ? n - i : 8;
+        unsigned b = 0;
+        for (size_t j = 0; j < end; j++) {
+            uint8_t c = codes[i + j];
+            unsigned nz = c != zero;
+            b |= nz << j;
+            out[k] = c;
+            k += nz;
+        }
+        bitmap[i / 8] = (uint8_t)b;
+    }
+    return k;
+}
+
+/* The vector part of expand_impl: codes from *i on, reading src[*r, ...), while whole
+ * registers of codes (i + W <= n) and of src (r + W <= avail) remain. */
+static void expand_vec(const uint8_t *ES_RESTRICT bitmap, const uint8_t *ES_RESTRICT src,
+                       size_t avail, size_t n, uint8_t zero, uint8_t *ES_RESTRICT codes,
+                       size_t *pi, size_t *pr) {
+    size_t i = *pi, r = *pr;
+#ifdef ES_USE_VBMI2
+    const __m512i vz64 = _mm512_set1_epi8((char)zero);
+    for (; i + 64 <= n && r + 64 <= avail; i += 64) {
+        uint64_t m;
+        memcpy(&m, bitmap + i / 8, sizeof m);
+        __m512i s = _mm512_loadu_si512((const void *)(src + r));
+        _mm512_storeu_si512((void *)(codes + i),
+                            _mm512_mask_expand_epi8(vz64, (__mmask64)m, s));
+        r += pop64(m);
+    }
+#endif
+#if defined(ES_USE_SSSE3)
+    /* The shuffle writes 0 to the lanes of 0 bits; XOR with the zero code before and after
+     * turns those into `zero` and leaves the others as they were. */
+    const __m128i vz = _mm_set1_epi8((char)zero);
+    for (; i + 16 <= n && r + 16 <= avail; i += 16) {
+        unsigned lo = bitmap[i / 8], hi = bitmap[i / 8 + 1], plo = pop8(lo);
+        __m128i s = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(src + r)), vz);
+        __m128i idx = _mm_unpacklo_epi64(
+            _mm_loadl_epi64((const __m128i *)es_expand_lut[lo]),
+            _mm_add_epi8(_mm_loadl_epi64((const __m128i *)es_expand_lut[hi]),
+                         _mm_set1_epi8((char)plo)));
+        _mm_storeu_si128((__m128i *)(codes + i), _mm_xor_si128(_mm_shuffle_epi8(s, idx), vz));
+        r += plo + pop8(hi);
+    }
+#elif defined(ES_USE_NEON)
+    const uint8x8_t vz = vdup_n_u8(zero);
+    for (; i + 8 <= n && r + 8 <= avail; i += 8) {
+        unsigned m = bitmap[i / 8];
+        uint8x8_t s = veor_u8(vld1_u8(src + r), vz);
+        vst1_u8(codes + i, veor_u8(vtbl1_u8(s, vld1_u8(es_expand_lut[m])), vz));
+        r += pop8(m);
+    }
+#else
+    /* No byte shuffle: the same table, one lane at a time (independent loads, no branch) */
+    for (; i + 8 <= n && r + 8 <= avail; i += 8) {
+        unsigned m = bitmap[i / 8];
+        const uint8_t *e = es_expand_lut[m];
+        for (unsigned j = 0; j < 8; j++) {
+            uint8_t c = src[r + (e[j] & 7u)];
+            codes[i + j] = e[j] & 128u ? zero : c;
+        }
+        r += pop8(m);
+    }
+#endif
+    *pi = i;
+    *pr = r;
+}
+
+/* The inverse of compact_impl: codes[0, n) from the bitmap and the k codes at src. Reads at
+ * most src[0, k): once k codes are used up, further 1 bits decode as `zero`. */
+static void expand_impl(const uint8_t *ES_RESTRICT bitmap, const uint8_t *ES_RESTRICT src,
+                        size_t k, size_t n, uint8_t zero, uint8_t *ES_RESTRICT codes) {
+    size_t i = 0, r = 0; /* r: codes of src used */
+    expand_vec(bitmap, src, k, n, zero, codes, &i, &r);
+    if (i + 8 <= n && r <= k) {
+        /* Either fewer than a register of codes is left (r + W > k), often with many
+         * elements to go (a run of zeros), or fewer than a register of elements: continue
+         * from a padded copy of the codes left, at most 64 (the widest register) of which
+         * can be needed either way. The padding holds the zero code, which is what a 1 bit
+         * past the k-th decodes as. */
+        uint8_t tail[128];
+        size_t left = k - r < 64 ? k - r : 64, used = 0;
+        memset(tail, zero, sizeof tail);
+        memcpy(tail, src + r, left);
+        expand_vec(bitmap, tail, sizeof tail, n, zero, codes, &i, &used);
+        r += used;
+    }
+    for (; i < n; i++) {
+        unsigned bit = (bitmap[i / 8] >> (i % 8)) & 1u;
+        if (bit && r < k)
+            codes[i] = src[r];
+        else
+            codes[i] = zero;
+        r += bit;
+    }
+}
+
+/* The sparse stream of n codes: from `codes`, or, when codes is NULL, from quantizing x
+ * with p chunk by chunk. At 4 and 2 bits each chunk's non-zero codes are compacted into
+ * `stage` after the (< 8 / bits) left over from the chunk before, and packed up to a
+ * whole byte. */
+static size_t sparse_stream(const float *ES_RESTRICT x, const uint8_t *ES_RESTRICT codes,
+                            size_t n, const es_qparams *p, uint8_t zero, int bits,
+                            uint8_t *ES_RESTRICT out) {
+    size_t nb = es_bitmap_size(n);
+    uint8_t *dst = out + nb;
+    if (codes && bits == 8) return nb + compact_impl(codes, n, zero, out, dst);
+    uint8_t chunk[ES_CHUNK], stage[ES_CHUNK + 8];
+    size_t per_byte = 8 / (size_t)bits, written = 0, carry = 0;
+    for (size_t i = 0; i < n; i += ES_CHUNK) {
+        size_t m = n - i < ES_CHUNK ? n - i : ES_CHUNK;
+        const uint8_t *c = codes ? codes + i : chunk;
+        if (!codes) quantize_impl(x + i, m, p, chunk);
+        if (bits == 8) { /* written <= i: the register stores stay within dst + n */
+            written += compact_impl(c, m, zero, out + i / 8, dst + written);
+            continue;
+        }
+        size_t total = carry + compact_impl(c, m, zero, out + i / 8, stage + carry);
+        size_t full = total - total % per_byte;
+        pack_impl(stage, full, bits, dst + written);
+        written += full / per_byte;
+        carry = total - full;
+        for (size_t j = 0; j < carry; j++) stage[j] = stage[full + j];
+    }
+    if (carry) {
+        pack_impl(stage, carry, bits, dst + written);
+        written++;
+    }
+    return nb + written;
+}
+
+static size_t sparse_pack_impl(const uint8_t *ES_RESTRICT codes, size_t n, uint8_t zero,
+                               int bits, uint8_t *ES_RESTRICT out) {
+    return sparse_stream(NULL, codes, n, NULL, zero, bits, out);
+}
+
+static size_t quantize_sparse_impl(const float *ES_RESTRICT x, size_t n, const es_qparams *p,
+                                   int bits, uint8_t *ES_RESTRICT out) {
+    return sparse_stream(x, NULL, n, p, (uint8_t)p->zero_point, bits, out);
+}
+
+static void sparse_unpack_impl(const uint8_t *ES_RESTRICT in, size_t n, size_t k, uint8_t zero,
+                               int bits, uint8_t *ES_RESTRICT codes) {
+    const uint8_t *src = in + es_bitmap_size(n);
+    if (bits == 8) {
+        expand_impl(in, src, k, n, zero, codes);
+        return;
+    }
+    /* Per chunk: unpack its kc codes (from the middle of a byte: `skip` codes of the first
+     * one belong to the chunk before), then expand them. */
+    uint8_t stage[ES_CHUNK + 8];
+    size_t per_byte = 8 / (size_t)bits, used = 0;
+    for (size_t i = 0; i < n; i += ES_CHUNK) {
+        size_t m = n - i < ES_CHUNK ? n - i : ES_CHUNK;
+        size_t kc = popcount_impl(in + i / 8, es_bitmap_size(m));
+        if (kc > k - used) kc = k - used; /* a lying bitmap reads no further than k */
+        size_t skip = used % per_byte;
+        unpack_impl(src + used / per_byte, skip + kc, bits, stage);
+        expand_impl(in + i / 8, stage + skip, kc, m, zero, codes + i);
+        used += kc;
+    }
+}
+
 const es_kernels ES_TABLE = {
     ES_NAME,         absmax_impl,        minmax_impl,           quantize_impl,
     dequantize_impl, pack_impl,          unpack_impl,           quantize_pack_impl,
-    unpack_dequantize_impl,
+    unpack_dequantize_impl, sparse_pack_impl, quantize_sparse_impl, popcount_impl,
+    sparse_unpack_impl,
 };

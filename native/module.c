@@ -139,13 +139,22 @@ static void grouped_release(grouped_t *g) {
     buf_release(&g->in), buf_release(&g->out), buf_release(&g->scales), buf_release(&g->zps);
 }
 
+/* es_sparse_bound, or OverflowError naming the count. */
+static int sparse_bound(size_t n, int bits, size_t *size) {
+    if (es_sparse_bound(n, bits, size) == 0) return 0;
+    PyErr_Format(PyExc_OverflowError, "%zu codes at %d bits: their sparse stream's size "
+                 "would not fit in size_t", n, bits);
+    return -1;
+}
+
 /* Gets the buffers of a grouped call and checks their lengths against each other: the
  * float side (whichever of in/out has format 'f') holds n elements, the code side n codes
- * one per byte (bits 0) or packed at `bits`, and there is one zero point per scale.
+ * one per byte (bits 0), packed at `bits`, or, with `sparse`, room for their sparse stream
+ * (es_sparse_bound), and there is one zero point per scale.
  * `params_out`: the call writes the scales and zero points. Returns 0, or -1 with an
  * exception set; grouped_release() is needed either way. */
 static int grouped_get(grouped_t *g, arg_t in, arg_t out, PyObject *scales, PyObject *zps,
-                       int bits, int params_out) {
+                       int bits, int params_out, int sparse) {
     if (buf_get(in.obj, &g->in, in.fmt, 0, in.what) < 0 ||
         buf_get(out.obj, &g->out, out.fmt, 1, out.what) < 0 ||
         buf_get(scales, &g->scales, 'f', params_out, "scales") < 0 ||
@@ -156,7 +165,9 @@ static int grouped_get(grouped_t *g, arg_t in, arg_t out, PyObject *scales, PyOb
     g->n = buf_len(float_in ? &g->in : &g->out);
     g->groups = buf_len(&g->scales);
     size_t want = g->n;
-    if (bits && packed_size(g->n, bits, &want) < 0) return -1;
+    if (sparse ? sparse_bound(g->n, bits, &want) < 0
+               : bits && packed_size(g->n, bits, &want) < 0)
+        return -1;
     if (buf_len(code) != want || buf_len(&g->zps) != g->groups) {
         PyErr_Format(PyExc_ValueError, "%s has %zu bytes and zero_points %zu items, expected "
                      "%zu and %zu", float_in ? out.what : in.what, buf_len(code),
@@ -212,7 +223,7 @@ static PyObject *py_quantize(PyObject *self, PyObject *args) {
     grouped_t b = {0};
     PyObject *ret = NULL;
     size_t outer;
-    if (grouped_get(&b, (arg_t){ox, 'f', "x"}, (arg_t){oc, 'B', "codes"}, os, oz, 0, 0) < 0 ||
+    if (grouped_get(&b, (arg_t){ox, 'f', "x"}, (arg_t){oc, 'B', "codes"}, os, oz, 0, 0, 0) < 0 ||
         group_layout(b.n, b.groups, inner, &outer) < 0)
         goto done;
     const float *xp = b.in.view.buf;
@@ -241,7 +252,7 @@ static PyObject *py_dequantize(PyObject *self, PyObject *args) {
     grouped_t b = {0};
     PyObject *ret = NULL;
     size_t outer;
-    if (grouped_get(&b, (arg_t){oc, 'B', "codes"}, (arg_t){oo, 'f', "out"}, os, oz, 0, 0) < 0 ||
+    if (grouped_get(&b, (arg_t){oc, 'B', "codes"}, (arg_t){oo, 'f', "out"}, os, oz, 0, 0, 0) < 0 ||
         group_layout(b.n, b.groups, inner, &outer) < 0)
         goto done;
     const uint8_t *cp = b.in.view.buf;
@@ -330,7 +341,7 @@ static PyObject *py_quantize_pack(PyObject *self, PyObject *args) {
     if (check_bits(bits) < 0) return NULL;
     grouped_t b = {0};
     PyObject *ret = NULL;
-    if (grouped_get(&b, (arg_t){ox, 'f', "x"}, (arg_t){oo, 'B', "out"}, os, oz, bits, 1) < 0)
+    if (grouped_get(&b, (arg_t){ox, 'f', "x"}, (arg_t){oo, 'B', "out"}, os, oz, bits, 1, 0) < 0)
         goto done;
     size_t n = b.n, groups = b.groups, outer;
     if (n == 0) {
@@ -387,7 +398,7 @@ static PyObject *py_unpack_dequantize(PyObject *self, PyObject *args) {
     grouped_t b = {0};
     PyObject *ret = NULL;
     if (grouped_get(&b, (arg_t){op_, 'B', "packed"}, (arg_t){oo, 'f', "out"}, os, oz, bits,
-                    0) < 0)
+                    0, 0) < 0)
         goto done;
     size_t n = b.n, groups = b.groups, outer;
     if (n == 0) {
@@ -420,6 +431,163 @@ static PyObject *py_unpack_dequantize(PyObject *self, PyObject *args) {
 done:
     grouped_release(&b);
     return ret;
+}
+
+/* ------------------------------------------------------------ sparse packing */
+
+static int check_zero(int zero) {
+    if (zero >= 0 && zero <= 255) return 0;
+    PyErr_Format(PyExc_ValueError, "zero code must be in [0, 255], got %d", zero);
+    return -1;
+}
+
+/* quantize_sparse(x, out, scales_out, zero_points_out, bits, symmetric, inner) -> size: the
+ * fused "find scale + quantize + sparse pack"; out holds es_sparse_bound(n, bits) bytes and
+ * the stream is its first `size`. Every group must get the same zero point (symmetric, or
+ * one group): ValueError otherwise, and for a non-finite x, as quantize_pack. */
+static PyObject *py_quantize_sparse(PyObject *self, PyObject *args) {
+    PyObject *ox, *oo, *os, *oz;
+    int bits, symmetric;
+    Py_ssize_t inner;
+    if (!PyArg_ParseTuple(args, "OOOOipn", &ox, &oo, &os, &oz, &bits, &symmetric, &inner))
+        return NULL;
+    if (check_bits(bits) < 0) return NULL;
+    grouped_t b = {0};
+    PyObject *ret = NULL;
+    if (grouped_get(&b, (arg_t){ox, 'f', "x"}, (arg_t){oo, 'B', "out"}, os, oz, bits, 1, 1) < 0)
+        goto done;
+    size_t n = b.n, groups = b.groups, outer, run, used = 0;
+    if (n == 0) {
+        ret = PyLong_FromSize_t(0);
+        goto done;
+    }
+    if (group_layout(n, groups, inner, &outer) < 0) goto done;
+    const float *xp = b.in.view.buf;
+    float *sp = b.scales.view.buf;
+    int32_t *zpp = b.zps.view.buf;
+    uint8_t *op = b.out.view.buf;
+    runs_of(n, groups, (size_t)inner, bits, &outer, &run);
+    uint8_t *scratch = groups == 1 ? NULL : malloc(n);
+    if (groups != 1 && !scratch) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int status;
+    Py_BEGIN_ALLOW_THREADS status = find_params(xp, outer, groups, run, bits, symmetric, sp, zpp);
+    for (size_t g = 1; status == 0 && g < groups; g++)
+        if (zpp[g] != zpp[0]) status = -3;
+    if (status == 0 && groups == 1) {
+        es_qparams p = params_for(sp[0], zpp[0], bits, symmetric);
+        used = K->quantize_sparse(xp, n, &p, bits, op);
+    } else if (status == 0) {
+        for (size_t o = 0; o < outer; o++) {
+            for (size_t g = 0; g < groups; g++) {
+                size_t at = (o * groups + g) * run;
+                es_qparams p = params_for(sp[g], zpp[g], bits, symmetric);
+                K->quantize(xp + at, run, &p, scratch + at);
+            }
+        }
+        used = K->sparse_pack(scratch, n, (uint8_t)zpp[0], bits, op);
+    }
+    Py_END_ALLOW_THREADS free(scratch);
+    if (status == -1) {
+        PyErr_SetString(PyExc_ValueError, "x contains a non-finite value");
+        goto done;
+    }
+    if (status == -2) {
+        PyErr_SetString(PyExc_OverflowError, "value range exceeds float32");
+        goto done;
+    }
+    if (status == -3) {
+        PyErr_SetString(PyExc_ValueError, "sparse packing needs one zero point for every "
+                        "group, the groups got different ones");
+        goto done;
+    }
+    ret = PyLong_FromSize_t(used);
+done:
+    grouped_release(&b);
+    return ret;
+}
+
+/* sparse_pack(codes, out, zero, bits) -> size; out holds es_sparse_bound(n, bits) bytes. */
+static PyObject *py_sparse_pack(PyObject *self, PyObject *args) {
+    PyObject *oc, *oo;
+    int zero, bits;
+    if (!PyArg_ParseTuple(args, "OOii", &oc, &oo, &zero, &bits)) return NULL;
+    if (check_bits(bits) < 0 || check_zero(zero) < 0) return NULL;
+    buf_t c = {0}, o = {0};
+    PyObject *ret = NULL;
+    size_t n, want, used;
+    if (buf_get(oc, &c, 'B', 0, "codes") < 0 || buf_get(oo, &o, 'B', 1, "out") < 0) goto done;
+    n = buf_len(&c);
+    if (sparse_bound(n, bits, &want) < 0) goto done;
+    if (buf_len(&o) != want) {
+        PyErr_Format(PyExc_ValueError, "out has %zu bytes, the sparse stream of %zu codes at "
+                     "%d bits needs %zu", buf_len(&o), n, bits, want);
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS used = K->sparse_pack(c.view.buf, n, (uint8_t)zero, bits, o.view.buf);
+    Py_END_ALLOW_THREADS ret = PyLong_FromSize_t(used);
+done:
+    buf_release(&c), buf_release(&o);
+    return ret;
+}
+
+/* The number of codes marked non-zero by the bitmap of a sparse stream of n codes at the
+ * start of `in` (len bytes), after checking that the stream is whole: its padding bits are 0
+ * and it is exactly bitmap + packed codes. Returns 0, or -1 with ValueError naming the
+ * values. The codec checks the same before (with CodecError); this keeps the kernel from
+ * reading past `in` whatever the caller did. */
+static int sparse_check(const uint8_t *in, size_t len, size_t n, int bits, size_t *k) {
+    size_t nb = es_bitmap_size(n), packed = 0;
+    if (len < nb) {
+        PyErr_Format(PyExc_ValueError, "sparse stream of %zu codes is %zu bytes, shorter than "
+                     "its %zu-byte bitmap", n, len, nb);
+        return -1;
+    }
+    if (n % 8 && in[nb - 1] >> (n % 8)) {
+        PyErr_Format(PyExc_ValueError, "sparse bitmap of %zu codes has padding bits set in its "
+                     "last byte (0x%02x)", n, in[nb - 1]);
+        return -1;
+    }
+    *k = K->popcount(in, nb);
+    if (es_packed_size(*k, bits, &packed) != 0 || len != nb + packed) {
+        PyErr_Format(PyExc_ValueError, "sparse stream is %zu bytes, its bitmap marks %zu of %zu "
+                     "codes non-zero: %zu + %zu bytes at %d bits", len, *k, n, nb, packed,
+                     bits);
+        return -1;
+    }
+    return 0;
+}
+
+/* sparse_unpack(stream, codes_out, zero, bits): n = len(codes_out). */
+static PyObject *py_sparse_unpack(PyObject *self, PyObject *args) {
+    PyObject *oi, *oc;
+    int zero, bits;
+    if (!PyArg_ParseTuple(args, "OOii", &oi, &oc, &zero, &bits)) return NULL;
+    if (check_bits(bits) < 0 || check_zero(zero) < 0) return NULL;
+    buf_t in = {0}, c = {0};
+    PyObject *ret = NULL;
+    size_t k;
+    if (buf_get(oi, &in, 'B', 0, "stream") < 0 || buf_get(oc, &c, 'B', 1, "codes") < 0 ||
+        sparse_check(in.view.buf, buf_len(&in), buf_len(&c), bits, &k) < 0)
+        goto done;
+    Py_BEGIN_ALLOW_THREADS K->sparse_unpack(in.view.buf, buf_len(&c), k, (uint8_t)zero, bits,
+                                            c.view.buf);
+    Py_END_ALLOW_THREADS ret = Py_NewRef(Py_None);
+done:
+    buf_release(&in), buf_release(&c);
+    return ret;
+}
+
+/* popcount(bytes) -> the number of 1 bits */
+static PyObject *py_popcount(PyObject *self, PyObject *arg) {
+    buf_t b = {0};
+    if (buf_get(arg, &b, 'B', 0, "bytes") < 0) return NULL;
+    size_t c;
+    Py_BEGIN_ALLOW_THREADS c = K->popcount(b.view.buf, buf_len(&b));
+    Py_END_ALLOW_THREADS buf_release(&b);
+    return PyLong_FromSize_t(c);
 }
 
 /* ------------------------------------------------------------ ISA selection */
@@ -470,6 +638,12 @@ static PyMethodDef methods[] = {
      "quantize_pack(x, out, scales_out, zero_points_out, bits, symmetric, inner)"},
     {"unpack_dequantize", py_unpack_dequantize, METH_VARARGS,
      "unpack_dequantize(packed, out, scales, zero_points, bits, inner)"},
+    {"quantize_sparse", py_quantize_sparse, METH_VARARGS,
+     "quantize_sparse(x, out, scales_out, zero_points_out, bits, symmetric, inner) -> size"},
+    {"sparse_pack", py_sparse_pack, METH_VARARGS, "sparse_pack(codes, out, zero, bits) -> size"},
+    {"sparse_unpack", py_sparse_unpack, METH_VARARGS,
+     "sparse_unpack(stream, codes_out, zero, bits)"},
+    {"popcount", py_popcount, METH_O, "popcount(bytes) -> number of 1 bits"},
     {"available_isas", py_available_isas, METH_NOARGS, "ISAs this build and CPU run"},
     {"get_isa", py_get_isa, METH_NOARGS, "the ISA in use"},
     {"set_isa", py_set_isa, METH_O, "set_isa(name): use another build (tests, benchmarks)"},

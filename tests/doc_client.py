@@ -92,7 +92,7 @@ def decode_tensor(header_frame: bytes, payload: bytes) -> np.ndarray:
     if h["v"] != 1:
         raise ValueError(f"wire format version {h['v']}")
     payload = bytes(payload)
-    if h["codec"] == "zstd":
+    if h["codec"] in ("zstd", "sparse+zstd"):
         payload = zstandard.ZstdDecompressor().decompress(payload)
     if len(payload) != h["raw_len"]:
         raise ValueError(f"payload is {len(payload)} bytes, raw_len {h['raw_len']}")
@@ -103,9 +103,16 @@ def decode_tensor(header_frame: bytes, payload: bytes) -> np.ndarray:
     elif bits == 16:
         x = np.frombuffer(payload, dtype="<f2")
     else:
-        codes = _unpack_codes(payload, n, bits)
         scales = np.frombuffer(h["scales"], dtype="<f4")
         zps = np.frombuffer(h["zero_points"], dtype=np.uint8).astype(np.int32)
+        if h["codec"] in ("sparse", "sparse+zstd"):  # bitmap, then the codes it marks
+            nb = (n + 7) // 8
+            keep = np.unpackbits(np.frombuffer(payload[:nb], np.uint8), count=n,
+                                 bitorder="little").astype(bool)
+            codes = np.full(n, zps[0] if zps.size else 0, dtype=np.int32)
+            codes[keep] = _unpack_codes(payload[nb:], int(keep.sum()), bits)
+        else:
+            codes = _unpack_codes(payload, n, bits)
         if h["axis"] is None:
             x = ((codes - zps[0]).astype(np.float32) * scales[0]).astype(np.float32)
         else:  # [outer][shape[a]][inner], group g = index along the axis

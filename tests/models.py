@@ -131,11 +131,11 @@ def digits_with_codec_profile(path: Path, samples: int):
     import shutil
 
     from edgesdk.bundle import Bundle
-    from edgesdk.models import DIGITS_BUNDLE, load_digits_test
+    from edgesdk.models import digits_bundle, load_digits_test
     from edgesdk.profile import measure_cut_codec
     from edgesdk.runtime import open_segments
 
-    shutil.copytree(DIGITS_BUNDLE, path)
+    shutil.copytree(digits_bundle(), path)
     bundle = Bundle.load(path)
     x, _ = load_digits_test()
     codec = measure_cut_codec(open_segments(bundle), bundle.cuts,

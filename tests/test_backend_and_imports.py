@@ -13,6 +13,8 @@ import tempfile
 
 import pytest
 
+from edgesdk.models import onnxruntime_available
+
 from conftest import NATIVE_ISAS, needs_native
 
 
@@ -107,6 +109,7 @@ def test_light_modules_load_no_heavy_dependencies(module):
     assert json.loads(out.stdout) == []
 
 
+@pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime has no build here")
 def test_runtime_onnx_does_not_load_the_splitter_or_tflite():
     code = ("import sys, json, edgesdk.runtime.onnx\n"
             "print(json.dumps([m for m in ('onnx', 'ai_edge_litert', 'tflite_runtime', 'zmq') "

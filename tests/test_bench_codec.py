@@ -4,7 +4,9 @@ promises. Not a performance test: no timing is asserted."""
 from __future__ import annotations
 
 import json
+import sys
 
+import numpy as np
 import pytest
 
 from edgesdk import bench
@@ -17,6 +19,8 @@ ROW_KEYS = {
     "native_speedup", "isa", "targets", "pass",
 }
 STAT_KEYS = {"median", "ci_low", "ci_high", "ci_level", "q1", "q3", "n"}
+SPARSE_TIMES = {"memcpy", "sparse", "unsparse", "zstd", "enc:none", "enc:sparse", "enc:zstd",
+                "enc:sparse+zstd"}
 
 
 def _run_json(capsys, *argv: str) -> dict:
@@ -47,12 +51,36 @@ def _check_rows(report: dict, native: bool) -> None:
             assert r["native_x_memcpy"] is None and r["targets"] == [] and r["pass"] is None
 
 
+def _check_sparse(report: dict, native: bool) -> None:
+    """The real-activation section: every cut tensor of the digits model at every bits."""
+    section = report["sparse"]
+    assert section["available"], section["why"]
+    rows = section["rows"]
+    assert [(r["cut"], r["bits"]) for r in rows] == [
+        (c, b) for c in ("c0", "c1", "c2") for b in bench_codec.BITS]
+    for r in rows:
+        b = r["bytes_per_digit"]
+        n = r["shape"][0] * r["shape"][1] * r["shape"][2]
+        assert b["plain"] == n * r["bits"] // 8
+        assert (n + 7) // 8 < b["sparse"] < b["plain"] + (n + 7) // 8
+        assert 0.3 < r["zero_codes"] < 1  # ReLU then max-pool: many exact zeros
+        assert r["plain_over_sparse"] == round(b["plain"] / b["sparse"], 3)
+        assert set(r["time_us"]) == SPARSE_TIMES
+        for stats in r["time_us"].values():
+            assert set(stats) == STAT_KEYS and stats["median"] > 0
+        assert set(r["sparse_x_memcpy"]) == STAT_KEYS
+        want = (2 if r["bits"] == 8 else 0) if native else 0
+        assert len(r["targets"]) == want
+    assert any("sparse stage" in c["name"] for r in rows for c in r["targets"]) == native
+
+
 @pytest.mark.slow
 def test_quick_json(capsys):
     report = _run_json(capsys)
     native = report["backend"]["native_available"]
     assert report["machine"]["cpu_count"] >= 1
     _check_rows(report, native)
+    _check_sparse(report, native)
     assert (report["summary"]["all_pass"] is None) == (not native)
 
 
@@ -74,6 +102,7 @@ def test_numpy_only_when_native_missing(capsys, monkeypatch):
     report = _run_json(capsys, "--rounds", "1")
     assert report["backend"]["native_available"] is False
     _check_rows(report, native=False)
+    _check_sparse(report, native=False)
     assert cli_main(["bench", "codec", "--quick", "--rounds", "1"]) == 0
     assert "NOT AVAILABLE" in capsys.readouterr().out
 
@@ -82,6 +111,29 @@ def test_text_output(capsys):
     assert cli_main(["bench", "codec", "--quick", "--rounds", "1"]) == 0
     out = capsys.readouterr().out
     assert "memcpy us" in out and "64x56x56" in out and "512x7x7" in out
+    # the sparse packing on the digits model's cut tensors, against zstd and memcpy
+    assert "Sparse packing on real ReLU activations" in out
+    assert "pool1 16x14x14" in out and "plain/sparse" in out and "enc zstd/sparse" in out
+
+
+def test_the_sparse_section_runs_without_onnxruntime(monkeypatch):
+    # 32-bit Pi OS: no onnxruntime; the real activations come from the TFLite digits
+    from edgesdk.bench import codec_sparse
+    from edgesdk.models import onnxruntime_available
+    from edgesdk.runtime import backend_runtime
+
+    if backend_runtime("tflite")["module"] is None:
+        pytest.skip("needs a TFLite runtime (the tflite extra)")
+    want = codec_sparse.digits_activations(3)[0] if onnxruntime_available() else None
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime: ImportError
+    got, why = codec_sparse.digits_activations(3)
+    assert why == "" and [(c, n, a.shape) for c, n, a in got] == [
+        ("c0", "pool1", (3, 16, 14, 14)), ("c1", "pool2", (3, 32, 7, 7)),
+        ("c2", "pool3", (3, 64, 3, 3))]
+    if want is not None:  # the TFLite form agrees with the ONNX one
+        for (_, _, a), (_, _, b) in zip(got, want, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    assert "digits-tflite.edge" in codec_sparse.run(None, 1, 1e-4, True)["data"]
 
 
 def test_summarize_ci_of_median():

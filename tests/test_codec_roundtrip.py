@@ -33,13 +33,18 @@ def relu_activation(shape, seed=0) -> np.ndarray:
     ),
     bits=st.sampled_from([8, 4, 2]),
     scheme=st.sampled_from(["symmetric", "affine"]),
-    compress=st.sampled_from(["zstd", "none"]),
+    compress=st.sampled_from(["zstd", "none", "sparse", "sparse+zstd"]),
     data=st.data(),
 )
 def test_quantized_roundtrip_error_bound(x, bits, scheme, compress, data):
     axis = data.draw(st.none() | st.integers(0, x.ndim - 1)) if x.ndim else None
+    if compress.startswith("sparse") and scheme == "affine":
+        axis = None  # one zero point per tensor (refused otherwise, see below)
     frames = codec.encode(x, bits=bits, scheme=scheme, compress=compress, axis=axis)
     y = codec.decode(frames)
+    if compress != "none":  # every entropy stage is lossless
+        plain = codec.encode(x, bits=bits, scheme=scheme, compress="none", axis=axis)
+        assert y.tobytes() == codec.decode(plain).tobytes()
     assert y.shape == x.shape and y.dtype == x.dtype
     scales = scales_of(frames)
     if axis is None:
@@ -80,6 +85,62 @@ def test_wire_sizes_and_header_fields():
         assert h["zero_points"] == bytes([1 << (bits - 1)])
     frames = codec.encode(x, bits=4)  # ReLU zeros compress
     assert header_of(frames)["codec"] == "zstd" and len(frames[1]) < x.size // 2 / 1.1
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+@pytest.mark.parametrize("axis", [None, 0])
+def test_sparse_packing_of_relu_activations(bits, axis):
+    """Half the values are exact zeros: the bitmap and the other codes beat the packed codes,
+    and decode to exactly the same array."""
+    x = relu_activation((16, 14, 14), seed=bits)
+    plain = codec.encode(x, bits=bits, compress="none", axis=axis)
+    for compress in ("sparse", "sparse+zstd"):
+        frames = codec.encode(x, bits=bits, compress=compress, axis=axis)
+        h = header_of(frames)
+        assert h["codec"] in (("sparse",) if compress == "sparse" else ("sparse", "sparse+zstd"))
+        n = x.size
+        if h["codec"] == "sparse":
+            assert len(frames[1]) == h["raw_len"]
+        assert (n + 7) // 8 <= h["raw_len"] < header_of(plain)["raw_len"]
+        assert np.array_equal(codec.decode(frames), codec.decode(plain))
+    sparse = codec.encode(x, bits=bits, compress="sparse", axis=axis)
+    # about half zeros: the stream is ~ n/8 + n/2 codes of `bits`
+    assert len(sparse[1]) < 0.75 * len(plain[1])
+
+
+def test_sparse_falls_back_to_packed_codes_when_it_does_not_pay():
+    # uniform codes: few zero codes (the bitmap costs more than they save), incompressible
+    dense = np.random.default_rng(2).uniform(-1, 1, (8, 1000)).astype(np.float32)
+    for compress in ("sparse", "sparse+zstd"):
+        frames = codec.encode(dense, bits=8, compress=compress)
+        assert header_of(frames)["codec"] == "none"
+        assert bytes(frames[1]) == bytes(codec.encode(dense, bits=8, compress="none")[1])
+    compressible = np.zeros((4, 64, 8, 8), np.float32)
+    compressible[:, :, 0, 0] = 1.5
+    h = header_of(codec.encode(compressible, bits=8, compress="sparse+zstd"))
+    assert h["codec"] == "sparse+zstd"
+
+
+def test_sparse_of_all_zeros_and_tiny_tensors():
+    for shape in [(1,), (7,), (8,), (9,), (3, 0), (1000,)]:
+        for fill in (0.0, 1.0):
+            x = np.full(shape, fill, np.float32)
+            for bits in (8, 4, 2):
+                frames = codec.encode(x, bits=bits, compress="sparse")
+                assert np.array_equal(codec.decode(frames), x)
+    h = header_of(codec.encode(np.zeros(1000, np.float32), bits=8, compress="sparse"))
+    assert (h["codec"], h["raw_len"]) == ("sparse", 125)  # the bitmap alone
+
+
+def test_sparse_needs_codes_and_one_zero_point():
+    x = np.ones((2, 3, 4), np.float32)
+    for bits in (16, 32):
+        with pytest.raises(CodecError, match="no codes to pack sparsely"):
+            codec.encode(x, bits=bits, compress="sparse")
+    with pytest.raises(CodecError, match="zero point"):
+        codec.encode(x, bits=8, scheme="affine", axis=1, compress="sparse+zstd")
+    for scheme, axis in (("symmetric", 1), ("affine", None)):  # one zero point: fine
+        codec.decode(codec.encode(x, bits=8, scheme=scheme, axis=axis, compress="sparse"))
 
 
 def test_zstd_skipped_when_it_does_not_pay():

@@ -127,3 +127,111 @@ def test_a_value_beyond_float16_is_refused_not_decoded_to_inf():
         decode_tensors(encode_tensors([big], bits=32), [TensorSpec("h", (1, 4), "float16")])
     frames = encode(big, bits=32)
     assert np.isfinite(decode(frames)).all()  # float32 as sent: fine
+
+
+# ------------------------------------------------------------------ sparse payloads
+
+SPARSE_X = np.maximum(np.random.default_rng(3).standard_normal((5, 7, 9)), 0).astype(np.float32)
+N_SPARSE = SPARSE_X.size  # 315 codes: the bitmap's last byte uses 3 bits
+
+
+def sparse_frames(width: int, raw: bytes | None = None, **changes) -> list:
+    """encode(SPARSE_X, bits=width, compress="sparse") with its stream replaced by `raw`
+    (raw_len too) and header fields changed."""
+    header, payload = codec.encode(SPARSE_X, bits=width, compress="sparse")
+    h = msgpack.unpackb(bytes(header))
+    assert h["codec"] == "sparse"
+    if raw is not None:
+        h["raw_len"] = len(raw)
+        payload = raw
+    h.update(changes)
+    return [msgpack.packb(h, use_bin_type=True), bytes(payload)]
+
+
+def stream_of(bits: int) -> bytes:
+    return bytes(sparse_frames(bits)[1])
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_sparse_payload_decodes_like_the_packed_one(backend, bits):
+    plain = codec.decode(codec.encode(SPARSE_X, bits=bits, compress="none"))
+    assert codec.decode(sparse_frames(bits)).tobytes() == plain.tobytes()
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_sparse_stream_longer_or_shorter_than_its_bitmap_says(backend, bits):
+    raw = stream_of(bits)
+    nb = (N_SPARSE + 7) // 8
+    k = sum(bin(b).count("1") for b in raw[:nb])
+    codes = (k * bits + 7) // 8
+    for bad in (raw + b"\x00", raw + b"junk", raw[:-1]):
+        with pytest.raises(CodecError, match=rf"sparse payload is {len(bad)} bytes, but its "
+                           rf"bitmap marks {k} of {N_SPARSE} codes non-zero: {nb} bitmap \+ "
+                           rf"{codes} code bytes at {bits} bits = {len(raw)}"):
+            codec.decode(sparse_frames(bits, bad))
+    # one more 1 bit in the bitmap: its popcount disagrees with the codes that follow,
+    # unless k + 1 codes fit in the same bytes (at 4 and 2 bits the padding bits of the last
+    # byte then decode as one more code: a valid stream, if not the encoder's)
+    i = next(i for i in range(nb) if raw[i] != 0xFF)
+    more = bytearray(raw)
+    more[i] |= (~raw[i] & 0xFF) & -(~raw[i] & 0xFF)  # set its lowest 0 bit
+    if ((k + 1) * bits + 7) // 8 == codes:
+        assert bits < 8
+        codec.decode(sparse_frames(bits, bytes(more)))
+    else:
+        with pytest.raises(CodecError, match=f"its bitmap marks {k + 1} of {N_SPARSE} codes"):
+            codec.decode(sparse_frames(bits, bytes(more)))
+
+
+def test_sparse_bitmap_padding_bits_must_be_zero(backend):
+    raw = bytearray(stream_of(8))
+    nb = (N_SPARSE + 7) // 8
+    raw[nb - 1] |= 0x80  # 315 codes use bits 0-2 of the last bitmap byte
+    with pytest.raises(CodecError, match=r"the last byte is 0x[89a-f][0-9a-f], but 315 codes use "
+                       r"only its low 3 bits"):
+        codec.decode(sparse_frames(8, bytes(raw)))
+
+
+@pytest.mark.parametrize("raw_len, match", [(39, "takes 40 to 355 bytes"),
+                                            (356, "takes 40 to 355 bytes")])
+def test_sparse_raw_len_bounds(backend, raw_len, match):
+    frames = sparse_frames(8, raw_len=raw_len)
+    with pytest.raises(CodecError, match=match):
+        codec.decode(frames)
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"bits": 32, "scheme": "float", "scales": b"", "zero_points": b""},
+     "bits=32 has no codes to pack sparsely"),
+    ({"scheme": "affine", "axis": 0, "scales": np.ones(5, "<f4").tobytes(),
+      "zero_points": bytes(5)}, "has a zero point per channel"),
+])
+def test_sparse_header_needs_codes_and_one_zero_point(backend, changes, match):
+    with pytest.raises(CodecError, match=match):
+        codec.decode(sparse_frames(8, **changes))
+
+
+def test_sparse_plus_zstd_is_checked_after_decompression(backend):
+    raw = stream_of(4)
+    good = zstandard.ZstdCompressor(write_content_size=True).compress(raw)
+    frames = sparse_frames(4, raw, codec="sparse+zstd")
+    frames[1] = good
+    plain = codec.decode(codec.encode(SPARSE_X, bits=4, compress="none"))
+    assert codec.decode(frames).tobytes() == plain.tobytes()
+    # a stream one byte short inside a valid zstd frame whose size the header states
+    short = zstandard.ZstdCompressor(write_content_size=True).compress(raw[:-1])
+    frames = sparse_frames(4, raw[:-1], codec="sparse+zstd")
+    frames[1] = short
+    with pytest.raises(CodecError, match="its bitmap marks"):
+        codec.decode(frames)
+    # the zstd frame's content size must be the header's raw_len
+    frames = sparse_frames(4, raw, codec="sparse+zstd")
+    frames[1] = short
+    with pytest.raises(CodecError, match="content size"):
+        codec.decode(frames)
+
+
+def test_sparse_of_an_empty_tensor_from_a_hostile_header(backend):
+    h = {"v": 1, "dtype": "float32", "shape": [3, 0], "bits": 8, "scheme": "symmetric",
+         "axis": 1, "scales": b"", "zero_points": b"", "codec": "sparse", "raw_len": 0}
+    assert codec.decode([msgpack.packb(h, use_bin_type=True), b""]).shape == (3, 0)

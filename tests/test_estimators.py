@@ -358,6 +358,25 @@ def test_slowdown_is_robust_to_scheduler_stalls():
     assert slow.estimate().value == m.slowdown and m.high > m.slowdown
 
 
+def test_a_run_of_segments_is_priced_by_each_segments_own_recent_times():
+    # segments that slow down unequally (under emulation a GEMM 5000x, a convolution 500x):
+    # the median ratio x the profile would misjudge the run of both; their own times do not
+    slow = SlowdownEstimator([{"median_ms": 0.02}, {"median_ms": 0.02}, {"median_ms": 0.02}])
+    for _ in range(5):
+        slow.observe(0, 10.0)
+        slow.observe(1, 10.0)
+        slow.observe(2, 100.0)
+    assert slow.model().slowdown == pytest.approx(500.0)
+    assert slow.segments_ms(1, 2) == pytest.approx(110.0)
+    assert slow.segments_ms(0, 2) == pytest.approx(120.0)
+    slow.observe(2, 5000.0)  # one stall: the median of the segment's recent runs holds
+    assert slow.segments_ms(2, 2) == pytest.approx(100.0)
+    # a segment never run alone (only inside the whole model) falls back on the slowdown
+    fresh = SlowdownEstimator([{"median_ms": 0.02}, {"median_ms": 0.02}])
+    fresh.observe(0, 0.4, through=1, profiled_ms=0.04)
+    assert fresh.segments_ms(0, 1) == pytest.approx(0.4)
+
+
 def test_slowdown_bad_input_raises():
     slow = SlowdownEstimator([{"median_ms": 1.0}])
     for bad in (math.nan, -1.0, math.inf):

@@ -180,12 +180,17 @@ def test_pack_unpack_layout(native, ref, bits):
 
 
 # Bad `inner` values for the private binding. groups * inner used to wrap around size_t:
-# 4 * 2**62 is 0 (SIGFPE in `n % 0`), 4 * (2**62 + 1) is 4, which "divides" n = 4 and sent
-# the loops 2**62 floats past the buffers (SIGSEGV). They run in a child interpreter so
-# that a crash fails this test instead of killing the whole run.
+# on 64-bit, 4 * 2**62 is 0 (SIGFPE in `n % 0`), 4 * (2**62 + 1) is 4, which "divides"
+# n = 4 and sent the loops 2**62 floats past the buffers (SIGSEGV); on 32-bit the same
+# with 2**30. They run in a child interpreter so that a crash fails this test instead of
+# killing the whole run.
 _BAD_INNER_SCRIPT = """
+import sys
+
 import numpy as np
 from edgesdk import _native
+
+H = (sys.maxsize + 1) // 2  # 2**62 on 64-bit, 2**30 on 32-bit: 4 * H wraps size_t to 0
 
 n, groups = 4, 4
 x = np.zeros(n, np.float32)
@@ -200,7 +205,7 @@ calls = {
     "unpack_dequantize": lambda i: _native.unpack_dequantize(packed, x, s, z, 8, i),
 }
 for name, call in calls.items():
-    for inner in (2**62, 2**62 + 1, 2**61 + 1, 5, 0, -1):
+    for inner in (H, H + 1, H // 2 + 1, 5, 0, -1):
         try:
             call(inner)
         except ValueError as e:
@@ -290,7 +295,118 @@ def test_zero_points_take_any_4_byte_signed_integer_buffer():
     codes = np.zeros(8, np.uint8)
     s = np.ones(1, np.float32)
     for z in (np.zeros(1, np.int32), (ctypes.c_int32 * 1)()):
-        assert memoryview(z).format in ("i", "<i", "l")
+        assert memoryview(z).format in ("i", "<i", "l", "<l")
         _native.quantize(x, codes, s, z, 8, False, 8)
     with pytest.raises(TypeError, match=r"any 4-byte signed integer.*got '.'.*8-byte items"):
         _native.quantize(x, codes, s, np.zeros(1, np.int64), 8, False, 8)
+
+
+# ------------------------------------------------------------------ sparse packing
+
+DENSITIES = (0.0, 0.5, 0.9, 1.0)  # fraction of zero codes
+
+
+def codes_with_zeros(n: int, bits: int, zero_fraction: float, seed: int) -> tuple[np.ndarray, int]:
+    """Random codes at `bits`, about `zero_fraction` of them the zero code (returned)."""
+    rng = np.random.default_rng(seed)
+    zero = int(rng.integers(0, 1 << bits))
+    codes = rng.integers(0, 1 << bits, n).astype(np.uint8)
+    codes[codes == zero] = (zero + 1) % (1 << bits)  # 0.0: no zero codes at all
+    codes[rng.random(n) < zero_fraction] = zero
+    return codes, zero
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 129, 2047, 2048, 2049,
+                               4099, 10007])
+@pytest.mark.parametrize("bits", BITS)
+def test_sparse_pack_unpack_parity(native, ref, n, bits):
+    for density in DENSITIES:
+        codes, zero = codes_with_zeros(n, bits, density, seed=n * 7 + bits)
+        got, want = native.sparse_pack(codes, zero, bits), ref.sparse_pack(codes, zero, bits)
+        assert same_bits(got, want), f"n={n} bits={bits} zeros={density}"
+        nb, k = (n + 7) // 8, int(np.count_nonzero(codes != zero))
+        assert want.size == nb + (k * bits + 7) // 8
+        if density == 1.0:
+            assert k == 0 and not want.any()
+        assert native.popcount(want[:nb]) == ref.popcount(want[:nb]) == k
+        for kernels in (native, ref):
+            assert same_bits(kernels.sparse_unpack(want, n, zero, bits), codes)
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_quantize_sparse_parity(native, ref, bits, scheme):
+    rng = np.random.default_rng(bits)
+    for density in DENSITIES:
+        for shape in [(5, 7, 3), (16, 14, 14), (3, 1, 2049)]:
+            x = np.maximum(rng.standard_normal(shape), 0) * (rng.random(shape) >= density)
+            if density == 0.0:
+                x = np.abs(rng.standard_normal(shape)) + 1.0
+            x = x.astype(np.float32)
+            axes = [None, 0, 1, 2] if scheme == "symmetric" else [None]
+            for axis in axes:
+                got = native.quantize_sparse(x, bits, scheme, axis)
+                want = ref.quantize_sparse(x, bits, scheme, axis)
+                for name, g, w in zip(("stream", "scales", "zero_points"), got, want):
+                    assert same_bits(g, w), f"{name}: {shape} axis={axis} zeros={density}"
+                packed = ref.quantize_pack(x, bits, scheme, axis)[0]
+                codes = ref.unpack(packed, bits, x.size)
+                assert same_bits(ref.sparse_pack(codes, int(want[2][0]), bits), want[0])
+
+
+def test_quantize_sparse_refuses_zero_points_per_channel(native, ref):
+    x = np.stack([np.linspace(-1, 1, 8), np.linspace(0, 3, 8)]).astype(np.float32)
+    for kernels in (native, ref):
+        with pytest.raises(ValueError, match="one zero point"):
+            kernels.quantize_sparse(x, 8, "affine", 0)
+        kernels.quantize_sparse(x, 8, "affine", None)  # one group: fine
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_sparse_unpack_refuses_inconsistent_streams(native, ref, bits):
+    """Both backends check the stream before expanding it (the codec does so first, with
+    CodecError): the C kernel must never read past the buffer."""
+    codes, zero = codes_with_zeros(1001, bits, 0.5, seed=bits)
+    good = ref.sparse_pack(codes, zero, bits)
+    nb = (1001 + 7) // 8
+    padded = good.copy()
+    padded[nb - 1] |= 0x80  # 1001 codes use 1 bit of the last byte
+    for kernels in (native, ref):
+        with pytest.raises(ValueError, match="bytes, its bitmap marks"):
+            kernels.sparse_unpack(good[:-1], 1001, zero, bits)
+        with pytest.raises(ValueError, match="bytes, its bitmap marks"):
+            kernels.sparse_unpack(np.concatenate([good, [0]]).astype(np.uint8), 1001, zero, bits)
+        with pytest.raises(ValueError, match="shorter than its 126-byte bitmap"):
+            kernels.sparse_unpack(good[:100], 1001, zero, bits)
+        with pytest.raises(ValueError, match="padding bits"):
+            kernels.sparse_unpack(padded, 1001, zero, bits)
+
+
+@needs_native
+@given(
+    codes=hnp.arrays(np.uint8, st.integers(0, 300), elements=st.integers(0, 3)),
+    bits=st.sampled_from(BITS),
+)
+def test_sparse_random_codes(codes, bits):
+    from edgesdk.codec import _native_kernels as native
+    from edgesdk.codec import _numpy_kernels as ref
+
+    zero = 1  # codes 0..3 are valid at every width; many equal the zero code
+    want = ref.sparse_pack(codes, zero, bits)
+    for isa in native.available_isas():
+        native.set_isa(isa)
+        assert same_bits(native.sparse_pack(codes, zero, bits), want)
+        assert same_bits(native.sparse_unpack(want, codes.size, zero, bits), codes)
+    native.set_isa(native.available_isas()[0])
+
+
+def test_sparse_tables_header_is_generated():
+    """native/sparse_tables.h is what native/gen_sparse_tables.py writes."""
+    import subprocess
+    from pathlib import Path
+
+    gen = Path(__file__).resolve().parents[1] / "native" / "gen_sparse_tables.py"
+    if not gen.is_file():
+        pytest.skip("no native/ sources in this install")
+    proc = subprocess.run([sys.executable, str(gen), "--check"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

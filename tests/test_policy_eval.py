@@ -101,6 +101,7 @@ def test_a_transfer_integrates_the_rate_over_an_outage():
     assert across > 2000  # waits out the 2 s outage
 
 
+@pytest.mark.slow
 def test_eval_cli_reports_every_strategy_per_dataset(tmp_path, capsys):
     _write_traces(tmp_path)
     assert main(["policy", "eval", "--traces", str(tmp_path), "--synthetic", "2",

@@ -114,7 +114,7 @@ def test_frame_limits_cover_every_encoding(shape):
     header_limit, payload_limit = frame_limits([TensorSpec("t", shape, "float32")])
     axes = [None] + [a for a in range(len(shape))]
     for bits, axis, compress in [(b, a, c) for b in (2, 4, 8) for a in axes
-                                 for c in ("zstd", "none")] + [
+                                 for c in ("zstd", "none", "sparse", "sparse+zstd")] + [
             (b, None, c) for b in (16, 32) for c in ("zstd", "none")]:
         header, payload = encode(x, bits=bits, axis=axis, compress=compress)
         assert len(header) <= header_limit and len(payload) <= payload_limit
@@ -122,6 +122,11 @@ def test_frame_limits_cover_every_encoding(shape):
 
     forced = zstandard.ZstdCompressor(level=19, write_checksum=True).compress(x.tobytes())
     assert len(forced) <= payload_limit
+    # the largest sparse stream (no zero codes: the bitmap and every 8-bit code), compressed
+    n = x.size
+    stream = zstandard.ZstdCompressor(level=19, write_checksum=True).compress(
+        rng.bytes((n + 7) // 8 + n))  # incompressible, as above
+    assert (n + 7) // 8 + n <= payload_limit and len(stream) <= payload_limit
 
 
 def test_check_payload_codes(bundle, limits):

@@ -96,6 +96,19 @@ def child_env() -> dict[str, str]:
             os.environ.get("EDGESDK_NATIVE", "auto"), "PYTHONWARNINGS": "ignore"}
 
 
+def without_onnxruntime(tmp_path: Path) -> dict[str, str]:
+    """child_env() in which `import onnxruntime` raises ImportError, as on armv7l, in the
+    process and every Python process it starts (server, spawned workers): a stand-in
+    package first on PYTHONPATH. (sys.modules["onnxruntime"] = None blocks one process.)"""
+    stub = tmp_path / "no-onnxruntime" / "onnxruntime"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text(
+        'raise ImportError("onnxruntime is blocked for this test (as on 32-bit Pi OS)")\n')
+    env = child_env()
+    env["PYTHONPATH"] = str(stub.parent) + os.pathsep + env["PYTHONPATH"]
+    return env
+
+
 class ServerProcess(_ServerProcess):
     """edgesdk.server.ServerProcess with this suite's environment and the two
     kinds of test server (see the module docstring)."""

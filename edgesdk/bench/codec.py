@@ -14,6 +14,11 @@ and reports bytes on the wire (header + payload) against the float32 size. Targe
 native fused kernel at 8 bits within 1.5x memcpy, at 4 bits within 2x, and at least 3x
 faster than numpy. Every tensor is hot in cache for every contender alike.
 
+Then, on real activations (the bundled digits model's cut tensors), the sparse packing
+(compress="sparse") against zstd and memcpy: bytes per tensor, the sparse stage against
+memcpy of the same code bytes, and the whole encode per entropy stage; see
+:mod:`edgesdk.bench.codec_sparse` for what is timed against what, and its targets.
+
 The numpy fallback allocates several tensor-sized temporaries per call; how often those
 come back from the OS as fresh pages (page faults) depends on what else the process
 allocates, so its times vary with the neighbouring workload by more than the quoted
@@ -37,7 +42,7 @@ import numpy as np
 from .. import __version__, codec
 from ..codec import _numpy_kernels, _zstd
 from ..errors import ConfigError
-from . import Stats, Timing, format_table, pm, ratio, time_interleaved
+from . import Stats, Timing, codec_sparse, format_table, pm, ratio, time_interleaved
 
 SHAPES = ((64, 56, 56), (128, 28, 28), (256, 13, 13), (512, 7, 7))
 BITS = (8, 4, 2)
@@ -268,6 +273,7 @@ def format_text(report: dict, rows: list[dict]) -> str:
         write("")
         write("Fused native quantize+pack per ISA build (runtime dispatch):")
         write(_isa_table(rows))
+    out.extend(codec_sparse.format_text(report["sparse"]))
     summary = report["summary"]
     write("")
     if summary["all_pass"] is None:
@@ -302,11 +308,12 @@ def run(rounds: int | None = None, quick: bool = False, isa: str = "best"
 
     rows = [bench_one(shape, bits, native, isas, best_isa, rounds, mode["min_time"])
             for shape in SHAPES for bits in BITS]
+    sparse = codec_sparse.run(native, rounds, mode["min_time"], quick)
 
-    checked = [c for r in rows for c in r["targets"]]
+    checked = [c for r in rows + sparse["rows"] for c in r["targets"]]
     missed = [f"{'x'.join(map(str, r['shape']))} {r['bits']}-bit: {c['name']}: "
               f"{c['value']} [{c['ci'][0]}, {c['ci'][1]}]"
-              for r in rows for c in r["targets"] if not c["pass"]]
+              for r in rows + sparse["rows"] for c in r["targets"] if not c["pass"]]
     report = {
         "benchmark": "codec",
         "edgesdk": __version__,
@@ -334,6 +341,7 @@ def run(rounds: int | None = None, quick: bool = False, isa: str = "best"
                     "native_speedup_min": MIN_SPEEDUP},
         "isa_rows": isa == "all" and native is not None,
         "rows": [{k: v for k, v in r.items() if k != "_"} for r in rows],
+        "sparse": sparse,
         "summary": {
             "checked": len(checked),
             "all_pass": (not missed) if checked else None,

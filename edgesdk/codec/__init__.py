@@ -3,6 +3,7 @@
     import edgesdk.codec as codec
     frames = codec.encode(activation, bits=4)    # [msgpack header, payload]
     restored = codec.decode(frames)              # |restored - activation| <= scale / 2
+    codec.encode(activation, compress="sparse")  # zero codes as a bitmap: no zstd cost
 
 Several tensors (a cut's, a model's outputs) travel as one frame list:
 ``encode_tensors(arrays, bits)`` and ``decode_tensors(frames, specs)`` (tensors.py).

@@ -2,7 +2,8 @@
 
 EDGESDK_NATIVE=auto (default) uses the C extension when it loads and warns when it falls
 back; 1 requires it (NativeUnavailable otherwise); 0 uses numpy. EDGESDK_SIMD=NAME pins one
-of the extension's ISA builds (sse2, avx2, avx512, neon, scalar), e.g. to compare them.
+of the extension's ISA builds (sse2, avx2, avx512, avx512vbmi2, neon, scalar), e.g. to
+compare them.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
     frames = encode(x, bits=4)          # [msgpack header, payload]
     y = decode(frames)                  # float array of x's shape and dtype
+    encode(x, bits=8, compress="sparse")  # zero codes as a bitmap: ~memcpy speed, no zstd
 
 The payload is its own frame so that a transport can send it without copying. decode treats
 frames as hostile: every field is validated before anything is allocated, and every failure
@@ -10,6 +11,7 @@ is a CodecError.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,18 +24,21 @@ from ._header import (
     FLOAT_BITS,
     MAX_GROUPS,
     MAX_NDIM,
+    SPARSE_CODECS,
     Header,
     pack_header,
     unpack_header,
 )
-from ._layout import PACK_BITS, SCHEMES
+from ._layout import PACK_BITS, SCHEMES, bitmap_size, packed_size
 
 kernels = load_kernels()
 backend: str = kernels.NAME
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 _F16_MAX = float(np.finfo(np.float16).max)
-_COMPRESS = ("zstd", "none")
+# encode's entropy stages, cheapest first: sparse packing of the zero codes (a bitmap and the
+# other codes, about memcpy speed), zstd (about 10x the quantize-and-pack pass), or both.
+COMPRESS = ("none", "sparse", "zstd", "sparse+zstd")
 
 
 def _check_args(x: np.ndarray, bits, scheme, compress, level, axis) -> int | None:
@@ -41,10 +46,17 @@ def _check_args(x: np.ndarray, bits, scheme, compress, level, axis) -> int | Non
         raise CodecError(f"bits is {bits!r}, expected one of {list(PACK_BITS + FLOAT_BITS)}")
     if scheme not in SCHEMES:
         raise CodecError(f"scheme is {scheme!r}, expected one of {list(SCHEMES)}")
-    if compress not in _COMPRESS:
-        raise CodecError(f"compress is {compress!r}, expected one of {list(_COMPRESS)}")
-    if compress == "zstd" and level not in _zstd.LEVELS:
+    if compress not in COMPRESS:
+        raise CodecError(f"compress is {compress!r}, expected one of {list(COMPRESS)}")
+    if compress.endswith("zstd") and level not in _zstd.LEVELS:
         raise CodecError(f"level is {level!r}, expected an int in [-7, -1] or [1, 19]")
+    if compress in SPARSE_CODECS and bits in FLOAT_BITS:
+        raise CodecError(f"compress is {compress!r}, but bits={bits} has no codes to pack "
+                         "sparsely; use bits 8, 4 or 2, or compress 'none' or 'zstd'")
+    if compress in SPARSE_CODECS and scheme == "affine" and axis is not None:
+        raise CodecError(f"compress is {compress!r}, but scheme 'affine' with axis={axis} "
+                         "gives each channel its own zero point, and sparse packing needs one "
+                         "per tensor; use scheme='symmetric' or axis=None")
     if x.dtype.name not in DTYPES:
         raise CodecError(f"array dtype is {x.dtype}, expected one of {list(DTYPES)}")
     if x.ndim > MAX_NDIM:
@@ -102,13 +114,21 @@ def encode(
 
     bits: 8, 4 or 2 quantize (`scheme` "symmetric" or "affine", one scale per tensor or,
     with `axis`, per index along that axis); 16 sends float16; 32 sends float32 unchanged.
-    compress="zstd" compresses the payload when that shrinks it at least 1.1 times.
+    compress: the entropy stages, each used only when it pays:
+      "zstd"         zstd (`level`) when that shrinks the payload at least 1.1 times
+      "none"         the packed codes (or floats) as they are
+      "sparse"       a bitmap of the zero codes (the code of 0.0) and the other codes, when
+                     smaller than the packed codes: near memcpy speed, where zstd costs
+                     ~10x the quantize-and-pack pass. Quantized bits only, and one zero
+                     point per tensor (not scheme "affine" with an axis)
+      "sparse+zstd"  sparse, then zstd on the result when that pays
     At bits=32 the payload frame may share memory with `array` (zero-copy).
     NaN or Inf raise CodecError, as do values beyond float16's range at bits=16.
     """
     x = np.asarray(array)
     axis = _check_args(x, bits, scheme, compress, level, axis)
     x32 = np.ascontiguousarray(x, dtype=np.float32)
+    stage = "none"
     if bits in FLOAT_BITS:
         payload = _float_payload(x32, bits)
         scales = np.zeros(0, np.float32)
@@ -116,7 +136,10 @@ def encode(
         scheme = "float"
     else:
         try:
-            payload, scales, zps = kernels.quantize_pack(x32, bits, scheme, axis)
+            if compress in SPARSE_CODECS:
+                payload, scales, zps, stage = _sparse_or_packed(x32, bits, scheme, axis)
+            else:
+                payload, scales, zps = kernels.quantize_pack(x32, bits, scheme, axis)
         except ValueError:
             raise _non_finite_error(x32) from None
         except OverflowError:
@@ -125,9 +148,25 @@ def encode(
                 "in scheme 'affine'; use scheme='symmetric'"
             ) from None
     raw = memoryview(payload.reshape(-1).view(np.uint8))
-    codec, wire = _zstd.compress_if_pays(raw, level) if compress == "zstd" else ("none", raw)
+    codec, wire = stage, raw
+    if compress.endswith("zstd"):
+        zcodec, wire = _zstd.compress_if_pays(raw, level)
+        if zcodec == "zstd":
+            codec = "zstd" if stage == "none" else "sparse+zstd"
     header = Header(x.dtype.name, x.shape, bits, scheme, axis, scales, zps, codec, len(raw))
     return [pack_header(header), wire]
+
+
+def _sparse_or_packed(x32: np.ndarray, bits: int, scheme: str, axis: int | None):
+    """(payload, scales, zero_points, "sparse") with the sparse stream when it is smaller
+    than the packed codes, else (..., "none") with the packed codes, made from the stream
+    (cheaper than quantizing again)."""
+    stream, scales, zps = kernels.quantize_sparse(x32, bits, scheme, axis)
+    n = x32.size
+    if stream.size < packed_size(n, bits):
+        return stream, scales, zps, "sparse"
+    codes = kernels.sparse_unpack(stream, n, int(zps.flat[0]) if zps.size else 0, bits)
+    return kernels.pack(codes, bits), scales, zps, "none"
 
 
 def _as_buffer(frame, what: str) -> memoryview:
@@ -157,7 +196,7 @@ def decode(frames: Sequence, max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarray:
         raise CodecError(f"got {len(frames)} frames, expected 2 (header, payload)")
     header = unpack_header(_as_buffer(frames[0], "header"), max_bytes)
     payload = _as_buffer(frames[1], "payload")
-    if header.codec == "zstd":
+    if header.codec.endswith("zstd"):
         raw = memoryview(_zstd.decompress_exact(payload, header.raw_len))
     elif len(payload) != header.raw_len:
         raise CodecError(f"payload is {len(payload)} bytes, header raw_len is {header.raw_len}")
@@ -177,5 +216,28 @@ def _dequantize(h: Header, raw: np.ndarray) -> np.ndarray:
         return raw.view("<f4").astype(np.float32).reshape(h.shape)
     if h.bits == 16:
         return raw.view("<f2").astype(np.float32).reshape(h.shape)
+    if h.codec in SPARSE_CODECS:
+        codes = _sparse_codes(h, raw)
+        return kernels.dequantize(codes, h.scales, h.zero_points, h.shape, h.axis)
     return kernels.unpack_dequantize(raw, h.shape, h.bits, h.scales, h.zero_points, h.axis)
+
+
+def _sparse_codes(h: Header, raw: np.ndarray) -> np.ndarray:
+    """The codes of a sparse stream, after checking that it is exactly a bitmap with zero
+    padding bits and the codes it marks (unpack_header checked raw_len >= the bitmap)."""
+    n = math.prod(h.shape)
+    nb = bitmap_size(n)
+    if n == 0:  # raw_len is 0 (unpack_header); there may be no zero point at all
+        return np.zeros(0, np.uint8)
+    if n % 8 and int(raw[nb - 1]) >> (n % 8):
+        raise CodecError(f"sparse bitmap: the last byte is 0x{int(raw[nb - 1]):02x}, but "
+                         f"{n} codes use only its low {n % 8} bits (the padding must be 0)")
+    k = kernels.popcount(raw[:nb])
+    want = nb + packed_size(k, h.bits)
+    if raw.size != want:
+        raise CodecError(f"sparse payload is {raw.size} bytes, but its bitmap marks {k} of {n} "
+                         f"codes non-zero: {nb} bitmap + {want - nb} code bytes at {h.bits} "
+                         f"bits = {want}")
+    zero = int(h.zero_points[0])  # one zero point for the tensor (unpack_header checked)
+    return kernels.sparse_unpack(raw, n, zero, h.bits)
 

@@ -10,8 +10,8 @@ Format version 1 is a msgpack map with exactly these keys (docs/wire-format.md):
     axis         nil (one scale) | int (one scale per index of that axis)
     scales       bin: little-endian float32, one per group (empty for "float")
     zero_points  bin: uint8, one per group (empty for "float")
-    codec        "zstd" | "none": how the payload frame is compressed
-    raw_len      int: payload length before compression
+    codec        "none" | "zstd" | "sparse" | "sparse+zstd": the payload's entropy stages
+    raw_len      int: payload length before zstd (packed codes, or the sparse stream)
 
 Every check raises CodecError naming the field, the value and the limit.
 """
@@ -25,14 +25,15 @@ import msgpack
 import numpy as np
 
 from ..errors import CodecError
-from ._layout import PACK_BITS, SCHEMES, code_range, layout, packed_size
+from ._layout import PACK_BITS, SCHEMES, bitmap_size, code_range, layout, packed_size
 
 FORMAT_VERSION = 1
 MAX_NDIM = 8
 MAX_GROUPS = 65536
 MAX_HEADER_BYTES = 16 + MAX_GROUPS * 5 + 512  # scales and zero points dominate
 DTYPES = ("float16", "float32", "float64")
-CODECS = ("zstd", "none")
+CODECS = ("zstd", "none", "sparse", "sparse+zstd")
+SPARSE_CODECS = ("sparse", "sparse+zstd")
 FLOAT_BITS = (16, 32)
 _KEYS = frozenset(
     ("v", "dtype", "shape", "bits", "scheme", "axis", "scales", "zero_points", "codec", "raw_len")
@@ -153,11 +154,30 @@ def unpack_header(buf: memoryview, max_bytes: int) -> Header:
             raise CodecError(f"header field 'axis' is {axis}, but bits={bits} has no scales")
     codec = _choice(obj, "codec", CODECS)
     raw_len = _int(obj, "raw_len", 0, max_bytes)
-    if raw_len != payload_size(shape, bits):
+    if codec in SPARSE_CODECS:
+        _check_sparse(codec, raw_len, shape, bits, scheme, axis)
+    elif raw_len != payload_size(shape, bits):
         raise CodecError(f"header field 'raw_len' is {raw_len}, but shape {list(shape)} at "
                          f"{bits} bits takes {payload_size(shape, bits)} bytes")
     scales, zero_points = _params(obj, shape, bits, scheme, axis)
     return Header(dtype, shape, bits, scheme, axis, scales, zero_points, codec, raw_len)
+
+
+def _check_sparse(codec: str, raw_len: int, shape, bits, scheme, axis) -> None:
+    """A sparse stream holds quantized codes with one zero code for the whole tensor, and
+    is at least its bitmap and at most the bitmap and every code (the decoder checks the
+    exact size against the bitmap)."""
+    if bits not in PACK_BITS:
+        raise CodecError(f"header field 'codec' is {codec!r}, but bits={bits} has no codes "
+                         "to pack sparsely")
+    if scheme == "affine" and axis is not None:
+        raise CodecError(f"header field 'codec' is {codec!r}, but scheme 'affine' with axis "
+                         f"{axis} has a zero point per channel; sparse needs one per tensor")
+    n = math.prod(shape)
+    lo, hi = bitmap_size(n), bitmap_size(n) + packed_size(n, bits)
+    if not lo <= raw_len <= hi:
+        raise CodecError(f"header field 'raw_len' is {raw_len}, but the sparse stream of shape "
+                         f"{list(shape)} at {bits} bits takes {lo} to {hi} bytes")
 
 
 def _params(obj: dict, shape, bits, scheme, axis) -> tuple[np.ndarray, np.ndarray]:

@@ -31,6 +31,16 @@ def packed_size(n: int, bits: int) -> int:
     return (n * bits + 7) // 8
 
 
+def bitmap_size(n: int) -> int:
+    """Bytes of the bitmap of a sparse stream of n codes: one bit per code."""
+    return (n + 7) // 8
+
+
+def sparse_bound(n: int, bits: int) -> int:
+    """The largest sparse stream of n codes at `bits`: the bitmap and every code."""
+    return bitmap_size(n) + packed_size(n, bits)
+
+
 def code_range(bits: int, scheme: str) -> tuple[int, int]:
     """Smallest and largest code of a scheme: symmetric leaves code 0 unused."""
     return (1 if scheme == "symmetric" else 0), (1 << bits) - 1

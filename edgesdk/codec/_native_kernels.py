@@ -13,13 +13,13 @@ import numpy as np
 
 from .. import _native  # type: ignore[attr-defined]
 from . import _numpy_kernels
-from ._layout import layout, packed_size
+from ._layout import layout, packed_size, sparse_bound
 
 NAME = "native"
 
 
 def isa() -> str:
-    """The instruction set of the kernel build in use, e.g. "avx512", "avx2", "neon"."""
+    """The instruction set of the kernel build in use, e.g. "avx512vbmi2", "avx2", "neon"."""
     return _native.get_isa()
 
 
@@ -112,3 +112,35 @@ def unpack_dequantize(
     _native.unpack_dequantize(packed.reshape(-1)[: packed_size(n, bits)], out.reshape(-1), s, z,
                               bits, inner)
     return out
+
+
+def quantize_sparse(
+    x: np.ndarray, bits: int, scheme: str, axis: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fused find-parameters + quantize + sparse pack: (stream, scales, zero_points).
+    ValueError if the groups get different zero points (affine per channel)."""
+    n = x.size
+    if n == 0:
+        return _numpy_kernels.quantize_sparse(x, bits, scheme, axis)
+    groups, inner = (1, n) if axis is None else layout(x.shape, axis)[1:]
+    out = np.empty(sparse_bound(n, bits), dtype=np.uint8)
+    scales = np.empty(groups, dtype=np.float32)
+    zps = np.empty(groups, dtype=np.int32)
+    used = _native.quantize_sparse(x, out, scales, zps, bits, scheme == "symmetric", inner)
+    return out[:used], scales, zps
+
+
+def sparse_pack(codes: np.ndarray, zero: int, bits: int) -> np.ndarray:
+    codes = codes.reshape(-1)
+    out = np.empty(sparse_bound(codes.size, bits), dtype=np.uint8)
+    return out[: _native.sparse_pack(codes, out, int(zero), bits)]
+
+
+def sparse_unpack(stream: np.ndarray, n: int, zero: int, bits: int) -> np.ndarray:
+    codes = np.empty(n, dtype=np.uint8)
+    _native.sparse_unpack(stream.reshape(-1), codes, int(zero), bits)
+    return codes
+
+
+def popcount(data: np.ndarray) -> int:
+    return _native.popcount(data.reshape(-1))

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._layout import _MAGIC, code_range, layout, packed_size, params_affine, params_symmetric
+from ._layout import (
+    _MAGIC,
+    bitmap_size,
+    code_range,
+    layout,
+    packed_size,
+    params_affine,
+    params_symmetric,
+)
 
 NAME = "numpy"
 
@@ -117,3 +125,56 @@ def unpack_dequantize(
     """Inverse of quantize_pack: float32 array of `shape`."""
     n = int(np.prod(shape, dtype=np.int64))
     return dequantize(unpack(packed, bits, n), scales, zero_points, shape, axis)
+
+
+# 1 bits of every byte value
+_POPCOUNT = np.array([bin(v).count("1") for v in range(256)], dtype=np.uint8)
+
+
+def popcount(data: np.ndarray) -> int:
+    """The number of 1 bits in uint8 `data`."""
+    return int(_POPCOUNT[data.reshape(-1)].sum(dtype=np.int64))
+
+
+def sparse_pack(codes: np.ndarray, zero: int, bits: int) -> np.ndarray:
+    """The sparse stream of uint8 codes (layout in native/kernels.h): the bitmap of the codes
+    that are not `zero` (little-endian bit order), then those codes packed at `bits`."""
+    codes = codes.reshape(-1)
+    keep = codes != np.uint8(zero)
+    return np.concatenate([np.packbits(keep, bitorder="little"), pack(codes[keep], bits)])
+
+
+def sparse_unpack(stream: np.ndarray, n: int, zero: int, bits: int) -> np.ndarray:
+    """n uint8 codes from a sparse stream. ValueError unless the stream is whole: padding
+    bits 0, exactly the bitmap and the codes it marks (the same checks as the C binding)."""
+    stream = stream.reshape(-1)
+    nb = bitmap_size(n)
+    if stream.size < nb:
+        raise ValueError(f"sparse stream of {n} codes is {stream.size} bytes, shorter than "
+                         f"its {nb}-byte bitmap")
+    if n % 8 and int(stream[nb - 1]) >> (n % 8):
+        raise ValueError(f"sparse bitmap of {n} codes has padding bits set in its last byte "
+                         f"(0x{int(stream[nb - 1]):02x})")
+    keep = np.unpackbits(stream[:nb], count=n, bitorder="little").view(bool)
+    k = int(np.count_nonzero(keep))
+    if stream.size != nb + packed_size(k, bits):
+        raise ValueError(f"sparse stream is {stream.size} bytes, its bitmap marks {k} of {n} "
+                         f"codes non-zero: {nb} + {packed_size(k, bits)} bytes at {bits} bits")
+    codes = np.full(n, zero, dtype=np.uint8)
+    codes[keep] = unpack(stream[nb:], bits, k)
+    return codes
+
+
+def quantize_sparse(
+    x: np.ndarray, bits: int, scheme: str, axis: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fused find-parameters + quantize + sparse pack: (stream, scales, zero_points).
+    ValueError if the groups get different zero points (affine per channel)."""
+    scales, zps = _find_params(x, bits, scheme, axis)
+    if zps.size > 1 and np.any(zps != zps.flat[0]):
+        raise ValueError("sparse packing needs one zero point for every group, the groups "
+                         "got different ones")
+    if x.size == 0:
+        return np.zeros(0, dtype=np.uint8), scales, zps
+    codes = quantize(x, scales, zps, bits, scheme, axis)
+    return sparse_pack(codes, int(zps.flat[0]), bits), scales, zps

@@ -72,7 +72,9 @@ class LocalRunner:
         """Run every session once, now: a runtime's first run allocates its buffers and
         packs its weights (tens to hundreds of ms), and the first frame to need a session
         that offloading had never used (the tail, after the server failed) would pay it
-        past its deadline."""
+        past its deadline. Then run the segments and the whole model once more, timed:
+        `warm_ms` (segment index, ms) and `warm_whole_ms` are this device's first speed
+        samples, before any frame (a profile made on another machine can be 100x off)."""
         env = {t.name: np.zeros(t.shape, t.dtype) for t in self.inputs}
         for i in range(len(self.segments)):
             self.run_segment(i, env)
@@ -81,6 +83,8 @@ class LocalRunner:
                     e.answer(env)
         if self._whole is not None:
             self.run_whole(env)
+        self.warm_ms = [(i, self.run_segment(i, env)) for i in range(len(self.segments))]
+        self.warm_whole_ms = self.run_whole(env) if self._whole is not None else None
 
     def feed(self, x: Any) -> dict[str, np.ndarray]:
         """The model inputs from `x`: an array for a single-input model, or a mapping of

@@ -15,6 +15,7 @@ from ..errors import PolicyError
 from ._common import Estimate, _check_finite
 
 _LOG_1_2 = math.log(1.2)  # ratios within 1.2x of the typical one are never stalls
+_SEGMENT_WINDOW = 8  # recent runs kept per segment (their median: stall-robust)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,9 @@ class SlowdownEstimator:
             raise PolicyError(f"quantile is {quantile!r}, expected 0 < q < 1")
         self._q = float(quantile)
         self._runs: deque[tuple[float, float, float]] = deque(maxlen=window)  # log, ms, ref
+        # each segment's own recent times: where segments slow down unequally (a GEMM more
+        # than a convolution, say), slowdown x profile misjudges a run of several of them
+        self._seg_runs: list[deque[float]] = [deque(maxlen=_SEGMENT_WINDOW) for _ in self._ms]
         self._model: DeviceModel | None = None
         self._last: float | None = None
 
@@ -91,12 +95,25 @@ class SlowdownEstimator:
         ref = (_check_finite("profiled_ms", profiled_ms) if profiled_ms is not None
                else math.fsum(self._ms[segment:last + 1]))
         ratio = max(m, 1e-6) / max(ref, 1e-6)
+        if through is None:
+            self._seg_runs[segment].append(m)
         if ref >= 1e-3:
             self._runs.append((math.log(ratio), m, ref))
             self._model = None
             if now is not None:
                 self._last = _check_finite("now", now, -math.inf)
         return ratio
+
+    def segments_ms(self, first: int, last: int) -> float:
+        """The expected time of segments first..last run one after another: each segment's
+        median of its recent runs where it has some, else its profile x the slowdown."""
+        slowdown = self.model().slowdown
+        total = 0.0
+        for i in range(first, last + 1):
+            recent = self._seg_runs[i]
+            total += (_sorted_quantile(sorted(recent), 0.5) if recent
+                      else self._ms[i] * slowdown)
+        return total
 
     def model(self) -> DeviceModel:
         """The summary of the window (cached until the next observation)."""

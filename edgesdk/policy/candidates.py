@@ -78,8 +78,8 @@ class Candidate:
     before compression became a decision; device-only plans send nothing, so their `zstd`
     is always False (Candidate(0, "device", 32) is the device-only plan either way).
 
-    str(): "exits=1 c1@8b+z" (zstd tried), "exits=1 c1@8b" (raw-packed), "exits=2
-    device-only".
+    str(): "exits=1 c1@8b+z" (zstd tried), "exits=1 c1@8b" (raw-packed, or sparse-packed
+    when the engine runs with sparse=True), "exits=2 device-only".
     """
 
     n_exits: int
@@ -145,7 +145,8 @@ def _output_kind(manifest: Any, codec: Mapping[str, Any]) -> str:
     return of() if callable(of) and getattr(manifest, "outputs", ()) else "classes"
 
 
-def model_profile(manifest: Any, device: str | None = None) -> ModelProfile:
+def model_profile(manifest: Any, device: str | None = None, sparse: bool = False
+                  ) -> ModelProfile:
     """The ModelProfile of a bundle manifest: segment times of `device` (default: the first
     profile), exits' calibration, and the codec sizes stored under profiles[device]["codec"]
     (from profile.measure_cut_codec) or, missing those, sizes and fidelity from defaults
@@ -154,7 +155,10 @@ def model_profile(manifest: Any, device: str | None = None) -> ModelProfile:
     Fidelity is the measured "fidelity" (per output kind), or "agreement" in profiles
     measured before output kinds (argmax agreement, which is the fidelity of classes).
     Raw-packed sizes ("raw_bytes", "raw_encode_ms") are read where the profile has them
-    (profiles measured before compression was a decision do not)."""
+    (profiles measured before compression was a decision do not).
+    sparse: the offloads without zstd send compress="sparse" (the engine's `sparse`
+    option): their candidates take the measured "sparse_bytes"/"sparse_encode_ms" where
+    the profile has them (bits 8, 4, 2), the raw-packed ones elsewhere."""
     profiles = dict(manifest.profiles)
     if not profiles:
         raise PolicyError(f"bundle {manifest.name!r} has no profile; run `edgesdk profile`")
@@ -193,7 +197,9 @@ def model_profile(manifest: Any, device: str | None = None) -> ModelProfile:
                 table.pop(int(b), None)  # the codec cannot carry this cut at these bits
                 continue
             table[int(b)] = (float(m["bytes"]), float(m["encode_ms"]), measured_fidelity(m))
-            if "raw_bytes" in m and "raw_encode_ms" in m:
+            if sparse and "sparse_bytes" in m and "sparse_encode_ms" in m:
+                raw[int(b)] = (float(m["sparse_bytes"]), float(m["sparse_encode_ms"]))
+            elif "raw_bytes" in m and "raw_encode_ms" in m:
                 raw[int(b)] = (float(m["raw_bytes"]), float(m["raw_encode_ms"]))
         wire[name] = table
         if raw:

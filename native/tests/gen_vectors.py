@@ -9,7 +9,7 @@ compare with the numpy *output*, i.e. every kernel is tested on its own, not onl
 
 File format (all integers and floats little-endian; floats are IEEE-754 binary32):
 
-    magic      8 bytes  b"ESKVEC1\\0"
+    magic      8 bytes  b"ESKVEC2\\0"
     count      u32      number of cases
     count times:
       name_len u32, name  name_len bytes of ASCII (no terminator)
@@ -33,6 +33,10 @@ File format (all integers and floats little-endian; floats are IEEE-754 binary32
         dequantized       f32[n]   dequantize(codes)
         quantize_pack     u8[P]    quantize_pack(x)
         unpack_dequantize f32[n]   unpack_dequantize(packed)
+        sparse_size       u32      S, the size of the sparse stream below
+        sparse_k          u32      k, the codes that are not the zero point
+        sparse            u8[S]    sparse_pack(codes, zero_point): bitmap, then the k
+                                   non-zero codes packed (quantize_sparse(x) gives the same)
     trailer    4 bytes  b"END!"
 
 Inputs respect the kernels' preconditions (kernels.h): quantize gets finite x only, minmax
@@ -61,7 +65,7 @@ LENGTHS = (0, 1, 2, 3, 4, 5, 7, 8, 15, 16, 17, 31, 33, 2047, 2048, 2049, 4095, 5
 
 KIND_FULL, KIND_NONFINITE = 0, 1
 FLAG_HAS_MINMAX = 1
-MAGIC, TRAILER = b"ESKVEC1\0", b"END!"
+MAGIC, TRAILER = b"ESKVEC2\0", b"END!"
 
 
 @dataclass
@@ -127,6 +131,27 @@ def relu_cases(rng: np.random.Generator) -> list[Case]:
         cases += every_config(
             f"relu-sparse90 n={n}", f32(np.maximum(rng.standard_normal(n), 0) * keep)
         )
+    return cases
+
+
+def sparse_cases(rng: np.random.Generator) -> list[Case]:
+    """The sparse packing at every density, around the 8/16/64-code register widths of its
+    kernels and the 2048-code chunk: no zero codes, about half, 90 %, and all of them."""
+    cases = []
+    for n in (1, 7, 8, 9, 63, 64, 65, 127, 129, 1000, 2048, 2053, 4103):
+        relu = np.maximum(rng.standard_normal(n), 0)
+        for label, x in (
+            ("none-zero", np.abs(rng.standard_normal(n)) + 1.0),
+            ("half-zero", relu),
+            ("90%-zero", relu * (rng.random(n) < 0.1)),
+            ("all-zero", np.zeros(n)),
+        ):
+            cases += every_config(f"sparse {label} n={n}", f32(x))
+    # runs of zeros longer than the chunk between dense stretches
+    x = np.maximum(rng.standard_normal(6000), 0)
+    x[100:2900] = 0
+    x[3000:5990] = 0
+    cases += every_config("sparse long-zero-runs n=6000", f32(x))
     return cases
 
 
@@ -295,7 +320,8 @@ def nonfinite_cases(rng: np.random.Generator) -> list[Case]:
 
 def all_cases() -> list[Case]:
     rng = np.random.default_rng(20240611)
-    return (random_cases(rng) + relu_cases(rng) + signed_zero_cases() + tie_cases()
+    return (random_cases(rng) + relu_cases(rng) + sparse_cases(rng) + signed_zero_cases()
+            + tie_cases()
             + clamp_cases() + tiny_cases() + huge_cases(rng) + nonfinite_cases(rng))
 
 
@@ -344,6 +370,12 @@ def encode_full(case: Case) -> bytes:
         else:  # the fused entry point derives its own params; use the same two steps
             qp = nk.pack(nk.quantize(x, sc, zps, bits, scheme), bits)
         ud = nk.unpack_dequantize(packed, (n,), bits, sc, zps)
+        sparse = nk.sparse_pack(codes, zp, bits)
+        k = int(np.count_nonzero(codes != zp))
+        assert np.array_equal(nk.sparse_unpack(sparse, n, zp, bits), codes), case.name
+        if case.param_range is None:
+            qs = nk.quantize_sparse(x, bits, scheme)[0]
+            assert np.array_equal(qs, sparse), case.name
 
     assert codes.min(initial=cmin) >= cmin and codes.max(initial=cmax) <= cmax, case.name
     assert packed.size == _layout.packed_size(n, bits) == qp.size, case.name
@@ -351,6 +383,7 @@ def encode_full(case: Case) -> bytes:
         struct.pack("<5f", amax, lo, hi, *ins),
         struct.pack("<f3i", scale, zp, cmin, cmax),
         u8(codes), u8(packed), u8(unpacked), le_f32(deq), u8(qp), le_f32(ud),
+        struct.pack("<2I", sparse.size, k), u8(sparse),
     ])
 
 

@@ -4,8 +4,9 @@
 #   bash native/tests/run.sh [TARGET...]      (targets: host aarch64 armv7 sanitize all;
 #                                             default: all)
 #
-#   host      every ISA build of this machine's architecture (x86: sse2, avx2, avx512),
-#             run natively; test_kernels skips (and says so) builds this CPU cannot run
+#   host      every ISA build of this machine's architecture (x86: sse2, avx2, avx512,
+#             avx512vbmi2), run natively; test_kernels skips (and says so) builds this CPU
+#             cannot run
 #   aarch64   aarch64-linux-gnu-gcc, run under qemu-aarch64 (NEON is baseline)
 #   armv7     arm-linux-gnueabihf-gcc -march=armv7-a -mfpu=neon -mfloat-abi=hard,
 #             run under qemu-arm; also the run with a 32-bit size_t (es_packed_size limits)
@@ -60,6 +61,9 @@ host_variants() { # the variants CMakeLists.txt builds for this machine's archit
         local avx512="-mavx512f -mavx512bw -mavx512vl -mavx512dq"
         # shellcheck disable=SC2086
         flag_ok $avx512 && echo "es_kernels_avx512:avx512:$avx512 -mprefer-vector-width=512"
+        # shellcheck disable=SC2086
+        flag_ok $avx512 -mavx512vbmi2 &&
+            echo "es_kernels_avx512vbmi2:avx512vbmi2:$avx512 -mavx512vbmi2 -mprefer-vector-width=512"
         ;;
     aarch64 | arm64) echo "es_kernels_baseline:neon:" ;;
     arm*) echo "es_kernels_baseline:neon:-mfpu=neon" ;;
@@ -76,6 +80,7 @@ variant_define() {
     case "$1" in
     es_kernels_avx2) echo -DES_HAVE_AVX2 ;;
     es_kernels_avx512) echo -DES_HAVE_AVX512 ;;
+    es_kernels_avx512vbmi2) echo -DES_HAVE_AVX512VBMI2 ;;
     esac
 }
 

@@ -10,8 +10,9 @@
  * the numpy *outputs* bit for bit, so a failure points at one kernel. Every check runs
  * twice, with 64-byte-aligned buffers and with odd offsets, to exercise the vector
  * prologues and tails, and guard bytes after each output catch writes past the end.
- * es_packed_size is checked at and past its overflow limit for this target's size_t (the
- * armv7 build is the 32-bit case).
+ * es_packed_size and es_sparse_bound are checked at and past their overflow limits for this
+ * target's size_t (the armv7 build is the 32-bit case). The sparse kernels also get a lying
+ * bitmap (more 1 bits than codes) and must not read past the codes.
  *
  * Output: one FAIL line per failed check (case, kernel, ISA, first differing index,
  * expected, got), then exactly "N passed, M failed". Exit status 0 iff M == 0; 2 if the
@@ -58,6 +59,8 @@ typedef struct {
     es_qparams params;
     uint8_t *codes, *packed, *unpacked, *quantize_pack;
     float *dequantized, *unpack_dequantize;
+    size_t sparse_size, sparse_k; /* the sparse stream: its size and non-zero codes */
+    uint8_t *sparse;
 } test_case;
 
 typedef struct {
@@ -131,6 +134,13 @@ static void read_full_case(reader *r, test_case *c) {
     c->dequantized = read_f32s(r, c->n);
     c->quantize_pack = read_bytes(r, c->packed_size);
     c->unpack_dequantize = read_f32s(r, c->n);
+    c->sparse_size = read_u32(r);
+    c->sparse_k = read_u32(r);
+    size_t bound;
+    if (es_sparse_bound(c->n, (int)c->bits, &bound) != 0 || c->sparse_size > bound ||
+        c->sparse_k > c->n)
+        die("sparse stream larger than its bound");
+    c->sparse = read_bytes(r, c->sparse_size);
 }
 
 static void read_case(reader *r, test_case *c) {
@@ -172,7 +182,7 @@ static test_case *load_cases(const char *path, size_t *count) {
     size_t size;
     uint8_t *blob = slurp(path, &size);
     reader r = {blob, blob + size};
-    if (memcmp(take(&r, 8), "ESKVEC1", 8) != 0) die("wrong magic (not from gen_vectors.py)");
+    if (memcmp(take(&r, 8), "ESKVEC2", 8) != 0) die("wrong magic (not from gen_vectors.py)");
     *count = read_u32(&r);
     test_case *cases = xmalloc(*count * sizeof *cases);
     for (size_t i = 0; i < *count; i++) read_case(&r, &cases[i]);
@@ -193,6 +203,7 @@ static void free_cases(test_case *cases, size_t count) {
         free(c->dequantized);
         free(c->quantize_pack);
         free(c->unpack_dequantize);
+        free(c->sparse);
     }
     free(cases);
 }
@@ -441,6 +452,73 @@ static void check_unpack_dequantize(const run *r, int dirty) {
           guard_intact(&ck, out, c->n * sizeof(float), sizeof(float)));
 }
 
+/* A count compared with its expected value; one FAIL line if they differ. */
+static int same_size(const check *ck, size_t want, size_t got, const char *what) {
+    if (want == got) return 1;
+    char w[32], g[32];
+    snprintf(w, sizeof w, "%zu", want);
+    snprintf(g, sizeof g, "%zu", got);
+    fail_line(ck, 0, w, g, what);
+    return 0;
+}
+
+/* sparse_pack (from the codes) or quantize_sparse (from x): the stream's size and bytes;
+ * out is es_sparse_bound(n, bits) bytes (the room the kernels may use) plus the guard. */
+static void check_sparse_pack(const run *r, int fused) {
+    const test_case *c = r->c;
+    check ck = named(r, fused ? "quantize_sparse" : "sparse_pack");
+    size_t bound = 0, got;
+    es_sparse_bound(c->n, (int)c->bits, &bound); /* checked when the case was read */
+    if (fused) {
+        const float *x = place_copy(&in_arena, c->x, c->n * sizeof(float), r->off.in_f32);
+        uint8_t *out = place(&out_arena, bound, r->off.out_u8);
+        got = r->k->quantize_sparse(x, c->n, &c->params, (int)c->bits, out);
+        count(same_size(&ck, c->sparse_size, got, " (stream size)") &&
+              compare(&ck, c->sparse, out, got, 1) && guard_intact(&ck, out, bound, 1));
+        return;
+    }
+    const uint8_t *codes = place_copy(&in_arena, c->codes, c->n, r->off.in_u8);
+    uint8_t *out = place(&out_arena, bound, r->off.out_u8);
+    got = r->k->sparse_pack(codes, c->n, (uint8_t)c->params.zero_point, (int)c->bits, out);
+    count(same_size(&ck, c->sparse_size, got, " (stream size)") &&
+          compare(&ck, c->sparse, out, got, 1) && guard_intact(&ck, out, bound, 1));
+}
+
+static void check_popcount(const run *r) {
+    const test_case *c = r->c;
+    check ck = named(r, "popcount(bitmap)");
+    size_t nb = es_bitmap_size(c->n);
+    const uint8_t *bitmap = place_copy(&in_arena, c->sparse, nb, r->off.in_u8);
+    count(same_size(&ck, c->sparse_k, r->k->popcount(bitmap, nb), " (1 bits)"));
+}
+
+/* sparse_unpack of the exact stream (under ASan, a read past it is fatal). With `lying`,
+ * every bitmap bit is set while k stays the true count: the kernel must still read no more
+ * than k codes, and decode the 1 bits past the k-th as the zero code. */
+static void check_sparse_unpack(const run *r, int lying) {
+    const test_case *c = r->c;
+    check ck = named(r, lying ? "sparse_unpack(lying-bitmap)" : "sparse_unpack");
+    uint8_t zero = (uint8_t)c->params.zero_point;
+    size_t nb = es_bitmap_size(c->n);
+    if (lying && c->sparse_k == c->n) return; /* every bit is set already */
+    uint8_t *in = place_copy(&in_arena, c->sparse, c->sparse_size, r->off.in_u8);
+    uint8_t *want = xmalloc(c->n);
+    if (lying) {
+        memset(in, 0xff, nb);
+        if (c->n % 8) in[nb - 1] = (uint8_t)((1u << (c->n % 8)) - 1);
+        size_t j = 0;
+        for (size_t i = 0; i < c->n; i++)
+            if (c->codes[i] != zero) want[j++] = c->codes[i];
+        for (; j < c->n; j++) want[j] = zero;
+    } else {
+        memcpy(want, c->codes, c->n);
+    }
+    uint8_t *out = place(&out_arena, c->n, r->off.out_u8);
+    r->k->sparse_unpack(in, c->n, c->sparse_k, zero, (int)c->bits, out);
+    count(compare(&ck, want, out, c->n, 1) && guard_intact(&ck, out, c->n, 1));
+    free(want);
+}
+
 static void run_case(const es_kernels *k, const test_case *c, int align) {
     run r = {k, c, ALIGNMENTS[align], {c->name, "", k->name, align}};
     check_absmax(&r);
@@ -454,6 +532,11 @@ static void run_case(const es_kernels *k, const test_case *c, int align) {
     check_quantize_pack(&r);
     check_unpack_dequantize(&r, 0);
     check_unpack_dequantize(&r, 1);
+    check_sparse_pack(&r, 0);
+    check_sparse_pack(&r, 1);
+    check_popcount(&r);
+    check_sparse_unpack(&r, 0);
+    check_sparse_unpack(&r, 1);
 }
 
 /* es_params_symmetric / es_params_affine (dispatch.c, one build for all ISAs). */
@@ -507,6 +590,26 @@ static void check_packed_size(const char *case_name, size_t n, int bits, int wan
     count(ok);
 }
 
+/* One es_sparse_bound call, as check_packed_size. */
+static void check_sparse_bound(size_t n, int bits, int want_status, size_t want) {
+    const size_t untouched = 12345;
+    size_t got = untouched;
+    int status = es_sparse_bound(n, bits, &got);
+    int ok = status == want_status && got == (want_status == 0 ? want : untouched);
+    if (!ok) {
+        check ck = {"sparse-bound", "es_sparse_bound", "-", 0};
+        char w[64], g[64], note[32];
+        if (want_status == 0)
+            snprintf(w, sizeof w, "%zu", want);
+        else
+            snprintf(w, sizeof w, "rejected(-1)");
+        snprintf(g, sizeof g, "%zu(status %d)", got, status);
+        snprintf(note, sizeof note, " (n, at %d bits)", bits);
+        fail_line(&ck, n, w, g, note);
+    }
+    count(ok);
+}
+
 /* es_packed_size at and past its limit, es_max_codes(bits) = SIZE_MAX / bits. The counts
  * derive from SIZE_MAX, so under qemu-arm (32-bit size_t) they are the ones that wrapped
  * the old unchecked (n * bits + 7) / 8 through a Python buffer: 2^29 codes at 8 bits (512
@@ -526,6 +629,13 @@ static void check_packed_size_limits(void) {
         }
         const size_t past[3] = {limit + 1, limit + 2, SIZE_MAX}; /* n * bits wraps */
         for (int k = 0; k < 3; k++) check_packed_size("packed-size-limit", past[k], bits, -1, 0);
+        /* the sparse bound: ceil(n / 8) more, up to the same limit */
+        for (int k = 0; k < 4; k++) {
+            size_t n = within[k];
+            check_sparse_bound(n, bits, 0, n / 8 + (n % 8 != 0) + n / 8 * (size_t)bits +
+                                               (n % 8 * (size_t)bits + 7) / 8);
+        }
+        for (int k = 0; k < 3; k++) check_sparse_bound(past[k], bits, -1, 0);
     }
 #if SIZE_MAX == 0xffffffffu
     /* The bug report's case by name: 512 MiB of codes at 8 bits on a 32-bit target. */
