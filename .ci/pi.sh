@@ -13,32 +13,46 @@
 #    as `pip install .` does, repairs and checks it with auditwheel, installs it in a venv
 #    and runs the Pi test suite and `edgesdk demo` against the installed wheel.
 # The repaired wheel is left in WORKDIR/wheelhouse.
+#   bash .ci/pi.sh setup     (the host tools only: run it once before jobs run side by side)
 set -euo pipefail
-arch=${1:?usage: pi.sh arm64|armhf [WORKDIR]}
+
+# The host's tools: mmdebstrap, qemu-user-static and its binfmt_misc registrations. qemu runs
+# the ARM binaries in the chroot through binfmt_misc; the "F" flag (qemu-user-static
+# registers with it) keeps the interpreter open, so it needs no copy inside the root.
+setup() {
+  local need=()
+  command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+  [ -x /usr/bin/qemu-aarch64-static ] && [ -x /usr/bin/qemu-arm-static ] \
+    || need+=(qemu-user-static)
+  command -v update-binfmts >/dev/null || need+=(binfmt-support)
+  if [ "${#need[@]}" -gt 0 ]; then
+    echo "pi.sh: installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+  mountpoint -q /proc/sys/fs/binfmt_misc \
+    || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+  for q in aarch64 arm; do
+    # a registration without "F" (qemu-user-binfmt's) cannot run inside a chroot
+    if ! grep -q "^flags: .*F" "/proc/sys/fs/binfmt_misc/qemu-$q" 2>/dev/null; then
+      [ -e "/proc/sys/fs/binfmt_misc/qemu-$q" ] && echo -1 >"/proc/sys/fs/binfmt_misc/qemu-$q"
+      update-binfmts --enable "qemu-$q" 2>/dev/null || update-binfmts --import "qemu-$q"
+    fi
+  done
+}
+
+arch=${1:?usage: pi.sh arm64|armhf|setup [WORKDIR]}
 case "$arch" in
-  arm64) triplet=aarch64-linux-gnu qemu=aarch64 ;;
-  armhf) triplet=arm-linux-gnueabihf qemu=arm ;;
-  *) echo "pi.sh: ARCH is arm64 or armhf, got '$arch'" >&2; exit 2 ;;
+  setup) setup; exit 0 ;;
+  arm64) triplet=aarch64-linux-gnu ;;
+  armhf) triplet=arm-linux-gnueabihf ;;
+  *) echo "pi.sh: ARCH is arm64, armhf or setup, got '$arch'" >&2; exit 2 ;;
 esac
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=${2:-/tmp/edgesdk-pi-$arch}
 root=$work/rootfs
 mirror=${PI_MIRROR:-http://deb.debian.org/debian}
-
-need=()
-command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
-[ -x /usr/bin/qemu-$qemu-static ] || need+=(qemu-user-static)
-command -v update-binfmts >/dev/null || need+=(binfmt-support)
-if [ "${#need[@]}" -gt 0 ]; then
-  echo "pi.sh: installing ${need[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-# qemu runs the ARM binaries in the chroot through binfmt_misc; the "F" flag (qemu-user-static
-# registers with it) keeps the interpreter open, so it needs no copy inside the root.
-mountpoint -q /proc/sys/fs/binfmt_misc \
-  || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
-[ -e /proc/sys/fs/binfmt_misc/qemu-$qemu ] || update-binfmts --enable "qemu-$qemu"
+setup
 
 unmount() {
   for m in "$root/dev/shm" "$root/sys" "$root/proc"; do
