@@ -5,13 +5,14 @@
 #
 # 1. A Debian bookworm root filesystem (the base of Raspberry Pi OS 12) from extracted
 #    packages: mmdebstrap --variant=extract runs no maintainer script, so nothing is emulated
-#    while it is built (about 30 s instead of 4-5 min); the few things those scripts would
+#    while it is built (about 20 s instead of 4-5 min); the few things those scripts would
 #    have done for us are done below (BLAS alternatives, CA certificates).
 #    Python, numpy, pyzmq, zstandard and msgpack are Debian's own (python3-*): the project's
 #    minimums are what bookworm ships, and this job is where that is tested.
 # 2. Inside it, under qemu-user (binfmt_misc): .ci/pi-inside.sh builds the wheel from source
 #    as `pip install .` does, repairs and checks it with auditwheel, installs it in a venv
-#    and runs the Pi test suite and `edgesdk demo` against the installed wheel.
+#    (with the network), then runs `edgesdk demo`, the benches' --quick and the Pi test
+#    suite against the installed wheel (in network, PID and mount namespaces of its own).
 # The repaired wheel is left in WORKDIR/wheelhouse.
 #   bash .ci/pi.sh setup     (the host tools only: run it once before jobs run side by side)
 set -euo pipefail
@@ -25,6 +26,7 @@ setup() {
   [ -x /usr/bin/qemu-aarch64-static ] && [ -x /usr/bin/qemu-arm-static ] \
     || need+=(qemu-user-static)
   command -v update-binfmts >/dev/null || need+=(binfmt-support)
+  command -v ip >/dev/null || need+=(iproute2)
   if [ "${#need[@]}" -gt 0 ]; then
     echo "pi.sh: installing ${need[*]}"
     apt-get update -qq
@@ -35,7 +37,10 @@ setup() {
   for q in aarch64 arm; do
     # a registration without "F" (qemu-user-binfmt's) cannot run inside a chroot
     if ! grep -q "^flags: .*F" "/proc/sys/fs/binfmt_misc/qemu-$q" 2>/dev/null; then
-      [ -e "/proc/sys/fs/binfmt_misc/qemu-$q" ] && echo -1 >"/proc/sys/fs/binfmt_misc/qemu-$q"
+      if [ -e "/proc/sys/fs/binfmt_misc/qemu-$q" ]; then
+        echo "pi.sh: replacing the host's qemu-$q registration (no F flag) with qemu-user-static's"
+        echo -1 >"/proc/sys/fs/binfmt_misc/qemu-$q"
+      fi
       update-binfmts --enable "qemu-$q" 2>/dev/null || update-binfmts --import "qemu-$q"
     fi
   done
@@ -79,16 +84,32 @@ echo "pi.sh [$arch]: root filesystem in $((SECONDS - t0)) s"
 # The checkout as pip would see it (tracked files, uncommitted changes included).
 mkdir "$root/src"
 (cd "$repo" && git ls-files -z --cached --others --exclude-standard \
-  | xargs -0 tar -c --ignore-failed-read -f - 2>/dev/null) | tar -x -C "$root/src"
+  | tar -c --null --ignore-failed-read -T - -f -) | tar -x -C "$root/src"
 cp "$repo/.ci/pi-inside.sh" "$root/pi-inside.sh"
 
-# Fresh proc, sysfs and tmpfs mounts, not binds: nothing of the host's can be touched
-# through the root, and a `rm -rf` of it cannot reach the host's /dev.
+inside() {  # PHASE: run .ci/pi-inside.sh PHASE in the root, as a clean login would
+  chroot "$root" /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 \
+    CI=1 EDGESDK_NATIVE=1 /bin/bash /pi-inside.sh "$1" "$arch"
+}
+export -f inside
+export root arch
+
+# Install, with the host's network. proc, sysfs and tmpfs are fresh mounts, not binds of
+# the host's /dev or /tmp, so that removing the root can never reach the host's files
+# (root inside the chroot is still the host's root: this is a build sandbox, not a jail).
 mount -t proc proc "$root/proc"
 mount -t sysfs sysfs "$root/sys"
 mount -t tmpfs -o size=256m tmpfs "$root/dev/shm"   # multiprocessing's semaphores
-chroot "$root" /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 \
-  CI=1 EDGESDK_NATIVE=1 /bin/bash /pi-inside.sh "$arch"
+inside install
+# Check, in namespaces of its own: a network with only its loopback (the arm64 and armhf
+# jobs run side by side and pick free ports, which must not collide), a PID namespace
+# (whatever the tests leave running ends with it) and mounts that vanish with it.
+unshare --net --pid --fork --mount --propagation private bash -c '
+  set -euo pipefail
+  ip link set lo up
+  mount -t proc proc "$root/proc"
+  mount -t tmpfs -o size=256m tmpfs "$root/dev/shm"
+  inside check'
 mkdir -p "$work/wheelhouse"
 cp "$root"/wheelhouse/*.whl "$work/wheelhouse/"
 echo "pi.sh [$arch]: passed in $((SECONDS - t0)) s; wheel: $(ls "$work/wheelhouse")"

@@ -347,6 +347,16 @@ def _mean_fidelity(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
 # -- what crossing a cut costs at each bit width ---------------------------------------------
 
 
+def _takes_sparse(encode: Any) -> bool:
+    """Whether `encode` knows compress="sparse" (an older codec, or a caller's own, may
+    not): asked once, so that a data error later is not mistaken for the codec lacking it."""
+    try:
+        encode(np.zeros(8, np.float32), bits=8, compress="sparse")
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
 def measure_cut_codec(
     segments: Sequence[_Runnable],
     cuts: Sequence[Any],
@@ -407,7 +417,7 @@ def measure_cut_codec(
     points = [("input", 0, tuple(samples[0].keys()))]
     points += [(c.id, c.after_segment + 1, tuple(c.names)) for c in cuts]
     acc: dict[str, dict[str, list]] = {p[0]: {str(b): [] for b in bits} for p in points}
-    sparse_ok = True  # False once `encode` refuses compress="sparse" (an older codec)
+    sparse_ok = _takes_sparse(encode)
     unusable: dict[str, dict[str, str]] = {p[0]: {} for p in points}  # bits the codec refused
     for feed in samples:
         env = dict(feed)
@@ -430,16 +440,8 @@ def measure_cut_codec(
                 try:
                     for r in range(repeats):
                         for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
-                            if mode == "sparse" and not sparse_ok:
-                                continue
                             t0 = time.perf_counter_ns()
-                            try:
-                                frames = [encode(a, bits=b, compress=mode) for a in arrays]
-                            except (ValueError, TypeError):
-                                if mode != "sparse":
-                                    raise
-                                sparse_ok = False  # an `encode` without it: not measured
-                                continue
+                            frames = [encode(a, bits=b, compress=mode) for a in arrays]
                             t1 = time.perf_counter_ns()
                             best[mode] = min(best[mode], (t1 - t0) / 1e6)
                             sizes[mode] = (frames, sum(len(memoryview(f).cast("B"))
@@ -453,8 +455,7 @@ def measure_cut_codec(
                 for seg in segments[start:]:
                     tail.update(seg.run({n: tail[n] for n in seg.inputs}))
                 fidelity = output_fidelity(tail[final_output], ref, kind)
-                sparse = (sizes["sparse"][1], best["sparse"]) if "sparse" in sizes and \
-                    sparse_ok else None
+                sparse = (sizes["sparse"][1], best["sparse"]) if "sparse" in sizes else None
                 acc[name][str(b)].append(((sizes["zstd"][1], best["zstd"], sizes["none"][1],
                                            best["none"]), fidelity, sparse))
     out: dict[str, Any] = {"bits": list(bits), "samples": len(samples),

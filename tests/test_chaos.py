@@ -97,18 +97,19 @@ def test_engines_through_stop_overload_kill_and_restart():
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     args = ("--bind", endpoint, "--workers", "2", "--max-queue", "4")
     server = ServerProcess.serving([DIGITS_BUNDLE], *args)
-    # The tests before this one leave the process a large heap; a full garbage collection
-    # of it pauses every thread (3 engines' frames past the deadline together, by 60 ms,
-    # only in the whole suite). Frozen, it is no longer scanned: what is timed is the
-    # engines, not the heap this test inherits.
-    gc.collect()
-    gc.freeze()
     stop = threading.Event()
     results: list[list] = [[] for _ in range(ENGINES)]
     threads = [threading.Thread(target=_stream, args=(endpoint, x, stop, out))
                for out in results]
     phases = {}
     try:
+        # The tests before this one leave the process a large heap; a full garbage
+        # collection of it pauses every thread (3 engines' frames past the deadline together,
+        # by 60 ms, only in the whole suite). Frozen, it is no longer scanned: what is timed
+        # is the engines, not the heap this test inherits. (An app's own heap can pause its
+        # frames the same way: the engine's promise does not cover the host's GC.)
+        gc.collect()
+        gc.freeze()
         for t in threads:
             t.start()
         time.sleep(1.5)  # settle: the link is up, frames offload

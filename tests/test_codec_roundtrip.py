@@ -139,8 +139,12 @@ def test_sparse_needs_codes_and_one_zero_point():
             codec.encode(x, bits=bits, compress="sparse")
     with pytest.raises(CodecError, match="zero point"):
         codec.encode(x, bits=8, scheme="affine", axis=1, compress="sparse+zstd")
+    relu = np.maximum(np.random.default_rng(0).normal(size=(2, 3, 40)), 0).astype(np.float32)
     for scheme, axis in (("symmetric", 1), ("affine", None)):  # one zero point: fine
-        codec.decode(codec.encode(x, bits=8, scheme=scheme, axis=axis, compress="sparse"))
+        frames = codec.encode(relu, bits=8, scheme=scheme, axis=axis, compress="sparse")
+        assert header_of(frames)["codec"] == "sparse"
+        assert np.array_equal(codec.decode(frames), codec.decode(codec.encode(
+            relu, bits=8, scheme=scheme, axis=axis)))
 
 
 def test_zstd_skipped_when_it_does_not_pay():

@@ -56,8 +56,10 @@ def _free_port() -> int:
 
 
 def _slow_server(delay_ms: float, *args: str) -> ServerProcess:
-    return ServerProcess([sys.executable, str(TESTS / "engine_helpers.py"), str(DIGITS_BUNDLE),
-                          "--delay-ms", str(delay_ms), *args])
+    server = ServerProcess([sys.executable, str(TESTS / "engine_helpers.py"),
+                            str(DIGITS_BUNDLE), "--delay-ms", str(delay_ms), *args])
+    server.exit_timeout_s = 5.0 + delay_ms / 1e3  # its drain waits out a request's sleep
+    return server
 
 
 def _check_shape(r: Result) -> None:
@@ -180,9 +182,21 @@ def measured_digits(tmp_path_factory):
 
 @pytest.mark.parametrize("strategy", ["c0@8-z", "c1@4-z", "c2@16-z"])
 def test_sparse_offloads_are_read_by_the_server(server, measured_digits, digits, full_model,
-                                                strategy):
+                                                strategy, monkeypatch):
     """sparse=True: raw offloads send the zero codes as a bitmap (compress="sparse"); the
     server decodes them to the same tensors (16 bits has no codes: sent as before)."""
+    import msgpack
+
+    from edgesdk.codec import encode_tensors
+    from edgesdk.engine import core
+
+    sent = []  # the codec field of every header the engine put on the wire
+
+    def recording(*args, **kwargs):
+        frames = encode_tensors(*args, **kwargs)
+        sent.extend(msgpack.unpackb(h)["codec"] for h in frames[0::2])
+        return frames
+    monkeypatch.setattr(core, "encode_tensors", recording)
     x, _ = digits
     with Engine(measured_digits, server=server.endpoint, slo_ms=SLO_MS, strategy=strategy,
                 sparse=True) as e:
@@ -195,6 +209,8 @@ def test_sparse_offloads_are_read_by_the_server(server, measured_digits, digits,
     for r, ref in edge:
         assert r.fallback_reason is None and r.zstd is False
         assert int(np.argmax(r.output)) == int(np.argmax(ref))
+    # ReLU maps at 8 and 4 bits: the bitmap pays, so sparse payloads reached the server
+    assert sent and set(sent) == ({"none"} if strategy.startswith("c2@16") else {"sparse"})
 
 
 def test_unreachable_server_finishes_on_the_device(digits, full_model):

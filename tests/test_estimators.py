@@ -375,6 +375,12 @@ def test_a_run_of_segments_is_priced_by_each_segments_own_recent_times():
     fresh = SlowdownEstimator([{"median_ms": 0.02}, {"median_ms": 0.02}])
     fresh.observe(0, 0.4, through=1, profiled_ms=0.04)
     assert fresh.segments_ms(0, 1) == pytest.approx(0.4)
+    # ...and a segment's old times do not hold its price down once the device slows (a
+    # throttled CPU, seen only through whole-model runs since: 75x the profile)
+    fresh.observe(1, 0.02)
+    for _ in range(32):
+        fresh.observe(0, 3.0, through=1, profiled_ms=0.04)
+    assert fresh.segments_ms(1, 1) == pytest.approx(1.5)
 
 
 def test_slowdown_bad_input_raises():

@@ -168,14 +168,14 @@ class Engine:
             raise PolicyError(f"task is {task!r}, expected one of {sorted(TASKS)}")
         if not isinstance(max_in_flight, int) or max_in_flight < 1:
             raise ConfigError(f"max_in_flight is {max_in_flight!r}, expected an int >= 1")
+        if not isinstance(sparse, bool):
+            raise ConfigError(f"sparse is {sparse!r}, expected True or False")
         self.slo_ms = float(slo_ms)
         self.task = task
         self.max_in_flight = max_in_flight
         self.local = LocalRunner(self.bundle, threads)  # the segments and exits run here
         self._kind = self.bundle.manifest.output_kind()  # what Result.output is
         manifest = self._with_profile(device, threads)
-        if not isinstance(sparse, bool):
-            raise ConfigError(f"sparse is {sparse!r}, expected True or False")
         self._sparse = sparse
         self._profile = model_profile(manifest, device, sparse=sparse)
         self._seg_ms = self._profile.seg_ms

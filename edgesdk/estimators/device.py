@@ -77,6 +77,7 @@ class SlowdownEstimator:
         # each segment's own recent times: where segments slow down unequally (a GEMM more
         # than a convolution, say), slowdown x profile misjudges a run of several of them
         self._seg_runs: list[deque[float]] = [deque(maxlen=_SEGMENT_WINDOW) for _ in self._ms]
+        self._seg_median: list[float | None] = [None] * len(self._ms)  # of each window
         self._model: DeviceModel | None = None
         self._last: float | None = None
 
@@ -96,7 +97,9 @@ class SlowdownEstimator:
                else math.fsum(self._ms[segment:last + 1]))
         ratio = max(m, 1e-6) / max(ref, 1e-6)
         if through is None:
-            self._seg_runs[segment].append(m)
+            recent = self._seg_runs[segment]
+            recent.append(m)
+            self._seg_median[segment] = _sorted_quantile(sorted(recent), 0.5)
         if ref >= 1e-3:
             self._runs.append((math.log(ratio), m, ref))
             self._model = None
@@ -105,14 +108,16 @@ class SlowdownEstimator:
         return ratio
 
     def segments_ms(self, first: int, last: int) -> float:
-        """The expected time of segments first..last run one after another: each segment's
-        median of its recent runs where it has some, else its profile x the slowdown."""
+        """The expected time of segments first..last run one after another: per segment,
+        the larger of its profile x the slowdown and the median of its own recent runs.
+        The larger: a segment that last ran alone long ago (a tail runs only on a
+        fallback) keeps old times, while the slowdown follows every run."""
         slowdown = self.model().slowdown
         total = 0.0
         for i in range(first, last + 1):
-            recent = self._seg_runs[i]
-            total += (_sorted_quantile(sorted(recent), 0.5) if recent
-                      else self._ms[i] * slowdown)
+            scaled = self._ms[i] * slowdown
+            own = self._seg_median[i]
+            total += scaled if own is None or own < scaled else own
         return total
 
     def model(self) -> DeviceModel:

@@ -63,6 +63,8 @@ class ServerProcess:
         self.events: list[dict] = []
         self.lines: list[str] = []
         self.new_group = new_group
+        # how long leaving a `with` block waits for the drain (in-flight requests finish)
+        self.exit_timeout_s = 5.0
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True, env=dict(env) if env is not None else None,
@@ -161,7 +163,7 @@ class ServerProcess:
         # When the block already failed, a server slow to drain is killed without a second
         # error hiding the first.
         with contextlib.suppress(*((subprocess.TimeoutExpired,) if exc[0] else ())):
-            self.terminate(timeout=5.0)
+            self.terminate(timeout=self.exit_timeout_s)
 
 
 __all__ = ["ServerProcess", "ServerStartError", "module_command"]
