@@ -41,7 +41,6 @@ import platform
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -425,17 +424,6 @@ def compare_bundles(onnx_bundle: Any, tflite_bundle: Any, x: np.ndarray) -> dict
 # -- the bundle ----------------------------------------------------------------------------
 
 
-def _time_ms(fn, runs: int = 200) -> float:
-    for _ in range(20):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter_ns()
-        fn()
-        times.append(time.perf_counter_ns() - t0)
-    return float(np.median(times)) / 1e6
-
-
 def write_files(onnx_bundle: Any, where: Path) -> dict[str, Path]:
     """Every file of the TFLite bundle, converted: {onnx file name: tflite file}."""
     m = onnx_bundle.manifest
@@ -462,6 +450,7 @@ def write_files(onnx_bundle: Any, where: Path) -> dict[str, Path]:
 def build(onnx_path: Path, out: Path, x: np.ndarray, runs: int = 200) -> tuple[Any, dict]:
     from edgesdk.bundle import Bundle, SegmentSpec, sha256_file
     from edgesdk.exits import ExitRule, exit_runner
+    from edgesdk.exits.calibration import exit_costs
     from edgesdk.profile import profile_segments, seeded_inputs
     from edgesdk.runtime import check_files, open_file, open_segments, run_chain
     from edgesdk.split.tflite import WHOLE, _verify, load_tflite
@@ -529,12 +518,10 @@ def build(onnx_path: Path, out: Path, x: np.ndarray, runs: int = 200) -> tuple[A
         new_exits = []
         for e in bundle.exits:
             run, rule = exit_runner(bundle, e), ExitRule.from_calibration(e.calibration, e.name)
-            head_ms = _time_ms(lambda run=run, rule=rule: rule.scores(run(env0)))
             tail_ms = max(total - prefix[e.after_segment], 0.0)
             cal = dict(e.calibration)
-            saved = cal["coverage"] * tail_ms - cal["reach"] * head_ms
-            cal.update(head_ms=round(head_ms, 6), tail_ms=round(tail_ms, 6),
-                       expected_saved_ms=round(saved, 6), profile_device=device)
+            cal.update(exit_costs(run, rule, env0, tail_ms, cal["reach"], cal["coverage"]),
+                       profile_device=device)
             new_exits.append(replace(e, calibration=cal))
         bundle = Bundle.save(staging, replace(bundle.manifest, exits=tuple(new_exits)))
         for f in staging.iterdir():

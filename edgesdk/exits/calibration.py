@@ -101,6 +101,16 @@ def _time_ms(fn: Callable[[], Any], runs: int = 15) -> float:
     return float(np.median(times)) / 1e6
 
 
+def exit_costs(run: Callable[[dict], Any], rule: ExitRule, env: dict,
+               tail_ms: float | None, reach: float, coverage: float) -> dict[str, Any]:
+    """An exit's latency fields: head_ms (its head and rule on `env`, timed here),
+    tail_ms (what a fired exit skips, from the profile; None without one) and
+    expected_saved_ms = coverage * tail_ms - reach * head_ms."""
+    head_ms = _time_ms(lambda: rule.scores(run(env)))
+    saved = None if tail_ms is None else coverage * tail_ms - reach * head_ms
+    return {"head_ms": _r(head_ms), "tail_ms": _r(tail_ms), "expected_saved_ms": _r(saved)}
+
+
 def calibrate(bundle_path: str | Path, data: Dataset | str | Path, *, max_drop: float = 0.01,
               measure: str = "max_prob", use_labels: bool = False, z: float = 1.0,
               device: str | None = None, output: str | None = None, threads: int = 1
@@ -172,9 +182,7 @@ def calibrate(bundle_path: str | Path, data: Dataset | str | Path, *, max_drop: 
         lst = labels_cascade.exits[k] if labels_cascade else None
         rule = ExitRule(measures[k], temps[k], st.threshold, kinds[k])
         run = exit_runner(bundle, e, threads)
-        head_ms = _time_ms(lambda run=run, rule=rule: rule.scores(run(env0)))
         tail_ms = None if prefix is None else max(total - prefix[e.after_segment], 0.0)
-        saved = None if tail_ms is None else st.coverage * tail_ms - st.reach * head_ms
         after_flops = sum(seg_flops[e.after_segment + 1:])
         cal = {
             "measure": measures[k], "temperature": round(temps[k], 6),
@@ -193,7 +201,7 @@ def calibrate(bundle_path: str | Path, data: Dataset | str | Path, *, max_drop: 
             "ece": _r(eces[k][1]), "ece_uncalibrated": _r(eces[k][0]),
             "n_samples": len(data),
             "data": {"file": Path(data.path).name, "sha256": data.sha256},
-            "head_ms": _r(head_ms), "tail_ms": _r(tail_ms), "expected_saved_ms": _r(saved),
+            **exit_costs(run, rule, env0, tail_ms, st.reach, st.coverage),
             "saved_flops_fraction": _r(st.coverage * after_flops / total_flops
                                        if total_flops else None),
             "profile_device": dev,
@@ -215,4 +223,4 @@ def _r(value: float | None, digits: int = 6) -> float | None:
     return round(float(value), digits)
 
 
-__all__ = ["Calibrated", "calibrate"]
+__all__ = ["Calibrated", "calibrate", "exit_costs"]
