@@ -51,11 +51,21 @@ class TransportError(EdgeError):
 
 
 class Timeout(TransportError):
-    """No reply arrived before the request's deadline."""
+    """No reply arrived before the request's deadline. `refused`: the server answered
+    that it could not finish the request in time (an `expired` error), so it is alive."""
+
+    def __init__(self, message: str = "", refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 class ServerBusy(TransportError):
-    """The server's queue is full; it answered `busy` instead of queueing."""
+    """The server's queue is full; it answered `busy` instead of queueing. `retry_after_s`:
+    when the server expects a worker to be free (None: it did not say)."""
+
+    def __init__(self, message: str = "", retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class ServerError(TransportError):

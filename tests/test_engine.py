@@ -351,23 +351,60 @@ def test_an_idle_link_sleeps_until_its_next_probe(server):
         link.close()
 
 
+def _c1_frames() -> list:
+    """An 8-bit payload of the digits bundle's cut c1 (zeros)."""
+    from edgesdk.codec import encode_tensors
+
+    cut = Bundle.load(DIGITS_BUNDLE).cut("c1")
+    return encode_tensors([np.zeros(t.shape, t.dtype) for t in cut.tensors], bits=8)
+
+
+def _link(server: ServerProcess):
+    """A link to `server` that hellos again only after 30 s on its own."""
+    from edgesdk.engine.link import EdgeLink
+
+    return EdgeLink(server.endpoint, Bundle.load(DIGITS_BUNDLE).source_sha256, retry_s=30.0)
+
+
 @pytest.mark.slow
 def test_after_a_timed_out_offload_the_link_checks_the_server_at_once():
-    from edgesdk.codec import encode_tensors
-    from edgesdk.engine.link import UP, EdgeLink
+    from edgesdk.engine.link import UP
     from edgesdk.errors import Timeout
 
     # retry_s 30: the periodic hello cannot be what brings the link back up
-    bundle = Bundle.load(DIGITS_BUNDLE)
-    frames = encode_tensors([np.zeros(t.shape, t.dtype) for t in bundle.cut("c1").tensors],
-                            bits=8)
+    frames = _c1_frames()
     with _slow_server(3 * SLO_MS) as slow:
-        link = EdgeLink(slow.endpoint, bundle.source_sha256, retry_s=30.0)
+        link = _link(slow)
         try:
             assert link.wait_connected(10)
             with pytest.raises(Timeout):
                 link.offload(frames, "c1", budget_s=0.05 * SLOWDOWN).result(5 * SLOWDOWN)
             assert _wait_for(lambda: link.status == UP, SLOWDOWN), link.status
+        finally:
+            link.close()
+
+
+@pytest.mark.slow
+def test_a_request_that_cannot_finish_in_time_is_refused_at_once_and_the_link_stays_up():
+    """The server learns from a result that a request takes far longer than profiled
+    (300 ms; with one sample its estimate is ~30 ms); one with 20 ms of budget is answered
+    `expired` (reason late) at once, the device hears a Timeout that says so, and the link
+    is not put to checking: the server answered."""
+    from edgesdk.engine.link import UP
+    from edgesdk.errors import Timeout
+
+    frames = _c1_frames()
+    with _slow_server(300 * SLOWDOWN) as slow:
+        link = _link(slow)
+        try:
+            assert link.wait_connected(10)
+            link.offload(frames, "c1", budget_s=3.0 * SLOWDOWN).result(10 * SLOWDOWN)
+            t0 = time.monotonic()
+            with pytest.raises(Timeout) as refused:
+                link.offload(frames, "c1", budget_s=0.02).result(5 * SLOWDOWN)
+            assert time.monotonic() - t0 < 0.015 * SLOWDOWN
+            assert refused.value.refused and "cannot finish" in str(refused.value)
+            assert link.status == UP
         finally:
             link.close()
 

@@ -462,3 +462,16 @@ def test_link_turns_an_offload_timeout_into_a_server_bound():
     # had ~48 ms and did not answer
     link.on_offload_timeout(12_500, 60.0, profiled_ms=5.0, now=5.0)
     assert link.server.slowdown_at(5.0) > 4.0
+
+
+def test_a_heartbeat_says_nothing_of_the_servers_queue_and_a_late_reply_weighs_more():
+    link = LinkEstimator()
+    link.on_reply(50_000, 60.0, 5.0, 40.0, now=0.0, profiled_ms=5.0)  # queued 40 ms
+    link.on_reply(2_000, 1.0, 0.0, 0.0, now=0.5, computed=False)  # a heartbeat
+    assert link.server.queue_ms == pytest.approx(40.0)
+    # an offload's reply 0.1 s later moves the queue by the usual gain; one 3 s after the
+    # previous reply nearly replaces it (the queue seen then says little about now)
+    link.on_reply(50_000, 25.0, 5.0, 0.0, now=0.1, profiled_ms=5.0)
+    assert link.server.queue_ms == pytest.approx(32.0)
+    link.on_reply(50_000, 25.0, 5.0, 0.0, now=3.1, profiled_ms=5.0)
+    assert link.server.queue_ms < 32.0 * 0.2

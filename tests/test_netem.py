@@ -73,6 +73,46 @@ def test_shaped_link_rate_changes_and_cleanup():
     assert "edgesdk-dev-t1" not in _namespaces() and not tb.cgroup.exists()
 
 
+UDP_RECEIVER = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("10.213.0.2", 5002))
+print("ready", flush=True)
+end = time.time() + float(sys.argv[1])
+while (left := end - time.time()) > 0:
+    s.settimeout(left)
+    try: s.recv(2048)
+    except socket.timeout: break
+    print(time.time(), flush=True)
+"""
+UDP_SENDER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(int(sys.argv[1])): s.sendto(b"x" * 1400, ("10.213.0.2", 5002))
+"""
+
+
+@needs_netns
+@pytest.mark.slow
+def test_what_an_outage_queued_leaves_as_soon_as_the_rate_is_back():
+    """tbf does not restart a dequeue scheduled at the old rate by itself: without the
+    testbed's kick, these packets waited for the device to send something new."""
+    with NamespaceTestbed(tag=_tag("t5")) as tb:
+        rx = subprocess.Popen(tb.edge_command([sys.executable, "-c", UDP_RECEIVER, "3"]),
+                              stdout=subprocess.PIPE, text=True)
+        assert rx.stdout.readline().strip() == "ready"
+        assert tb.popen_device([sys.executable, "-c", UDP_SENDER, "1"]).wait(30) == 0  # ARP
+        time.sleep(0.3)
+        tb.set_rate(0.001)  # an outage: 125 bytes/s, a queue of ~2 s of it
+        assert tb.popen_device([sys.executable, "-c", UDP_SENDER, "6"]).wait(30) == 0
+        time.sleep(0.2)  # what the bucket let through has arrived, the rest is queued
+        back = time.time()
+        tb.set_rate(50.0)
+        arrivals = [float(line) for line in rx.communicate(timeout=30)[0].split()]
+    late = [round(t - back, 3) for t in arrivals if t > back]
+    assert late, "nothing was queued"
+    assert max(late) < 0.05, late
+
+
 @needs_netns
 def test_namespaces_are_removed_after_an_exception():
     with pytest.raises(RuntimeError), NamespaceTestbed(tag=_tag("t2")) as tb:

@@ -38,3 +38,22 @@ def test_text_report_names_the_targets(capsys):
     assert cli_main(["bench", "transport", "--quick", "--rounds", "2", "--no-throughput"]) == 0
     out = capsys.readouterr().out
     assert "edgesdk/raw" in out and "CURVE cost" in out and "Throughput: skipped" in out
+
+
+@pytest.mark.slow
+def test_the_scheduling_benchmark_accounts_for_every_frame(capsys):
+    """edgesdk bench scheduling: both schedulers, both queue bounds, real server processes
+    and 32 device sockets; every frame a device sent ends in exactly one outcome."""
+    from edgesdk.bench import scheduling
+
+    assert cli_main(["bench", "scheduling", "--json", "--rounds", "1", "--seconds", "0.5"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["results"]) == {"default", "long"}
+    for result in report["results"].values():
+        for s in scheduling.SCHEDULERS:
+            (one,) = result[s]["rounds"]
+            outcomes = sum(one[k] for k in ("ok", "late_reply", "busy", "refused", "timeout",
+                                            "error"))
+            assert one["frames"] == outcomes > 0 and one["error"] == 0
+        assert set(result["targets"]) == {"edf / fifo within deadline",
+                                          "edf share within 20 % of the mean"}

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from edgesdk.errors import ServerBusy, ServerError, Timeout, TransportError, Unreachable
 from edgesdk.transport import protocol
-from edgesdk.transport.config import is_loopback
-from edgesdk.transport.dispatch import Dispatcher, Job
+from edgesdk.transport.config import ServerConfig, is_loopback
+from edgesdk.transport.dispatch import SAFETY, Dispatcher, Job, ServiceTimes
 from edgesdk.transport.metrics import Metrics
 from edgesdk.transport.protocol import (
     ClientProtocol,
@@ -451,18 +451,21 @@ def test_errors_are_transport_errors():
 # -- the broker's dispatcher and small server pieces ---------------------------------------
 
 
-def job(seq: int, deadline: float = 10.0) -> Job:
-    return Job(seq, b"client", seq, b"env", [], 0.0, deadline)
+def job(seq: int, deadline: float = 10.0, client: bytes = b"client", service_s: float = 0.0,
+        received: float = 0.0, weight: float = 1.0) -> Job:
+    return Job(seq, client, seq, b"env", [], received, deadline, service_s=service_s,
+               weight=weight)
 
 
-def test_dispatcher_balances_least_recently_used_and_bounds_the_queue():
-    d = Dispatcher(max_queue=1)
+@pytest.mark.parametrize("scheduler", ["edf", "fifo"])
+def test_dispatcher_balances_least_recently_used_and_bounds_the_queue(scheduler):
+    d = Dispatcher(max_queue=1, scheduler=scheduler)
     assert d.worker_ready(b"w0", 0.0) == (None, [])
     assert d.worker_ready(b"w1", 0.0) == (None, [])
-    assert d.admit(job(1)) == ("run", b"w0")
-    assert d.admit(job(2)) == ("run", b"w1")
-    assert d.admit(job(3)) == ("queued", None)
-    assert d.admit(job(4)) == ("busy", None)
+    assert d.admit(job(1)) == ("run", b"w0", ())
+    assert d.admit(job(2)) == ("run", b"w1", ())
+    assert d.admit(job(3)) == ("queued", None, ())
+    assert d.admit(job(4)).verdict == "busy"
     assert d.finished(b"w1", 99) is None  # not the job it holds
     assert d.finished(b"w1", 2).seq == 2
     nxt, expired = d.worker_ready(b"w1", 1.0)
@@ -472,7 +475,7 @@ def test_dispatcher_balances_least_recently_used_and_bounds_the_queue():
 
 
 def test_dispatcher_answers_expired_jobs_instead_of_running_them():
-    d = Dispatcher(max_queue=4)
+    d = Dispatcher(max_queue=4, scheduler="fifo")
     d.admit(job(1, deadline=0.5))
     d.admit(job(3, deadline=0.7))
     d.admit(job(2, deadline=5.0))
@@ -481,11 +484,135 @@ def test_dispatcher_answers_expired_jobs_instead_of_running_them():
     assert nxt.seq == 2 and [j.seq for j in expired] == [3]
 
 
+def _busy(d: Dispatcher, n: int = 1, now: float = 0.0) -> None:
+    """n workers, each running a job expected to take 1 s from `now`."""
+    for i in range(n):
+        d.worker_ready(b"w%d" % i, now)
+        assert d.admit(job(100 + i, deadline=100.0, service_s=1.0, received=now),
+                       now).verdict == "run"
+
+
+def test_edf_serves_the_earliest_deadline_first_fifo_the_earliest_arrival():
+    for scheduler, first in (("edf", 3), ("fifo", 1)):
+        d = Dispatcher(max_queue=8, scheduler=scheduler)
+        _busy(d)
+        for seq, deadline in ((1, 9.0), (2, 7.0), (3, 5.0)):
+            assert d.admit(job(seq, deadline=deadline, received=seq * 0.01)).verdict == "queued"
+        assert d.worker_ready(b"w0", 1.0)[0].seq == first
+
+
+def test_edf_refuses_at_once_what_cannot_finish_in_time():
+    d = Dispatcher(max_queue=8)
+    d.worker_ready(b"w0", 0.0)
+    # its compute alone is longer than its budget, even on an idle worker
+    assert d.admit(job(1, deadline=0.05, service_s=0.1), 0.0).verdict == "late"
+    _busy(d)  # the worker is busy for 1 s
+    # it would have to wait ~1 s for the worker: late, where fifo would queue it
+    assert d.admit(job(2, deadline=0.5, service_s=0.1), 0.0).verdict == "late"
+    assert d.admit(job(3, deadline=1.5, service_s=0.1), 0.0).verdict == "queued"
+    assert d.admit(job(4, deadline=1.18, service_s=0.1), 0.0).verdict == "queued"  # before 3
+    # queued work due earlier counts against a later job: 1 s + job 4's 0.1 s + its own
+    # (x SAFETY)
+    assert d.admit(job(5, deadline=1.19, service_s=0.1), 0.0).verdict == "late"
+    assert d.admit(job(6, deadline=1.24, service_s=0.1), 0.0).verdict == "queued"
+    fifo = Dispatcher(max_queue=8, scheduler="fifo")
+    _busy(fifo)
+    assert fifo.admit(job(2, deadline=0.5, service_s=0.1), 0.0).verdict == "queued"
+
+
+def test_edf_drops_a_queued_job_once_its_compute_no_longer_fits():
+    d = Dispatcher(max_queue=8)
+    _busy(d)
+    assert d.admit(job(1, deadline=1.5, service_s=0.3), 0.0).verdict == "queued"
+    assert d.next_expiry() == [pytest.approx(1.5 - 0.3 * SAFETY)]
+    assert d.expire(1.1) == []
+    assert [j.seq for j in d.expire(1.2)] == [1]  # 0.3 s left, 0.3 s of compute x SAFETY
+
+
+def test_a_full_edf_queue_gives_each_device_its_share():
+    d = Dispatcher(max_queue=4)
+    _busy(d)
+    for seq in range(1, 5):  # one device fills the queue
+        assert d.admit(job(seq, deadline=10.0 + seq, client=b"hog", service_s=0.01),
+                       0.0).verdict == "queued"
+    # another device's request takes the place of the hog's latest-deadline job
+    a = d.admit(job(5, deadline=20.0, client=b"quiet", service_s=0.01), 0.0)
+    assert a.verdict == "queued" and [j.seq for j in a.displaced] == [4]
+    # ... until both hold the same share: then a full queue is busy, for either
+    b = d.admit(job(6, deadline=20.0, client=b"quiet", service_s=0.01), 0.0)
+    assert b.verdict == "queued" and [j.seq for j in b.displaced] == [3]
+    assert d.admit(job(7, deadline=20.0, client=b"quiet", service_s=0.01), 0.0).verdict == "busy"
+    assert d.admit(job(8, deadline=20.0, client=b"hog", service_s=0.01), 0.0).verdict == "busy"
+    # a latency-sensitive device (weight 2) may hold twice the share
+    c = d.admit(job(9, deadline=20.0, client=b"fast", service_s=0.01, weight=2.0), 0.0)
+    assert c.verdict == "queued" and len(c.displaced) == 1
+    assert sorted(j.client for j in d.queue).count(b"fast") == 1
+    fifo = Dispatcher(max_queue=1, scheduler="fifo")
+    _busy(fifo)
+    fifo.admit(job(1, client=b"hog"), 0.0)
+    assert fifo.admit(job(2, client=b"quiet"), 0.0).verdict == "busy"
+
+
+def test_edf_lets_the_least_served_device_go_first_when_the_urgent_job_can_wait():
+    d = Dispatcher(max_queue=8)
+    d.worker_ready(b"w0", 0.0)
+    assert d.admit(job(1, deadline=5.0, client=b"often", service_s=0.1), 0.0).verdict == "run"
+    d.admit(job(2, deadline=1.0, client=b"often", service_s=0.1), 0.0)  # urgent, has slack
+    d.admit(job(3, deadline=4.0, client=b"rarely", service_s=0.1), 0.0)
+    assert d.worker_ready(b"w0", 0.1)[0].seq == 3  # the device served least goes first
+    assert d.worker_ready(b"w0", 0.2)[0].seq == 2
+    # ... but not when the urgent job would then miss its deadline
+    d.admit(job(4, deadline=0.45, client=b"often", service_s=0.1), 0.2)
+    d.admit(job(5, deadline=4.0, client=b"new", service_s=0.1), 0.2)
+    assert d.worker_ready(b"w0", 0.3)[0].seq == 4
+
+
+def test_the_busy_hint_is_when_the_queue_has_drained():
+    d = Dispatcher(max_queue=8)
+    assert d.drain_s(0.0) == float("inf")  # no worker at all
+    _busy(d, n=2)  # two workers, each 1 s from done
+    d.admit(job(1, deadline=50.0, service_s=0.5), 0.0)
+    d.admit(job(2, deadline=60.0, service_s=0.5), 0.0)
+    assert d.drain_s(0.5) == pytest.approx((0.5 + 0.5 + 0.5 + 0.5) / 2)
+    assert d.drain_s(0.5, due_by=55.0) == pytest.approx((0.5 + 0.5 + 0.5) / 2)
+
+
+def test_service_times_start_from_the_welcome_and_follow_the_workers():
+    times = ServiceTimes(gain=0.5)
+    times.prime({"abc": {"cuts": [{"id": "c1", "tail_ms": 4.0}, {"id": "c2"}]}, "x": 3})
+    assert times.expected(("abc", "c1")) == pytest.approx(0.004)
+    assert times.expected(("abc", "c2")) == 0.0
+    times.observe(("abc", "c1"), 0.008)
+    assert times.expected(("abc", "c1")) == pytest.approx(0.006)
+    times.observe(("abc", "c1"), float("nan"))
+    assert times.expected(("abc", "c1")) == pytest.approx(0.006)
+
+
+def test_an_unknown_scheduler_is_refused_with_its_name():
+    with pytest.raises(ValueError, match="'lifo'"):
+        Dispatcher(4, scheduler="lifo")
+    with pytest.raises(ValueError, match="scheduler is 'lifo'"):
+        ServerConfig(scheduler="lifo").validate()
+
+
 def test_loopback_detection_for_the_insecure_bind_warning():
     assert is_loopback("tcp://127.0.0.1:5555") and is_loopback("tcp://localhost:1")
     assert is_loopback("ipc:///tmp/x") and is_loopback("tcp://[::1]:5")
     assert not is_loopback("tcp://0.0.0.0:5555") and not is_loopback("tcp://*:5555")
     assert not is_loopback("tcp://192.168.1.4:5555")
+
+
+def test_the_example_dashboard_queries_only_metrics_the_server_serves():
+    import json
+    import re
+    from pathlib import Path
+
+    dash = json.loads((Path(__file__).parents[1] / "examples/grafana-dashboard.json")
+                      .read_text())
+    served = set(re.findall(r"^# TYPE (\w+) ", Metrics().render(), re.M))
+    used = {re.sub(r"_bucket$", "", name) for p in dash["panels"] for t in p["targets"]
+            for name in re.findall(r"edgesdk_\w+", t["expr"])}
+    assert used and used <= served, used - served
 
 
 def test_metrics_render_prometheus_text():

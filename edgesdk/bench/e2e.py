@@ -27,7 +27,12 @@ Strategies, each one device process through the whole timeline:
   analytic planner's offline choice and the fastest candidate in expectation (with the
   device's measured slowdown), then the cut inside the model that is fastest over all the
   rates, run like the others;
-- planner, policy: the engine's adaptive strategies (``Engine(strategy=...)``).
+- planner, policy: the engine's adaptive strategies (``Engine(strategy=...)``);
+  planner-static (on request): the planner with ``explore=False``, to measure what the
+  exploring offloads are worth in the same run;
+- device-only/repeat, last (not in --smoke): device-only again, never a baseline: its
+  ratio to the first run of the same plan (``noise_ratio``, "noise" in the table) is this
+  machine's run-to-run noise, which every other ratio of the run carries too.
 The hindsight-best fixed split of a scenario is the fixed strategy (device-only,
 edge-only or fixed:*) with the lowest mean latency on that scenario's frames in this run,
 among those whose agreement with fp32 there is >= 99 % within chance (holds_fidelity).
@@ -69,8 +74,10 @@ for calibrating the policy simulator against the real loop. ``type`` says which:
   fields: bw_mbps, bw_std, bw_history, rtt_ms, queue_ms, device_slowdown, server_slowdown,
   slo_ms, task, and whatever else State holds), ``state_source`` ("engine": the state the
   engine's own decision read; "snapshot": read just before the frame, for strategies
-  that never ask); ``bytes_sent`` (offload payload bytes), ``budget_ms`` (what the offload
-  was given); ``ms``: device, encode, network, server, queue, decode, total (Timings);
+  that never ask); ``bytes_sent`` (offload payload bytes), ``explored_bytes`` (an
+  exploring offload's bytes sent after the frame, policy.explore), ``budget_ms`` (what the
+  offload was given); ``ms``: device, encode, network, server, queue, decode, total
+  (Timings);
   ``where`` (exit / edge / device), ``exit``, ``fallback`` (reason or null), ``agree``
   (answer equals the fp32 answer), ``correct`` (labels, PP-LCNet only), ``slo_ms``,
   ``violation`` (total > SLO).
@@ -107,7 +114,10 @@ from .netem import check_quota, open_testbed
 # and the benchmark measured the fallback rule rather than the decisions.
 SLO_FACTOR = 2.0
 PROFILE_S = 3.0  # the device's segment times under the quota: at least this long
-ADAPTIVE = ("planner", "policy")
+ADAPTIVE = ("planner", "policy", "planner-static")
+# device-only once more, last: not a baseline (never the best fixed split) but the run-to-run
+# noise of this machine, as the ratio of two runs of the same plan through the same timeline
+REPEAT = "device-only/repeat"
 TARGET_STATIONARY, TARGET_NONSTATIONARY = 1.05, 0.8
 
 
@@ -381,7 +391,10 @@ def compare(model: dict, timeline: Timeline) -> None:
     """Per scenario: the hindsight-best fixed strategy and adaptive / best-fixed ratios."""
     kinds = {s.name: s.kind for s in timeline.scenarios}
     for name, row in model["scenarios"].items():
-        fixed = {k: v for k, v in row.items() if k not in ADAPTIVE and holds_fidelity(v)}
+        fixed = {k: v for k, v in row.items()
+                 if k not in (*ADAPTIVE, REPEAT) and holds_fidelity(v)}
+        if REPEAT in row and row.get("device-only", {}).get("frames"):
+            row[REPEAT]["noise_ratio"] = row[REPEAT]["mean_ms"] / row["device-only"]["mean_ms"]
         if not fixed:
             continue
         best = min(fixed, key=lambda k: fixed[k]["mean_ms"])
@@ -435,6 +448,9 @@ def run_model(built: Built, runner: Runner, timeline: Timeline, args, record, lo
             engine_strategy[k] = k
     order = ["edge-only", *[f"fixed:{c}" for c in fixed], *[k for k in ADAPTIVE
                                                              if k in engine_strategy]]
+    if not args.smoke:
+        engine_strategy[REPEAT] = "device"
+        order.append(REPEAT)
     record({"type": "model", "model": name, "bundle": str(built.bundle),
             "answer": built.spec.answer, "role": built.spec.role, "slo_ms": slo_ms,
             "reference_ms": ref_ms, "device_ms": device_ms, "slowdown": slowdown,
@@ -517,6 +533,8 @@ def format_report(report: dict) -> str:
                 vs = v.get("vs_best_fixed")
                 ratio = (f"{vs['mean_ratio']:.2f}x{'' if vs['met'] else ' MISS'}" if vs
                          else ("best" if k == best else ""))
+                if "noise_ratio" in v:
+                    ratio = f"noise {v['noise_ratio']:.2f}x"
                 rows.append([sname, k[:34], v["frames"], f"{v['mean_ms']:.1f}",
                              f"{v['p50_ms']:.1f}", f"{v['p95_ms']:.1f}",
                              f"{100 * v['slo_violations']:.0f}%",
@@ -544,6 +562,8 @@ def targets(report: dict) -> list[dict]:
     for m in report["models"]:
         for sname, row in m["scenarios"].items():
             for k in ADAPTIVE:
+                if k == "planner-static":  # a diagnostic, not an engine default
+                    continue
                 vs = row.get(k, {}).get("vs_best_fixed")
                 if vs:
                     out.append({"model": m["model"], "scenario": sname, "strategy": k, **vs})

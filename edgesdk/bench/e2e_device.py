@@ -97,6 +97,7 @@ class _Recorder:
         self.state = None
         self.calls = 0  # the engine's own calls since the frame began
         self.sent: list[int] = []
+        self.explored: list[int] = []  # exploring offloads' bytes (policy.explore)
         self.budget_s: float | None = None
         state_fn = engine.state
 
@@ -109,15 +110,19 @@ class _Recorder:
         if engine.link is not None:
             offload = engine.link.offload
 
-            def recorded(frames, cut, budget_s):
-                self.sent.append(sum(memoryview(f).nbytes for f in frames))
-                self.budget_s = budget_s
-                return offload(frames, cut, budget_s)
+            def recorded(frames, cut, budget_s, *, exploring=False):
+                size = sum(memoryview(f).nbytes for f in frames)
+                if exploring:  # after the frame's answer: not the frame's offload
+                    self.explored.append(size)
+                else:
+                    self.sent.append(size)
+                    self.budget_s = budget_s
+                return offload(frames, cut, budget_s, exploring=exploring)
 
             engine.link.offload = recorded
 
     def reset(self) -> None:
-        self.state, self.sent, self.budget_s = None, [], None
+        self.state, self.sent, self.budget_s, self.explored = None, [], None, []
 
 
 def _chain_profile(engine, x: np.ndarray, runs: int, seconds: float = 0.0
@@ -169,9 +174,10 @@ def run(args: Any) -> int:
         y = z["y"] if "y" in z.files else None
     bundle = Bundle.load(args.bundle)
     strategy = _resolve_strategy(args.strategy, bundle, args.device)
+    explore = strategy != "planner-static"  # the planner without exploring offloads
     with Engine(bundle, server=args.server, slo_ms=args.slo_ms, task=args.task,
-                strategy=strategy, threads=1, device=args.device,
-                connect_timeout_s=10) as engine:
+                strategy="planner" if not explore else strategy, threads=1,
+                device=args.device, connect_timeout_s=10, explore=explore) as engine:
         rec = _Recorder(engine)
         _emit({"type": "ready", "codec_backend": codec.backend,
                "link": engine.link.status if engine.link is not None else None})
@@ -212,8 +218,8 @@ def run(args: Any) -> int:
             _emit({"type": "frame", "i": i, "t": round(t, 4), "input": k,
                    **parse_plan(r.plan), "sent_cut": r.cut, "sent_bits": r.bits,
                    "where": r.where, "exit": r.exit_name, "fallback": r.fallback_reason,
-                   "bytes_sent": sum(rec.sent), "budget_ms": (round(rec.budget_s * 1e3, 3)
-                                                             if rec.budget_s else None),
+                   "bytes_sent": sum(rec.sent), "explored_bytes": sum(rec.explored),
+                   "budget_ms": round(rec.budget_s * 1e3, 3) if rec.budget_s else None,
                    "ms": {k: round(float(v), 3) for k, v in asdict(ms).items()
                           if isinstance(v, (int, float))},  # every Timings field
                    "agree": got == ref[k],

@@ -162,7 +162,7 @@ def scenario(rec: Mapping, model: str, frames: Sequence[Mapping], physics: Physi
 
 
 def _chooser(strategy: str, frames: Sequence[Mapping], table: CandidateTable):
-    if strategy == "planner":
+    if strategy in ("planner", "planner-static"):  # with and without exploring
         return plan
     if strategy == "policy":
         return PolicyNet.load().decide
@@ -197,7 +197,9 @@ def compare(rec: Mapping, seeds: int = 3) -> dict[str, Any]:
                 continue
             sc = scenario(rec, model, frames, physics)
             choose = _chooser(strategy, frames, sc.table)
-            sims = [run_episode(replace(sc, seed=s), choose).latency_ms for s in range(seeds)]
+            adaptive = strategy in ("planner", "policy")  # these explore; planner-static not
+            sims = [run_episode(replace(sc, seed=s), choose, explore=adaptive).latency_ms
+                    for s in range(seeds)]
             names = [f["scenario"] for f in frames]
             counted = np.array([f.get("phase") != "settle" for f in frames])
             real = np.array([f["ms"]["total"] for f in frames])

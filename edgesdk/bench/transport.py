@@ -80,7 +80,8 @@ def _report_endpoint(conn, endpoint: str) -> None:
     conn.close()
 
 
-def _serve_edgesdk(conn, cpu: int | None, factory, workers: int, curve_dir: str | None) -> None:
+def _serve_edgesdk(conn, cpu: int | None, factory, workers: int, curve_dir: str | None,
+                   max_queue: int = 64, scheduler: str = "edf") -> None:
     _pin(cpu)
     from ..transport.auth import load_key_pair
     from ..transport.broker import Server, ServerConfig
@@ -89,8 +90,9 @@ def _serve_edgesdk(conn, cpu: int | None, factory, workers: int, curve_dir: str 
     configure_logging("warning")
     curve = load_key_pair(Path(curve_dir) / "server.key_secret") if curve_dir else None
     allow = str(Path(curve_dir) / "allow") if curve_dir else None
-    server = Server(ServerConfig(bind="tcp://127.0.0.1:*", workers=workers, max_queue=64,
-                                 curve=curve, allow_dir=allow), factory, log_level="warning")
+    server = Server(ServerConfig(bind="tcp://127.0.0.1:*", workers=workers,
+                                 max_queue=max_queue, curve=curve, allow_dir=allow,
+                                 scheduler=scheduler), factory, log_level="warning")
 
     def announce() -> None:
         if server.wait_ready(120):
@@ -292,6 +294,25 @@ def _squeezenet_bundle(root: Path):
     return split_model(path, root / "squeezenet.edge", max_points=3)
 
 
+def _squeezenet_tail(root: Path) -> tuple[Any, Any, list, dict, Any]:
+    """SqueezeNet-light's tail after its first cut (93 % of the FLOPs): (bundle, the cut,
+    its tensors encoded at BITS as a request's payload, the request's bundle and cut, the
+    tail handler factory a server runs it with)."""
+    from ..codec import encode_tensors
+    from ..profile import seeded_inputs
+    from ..runtime import open_segments, run_chain
+    from ..server import TailHandlerFactory
+
+    bundle = _squeezenet_bundle(root)
+    cut = bundle.cuts[0]
+    env = run_chain(open_segments(bundle), seeded_inputs(bundle.manifest.inputs), 0,
+                    cut.after_segment + 1)
+    frames = encode_tensors([env[n] for n in cut.names], bits=BITS)
+    where = {"bundle": bundle.source_sha256, "cut": cut.id}
+    factory = TailHandlerFactory((str(bundle.path),), threads=1, profile_runs=5)
+    return bundle, cut, frames, where, factory
+
+
 def _throughput(client, frames: list, where: dict, seconds: float) -> float:
     """Requests per second with WINDOW in flight for `seconds` (after the window fills)."""
     pending = [client.submit(frames, budget_s=30.0, **where) for _ in range(WINDOW)]
@@ -310,21 +331,11 @@ def _throughput(client, frames: list, where: dict, seconds: float) -> float:
 
 
 def bench_throughput(rounds: int, seconds: float) -> dict:
-    from ..codec import encode_tensors
-    from ..profile import seeded_inputs
-    from ..runtime import open_segments, run_chain
-    from ..server import TailHandlerFactory
     from ..transport import Client
 
     with tempfile.TemporaryDirectory(prefix="edgesdk-bench-") as tmp, contextlib.ExitStack() \
             as stack:
-        bundle = _squeezenet_bundle(Path(tmp))
-        cut = bundle.cuts[0]
-        env = run_chain(open_segments(bundle), seeded_inputs(bundle.manifest.inputs), 0,
-                        cut.after_segment + 1)
-        frames = encode_tensors([env[n] for n in cut.names], bits=BITS)
-        where = {"bundle": bundle.source_sha256, "cut": cut.id}
-        factory = TailHandlerFactory((str(bundle.path),), threads=1, profile_runs=5)
+        bundle, cut, frames, where, factory = _squeezenet_tail(Path(tmp))
         clients = {}
         tail_ms = None
         for workers in (1, 2):

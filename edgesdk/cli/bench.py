@@ -4,6 +4,7 @@
     edgesdk bench split [--json] [--json-file PATH] [--quick] [--rounds N] [--model NAME]
                         [--threads N ...]
     edgesdk bench transport [--json] [--quick] [--rounds N] [--no-throughput]
+    edgesdk bench scheduling [--json] [--quick] [--rounds N] [--seconds S]
     edgesdk bench policy [--json] [--rounds N]
     edgesdk bench overhead [--json] [--rounds N] [--threads N] [--quick] [--only raw|adaptive]
                            [--adaptive BUNDLE FRAMES.npz [--slo-ms MS] [--task TASK]]
@@ -120,6 +121,30 @@ def _transport(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- scheduling ----------------------------------------------------------------------------
+
+
+@_topic("scheduling", "many devices on few workers: edf against fifo")
+def _scheduling_options(p: argparse.ArgumentParser) -> None:
+    bench = _module("scheduling")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+    p.add_argument("--quick", action="store_true", help="a smoke test, not a measurement")
+    p.add_argument("--rounds", type=positive_int, metavar="N",
+                   help=f"rounds per scheduler and queue bound (default "
+                        f"{bench.FULL['rounds']})")
+    p.add_argument("--seconds", type=float, metavar="S",
+                   help=f"seconds per round (default {bench.FULL['seconds']:g})")
+    p.set_defaults(func=_scheduling)
+
+
+def _scheduling(args: argparse.Namespace) -> int:
+    bench = _module("scheduling")
+    report = bench.run(args.rounds, args.seconds, quick=args.quick)
+    print(json.dumps(bench.jsonable(report), indent=2) if args.json
+          else bench.format_text(report))
+    return 0
+
+
 # -- policy --------------------------------------------------------------------------------
 
 
@@ -189,7 +214,7 @@ def _e2e_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smoke", action="store_true",
                    help="CI: PP-OCR only, 50 Mbit/s and the step, no fixed sweep (~1.5 min)")
     p.add_argument("--models", nargs="+", choices=list(e2e.MODELS))
-    p.add_argument("--strategies", nargs="+", default=list(e2e.ADAPTIVE), choices=e2e.ADAPTIVE,
+    p.add_argument("--strategies", nargs="+", default=["planner", "policy"], choices=e2e.ADAPTIVE,
                    help="adaptive strategies to run (device-only, edge-only and the fixed "
                         "plans always run)")
     p.add_argument("--max-fixed", type=int, default=2, help="fixed plans besides device "

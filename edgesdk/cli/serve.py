@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..server.tail import OUTPUT_BITS
+from ..transport.dispatch import SCHEDULERS
 from ._args import non_negative_int, port, positive_int
 
 
@@ -87,7 +88,8 @@ def _serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue if args.max_queue is not None else 4 * args.workers,
         max_frame_bytes=args.max_frame_bytes, curve=curve, allow_dir=args.allow,
         metrics_host=args.metrics_host, metrics_port=args.metrics_port,
-        drain_timeout_s=args.drain_timeout, name=args.name or socket.gethostname())
+        drain_timeout_s=args.drain_timeout, name=args.name or socket.gethostname(),
+        scheduler=args.scheduler)
     server = Server(config, factory, log_level=args.log_level)
     if not progress.lines:
         return server.run()
@@ -126,6 +128,10 @@ def _add_serve(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=non_negative_int, metavar="N",
                    help="requests that may wait for a worker before the server answers busy "
                         "(default 4 x workers)")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default="edf",
+                   help="edf (default): earliest deadline first, requests that cannot finish "
+                        "within their budget answered expired at once, a fair share of a "
+                        "full queue per device; fifo: arrival order")
     p.add_argument("--curve-secret", metavar="FILE",
                    help="the server's CURVE key pair (NAME.key_secret from `edgesdk keys gen`)")
     p.add_argument("--allow", metavar="DIR",

@@ -27,10 +27,17 @@ Per frame (`infer`, or the two halves `_front` and `_back` that `stream` interle
 The budget sent with an offload keeps back the time a local finish would take, when that
 still fits the SLO: if the server has not answered by then, finishing here is the faster
 way to an answer within the deadline.
+
+A frame that an adaptive strategy kept here brings no news of the link or the server, so
+after one of them looked bad the decision could stay local long after it recovered. Such a
+frame may also send its input as an exploring offload (policy.explore: when an offload
+would win in a plausible best case), in the background, at most one at a time and a few a
+second at most: the frame keeps its local answer, the reply corrects the estimates.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import threading
@@ -59,10 +66,13 @@ from ..errors import (
 )
 from ..estimators import SlowdownEstimator
 from ..policy import (
+    EXPLORE_MAX_S,
+    EXPLORE_MIN_S,
     TASKS,
     Candidate,
     State,
     build_candidates,
+    explore_pick,
     model_profile,
     offload_budget,
 )
@@ -150,6 +160,11 @@ class Engine:
     the cost of packing), and the planner prices them with the profile's measured sparse
     sizes (`edgesdk profile` stores them). Off by default: the server must run an edgesdk
     whose codec reads sparse payloads (this version or later).
+    explore: while an adaptive strategy keeps frames here, send a frame's input now and
+    then as an exploring offload whose reply corrects the estimates (policy.explore; at
+    most one in flight, 4 a second at most, fewer while frames stay here). False: never,
+    e.g. on a metered link; then a server that timed out is tried again only as its
+    timeouts' bound relaxes (a half-life of 20 s).
     """
 
     def __init__(self, bundle: Bundle | str, server: str | None = None, *,
@@ -158,7 +173,8 @@ class Engine:
                  strategy: Strategy | Plan | Candidate | str = "planner",
                  device: str | None = None,
                  max_in_flight: int = 2, connect_timeout_s: float = 2.0,
-                 bundle_public_key: Any = None, sparse: bool = False) -> None:
+                 bundle_public_key: Any = None, sparse: bool = False,
+                 explore: bool = True) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         if bundle_public_key is not None:
             self.bundle.check_signature(bundle_public_key)
@@ -168,8 +184,9 @@ class Engine:
             raise PolicyError(f"task is {task!r}, expected one of {sorted(TASKS)}")
         if not isinstance(max_in_flight, int) or max_in_flight < 1:
             raise ConfigError(f"max_in_flight is {max_in_flight!r}, expected an int >= 1")
-        if not isinstance(sparse, bool):
-            raise ConfigError(f"sparse is {sparse!r}, expected True or False")
+        for name, flag in (("sparse", sparse), ("explore", explore)):
+            if not isinstance(flag, bool):
+                raise ConfigError(f"{name} is {flag!r}, expected True or False")
         self.slo_ms = float(slo_ms)
         self.task = task
         self.max_in_flight = max_in_flight
@@ -185,6 +202,7 @@ class Engine:
             [c.cut == "device" for c in self._base_table.candidates])
         self._choose = make_chooser(strategy, self._base_table, self.bundle.name)
         self._adaptive = strategy in ("policy", "planner")
+        self._explores = explore and self._adaptive
         # The per-frame re-decision after a missed exit (adaptive strategies only): one
         # table per number of exits run, built once, so a re-decision is one scoring pass.
         # The planner scores it for "policy" too: what changed since the frame's decision
@@ -217,9 +235,13 @@ class Engine:
             self._slowdown.observe(0, self.local.warm_whole_ms, through=len(self._seg_ms) - 1,
                                    profiled_ms=self._profile.whole_ms)
         self._cuts = {c.id: c for c in self.bundle.cuts}
-        first = input_cut(self.bundle)
-        if first is not None:
-            self._cuts[first.id] = first
+        self._input = input_cut(self.bundle)  # None: the input cannot be sent
+        if self._input is not None:
+            self._cuts[self._input.id] = self._input
+        self._explore_at = 0.0  # exploring offloads: see EXPLORE_MIN_S
+        self._explore_every = EXPLORE_MIN_S
+        self._exploring: Future | None = None  # done when the last one is answered
+        self._explorer: ThreadPoolExecutor | None = None  # encodes and sends them
         self._ids = itertools.count()
         self._device_lock = threading.RLock()
         self._async: ThreadPoolExecutor | None = None
@@ -234,7 +256,8 @@ class Engine:
             # when it can: the first hello's outcome lands within connect_timeout_s
             self.link = EdgeLink(server, self.bundle.source_sha256,
                                  server_public_key=curve_server_key, client_keys=client_keys,
-                                 name=self.bundle.name, digest=self.bundle.digest)
+                                 name=self.bundle.name, digest=self.bundle.digest,
+                                 task=self.task)
             self.link.wait_connected(connect_timeout_s)
 
     # -- setup -----------------------------------------------------------------------------
@@ -348,12 +371,50 @@ class Engine:
                        state=self._last_state, key=self._last_state_key, plans=[chosen],
                        offline=self.link is None or reason is not None)
             if self._run_segments(f, None):
+                self._explore(f)
                 return f
             if f.plan.cut == "device":  # the plan, or what a re-decision made of it
                 f.result = self._local_result(f)
+                self._explore(f)
                 return f
             self._send(f)
             return f
+
+    def _explore(self, f: _Frame) -> None:
+        """After frame `f` ended here under an adaptive strategy's decision to keep it here
+        (a device-only plan, exits or not; an offload plan's exit that fired is not one):
+        send its input as the offload policy.explore finds worth trying, if any and if one
+        is due (see EXPLORE_MIN_S). A thread of its own encodes and sends it while the
+        caller goes on (~1 ms of CPU for 150 KB here; this frame pays only a copy of its
+        input); nothing reads the reply but the link's estimates."""
+        now = time.monotonic()
+        if (not self._explores or f.state is None or f.offline or f.plans[0].cut != "device"
+                or self._input is None or now < self._explore_at
+                or (self._exploring is not None and not self._exploring.done())
+                or self.link.usable(now) is not None):
+            return
+        pick = explore_pick(self._table, f.state, f.plans[0], self._input.id)
+        if pick is None:
+            return
+        if self._explorer is None:
+            self._explorer = ThreadPoolExecutor(1, thread_name_prefix="edgesdk-explore")
+        # a copy: the caller may refill its frame buffer as soon as infer returns
+        tensors = [np.array(f.env[n], copy=True) for n in self._input.names]
+        self._exploring = self._explorer.submit(self._send_exploring, tensors, pick)
+        self._explore_at = now + self._explore_every
+        self._explore_every = min(2 * self._explore_every, EXPLORE_MAX_S)
+
+    def _send_exploring(self, tensors: list[np.ndarray], pick: Candidate) -> None:
+        """On the explorer thread: encode the input as `pick` says, offload it and wait
+        for its outcome (the whole SLO: a reply that comes late is still a measurement)."""
+        try:
+            frames = encode_tensors(tensors, bits=pick.bits, compress=self._compress(pick))
+        except CodecError:
+            return
+        budget_s = self.slo_ms / 1e3
+        with contextlib.suppress(TransportError, FutureTimeout):
+            self.link.offload(frames, self._input.id, budget_s, exploring=True).result(
+                budget_s + 1.0)
 
     def _run_segments(self, f: _Frame, stop: int | None) -> bool:
         """Run segments from f.next_segment to `stop` (None: to the plan's cut, re-deciding
@@ -456,6 +517,7 @@ class Engine:
             return
         f.future = self.link.offload(frames, cut.id, budget)
         f.offload_until = now + budget
+        self._explore_every = EXPLORE_MIN_S  # offloading again: explore promptly next time
 
     def _back(self, f: _Frame) -> Result:
         if f.result is not None:
@@ -546,7 +608,9 @@ class Engine:
         if self._async is not None:
             self._async.shutdown(wait=True)
         if self.link is not None:
-            self.link.close()
+            self.link.close()  # resolves what is in flight: the explorer's wait ends
+        if self._explorer is not None:
+            self._explorer.shutdown(wait=True)
 
     def __enter__(self) -> Engine:
         return self

@@ -18,7 +18,8 @@ decides whether offloading is possible at all:
          -> "up" | "down"
     "down" -> hello every `retry_s` -> "up" when the server is back
 
-Only "up" offloads. Busy replies pause offloading for `busy_backoff_s`. A user hears of
+Only "up" offloads. Busy replies pause offloading for their `retry_after_ms` (within
+busy_backoff_s / 4 and MAX_BUSY_WAIT_S), or `busy_backoff_s` when they do not say. A user hears of
 the status on the "edgesdk.engine" logger, once per change and never once per frame: a
 warning when the server cannot be used (no answer to the first hello, lost later, or not
 serving this bundle), with what happens meanwhile, and an info line when it is back. Until the
@@ -59,6 +60,7 @@ MISMATCH = "bundle_mismatch"
 # most of the time: every needless wake-up is CPU taken from a throttled device's quota
 # (and a GIL hand-off), and a 0.25 s poll timer woke it four times a second for nothing.
 MAX_SLEEP_S = 5.0
+MAX_BUSY_WAIT_S = 1.0  # the longest a busy reply's retry_after_ms pauses offloading
 log = logging.getLogger("edgesdk.engine")
 
 
@@ -72,19 +74,22 @@ class _Job:
     payload_bytes: int = 0
     queued_at: float = field(default_factory=time.monotonic)
     held_s: float = 0.0  # time the loopback shaper held it: an emulated transfer
+    exploring: bool = False  # an exploring offload (policy.explore): its reply counts only
 
 
 class EdgeLink:
     """See the module docstring. `bundle_id`: the bundle's source sha256; `name`: the
     bundle's name, for the log lines; `digest`: the bundle's digest (Bundle.digest), sent
-    in the hello so that a server with another copy of the bundle refuses it."""
+    in the hello so that a server with another copy of the bundle refuses it; `task`: the
+    device's task type, sent with every infer (the server's scheduler weighs it)."""
 
     def __init__(self, endpoint: str, bundle_id: str, *,
                  server_public_key: Any = None, client_keys: Any = None,
                  retry_s: float = 0.5, hello_budget_s: float = 0.5,
                  probe_idle_s: float = 2.0, busy_backoff_s: float = 0.25,
-                 name: str = "", digest: str | None = None) -> None:
+                 name: str = "", digest: str | None = None, task: str | None = None) -> None:
         self.endpoint = endpoint
+        self._infer_fields = {"task": task} if task else {}
         self.bundle_id = bundle_id
         self.name = name
         self.digest = digest
@@ -145,11 +150,16 @@ class EdgeLink:
             return "checking"  # an offload failed: a hello is out, frames stay here till then
         return self._down_reason
 
-    def offload(self, frames: Sequence, cut: str, budget_s: float) -> Future:
+    def offload(self, frames: Sequence, cut: str, budget_s: float, *,
+                exploring: bool = False) -> Future:
         """Send an infer request for `cut`; the Future resolves to a transport Reply or
-        raises a TransportError."""
+        raises a TransportError. exploring: nothing waits for it (policy.explore); its
+        reply updates the estimates as any offload's, its failure changes nothing (it
+        would say little: the input explored is often larger than what the decision then
+        sends, and a slow transfer would be blamed on the server)."""
         size = sum(memoryview(f).nbytes for f in frames)
-        return self._push(_Job(protocol.INFER, frames, cut, budget_s, payload_bytes=size))
+        return self._push(_Job(protocol.INFER, frames, cut, budget_s, payload_bytes=size,
+                               exploring=exploring))
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """The estimates the planner needs, read consistently. A request of n bytes is
@@ -213,8 +223,12 @@ class EdgeLink:
                     job = ready.popleft()
                     try:
                         if job.kind == protocol.INFER:
+                            fields = self._infer_fields
+                            if job.exploring:  # the server answers it only when idle
+                                fields = {**fields, "explore": True}
                             rid = client.submit(job.frames, budget_s=job.budget_s,
-                                                bundle=self.bundle_id, cut=job.cut)
+                                                bundle=self.bundle_id, cut=job.cut,
+                                                fields=fields or None)
                         elif job.kind == protocol.HELLO and self.digest:
                             rid = client.submit(job.frames, budget_s=job.budget_s,
                                                 kind=job.kind, bundle=self.bundle_id,
@@ -355,8 +369,13 @@ class EdgeLink:
             # "request 7: bundle ... digest X..., the device's has digest Y...: ..."
             self.mismatch = str(getattr(exc, "remote_message", exc)).split(": ", 1)[-1]
             return
+        if job.exploring:
+            return
         if isinstance(exc, ServerBusy):
-            self._busy_until = now + self._busy_backoff_s
+            # the server's own hint of when its queue has drained, within reason
+            hint = exc.retry_after_s
+            self._busy_until = now + (self._busy_backoff_s if hint is None else min(
+                max(hint, self._busy_backoff_s / 4), MAX_BUSY_WAIT_S))
             return
         if job.kind == protocol.HEARTBEAT and job.payload_bytes:
             # A bandwidth probe that timed out: the link is slower than size / budget, and
@@ -377,6 +396,8 @@ class EdgeLink:
                 self.estimator.on_offload_timeout(
                     job.payload_bytes, (job.budget_s + job.held_s) * 1e3,
                     self.server_tail_ms.get(job.cut or ""), now)
+            if getattr(exc, "refused", False):
+                return  # the server answered it could not make it in time: it is up
             # Hello failing means down; an infer failing means "check before trusting it",
             # with a hello at once: frames go to the device until it answers.
             self.status = DOWN if job.kind == protocol.HELLO else CHECKING
@@ -399,7 +420,7 @@ class EdgeLink:
             self._on_welcome(extra)
             e.on_small_message(rtt_ms, now)
         elif job.kind == protocol.HEARTBEAT:
-            e.on_reply(job.payload_bytes, rtt_ms, 0.0, 0.0, now)
+            e.on_reply(job.payload_bytes, rtt_ms, 0.0, 0.0, now, computed=False)
         else:
             e.on_reply(job.payload_bytes, rtt_ms, reply.server_ms, reply.queue_ms, now,
                        self.server_tail_ms.get(job.cut or ""))

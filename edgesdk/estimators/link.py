@@ -55,25 +55,33 @@ class ServerLoadEstimator:
 
     `queue_ms` is an EWMA of reply queue times; `slowdown` the EWMA of server_ms over the
     server's profiled time for the same work (1.0 when unknown); `utilization` the busy
-    fraction of workers from the last load report.
+    fraction of workers from the last load report. A reply after a silence weighs more
+    (the gain grows towards 1 with a half-life of FRESH_S since the previous reply): a
+    queue seen during a load spike seconds ago says little about the queue now, and with
+    no offloads meanwhile nothing else would correct it.
 
     A timed-out offload is a censored sample: the server took at least what the budget
     left after the network (`observe_timeout`); it can only raise the slowdown. Without
     replies, the slowdown relaxes back towards 1 with a half-life of RELAX_S, so a server
     that was slow (or looked slow through timeouts) is tried again instead of being ruled
-    out for good: with every offload timing out, no reply would ever correct it.
+    out for good: with every offload timing out, no reply would ever correct it. The first
+    reply after such a bound replaces it: a measurement, where the bound was a guess from
+    what did not arrive (the engine explores to get one, policy.explore).
     """
 
     RELAX_S = 20.0
+    FRESH_S = 1.0  # a reply this long after the previous one counts half (gain 0.5)
 
     def __init__(self, gain: float = 0.2) -> None:
         self._gain = gain
         self.queue_ms = 0.0
         self._slowdown = 1.0
         self._since = 0.0  # when _slowdown was last updated
+        self._censored = False  # _slowdown is a timeout's bound, not a measurement
         self.utilization = 0.0
         self.queue_length = 0
         self.n = 0
+        self._last_reply = -math.inf
 
     def slowdown_at(self, now: float) -> float:
         """The slowdown, relaxed towards 1 for the time since the last sample."""
@@ -89,11 +97,17 @@ class ServerLoadEstimator:
         s = _check_finite("server_ms", server_ms)
         q = _check_finite("queue_ms", queue_ms)
         g = self._gain if self.n else 1.0
+        if now is not None:  # after a silence, the gain nears 1
+            silence = max(float(now) - self._last_reply, 0.0)
+            g = max(g, 1.0 - 0.5 ** (silence / self.FRESH_S))
+            self._last_reply = max(self._last_reply, float(now))
         self.queue_ms += g * (q - self.queue_ms)
         if profiled_ms:
             current = self._slowdown if now is None else self.slowdown_at(now)
+            g = 1.0 if self._censored else g
             self._slowdown = current + g * (max(s, 1e-6) / profiled_ms - current)
             self._since = self._since if now is None else float(now)
+            self._censored = False
         self.n += 1
 
     def observe_timeout(self, at_least_ms: float, profiled_ms: float | None,
@@ -107,6 +121,7 @@ class ServerLoadEstimator:
         if bound > current:
             self._slowdown = current + max(self._gain, 0.5) * (bound - current)
             self._since = float(now)
+            self._censored = True
 
     def observe_load(self, load: Mapping[str, Any]) -> None:
         workers = max(int(load.get("workers_alive", load.get("workers", 1)) or 1), 1)
@@ -162,11 +177,14 @@ class LinkEstimator:
         self._last_traffic = float(now)
 
     def on_reply(self, payload_bytes: int, round_trip_ms: float, server_ms: float,
-                 queue_ms: float, now: float, profiled_ms: float | None = None
-                 ) -> float | None:
+                 queue_ms: float, now: float, profiled_ms: float | None = None, *,
+                 computed: bool = True) -> float | None:
         """One reply; profiled_ms: the server's profiled time for the same work (tracks
-        the server's slowdown). Returns the bandwidth sample, if the payload was large."""
-        self.server.observe_reply(server_ms, queue_ms, profiled_ms, now)
+        the server's slowdown); computed: False for a heartbeat, which the broker answers
+        without queue or worker, so it says nothing of either. Returns the bandwidth
+        sample, if the payload was large."""
+        if computed:
+            self.server.observe_reply(server_ms, queue_ms, profiled_ms, now)
         self._last_traffic = float(now)
         if payload_bytes <= self.small_bytes:  # small: it measures latency, not bandwidth
             self.rtt.observe(max(round_trip_ms - server_ms - queue_ms, 0.0), now)

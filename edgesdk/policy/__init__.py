@@ -22,6 +22,7 @@ from .candidates import (
     build_candidates,
     model_profile,
 )
+from .explore import EXPLORE_MAX_S, EXPLORE_MIN_S, explore_pick, optimistic
 from .features import N_FEATURES, features
 from .net import WEIGHTS, PolicyNet
 from .planner import (
@@ -33,7 +34,7 @@ from .planner import (
 )
 from .state import TASKS, State
 
-__all__ = ["BITS", "Candidate", "CandidateTable", "ExitProfile", "ModelProfile", "N_FEATURES",
-           "PolicyNet", "State", "TASKS", "WEIGHTS", "build_candidates", "expected_rewards",
-           "expected_terms", "features", "model_profile", "offload_budget", "plan",
-           "plan_pessimistic"]
+__all__ = ["BITS", "EXPLORE_MAX_S", "EXPLORE_MIN_S", "Candidate", "CandidateTable",
+           "ExitProfile", "ModelProfile", "N_FEATURES", "PolicyNet", "State", "TASKS", "WEIGHTS",
+           "build_candidates", "expected_rewards", "expected_terms", "explore_pick", "features",
+           "model_profile", "offload_budget", "optimistic", "plan", "plan_pessimistic"]

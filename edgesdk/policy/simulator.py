@@ -20,7 +20,9 @@ per request, known overheads, a fixed queue and no failures; here:
   candidates meanwhile;
 - the device's view comes from edgesdk.estimators.LinkEstimator fed exactly what the
   engine's link feeds it: replies (size, round trip, server and queue time), probes when
-  the link has been idle, and heartbeats.
+  the link has been idle, and heartbeats; with `explore`, the exploring offloads an
+  adaptive strategy sends after frames it kept here (policy.explore), with their rate
+  limit, as background requests that cost the frame nothing.
 
 A frame's reward is the expectation over its exit (an exit fires with the candidate's
 calibrated probability) of ``w_acc * accuracy - latency / SLO - penalty * [latency > SLO]``
@@ -47,12 +49,13 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ..estimators import LinkEstimator, probe_bytes
 from .candidates import CandidateTable
+from .explore import EXPLORE_MAX_S, EXPLORE_MIN_S, explore_pick
 from .planner import offload_budget
 from .scenarios import (  # noqa: F401  (re-exported: the simulator's public names)
     DEFAULT_PHYSICS,
@@ -253,6 +256,13 @@ class DeviceView:
         self.next_hello = 0.0
         self.last_send = -math.inf
         self.probes = 0
+        # exploring offloads: as the engine's rate limit, and priced as the engine prices
+        # them, on the server's advertised times (its welcome) with the slowdown over those
+        sc = world.sc
+        self.advertised = replace(sc.table, srv_ms=sc.table.srv_ms * sc.server_slowdown)
+        self.explore_at = 0.0
+        self.explore_every = EXPLORE_MIN_S
+        self.explores = 0
         self.slowdowns: deque[float] = deque(maxlen=16)
         self._hello(0.0)  # the welcome
 
@@ -279,7 +289,8 @@ class DeviceView:
             if ms > 2 * HELLO_BUDGET_MS:  # a probe that timed out: a censored sample only
                 self.link.on_timeout(size, 2 * HELLO_BUDGET_MS, t)
             else:
-                self.link.on_reply(size, ms + self.link.rtt.floor_ms, 0.0, 0.0, t)
+                self.link.on_reply(size, ms + self.link.rtt.floor_ms, 0.0, 0.0, t,
+                                   computed=False)
 
     def state(self, t: float) -> State:
         """The State the engine would build at time t (as EdgeLink.snapshot does)."""
@@ -309,6 +320,7 @@ class DeviceView:
 
         if exited or not self.facts.offload[i]:
             return
+        self.explore_every = EXPLORE_MIN_S
         self.last_send = w.t[k]
         self.link.on_offload(bool(out.timed_out[i]))
         advertised = float(t.srv_ms[i] * w.sc.server_slowdown)  # the welcome's tail time
@@ -322,6 +334,34 @@ class DeviceView:
         q = float(w.queue[k])
         self.link.on_reply(int(t.wire_bytes[i]), float(out.wire_ms[i] + w.rtt[k]) + srv + q,
                            srv, q, now, profiled_ms=advertised)
+
+    def explore(self, k: int, st: State, i: int, out: Outcomes) -> None:
+        """After frame k stayed here under plan i: the exploring offload of its input that
+        the engine would send now, if one is due and worth it, and what its reply tells
+        the estimators (one later than the SLO times out, which changes nothing)."""
+        w, t = self.world, self.world.sc.table
+        now = float(w.t[k] + out.latency[i] / 1e3)
+        if not self.up or now < self.explore_at:
+            return
+        relative = replace(st, server_slowdown=st.server_slowdown / w.sc.server_slowdown)
+        pick = explore_pick(self.advertised, relative, t.candidates[i], "input")
+        if pick is None:
+            return
+        j = t.index(pick)
+        self.explore_at = now + self.explore_every
+        self.explore_every = min(2 * self.explore_every, EXPLORE_MAX_S)
+        self.explores += 1
+        ph, size = w.sc.physics, int(t.wire_bytes[j])
+        wire = ph.overhead_ms + float(w.transfer_ms(now, np.array([size]))[0])
+        if now - self.last_send >= ph.idle_restart_s:
+            wire += min(math.log2(1 + size / ph.init_window_bytes), 8) * w.rtt[k]
+        self.last_send = now
+        advertised = float(t.srv_ms[j] * w.sc.server_slowdown)
+        srv, q = advertised * w.sc.server_drift, float(w.queue[k])
+        edge = wire + w.rtt[k] + q + srv
+        if edge <= w.sc.slo_ms:  # a timed-out exploring offload changes nothing (EdgeLink)
+            self.link.on_reply(size, edge, srv, q, now + edge / 1e3, profiled_ms=advertised)
+            self.link.on_offload(False)
 
 
 # -- episodes --------------------------------------------------------------------------------
@@ -349,11 +389,12 @@ class EpisodeResult:
 
 
 def run_episode(sc: Scenario, choose: Chooser | None = None, *, record: bool = False,
-                world: World | None = None, clock: Callable[[], float] | None = None
-                ) -> EpisodeResult:
+                world: World | None = None, clock: Callable[[], float] | None = None,
+                explore: bool = False) -> EpisodeResult:
     """Run `choose(table, state) -> index` over the episode (None: the hindsight oracle,
     the per-frame best realized reward). While the link is not up, `choose` sees only the
-    device-only candidates, as in the engine."""
+    device-only candidates, as in the engine. explore: send the exploring offloads the
+    engine sends for its adaptive strategies (fixed plans never explore)."""
     clock = clock or time.perf_counter
     world = world or World(sc)
     facts = _TableFacts(sc.table)
@@ -394,6 +435,8 @@ def run_episode(sc: Scenario, choose: Chooser | None = None, *, record: bool = F
         res.violated[k] = res.latency_ms[k] > sc.slo_ms
         res.fell_back[k] = bool(out.timed_out[i]) and not exited
         view.after_frame(k, i, out)
+        if explore and view.up and facts.device_only[i]:
+            view.explore(k, st, i, out)
     return res
 
 

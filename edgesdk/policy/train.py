@@ -131,7 +131,7 @@ def collect(traces, profiles, cfg: TrainConfig, choose, rng, n: int):
     xs, ys, total, frames = [], [], 0.0, 0
     for _ in range(n):
         sc = random_scenario(rng, traces, profiles, seconds=cfg.seconds, p_real=cfg.p_real)
-        ep = run_episode(sc, choose, record=True)
+        ep = run_episode(sc, choose, record=True, explore=True)
         total += float(ep.reward.sum())
         frames += len(ep.reward)
         if ep.states:
@@ -147,7 +147,7 @@ def validate(choose, traces, profiles, cfg: TrainConfig) -> float:
     total, frames = 0.0, 0
     for _ in range(cfg.validation_episodes):
         sc = random_scenario(rng, traces, profiles, seconds=cfg.seconds, p_real=cfg.p_real)
-        ep = run_episode(sc, choose)
+        ep = run_episode(sc, choose, explore=True)
         total += float(ep.reward.sum())
         frames += len(ep.reward)
     return total / frames

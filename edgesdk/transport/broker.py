@@ -31,7 +31,10 @@ Processes and sockets::
 Load balancing follows the ZeroMQ guide's LRU queue: a worker announces READY, the broker
 hands a job only to an idle worker and a worker asks for more by returning its result;
 no job ever waits behind a slow worker while another is idle. Requests wait in the
-broker's queue, bounded by `max_queue`: beyond it the answer is `busy`, at once.
+broker's queue, bounded by `max_queue`: beyond it the answer is `busy`, at once, with
+when a worker should be free. The order is the scheduler's (dispatch.py): by default
+earliest deadline first, a request that cannot finish within its budget refused at once,
+and a fair share of a full queue per device.
 
 Faults. A worker's process sentinel is polled with the sockets, so a crash (even
 kill -9) is seen at once: its in-flight request is answered `worker_crashed` and the slot
@@ -39,7 +42,8 @@ restarts (with a backoff if it keeps crashing). A worker that hangs `worker_time
 past its request's deadline is killed the same way. Workers die with the broker
 (PR_SET_PDEATHSIG, and a parent check every second). Deadlines: the device sends the
 budget it has left; the broker turns it into a local deadline at receipt, and a request
-whose deadline passed is answered `expired` instead of computed. SIGTERM/SIGINT drain:
+that cannot make it (its deadline passed, or under "edf" its expected compute no longer
+fits) is answered `expired` instead of computed. SIGTERM/SIGINT drain:
 new infer requests get `shutting_down`, queued and running ones finish (up to
 `drain_timeout_s`), then the workers stop and run() returns.
 """
@@ -57,7 +61,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from itertools import islice
 from typing import Any
 
 import msgpack
@@ -74,12 +77,15 @@ from .config import (
     largest_request,
     memory_bound,
 )
-from .dispatch import Dispatcher, Job
+from .dispatch import Dispatcher, Job, ServiceTimes
 from .logs import log_event
 from .metrics import Metrics, serve_metrics
 from .protocol import Envelope
 from .worker import DONE, FAIL, JOB, READY, STOP, WorkerPool, _pack_meta, _reply_frames, _Slot
 
+# A device's share of a full queue by its request's "task" (the Engine sends its own):
+# latency-sensitive requests weigh double (transport.dispatch)
+TASK_WEIGHTS = {"latency": 2.0, "balanced": 1.0, "accuracy": 1.0}
 HOUSEKEEPING_S = 0.02  # timers (queue expiry, restarts, hung workers) run this often
 DRAIN_BATCH = 256  # messages read from one socket before looking at the other
 
@@ -98,6 +104,10 @@ def _ready_messages(sock: zmq.Socket, limit: int = DRAIN_BATCH):
         yield sock.recv_multipart(copy=False)
 
 
+def _task_weight(task: Any) -> float:
+    return TASK_WEIGHTS.get(task, 1.0) if isinstance(task, str) else 1.0
+
+
 # -- the broker ----------------------------------------------------------------------------
 
 
@@ -111,7 +121,8 @@ class Server:
         self.factory = factory
         self.log_level = log_level
         self.metrics = Metrics()
-        self.dispatcher = Dispatcher(config.max_queue)
+        self.dispatcher = Dispatcher(config.max_queue, config.scheduler)
+        self.service = ServiceTimes()  # each (bundle, cut)'s expected compute
         self.description: dict = {}
         # What each bundle's cuts carry, from the factory (None: a generic handler)
         limits = getattr(factory, "payload_limits", None)
@@ -176,7 +187,7 @@ class Server:
                       metrics=(f"http://{self.metrics_address[0]}:{self.metrics_address[1]}"
                                "/metrics" if self.metrics_address else None),
                       pid=os.getpid())
-            self.metrics.queue_length.track(lambda: len(self.dispatcher.queue))
+            self.metrics.queue_length.track(lambda: len(self.dispatcher))
             self.metrics.workers_alive.track(self.pool.alive)
             self.metrics.workers_busy.track(lambda: len(self.dispatcher.running))
             self._ready.set()
@@ -291,10 +302,10 @@ class Server:
             if self._stop.is_set() and not self._draining:
                 self._draining = True
                 drain_deadline = now + cfg.drain_timeout_s
-                log_event("draining", queued=len(self.dispatcher.queue),
+                log_event("draining", queued=len(self.dispatcher),
                           running=len(self.dispatcher.running), timeout_s=cfg.drain_timeout_s)
             if self._draining:
-                if not self.dispatcher.queue and not self.dispatcher.running:
+                if not len(self.dispatcher) and not self.dispatcher.running:
                     return
                 if now >= drain_deadline:
                     self._abandon_all("drain timeout: the server stopped before computing it")
@@ -358,7 +369,7 @@ class Server:
                               request=job.request_id)
                     slot.process.kill()
         return min([s.restart_at for s in self.pool.slots if s.restart_at is not None]
-                   + [j.deadline for j in islice(self.dispatcher.queue, 8)]
+                   + self.dispatcher.next_expiry(8)
                    + [now + HOUSEKEEPING_S])
 
     # -- frontend --------------------------------------------------------------------------
@@ -384,7 +395,7 @@ class Server:
         self._reply(client, protocol.error_envelope(request_id, code, text))
 
     def _load(self) -> dict:
-        return {"queue": len(self.dispatcher.queue), "max_queue": self.config.max_queue,
+        return {"queue": len(self.dispatcher), "max_queue": self.config.max_queue,
                 "workers": self.config.workers, "workers_alive": self.pool.alive(),
                 "workers_busy": len(self.dispatcher.running), "draining": self._draining}
 
@@ -431,15 +442,44 @@ class Server:
                               error=refused[1][:200])
                     self._reply(client, protocol.error_envelope(env.id, *refused))
                     return
-            self._seq += 1
-            job = Job(self._seq, client, env.id, message[1], list(message[2:]), now,
-                      now + env.budget_ms / 1e3)
-            verdict, worker = self.dispatcher.admit(job)
-            if verdict == "run":
-                self._dispatch(worker, job)
-            elif verdict == "busy":
-                self._reply(client, Envelope(protocol.BUSY, env.id, extra={
-                    "queue": len(self.dispatcher.queue), "max_queue": self.config.max_queue}))
+            self._admit(client, env, message, now)
+
+    def _admit(self, client: bytes, env: Envelope, message: list, now: float) -> None:
+        """Queue or run an infer request, or answer it at once: busy (the queue is full;
+        an exploring request, whenever no worker is idle), expired (it cannot finish
+        within its budget: its device falls back now)."""
+        self._seq += 1
+        key = (env.bundle, env.cut)
+        job = Job(self._seq, client, env.id, message[1], list(message[2:]), now,
+                  now + env.budget_ms / 1e3, service_s=self.service.expected(key),
+                  weight=_task_weight(env.get("task")), key=key)
+        if env.get("explore") is True and not self.dispatcher.idle:
+            # a device measuring the server while it computes on its own: only spare
+            # capacity answers it, never a device that waits for its result
+            self._reply_busy(job, "explore")
+            return
+        admission = self.dispatcher.admit(job, now)
+        if admission.verdict == "run":
+            self._dispatch(admission.worker, job)
+        elif admission.verdict == "busy":
+            self._reply_busy(job, "busy")
+        elif admission.verdict == "late":
+            self.metrics.refused.inc(reason="late")
+            why = (f"its compute takes ~{job.service_s * 1e3:.1f} ms here, and the queue is "
+                   f"{len(self.dispatcher)} deep" if self.pool.alive() else "no worker is up")
+            self._reply(client, protocol.error_envelope(
+                env.id, protocol.EXPIRED, f"it cannot finish within its budget of "
+                f"{env.budget_ms:.1f} ms: {why}", reason="late"))
+        for old in admission.displaced:
+            self._reply_busy(old, "displaced")
+
+    def _reply_busy(self, job: Job, reason: str) -> None:
+        """Busy, with when the queue is expected to have drained (retry_after_ms)."""
+        self.metrics.refused.inc(reason=reason)
+        drain = self.dispatcher.drain_s(time.monotonic())
+        self._reply(job.client, Envelope(protocol.BUSY, job.request_id, extra={
+            "queue": len(self.dispatcher), "max_queue": self.config.max_queue,
+            "retry_after_ms": round(min(max(drain, 0.001), 60.0) * 1e3, 3)}))
 
     # -- backend ---------------------------------------------------------------------------
     def _dispatch(self, worker: bytes, job: Job) -> None:
@@ -462,12 +502,13 @@ class Server:
         slot.pid = meta.get("pid", slot.pid)
         if meta.get("describe") is not None:
             self.description = meta["describe"]
+            self.service.prime(self.description)
         log_event("worker_ready", slot=slot.index, pid=slot.pid, generation=slot.generation)
         self._worker_free(slot.identity, now)
 
     def _worker_free(self, worker: bytes, now: float) -> None:
-        job, expired = self.dispatcher.worker_ready(worker, now)
-        for old in expired:
+        job, dropped = self.dispatcher.worker_ready(worker, now)
+        for old in dropped:
             self._reply_expired(old, now)
         if job is not None:
             self._dispatch(worker, job)
@@ -499,6 +540,9 @@ class Server:
         self.metrics.replies.inc(kind=protocol.RESULT if status == "result" else protocol.ERROR)
         if status == "result":
             self.metrics.server_seconds.observe(stats.get("server_ms", 0.0) / 1e3)
+            self.service.observe(job.key, stats.get("server_ms", 0.0) / 1e3)
+            if now > job.deadline:
+                self.metrics.deadline_misses.inc()
         else:
             self.metrics.errors.inc(code=str(stats.get("code")))
         self.metrics.queue_seconds.observe(stats.get("queue_ms", 0.0) / 1e3)
@@ -529,9 +573,13 @@ class Server:
         self._reply(job.client, protocol.error_envelope(job.request_id, code, text))
 
     def _reply_expired(self, job: Job, now: float) -> None:
+        self.metrics.refused.inc(reason="expired")
         waited = (now - job.received) * 1e3
-        self._reply_error(job, protocol.EXPIRED, f"its budget ran out after {waited:.1f} ms "
-                          "in the queue, before compute")
+        left = (job.deadline - now) * 1e3
+        why = (f"its budget ran out after {waited:.1f} ms in the queue" if left <= 0 else
+               f"after {waited:.1f} ms in the queue, its {left:.1f} ms left could not fit "
+               f"its compute (~{job.service_s * 1e3:.1f} ms)")
+        self._reply_error(job, protocol.EXPIRED, why + ", before compute")
 
     def _abandon_all(self, text: str) -> None:
         for job in self.dispatcher.drain_queue():

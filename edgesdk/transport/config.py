@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .auth import KeyPair
+from .dispatch import SCHEDULERS
 from .protocol import MAX_ENVELOPE_BYTES, MAX_PROBE_BYTES
 
 # {bundle id: {cut id: the largest legal size of each payload frame}}: what a handler
@@ -33,6 +34,8 @@ class ServerConfig:
     max_frames: frames per message, envelope included.
     curve: the server's key pair; with it, allow_dir must name the directory of accepted
     device public keys. metrics_port: serve Prometheus text on it (None: off).
+    scheduler: "edf" (earliest deadline first, late requests refused at once, a fair share
+    of a full queue per device) or "fifo" (arrival order); see transport.dispatch.
     """
 
     bind: str = "tcp://127.0.0.1:5555"
@@ -48,8 +51,12 @@ class ServerConfig:
     worker_timeout_s: float = 30.0
     startup_timeout_s: float = 120.0
     name: str = "edgesdk"
+    scheduler: str = "edf"
 
     def validate(self) -> None:
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler is {self.scheduler!r}, expected one of "
+                             f"{list(SCHEDULERS)}")
         if not isinstance(self.workers, int) or self.workers < 1:
             raise ValueError(f"workers is {self.workers!r}, expected an int >= 1")
         if not isinstance(self.max_queue, int) or self.max_queue < 0:

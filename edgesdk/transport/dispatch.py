@@ -1,20 +1,52 @@
 """The broker's scheduling state without I/O: the queue of infer jobs and the idle workers.
 
-    d = Dispatcher(max_queue=8)
-    action, worker = d.admit(job)          # ("run", worker) | ("queued", None) | ("busy", None)
-    next_job, expired = d.worker_ready(worker, now)
+    d = Dispatcher(max_queue=8)            # scheduler="edf" (default) or "fifo"
+    admission = d.admit(job, now)          # .verdict: "run" (on .worker) | "queued" |
+                                           #   "busy" | "late"; .displaced: jobs pushed out
+    next_job, dropped = d.worker_ready(worker, now)
 
 Like the client's protocol.ClientProtocol, it decides and never touches a socket, so the
-load balancing (the ZeroMQ guide's LRU queue) is unit-tested without processes; the broker
-(broker.py) drives it from its poll loop.
+scheduling is unit-tested without processes; the broker (broker.py) drives it from its
+poll loop.
+
+Schedulers. Many devices share few workers, and each request carries a deadline (its
+budget) and, from the broker, the compute it is expected to take (`Job.service_s`, see
+ServiceTimes).
+
+- "edf" (the default): earliest deadline first, over jobs that can still make it. A job
+  that cannot finish by its deadline even if started now, or behind the queued work with
+  earlier deadlines spread over the workers, is refused at admission ("late": the broker
+  answers `expired` at once, so its device falls back now instead of at its deadline);
+  one that can no longer make it when a worker frees is dropped unstarted. Under overload
+  each device gets a fair share of the queue: when it is full, a newcomer from a device
+  that holds less of it than another (by count over its weight, Job.weight: latency-
+  sensitive tasks weigh more) takes the place of that device's latest-deadline job,
+  which is answered busy.
+- "fifo": arrival order; a job is dropped only once its deadline has passed, and a full
+  queue answers busy. The scheduler before "edf", kept to measure it against.
+
+Free workers are used least recently used first (the ZeroMQ guide's LRU queue).
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
+import math
 from collections import deque
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+SCHEDULERS = ("edf", "fifo")
+# A job is taken to fit when its expected compute, times this, ends by its deadline: the
+# compute of a loaded server varies around its average, and a result that misses its
+# deadline by a little was computed for nothing.
+SAFETY = 1.25
+SERVED_HALF_LIFE_S = 1.0  # how long a device's recent service counts against its next job
+MAX_SERVED = 1024  # devices whose recent service is tracked before the idle ones are forgotten
+MAX_SERVICE_KEYS = 4096  # (bundle, cut) service times learned; a handler serves far fewer
 
 
 @dataclass
@@ -28,47 +60,179 @@ class Job:
     frames: list
     received: float  # broker monotonic time
     deadline: float
+    service_s: float = 0.0  # the compute it is expected to take (ServiceTimes)
+    weight: float = 1.0  # its device's share of a full queue
+    key: tuple = ()  # (bundle, cut): what ServiceTimes learns from its result
+    started: float = field(default=math.inf, compare=False)  # when a worker took it
+
+
+class Admission(NamedTuple):
+    verdict: str  # "run" | "queued" | "busy" | "late"
+    worker: bytes | None = None  # for "run"
+    displaced: tuple[Job, ...] = ()  # queued jobs pushed out for this one (answer busy)
 
 
 class Dispatcher:
-    """Which job runs on which worker; LRU load balancing and a bounded queue (no I/O).
+    """Which job runs on which worker (see the module docstring; no I/O).
 
     admit() places a new job; worker_ready() is called when a worker starts or finishes
     and returns its next job; worker_lost() takes a dead worker out and returns the job it
-    held. Expired queued jobs are handed back so the broker can answer them.
+    held. Jobs dropped from the queue (expired, or unable to finish in time) are handed
+    back so the broker can answer them.
     """
 
-    def __init__(self, max_queue: int) -> None:
+    def __init__(self, max_queue: int, scheduler: str = "edf") -> None:
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler is {scheduler!r}, expected one of {SCHEDULERS}")
         self.max_queue = max_queue
+        self.scheduler = scheduler
         self.idle: deque[bytes] = deque()
-        self.queue: deque[Job] = deque()
         self.running: dict[bytes, Job] = {}
+        # (deadline (edf) or arrival (fifo), admission number, job): a heap
+        self._queue: list[tuple[float, int, Job]] = []
+        self._admitted = itertools.count()
+        self._per_client: dict[bytes, int] = {}  # queued jobs per device
+        self._served: dict[bytes, tuple[float, float]] = {}  # device: (decayed jobs, when)
 
-    def admit(self, job: Job) -> tuple[str, bytes | None]:
-        """("run", worker) to send it now, ("queued", None), or ("busy", None)."""
+    # -- the queue ---------------------------------------------------------------------------
+    @property
+    def queue(self) -> list[Job]:
+        """The queued jobs, in no particular order."""
+        return [entry[2] for entry in self._queue]
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def _push(self, job: Job) -> None:
+        order = job.deadline if self.scheduler == "edf" else job.received
+        heapq.heappush(self._queue, (order, next(self._admitted), job))
+        self._per_client[job.client] = self._per_client.get(job.client, 0) + 1
+
+    def _forget(self, job: Job) -> None:
+        left = self._per_client[job.client] - 1
+        if left:
+            self._per_client[job.client] = left
+        else:
+            del self._per_client[job.client]
+
+    def _pop(self) -> Job:
+        job = heapq.heappop(self._queue)[2]
+        self._forget(job)
+        return job
+
+    def _remove(self, jobs: Iterable[Job]) -> None:
+        gone = {id(j) for j in jobs}
+        for j in jobs:
+            self._forget(j)
+        self._queue = [e for e in self._queue if id(e[2]) not in gone]
+        heapq.heapify(self._queue)
+
+    @staticmethod
+    def _fits(job: Job, start: float) -> bool:
+        """Whether `job`, started at `start`, ends by its deadline (with SAFETY)."""
+        return start + job.service_s * SAFETY <= job.deadline
+
+    def _feasible(self, job: Job, now: float) -> bool:
+        """Whether `job` can still finish by its deadline (edf), or its deadline has not
+        passed (fifo)."""
+        return self._fits(job, now) if self.scheduler == "edf" else now < job.deadline
+
+    # -- admission ---------------------------------------------------------------------------
+    def admit(self, job: Job, now: float | None = None) -> Admission:
+        """Run it now, queue it, or refuse it (busy; late: it cannot make its deadline)."""
+        now = job.received if now is None else now
+        edf = self.scheduler == "edf"
+        if edf and not self._fits(job, now):
+            return Admission("late")
         if self.idle:
             worker = self.idle.popleft()
-            self.running[worker] = job
-            return "run", worker
-        if len(self.queue) >= self.max_queue:
-            return "busy", None
-        self.queue.append(job)
-        return "queued", None
+            self._start(worker, job, now)
+            return Admission("run", worker)
+        if edf and not self._fits(job, now + self._wait_s(job, now)):
+            return Admission("late")
+        displaced: tuple[Job, ...] = ()
+        if len(self._queue) >= self.max_queue:
+            victim = self._victim(job) if edf else None
+            if victim is None:
+                return Admission("busy")
+            self._remove([victim])
+            displaced = (victim,)
+        self._push(job)
+        return Admission("queued", None, displaced)
 
+    def drain_s(self, now: float, due_by: float = math.inf) -> float:
+        """Seconds until the workers are through the running jobs' expected remaining
+        compute and the queued jobs due by `due_by`, spread over every worker (inf: no
+        worker)."""
+        workers = len(self.running) + len(self.idle)
+        if not workers:
+            return math.inf
+        ahead = sum(max(j.started + j.service_s - now, 0.0) for j in self.running.values())
+        ahead += sum(e[2].service_s for e in self._queue if e[2].deadline <= due_by)
+        return ahead / workers
+
+    def _wait_s(self, job: Job, now: float) -> float:
+        """When a worker would start `job` (edf: after the queued work due before it)."""
+        return self.drain_s(now, job.deadline)
+
+    def _victim(self, newcomer: Job) -> Job | None:
+        """The queued job a full queue gives up for `newcomer` (edf): the latest-deadline
+        job of the device holding the largest weighted share, if that share is larger than
+        the newcomer's device's would be with it."""
+        if not self._per_client:
+            return None
+        share = {c: n / self._weight(c) for c, n in self._per_client.items()}
+        top = max(share, key=share.__getitem__)
+        mine = (self._per_client.get(newcomer.client, 0) + 1) / newcomer.weight
+        if top == newcomer.client or share[top] <= mine:
+            return None
+        return max((e[2] for e in self._queue if e[2].client == top),
+                   key=lambda j: (j.deadline, j.seq))
+
+    def _weight(self, client: bytes) -> float:
+        return next((e[2].weight for e in self._queue if e[2].client == client), 1.0)
+
+    # -- workers -----------------------------------------------------------------------------
     def worker_ready(self, worker: bytes, now: float) -> tuple[Job | None, list[Job]]:
-        """The worker is free: (the job it should run now or None, expired queued jobs)."""
+        """The worker is free: (the job it should run now or None, jobs dropped from the
+        queue on the way because they can no longer make their deadline)."""
         self.running.pop(worker, None)
-        expired = []
-        while self.queue:
-            job = self.queue.popleft()
-            if now >= job.deadline:
-                expired.append(job)
-                continue
-            self.running[worker] = job
-            return job, expired
+        dropped = self.expire(now)
+        if self._queue:
+            job = self._next(now)
+            self._start(worker, job, now)
+            return job, dropped
         if worker not in self.idle:
             self.idle.append(worker)
-        return None, expired
+        return None, dropped
+
+    def _next(self, now: float) -> Job:
+        """Take the next job off the (feasible, non-empty) queue. fifo: the first to arrive.
+        edf: the earliest deadline, unless the device with the least recent service (jobs
+        started, each counting half after SERVED_HALF_LIFE_S) has a job waiting and
+        running it first still leaves the earliest-deadline job time to finish: then
+        that device's earliest job (deadline-aware fair sharing: a device whose jobs
+        always have later deadlines is not starved while others keep coming)."""
+        urgent = self._queue[0][2]
+        if self.scheduler == "edf" and len(self._per_client) > 1:
+            served = {c: self._served_at(c, now) for c in self._per_client}
+            least = min(served, key=served.__getitem__)
+            if least != urgent.client and served[least] < served[urgent.client]:
+                fair = min(e for e in self._queue if e[2].client == least)[2]
+                if self._fits(urgent, now + fair.service_s * SAFETY):
+                    self._remove([fair])
+                    return fair
+        return self._pop()
+
+    def _start(self, worker: bytes, job: Job, now: float) -> None:
+        job.started = now
+        self.running[worker] = job
+        self._served[job.client] = (self._served_at(job.client, now) + 1.0, now)
+
+    def _served_at(self, client: bytes, now: float) -> float:
+        """The device's jobs started recently, each counting less with age."""
+        count, when = self._served.get(client, (0.0, now))
+        return count * 0.5 ** ((now - when) / SERVED_HALF_LIFE_S)
 
     def finished(self, worker: bytes, seq: int) -> Job | None:
         """The job the worker just finished, if it is the one we gave it."""
@@ -84,17 +248,60 @@ class Dispatcher:
         return self.running.pop(worker, None)
 
     def expire(self, now: float) -> list[Job]:
-        """Queued jobs whose deadline passed (removed from the queue)."""
-        if not self.queue or all(now < j.deadline for j in self.queue):
-            return []
-        expired = [j for j in self.queue if now >= j.deadline]
-        self.queue = deque(j for j in self.queue if now < j.deadline)
-        return expired
+        """Queued jobs that can no longer make their deadline (removed from the queue)."""
+        dropped = [e[2] for e in self._queue if not self._feasible(e[2], now)]
+        if dropped:
+            self._remove(dropped)
+        if len(self._served) > MAX_SERVED:  # devices long gone: their counts are ~0
+            self._served = {c: v for c, v in self._served.items()
+                            if self._served_at(c, now) > 0.01}
+        return dropped
+
+    def next_expiry(self, n: int = 8) -> list[float]:
+        """When the next few queued jobs stop being feasible (for the broker's timer)."""
+        edf = self.scheduler == "edf"
+        return heapq.nsmallest(n, (e[2].deadline - (e[2].service_s * SAFETY if edf else 0.0)
+                                   for e in self._queue))
 
     def drain_queue(self) -> list[Job]:
-        jobs = list(self.queue)
-        self.queue.clear()
+        jobs = [e[2] for e in self._queue]
+        self._queue.clear()
+        self._per_client.clear()
         return jobs
 
 
-__all__ = ["Dispatcher", "Job"]
+class ServiceTimes:
+    """The compute an infer request is expected to take, per (bundle, cut): an EWMA of
+    the workers' measured times (gain `gain`), starting from the tail times the handler
+    describes (its welcome's bundles map: cuts[].tail_ms), else `default_s`.
+
+        times = ServiceTimes(); times.prime(server.description)
+        times.expected(("abc...", "c1")); times.observe(("abc...", "c1"), 0.004)
+    """
+
+    def __init__(self, gain: float = 0.1, default_s: float = 0.0) -> None:
+        self._gain = gain
+        self._default = default_s
+        self._s: dict[tuple, float] = {}
+
+    def prime(self, description: Mapping[str, Any]) -> None:
+        """Start from the handler's own description (ignored where it says nothing)."""
+        for bundle, entry in (description or {}).items():
+            cuts = entry.get("cuts") if isinstance(entry, Mapping) else None
+            for cut in cuts or ():
+                ms = cut.get("tail_ms") if isinstance(cut, Mapping) else None
+                if isinstance(ms, (int, float)) and math.isfinite(ms) and ms >= 0:
+                    self._s.setdefault((bundle, str(cut.get("id"))), ms / 1e3)
+
+    def expected(self, key: tuple) -> float:
+        return self._s.get(key, self._default)
+
+    def observe(self, key: tuple, seconds: float) -> None:
+        if not (math.isfinite(seconds) and seconds >= 0) or (
+                key not in self._s and len(self._s) >= MAX_SERVICE_KEYS):
+            return
+        old = self._s.get(key)
+        self._s[key] = seconds if old is None else old + self._gain * (seconds - old)
+
+
+__all__ = ["SCHEDULERS", "Admission", "Dispatcher", "Job", "ServiceTimes"]

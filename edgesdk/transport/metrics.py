@@ -159,8 +159,16 @@ class Metrics:
                                        "Time from receipt to the start of compute.", lk)
         self.request_seconds = Histogram("edgesdk_request_seconds",
                                          "Time from receipt to reply, per infer request.", lk)
+        self.deadline_misses = Counter("edgesdk_deadline_misses_total",
+                                       "Results sent after their request's deadline.", lk)
+        self.refused = Counter("edgesdk_refused_total",
+                               "Infer requests not computed, by reason: late (could not "
+                               "finish within its budget), expired (its deadline passed in "
+                               "the queue), busy (queue full), displaced (pushed out of a "
+                               "full queue by a device with less of it).", lk)
         self._all = [self.requests, self.replies, self.errors, self.malformed,
-                     self.worker_restarts, self.auth_rejected, self.queue_length,
+                     self.worker_restarts, self.auth_rejected, self.deadline_misses,
+                     self.refused, self.queue_length,
                      self.workers_alive, self.workers_busy, self.server_seconds,
                      self.queue_seconds, self.request_seconds]
 

@@ -565,14 +565,17 @@ class ClientProtocol:
         except MalformedMessage as exc:
             return ServerError(f"request {p.id}: malformed reply: {exc}")
         if env.kind == BUSY:
+            hint = env.get("retry_after_ms")
+            ok = isinstance(hint, (int, float)) and math.isfinite(hint) and hint >= 0
             return ServerBusy(f"request {p.id}: server busy (queue {env.get('queue', '?')}, "
-                              f"limit {env.get('max_queue', '?')})")
+                              f"limit {env.get('max_queue', '?')})",
+                              retry_after_s=hint / 1e3 if ok else None)
         if env.kind == ERROR:
             code, message = env.extra["error"], env.extra["message"]
             if code == EXPIRED:
                 self.stats.timeouts += 1
                 return Timeout(f"request {p.id}: the server dropped it, its budget ran out "
-                               f"before compute: {message}")
+                               f"before compute: {message}", refused=True)
             return RemoteError(code, f"request {p.id}: {message}")
         # check_reply made server_ms and queue_ms numbers >= 0 wherever present, and
         # `received` only gets here for a request that was sent (sent_at is set).

@@ -1,0 +1,233 @@
+"""Exploration: while an adaptive strategy keeps frames on the device, the offload worth
+trying in a plausible best case (policy.explore), and the engine sending it so that a
+server whose timeouts ruled it out is used again once it recovers (a real server process
+on 127.0.0.1 whose worker is frozen with SIGSTOP, then thawed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from edgesdk import Engine
+from edgesdk.bundle import Bundle
+from edgesdk.estimators import ServerLoadEstimator, SlowdownEstimator
+from edgesdk.models import DIGITS_BUNDLE, load_digits_test
+from edgesdk.policy import State, build_candidates, explore_pick, model_profile, optimistic, plan
+
+from conftest import SLOWDOWN
+from transport_helpers import ServerProcess
+
+pytestmark = pytest.mark.timeout(120)
+SLO_MS = 200.0 * SLOWDOWN
+
+
+@pytest.fixture(scope="module")
+def table():
+    return build_candidates(model_profile(Bundle.load(DIGITS_BUNDLE).manifest))
+
+
+# A device 500x slower than the profile (digits then takes ~35 ms here), a 50 Mbit/s link:
+# sending the input (3 KB) pays
+GOOD = State(bw_mbps=50.0, bw_std=5.0, slo_ms=100.0, rtt_ms=0.5, device_slowdown=500.0)
+
+
+def _followed(table, state):
+    return table.candidates[plan(table, state)]
+
+
+def test_a_server_ruled_out_by_its_timeouts_is_explored(table):
+    # a timeout's bound: the server looks 3000x slower than profiled
+    state = replace(GOOD, server_slowdown=3000.0)
+    followed = _followed(table, state)
+    assert followed.cut == "device"
+    pick = explore_pick(table, state, followed, "input")
+    assert pick is not None and pick.cut == "input"
+    assert optimistic(state).server_slowdown == 1.0
+
+
+def test_a_wide_bandwidth_spread_is_explored(table):
+    state = replace(GOOD, bw_mbps=1.0, bw_std=2.2)  # after a volatile spell
+    followed = _followed(table, state)
+    assert followed.cut == "device"
+    assert explore_pick(table, state, followed, "input") is not None
+
+
+def test_a_link_too_slow_even_at_its_upper_quantile_is_not_explored(table):
+    state = replace(GOOD, bw_mbps=0.05, bw_std=0.005)
+    followed = _followed(table, state)
+    assert followed.cut == "device"
+    assert explore_pick(table, state, followed, "input") is None
+
+
+def test_a_model_that_never_pays_to_offload_is_not_explored(table):
+    state = replace(GOOD, device_slowdown=1.0)  # digits here: 0.07 ms
+    followed = _followed(table, state)
+    assert followed.cut == "device"
+    assert explore_pick(table, state, followed, "input") is None
+
+
+def test_the_first_reply_after_a_timeout_replaces_its_bound():
+    server = ServerLoadEstimator()
+    server.observe_reply(server_ms=10.0, queue_ms=0.0, profiled_ms=10.0, now=0.0)
+    server.observe_timeout(at_least_ms=400.0, profiled_ms=10.0, now=1.0)
+    assert server.slowdown_at(1.0) > 10.0
+    server.observe_reply(server_ms=12.0, queue_ms=0.0, profiled_ms=10.0, now=2.0)
+    assert server.slowdown_at(2.0) == pytest.approx(1.2)
+    # later replies average as before
+    server.observe_reply(server_ms=22.0, queue_ms=0.0, profiled_ms=10.0, now=3.0)
+    assert 1.2 < server.slowdown_at(3.0) < 2.2
+
+
+def test_in_the_simulator_exploring_brings_offloads_back_after_a_load_spike():
+    """A 50 Mbit/s link, the server saturated by other devices from 5 to 12 s: offloads
+    time out and the planner keeps frames here. Without exploring it is still doing so 15 s
+    later (the timeouts' bound relaxes with a 20 s half-life); with it, it offloads again."""
+    from test_policy_eval import _scenarios
+
+    from edgesdk.policy import simulator as sim
+
+    sc = _scenarios(seed=10, n=1)[0]
+    load = np.zeros(60)
+    load[5:12] = 0.999
+    sc = replace(sc, mbps=np.full(60, 50.0), load=load, outages=(), server_drift=1.0,
+                 slo_ms=sc.slo_ms * 2)
+    t = np.arange(sc.frames) * sc.period_s
+    offloaded = {}
+    for explore in (False, True):
+        ep = sim.run_episode(sc, plan, world=sim.World(sc), explore=explore)
+        offloaded[explore] = sc.table.wire_bytes[ep.choice] > 0
+    before, after = t < 5.0, (t >= 14.0) & (t < 30.0)
+    assert offloaded[False][before].mean() > 0.9 and offloaded[True][before].mean() > 0.9
+    assert offloaded[False][after].mean() < 0.1
+    assert offloaded[True][after].mean() > 0.9
+
+
+# -- against a real server -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def slow_device(tmp_path_factory):
+    """Digits on a "device" whose profile says segments 1..3 take 30 ms each: offloading the
+    input pays (its server is a real one, running the real digits tail)."""
+    root = tmp_path_factory.mktemp("explore")
+    slow = root / "slowdevice.edge"
+    shutil.copytree(DIGITS_BUNDLE, slow)
+    manifest = json.loads((slow / "manifest.json").read_text())
+    for seg in next(iter(manifest["profiles"].values()))["segments"][1:]:
+        seg["median_ms"] = 30.0 * SLOWDOWN
+    (slow / "manifest.json").write_text(json.dumps(manifest))
+    return slow
+
+
+def _stream(engine: Engine, x: np.ndarray, seconds: float, until=None) -> list:
+    """Frames every 10 ms for `seconds` (or until `until(result)`), their Results."""
+    out = []
+    end = time.monotonic() + seconds * SLOWDOWN
+    i = 0
+    while time.monotonic() < end:
+        r = engine.infer(x[i % len(x)])
+        out.append(r)
+        i += 1
+        if until is not None and until(r):
+            break
+        time.sleep(0.01)
+    return out
+
+
+@pytest.mark.slow
+def test_after_its_worker_recovers_the_server_is_used_again_only_through_exploring(
+        slow_device):
+    """The worker freezes: offloads time out and the planner keeps frames here (the
+    server's slowdown is now a timeout's bound). The worker thaws. Without exploring, the
+    decision stays local (the bound would take minutes to relax); with it, frames go to
+    the edge again within a second or so."""
+    x, _ = load_digits_test()
+    x = x[:40]
+    with ServerProcess.serving([DIGITS_BUNDLE], "--workers", "1") as server, Engine(
+            slow_device, server=server.endpoint, slo_ms=SLO_MS, strategy="planner") as engine:
+        # this "device" is the profile's: forget what the warm-up measured of the real one,
+        # and keep the planner from learning it
+        engine._slowdown = SlowdownEstimator([{"median_ms": m} for m in engine._seg_ms])
+        engine._slowdown.observe = lambda *a, **k: 1.0
+        assert engine.link.wait_connected(10)
+        first = _stream(engine, x, 5.0, until=lambda r: r.where == "edge")
+        assert first[-1].where == "edge", [r.plan for r in first]
+
+        (worker,) = server.worker_pids().values()
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            frozen = _stream(engine, x, 5.0, until=lambda r: r.fallback_reason == "timeout")
+            assert frozen[-1].fallback_reason == "timeout"
+            assert frozen[-1].timings.total < SLO_MS + 5.0 * SLOWDOWN
+            engine._explore = lambda f: None  # exploring off
+            after = _stream(engine, x, 0.5)
+            assert all(r.where in ("device", "exit") for r in after[-10:]), \
+                [(r.plan, r.where, r.fallback_reason) for r in after]
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        time.sleep(0.2)
+
+        without = _stream(engine, x, 1.5)
+        assert all(r.where != "edge" and "device-only" in r.plan for r in without), \
+            [(r.plan, r.where, r.fallback_reason) for r in without if r.where == "edge"]
+
+        del engine._explore  # exploring on (the class's method again)
+        t0 = time.monotonic()
+        back = _stream(engine, x, 5.0, until=lambda r: r.where == "edge")
+        took = time.monotonic() - t0
+    assert back[-1].where == "edge", [(r.plan, r.fallback_reason) for r in back[-5:]]
+    assert took < 1.5 * SLOWDOWN, took
+    assert all(r.timings.total < SLO_MS + 5.0 * SLOWDOWN for r in first + frozen + back)
+
+
+@pytest.mark.slow
+def test_an_exploring_offload_that_times_out_changes_nothing():
+    """Its failure says little (the input explored is often larger than what the decision
+    then sends, and a slow transfer would be blamed on the server): the link stays up and
+    the server's slowdown as it was; a plain offload's timeout does change both."""
+    import sys
+
+    from edgesdk.codec import encode_tensors
+    from edgesdk.engine.link import CHECKING, UP, EdgeLink
+    from edgesdk.errors import ServerBusy, Timeout
+
+    from transport_helpers import TESTS
+
+    bundle = Bundle.load(DIGITS_BUNDLE)
+    frames = encode_tensors([np.zeros(t.shape, t.dtype) for t in bundle.manifest.inputs],
+                            bits=32)
+    slow = ServerProcess([sys.executable, str(TESTS / "engine_helpers.py"), str(DIGITS_BUNDLE),
+                          "--delay-ms", str(300 * SLOWDOWN)])
+    slow.exit_timeout_s = 5.0 + 0.3 * SLOWDOWN
+    with slow:
+        link = EdgeLink(slow.endpoint, bundle.source_sha256, retry_s=30.0)
+        try:
+            assert link.wait_connected(10)
+            server = link.estimator.server
+            before = server.slowdown_at(time.monotonic())
+            with pytest.raises(Timeout):
+                link.offload(frames, "input", 0.05 * SLOWDOWN, exploring=True).result(
+                    5 * SLOWDOWN)
+            assert link.status == UP and link.estimator.failures == 0.0
+            assert server.slowdown_at(time.monotonic()) == pytest.approx(before, rel=1e-3)
+            # the worker is still on it: the broker answers the next exploring one busy,
+            # at once, and that changes nothing either
+            t0 = time.monotonic()
+            with pytest.raises(ServerBusy):
+                link.offload(frames, "input", 1.0, exploring=True).result(5 * SLOWDOWN)
+            assert time.monotonic() - t0 < 0.1 * SLOWDOWN
+            assert link.status == UP and link.usable(time.monotonic()) is None
+            with pytest.raises(Timeout):
+                link.offload(frames, "input", 0.05 * SLOWDOWN).result(5 * SLOWDOWN)
+            assert link.status in (CHECKING, UP) and link.estimator.failures > 0.0
+            assert server.slowdown_at(time.monotonic()) > before
+        finally:
+            link.close()
+
