@@ -6,7 +6,7 @@ lower bound that only relaxes with time) or after a slow spell of the link (a wi
 spread, a low rate), the planner keeps frames here long after the cause has gone. In the
 real loop (`edgesdk bench e2e`, PP-OCRv4), the planner without exploring kept 44 % of its
 frames on the device through a 50 -> 2 -> 50 Mbit/s step where the one with it kept 24 %,
-at 1.16x its mean latency (the same run).
+at 1.16x its mean latency (the same run; 1.13-1.69x after other disturbances).
 
 The rule is optimism in the face of uncertainty, as in a UCB bandit: price the table in
 a plausible best case, with the bandwidth at the upper 90 % quantile of its lognormal
