@@ -200,6 +200,12 @@ class _TableFacts:
                                         for c in table.candidates])
 
 
+def slow_start_ms(nbytes: float | np.ndarray, rtt_ms: float, ph: Physics) -> np.ndarray:
+    """What TCP slow start after an idle spell adds to an upload of `nbytes`: ~one RTT per
+    doubling of the window, at most 8."""
+    return np.minimum(np.log2(1 + np.asarray(nbytes) / ph.init_window_bytes), 8) * rtt_ms
+
+
 def frame_outcomes(world: World, k: int, facts: _TableFacts, slowdown_est: float,
                    idle_s: float | np.ndarray) -> Outcomes:
     """Every candidate's outcome at frame k if the link is up (see the module docstring)."""
@@ -216,9 +222,8 @@ def frame_outcomes(world: World, k: int, facts: _TableFacts, slowdown_est: float
     wire = ph.overhead_ms + world.transfer_ms(t_send, t.wire_bytes)
     cold = np.asarray(idle_s) >= ph.idle_restart_s
     rtt = world.rtt[k]
-    if np.any(cold):  # slow start: ~one RTT per doubling of the window
-        rounds = np.log2(1 + t.wire_bytes / ph.init_window_bytes)
-        wire = wire + np.where(cold, np.minimum(rounds, 8) * rtt, 0.0)
+    if np.any(cold):
+        wire = wire + np.where(cold, slow_start_ms(t.wire_bytes, rtt, ph), 0.0)
     edge = wire + rtt + world.queue[k] + t.srv_ms * (sc.server_slowdown * sc.server_drift)
     ok = facts.offload & (budget > 0.5) & (edge <= budget)
     timed_out = facts.offload & ~ok
@@ -262,7 +267,6 @@ class DeviceView:
         self.advertised = replace(sc.table, srv_ms=sc.table.srv_ms * sc.server_slowdown)
         self.explore_at = 0.0
         self.explore_every = EXPLORE_MIN_S
-        self.explores = 0
         self.slowdowns: deque[float] = deque(maxlen=16)
         self._hello(0.0)  # the welcome
 
@@ -350,11 +354,10 @@ class DeviceView:
         j = t.index(pick)
         self.explore_at = now + self.explore_every
         self.explore_every = min(2 * self.explore_every, EXPLORE_MAX_S)
-        self.explores += 1
         ph, size = w.sc.physics, int(t.wire_bytes[j])
         wire = ph.overhead_ms + float(w.transfer_ms(now, np.array([size]))[0])
         if now - self.last_send >= ph.idle_restart_s:
-            wire += min(math.log2(1 + size / ph.init_window_bytes), 8) * w.rtt[k]
+            wire += float(slow_start_ms(size, w.rtt[k], ph))
         self.last_send = now
         advertised = float(t.srv_ms[j] * w.sc.server_slowdown)
         srv, q = advertised * w.sc.server_drift, float(w.queue[k])

@@ -273,15 +273,14 @@ class Dispatcher:
 class ServiceTimes:
     """The compute an infer request is expected to take, per (bundle, cut): an EWMA of
     the workers' measured times (gain `gain`), starting from the tail times the handler
-    describes (its welcome's bundles map: cuts[].tail_ms), else `default_s`.
+    describes (its welcome's bundles map: cuts[].tail_ms), else 0 (unknown: never late).
 
         times = ServiceTimes(); times.prime(server.description)
         times.expected(("abc...", "c1")); times.observe(("abc...", "c1"), 0.004)
     """
 
-    def __init__(self, gain: float = 0.1, default_s: float = 0.0) -> None:
+    def __init__(self, gain: float = 0.1) -> None:
         self._gain = gain
-        self._default = default_s
         self._s: dict[tuple, float] = {}
 
     def prime(self, description: Mapping[str, Any]) -> None:
@@ -294,7 +293,7 @@ class ServiceTimes:
                     self._s.setdefault((bundle, str(cut.get("id"))), ms / 1e3)
 
     def expected(self, key: tuple) -> float:
-        return self._s.get(key, self._default)
+        return self._s.get(key, 0.0)
 
     def observe(self, key: tuple, seconds: float) -> None:
         if not (math.isfinite(seconds) and seconds >= 0) or (
