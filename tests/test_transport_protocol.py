@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from edgesdk.errors import ServerBusy, ServerError, Timeout, TransportError, Unreachable
 from edgesdk.transport import protocol
 from edgesdk.transport.config import ServerConfig, is_loopback
-from edgesdk.transport.dispatch import SAFETY, Dispatcher, Job, ServiceTimes
+from edgesdk.transport.dispatch import PROBE_EVERY, SAFETY, Dispatcher, Job, ServiceTimes
 from edgesdk.transport.metrics import Metrics
 from edgesdk.transport.protocol import (
     ClientProtocol,
@@ -452,26 +452,26 @@ def test_errors_are_transport_errors():
 
 
 def job(seq: int, deadline: float = 10.0, client: bytes = b"client", service_s: float = 0.0,
-        received: float = 0.0, weight: float = 1.0) -> Job:
+        received: float = 0.0, weight: float = 1.0, key: tuple = ()) -> Job:
     return Job(seq, client, seq, b"env", [], received, deadline, service_s=service_s,
-               weight=weight)
+               weight=weight, key=key)
 
 
 @pytest.mark.parametrize("scheduler", ["edf", "fifo"])
 def test_dispatcher_balances_least_recently_used_and_bounds_the_queue(scheduler):
     d = Dispatcher(max_queue=1, scheduler=scheduler)
-    assert d.worker_ready(b"w0", 0.0) == (None, [])
-    assert d.worker_ready(b"w1", 0.0) == (None, [])
+    assert d.worker_ready(b"w0", 0.0) == ([], [])
+    assert d.worker_ready(b"w1", 0.0) == ([], [])
     assert d.admit(job(1)) == ("run", b"w0", ())
     assert d.admit(job(2)) == ("run", b"w1", ())
     assert d.admit(job(3)) == ("queued", None, ())
     assert d.admit(job(4)).verdict == "busy"
     assert d.finished(b"w1", 99) is None  # not the job it holds
-    assert d.finished(b"w1", 2).seq == 2
+    assert [j.seq for j in d.finished(b"w1", 2).jobs] == [2]
     nxt, expired = d.worker_ready(b"w1", 1.0)
-    assert nxt.seq == 3 and expired == []
-    assert d.worker_lost(b"w0").seq == 1
-    assert d.worker_lost(b"w0") is None
+    assert [j.seq for j in nxt] == [3] and expired == []
+    assert [j.seq for j in d.worker_lost(b"w0")] == [1]
+    assert d.worker_lost(b"w0") == []
 
 
 def test_dispatcher_answers_expired_jobs_instead_of_running_them():
@@ -481,7 +481,7 @@ def test_dispatcher_answers_expired_jobs_instead_of_running_them():
     d.admit(job(2, deadline=5.0))
     assert [j.seq for j in d.expire(0.6)] == [1]
     nxt, expired = d.worker_ready(b"w0", 1.0)
-    assert nxt.seq == 2 and [j.seq for j in expired] == [3]
+    assert [j.seq for j in nxt] == [2] and [j.seq for j in expired] == [3]
 
 
 def _busy(d: Dispatcher, n: int = 1, now: float = 0.0) -> None:
@@ -498,7 +498,7 @@ def test_edf_serves_the_earliest_deadline_first_fifo_the_earliest_arrival():
         _busy(d)
         for seq, deadline in ((1, 9.0), (2, 7.0), (3, 5.0)):
             assert d.admit(job(seq, deadline=deadline, received=seq * 0.01)).verdict == "queued"
-        assert d.worker_ready(b"w0", 1.0)[0].seq == first
+        assert d.worker_ready(b"w0", 1.0)[0][0].seq == first
 
 
 def test_edf_refuses_at_once_what_cannot_finish_in_time():
@@ -559,12 +559,12 @@ def test_edf_lets_the_least_served_device_go_first_when_the_urgent_job_can_wait(
     assert d.admit(job(1, deadline=5.0, client=b"often", service_s=0.1), 0.0).verdict == "run"
     d.admit(job(2, deadline=1.0, client=b"often", service_s=0.1), 0.0)  # urgent, has slack
     d.admit(job(3, deadline=4.0, client=b"rarely", service_s=0.1), 0.0)
-    assert d.worker_ready(b"w0", 0.1)[0].seq == 3  # the device served least goes first
-    assert d.worker_ready(b"w0", 0.2)[0].seq == 2
+    assert d.worker_ready(b"w0", 0.1)[0][0].seq == 3  # the device served least goes first
+    assert d.worker_ready(b"w0", 0.2)[0][0].seq == 2
     # ... but not when the urgent job would then miss its deadline
     d.admit(job(4, deadline=0.45, client=b"often", service_s=0.1), 0.2)
     d.admit(job(5, deadline=4.0, client=b"new", service_s=0.1), 0.2)
-    assert d.worker_ready(b"w0", 0.3)[0].seq == 4
+    assert d.worker_ready(b"w0", 0.3)[0][0].seq == 4
 
 
 def test_the_busy_hint_is_when_the_queue_has_drained():
@@ -586,6 +586,58 @@ def test_service_times_start_from_the_welcome_and_follow_the_workers():
     assert times.expected(("abc", "c1")) == pytest.approx(0.006)
     times.observe(("abc", "c1"), float("nan"))
     assert times.expected(("abc", "c1")) == pytest.approx(0.006)
+
+
+def test_service_times_grow_a_batch_only_while_it_pays():
+    key = ("abc", "c1")
+    times = ServiceTimes(gain=1.0)
+    times.observe(key, 0.010)
+    assert times.batch_size(key, 8) == 2  # 2 not measured yet: try it
+    assert times.expected(key, 2) == pytest.approx(0.020)  # priced with no gain until then
+    times.observe(key, 0.012, n=2)  # 6 ms each: pays
+    assert times.batch_size(key, 8) == 4
+    times.observe(key, 0.026, n=4)  # 6.5 ms each: worse than 2 at a time
+    assert times.batch_size(key, 8) == 2
+    assert times.expected(key, 3) == pytest.approx(0.018)  # at 2's time per member
+    # the next size up is tried again once every PROBE_EVERY batches
+    sizes = [times.batch_size(key, 8) for _ in range(PROBE_EVERY)]
+    assert sizes.count(4) == 1 and sizes.count(2) == PROBE_EVERY - 1
+    slower = ServiceTimes(gain=1.0)  # a conv tail on a CPU: a batch is no faster per image
+    slower.observe(key, 0.010)
+    slower.observe(key, 0.022, n=2)
+    assert slower.batch_size(key, 8) == 1
+    assert slower.batch_size(key, 1) == 1
+
+
+def test_a_freed_worker_takes_the_queued_jobs_of_its_key_as_one_batch():
+    key, other = ("abc", "c1"), ("abc", "c0")
+    times = ServiceTimes(gain=1.0)
+    times.observe(key, 0.010)
+    times.observe(key, 0.012, n=2)
+    times.observe(key, 0.020, n=4)  # 5 ms each
+    d = Dispatcher(max_queue=16, max_batch=4, times=times)
+    d.batchable = {key}
+    _busy(d)
+    for seq, deadline, k in ((1, 5.0, key), (2, 1.2, other), (3, 9.0, key), (4, 6.0, key),
+                             (5, 7.0, key), (6, 8.0, key)):
+        d.admit(job(seq, deadline=deadline, service_s=0.01, key=k), 0.0)
+    assert [j.seq for j in d.worker_ready(b"w0", 1.0)[0]] == [2]  # not batchable: alone
+    batch, _ = d.worker_ready(b"w0", 1.1)
+    assert [j.seq for j in batch] == [1, 4, 5, 6]  # earliest deadlines of the key, at most 4
+    assert d.running[b"w0"].service_s == pytest.approx(0.020)
+    assert d.drain_s(1.1) == pytest.approx(0.02 + 0.01)  # the batch and the queued job 3
+    # a member joins only if every member still ends by its deadline
+    assert d.admit(job(7, deadline=1.2 + 0.010 * SAFETY, service_s=0.01, key=key),
+                   1.1).verdict == "queued"
+    assert [j.seq for j in d.finished(b"w0", 1).jobs] == [1, 4, 5, 6]
+    batch, _ = d.worker_ready(b"w0", 1.2)
+    assert [j.seq for j in batch] == [7]
+    off = Dispatcher(max_queue=16, max_batch=1, times=times)
+    off.batchable = {key}
+    _busy(off)
+    for seq in (1, 2):
+        off.admit(job(seq, key=key), 0.0)
+    assert [j.seq for j in off.worker_ready(b"w0", 1.0)[0]] == [1]
 
 
 def test_an_unknown_scheduler_is_refused_with_its_name():
@@ -610,7 +662,7 @@ def test_the_example_dashboard_queries_only_metrics_the_server_serves():
     dash = json.loads((Path(__file__).parents[1] / "examples/grafana-dashboard.json")
                       .read_text())
     served = set(re.findall(r"^# TYPE (\w+) ", Metrics().render(), re.M))
-    used = {re.sub(r"_bucket$", "", name) for p in dash["panels"] for t in p["targets"]
+    used = {re.sub(r"_(bucket|sum|count)$", "", name) for p in dash["panels"] for t in p["targets"]
             for name in re.findall(r"edgesdk_\w+", t["expr"])}
     assert used and used <= served, used - served
 

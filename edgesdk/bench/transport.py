@@ -81,7 +81,7 @@ def _report_endpoint(conn, endpoint: str) -> None:
 
 
 def _serve_edgesdk(conn, cpu: int | None, factory, workers: int, curve_dir: str | None,
-                   max_queue: int = 64, scheduler: str = "edf") -> None:
+                   max_queue: int = 64, scheduler: str = "edf", max_batch: int = 8) -> None:
     _pin(cpu)
     from ..transport.auth import load_key_pair
     from ..transport.broker import Server, ServerConfig
@@ -92,7 +92,8 @@ def _serve_edgesdk(conn, cpu: int | None, factory, workers: int, curve_dir: str 
     allow = str(Path(curve_dir) / "allow") if curve_dir else None
     server = Server(ServerConfig(bind="tcp://127.0.0.1:*", workers=workers,
                                  max_queue=max_queue, curve=curve, allow_dir=allow,
-                                 scheduler=scheduler), factory, log_level="warning")
+                                 scheduler=scheduler, max_batch=max_batch), factory,
+                    log_level="warning")
 
     def announce() -> None:
         if server.wait_ready(120):
@@ -298,19 +299,26 @@ def _squeezenet_tail(root: Path) -> tuple[Any, Any, list, dict, Any]:
     """SqueezeNet-light's tail after its first cut (93 % of the FLOPs): (bundle, the cut,
     its tensors encoded at BITS as a request's payload, the request's bundle and cut, the
     tail handler factory a server runs it with)."""
-    from ..codec import encode_tensors
-    from ..profile import seeded_inputs
-    from ..runtime import open_segments, run_chain
     from ..server import TailHandlerFactory
 
     bundle = _squeezenet_bundle(root)
     cut = bundle.cuts[0]
+    frames, where = cut_request(bundle, cut)
+    factory = TailHandlerFactory((str(bundle.path),), threads=1, profile_runs=5)
+    return bundle, cut, frames, where, factory
+
+
+def cut_request(bundle: Any, cut: Any) -> tuple[list, dict]:
+    """A request for `cut`'s tail: its tensors for a seeded input, encoded at BITS, and
+    the request's bundle and cut fields."""
+    from ..codec import encode_tensors
+    from ..profile import seeded_inputs
+    from ..runtime import open_segments, run_chain
+
     env = run_chain(open_segments(bundle), seeded_inputs(bundle.manifest.inputs), 0,
                     cut.after_segment + 1)
     frames = encode_tensors([env[n] for n in cut.names], bits=BITS)
-    where = {"bundle": bundle.source_sha256, "cut": cut.id}
-    factory = TailHandlerFactory((str(bundle.path),), threads=1, profile_runs=5)
-    return bundle, cut, frames, where, factory
+    return frames, {"bundle": bundle.source_sha256, "cut": cut.id}
 
 
 def _throughput(client, frames: list, where: dict, seconds: float) -> float:

@@ -5,6 +5,7 @@
                         [--threads N ...]
     edgesdk bench transport [--json] [--quick] [--rounds N] [--no-throughput]
     edgesdk bench scheduling [--json] [--quick] [--rounds N] [--seconds S]
+    edgesdk bench batching [--json] [--quick] [--rounds N] [--seconds S]
     edgesdk bench policy [--json] [--rounds N]
     edgesdk bench overhead [--json] [--rounds N] [--threads N] [--quick] [--only raw|adaptive]
                            [--adaptive BUNDLE FRAMES.npz [--slo-ms MS] [--task TASK]]
@@ -121,28 +122,36 @@ def _transport(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- scheduling ----------------------------------------------------------------------------
+# -- scheduling and batching: servers under many devices, in timed rounds ----------------
 
 
-@_topic("scheduling", "many devices on few workers: edf against fifo")
-def _scheduling_options(p: argparse.ArgumentParser) -> None:
-    bench = _module("scheduling")
+def _timed_rounds_options(p: argparse.ArgumentParser, topic: str, rounds_text: str) -> None:
+    bench = _module(topic)
     p.add_argument("--json", action="store_true", help="print machine-readable JSON only")
     p.add_argument("--quick", action="store_true", help="a smoke test, not a measurement")
     p.add_argument("--rounds", type=positive_int, metavar="N",
-                   help=f"rounds per scheduler and queue bound (default "
-                        f"{bench.FULL['rounds']})")
+                   help=f"{rounds_text} (default {bench.FULL['rounds']})")
     p.add_argument("--seconds", type=float, metavar="S",
                    help=f"seconds per round (default {bench.FULL['seconds']:g})")
-    p.set_defaults(func=_scheduling)
+    p.set_defaults(func=lambda args: _timed_rounds(topic, args))
 
 
-def _scheduling(args: argparse.Namespace) -> int:
-    bench = _module("scheduling")
+def _timed_rounds(topic: str, args: argparse.Namespace) -> int:
+    bench = _module(topic)
     report = bench.run(args.rounds, args.seconds, quick=args.quick)
     print(json.dumps(bench.jsonable(report), indent=2) if args.json
           else bench.format_text(report))
     return 0
+
+
+@_topic("scheduling", "many devices on few workers: edf against fifo")
+def _scheduling_options(p: argparse.ArgumentParser) -> None:
+    _timed_rounds_options(p, "scheduling", "rounds per scheduler and queue bound")
+
+
+@_topic("batching", "tail throughput for 16 devices with dynamic batching on and off")
+def _batching_options(p: argparse.ArgumentParser) -> None:
+    _timed_rounds_options(p, "batching", "rounds per setting and tail")
 
 
 # -- policy --------------------------------------------------------------------------------

@@ -17,8 +17,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..server.tail import OUTPUT_BITS
+from ..transport.config import MAX_BATCH
 from ..transport.dispatch import SCHEDULERS
 from ._args import non_negative_int, port, positive_int
+
+
+def batch_size(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"{value} is above the limit of {MAX_BATCH}")
+    return value
 
 
 class _StartupProgress(logging.Handler):
@@ -77,7 +85,8 @@ def _serve(args: argparse.Namespace) -> int:
         factory = TailHandlerFactory(tuple(args.bundles), threads=args.threads,
                                      output_bits=args.output_bits,
                                      profile_runs=args.profile_runs, device=args.device,
-                                     bundle_key=args.bundle_key)
+                                     bundle_key=args.bundle_key,
+                                     batching=args.max_batch > 1)
         factory.check()
     curve = load_key_pair(args.curve_secret) if args.curve_secret else None
     if args.allow and not allowed_keys(args.allow):
@@ -89,7 +98,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_frame_bytes=args.max_frame_bytes, curve=curve, allow_dir=args.allow,
         metrics_host=args.metrics_host, metrics_port=args.metrics_port,
         drain_timeout_s=args.drain_timeout, name=args.name or socket.gethostname(),
-        scheduler=args.scheduler)
+        scheduler=args.scheduler, max_batch=args.max_batch)
     server = Server(config, factory, log_level=args.log_level)
     if not progress.lines:
         return server.run()
@@ -132,6 +141,11 @@ def _add_serve(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
                    help="edf (default): earliest deadline first, requests that cannot finish "
                         "within their budget answered expired at once, a fair share of a "
                         "full queue per device; fifo: arrival order")
+    p.add_argument("--max-batch", type=batch_size, default=8, metavar="N",
+                   help="the most requests for one bundle and cut a worker computes together, "
+                        "where the tail's graph takes a batch dimension (default 8; 1: one "
+                        "at a time). Batches form from what waits when a worker frees, and "
+                        "grow only while they cut the compute per request")
     p.add_argument("--curve-secret", metavar="FILE",
                    help="the server's CURVE key pair (NAME.key_secret from `edgesdk keys gen`)")
     p.add_argument("--allow", metavar="DIR",

@@ -31,8 +31,9 @@ _ORT_TO_NUMPY = {
 
 
 def session_options(threads: int = 1, spinning: bool = False,
-                    optimize: bool = True) -> ort.SessionOptions:
-    """SessionOptions with edgesdk's defaults (see the module docstring)."""
+                    optimize: bool = True, quiet: bool = False) -> ort.SessionOptions:
+    """SessionOptions with edgesdk's defaults (see the module docstring). quiet: not even
+    onnxruntime's error log (for runs whose failure is an answer, not a fault)."""
     if not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads is {threads!r}, expected an int >= 1")
     so = ort.SessionOptions()
@@ -42,7 +43,7 @@ def session_options(threads: int = 1, spinning: bool = False,
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    so.log_severity_level = 3
+    so.log_severity_level = 4 if quiet else 3
     return so
 
 
@@ -54,11 +55,11 @@ class OnnxSegment:
     """
 
     def __init__(self, model: str | os.PathLike | bytes, threads: int = 1,
-                 spinning: bool = False, optimize: bool = True) -> None:
+                 spinning: bool = False, optimize: bool = True, quiet: bool = False) -> None:
         source = model if isinstance(model, bytes) else os.fspath(model)
         try:
             self.session = ort.InferenceSession(
-                source, sess_options=session_options(threads, spinning, optimize),
+                source, sess_options=session_options(threads, spinning, optimize, quiet),
                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             where = "model bytes" if isinstance(model, bytes) else source

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ..bundle import FLOAT_DTYPES, Bundle, CutSpec, TensorSpec, servable_cuts
 from ..codec import decode_tensors, encode_tensors, frame_limits
 from ..errors import BundleError, CodecError, ConfigError, HandlerError, MissingDependency
@@ -114,6 +116,7 @@ class TailHandlerFactory:
     profile_runs: int = 10
     device: str | None = None
     bundle_key: str | None = None  # Ed25519 public key file: serve only bundles it signed
+    batching: bool = True  # batched tail sessions where the graph allows (split.batching)
 
     def __post_init__(self) -> None:
         if self.output_bits not in OUTPUT_BITS:
@@ -145,9 +148,10 @@ class TailHandlerFactory:
 
 
 class _Served:
-    """One bundle in a worker: its tail sessions, indexed like the bundle's segments."""
+    """One bundle in a worker: its tail sessions, indexed like the bundle's segments, and
+    where the graph allows, the same tail taking a batch (`batched`, None elsewhere)."""
 
-    def __init__(self, bundle: Bundle, threads: int) -> None:
+    def __init__(self, bundle: Bundle, threads: int, batching: bool) -> None:
         from ..runtime import open_segment
 
         self.bundle = bundle
@@ -155,10 +159,39 @@ class _Served:
         self.first_tail = min((c.after_segment + 1 for c in self.cuts.values()), default=None)
         n = len(bundle.segments)
         self.segments: list = [None] * n
+        self.batched: list = [None] * n
+        self.batch_note: str | None = None  # why nothing is batched, when that is not the graph
         if self.first_tail is not None:
             for i in range(self.first_tail, n):
                 self.segments[i] = open_segment(bundle, i, threads=threads)
+            if batching:
+                self._open_batched(threads)
         self.outputs = tuple(t.name for t in bundle.manifest.outputs)
+
+    def _open_batched(self, threads: int) -> None:
+        """A batched session for each tail segment whose graph takes a batch dimension
+        (verified row by row against the static file; see edgesdk.split.batching). The
+        device's files stay static: a symbolic dimension costs up to ~10 % at batch 1."""
+        if self.bundle.backend != "onnx":
+            self.batch_note = f"{self.bundle.backend} tails run one request at a time"
+            return
+        try:
+            import onnx
+
+            from ..split.batching import batchable
+        except ImportError:
+            self.batch_note = "onnx is not installed: pip install 'edgesdk[server]'"
+            return
+        from ..runtime.onnx import OnnxSegment
+
+        for i in range(self.first_tail, len(self.segments)):
+            model = batchable(onnx.load(str(self.bundle.segment_path(i))))
+            if model is not None:
+                self.batched[i] = OnnxSegment(model.SerializeToString(), threads=threads)
+
+    def batches(self, cut: CutSpec) -> bool:
+        """Whether every segment after `cut` has a batched session."""
+        return all(s is not None for s in self.batched[cut.after_segment + 1:])
 
 
 class TailHandler:
@@ -166,12 +199,51 @@ class TailHandler:
 
     def __init__(self, factory: TailHandlerFactory) -> None:
         self.factory = factory
-        self.served = {key: _Served(b, factory.threads)
+        self.served = {key: _Served(b, factory.threads, factory.batching)
                        for key, b in load_bundles(factory.bundles, factory.bundle_key).items()}
 
     def handle(self, request: Envelope, frames: Sequence) -> tuple[list, dict]:
         from ..runtime import run_chain
 
+        served, cut = self._target(request)
+        env = run_chain(served.segments, _decode(cut, frames), start=cut.after_segment + 1)
+        return self._answer(served, [env[name] for name in served.outputs])
+
+    def handle_batch(self, requests: Sequence[Envelope], payloads: Sequence[Sequence]
+                     ) -> list:
+        """Requests for one bundle and cut computed as one batch (the broker sends only
+        cuts described with "batch": true): each request's (frames, fields), or the
+        HandlerError of a request whose tensors do not decode (the others still run)."""
+        from ..runtime import run_chain
+
+        first = requests[0]
+        served, cut = self._target(first)
+        if not served.batches(cut) or any(
+                (r.bundle, r.cut) != (first.bundle, first.cut) for r in requests):
+            return [self._one(r, p) for r, p in zip(requests, payloads)]
+        answers: list = [None] * len(requests)
+        rows: list[tuple[int, dict]] = []
+        for i, frames in enumerate(payloads):
+            try:
+                rows.append((i, _decode(cut, frames)))
+            except HandlerError as exc:
+                answers[i] = exc
+        if rows:
+            stacked = {t.name: np.concatenate([inputs[t.name] for _, inputs in rows])
+                       for t in cut.tensors}
+            env = run_chain(served.batched, stacked, start=cut.after_segment + 1)
+            outputs = [env[name] for name in served.outputs]
+            for row, (i, _) in enumerate(rows):
+                answers[i] = self._answer(served, [o[row:row + 1] for o in outputs])
+        return answers
+
+    def _one(self, request: Envelope, frames: Sequence) -> tuple[list, dict] | Exception:
+        try:
+            return self.handle(request, frames)
+        except Exception as exc:  # the worker answers it as handle's own would be
+            return exc
+
+    def _target(self, request: Envelope) -> tuple[_Served, CutSpec]:
         served = self.served.get(request.bundle or "")
         if served is None:
             known = ", ".join(f"{k[:12]}... ({s.bundle.name})" for k, s in self.served.items())
@@ -182,12 +254,9 @@ class TailHandler:
             raise HandlerError(f"bundle {served.bundle.name!r} has no cut "
                                f"{str(request.cut)[:64]!r}; cuts are {sorted(served.cuts)}",
                                BAD_REQUEST)
-        try:
-            inputs = decode_tensors(frames, cut.tensors)
-        except CodecError as exc:
-            raise HandlerError(f"cut {cut.id!r} tensors: {exc}", BAD_REQUEST) from None
-        env = run_chain(served.segments, inputs, start=cut.after_segment + 1)
-        outputs = [env[name] for name in served.outputs]
+        return served, cut
+
+    def _answer(self, served: _Served, outputs: list) -> tuple[list, dict]:
         return encode_tensors(outputs, bits=self.factory.output_bits, compress="none"), {
             "outputs": list(served.outputs)}
 
@@ -203,11 +272,13 @@ class TailHandler:
             entry: dict[str, Any] = {
                 "id": c.id, "after_segment": c.after_segment,
                 "tensors": [_spec_json(t) for t in c.tensors], "bytes_fp32": c.bytes,
-                "flops_before": c.flops_before, "flops_after": c.flops_after}
+                "flops_before": c.flops_before, "flops_after": c.flops_after,
+                "batch": served.batches(c)}
             if profile is not None:
                 entry["tail_ms"] = _tail_ms(profile, c)
             cuts.append(entry)
-        return {"name": bundle.name, "backend": bundle.backend, "digest": bundle.digest,
+        extra = {"batch_note": served.batch_note} if served.batch_note else {}
+        return {**extra, "name": bundle.name, "backend": bundle.backend, "digest": bundle.digest,
                 "inputs": [_spec_json(t) for t in bundle.manifest.inputs],
                 "outputs": [_spec_json(t) for t in bundle.manifest.outputs],
                 "output_bits": self.factory.output_bits, "cuts": cuts, "profile": profile}
@@ -238,6 +309,13 @@ class TailHandler:
             entry["index"] += served.first_tail
         profile["first_segment"] = served.first_tail
         return profile
+
+
+def _decode(cut: CutSpec, frames: Sequence) -> dict:
+    try:
+        return decode_tensors(frames, cut.tensors)
+    except CodecError as exc:
+        raise HandlerError(f"cut {cut.id!r} tensors: {exc}", BAD_REQUEST) from None
 
 
 def _tail_ms(profile: dict, cut: CutSpec) -> float | None:

@@ -104,6 +104,18 @@ def _ready_messages(sock: zmq.Socket, limit: int = DRAIN_BATCH):
         yield sock.recv_multipart(copy=False)
 
 
+def _batchable(description: dict) -> set[tuple]:
+    """The (bundle, cut) keys the handler runs in batches: its description's cuts with
+    "batch": true (edgesdk.server's tail handler says so of every cut whose tail takes a
+    batch dimension)."""
+    keys = set()
+    for bundle, entry in (description or {}).items():
+        for cut in (entry.get("cuts") or ()) if isinstance(entry, dict) else ():
+            if isinstance(cut, dict) and cut.get("batch") is True:
+                keys.add((bundle, str(cut.get("id"))))
+    return keys
+
+
 def _task_weight(task: Any) -> float:
     return TASK_WEIGHTS.get(task, 1.0) if isinstance(task, str) else 1.0
 
@@ -121,8 +133,9 @@ class Server:
         self.factory = factory
         self.log_level = log_level
         self.metrics = Metrics()
-        self.dispatcher = Dispatcher(config.max_queue, config.scheduler)
-        self.service = ServiceTimes()  # each (bundle, cut)'s expected compute
+        self.service = ServiceTimes()  # each (bundle, cut)'s expected compute, per batch size
+        self.dispatcher = Dispatcher(config.max_queue, config.scheduler, config.max_batch,
+                                     self.service)
         self.description: dict = {}
         # What each bundle's cuts carry, from the factory (None: a generic handler)
         limits = getattr(factory, "payload_limits", None)
@@ -360,13 +373,13 @@ class Server:
                           generation=slot.generation)
         # A worker still computing long past its job's deadline is hung: kill it; its
         # sentinel then reports the exit and the job gets an error reply.
-        for worker, job in list(self.dispatcher.running.items()):
-            if now > job.deadline + self.config.worker_timeout_s:
+        for worker, batch in list(self.dispatcher.running.items()):
+            if now > batch.deadline + self.config.worker_timeout_s:
                 slot = self.pool.by_identity(worker)
                 if slot is not None and slot.process is not None and slot.kill_reason is None:
                     slot.kill_reason = protocol.WORKER_TIMEOUT
                     log_event("worker_hung", logging.WARNING, slot=slot.index, pid=slot.pid,
-                              request=job.request_id)
+                              requests=[j.request_id for j in batch.jobs])
                     slot.process.kill()
         return min([s.restart_at for s in self.pool.slots if s.restart_at is not None]
                    + self.dispatcher.next_expiry(8)
@@ -460,7 +473,7 @@ class Server:
             return
         admission = self.dispatcher.admit(job, now)
         if admission.verdict == "run":
-            self._dispatch(admission.worker, job)
+            self._dispatch(admission.worker, [job])
         elif admission.verdict == "busy":
             self._reply_busy(job, "busy")
         elif admission.verdict == "late":
@@ -482,15 +495,20 @@ class Server:
             "retry_after_ms": round(min(max(drain, 0.001), 60.0) * 1e3, 3)}))
 
     # -- backend ---------------------------------------------------------------------------
-    def _dispatch(self, worker: bytes, job: Job) -> None:
-        meta = _pack_meta({"job": job.seq, "received": job.received, "deadline": job.deadline})
+    def _dispatch(self, worker: bytes, jobs: list[Job]) -> None:
+        """Send a worker the jobs it computes together (their frames as received)."""
+        meta = _pack_meta({"jobs": [{"job": j.seq, "received": j.received,
+                                     "deadline": j.deadline, "frames": 1 + len(j.frames)}
+                                    for j in jobs]})
+        frames = [f for j in jobs for f in (j.envelope, *j.frames)]
+        self.metrics.batch_size.observe(len(jobs))
         try:
-            self.backend.send_multipart([worker, JOB, meta, job.envelope, *job.frames],
-                                        copy=False)
+            self.backend.send_multipart([worker, JOB, meta, *frames], copy=False)
         except zmq.ZMQError:
             # The worker vanished between READY and now; its sentinel will fire. Answer the
-            # job as a crash so nothing is lost silently.
-            if self.dispatcher.finished(worker, job.seq) is job:
+            # jobs as a crash so nothing is lost silently.
+            batch = self.dispatcher.finished(worker, jobs[0].seq)
+            for job in batch.jobs if batch is not None else ():
                 self._reply_error(job, protocol.WORKER_CRASHED, "its worker disappeared")
 
     def _drain_backend(self) -> None:
@@ -503,15 +521,16 @@ class Server:
         if meta.get("describe") is not None:
             self.description = meta["describe"]
             self.service.prime(self.description)
+            self.dispatcher.batchable = _batchable(self.description)
         log_event("worker_ready", slot=slot.index, pid=slot.pid, generation=slot.generation)
         self._worker_free(slot.identity, now)
 
     def _worker_free(self, worker: bytes, now: float) -> None:
-        job, dropped = self.dispatcher.worker_ready(worker, now)
+        jobs, dropped = self.dispatcher.worker_ready(worker, now)
         for old in dropped:
             self._reply_expired(old, now)
-        if job is not None:
-            self._dispatch(worker, job)
+        if jobs:
+            self._dispatch(worker, jobs)
 
     def _on_worker_message(self, message: list, now: float) -> None:
         identity, command = message[0].bytes, message[1].bytes
@@ -529,10 +548,22 @@ class Server:
         if command != DONE:
             return
         stats = msgpack.unpackb(message[2].bytes, raw=False)
-        job = self.dispatcher.finished(identity, stats.get("job"))
-        if job is not None:
-            self._send(job.client, list(message[3:]))
-            self._count_done(job, stats, now)
+        batch = self.dispatcher.finished(identity, stats.get("batch"))
+        if batch is not None:
+            jobs = {j.seq: j for j in batch.jobs}
+            at = 3
+            for reply in stats.get("replies", ()):
+                n = int(reply.get("frames", 0))
+                job = jobs.pop(reply.get("job"), None)
+                if job is not None:
+                    self._send(job.client, list(message[at:at + n]))
+                    self._count_done(job, reply, now)
+                at += n
+            for job in jobs.values():  # never: a worker answers every job it was given
+                self._reply_error(job, protocol.INTERNAL, "its worker sent no reply for it")
+            if stats.get("n"):
+                self.service.observe(batch.jobs[0].key, stats.get("batch_ms", 0.0) / 1e3,
+                                     int(stats["n"]))
         self._worker_free(identity, now)
 
     def _count_done(self, job: Job, stats: dict, now: float) -> None:
@@ -540,7 +571,6 @@ class Server:
         self.metrics.replies.inc(kind=protocol.RESULT if status == "result" else protocol.ERROR)
         if status == "result":
             self.metrics.server_seconds.observe(stats.get("server_ms", 0.0) / 1e3)
-            self.service.observe(job.key, stats.get("server_ms", 0.0) / 1e3)
             if now > job.deadline:
                 self.metrics.deadline_misses.inc()
         else:
@@ -554,10 +584,10 @@ class Server:
         self._drain_backend()  # a result sent just before the exit is still delivered
         reason = slot.kill_reason or protocol.WORKER_CRASHED
         code = self.pool.reap(slot)
-        job = self.dispatcher.worker_lost(slot.identity)
-        if job is not None:
-            what = ("hung past its deadline and was killed" if reason == protocol.WORKER_TIMEOUT
-                    else f"crashed (exit code {code})")
+        lost = self.dispatcher.worker_lost(slot.identity)
+        what = ("hung past its deadline and was killed" if reason == protocol.WORKER_TIMEOUT
+                else f"crashed (exit code {code})")
+        for job in lost:
             self._reply_error(job, reason, f"the worker computing it {what}; it was restarted")
         if self._draining:
             log_event("worker_exited", slot=slot.index, exit_code=code, during="drain")
@@ -565,7 +595,7 @@ class Server:
         delay = self.pool.schedule_restart(slot, time.monotonic())
         self._wake = min(self._wake, slot.restart_at)
         log_event("worker_crashed", logging.WARNING, slot=slot.index, exit_code=code,
-                  reason=reason, lost_request=job.request_id if job else None,
+                  reason=reason, lost_requests=[j.request_id for j in lost],
                   restart_in_s=round(delay, 3))
 
     # -- replies to jobs -------------------------------------------------------------------
@@ -585,8 +615,7 @@ class Server:
         for job in self.dispatcher.drain_queue():
             self._reply_error(job, protocol.SHUTTING_DOWN, text)
         for worker in list(self.dispatcher.running):
-            job = self.dispatcher.worker_lost(worker)
-            if job is not None:
+            for job in self.dispatcher.worker_lost(worker):
                 self._reply_error(job, protocol.SHUTTING_DOWN, text)
 
     def _shutdown_workers(self) -> None:

@@ -21,6 +21,7 @@ DEFAULT_MAX_FRAME_BYTES = 32 * 1024 * 1024  # for handlers that state no payload
 FRAME_SLACK = 4096  # above the largest legal frame, for the automatic ZMQ_MAXMSGSIZE
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+MAX_BATCH = 64  # requests in one batch: beyond it a batch holds a worker too long
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class ServerConfig:
     device public keys. metrics_port: serve Prometheus text on it (None: off).
     scheduler: "edf" (earliest deadline first, late requests refused at once, a fair share
     of a full queue per device) or "fifo" (arrival order); see transport.dispatch.
+    max_batch: the most requests for one bundle and cut that a worker computes together,
+    where the handler can (1: one at a time); transport.dispatch sizes each batch.
     """
 
     bind: str = "tcp://127.0.0.1:5555"
@@ -52,6 +55,7 @@ class ServerConfig:
     startup_timeout_s: float = 120.0
     name: str = "edgesdk"
     scheduler: str = "edf"
+    max_batch: int = 8
 
     def validate(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -61,6 +65,9 @@ class ServerConfig:
             raise ValueError(f"workers is {self.workers!r}, expected an int >= 1")
         if not isinstance(self.max_queue, int) or self.max_queue < 0:
             raise ValueError(f"max_queue is {self.max_queue!r}, expected an int >= 0")
+        if not isinstance(self.max_batch, int) or not 1 <= self.max_batch <= MAX_BATCH:
+            raise ValueError(f"max_batch is {self.max_batch!r}, expected an int in "
+                             f"[1, {MAX_BATCH}]")
         if self.max_frames < 2:
             raise ValueError(f"max_frames is {self.max_frames}, expected >= 2")
         if self.max_frame_bytes is not None and self.max_frame_bytes < 1024:
@@ -106,7 +113,9 @@ def memory_bound(max_queue: int, workers: int, request_bytes: int) -> int:
     """Memory a server may hold for requests beyond its idle size (bytes), apart from
     ZeroMQ's receive buffers (examples/edge_server.md): every queued or running request in
     the broker, and in each worker its request and the tensors decoded from it:
-    (max_queue + 3 x workers) x the largest legal request."""
+    (max_queue + 3 x workers) x the largest legal request. A batch takes its members from
+    the queue, so it adds nothing to the broker's share; a worker holds its batch's
+    requests, decoded and stacked, within the same 3 x per request of the queue's."""
     return (max_queue + 3 * workers) * request_bytes
 
 
@@ -118,6 +127,6 @@ def is_loopback(endpoint: str) -> bool:
     return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
-__all__ = ["DEFAULT_MAX_FRAME_BYTES", "FRAME_SLACK", "LOOPBACK_HOSTS", "PayloadLimits",
+__all__ = ["DEFAULT_MAX_FRAME_BYTES", "FRAME_SLACK", "LOOPBACK_HOSTS", "MAX_BATCH", "PayloadLimits",
            "ServerConfig", "frame_limit", "is_loopback", "largest_frame", "largest_request",
            "memory_bound"]

@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 # Latency buckets in seconds: 0.5 ms to 10 s, roughly x2.5 apart.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 def _labels(labels: dict[str, str]) -> str:
@@ -111,11 +112,11 @@ class Histogram(_Metric):
         self._counts = [0] * (len(self.buckets) + 1)  # the last one is +Inf
         self._sum = 0.0
 
-    def observe(self, seconds: float) -> None:
-        i = bisect.bisect_left(self.buckets, seconds)
+    def observe(self, value: float) -> None:
+        i = bisect.bisect_left(self.buckets, value)
         with self._lock:
             self._counts[i] += 1
-            self._sum += seconds
+            self._sum += value
 
     def count(self) -> int:
         return sum(self._counts)
@@ -166,11 +167,14 @@ class Metrics:
                                "finish within its budget), expired (its deadline passed in "
                                "the queue), busy (queue full), displaced (pushed out of a "
                                "full queue by a device with less of it).", lk)
+        self.batch_size = Histogram("edgesdk_batch_size",
+                                    "Requests a worker computed together, per batch.", lk,
+                                    buckets=BATCH_BUCKETS)
         self._all = [self.requests, self.replies, self.errors, self.malformed,
                      self.worker_restarts, self.auth_rejected, self.deadline_misses,
                      self.refused, self.queue_length,
                      self.workers_alive, self.workers_busy, self.server_seconds,
-                     self.queue_seconds, self.request_seconds]
+                     self.queue_seconds, self.request_seconds, self.batch_size]
 
     def render(self) -> str:
         with self.lock:

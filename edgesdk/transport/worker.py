@@ -46,6 +46,9 @@ READY, DONE, FAIL, JOB, STOP = b"READY", b"DONE", b"FAIL", b"JOB", b"STOP"
 
 
 class Handler(Protocol):
+    """What a worker runs. A handler may also have handle_batch(requests, payloads): one
+    (frames, fields) or exception per request, computed together (see _compute)."""
+
     def handle(self, request: Envelope, frames: Sequence[memoryview]) -> tuple[list, dict]: ...
 
 
@@ -118,36 +121,94 @@ def _payload_frame(frame: Any) -> Any:
     return memoryview(frame)  # bytearray, numpy arrays: anything with the buffer protocol
 
 
-def _run_job(handler: Handler, message: list) -> tuple[list, dict]:
-    """Run one JOB message; returns (reply frames, stats meta). Whatever the handler does
-    short of killing the process, the answer is a result or an error reply."""
-    meta = msgpack.unpackb(message[1].bytes, raw=False)
-    env = protocol.unpack(message[2].bytes)  # validated by the broker
-    started = time.monotonic()
-    stats = {"job": meta["job"], "queue_ms": (started - meta["received"]) * 1e3}
-    if started >= meta["deadline"]:
-        over = (started - meta["deadline"]) * 1e3
-        stats.update(status="error", code=protocol.EXPIRED)
-        reply = protocol.error_envelope(env.id, protocol.EXPIRED, f"budget of "
-                                        f"{env.budget_ms:.1f} ms ran out {over:.1f} ms before "
-                                        "compute started")
-        return _reply_frames(reply), stats
-    try:
-        out_frames, fields = handler.handle(env, [f.buffer for f in message[3:]])
-        server_ms = (time.monotonic() - started) * 1e3
-        reply = Envelope(protocol.RESULT, env.id, extra={
-            **dict(fields or {}), "server_ms": server_ms, "queue_ms": stats["queue_ms"]})
-        frames = _reply_frames(reply, [_payload_frame(f) for f in out_frames])
-        stats.update(status="result", server_ms=server_ms)
-        return frames, stats
-    except HandlerError as exc:
+def _job_frames(meta: dict, frames: list) -> list[tuple[dict, list]]:
+    """A JOB message's jobs: [(their meta, [envelope frame, payload frames...])]."""
+    jobs, at = [], 0
+    for job in meta["jobs"]:
+        n = int(job["frames"])
+        jobs.append((job, frames[at:at + n]))
+        at += n
+    return jobs
+
+
+def _result(env: Envelope, out_frames: Sequence, fields: dict | None, server_ms: float,
+            queue_ms: float) -> list:
+    reply = Envelope(protocol.RESULT, env.id, extra={
+        **dict(fields or {}), "server_ms": server_ms, "queue_ms": queue_ms})
+    return _reply_frames(reply, [_payload_frame(f) for f in out_frames])
+
+
+def _failure(env: Envelope, exc: BaseException) -> tuple[list, str]:
+    """The error reply for a handler's exception (HandlerError: its code; any other: a
+    bug, `internal`, logged) and its code."""
+    if isinstance(exc, HandlerError):
         code, text = exc.code, str(exc)
-    except Exception as exc:  # a handler bug must not take the worker down
+    else:
         log_event("handler_exception", logging.ERROR, request=env.id,
-                  error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-3000:])
+                  error=f"{type(exc).__name__}: {exc}",
+                  traceback="".join(traceback.format_exception(exc))[-3000:])
         code, text = protocol.INTERNAL, f"{type(exc).__name__}: {exc}"
-    stats.update(status="error", code=code)
-    return _reply_frames(protocol.error_envelope(env.id, code, text)), stats
+    return _reply_frames(protocol.error_envelope(env.id, code, text)), code
+
+
+def _compute(handler: Handler, envs: list[Envelope], payloads: list[list]) -> list:
+    """Each request's (frames, fields) or the exception it raised. Several requests go
+    to the handler's handle_batch when it has one (the broker batches only keys the
+    handler said it batches), else one by one."""
+    batched = getattr(handler, "handle_batch", None)
+    if len(envs) > 1 and batched is not None:
+        try:
+            return list(batched(envs, payloads))
+        except Exception as exc:  # a bug in the batch path: every member answers it
+            return [exc] * len(envs)
+    answers: list = []
+    for env, frames in zip(envs, payloads):
+        try:
+            answers.append(handler.handle(env, frames))
+        except Exception as exc:
+            answers.append(exc)
+    return answers
+
+
+def _run_batch(handler: Handler, message: list) -> tuple[list, dict]:
+    """Run one JOB message (one or more requests computed together); returns (every
+    reply's frames, back to back; stats). Whatever the handler does short of killing the
+    process, each request gets a result or an error reply. stats: {"batch": the first
+    job's number, "n": requests computed, "batch_ms": their compute, "replies": [{"job",
+    "status", "code", "queue_ms", "server_ms", "frames": how many of the frames}]}."""
+    meta = msgpack.unpackb(message[1].bytes, raw=False)
+    started = time.monotonic()
+    replies: list[tuple[dict, list]] = []
+    live = []  # (stats, envelope, payload buffers) of the requests still in time
+    for job, frames in _job_frames(meta, message[2:]):
+        env = protocol.unpack(frames[0].bytes)  # validated by the broker
+        stats = {"job": job["job"], "queue_ms": (started - job["received"]) * 1e3}
+        if started >= job["deadline"]:
+            over = (started - job["deadline"]) * 1e3
+            stats.update(status="error", code=protocol.EXPIRED)
+            replies.append((stats, _reply_frames(protocol.error_envelope(
+                env.id, protocol.EXPIRED, f"budget of {env.budget_ms:.1f} ms ran out "
+                f"{over:.1f} ms before compute started"))))
+        else:
+            live.append((stats, env, [f.buffer for f in frames[1:]]))
+    answers = _compute(handler, [e for _, e, _ in live], [p for _, _, p in live])
+    server_ms = (time.monotonic() - started) * 1e3
+    for (stats, env, _), answer in zip(live, answers):
+        try:
+            if isinstance(answer, BaseException):
+                raise answer
+            out_frames, fields = answer
+            frames = _result(env, out_frames, fields, server_ms, stats["queue_ms"])
+            stats.update(status="result", server_ms=server_ms)
+        except Exception as exc:  # the handler's error, or frames it returned unsendable
+            frames, code = _failure(env, exc)
+            stats.update(status="error", code=code)
+        replies.append((stats, frames))
+    for stats, frames in replies:
+        stats["frames"] = len(frames)
+    out = [f for _, frames in replies for f in frames]
+    return out, {"batch": meta["jobs"][0]["job"], "n": len(live), "batch_ms": server_ms,
+                 "replies": [stats for stats, _ in replies]}
 
 
 def worker_main(spec: WorkerSpec) -> None:
@@ -185,7 +246,7 @@ def worker_main(spec: WorkerSpec) -> None:
         if command != JOB or len(message) < 3:
             continue
         try:
-            frames, stats = _run_job(handler, message)
+            frames, stats = _run_batch(handler, message)
         except Exception as exc:  # a broken JOB message: a bug, but never a dead worker
             log_event("job_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
             continue  # the broker answers the job when it times out the worker
