@@ -105,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source", default="0", help="camera index or video file")
     p.add_argument("--bundle", help="the bundle (default: the digits model in the form this "
                    "machine runs, ONNX or TFLite: edgesdk.models.digits_bundle())")
-    p.add_argument("--server", help="tcp://host:port of `edgesdk serve`; none: all on device")
+    p.add_argument("--server", action="append",
+                   help="tcp://host:port of `edgesdk serve`; repeat it for several edge boxes "
+                        "(each frame goes to the one that promises the best plan); none: all "
+                        "on device")
     p.add_argument("--slo-ms", type=float, default=50.0, help="latency budget per frame")
     p.add_argument("--frames", type=int, default=100, help="frames to run")
     p.add_argument("--mean", type=float, nargs="+", default=[0.0],

@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--bundle", help="the bundle (default: the bundled digits model, its TFLite "
                    "form where onnxruntime does not import)")
-    p.add_argument("--server", help="tcp://host:port of `edgesdk serve` (default: none)")
+    p.add_argument("--server", action="append",
+                   help="tcp://host:port of `edgesdk serve`; repeat it for several edge boxes "
+                        "(default: none)")
     p.add_argument("--slo-ms", type=float, default=100.0)
     p.add_argument("--lores", default="320x240", help="lores stream size WxH")
     p.add_argument("--mean", type=float, nargs="+", default=[0.0])

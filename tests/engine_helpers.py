@@ -21,6 +21,10 @@ class SlowTailHandler(TailHandler):
         time.sleep(self.factory.delay_ms / 1e3)
         return super().handle(request, frames)
 
+    def handle_batch(self, requests, payloads):
+        time.sleep(self.factory.delay_ms / 1e3)  # a batch is as slow as one request
+        return super().handle_batch(requests, payloads)
+
 
 @dataclass(frozen=True)
 class SlowTailFactory(TailHandlerFactory):

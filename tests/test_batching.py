@@ -127,6 +127,7 @@ def test_the_tail_handler_batches_and_answers_each_request_as_alone(bundle):
     assert not any(off.served[bundle.source_sha256].batches(c) for c in bundle.cuts)
 
 
+@pytest.mark.slow
 def test_sixteen_devices_get_their_own_answers_from_batches(bundle):
     """The softmax tail (c2), where batching pays: the server runs batches (its metrics
     say so) and every device gets the answer to its own input."""

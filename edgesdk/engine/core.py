@@ -72,6 +72,7 @@ from ..policy import (
     Candidate,
     State,
     build_candidates,
+    expected_rewards,
     explore_pick,
     model_profile,
     offload_budget,
@@ -80,6 +81,7 @@ from .device import ExitAnswer, LocalRunner
 from .link import EdgeLink
 from .plan import Plan, Strategy, Task
 from .result import Result, Timings
+from .servers import ServerSet
 from .strategy import log_step, make_chooser, plan_rest, state_key, with_slo
 
 DECISION_TTL_S = 0.25  # a cached decision is re-evaluated at least this often
@@ -118,6 +120,7 @@ class _Frame:
     best_exit: ExitAnswer | None = None
     result: Result | None = None  # set when the front already finished the frame
     future: Future | None = None
+    server: str | None = None  # the endpoint the offload went to
     offload_until: float = 0.0  # monotonic time the offload's budget runs out
 
 
@@ -127,8 +130,10 @@ class Engine:
         with Engine("digits.edge", server="tcp://edge:5555", slo_ms=50) as engine:
             result = engine.infer(x)        # Result: output, where, exit_name, cut, bits...
 
-    bundle: a Bundle or its directory. server: "tcp://host:port" of `edgesdk serve`, or
-    None (device only). slo_ms: each frame's latency budget. task: "balanced", "accuracy"
+    bundle: a Bundle or its directory. server: "tcp://host:port" of `edgesdk serve`, a
+    list of them (several edge boxes: each frame offloads to the one whose estimates
+    promise the best plan, and a box that fails is replaced by the next; engine.servers),
+    or None (device only). slo_ms: each frame's latency budget. task: "balanced", "accuracy"
     or "latency" (how the reward trades accuracy against time, edgesdk.policy.TASKS).
     threads: onnxruntime intra-op threads per segment. curve_server_key: the server's
     CURVE public key (z85 or a .key file); client_keys: this device's key pair file.
@@ -245,19 +250,22 @@ class Engine:
         self._ids = itertools.count()
         self._device_lock = threading.RLock()
         self._async: ThreadPoolExecutor | None = None
-        self._welcomes_seen = 0
+        self._welcomes_seen: Any = 0
         self._closed = False
-        self.link: EdgeLink | None = None
-        if server is not None:
+        self._server_tables: dict[int, tuple[Any, Any]] = {}  # link id: (welcomes, table)
+        self._pick_at = 0.0  # when the choice among several servers is next due
+        self.link: EdgeLink | ServerSet | None = None
+        endpoints = _endpoints(server)
+        if endpoints:
             if not self.bundle.source_sha256:
                 raise BundleError(f"{self.bundle.path}: no source sha256; the server cannot "
                                   "tell which model it is")
-            # the link logs (edgesdk.engine) once if the server cannot be used, and again
+            # each link logs (edgesdk.engine) once if its server cannot be used, and again
             # when it can: the first hello's outcome lands within connect_timeout_s
-            self.link = EdgeLink(server, self.bundle.source_sha256,
-                                 server_public_key=curve_server_key, client_keys=client_keys,
-                                 name=self.bundle.name, digest=self.bundle.digest,
-                                 task=self.task)
+            links = [EdgeLink(e, self.bundle.source_sha256, server_public_key=curve_server_key,
+                              client_keys=client_keys, name=self.bundle.name,
+                              digest=self.bundle.digest, task=self.task) for e in endpoints]
+            self.link = links[0] if len(links) == 1 else ServerSet(links)
             self.link.wait_connected(connect_timeout_s)
 
     # -- setup -----------------------------------------------------------------------------
@@ -295,11 +303,13 @@ class Engine:
         kept = self._state
         return state, kept[3] if kept is not None and kept[2] is state else state_key(state)
 
-    def _build_state(self, now: float) -> State:
+    def _build_state(self, now: float, link: EdgeLink | ServerSet | None = None) -> State:
+        """The State from `link`'s estimates (default: the engine's link)."""
         slow = self._slowdown.estimate().value
-        if self.link is None:
+        link = self.link if link is None else link
+        if link is None:
             return State(bw_mbps=1.0, slo_ms=self.slo_ms, device_slowdown=slow, task=self.task)
-        s = self.link.snapshot(now)
+        s = link.snapshot(now)
         return State(bw_mbps=max(s["bw_mbps"], 1e-3), bw_std=s["bw_std"],
                      bw_history=tuple(h for h in s["bw_history"] if h > 0),
                      rtt_ms=s["rtt_ms"], queue_ms=s["queue_ms"], device_slowdown=slow,
@@ -311,6 +321,8 @@ class Engine:
     def _decide(self, now: float) -> tuple[Candidate, str | None]:
         """(plan, why offloading was ruled out, if it was)."""
         link = self.link
+        if isinstance(link, ServerSet) and (now >= self._pick_at or link.usable(now)):
+            self._pick_server(link, now)
         reason = "no_server" if link is None else link.usable(now)
         if link is not None and link.welcomes != self._welcomes_seen:
             self._welcomes_seen = link.welcomes
@@ -337,6 +349,31 @@ class Engine:
             self._last_choice = table.candidates[self._choose(table, state)]
             self._last_key, self._last_until = key, now + DECISION_TTL_S
         return self._last_choice, (None if link is None else reason)
+
+    def _pick_server(self, servers: ServerSet, now: float) -> None:
+        """Make the server whose estimates promise the best plan active (ServerSet.choose):
+        for each usable one, the expected reward (the planner's model) of the plan this
+        strategy picks with its estimates and its tail times; fixed strategies keep the
+        first usable one. Due every DECISION_TTL_S, and at once when the active server
+        cannot be used."""
+        self._pick_at = now + DECISION_TTL_S
+        if not self._adaptive:
+            servers.choose(now, None)
+            return
+
+        def score(link: EdgeLink) -> float:
+            table = self._server_table(link)
+            state = self._build_state(now, link)
+            return float(expected_rewards(table, state)[self._choose(table, state)])
+        servers.choose(now, score)
+
+    def _server_table(self, link: EdgeLink):
+        """The candidate table priced with `link`'s server times (kept per welcome)."""
+        kept = self._server_tables.get(id(link))
+        if kept is None or kept[0] != link.welcomes:
+            kept = (link.welcomes, self._base_table.with_server_times(link.server_tail_ms))
+            self._server_tables[id(link)] = kept
+        return kept[1]
 
     # -- the frame -------------------------------------------------------------------------
     def infer(self, x: Any) -> Result:
@@ -515,6 +552,7 @@ class Engine:
         if budget <= 0.0005:
             f.reason = "timeout"  # the deadline passed during the device half
             return
+        f.server = self.link.endpoint
         f.future = self.link.offload(frames, cut.id, budget)
         f.offload_until = now + budget
         self._explore_every = EXPLORE_MIN_S  # offloading again: explore promptly next time
@@ -594,7 +632,8 @@ class Engine:
                       timings=Timings(**ms, total=(time.monotonic() - f.t0) * 1e3),
                       fallback_reason=f.reason, plan=str(f.plan), frame=f.id,
                       outputs=dict(outputs), zstd=f.plan.zstd if sent else None,
-                      plans=tuple(str(p) for p in f.plans), kind=kind)
+                      plans=tuple(str(p) for p in f.plans), kind=kind,
+                      server=f.server if sent else None)
 
     # -- lifetime --------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -617,6 +656,18 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _endpoints(server: str | Iterable[str] | None) -> list[str]:
+    """The server endpoints the engine was given (ConfigError on anything else)."""
+    if server is None:
+        return []
+    endpoints = [server] if isinstance(server, str) else list(server)
+    bad = [e for e in endpoints if not isinstance(e, str) or not e]
+    if bad or len(set(endpoints)) != len(endpoints):
+        raise ConfigError(f"server is {server!r}, expected an endpoint ('tcp://host:port'), "
+                          "or a list of distinct ones")
+    return endpoints
 
 
 def _confidence(output: np.ndarray) -> float | None:

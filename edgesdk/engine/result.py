@@ -46,6 +46,8 @@ class Result:
     the decision before the frame and then one per re-decision after an exit that did not
     fire (adaptive strategies only), so len(plans) - 1 re-decisions happened (a plan may
     repeat: the re-decision kept it).
+    server: the endpoint the offload went to (None when nothing was sent): with several
+    servers, which one.
     fallback_reason: why the plan was not followed (None: it was, or there is no server):
     "unreachable" (no connection), "unresponsive" (connected, but no answer to a hello in
     time: stopped or overloaded), "checking" (an offload just failed; the link is asking
@@ -70,6 +72,7 @@ class Result:
     plans: tuple[str, ...] = ()
     outputs: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
     kind: str = "classes"
+    server: str | None = None
 
     @property
     def label(self) -> int | None:

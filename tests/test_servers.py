@@ -1,0 +1,125 @@
+"""Several edge servers for one engine (engine.servers): real server processes on
+127.0.0.1, one frozen (SIGSTOP on its worker) or killed while frames flow; the engine
+offloads to the server whose estimates promise the best plan, and a server that fails is
+replaced without a frame lost or late."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import time
+
+import pytest
+
+from edgesdk import ConfigError, Engine
+from edgesdk.engine.servers import ServerSet
+from edgesdk.estimators import SlowdownEstimator
+from edgesdk.models import DIGITS_BUNDLE, load_digits_test
+
+from conftest import SLOWDOWN
+from transport_helpers import ServerProcess
+
+pytestmark = pytest.mark.timeout(120)
+SLO_MS = 200.0 * SLOWDOWN
+LATE_MS = 5.0 * SLOWDOWN
+
+
+@pytest.fixture(scope="module")
+def slow_device(tmp_path_factory):
+    """Digits on a "device" whose profile says segments 1..3 take 30 ms each: offloading the
+    input pays (test_explore.py's device)."""
+    slow = tmp_path_factory.mktemp("servers") / "slowdevice.edge"
+    shutil.copytree(DIGITS_BUNDLE, slow)
+    manifest = json.loads((slow / "manifest.json").read_text())
+    for seg in next(iter(manifest["profiles"].values()))["segments"][1:]:
+        seg["median_ms"] = 30.0 * SLOWDOWN
+    (slow / "manifest.json").write_text(json.dumps(manifest))
+    return slow
+
+
+def _as_profiled(engine: Engine) -> None:
+    """Keep the planner on the profile's device (not the warm-up's real, fast one)."""
+    engine._slowdown = SlowdownEstimator([{"median_ms": m} for m in engine._seg_ms])
+    engine._slowdown.observe = lambda *a, **k: 1.0
+
+
+def _stream(engine: Engine, x, seconds: float, until=None) -> list:
+    out = []
+    end = time.monotonic() + seconds * SLOWDOWN
+    i = 0
+    while time.monotonic() < end:
+        r = engine.infer(x[i % len(x)])
+        out.append(r)
+        i += 1
+        if until is not None and until(r):
+            break
+        time.sleep(0.01)
+    return out
+
+
+def _free_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.mark.slow
+def test_frames_move_to_the_other_server_when_one_freezes_and_when_one_dies(slow_device):
+    x, _ = load_digits_test()
+    x = x[:40]
+    with ServerProcess.serving([DIGITS_BUNDLE], "--workers", "1") as a, \
+            ServerProcess.serving([DIGITS_BUNDLE], "--workers", "1") as b, \
+            Engine(slow_device, server=[a.endpoint, b.endpoint], slo_ms=SLO_MS,
+                   strategy="planner") as engine:
+        _as_profiled(engine)
+        assert isinstance(engine.link, ServerSet)
+        assert engine.link.statuses() == {a.endpoint: "up", b.endpoint: "up"}
+        first = _stream(engine, x, 5.0, until=lambda r: r.where == "edge")
+        assert first[-1].where == "edge" and first[-1].server == a.endpoint  # the first listed
+
+        (worker,) = a.worker_pids().values()
+        os.kill(worker, signal.SIGSTOP)  # a frozen box: offloads to it time out
+        try:
+            moved = _stream(engine, x, 5.0, until=lambda r: r.server == b.endpoint
+                            and r.where == "edge")
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        assert moved[-1].where == "edge" and moved[-1].server == b.endpoint, \
+            [(r.server, r.where, r.fallback_reason) for r in moved]
+        timeouts = [r for r in moved if r.fallback_reason == "timeout"]
+        assert len(timeouts) <= 2, [(r.server, r.where, r.fallback_reason) for r in moved]
+        on_b = _stream(engine, x, 1.0)
+        assert sum(r.server == b.endpoint and r.where == "edge" for r in on_b) >= \
+            0.8 * len(on_b), [(r.server, r.where, r.fallback_reason) for r in on_b]
+
+        b.kill()  # a dead box: its connection drops
+        back = _stream(engine, x, 5.0, until=lambda r: r.server == a.endpoint
+                       and r.where == "edge")
+        assert back[-1].where == "edge" and back[-1].server == a.endpoint, \
+            [(r.server, r.where, r.fallback_reason) for r in back]
+        every = first + moved + on_b + back
+    assert all(r.timings.total < SLO_MS + LATE_MS for r in every), \
+        max(r.timings.total for r in every)
+
+
+@pytest.mark.slow
+def test_a_fixed_split_fails_over_to_the_next_server_in_order():
+    x, _ = load_digits_test()
+    dead = _free_endpoint()  # nothing listens there
+    with ServerProcess.serving([DIGITS_BUNDLE], "--workers", "1") as live, \
+            Engine(DIGITS_BUNDLE, server=[dead, live.endpoint], slo_ms=SLO_MS,
+                   strategy="c0@8", connect_timeout_s=5.0) as engine:
+        results = [engine.infer(xi) for xi in x[:20]]
+    edge = [r for r in results if r.where == "edge"]
+    assert edge and all(r.server == live.endpoint for r in edge)
+    assert all(r.fallback_reason is None for r in results), [r.fallback_reason
+                                                            for r in results]
+
+
+@pytest.mark.parametrize("server", [["tcp://127.0.0.1:1", "tcp://127.0.0.1:1"], [""], [3]])
+def test_a_bad_server_list_is_a_config_error_naming_it(server):
+    with pytest.raises(ConfigError, match="server is"):
+        Engine(DIGITS_BUNDLE, server=server)
