@@ -667,6 +667,19 @@ def test_the_example_dashboard_queries_only_metrics_the_server_serves():
     assert used and used <= served, used - served
 
 
+def test_per_device_metrics_keep_a_bounded_page():
+    m = Metrics()
+    for i in range(70):
+        m.device_queue_seconds.observe(0.5, f"d{i}")
+    m.device_queue_seconds.observe(0.25, "d0")
+    text = m.render()
+    assert "# TYPE edgesdk_device_queue_seconds summary" in text
+    assert 'edgesdk_device_queue_seconds_sum{device="d0"} 0.75' in text
+    assert 'edgesdk_device_queue_seconds_count{device="d0"} 2' in text
+    assert 'edgesdk_device_queue_seconds_count{device="other"} 7' in text  # 63 kept
+    assert text.count("edgesdk_device_queue_seconds_count{") == 64
+
+
 def test_metrics_render_prometheus_text():
     m = Metrics()
     m.requests.inc(kind="infer")

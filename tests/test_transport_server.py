@@ -448,7 +448,7 @@ def test_curve_only_allowed_devices_get_service(tmp_path):
     allow.mkdir()
     (allow / "camera.key").write_bytes((keys / "camera.key").read_bytes())
     with ServerProcess.ops("--curve-secret", str(keys / "server.key_secret"),
-                           "--allow", str(allow)) as server:
+                           "--allow", str(allow), "--metrics-port", "0") as server:
         server_key = keys / "server.key"
         with Client(server.endpoint, server_public_key=server_key,
                     client_keys=keys / "intruder.key_secret") as intruder, \
@@ -457,6 +457,9 @@ def test_curve_only_allowed_devices_get_service(tmp_path):
         with Client(server.endpoint, server_public_key=str(server_key),
                     client_keys=str(keys / "camera.key_secret")) as camera:
             assert camera.request([b"x"], budget_s=5.0, bundle="b", cut="c").frames[0] == b"x"
+        # the metrics name the device by its key's file in the allow directory
+        text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
+        assert 'edgesdk_device_queue_seconds_count{device="camera"} 1' in text
         with Client(server.endpoint) as plaintext, pytest.raises((Unreachable, Timeout)):
             plaintext.request([b"x"], budget_s=0.5, bundle="b", cut="c")  # no CURVE at all
         pair = load_key_pair(keys / "camera.key_secret")

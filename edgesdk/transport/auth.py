@@ -19,6 +19,7 @@ opens new sockets, and each is a new handshake).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -191,10 +192,18 @@ def _authenticator_class():
         before the next request is read, so the request in `_current` is the one a
         reply answers."""
 
-        def __init__(self, ctx: zmq.Context, rejections: RejectionLog) -> None:
+        def __init__(self, ctx: zmq.Context, rejections: RejectionLog,
+                     names: dict[bytes, str]) -> None:
             super().__init__(ctx, log=None)  # zmq.auth logs at debug level only
             self.rejections = rejections
+            self.names = names
             self._current: list[bytes] | None = None
+
+        def curve_user_id(self, client_public_key: bytes) -> str:
+            """The allowed key's file name (camera1 for allowed/camera1.key): what the
+            broker names the device by in its metrics."""
+            z85 = zmq.utils.z85.encode(client_public_key)
+            return self.names.get(z85) or super().curve_user_id(client_public_key)
 
         def handle_zap_message(self, msg: list[bytes]):  # sync or async in pyzmq
             self._current = msg
@@ -220,9 +229,12 @@ def start_authenticator(ctx: zmq.Context, allow_dir: str | os.PathLike,
     `.key` file in `allow_dir`, and nobody else. Rejections are counted in
     `metrics.auth_rejected` and logged (rate-limited, see RejectionLog). Stop it with
     `.stop()`."""
-    allowed_keys(allow_dir)  # a missing directory is an error, not an empty allow-list
+    names = {}  # a missing directory is an error, not an empty allow-list
+    for path in allowed_keys(allow_dir):
+        with contextlib.suppress(Exception):  # zmq's own loader skips what it cannot read
+            names[load_public_key(path)] = path.stem
     on_reject = metrics.auth_rejected.inc if metrics is not None else None
-    auth = _authenticator_class()(ctx, RejectionLog(on_reject))
+    auth = _authenticator_class()(ctx, RejectionLog(on_reject), names)
     auth.start()
     auth.configure_curve(domain="*", location=os.fspath(allow_dir))
     return auth

@@ -465,7 +465,8 @@ class Server:
         key = (env.bundle, env.cut)
         job = Job(self._seq, client, env.id, message[1], list(message[2:]), now,
                   now + env.budget_ms / 1e3, service_s=self.service.expected(key),
-                  weight=_task_weight(env.get("task")), key=key)
+                  weight=_task_weight(env.get("task")), key=key,
+                  device=self._device_name(client, message[1]))
         if env.get("explore") is True and not self.dispatcher.idle:
             # a device measuring the server while it computes on its own: only spare
             # capacity answers it, never a device that waits for its result
@@ -485,6 +486,14 @@ class Server:
                 f"{env.budget_ms:.1f} ms: {why}", reason="late"))
         for old in admission.displaced:
             self._reply_busy(old, "displaced")
+
+    def _device_name(self, client: bytes, frame: Any) -> str:
+        """Who sent a request: the name of its CURVE key in the allow directory (the ZAP
+        handler's user id), else its connection's identity in hex."""
+        if self.config.curve is not None:
+            with contextlib.suppress(Exception):
+                return str(frame.get("User-Id"))
+        return client.hex()
 
     def _reply_busy(self, job: Job, reason: str) -> None:
         """Busy, with when the queue is expected to have drained (retry_after_ms)."""
@@ -575,7 +584,9 @@ class Server:
                 self.metrics.deadline_misses.inc()
         else:
             self.metrics.errors.inc(code=str(stats.get("code")))
-        self.metrics.queue_seconds.observe(stats.get("queue_ms", 0.0) / 1e3)
+        queued = stats.get("queue_ms", 0.0) / 1e3
+        self.metrics.queue_seconds.observe(queued)
+        self.metrics.device_queue_seconds.observe(queued, job.device)
         self.metrics.request_seconds.observe(now - job.received)
 
     def _on_worker_exit(self, slot: _Slot | None) -> None:

@@ -71,6 +71,7 @@ class Job:
     service_s: float = 0.0  # the compute it is expected to take (ServiceTimes)
     weight: float = 1.0  # its device's share of a full queue
     key: tuple = ()  # (bundle, cut): what ServiceTimes learns from its result
+    device: str = ""  # who sent it, for the per-device metrics (broker._device_name)
 
 
 @dataclass

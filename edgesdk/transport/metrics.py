@@ -77,6 +77,39 @@ class Counter(_Metric):
         return self.header() + [f"{self.name}{_labels(dict(k))} {_number(v)}" for k, v in rows]
 
 
+class Summary(_Metric):
+    """Sum and count per label value (a Prometheus summary without quantiles): a mean per
+    device, say. At most `max_values` label values are kept; later ones count as "other",
+    so a server with many devices exports a bounded page."""
+
+    kind = "summary"
+
+    def __init__(self, name: str, help_text: str, lock: threading.Lock, label: str,
+                 max_values: int = 64) -> None:
+        super().__init__(name, help_text, lock)
+        self.label = label
+        self.max_values = max_values
+        self._values: dict[str, list[float]] = {}  # label value: [sum, count]
+
+    def observe(self, value: float, label: str) -> None:
+        with self._lock:
+            entry = self._values.get(label)
+            if entry is None:
+                if len(self._values) >= self.max_values - 1:
+                    label = "other"  # the last place on the page
+                entry = self._values.setdefault(label, [0.0, 0])
+            entry[0] += value
+            entry[1] += 1
+
+    def lines(self) -> list[str]:
+        out = self.header()
+        for value, (total, n) in self._values.items():
+            labels = _labels({self.label: value})
+            out += [f"{self.name}_sum{labels} {_number(total)}",
+                    f"{self.name}_count{labels} {_number(n)}"]
+        return out
+
+
 class Gauge(_Metric):
     kind = "gauge"
 
@@ -170,11 +203,16 @@ class Metrics:
         self.batch_size = Histogram("edgesdk_batch_size",
                                     "Requests a worker computed together, per batch.", lk,
                                     buckets=BATCH_BUCKETS)
+        self.device_queue_seconds = Summary(
+            "edgesdk_device_queue_seconds", "Time from receipt to the start of compute, per "
+            "device: its CURVE key's name in the allow directory, else its connection's "
+            "identity (hex); 64 devices at most, the rest as \"other\".", lk, "device")
         self._all = [self.requests, self.replies, self.errors, self.malformed,
                      self.worker_restarts, self.auth_rejected, self.deadline_misses,
                      self.refused, self.queue_length,
                      self.workers_alive, self.workers_busy, self.server_seconds,
-                     self.queue_seconds, self.request_seconds, self.batch_size]
+                     self.queue_seconds, self.request_seconds, self.batch_size,
+                     self.device_queue_seconds]
 
     def render(self) -> str:
         with self.lock:
