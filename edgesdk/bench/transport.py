@@ -286,13 +286,19 @@ def _round_trip_row(size: int, req, dealer, sdk, curve, rounds: int, min_time: f
 
 
 def _squeezenet_bundle(root: Path):
+    return light_bundle(root, "squeezenet")
+
+
+def light_bundle(root: Path, name: str, points: int = 3):
+    """A "light" model of the onnx wheel's backend tests (real graphs, test weights:
+    squeezenet, resnet50, ...) split at `points` cuts into root / NAME.edge."""
     from ..split import split_model
     from ..split.onnx import onnx  # MissingDependency naming the extra if onnx is absent
 
-    path = Path(onnx.__file__).parent / "backend/test/data/light/light_squeezenet.onnx"
+    path = Path(onnx.__file__).parent / f"backend/test/data/light/light_{name}.onnx"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: this onnx wheel has no light_squeezenet.onnx")
-    return split_model(path, root / "squeezenet.edge", max_points=3)
+        raise FileNotFoundError(f"{path}: this onnx wheel has no light_{name}.onnx")
+    return split_model(path, root / f"{name}.edge", max_points=points)
 
 
 def _squeezenet_tail(root: Path) -> tuple[Any, Any, list, dict, Any]:

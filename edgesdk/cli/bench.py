@@ -6,6 +6,7 @@
     edgesdk bench transport [--json] [--quick] [--rounds N] [--no-throughput]
     edgesdk bench scheduling [--json] [--quick] [--rounds N] [--seconds S]
     edgesdk bench batching [--json] [--quick] [--rounds N] [--seconds S]
+    edgesdk bench ray [--json] [--quick] [--rounds N] [--seconds S]
     edgesdk bench policy [--json] [--rounds N]
     edgesdk bench overhead [--json] [--rounds N] [--threads N] [--quick] [--only raw|adaptive]
                            [--adaptive BUNDLE FRAMES.npz [--slo-ms MS] [--task TASK]]
@@ -152,6 +153,11 @@ def _scheduling_options(p: argparse.ArgumentParser) -> None:
 @_topic("batching", "tail throughput for 16 devices with dynamic batching on and off")
 def _batching_options(p: argparse.ArgumentParser) -> None:
     _timed_rounds_options(p, "batching", "rounds per setting and tail")
+
+
+@_topic("ray", "tails on a local Ray cluster: 1 against 2 replicas (the ray extra)")
+def _ray_options(p: argparse.ArgumentParser) -> None:
+    _timed_rounds_options(p, "ray", "rounds per number of replicas")
 
 
 # -- policy --------------------------------------------------------------------------------

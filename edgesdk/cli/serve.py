@@ -78,6 +78,10 @@ def _serve(args: argparse.Namespace) -> int:
     from ..transport.logs import configure_logging, log, log_event
 
     configure_logging(args.log_level)
+    if args.backend == "ray":
+        from ..server.ray_backend import require_ray
+
+        require_ray()  # before the bundles load: a missing extra is the first thing said
     # Stage lines for a person at a terminal (or EDGESDK_PROGRESS=1): stderr is the JSON
     # log too, so whole lines only (no live bar); only while info events are logged
     progress = Progress(args.log_level in ("debug", "info"), bars=False)
@@ -88,27 +92,46 @@ def _serve(args: argparse.Namespace) -> int:
                                      bundle_key=args.bundle_key,
                                      batching=args.max_batch > 1)
         factory.check()
+    workers = args.workers or 1
+    if args.backend == "ray":
+        from ..server.ray_backend import RayTailFactory, deploy
+
+        replicas = args.replicas
+        with progress.stage(f"deploying {replicas} replicas on the Ray cluster at "
+                            f"{args.ray_address}"):
+            deploy(factory, address=args.ray_address, replicas=replicas,
+                   max_replicas=args.max_replicas, cpus_per_replica=args.threads)
+        # the gateway's workers are bridges: each waits on one request (or batch) at a
+        # time, so two per replica keep every replica busy
+        workers = args.workers or 2 * (args.max_replicas or replicas)
+        factory = RayTailFactory(factory, address=args.ray_address)
     curve = load_key_pair(args.curve_secret) if args.curve_secret else None
     if args.allow and not allowed_keys(args.allow):
         log_event("empty_allow_list", logging.WARNING, allow=args.allow,
                   hint="no *.key files: no device can connect")
     config = ServerConfig(
-        bind=args.bind, workers=args.workers,
-        max_queue=args.max_queue if args.max_queue is not None else 4 * args.workers,
+        bind=args.bind, workers=workers,
+        max_queue=args.max_queue if args.max_queue is not None else 4 * workers,
         max_frame_bytes=args.max_frame_bytes, curve=curve, allow_dir=args.allow,
         metrics_host=args.metrics_host, metrics_port=args.metrics_port,
         drain_timeout_s=args.drain_timeout, name=args.name or socket.gethostname(),
         scheduler=args.scheduler, max_batch=args.max_batch)
     server = Server(config, factory, log_level=args.log_level)
-    if not progress.lines:
-        return server.run()
-    watcher = _StartupProgress(progress, args.workers, args.profile_runs)
-    log.addHandler(watcher)
     try:
-        return server.run()
+        if not progress.lines:
+            return server.run()
+        watcher = _StartupProgress(progress, workers, args.profile_runs)
+        log.addHandler(watcher)
+        try:
+            return server.run()
+        finally:
+            log.removeHandler(watcher)
+            watcher.close()
     finally:
-        log.removeHandler(watcher)
-        watcher.close()
+        if args.backend == "ray":
+            from ..server.ray_backend import undeploy
+
+            undeploy()  # its replicas would hold the cluster's CPUs for nobody
 
 
 def _add_serve(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
@@ -129,8 +152,22 @@ def _add_serve(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
     p.add_argument("--bind", default="tcp://127.0.0.1:5555", metavar="ENDPOINT",
                    help="frontend endpoint (default tcp://127.0.0.1:5555; binding a public "
                         "address without --curve-secret logs a warning)")
-    p.add_argument("--workers", type=positive_int, default=1, metavar="N",
-                   help="worker processes (default 1)")
+    p.add_argument("--workers", type=positive_int, metavar="N",
+                   help="worker processes (default 1; with --backend ray, the bridges to the "
+                        "replicas: default 2 per replica)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local (default): the tails run in the worker processes; ray: in a "
+                        "Ray Serve deployment on the Ray cluster at --ray-address, behind "
+                        "this gateway (the `ray` extra)")
+    p.add_argument("--ray-address", default="auto", metavar="ADDRESS",
+                   help="with --backend ray: the cluster to join (default auto: the one "
+                        "running on this machine, `ray start`)")
+    p.add_argument("--replicas", type=positive_int, default=1, metavar="N",
+                   help="with --backend ray: tail replicas (default 1), each with --threads "
+                        "CPUs; with --max-replicas, the fewest the autoscaler keeps")
+    p.add_argument("--max-replicas", type=positive_int, metavar="N",
+                   help="with --backend ray: autoscale up to N replicas (two requests in "
+                        "flight per replica as the target)")
     p.add_argument("--threads", type=positive_int, default=1, metavar="N",
                    help="runtime threads per worker: onnxruntime intra-op threads, LiteRT "
                         "num_threads for .tflite bundles (default 1)")
