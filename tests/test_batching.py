@@ -171,3 +171,5 @@ def test_sixteen_devices_get_their_own_answers_from_batches(bundle):
                    if line.startswith("edgesdk_batch_size_bucket"))
     alone, total = (float(buckets[f'edgesdk_batch_size_bucket{{le="{b}"}}']) for b in ("1", "+Inf"))
     assert total > 0 and alone < total, f"no batch of more than one request: {buckets}"
+    # without CURVE, each device is named by its address
+    assert 'edgesdk_device_queue_seconds_count{device="127.0.0.1"}' in text

@@ -170,7 +170,8 @@ def test_ready_states_the_automatic_limits(server, limits):
     assert ready["max_frame_bytes"] == max(largest, protocol.MAX_PROBE_BYTES) + FRAME_SLACK
     assert ready["max_frame_bytes"] < 2 * MIB  # was 32 MiB
     assert ready["max_request_bytes"] == largest_request(limits, 64, 0)
-    assert ready["memory_bound_bytes"] == (4 + 3 * 1) * ready["max_request_bytes"]
+    # 4 queued; one worker's batch of up to 8, held 4 times (broker, worker, decoded, stacked)
+    assert ready["memory_bound_bytes"] == (4 + 4 * 8 * 1) * ready["max_request_bytes"]
 
 
 def test_oversized_requests_are_refused_by_the_broker_not_a_worker(server, bundle, limits):

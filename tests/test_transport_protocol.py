@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 from edgesdk.errors import ServerBusy, ServerError, Timeout, TransportError, Unreachable
 from edgesdk.transport import protocol
 from edgesdk.transport.config import ServerConfig, is_loopback
-from edgesdk.transport.dispatch import PROBE_EVERY, SAFETY, Dispatcher, Job, ServiceTimes
+from edgesdk.transport.dispatch import (
+    PROBE_EVERY,
+    SAFETY,
+    UNTRIED,
+    Dispatcher,
+    Job,
+    ServiceTimes,
+)
 from edgesdk.transport.metrics import Metrics
 from edgesdk.transport.protocol import (
     ClientProtocol,
@@ -593,12 +600,15 @@ def test_service_times_grow_a_batch_only_while_it_pays():
     times = ServiceTimes(gain=1.0)
     times.observe(key, 0.010)
     assert times.batch_size(key, 8) == 2  # 2 not measured yet: try it
-    assert times.expected(key, 2) == pytest.approx(0.020)  # priced with no gain until then
+    # priced as slower per member until measured (a batch may be: convolutions on a CPU)
+    assert times.expected(key, 2) == pytest.approx(0.020 * UNTRIED)
     times.observe(key, 0.012, n=2)  # 6 ms each: pays
     assert times.batch_size(key, 8) == 4
     times.observe(key, 0.026, n=4)  # 6.5 ms each: worse than 2 at a time
     assert times.batch_size(key, 8) == 2
-    assert times.expected(key, 3) == pytest.approx(0.018)  # at 2's time per member
+    assert times.expected(key, 3) == pytest.approx(0.018)  # learned with 2 (its bucket)
+    times.observe(key, 0.030, n=5)  # a batch of 5 teaches the size 4 (gain 1: replaces)
+    assert times.expected(key, 4) == pytest.approx(0.024)
     # the next size up is tried again once every PROBE_EVERY batches
     sizes = [times.batch_size(key, 8) for _ in range(PROBE_EVERY)]
     assert sizes.count(4) == 1 and sizes.count(2) == PROBE_EVERY - 1
@@ -638,6 +648,29 @@ def test_a_freed_worker_takes_the_queued_jobs_of_its_key_as_one_batch():
     for seq in (1, 2):
         off.admit(job(seq, key=key), 0.0)
     assert [j.seq for j in off.worker_ready(b"w0", 1.0)[0]] == [1]
+
+
+def test_a_batch_never_makes_a_more_urgent_job_of_another_cut_miss_its_deadline():
+    a, b = ("abc", "A"), ("abc", "B")
+    times = ServiceTimes(gain=1.0)
+    times.observe(a, 0.010)
+    times.observe(a, 0.012, n=2)
+    times.observe(a, 0.016, n=4)
+    times.observe(b, 0.010)
+    d = Dispatcher(max_queue=16, max_batch=8, times=times)
+    d.batchable = {a, b}
+    _busy(d, now=-1.0)  # busy until 0
+    for seq, deadline, key in ((1, 0.025, a), (2, 0.028, b), (3, 0.2, a), (4, 0.2, a),
+                               (5, 0.2, a)):
+        assert d.admit(job(seq, deadline=deadline, service_s=0.01, key=key),
+                       -1.0).verdict == "queued"
+    # A1 with A3 ends at 15 ms (x SAFETY), and B2 still fits after; a third member would
+    # push B2 past its deadline
+    batch, _ = d.worker_ready(b"w0", 0.0)
+    assert [j.seq for j in batch] == [1, 3]
+    d.finished(b"w0", 1)
+    batch, dropped = d.worker_ready(b"w0", 0.012)
+    assert [j.seq for j in batch] == [2] and dropped == []
 
 
 def test_an_unknown_scheduler_is_refused_with_its_name():

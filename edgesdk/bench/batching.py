@@ -76,7 +76,10 @@ def _round(endpoint: str, frames: list, where: dict, seconds: float) -> dict:
     for t in threads:
         t.join(seconds + 30)
     elapsed = time.monotonic() - start
-    ctx.term()
+    if any(t.is_alive() for t in threads):  # a device stuck: do not wait for its socket
+        ctx.destroy(linger=0)
+    else:
+        ctx.term()
     return {"per_s": sum(d for d, _ in out) / elapsed, "failed": sum(f for _, f in out)}
 
 
@@ -92,9 +95,10 @@ def run(rounds: int | None = None, seconds: float | None = None, quick: bool = F
     with tempfile.TemporaryDirectory(prefix="edgesdk-bench-") as tmp, \
             contextlib.ExitStack() as stack:
         bundle = _squeezenet_bundle(Path(tmp))
-        factory = TailHandlerFactory((str(bundle.path),), threads=1, profile_runs=5)
         endpoints = {name: stack.enter_context(_process(
-            _serve_edgesdk, None, factory, WORKERS, None, 4 * DEVICES, "edf", size))
+            _serve_edgesdk, None, TailHandlerFactory((str(bundle.path),), threads=1,
+                                                     profile_runs=5, batching=size > 1),
+            WORKERS, None, 4 * DEVICES, "edf", size))
             for name, size in SETTINGS.items()}
         for tail, index in TAILS.items():
             cut = bundle.cuts[index]

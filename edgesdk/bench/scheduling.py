@@ -32,6 +32,7 @@ import contextlib
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -132,8 +133,11 @@ def run(rounds: int | None = None, seconds: float | None = None, quick: bool = F
     with tempfile.TemporaryDirectory(prefix="edgesdk-bench-") as tmp, \
             contextlib.ExitStack() as stack:
         _, cut, frames, where, factory = _squeezenet_tail(Path(tmp))
+        # batching off: the schedulers alone (a batch of this conv tail is no faster per
+        # request here, and bench batching measures it)
         endpoints = {(q, s): stack.enter_context(_process(
-            _serve_edgesdk, None, factory, WORKERS, None, size, s))
+            _serve_edgesdk, None, replace(factory, batching=False), WORKERS, None, size, s,
+            1))
             for q, size in queues.items() for s in SCHEDULERS}
         report.update(model="squeezenet-light", cut=cut.id, bits=BITS,
                       request_bytes=sum(len(memoryview(f).cast("B")) for f in frames))

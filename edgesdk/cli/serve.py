@@ -93,18 +93,14 @@ def _serve(args: argparse.Namespace) -> int:
                                      batching=args.max_batch > 1)
         factory.check()
     workers = args.workers or 1
+    tails = factory
     if args.backend == "ray":
-        from ..server.ray_backend import RayTailFactory, deploy
+        from ..server.ray_backend import RayTailFactory
 
-        replicas = args.replicas
-        with progress.stage(f"deploying {replicas} replicas on the Ray cluster at "
-                            f"{args.ray_address}"):
-            deploy(factory, address=args.ray_address, replicas=replicas,
-                   max_replicas=args.max_replicas, cpus_per_replica=args.threads)
         # the gateway's workers are bridges: each waits on one request (or batch) at a
         # time, so two per replica keep every replica busy
-        workers = args.workers or 2 * (args.max_replicas or replicas)
-        factory = RayTailFactory(factory, address=args.ray_address)
+        workers = args.workers or 2 * (args.max_replicas or args.replicas)
+        factory = RayTailFactory(tails, address=args.ray_address, app=args.ray_app)
     curve = load_key_pair(args.curve_secret) if args.curve_secret else None
     if args.allow and not allowed_keys(args.allow):
         log_event("empty_allow_list", logging.WARNING, allow=args.allow,
@@ -118,6 +114,14 @@ def _serve(args: argparse.Namespace) -> int:
         scheduler=args.scheduler, max_batch=args.max_batch)
     server = Server(config, factory, log_level=args.log_level)
     try:
+        if args.backend == "ray":  # last, after everything that can refuse to start
+            from ..server.ray_backend import deploy
+
+            with progress.stage(f"deploying {args.replicas} replicas on the Ray cluster "
+                                f"at {args.ray_address}"):
+                deploy(tails, address=args.ray_address, replicas=args.replicas,
+                       max_replicas=args.max_replicas, cpus_per_replica=args.threads,
+                       app=args.ray_app)
         if not progress.lines:
             return server.run()
         watcher = _StartupProgress(progress, workers, args.profile_runs)
@@ -131,7 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
         if args.backend == "ray":
             from ..server.ray_backend import undeploy
 
-            undeploy()  # its replicas would hold the cluster's CPUs for nobody
+            undeploy(args.ray_app)  # its replicas would hold the cluster's CPUs for nobody
 
 
 def _add_serve(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
@@ -142,8 +146,9 @@ def _add_serve(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
                     "the given bundles. Logs are JSON lines on stderr. SIGTERM or Ctrl-C "
                     "drains in-flight work and exits. Memory: an infer request whose frames "
                     "are more or larger than its cut takes is refused before it is queued, "
-                    "so beyond its idle size the server holds at most (max-queue + 3 x "
-                    "workers) x R for requests, R being the largest legal request (all "
+                    "so beyond its idle size the server holds at most (max-queue + 4 x "
+                    "max-batch x workers) x R (3 x workers with --max-batch 1) for requests, "
+                    "R being the largest legal request (all "
                     "frames of the largest cut at 32 bits, plus a 16 KiB envelope; the "
                     "'ready' log line gives R and the product), plus ZeroMQ's receive "
                     "buffers: a message is held whole while it arrives, each frame at most "
@@ -162,6 +167,9 @@ def _add_serve(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default="auto", metavar="ADDRESS",
                    help="with --backend ray: the cluster to join (default auto: the one "
                         "running on this machine, `ray start`)")
+    p.add_argument("--ray-app", default="edgesdk", metavar="NAME",
+                   help="with --backend ray: the Serve application's name (default edgesdk); "
+                        "one per gateway: stopping a gateway deletes its application")
     p.add_argument("--replicas", type=positive_int, default=1, metavar="N",
                    help="with --backend ray: tail replicas (default 1), each with --threads "
                         "CPUs; with --max-replicas, the fewest the autoscaler keeps")

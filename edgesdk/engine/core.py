@@ -76,6 +76,7 @@ from ..policy import (
     explore_pick,
     model_profile,
     offload_budget,
+    plan,
 )
 from .device import ExitAnswer, LocalRunner
 from .link import EdgeLink
@@ -262,9 +263,17 @@ class Engine:
                                   "tell which model it is")
             # each link logs (edgesdk.engine) once if its server cannot be used, and again
             # when it can: the first hello's outcome lands within connect_timeout_s
-            links = [EdgeLink(e, self.bundle.source_sha256, server_public_key=curve_server_key,
-                              client_keys=client_keys, name=self.bundle.name,
-                              digest=self.bundle.digest, task=self.task) for e in endpoints]
+            links: list[EdgeLink] = []
+            try:
+                for e in endpoints:
+                    links.append(EdgeLink(e, self.bundle.source_sha256,
+                                          server_public_key=curve_server_key,
+                                          client_keys=client_keys, name=self.bundle.name,
+                                          digest=self.bundle.digest, task=self.task))
+            except BaseException:
+                for link in links:  # their threads would retry forever, unreachable
+                    link.close()
+                raise
             self.link = links[0] if len(links) == 1 else ServerSet(links)
             self.link.wait_connected(connect_timeout_s)
 
@@ -364,7 +373,9 @@ class Engine:
         def score(link: EdgeLink) -> float:
             table = self._server_table(link)
             state = self._build_state(now, link)
-            return float(expected_rewards(table, state)[self._choose(table, state)])
+            rewards = expected_rewards(table, state)
+            i = int(np.argmax(rewards)) if self._choose is plan else self._choose(table, state)
+            return float(rewards[i])
         servers.choose(now, score)
 
     def _server_table(self, link: EdgeLink):

@@ -97,7 +97,7 @@ class ServerSet:
         if not usable:
             return self.active
         if score is None:
-            best = self.active if self.active in usable else usable[0]
+            best = usable[0]
         else:
             scores = {id(x): score(x) for x in usable}
             best = max(usable, key=lambda x: scores[id(x)])

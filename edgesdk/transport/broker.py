@@ -196,7 +196,8 @@ class Server:
                       max_frame_bytes=self.max_frame_bytes,
                       max_request_bytes=self.max_request_bytes,
                       memory_bound_bytes=memory_bound(cfg.max_queue, cfg.workers,
-                                                      self.max_request_bytes),
+                                                      self.max_request_bytes,
+                                                      max_batch=cfg.max_batch),
                       metrics=(f"http://{self.metrics_address[0]}:{self.metrics_address[1]}"
                                "/metrics" if self.metrics_address else None),
                       pid=os.getpid())
@@ -489,10 +490,11 @@ class Server:
 
     def _device_name(self, client: bytes, frame: Any) -> str:
         """Who sent a request: the name of its CURVE key in the allow directory (the ZAP
-        handler's user id), else its connection's identity in hex."""
-        if self.config.curve is not None:
-            with contextlib.suppress(Exception):
-                return str(frame.get("User-Id"))
+        handler's user id), else its IP address (a connection's identity changes with
+        every reconnect; its address does not), else the identity in hex."""
+        prop = "User-Id" if self.config.curve is not None else "Peer-Address"
+        with contextlib.suppress(Exception):
+            return str(frame.get(prop))
         return client.hex()
 
     def _reply_busy(self, job: Job, reason: str) -> None:
@@ -570,9 +572,12 @@ class Server:
                 at += n
             for job in jobs.values():  # never: a worker answers every job it was given
                 self._reply_error(job, protocol.INTERNAL, "its worker sent no reply for it")
-            if stats.get("n"):
+            replies = stats.get("replies", ())
+            if replies and all(r.get("status") == "result" for r in replies):
+                # only computed results teach the expected compute: an error (a payload
+                # that does not decode, a replica that timed out) took another time
                 self.service.observe(batch.jobs[0].key, stats.get("batch_ms", 0.0) / 1e3,
-                                     int(stats["n"]))
+                                     len(replies))
         self._worker_free(identity, now)
 
     def _count_done(self, job: Job, stats: dict, now: float) -> None:

@@ -109,14 +109,14 @@ def largest_request(payload_limits: PayloadLimits | None, max_frames: int,
                                      for frames in cuts.values()), default=0)
 
 
-def memory_bound(max_queue: int, workers: int, request_bytes: int) -> int:
+def memory_bound(max_queue: int, workers: int, request_bytes: int, max_batch: int = 1) -> int:
     """Memory a server may hold for requests beyond its idle size (bytes), apart from
-    ZeroMQ's receive buffers (examples/edge_server.md): every queued or running request in
-    the broker, and in each worker its request and the tensors decoded from it:
-    (max_queue + 3 x workers) x the largest legal request. A batch takes its members from
-    the queue, so it adds nothing to the broker's share; a worker holds its batch's
-    requests, decoded and stacked, within the same 3 x per request of the queue's."""
-    return (max_queue + 3 * workers) * request_bytes
+    ZeroMQ's receive buffers (examples/edge_server.md), in units of the largest legal
+    request: every queued request in the broker (max_queue), and per worker its running
+    batch of up to max_batch requests three times (the broker's copy, the worker's, the
+    tensors decoded from it), and once more stacked into one batch when max_batch > 1."""
+    per_worker = (4 if max_batch > 1 else 3) * max_batch
+    return (max_queue + per_worker * workers) * request_bytes
 
 
 def is_loopback(endpoint: str) -> bool:

@@ -205,8 +205,8 @@ class Metrics:
                                     buckets=BATCH_BUCKETS)
         self.device_queue_seconds = Summary(
             "edgesdk_device_queue_seconds", "Time from receipt to the start of compute, per "
-            "device: its CURVE key's name in the allow directory, else its connection's "
-            "identity (hex); 64 devices at most, the rest as \"other\".", lk, "device")
+            "device: its CURVE key's name in the allow directory, else its IP address; "
+            "63 devices at most, the rest as \"other\".", lk, "device")
         self._all = [self.requests, self.replies, self.errors, self.malformed,
                      self.worker_restarts, self.auth_rejected, self.deadline_misses,
                      self.refused, self.queue_length,

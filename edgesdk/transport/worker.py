@@ -223,6 +223,9 @@ def worker_main(spec: WorkerSpec) -> None:
     sock.connect(spec.backend)
     try:
         handler = spec.factory()
+        # again: a handler may have installed its own (ray.init exits on SIGTERM), and a
+        # group stop must leave the broker's drain to finish the running requests
+        _ignore_stop_signals()
         description = None
         if spec.describe and hasattr(handler, "describe"):
             description = handler.describe()
