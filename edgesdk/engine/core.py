@@ -362,9 +362,9 @@ class Engine:
     def _pick_server(self, servers: ServerSet, now: float) -> None:
         """Make the server whose estimates promise the best plan active (ServerSet.choose):
         for each usable one, the expected reward (the planner's model) of the plan this
-        strategy picks with its estimates and its tail times; fixed strategies keep the
-        first usable one. Due every DECISION_TTL_S, and at once when the active server
-        cannot be used."""
+        strategy picks with its estimates and its tail times; fixed strategies use the
+        first usable one in the order given. Due every DECISION_TTL_S, and at once when the
+        active server cannot be used."""
         self._pick_at = now + DECISION_TTL_S
         if not self._adaptive:
             servers.choose(now, None)

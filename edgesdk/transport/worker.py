@@ -174,8 +174,8 @@ def _run_batch(handler: Handler, message: list) -> tuple[list, dict]:
     """Run one JOB message (one or more requests computed together); returns (every
     reply's frames, back to back; stats). Whatever the handler does short of killing the
     process, each request gets a result or an error reply. stats: {"batch": the first
-    job's number, "n": requests computed, "batch_ms": their compute, "replies": [{"job",
-    "status", "code", "queue_ms", "server_ms", "frames": how many of the frames}]}."""
+    job's number, "batch_ms": the compute, "replies": [{"job", "status", "code",
+    "queue_ms", "server_ms", "frames": how many of the frames}]}."""
     meta = msgpack.unpackb(message[1].bytes, raw=False)
     started = time.monotonic()
     replies: list[tuple[dict, list]] = []
@@ -207,7 +207,7 @@ def _run_batch(handler: Handler, message: list) -> tuple[list, dict]:
     for stats, frames in replies:
         stats["frames"] = len(frames)
     out = [f for _, frames in replies for f in frames]
-    return out, {"batch": meta["jobs"][0]["job"], "n": len(live), "batch_ms": server_ms,
+    return out, {"batch": meta["jobs"][0]["job"], "batch_ms": server_ms,
                  "replies": [stats for stats, _ in replies]}
 
 
