@@ -23,14 +23,15 @@ from transport_helpers import ServerProcess
 pytestmark = pytest.mark.timeout(300)
 
 
-def test_without_ray_the_ray_backend_names_the_extra():
+def test_without_ray_the_ray_backend_names_the_extra(tmp_path):
     code = ("import sys; sys.modules['ray'] = None\n"
             "from edgesdk.cli import main\n"
             "sys.exit(main(['serve', sys.argv[1], '--backend', 'ray']))")
     from edgesdk.models import DIGITS_BUNDLE
 
+    # run outside the checkout: `-c` puts the working directory first on sys.path
     out = subprocess.run([sys.executable, "-c", code, str(DIGITS_BUNDLE)], capture_output=True,
-                         text=True, timeout=60)
+                         text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 1
     assert 'ray is not installed; pip install "edgesdk[ray]"' in out.stderr
 
