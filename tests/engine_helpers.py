@@ -4,14 +4,20 @@ a real broker and real worker processes).
 
     ServerProcess([sys.executable, "tests/engine_helpers.py", BUNDLE, "--delay-ms", "200",
                    "--max-queue", "0"])
+
+And a device slow enough that offloading digits pays (slow_device_bundle, as_profiled),
+with a camera loop over it (stream_frames), for the tests of servers used or given up.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from edgesdk.server import TailHandler, TailHandlerFactory
 
@@ -32,6 +38,49 @@ class SlowTailFactory(TailHandlerFactory):
 
     def __call__(self) -> TailHandler:
         return SlowTailHandler(self)
+
+
+def slow_device_bundle(root: Path) -> Path:
+    """Digits on a "device" whose profile says segments 1..3 take 30 ms each: offloading
+    the input pays (its server is a real one, running the real digits tail)."""
+    from edgesdk.models import DIGITS_BUNDLE
+
+    from conftest import SLOWDOWN
+
+    slow = root / "slowdevice.edge"
+    shutil.copytree(DIGITS_BUNDLE, slow)
+    manifest = json.loads((slow / "manifest.json").read_text())
+    for seg in next(iter(manifest["profiles"].values()))["segments"][1:]:
+        seg["median_ms"] = 30.0 * SLOWDOWN
+    (slow / "manifest.json").write_text(json.dumps(manifest))
+    return slow
+
+
+def as_profiled(engine) -> None:
+    """Keep the planner on the profile's device: forget what the warm-up measured of the
+    real (fast) one, and learn nothing more of it."""
+    from edgesdk.estimators import SlowdownEstimator
+
+    engine._slowdown = SlowdownEstimator([{"median_ms": m} for m in engine._seg_ms])
+    engine._slowdown.observe = lambda *a, **k: 1.0
+
+
+def stream_frames(engine, x, seconds: float, until=None) -> list:
+    """Frames every 10 ms for `seconds` (x SLOWDOWN; or until `until(result)`), their
+    Results."""
+    from conftest import SLOWDOWN
+
+    out = []
+    end = time.monotonic() + seconds * SLOWDOWN
+    i = 0
+    while time.monotonic() < end:
+        r = engine.infer(x[i % len(x)])
+        out.append(r)
+        i += 1
+        if until is not None and until(r):
+            break
+        time.sleep(0.01)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

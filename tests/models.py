@@ -125,6 +125,14 @@ def onnx_light_model(name: str) -> Path:
     return path
 
 
+def squeezenet_bundle(root: Path):
+    """SqueezeNet-light split at 3 points into root/squeezenet.edge (cuts c0, c1, c2; c2's
+    tail is the softmax): the transport and server tests' bundle."""
+    from edgesdk.split import split_model
+
+    return split_model(onnx_light_model("squeezenet"), root / "squeezenet.edge", max_points=3)
+
+
 def digits_with_codec_profile(path: Path, samples: int):
     """(codec profile, Bundle): a copy of the digits bundle at `path` whose profile also
     stores the codec's measured sizes, raw and with zstd, on `samples` test digits."""

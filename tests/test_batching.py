@@ -18,6 +18,7 @@ from edgesdk.errors import HandlerError, TransportError
 from edgesdk.transport import Client
 from edgesdk.transport.protocol import Envelope
 
+from models import squeezenet_bundle
 from transport_helpers import ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -30,13 +31,7 @@ from edgesdk.split.batching import BATCH_DIM, batchable  # noqa: E402
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    """SqueezeNet-light split at 3 points (cuts c0, c1, c2; c2's tail is the softmax)."""
-    from edgesdk.split import split_model
-
-    from models import onnx_light_model
-
-    return split_model(onnx_light_model("squeezenet"),
-                       tmp_path_factory.mktemp("bundles") / "squeezenet.edge", max_points=3)
+    return squeezenet_bundle(tmp_path_factory.mktemp("bundles"))
 
 
 def _cut_inputs(bundle, cut, seeds):
@@ -64,10 +59,6 @@ def _graph(nodes, inits=()) -> onnx.ModelProto:
 
 
 def test_real_segments_get_a_batch_dim_and_row_mixing_graphs_do_not(tmp_path):
-    from edgesdk.split import split_model
-
-    from models import onnx_light_model
-
     # a classifier's flatten (Reshape to a constant [1, -1]) keeps the batch dim
     flat = _graph([helper.make_node("Reshape", ["x", "shape"], ["y"])],
                   [helper.make_tensor("shape", TensorProto.INT64, [2], [1, -1])])
@@ -100,7 +91,7 @@ def test_real_segments_get_a_batch_dim_and_row_mixing_graphs_do_not(tmp_path):
     flat.graph.output[0].type.tensor_type.shape.dim.add().dim_value = 4
     assert batchable(flat) is None
     # real segments (SqueezeNet-light's, cut at 3 points) all take a batch
-    bundle = split_model(onnx_light_model("squeezenet"), tmp_path / "sq.edge", max_points=3)
+    bundle = squeezenet_bundle(tmp_path)
     assert all(batchable(onnx.load(str(bundle.segment_path(i)))) is not None
                for i in range(len(bundle.segments)))
 

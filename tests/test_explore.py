@@ -5,9 +5,7 @@ on 127.0.0.1 whose worker is frozen with SIGSTOP, then thawed)."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import time
 from dataclasses import replace
@@ -17,11 +15,12 @@ import pytest
 
 from edgesdk import Engine
 from edgesdk.bundle import Bundle
-from edgesdk.estimators import ServerLoadEstimator, SlowdownEstimator
+from edgesdk.estimators import ServerLoadEstimator
 from edgesdk.models import DIGITS_BUNDLE, load_digits_test
 from edgesdk.policy import State, build_candidates, explore_pick, model_profile, optimistic, plan
 
 from conftest import SLOWDOWN
+from engine_helpers import as_profiled, slow_device_bundle, stream_frames
 from transport_helpers import ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -114,31 +113,7 @@ def test_in_the_simulator_exploring_brings_offloads_back_after_a_load_spike():
 
 @pytest.fixture(scope="module")
 def slow_device(tmp_path_factory):
-    """Digits on a "device" whose profile says segments 1..3 take 30 ms each: offloading the
-    input pays (its server is a real one, running the real digits tail)."""
-    root = tmp_path_factory.mktemp("explore")
-    slow = root / "slowdevice.edge"
-    shutil.copytree(DIGITS_BUNDLE, slow)
-    manifest = json.loads((slow / "manifest.json").read_text())
-    for seg in next(iter(manifest["profiles"].values()))["segments"][1:]:
-        seg["median_ms"] = 30.0 * SLOWDOWN
-    (slow / "manifest.json").write_text(json.dumps(manifest))
-    return slow
-
-
-def _stream(engine: Engine, x: np.ndarray, seconds: float, until=None) -> list:
-    """Frames every 10 ms for `seconds` (or until `until(result)`), their Results."""
-    out = []
-    end = time.monotonic() + seconds * SLOWDOWN
-    i = 0
-    while time.monotonic() < end:
-        r = engine.infer(x[i % len(x)])
-        out.append(r)
-        i += 1
-        if until is not None and until(r):
-            break
-        time.sleep(0.01)
-    return out
+    return slow_device_bundle(tmp_path_factory.mktemp("explore"))
 
 
 @pytest.mark.slow
@@ -152,35 +127,32 @@ def test_after_its_worker_recovers_the_server_is_used_again_only_through_explori
     x = x[:40]
     with ServerProcess.serving([DIGITS_BUNDLE], "--workers", "1") as server, Engine(
             slow_device, server=server.endpoint, slo_ms=SLO_MS, strategy="planner") as engine:
-        # this "device" is the profile's: forget what the warm-up measured of the real one,
-        # and keep the planner from learning it
-        engine._slowdown = SlowdownEstimator([{"median_ms": m} for m in engine._seg_ms])
-        engine._slowdown.observe = lambda *a, **k: 1.0
+        as_profiled(engine)  # this "device" is the profile's
         assert engine.link.wait_connected(10)
-        first = _stream(engine, x, 5.0, until=lambda r: r.where == "edge")
+        first = stream_frames(engine, x, 5.0, until=lambda r: r.where == "edge")
         assert first[-1].where == "edge", [r.plan for r in first]
 
         (worker,) = server.worker_pids().values()
         os.kill(worker, signal.SIGSTOP)
         try:
-            frozen = _stream(engine, x, 5.0, until=lambda r: r.fallback_reason == "timeout")
+            frozen = stream_frames(engine, x, 5.0, until=lambda r: r.fallback_reason == "timeout")
             assert frozen[-1].fallback_reason == "timeout"
             assert frozen[-1].timings.total < SLO_MS + 5.0 * SLOWDOWN
             engine._explore = lambda f: None  # exploring off
-            after = _stream(engine, x, 0.5)
+            after = stream_frames(engine, x, 0.5)
             assert all(r.where in ("device", "exit") for r in after[-10:]), \
                 [(r.plan, r.where, r.fallback_reason) for r in after]
         finally:
             os.kill(worker, signal.SIGCONT)
         time.sleep(0.2)
 
-        without = _stream(engine, x, 1.5)
+        without = stream_frames(engine, x, 1.5)
         assert all(r.where != "edge" and "device-only" in r.plan for r in without), \
             [(r.plan, r.where, r.fallback_reason) for r in without if r.where == "edge"]
 
         del engine._explore  # exploring on (the class's method again)
         t0 = time.monotonic()
-        back = _stream(engine, x, 5.0, until=lambda r: r.where == "edge")
+        back = stream_frames(engine, x, 5.0, until=lambda r: r.where == "edge")
         took = time.monotonic() - t0
     assert back[-1].where == "edge", [(r.plan, r.fallback_reason) for r in back[-5:]]
     assert took < 1.5 * SLOWDOWN, took

@@ -18,6 +18,7 @@ import pytest
 from edgesdk.errors import RemoteError, TransportError
 from edgesdk.transport import Client
 
+from models import squeezenet_bundle
 from transport_helpers import ServerProcess
 
 pytestmark = pytest.mark.timeout(300)
@@ -49,12 +50,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     pytest.importorskip("onnx", reason="the test bundle is split with the split extra")
-    from edgesdk.split import split_model
-
-    from models import onnx_light_model
-
-    return split_model(onnx_light_model("squeezenet"),
-                       tmp_path_factory.mktemp("ray") / "squeezenet.edge", max_points=3)
+    return squeezenet_bundle(tmp_path_factory.mktemp("ray"))
 
 
 def _requests(bundle):

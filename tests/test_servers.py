@@ -5,21 +5,18 @@ replaced without a frame lost or late."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import socket
-import time
 
 import pytest
 
 from edgesdk import ConfigError, Engine
 from edgesdk.engine.servers import ServerSet
-from edgesdk.estimators import SlowdownEstimator
 from edgesdk.models import DIGITS_BUNDLE, load_digits_test
 
 from conftest import SLOWDOWN
+from engine_helpers import as_profiled, slow_device_bundle, stream_frames
 from transport_helpers import ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -29,35 +26,7 @@ LATE_MS = 5.0 * SLOWDOWN
 
 @pytest.fixture(scope="module")
 def slow_device(tmp_path_factory):
-    """Digits on a "device" whose profile says segments 1..3 take 30 ms each: offloading the
-    input pays (test_explore.py's device)."""
-    slow = tmp_path_factory.mktemp("servers") / "slowdevice.edge"
-    shutil.copytree(DIGITS_BUNDLE, slow)
-    manifest = json.loads((slow / "manifest.json").read_text())
-    for seg in next(iter(manifest["profiles"].values()))["segments"][1:]:
-        seg["median_ms"] = 30.0 * SLOWDOWN
-    (slow / "manifest.json").write_text(json.dumps(manifest))
-    return slow
-
-
-def _as_profiled(engine: Engine) -> None:
-    """Keep the planner on the profile's device (not the warm-up's real, fast one)."""
-    engine._slowdown = SlowdownEstimator([{"median_ms": m} for m in engine._seg_ms])
-    engine._slowdown.observe = lambda *a, **k: 1.0
-
-
-def _stream(engine: Engine, x, seconds: float, until=None) -> list:
-    out = []
-    end = time.monotonic() + seconds * SLOWDOWN
-    i = 0
-    while time.monotonic() < end:
-        r = engine.infer(x[i % len(x)])
-        out.append(r)
-        i += 1
-        if until is not None and until(r):
-            break
-        time.sleep(0.01)
-    return out
+    return slow_device_bundle(tmp_path_factory.mktemp("servers"))
 
 
 def _free_endpoint() -> str:
@@ -74,16 +43,16 @@ def test_frames_move_to_the_other_server_when_one_freezes_and_when_one_dies(slow
             ServerProcess.serving([DIGITS_BUNDLE], "--workers", "1") as b, \
             Engine(slow_device, server=[a.endpoint, b.endpoint], slo_ms=SLO_MS,
                    strategy="planner") as engine:
-        _as_profiled(engine)
+        as_profiled(engine)
         assert isinstance(engine.link, ServerSet)
         assert engine.link.statuses() == {a.endpoint: "up", b.endpoint: "up"}
-        first = _stream(engine, x, 5.0, until=lambda r: r.where == "edge")
+        first = stream_frames(engine, x, 5.0, until=lambda r: r.where == "edge")
         assert first[-1].where == "edge" and first[-1].server == a.endpoint  # the first listed
 
         (worker,) = a.worker_pids().values()
         os.kill(worker, signal.SIGSTOP)  # a frozen box: offloads to it time out
         try:
-            moved = _stream(engine, x, 5.0, until=lambda r: r.server == b.endpoint
+            moved = stream_frames(engine, x, 5.0, until=lambda r: r.server == b.endpoint
                             and r.where == "edge")
         finally:
             os.kill(worker, signal.SIGCONT)
@@ -91,12 +60,12 @@ def test_frames_move_to_the_other_server_when_one_freezes_and_when_one_dies(slow
             [(r.server, r.where, r.fallback_reason) for r in moved]
         timeouts = [r for r in moved if r.fallback_reason == "timeout"]
         assert len(timeouts) <= 2, [(r.server, r.where, r.fallback_reason) for r in moved]
-        on_b = _stream(engine, x, 1.0)
+        on_b = stream_frames(engine, x, 1.0)
         assert sum(r.server == b.endpoint and r.where == "edge" for r in on_b) >= \
             0.8 * len(on_b), [(r.server, r.where, r.fallback_reason) for r in on_b]
 
         b.kill()  # a dead box: its connection drops
-        back = _stream(engine, x, 5.0, until=lambda r: r.server == a.endpoint
+        back = stream_frames(engine, x, 5.0, until=lambda r: r.server == a.endpoint
                        and r.where == "edge")
         assert back[-1].where == "edge" and back[-1].server == a.endpoint, \
             [(r.server, r.where, r.fallback_reason) for r in back]

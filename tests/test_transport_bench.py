@@ -57,3 +57,18 @@ def test_the_scheduling_benchmark_accounts_for_every_frame(capsys):
             assert one["frames"] == outcomes > 0 and one["error"] == 0
         assert set(result["targets"]) == {"edf / fifo within deadline",
                                           "edf share within 20 % of the mean"}
+
+
+@pytest.mark.slow
+def test_the_batching_benchmark_runs_both_settings_on_both_tails(capsys):
+    """edgesdk bench batching: batching on and off, real servers, 16 device sockets; every
+    round delivered results and none failed."""
+    assert cli_main(["bench", "batching", "--json", "--rounds", "1", "--seconds", "0.5"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["results"]) == {"heavy", "light"}
+    for result in report["results"].values():
+        assert result["failed"] == {"on": 0, "off": 0}
+        for name in ("on", "off"):
+            (one,) = result["rounds"][name]
+            assert one["per_s"] > 0
+        assert result["target"]["value"] > 0

@@ -24,6 +24,7 @@ from edgesdk.errors import ServerBusy, Timeout, TransportError, Unreachable
 from edgesdk.transport import Client, RemoteError
 from edgesdk.transport.auth import KeyPair, load_key_pair
 
+from models import squeezenet_bundle
 from transport_helpers import ROOT, ServerProcess, child_env, pid_alive, wait_until
 
 pytestmark = pytest.mark.timeout(90)
@@ -36,13 +37,7 @@ onnx = pytest.importorskip("onnx", reason="the test bundle is split with the spl
 
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory):
-    """SqueezeNet-light split at 3 points (cuts c0, c1, c2; c2's tail is the softmax)."""
-    from edgesdk.split import split_model
-
-    from models import onnx_light_model
-
-    return split_model(onnx_light_model("squeezenet"),
-                       tmp_path_factory.mktemp("bundles") / "squeezenet.edge", max_points=3)
+    return squeezenet_bundle(tmp_path_factory.mktemp("bundles"))
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,7 @@ import numpy as np
 import zmq
 
 from . import format_table, pm, summarize
+from .scheduling import jsonable  # the same report shape: results[name] without "_" keys
 from .transport import BITS, _process, _serve_edgesdk, _squeezenet_bundle, cut_request
 
 DEVICES = 16
@@ -124,13 +125,6 @@ def _compare(per: dict[str, list], limit: float) -> dict:
                        "pass": ratio.median >= limit}}
 
 
-def jsonable(report: dict) -> dict:
-    out = dict(report)
-    out["results"] = {t: {k: v for k, v in r.items() if not k.startswith("_")}
-                      for t, r in report["results"].items()}
-    return out
-
-
 def format_text(report: dict) -> str:
     lines = [f"{report['devices']} devices, one request each in flight, {report['workers']} "
              f"workers, {report['model']} tails at {report['bits']} bits; batching on "
@@ -148,3 +142,6 @@ def format_text(report: dict) -> str:
     lines.append(format_table(["tail", "on /s", "off /s", "on / off", "target",
                                "failed on/off"], rows, "lrrrll"))
     return "\n".join(lines)
+
+
+__all__ = ["format_text", "jsonable", "run"]
