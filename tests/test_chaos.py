@@ -7,7 +7,6 @@ from __future__ import annotations
 import gc
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,18 +21,12 @@ from edgesdk.bundle import Bundle
 from edgesdk.models import DIGITS_BUNDLE, load_digits_test
 from edgesdk.runtime import open_segments, run_chain
 
-from transport_helpers import ServerProcess, child_env
+from transport_helpers import ServerProcess, child_env, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 SLO_MS = 60.0
 LATE_MS = 5.0  # the promise: no answer later than the deadline + this
 ENGINES = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -94,7 +87,7 @@ def test_engines_through_stop_overload_kill_and_restart():
     segs = open_segments(Bundle.load(DIGITS_BUNDLE))
     labels = np.array([int(np.argmax(run_chain(segs, {"x": xi[None]})["logits"]))
                        for xi in x])
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     args = ("--bind", endpoint, "--workers", "2", "--max-queue", "4")
     server = ServerProcess.serving([DIGITS_BUNDLE], *args)
     stop = threading.Event()

@@ -5,7 +5,6 @@ restarted. Every path ends in exactly one Result per frame, within its deadline.
 from __future__ import annotations
 
 import math
-import socket
 import sys
 import time
 
@@ -19,7 +18,7 @@ from edgesdk.models import digits_bundle, load_digits_test
 from edgesdk.runtime import open_segments, run_chain
 
 from conftest import SLOWDOWN
-from transport_helpers import TESTS, ServerProcess
+from transport_helpers import TESTS, ServerProcess, free_port
 
 # the ONNX bundle, or its TFLite form where onnxruntime has no build (32-bit Pi OS)
 DIGITS_BUNDLE = digits_bundle()
@@ -47,12 +46,6 @@ def full_model(digits):
 def server():
     with ServerProcess.serving([DIGITS_BUNDLE], "--workers", "1") as s:
         yield s
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _slow_server(delay_ms: float, *args: str) -> ServerProcess:
@@ -214,7 +207,7 @@ def test_sparse_offloads_are_read_by_the_server(server, measured_digits, digits,
 
 
 def test_unreachable_server_finishes_on_the_device(digits, full_model):
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
+    endpoint = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
     with Engine(DIGITS_BUNDLE, server=endpoint, slo_ms=SLO_MS, strategy="edge",
                 connect_timeout_s=0.5) as engine:
         results = [engine.infer(xi) for xi in digits[0][:10]]
@@ -233,7 +226,7 @@ def test_an_unreachable_server_is_warned_about_once_then_its_return_logged(digit
     import logging
 
     caplog.set_level(logging.INFO, logger="edgesdk")
-    port = _free_port()
+    port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"  # a closed port: nothing listens there yet
     with Engine(DIGITS_BUNDLE, server=endpoint, strategy="edge",
                 connect_timeout_s=2.0) as engine:
@@ -258,7 +251,7 @@ def test_an_unreachable_server_is_warned_about_once_then_its_return_logged(digit
 @pytest.mark.slow
 def test_server_killed_and_restarted_same_engine(digits):
     x, y = digits
-    port = _free_port()
+    port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
     first = ServerProcess.serving([DIGITS_BUNDLE], "--bind", endpoint)
     try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 
 import pytest
 
@@ -17,7 +16,7 @@ from edgesdk.models import DIGITS_BUNDLE, load_digits_test
 
 from conftest import SLOWDOWN
 from engine_helpers import as_profiled, slow_device_bundle, stream_frames
-from transport_helpers import ServerProcess
+from transport_helpers import ServerProcess, free_port
 
 pytestmark = pytest.mark.timeout(120)
 SLO_MS = 200.0 * SLOWDOWN
@@ -30,9 +29,7 @@ def slow_device(tmp_path_factory):
 
 
 def _free_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    return f"tcp://127.0.0.1:{free_port()}"
 
 
 @pytest.mark.slow

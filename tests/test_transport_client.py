@@ -14,6 +14,8 @@ from edgesdk.errors import ServerError, TransportError
 from edgesdk.transport import Client, protocol
 from edgesdk.transport.protocol import Envelope, MalformedMessage, pack, unpack
 
+from transport_helpers import free_port
+
 pytestmark = pytest.mark.timeout(60)
 
 Answer = Callable[[Envelope], "bytes | None"]
@@ -127,3 +129,23 @@ def test_a_request_expires_at_its_deadline_within_the_poll_that_reaches_it():
             client.wait(rid)
         # the deadline plus the poll's millisecond rounding, far from the 1 s poll timeout
         assert elapsed < 0.05 + 0.3, elapsed
+
+
+def test_a_request_that_expired_between_polls_is_reported_by_the_next_one_at_once():
+    # zmq's poll can return a hair before the deadline it was given, so a request's expiry
+    # can fall to the next turn: that turn must hand it back before polling, not sleep its
+    # whole timeout with the outcome done and unreported (an engine's link thread slept
+    # 5 s so, with the server back, frames on the device until something woke it)
+    import time
+
+    from edgesdk.errors import Unreachable
+
+    with Client(f"tcp://127.0.0.1:{free_port()}", retries=0) as client:
+        rid = client.submit([b"x"], budget_s=0.02, kind=protocol.HEARTBEAT)
+        time.sleep(0.05)  # past its deadline, no turn taken
+        t0 = time.monotonic()
+        client.poll(2.0)
+        assert time.monotonic() - t0 < 0.5
+        assert client.done(rid)
+        with pytest.raises(Unreachable):
+            client.wait(rid)

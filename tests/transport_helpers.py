@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -133,6 +134,13 @@ class ServerProcess(_ServerProcess):
             return super().wait_event(*args, **kw)
         except ServerStartError as exc:
             raise AssertionError(str(exc)) from None
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def pid_alive(pid: int) -> bool:

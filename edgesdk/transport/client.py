@@ -232,12 +232,18 @@ class Client:
 
     def _turn(self, max_wait_s: float, request_id: int | None = None) -> None:
         """Timers, sends, one poll of at most `max_wait_s` (or the next timer), reads.
-        Returns before polling when the timers completed `request_id`."""
+        Returns before polling when the timers completed `request_id` (any request, for a
+        `poll` caller)."""
         now = time.monotonic()
+        unresolved = self._proto.unresolved
         if self._proto.tick(now):
             self._reset_socket()
             self._proto.reset(now)
-        if request_id is not None and self._proto.done(request_id):
+        # A request that just timed out must reach the caller now, not after a poll of up to
+        # max_wait_s with nothing left to wake it: zmq's poll can return a hair before the
+        # deadline it was given, so the previous turn may have left the expiry to this one.
+        if (self._proto.done(request_id) if request_id is not None
+                else self._proto.unresolved < unresolved):
             return
         self._flush(now)
         wake = self._proto.next_timer()

@@ -649,6 +649,11 @@ class ClientProtocol:
     def pending_ids(self) -> list[int]:
         return list(self._pending)
 
+    @property
+    def unresolved(self) -> int:
+        """How many requests have no outcome yet (sent or not)."""
+        return len(self._pending)
+
 
 __all__ = [
     "ANSWERS", "BAD_REQUEST", "BUNDLE_MISMATCH", "BUSY", "ERROR", "EXPIRED", "HEARTBEAT",
