@@ -23,6 +23,12 @@ A model split at K cut points has K + 1 segments; cut ``i`` is the boundary afte
                          `edgesdk split --exit`) or a head trained by `edgesdk exits train`
                          ("head"); per exit: file, sha256, inputs, output, after_segment,
                          and its calibration (measure, temperature, threshold, ...)
+    versions             other forms of the segments (optional; `edgesdk split --versions`):
+                         per version, its name ("int8", "fp16"), how it was made ("method")
+                         and one entry per segment, file and sha256 (null where the version
+                         keeps the fp32 file). A version's segment reads and writes the same
+                         tensors as the fp32 one, so a head of one version and a tail of
+                         another meet at any cut
     profiles             per device name: latency of each segment (filled by `edgesdk profile`)
     integrity            the digest of everything above but `profiles` (written by `save`)
 
@@ -34,8 +40,9 @@ Every failure is a BundleError naming the file and the field.
 The digest (:func:`manifest_digest`, `Bundle.digest`) is the sha256 of the canonical JSON
 (sorted keys, no spaces) of the manifest without `profiles` and `integrity`: format,
 version, name, backend, source (with the split's verification record), inputs, outputs (with
-declared kinds), segments, cuts, exits (with their calibration) and whole. Through the
-sha256 of each file listed there, it covers the segment, exit and whole-model files.
+declared kinds), segments, cuts, exits (with their calibration), whole and versions. Through
+the sha256 of each file listed there, it covers the segment, exit, whole-model and version
+files.
 Profiles are left out: they are per-device measurements that `edgesdk profile` adds on each
 device. They steer decisions, not what a plan computes: segment times, and (with `profile
 --data`) each bit width's measured fidelity, which the planner weighs; a signed deployment
@@ -147,6 +154,25 @@ class ExitSpec:
 
 
 EXIT_KINDS = ("model", "head")
+FP32 = "fp32"  # the bundle's own segments: the reference every version is measured against
+_VERSION_NAME = re.compile(r"[a-z][a-z0-9_]{0,15}")
+
+
+@dataclass(frozen=True)
+class VersionSpec:
+    """Another form of the model's segments (a quantized or float16 copy). segments[i] has
+    the fp32 segment's inputs and outputs, or is None where the version keeps the fp32
+    file (that segment could not be converted). `method`: how it was made (tool, options,
+    calibration samples), for people and for re-making it."""
+
+    name: str
+    method: Mapping[str, Any]
+    segments: tuple[SegmentSpec | None, ...]
+
+    @property
+    def converted(self) -> int:
+        """How many segments have a file of their own in this version."""
+        return sum(s is not None for s in self.segments)
 
 # -- what a model output is ---------------------------------------------------------------
 
@@ -265,6 +291,15 @@ class Manifest:
     # the unsplit model (a chain of segments loses fusions and layout at every boundary).
     # The price: the device holds the weights twice, once in the segments and once here.
     whole: SegmentSpec | None = None
+    versions: tuple[VersionSpec, ...] = ()
+
+    def version(self, name: str) -> VersionSpec:
+        """The version called `name` (not fp32, which is the segments themselves)."""
+        for v in self.versions:
+            if v.name == name:
+                return v
+        known = ", ".join([FP32, *(v.name for v in self.versions)])
+        raise BundleError(f"{self.name}: no model version {name!r}; it has {known}")
 
     def output_kind(self, name: str | None = None) -> str:
         """The kind of model output `name` (default: the first output): declared, else
@@ -285,6 +320,10 @@ class Manifest:
         d = asdict(self)
         if d["whole"] is None:
             del d["whole"]
+        if not d["versions"]:
+            del d["versions"]  # a bundle without versions keeps the digest it always had
+        for v, spec in zip(d.get("versions", ()), self.versions):
+            v["method"] = dict(spec.method)
         kinds = d.pop("output_kinds")
         for out in d["outputs"]:
             if out["name"] in kinds:
@@ -314,6 +353,9 @@ def _check_files(root: Path, manifest: Manifest, manifest_path: Path,
     files += [(f"exits[{i}]", e.file, e.sha256) for i, e in enumerate(manifest.exits)]
     if manifest.whole is not None:
         files.append(("whole", manifest.whole.file, manifest.whole.sha256))
+    files += [(f"versions[{j}].segments[{i}]", seg.file, seg.sha256)
+              for j, v in enumerate(manifest.versions)
+              for i, seg in enumerate(v.segments) if seg is not None]
     for field_name, name, digest in files:
         file = root / name
         if Path(name).name != name:
@@ -440,8 +482,18 @@ class Bundle:
     def source_sha256(self) -> str:
         return str(self.manifest.source.get("sha256", ""))
 
-    def segment_path(self, index: int) -> Path:
-        return self.path / self.manifest.segments[index].file
+    def segment_path(self, index: int, version: str = FP32) -> Path:
+        """The file of segment `index`, in `version` (the fp32 file where the version kept
+        it)."""
+        spec = self.manifest.segments[index]
+        if version != FP32:
+            spec = self.manifest.version(version).segments[index] or spec
+        return self.path / spec.file
+
+    @property
+    def versions(self) -> tuple[str, ...]:
+        """The model versions this bundle can run: fp32 first, then the others."""
+        return (FP32, *(v.name for v in self.manifest.versions))
 
     @property
     def exits(self) -> tuple[ExitSpec, ...]:
@@ -581,6 +633,14 @@ class Bundle:
         profiles = {**current.profiles, device: dict(profile)}
         return Bundle.save(self.path, replace(current, profiles=profiles))
 
+    def with_versions(self, versions: Sequence[VersionSpec]) -> Bundle:
+        """Store `versions` in the manifest on disk, replacing versions of the same names;
+        returns the new (re-sealed) bundle. The files must be in the bundle already."""
+        current = Bundle.load(self.path).manifest
+        new = {v.name: v for v in versions}
+        kept = tuple(v for v in current.versions if v.name not in new)
+        return Bundle.save(self.path, replace(current, versions=kept + tuple(versions)))
+
     def with_output_kinds(self, kinds: Mapping[str, str]) -> Bundle:
         """Declare the kind of some outputs ({name: kind}, e.g. {"boxes": "boxes"}) in the
         manifest on disk, over any kind declared before; returns the new bundle. What
@@ -698,9 +758,39 @@ def parse_manifest(raw: Any, where: str = MANIFEST) -> Manifest:
         profiles=_get(raw, "profiles", dict, where),
         output_kinds=_declared_kinds(raw["outputs"], where),
         whole=_segment(raw["whole"], f"{where}: whole") if "whole" in raw else None,
+        versions=tuple(_version(v, f"{where}: versions[{j}]", segments)
+                       for j, v in enumerate(_get(raw, "versions", list, where)))
+        if "versions" in raw else (),
     )
     check_chain(manifest, where)
+    names = [v.name for v in manifest.versions]
+    if len(set(names)) != len(names):
+        raise BundleError(f"{where}: version names are not unique: {names}")
     return manifest
+
+
+def _version(obj: Any, where: str, segments: Sequence[SegmentSpec]) -> VersionSpec:
+    name = _get(obj, "name", str, where)
+    if name == FP32 or not _VERSION_NAME.fullmatch(name):
+        raise BundleError(f"{where}: field 'name' is {name!r}, expected a short lowercase "
+                          f"name other than {FP32!r} (the segments themselves)")
+    raw = _get(obj, "segments", list, where)
+    if len(raw) != len(segments):
+        raise BundleError(f"{where}: field 'segments' has {len(raw)} entries, the bundle has "
+                          f"{len(segments)} segments")
+    specs: list[SegmentSpec | None] = []
+    for i, (entry, ref) in enumerate(zip(raw, segments)):
+        if entry is None:
+            specs.append(None)
+            continue
+        seg = _segment(entry, f"{where}.segments[{i}]")
+        if seg.inputs != ref.inputs or seg.outputs != ref.outputs:
+            raise BundleError(f"{where}.segments[{i}] ({seg.file}) reads {list(seg.inputs)} and "
+                              f"writes {list(seg.outputs)}; segments[{i}] reads "
+                              f"{list(ref.inputs)} and writes {list(ref.outputs)}: a version "
+                              "must keep the cut tensors")
+        specs.append(seg)
+    return VersionSpec(name, _get(obj, "method", dict, where), tuple(specs))
 
 
 def _segment(obj: Any, where: str) -> SegmentSpec:

@@ -49,6 +49,7 @@ __all__ = [
     "default_device",
     "host_info",
     "measure_cut_codec",
+    "measure_version_fidelity",
     "output_fidelity",
     "profile_segments",
     "seeded_inputs",
@@ -482,3 +483,50 @@ def measure_cut_codec(
         else:
             out["cuts"][name] = entry
     return out
+
+
+def measure_version_fidelity(
+    reference: Sequence[_Runnable],
+    version: Sequence[_Runnable],
+    cuts: Sequence[Any],
+    samples: Sequence[Mapping[str, np.ndarray]],
+    final_output: str,
+    kind: str | None = None,
+) -> dict[str, Any]:
+    """How close a model version's answers are to fp32's, as the planner combines them: the
+    head up to each cut in `version` and the tail in fp32 (`reference`), which is an
+    offload to a server running fp32, and the whole chain in `version` (a frame that
+    stays on the device). Both chains are the same bundle's segments, so they read and
+    write the same tensors. Measured on `samples` in the output's `kind`
+    (:func:`output_fidelity`; None infers it from the output's shape).
+
+    Returns ``{"samples": n, "output", "kind", "device": {"fidelity", ...},
+    "cuts": {cut_id: {"fidelity", ...}}}`` with the kind's means (see measure_cut_codec).
+    """
+    if len(reference) != len(version):
+        raise ValueError(f"{len(version)} version segments for {len(reference)} segments")
+    if not samples:
+        raise ValueError("no samples to measure the version's fidelity on")
+    after = {c.id: c.after_segment for c in cuts}
+    rows: dict[str, list] = {"device": [], **{c: [] for c in after}}
+    for feed in samples:
+        ref = np.array(_run(reference, dict(feed))[final_output])  # a segment may reuse it
+        if kind is None:
+            kind = output_kind(TensorSpec(final_output, tuple(ref.shape), str(ref.dtype)))
+        env = dict(feed)
+        for i, seg in enumerate(version):
+            env.update(seg.run({n: env[n] for n in seg.inputs}))
+            for cut, a in after.items():
+                if a == i:  # the tail in fp32 from the version's cut tensors
+                    tail = _run(reference[i + 1:], dict(env))
+                    rows[cut].append(output_fidelity(tail[final_output], ref, kind))
+        rows["device"].append(output_fidelity(env[final_output], ref, kind))
+    return {"samples": len(samples), "output": final_output, "kind": kind,
+            "device": _mean_fidelity(rows.pop("device")),
+            "cuts": {cut: _mean_fidelity(r) for cut, r in rows.items()}}
+
+
+def _run(segments: Sequence[_Runnable], env: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    for seg in segments:
+        env.update(seg.run({n: env[n] for n in seg.inputs}))
+    return env

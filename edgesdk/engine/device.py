@@ -9,13 +9,13 @@ Exits run in cascade order (by segment, then manifest order; calibration stored 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..bundle import Bundle, ExitSpec
+from ..bundle import FP32, Bundle, ExitSpec
 from ..errors import InputError
 from ..exits import ExitRule, exit_runner, ordered_exits
 from ..runtime import Segment, open_file, open_segments
@@ -52,6 +52,7 @@ class LocalRunner:
     def __init__(self, bundle: Bundle, threads: int = 1) -> None:
         self.bundle = bundle
         self.segments = open_segments(bundle, threads=threads)
+        self._versions: dict[str, list[Segment]] = {}  # other model versions: add_versions
         calibrated = []
         for _, e in ordered_exits(bundle):
             if "coverage" not in e.calibration or "measure" not in e.calibration:
@@ -123,9 +124,22 @@ class LocalRunner:
             feed[spec.name] = np.ascontiguousarray(arr)
         return feed
 
-    def run_segment(self, index: int, env: dict[str, np.ndarray]) -> float:
-        """Run segment `index` on `env` (updated in place); returns its milliseconds."""
-        seg = self.segments[index]
+    def add_versions(self, names: Iterable[str], threads: int = 1) -> None:
+        """Open (and warm up) the segments of model versions `names` (the bundle's, such
+        as "int8"), which run_segment then runs when asked for them."""
+        env = {t.name: np.zeros(t.shape, t.dtype) for t in self.inputs}
+        for name in names:
+            if name in self._versions:
+                continue
+            self._versions[name] = open_segments(self.bundle, threads=threads, version=name)
+            for i in range(len(self.segments)):
+                self.run_segment(i, env, name)
+
+    def run_segment(self, index: int, env: dict[str, np.ndarray], version: str = FP32
+                    ) -> float:
+        """Run segment `index` (of model `version`) on `env` (updated in place); returns its
+        milliseconds."""
+        seg = self.segments[index] if version == FP32 else self._versions[version][index]
         t0 = time.perf_counter()
         env.update(seg.run({n: env[n] for n in seg.inputs}))
         return (time.perf_counter() - t0) * 1e3

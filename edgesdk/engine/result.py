@@ -47,7 +47,8 @@ class Result:
     fire (adaptive strategies only), so len(plans) - 1 re-decisions happened (a plan may
     repeat: the re-decision kept it).
     server: the endpoint the offload went to (None when nothing was sent): with several
-    servers, which one.
+    servers, which one. version: the model version the device's segments ran in ("fp32",
+    or a version of the bundle such as "int8"; the server's tail is fp32).
     fallback_reason: why the plan was not followed (None: it was, or there is no server):
     "unreachable" (no connection), "unresponsive" (connected, but no answer to a hello in
     time: stopped or overloaded), "checking" (an offload just failed; the link is asking
@@ -73,6 +74,7 @@ class Result:
     outputs: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
     kind: str = "classes"
     server: str | None = None
+    version: str = "fp32"
 
     @property
     def label(self) -> int | None:

@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..bundle import FP32
 from ..errors import PolicyError
 from ..policy import Candidate, CandidateTable, PolicyNet, State, expected_terms, plan
 from .plan import Plan, Strategy
@@ -34,7 +35,7 @@ def make_chooser(strategy: Strategy | Plan | Candidate | str, table: CandidateTa
         fixed = (strategy if strategy in table.candidates else
                  table.find(strategy.n_exits, strategy.cut, strategy.bits) or strategy)
     elif strategy == "device":
-        fixed = max((c for c in table.candidates if c.cut == "device"),
+        fixed = max((c for c in table.candidates if c.cut == "device" and c.version == FP32),
                     key=lambda c: c.n_exits)
     elif strategy == "edge":
         fixed = table.find(0, "input", 8) or Candidate(0, "input", 8)
@@ -105,7 +106,7 @@ def parse_fixed(strategy: str | Plan, table: CandidateTable) -> Candidate:
     exits = "" if fixed.exits is None else str(fixed.exits)
     zstd = fixed.zstd
     options = [c for c in table.candidates if c.cut == cut and str(c.bits) == bits
-               and (not exits or str(c.n_exits) == exits)
+               and c.version == FP32 and (not exits or str(c.n_exits) == exits)
                and (zstd is None or c.zstd == zstd or c.cut == "device")]
     if not options:
         mode = {None: "", True: " with zstd", False: " raw-packed"}[zstd]

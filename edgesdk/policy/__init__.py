@@ -19,6 +19,7 @@ from .candidates import (
     CandidateTable,
     ExitProfile,
     ModelProfile,
+    VersionProfile,
     build_candidates,
     model_profile,
 )
@@ -35,6 +36,7 @@ from .planner import (
 from .state import TASKS, State
 
 __all__ = ["BITS", "EXPLORE_MAX_S", "EXPLORE_MIN_S", "Candidate", "CandidateTable",
-           "ExitProfile", "ModelProfile", "N_FEATURES", "PolicyNet", "State", "TASKS", "WEIGHTS",
+           "ExitProfile", "ModelProfile", "N_FEATURES", "PolicyNet", "State", "TASKS",
+           "VersionProfile", "WEIGHTS",
            "build_candidates", "expected_rewards", "expected_terms", "explore_pick", "features",
            "model_profile", "offload_budget", "optimistic", "plan", "plan_pessimistic"]

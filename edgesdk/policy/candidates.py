@@ -1,11 +1,17 @@
 """Decision candidates and their features, from a bundle (or a synthetic model profile).
 
-A candidate is (exits, cut, bits, zstd): run the first `n_exits` early exits of the
-calibrated cascade on the device, and if none is confident send the tensors of `cut`
+A candidate is (exits, cut, bits, zstd, version): run the first `n_exits` early exits of
+the calibrated cascade on the device, and if none is confident send the tensors of `cut`
 encoded at `bits` to the edge server (`cut` "input": edge-only; "device": run everything
 locally, bits 32), trying the zstd entropy stage on the payload when `zstd` is true.
 Exit sets are prefixes of the cascade because calibration measured each exit's coverage
 with the earlier exits on; an exit that comes after the cut cannot run on the device.
+`version`: the model version the device's segments run in ("fp32", or a version of the
+bundle such as "int8", edgesdk.split.versions); the server's tail is fp32. A version is a
+candidate only where the profile measured its fidelity (`edgesdk profile --data`): its
+rows take its segment times and multiply accuracy by that fidelity (at the cut for an
+offload, of the whole chain for device-only and for a local finish). Exits keep their
+calibration (measured on fp32 features).
 
     table = build_candidates(model_profile(bundle.manifest))
     table.candidates[i], table.dev_ms[i], table.wire_bytes[i]
@@ -79,22 +85,26 @@ class Candidate:
     is always False (Candidate(0, "device", 32) is the device-only plan either way).
 
     str(): "exits=1 c1@8b+z" (zstd tried), "exits=1 c1@8b" (raw-packed, or sparse-packed
-    when the engine runs with sparse=True), "exits=2 device-only".
+    when the engine runs with sparse=True), "exits=2 device-only", "exits=0 c1@8b int8"
+    (the device's segments in the int8 version).
     """
 
     n_exits: int
     cut: str  # "input", a cut id, or "device"
     bits: int
     zstd: bool = True
+    version: str = "fp32"  # the model version of the device's segments
 
     def __post_init__(self) -> None:
         if self.cut == "device" and self.zstd:
             object.__setattr__(self, "zstd", False)  # nothing is encoded
 
     def __str__(self) -> str:
+        suffix = "" if self.version == "fp32" else f" {self.version}"
         if self.cut == "device":
-            return f"exits={self.n_exits} device-only"
-        return f"exits={self.n_exits} {self.cut}@{self.bits}b{'+z' if self.zstd else ''}"
+            return f"exits={self.n_exits} device-only{suffix}"
+        return (f"exits={self.n_exits} {self.cut}@{self.bits}b{'+z' if self.zstd else ''}"
+                f"{suffix}")
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,17 @@ class ExitProfile:
     coverage: float  # fraction of all samples leaving here (earlier exits on)
     accuracy: float  # accuracy of those samples
     head_ms: float
+
+
+@dataclass(frozen=True)
+class VersionProfile:
+    """A model version as the planner sees it: its segment times (reference speed, as
+    ModelProfile.seg_ms) and its fidelity to fp32, of the whole chain in it (`device`) and
+    of a head in it to each cut with an fp32 tail (`cuts`, by cut id)."""
+
+    seg_ms: tuple[float, ...]
+    device: float
+    cuts: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -125,6 +146,7 @@ class ModelProfile:
     wire: Mapping[str, Mapping[int, tuple[float, float, float]]] = field(default_factory=dict)
     wire_raw: Mapping[str, Mapping[int, tuple[float, float]]] = field(default_factory=dict)
     whole_ms: float | None = None  # the whole-model file's time, where it was profiled
+    versions: Mapping[str, VersionProfile] = field(default_factory=dict)  # besides fp32
 
 
 def _wire_defaults(fp32_bytes: float, kind: str = "classes"
@@ -207,7 +229,24 @@ def model_profile(manifest: Any, device: str | None = None, sparse: bool = False
     return ModelProfile(manifest.name, seg_ms, tuple(c.id for c in manifest.cuts),
                         tuple(c.after_segment for c in manifest.cuts), tuple(exits),
                         (baseline, *upto), wire, wire_raw,
-                        float(prof["whole_median_ms"]) if "whole_median_ms" in prof else None)
+                        float(prof["whole_median_ms"]) if "whole_median_ms" in prof else None,
+                        _versions(manifest, prof, len(seg_ms)))
+
+
+def _versions(manifest: Any, prof: Mapping[str, Any], n_segments: int
+              ) -> dict[str, VersionProfile]:
+    """The profiled versions of the bundle whose fidelity was measured: a version without
+    it would be weighed as lossless, so it is no candidate until `profile --data`."""
+    known = {v.name for v in getattr(manifest, "versions", ())}
+    out = {}
+    for name, v in (prof.get("versions") or {}).items():
+        fid = v.get("fidelity")
+        if name not in known or not fid or len(v.get("segments", ())) != n_segments:
+            continue
+        out[name] = VersionProfile(tuple(float(s["median_ms"]) for s in v["segments"]),
+                                   measured_fidelity(fid["device"]),
+                                   {c: measured_fidelity(e) for c, e in fid["cuts"].items()})
+    return out
 
 
 def measured_fidelity(measured: Mapping[str, Any]) -> float:
@@ -327,7 +366,7 @@ def _encodings(model: ModelProfile, name: str, b: int
 
 def build_candidates(model: ModelProfile, bits: Sequence[int] = BITS,
                      after_exits: int = 0) -> CandidateTable:
-    """Every (exit prefix, cut, bits, zstd) that makes sense for `model`.
+    """Every (exit prefix, cut, bits, zstd, version) that makes sense for `model`.
 
     after_exits=k > 0: the rest of a frame that has run the first k exits (and the segments
     up to the k-th) and that none of them answered; the per-frame re-decision after a
@@ -344,20 +383,20 @@ def build_candidates(model: ModelProfile, bits: Sequence[int] = BITS,
         raise PolicyError(f"after_exits is {after_exits!r}, expected an int in [0, {n}] "
                           f"(the exits of {model.name!r})")
     k = after_exits
-    prefix = np.concatenate([[0.0], np.cumsum(model.seg_ms)])  # prefix[i]: segments 0..i-1
-    total = prefix[-1]
     here = model.exits[k - 1].after_segment if k else -1  # the last segment already run
-    spent = prefix[here + 1]
     reach = 1.0 - sum(e.coverage for e in model.exits[:k])
     points = [("input", -1)] + list(zip(model.cut_ids, model.cut_after))
+    fp32_prefix = np.concatenate([[0.0], np.cumsum(model.seg_ms)])
+    # (name, prefix[i]: segments 0..i-1 in it, fidelity at a cut, of the whole chain)
+    versions = [("fp32", fp32_prefix, {}, 1.0)]
+    versions += [(name, np.concatenate([[0.0], np.cumsum(v.seg_ms)]), v.cuts, v.device)
+                 for name, v in model.versions.items()]
     rows: list[tuple] = []
     for m in range(k, n + 1):
         ex = model.exits[k:m]  # the exits still to run
         cov = sum(e.coverage for e in ex)
         p_exit = cov / reach if reach > 0 else 0.0
         heads_before = np.cumsum([e.head_ms for e in ex]) if ex else np.zeros(0)
-        exit_ms = (sum(e.coverage * (prefix[e.after_segment + 1] - spent + heads_before[j])
-                       for j, e in enumerate(ex)) / cov) if cov > 0 else 0.0
         exit_acc = (sum(e.coverage * e.accuracy for e in ex) / cov) if cov > 0 else 0.0
         # The samples no exit of the first m takes: from the whole cascade's numbers
         all_ex = model.exits[:m]
@@ -368,18 +407,32 @@ def build_candidates(model: ModelProfile, bits: Sequence[int] = BITS,
         rest = float(np.clip(rest, 0.0, 1.0))
         heads = float(heads_before[-1]) if ex else 0.0
         last_exit_seg = model.exits[m - 1].after_segment if m else -1
-        for name, after in points:
-            if after < max(last_exit_seg, here):
-                continue  # an exit would come after the cut, or the cut is behind us
-            for b in bits:
-                if b not in model.wire[name]:
-                    continue
-                for z, size, enc, agree in _encodings(model, name, b):
-                    rows.append((Candidate(m, name, b, z), prefix[after + 1] - spent + heads,
-                                 enc, size, total - prefix[after + 1], p_exit, exit_ms,
-                                 exit_acc, rest * agree, b))
-        rows.append((Candidate(m, "device", 32), total - spent + heads, 0.0, 0.0, 0.0, p_exit,
-                     exit_ms, exit_acc, rest, 32))
+        for version, prefix, at_cut, whole_fid in versions:
+            spent = prefix[here + 1]
+            total = prefix[-1]
+            exit_ms = (sum(e.coverage * (prefix[e.after_segment + 1] - spent + heads_before[j])
+                           for j, e in enumerate(ex)) / cov) if cov > 0 else 0.0
+            local_acc = rest * whole_fid  # a local finish runs the rest in this version
+            for name, after in points:
+                if after < max(last_exit_seg, here):
+                    continue  # an exit would come after the cut, or the cut is behind us
+                if version != "fp32" and name not in at_cut:
+                    continue  # no head in this version (the input), or not measured there
+                fid = at_cut.get(name, 1.0)
+                tail_fp32 = fp32_prefix[-1] - fp32_prefix[after + 1]  # the server's, fp32
+                for b in bits:
+                    if b not in model.wire[name]:
+                        continue
+                    for z, size, enc, agree in _encodings(model, name, b):
+                        rows.append((Candidate(m, name, b, z, version),
+                                     prefix[after + 1] - spent + heads, enc, size, tail_fp32,
+                                     p_exit, exit_ms, exit_acc, rest * fid * agree, b,
+                                     total - prefix[after + 1], local_acc))
+            rows.append((Candidate(m, "device", 32, version=version), total - spent + heads,
+                         0.0, 0.0, 0.0, p_exit, exit_ms, exit_acc, local_acc, 32, 0.0,
+                         local_acc))
     cols = list(zip(*rows))
-    arr = [np.asarray(c, dtype=np.float64) for c in cols[1:]]
-    return CandidateTable(model.name, tuple(cols[0]), *arr)
+    arr = dict(zip(("dev_ms", "enc_ms", "wire_bytes", "srv_ms", "p_exit", "exit_ms",
+                    "exit_acc", "rest_acc", "bits", "local_ms", "local_acc"),
+                   (np.asarray(c, dtype=np.float64) for c in cols[1:])))
+    return CandidateTable(model.name, tuple(cols[0]), **arr)

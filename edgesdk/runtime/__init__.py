@@ -70,6 +70,9 @@ def _roles(manifest: Manifest, file: str) -> list[tuple[str, tuple, tuple, bool]
     exact means it writes exactly `outputs` (an exit branch may write more)."""
     roles = [(f"segments[{i}]", s.inputs, s.outputs, True)
              for i, s in enumerate(manifest.segments) if s.file == file]
+    roles += [(f"versions[{j}] ({v.name}).segments[{i}]", s.inputs, s.outputs, True)
+              for j, v in enumerate(manifest.versions)
+              for i, s in enumerate(v.segments) if s is not None and s.file == file]
     if manifest.whole is not None and manifest.whole.file == file:
         roles.append(("whole", manifest.whole.inputs, manifest.whole.outputs, False))
     roles += [(f"exits[{j}]", e.inputs, (e.output.name,), False)
@@ -135,11 +138,13 @@ def check_io(bundle: Bundle, path: str | os.PathLike, seg: Segment) -> None:
 
 def check_files(bundle: Bundle, segments: bool = True, whole: bool = True,
                 exits: bool = True) -> list[str]:
-    """Open every segment file (and the whole-model file and model-provided exit branches)
-    once, unoptimized, to check each against the manifest (`check_io`); returns the files
-    checked. The sessions are dropped. MissingDependency when the runtime is missing."""
+    """Open every segment file (its versions', the whole-model file and model-provided exit
+    branches) once, unoptimized, to check each against the manifest (`check_io`); returns
+    the files checked. The sessions are dropped. MissingDependency when the runtime is missing."""
     m = bundle.manifest
     files = [s.file for s in m.segments] if segments else []
+    if segments:
+        files += [s.file for v in m.versions for s in v.segments if s is not None]
     if whole and m.whole is not None:
         files.append(m.whole.file)
     if exits:
@@ -151,16 +156,19 @@ def check_files(bundle: Bundle, segments: bool = True, whole: bool = True,
     return files
 
 
-def open_segment(bundle: Bundle, index: int, threads: int = 1, **options) -> Segment:
-    """Open segment `index` of `bundle` with its backend's runtime."""
+def open_segment(bundle: Bundle, index: int, threads: int = 1, version: str = "fp32",
+                 **options) -> Segment:
+    """Open segment `index` of `bundle` (in model `version`) with its backend's runtime."""
     if not 0 <= index < len(bundle.segments):
         raise BundleError(f"{bundle.path}: no segment {index}; it has {len(bundle.segments)}")
-    return open_file(bundle, bundle.segment_path(index), threads, **options)
+    return open_file(bundle, bundle.segment_path(index, version), threads, **options)
 
 
-def open_segments(bundle: Bundle, threads: int = 1, **options) -> list[Segment]:
-    """All segments of `bundle`, in order."""
-    return [open_segment(bundle, i, threads, **options) for i in range(len(bundle.segments))]
+def open_segments(bundle: Bundle, threads: int = 1, version: str = "fp32", **options
+                  ) -> list[Segment]:
+    """All segments of `bundle` (in model `version`), in order."""
+    return [open_segment(bundle, i, threads, version, **options)
+            for i in range(len(bundle.segments))]
 
 
 def backend_runtime(backend: str) -> dict[str, str | None]:

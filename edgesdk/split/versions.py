@@ -1,0 +1,225 @@
+"""Model versions: int8 and float16 copies of a bundle's segments, cut exactly as the fp32
+ones (each copy reads and writes the same float32 tensors), so that a head of one version
+meets a tail of another at any cut.
+
+    bundle = make_versions(Bundle.load("m.edge"), ["int8", "fp16"], samples)
+    bundle.versions                      # ("fp32", "int8", "fp16")
+    open_segments(bundle, version="int8")
+
+int8: onnxruntime.quantization's static quantization in QDQ form, per-channel int8
+weights and uint8 activations (what onnxruntime's x86 and Arm int8 kernels take), with the
+activation ranges of the calibration samples: each segment is calibrated on the tensors that
+the fp32 chain feeds it on those samples. A segment below opset 13 is converted to 13 first
+(per-channel quantize/dequantize needs it). fp16: float16 weights and arithmetic inside,
+float32 at the segment's boundary (onnxruntime.transformers.float16 with keep_io_types), so
+the cut tensors, and the codec, do not change.
+
+Each converted segment is opened and run on a calibration feed before it is kept. One that
+cannot be converted, fails to run, answers NaN, or has nothing to quantize (a softmax)
+keeps the fp32 file in that version: its entry is None, and the reason is in the version's
+method["notes"].
+
+Whether a version pays is the device's business, so nothing here judges speed. On this
+x86 CPU int8 runs the convolution segments of ResNet50 in about 0.4x their fp32 time, but
+PP-LCNet's (depthwise convolutions and hard-swish, whose quantize/dequantize pairs cost
+more than they save) in about 1.3x. `edgesdk profile` measures every version's segment
+times on the device and, with --data, its fidelity to fp32; the planner weighs both.
+
+Not built: structured channel pruning (the graphs of the real models tried here do not
+allow removing channels without retraining), and versions of TFLite bundles (quantizing a
+TFLite graph needs TensorFlow's converter; a quantized .tflite can be split on its own).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..bundle import FP32, Bundle, SegmentSpec, VersionSpec, sha256_file
+from ..errors import SplitError
+
+VERSIONS = ("int8", "fp16")
+INT8_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the "axis" attribute)
+CALIBRATION_SAMPLES = 64  # more adds calibration time, not accuracy, for min/max ranges
+log = logging.getLogger("edgesdk.split")
+
+
+def check_versions(names: Sequence[str]) -> list[str]:
+    """The versions to make from a list such as ["fp32", "int8"] (fp32, the segments
+    themselves, is dropped); SplitError names an unknown one."""
+    unknown = [n for n in names if n not in (FP32, *VERSIONS)]
+    if unknown:
+        raise SplitError(f"unknown model version {unknown[0]!r}; versions are "
+                         f"{', '.join((FP32, *VERSIONS))}")
+    return list(dict.fromkeys(n for n in names if n != FP32))
+
+
+def make_versions(bundle: Bundle, names: Sequence[str],
+                  samples: Sequence[Mapping[str, np.ndarray]] = (),
+                  progress: Callable[[str], Any] | None = None) -> Bundle:
+    """Write the `names` versions of `bundle`'s segments into the bundle and record them in
+    its manifest; returns the re-sealed bundle. `samples`: model-input feeds (batch of 1)
+    that int8 calibrates its activation ranges on (required for int8)."""
+    wanted = check_versions(names)
+    if not wanted:
+        return bundle
+    if bundle.backend != "onnx":
+        raise SplitError(f"{bundle.path}: model versions are made for ONNX bundles only; "
+                         "quantizing a TFLite graph needs TensorFlow (split a quantized "
+                         ".tflite model as a bundle of its own)")
+    if "int8" in wanted and not samples:
+        raise SplitError("the int8 version needs calibration samples: real inputs of the "
+                         "model (`--data FILE.npz`); without them, activation ranges "
+                         "would be guessed and the answers wrong")
+    feeds = _segment_feeds(bundle, samples[:CALIBRATION_SAMPLES]) if samples else []
+    specs = []
+    for name in wanted:
+        if progress is not None:
+            progress(f"making the {name} version of {len(bundle.segments)} segments")
+        specs.append(_make_version(bundle, name, feeds))
+    return bundle.with_versions(specs)
+
+
+def _segment_feeds(bundle: Bundle, samples: Sequence[Mapping[str, np.ndarray]]
+                   ) -> list[list[dict[str, np.ndarray]]]:
+    """feeds[i]: what the fp32 chain gives segment i, one feed per sample."""
+    from ..runtime import open_segments
+
+    segments = open_segments(bundle)
+    feeds: list[list[dict[str, np.ndarray]]] = [[] for _ in segments]
+    for sample in samples:
+        env = dict(sample)
+        for i, seg in enumerate(segments):
+            feeds[i].append({n: env[n] for n in seg.inputs})
+            env.update(seg.run(feeds[i][-1]))
+    return feeds
+
+
+def _make_version(bundle: Bundle, name: str, feeds: Sequence[Sequence[Mapping]]
+                  ) -> VersionSpec:
+    import onnxruntime
+
+    notes: list[str] = []
+    segments: list[SegmentSpec | None] = []
+    for i, ref in enumerate(bundle.segments):
+        src = bundle.segment_path(i)
+        dst = src.with_name(f"{src.stem}.{name}{src.suffix}")
+        try:
+            with tempfile.TemporaryDirectory(prefix="edgesdk-version-") as tmp:
+                if name == "int8":
+                    changed = _quantize_int8(src, dst, feeds[i], Path(tmp))
+                else:
+                    changed = _to_fp16(src, dst)
+            if not changed:
+                raise _Kept("nothing in it to convert")
+            _check_runs(dst, feeds[i][0] if feeds else _zeros(bundle, ref))
+        except _Kept as why:
+            dst.unlink(missing_ok=True)
+            notes.append(f"segment {i} ({ref.file}) stays fp32: {why}")
+            segments.append(None)
+            continue
+        except Exception as exc:  # a converter's own error: the segment stays fp32
+            dst.unlink(missing_ok=True)
+            notes.append(f"segment {i} ({ref.file}) stays fp32: {type(exc).__name__}: "
+                         f"{str(exc)[:200]}")
+            segments.append(None)
+            continue
+        segments.append(SegmentSpec(dst.name, sha256_file(dst), ref.inputs, ref.outputs,
+                                    ref.flops))
+    for note in notes:
+        log.info("%s version: %s", name, note)
+    method: dict[str, Any] = {"onnxruntime": onnxruntime.__version__, "notes": notes}
+    if name == "int8":
+        method.update(tool="onnxruntime.quantization.quantize_static", format="QDQ",
+                      weights="int8 per channel", activations="uint8 (min/max)",
+                      calibration_samples=len(feeds[0]) if feeds else 0)
+    else:
+        method.update(tool="onnxruntime.transformers.float16", keep_io_types=True)
+    return VersionSpec(name, method, tuple(segments))
+
+
+class _Kept(Exception):
+    """Why a segment keeps its fp32 file in a version (not an error)."""
+
+
+def _quantize_int8(src: Path, dst: Path, feeds: Sequence[Mapping[str, np.ndarray]],
+                   tmp: Path) -> bool:
+    """Static QDQ int8 of one segment, calibrated on `feeds`; False if nothing in it could
+    be quantized."""
+    import onnx
+    from onnx import version_converter
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    model = onnx.load(str(src))
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                default=INT8_OPSET)
+    if opset < INT8_OPSET:
+        model = version_converter.convert_version(model, INT8_OPSET)
+    upgraded, prepared = tmp / "upgraded.onnx", tmp / "prepared.onnx"
+    onnx.save(model, str(upgraded))
+    try:  # folds constants and fuses (conv + batch norm) so that what is quantized is final
+        quant_pre_process(str(upgraded), str(prepared), skip_symbolic_shape=True)
+    except Exception as exc:
+        log.debug("quant_pre_process failed on %s (%s); quantizing it as it is", src, exc)
+        prepared = upgraded
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._feeds = iter(feeds)
+
+        def get_next(self) -> dict | None:
+            return next(self._feeds, None)
+
+    quantize_static(str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+    return any(n.op_type == "DequantizeLinear" for n in onnx.load(str(dst)).graph.node)
+
+
+def _to_fp16(src: Path, dst: Path) -> bool:
+    """float16 inside, float32 at the boundary; False if the segment has no float weights."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    half = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    onnx.save(half, str(dst))
+    # weights as initializers or as Constant nodes (Paddle2ONNX writes those)
+    tensors = [*half.graph.initializer, *(a.t for n in half.graph.node
+                                          if n.op_type == "Constant" for a in n.attribute)]
+    return any(t.data_type == onnx.TensorProto.FLOAT16 for t in tensors)
+
+
+def _check_runs(path: Path, feed: Mapping[str, np.ndarray]) -> None:
+    """The converted file opens in onnxruntime and answers finite numbers on `feed`."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for out, value in zip(session.get_outputs(), session.run(None, dict(feed))):
+        if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+            raise _Kept(f"it answers NaN or inf in {out.name!r} (out of its number range)")
+
+
+def _zeros(bundle: Bundle, seg: SegmentSpec) -> dict[str, np.ndarray]:
+    """A feed for `seg` without calibration samples: zeros of the cut tensors' shapes."""
+    specs = {t.name: t for t in bundle.manifest.inputs}
+    specs.update({t.name: t for c in bundle.cuts for t in c.tensors})
+    missing = [n for n in seg.inputs if n not in specs]
+    if missing:
+        raise _Kept(f"its inputs {missing} have no shape in the manifest to test it with")
+    return {n: np.zeros(specs[n].shape, specs[n].dtype) for n in seg.inputs}
+
+
+__all__ = ["VERSIONS", "check_versions", "make_versions"]

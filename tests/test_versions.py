@@ -1,0 +1,207 @@
+"""Model versions (edgesdk.split.versions): int8 and fp16 copies of the digits CNN's
+segments (real weights, real test digits), in the bundle, verified at load, profiled (speed
+and fidelity to fp32), among the planner's candidates, and run by the Engine with its
+exits."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from edgesdk import Engine
+from edgesdk.bundle import Bundle
+from edgesdk.errors import BundleError, SplitError
+from edgesdk.models import DIGITS_BUNDLE, DIGITS_TFLITE_BUNDLE, load_digits_test
+from edgesdk.policy import build_candidates, model_profile
+from edgesdk.runtime import open_segments, run_chain
+from edgesdk.split.versions import make_versions
+
+from transport_helpers import child_env
+
+pytestmark = pytest.mark.slow  # quantizing and profiling take seconds
+SAMPLES = 12
+
+
+DIGITS = load_digits_test()[0]
+CALIBRATION, HELD_OUT = DIGITS[:SAMPLES], DIGITS[SAMPLES:SAMPLES + 40]
+
+
+@pytest.fixture(scope="module")
+def versioned(tmp_path_factory):
+    """(digits bundle with int8 and fp16 versions, profiled with fidelity; the data file;
+    the profile)."""
+    root = tmp_path_factory.mktemp("versions")
+    bundle = Bundle.load(shutil.copytree(DIGITS_BUNDLE, root / "digits.edge"))
+    x = CALIBRATION
+    name = bundle.manifest.inputs[0].name
+    bundle = make_versions(bundle, ["fp32", "int8", "fp16"], [{name: xi[None]} for xi in x])
+    data = root / "calib.npz"
+    np.savez(data, x=x)
+    cmd = [sys.executable, "-m", "edgesdk", "profile", str(bundle.path), "--device", "here",
+           "--runs", "5", "--warmup", "1", "--data", str(data), "--max-samples", "8",
+           "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return Bundle.load(bundle.path), data, json.loads(out.stdout)["profile"]
+
+
+def test_versions_are_written_sealed_and_keep_the_cut_tensors(versioned):
+    bundle, _, _ = versioned
+    assert bundle.versions == ("fp32", "int8", "fp16")
+    int8 = bundle.manifest.version("int8")
+    assert int8.converted >= 2
+    assert int8.method["calibration_samples"] == SAMPLES
+    for ref, seg in zip(bundle.segments, int8.segments):
+        if seg is not None:
+            assert (seg.inputs, seg.outputs) == (ref.inputs, ref.outputs)
+            assert (bundle.path / seg.file).is_file() and seg.file != ref.file
+    assert bundle.sealed
+
+
+def test_a_version_chain_answers_like_fp32_on_held_out_digits(versioned):
+    bundle, _, _ = versioned
+    name, out = bundle.manifest.inputs[0].name, bundle.manifest.outputs[0].name
+    fp32 = open_segments(bundle)
+    ref = [int(np.argmax(run_chain(fp32, {name: x[None]})[out])) for x in HELD_OUT]
+    for version in ("int8", "fp16"):
+        chain = open_segments(bundle, version=version)
+        got = [int(np.argmax(run_chain(chain, {name: x[None]})[out])) for x in HELD_OUT]
+        assert np.mean(np.equal(got, ref)) >= 0.95, version
+
+
+def test_the_profile_measures_each_version_and_the_planner_offers_it(versioned):
+    bundle, _, profile = versioned
+    for version in ("int8", "fp16"):
+        entry = profile["versions"][version]
+        assert len(entry["segments"]) == len(bundle.segments)
+        assert entry["total_median_ms"] > 0
+        fid = entry["fidelity"]
+        assert set(fid["cuts"]) == {c.id for c in bundle.cuts}
+        assert 0.0 <= fid["device"]["fidelity"] <= 1.0
+    model = model_profile(bundle.manifest, "here")
+    assert set(model.versions) == {"int8", "fp16"}
+    table = build_candidates(model)
+    int8 = [i for i, c in enumerate(table.candidates) if c.version == "int8"]
+    assert any(table.candidates[i].cut == "device" for i in int8)
+    assert not any(table.candidates[i].cut == "input" for i in int8)  # no head to run
+    v = model.versions["int8"]
+    i = table.candidates.index(next(table.candidates[i] for i in int8
+                                    if table.candidates[i].cut == "device"))
+    fp32 = table.index(build_candidates(model).find(0, "device", 32))
+    assert table.dev_ms[i] == pytest.approx(sum(v.seg_ms))
+    assert table.rest_acc[i] == pytest.approx(table.rest_acc[fp32] * v.device)
+    assert str(table.candidates[i]) == "exits=0 device-only int8"
+
+
+def test_a_version_without_measured_fidelity_is_no_candidate(versioned):
+    bundle, _, profile = versioned
+    untested = {**profile, "versions": {k: {kk: vv for kk, vv in v.items() if kk != "fidelity"}
+                                        for k, v in profile["versions"].items()}}
+    manifest = replace(bundle.manifest, profiles={"here": untested})
+    model = model_profile(manifest, "here")
+    assert model.versions == {}
+    assert {c.version for c in build_candidates(model).candidates} == {"fp32"}
+
+
+def test_the_engine_runs_the_version_the_planner_picks(versioned, tmp_path):
+    bundle, _, profile = versioned
+    # a device on which int8 is 4x faster and as faithful: device-only in int8 must win
+    copy = Bundle.load(shutil.copytree(bundle.path, tmp_path / "b.edge"))
+    fake = json.loads(json.dumps(profile))
+    fake["versions"]["int8"]["segments"] = [{**s, "median_ms": s["median_ms"] / 4}
+                                            for s in profile["segments"]]
+    for e in [fake["versions"]["int8"]["fidelity"]["device"],
+              *fake["versions"]["int8"]["fidelity"]["cuts"].values()]:
+        e["fidelity"] = 1.0
+    copy = copy.with_profile("here", fake)
+    name, out = copy.manifest.inputs[0].name, copy.manifest.outputs[0].name
+    int8 = open_segments(copy, version="int8")
+    with Engine(copy, device="here", slo_ms=1000.0, strategy="planner") as engine:
+        results = [engine.infer(x) for x in HELD_OUT[:20]]
+    assert {r.version for r in results} == {"int8"}, {r.plan for r in results}
+    finished = [(x, r) for x, r in zip(HELD_OUT, results) if r.where == "device"]
+    assert finished  # not every digit leaves at an exit
+    for x, r in finished:
+        np.testing.assert_array_equal(r.outputs[out], run_chain(int8, {name: x[None]})[out])
+    with Engine(copy, device="here", slo_ms=1000.0, strategy="device") as engine:
+        assert engine.infer(HELD_OUT[0]).version == "fp32"  # a fixed plan names fp32
+
+
+def test_a_changed_version_file_is_refused_at_load(versioned, tmp_path):
+    bundle, _, _ = versioned
+    copy = shutil.copytree(bundle.path, tmp_path / "b.edge")
+    seg = next(s for s in bundle.manifest.version("int8").segments if s is not None)
+    with open(copy / seg.file, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(BundleError, match=r"versions\[0\]\.segments\[\d\]"):
+        Bundle.load(copy)
+
+
+def test_a_version_must_keep_the_cut_tensors(versioned, tmp_path):
+    bundle, _, _ = versioned
+    copy = shutil.copytree(bundle.path, tmp_path / "b.edge")
+    raw = json.loads((copy / "manifest.json").read_text())
+    raw.pop("integrity")
+    first = next(s for s in raw["versions"][0]["segments"] if s is not None)
+    first["outputs"] = ["something_else"]
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="must keep the cut tensors"):
+        Bundle.load(copy)
+    raw["versions"][0]["segments"] = raw["versions"][0]["segments"][:1]
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match=r"has 1 entries, the bundle has \d segments"):
+        Bundle.load(copy)
+    raw["versions"][0]["name"] = "fp32"
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="other than 'fp32'"):
+        Bundle.load(copy)
+
+
+def test_int8_without_samples_and_tflite_bundles_are_refused(tmp_path):
+    bundle = Bundle.load(shutil.copytree(DIGITS_BUNDLE, tmp_path / "digits.edge"))
+    with pytest.raises(SplitError, match="needs calibration samples"):
+        make_versions(bundle, ["int8"])
+    with pytest.raises(SplitError, match="unknown model version 'int4'"):
+        make_versions(bundle, ["int4"])
+    with pytest.raises(SplitError, match="ONNX bundles only"):
+        make_versions(Bundle.load(DIGITS_TFLITE_BUNDLE), ["fp16"])
+    assert Bundle.load(bundle.path).versions == ("fp32",)  # nothing was written
+
+
+def test_split_cli_makes_versions_and_says_what_it_needs(tmp_path):
+    from models import onnx_light_model
+
+    model = onnx_light_model("squeezenet")  # input data_0, 1x3x224x224
+    data = tmp_path / "x.npz"
+    np.savez(data, x=np.random.default_rng(0).normal(size=(8, 3, 224, 224)).astype(np.float32))
+    base = [sys.executable, "-m", "edgesdk", "split", str(model), "--max-points", "3"]
+    out = subprocess.run([*base, "-o", str(tmp_path / "a.edge"), "--versions", "fp32,int8"],
+                         capture_output=True, text=True, env=child_env(), timeout=300)
+    assert out.returncode != 0 and "needs calibration samples" in out.stderr
+    out = subprocess.run([*base, "-o", str(tmp_path / "b.edge"), "--versions", "int8",
+                          "--data", str(data)],
+                         capture_output=True, text=True, env=child_env(), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "version int8:" in out.stdout
+    assert Bundle.load(tmp_path / "b.edge").versions == ("fp32", "int8")
+
+
+def test_the_versions_benchmark_measures_a_real_classifier(tmp_path):
+    from edgesdk.bench import versions as bench
+
+    report = bench.run(quick=True, models=("pplcnet",), workdir=tmp_path, log=lambda m: None)
+    (model,) = report["models"]
+    assert set(model["versions"]) == {"fp32", "int8", "fp16"}
+    for v in ("int8", "fp16"):
+        row = model["versions"][v]
+        assert row["ratio"].median > 0 and 0.0 <= row["fidelity"] <= 1.0
+    assert set(report["target"]) == {"pplcnet"}  # the classifier's target is judged
+    text = bench.format_text(report)
+    assert "pplcnet (classes" in text and "target (int8 of a classifier" in text
+    assert bench.plot(report, str(tmp_path / "v.png")) and (tmp_path / "v.png").stat().st_size
