@@ -79,7 +79,12 @@ from ._fs import replacing
 from .errors import BundleError
 
 FORMAT = "edgesdk-bundle"
+# 2: the manifest has model versions, which an edgesdk that reads only 1 would mistake for
+# an edit (its digest does not cover them). A bundle without versions stays 1, digest and
+# all, so that every edgesdk reads it.
 VERSION = 1
+VERSION_WITH_VERSIONS = 2
+READS = (VERSION, VERSION_WITH_VERSIONS)
 MANIFEST = "manifest.json"
 BACKENDS = ("onnx", "tflite")
 # What the digest leaves out (see the module doc), and how it is computed.
@@ -173,6 +178,13 @@ class VersionSpec:
     def converted(self) -> int:
         """How many segments have a file of their own in this version."""
         return sum(s is not None for s in self.segments)
+
+    @property
+    def digest(self) -> str:
+        """What this version's files are (16 hex): a profile of the version is about
+        these files, and a re-made version (new calibration) has another digest."""
+        parts = "/".join(s.sha256 if s is not None else "fp32" for s in self.segments)
+        return hashlib.sha256(parts.encode("ascii")).hexdigest()[:16]
 
 # -- what a model output is ---------------------------------------------------------------
 
@@ -334,7 +346,8 @@ class Manifest:
         d["profiles"] = dict(self.profiles)
         for cut, spec in zip(d["cuts"], self.cuts):
             cut["bytes"] = spec.bytes  # derived; stored for people reading the file
-        return {"format": FORMAT, "version": VERSION, **d}
+        version = VERSION_WITH_VERSIONS if self.versions else VERSION
+        return {"format": FORMAT, "version": version, **d}
 
 
 def sha256_file(path: Path) -> str:
@@ -720,9 +733,10 @@ def parse_manifest(raw: Any, where: str = MANIFEST) -> Manifest:
     if _get(raw, "format", str, where) != FORMAT:
         raise BundleError(f"{where}: field 'format' is {raw['format']!r}, expected {FORMAT!r}")
     version = _get(raw, "version", int, where)
-    if version != VERSION:
+    if version not in READS:
         raise BundleError(f"{where}: field 'version' is {version}, this edgesdk reads "
-                          f"version {VERSION}; upgrade edgesdk or re-split the model")
+                          f"versions {', '.join(map(str, READS))}; upgrade edgesdk or "
+                          "re-split the model")
     backend = _get(raw, "backend", str, where)
     if backend not in BACKENDS:
         raise BundleError(f"{where}: field 'backend' is {backend!r}, expected one of "

@@ -14,9 +14,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from edgesdk import Engine
+from edgesdk import Engine, Plan
 from edgesdk.bundle import Bundle
-from edgesdk.errors import BundleError, SplitError
+from edgesdk.errors import BundleError, PolicyError, SplitError
 from edgesdk.models import DIGITS_BUNDLE, DIGITS_TFLITE_BUNDLE, load_digits_test
 from edgesdk.policy import build_candidates, model_profile
 from edgesdk.runtime import open_segments, run_chain
@@ -62,6 +62,37 @@ def test_versions_are_written_sealed_and_keep_the_cut_tensors(versioned):
             assert (seg.inputs, seg.outputs) == (ref.inputs, ref.outputs)
             assert (bundle.path / seg.file).is_file() and seg.file != ref.file
     assert bundle.sealed
+    raw = json.loads((bundle.path / "manifest.json").read_text())
+    assert raw["version"] == 2  # an edgesdk that reads only 1 says "upgrade", not "edited"
+    assert json.loads((DIGITS_BUNDLE / "manifest.json").read_text())["version"] == 1
+
+
+def test_remaking_a_version_replaces_its_files_and_outdates_its_profile(versioned, tmp_path):
+    bundle, _, _ = versioned
+    copy = Bundle.load(shutil.copytree(bundle.path, tmp_path / "b.edge"))
+    before = {s.file for s in copy.manifest.version("int8").segments if s is not None}
+    assert set(model_profile(copy.manifest, "here").versions) == {"int8", "fp16"}
+    name = copy.manifest.inputs[0].name
+    other = [{name: x[None]} for x in HELD_OUT[:SAMPLES]]  # new calibration samples
+    copy = make_versions(copy, ["int8"], other)
+    after = {s.file for s in copy.manifest.version("int8").segments if s is not None}
+    assert after and not before & after
+    assert all(not (copy.path / f).exists() for f in before)  # the replaced files are gone
+    assert Bundle.load(copy.path).versions == ("fp32", "fp16", "int8")
+    # the stored profile measured the old int8 files: no longer a candidate until re-profiled
+    assert set(model_profile(copy.manifest, "here").versions) == {"fp16"}
+
+
+def test_a_version_in_which_nothing_converts_is_not_recorded(tmp_path, monkeypatch):
+    import edgesdk.split.versions as versions
+
+    def fails(src, dst):
+        raise RuntimeError("this converter cannot")
+
+    monkeypatch.setattr(versions, "_to_fp16", fails)
+    bundle = Bundle.load(shutil.copytree(DIGITS_BUNDLE, tmp_path / "digits.edge"))
+    assert make_versions(bundle, ["fp16"]).versions == ("fp32",)
+    assert not list(bundle.path.glob("*.fp16.*"))
 
 
 def test_a_version_chain_answers_like_fp32_on_held_out_digits(versioned):
@@ -131,6 +162,12 @@ def test_the_engine_runs_the_version_the_planner_picks(versioned, tmp_path):
         np.testing.assert_array_equal(r.outputs[out], run_chain(int8, {name: x[None]})[out])
     with Engine(copy, device="here", slo_ms=1000.0, strategy="device") as engine:
         assert engine.infer(HELD_OUT[0]).version == "fp32"  # a fixed plan names fp32
+    with Engine(copy, device="here", slo_ms=1000.0, strategy="device@32/0:fp16") as engine:
+        r = engine.infer(HELD_OUT[0])
+        assert (r.version, r.plan) == ("fp16", "exits=0 device-only fp16")
+    assert str(Plan.parse("c1@8/1+z:int8")) == "c1@8/1+z:int8"
+    with pytest.raises(PolicyError, match="model version 'int4' is not a candidate"):
+        Engine(copy, device="here", strategy="device@32:int4")
 
 
 def test_a_changed_version_file_is_refused_at_load(versioned, tmp_path):
@@ -169,7 +206,7 @@ def test_int8_without_samples_and_tflite_bundles_are_refused(tmp_path):
         make_versions(bundle, ["int8"])
     with pytest.raises(SplitError, match="unknown model version 'int4'"):
         make_versions(bundle, ["int4"])
-    with pytest.raises(SplitError, match="ONNX bundles only"):
+    with pytest.raises(SplitError, match="ONNX models only"):
         make_versions(Bundle.load(DIGITS_TFLITE_BUNDLE), ["fp16"])
     assert Bundle.load(bundle.path).versions == ("fp32",)  # nothing was written
 
@@ -190,6 +227,17 @@ def test_split_cli_makes_versions_and_says_what_it_needs(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "version int8:" in out.stdout
     assert Bundle.load(tmp_path / "b.edge").versions == ("fp32", "int8")
+    # fidelity measured on the calibration samples themselves is flagged
+    out = subprocess.run([sys.executable, "-m", "edgesdk", "profile", str(tmp_path / "b.edge"),
+                          "--runs", "2", "--warmup", "0", "--data", str(data)],
+                         capture_output=True, text=True, env=child_env(), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "int8 was calibrated on" in out.stdout
+    tflite = subprocess.run([*base[:4], "model.tflite", "-o", str(tmp_path / "c.edge"),
+                             "--versions", "fp16"],
+                            capture_output=True, text=True, env=child_env(), timeout=300)
+    assert tflite.returncode != 0 and "ONNX models only" in tflite.stderr
+    assert not (tmp_path / "c.edge").exists()  # refused before anything was split
 
 
 def test_the_versions_benchmark_measures_a_real_classifier(tmp_path):

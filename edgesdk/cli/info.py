@@ -105,6 +105,8 @@ def bundle_summary(bundle) -> dict:
         "segments": segments,
         "cuts": cuts,
         "exits": exits,
+        "versions": [{"name": v.name, "converted": v.converted, "segments": len(v.segments),
+                      "method": dict(v.method)} for v in m.versions],
         "profiles": {k: dict(v) if isinstance(v, dict) else v for k, v in m.profiles.items()},
         "integrity": integrity_summary(bundle),
     }
@@ -299,6 +301,9 @@ def _info(args: argparse.Namespace) -> int:
                              for t in summary["outputs"]),
         "compute": f"{summary['flops'] / 1e6:.1f} MFLOPs, {len(summary['segments'])} segments, "
                    f"{len(summary['cuts'])} cuts, {len(summary['exits'])} exits",
+        "versions": ", ".join(["fp32"] + [f"{v['name']} ({v['converted']} of {v['segments']} "
+                                          "segments converted)"
+                                          for v in summary["versions"]]),
     }
     width = max(map(len, lines))
     for key, value in lines.items():

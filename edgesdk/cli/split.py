@@ -7,6 +7,7 @@ import argparse
 import json
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .._table import format_table
@@ -19,10 +20,16 @@ from .info import bundle_summary, cuts_table, exits_table, segments_table, verif
 
 def _split(args: argparse.Namespace) -> int:
     from .._progress import Progress
+    from ..bundle import sha256_file
     from ..errors import SplitError
     from ..split import split_model
     from ..split.verify import load_samples
-    from ..split.versions import CALIBRATION_SAMPLES, check_versions, make_versions
+    from ..split.versions import (
+        CALIBRATION_SAMPLES,
+        check_backend,
+        check_versions,
+        make_versions,
+    )
 
     # Only options given on the command line are passed, so that each backend applies its
     # own defaults and a backend without an option (tflite input shapes) is not handed it.
@@ -46,6 +53,8 @@ def _split(args: argparse.Namespace) -> int:
     if args.output_kind:
         options["output_kinds"] = dict(args.output_kind)
     versions = check_versions(args.versions) if args.versions else []
+    if versions:
+        check_backend(Path(args.model).suffix.lower().lstrip("."), args.model)
     if "int8" in versions and not args.data:
         raise SplitError("--versions int8 needs calibration samples: add --data FILE.npz "
                          "(real inputs of the model)")
@@ -55,8 +64,10 @@ def _split(args: argparse.Namespace) -> int:
         if versions:
             samples = (load_samples(args.data, bundle.manifest.inputs, CALIBRATION_SAMPLES)
                        if args.data else [])
+            data = Path(args.data) if args.data else None
             with progress.stage(f"making model versions {', '.join(versions)}"):
-                bundle = make_versions(bundle, versions, samples)
+                bundle = make_versions(bundle, versions, samples, calibration_id=(
+                    sha256_file(data)[:16] if data is not None and data.is_file() else None))
     elapsed = time.perf_counter() - t0
     summary = bundle_summary(bundle)
     summary["split_seconds"] = round(elapsed, 3)
@@ -173,6 +184,7 @@ def _profile_versions(bundle, segments, inputs, samples: list[dict] | None,
                       args: argparse.Namespace, progress) -> dict:
     """Per model version: its segments' times here and, with samples, its fidelity to fp32
     (a head in the version and the tail in fp32 at each cut, and the whole chain)."""
+    from ..bundle import sha256_file
     from ..profile import measure_version_fidelity, profile_segments
     from ..runtime import open_segments
 
@@ -183,7 +195,8 @@ def _profile_versions(bundle, segments, inputs, samples: list[dict] | None,
             chain = open_segments(bundle, threads=args.threads, version=v.name)
             timed = profile_segments(chain, inputs, runs=args.runs, warmup=args.warmup,
                                      threads=args.threads)
-        entry: dict = {"segments": [{k: s[k] for k in ("index", "median_ms", "p90_ms")}
+        entry: dict = {"digest": v.digest,  # the files measured (a re-made version differs)
+                       "segments": [{k: s[k] for k in ("index", "median_ms", "p90_ms")}
                                     for s in timed["segments"]],
                        "total_median_ms": timed["total_median_ms"],
                        "converted": v.converted}
@@ -193,6 +206,9 @@ def _profile_versions(bundle, segments, inputs, samples: list[dict] | None,
                 entry["fidelity"] = measure_version_fidelity(
                     segments, chain, bundle.cuts, samples, output,
                     kind=bundle.output_kind(output))
+            # measured on the samples int8 was calibrated on: it overstates the fidelity
+            entry["fidelity"]["on_calibration_data"] = (
+                v.method.get("calibration_sha256") == sha256_file(Path(args.data))[:16])
         out[v.name] = entry
     return out
 
@@ -207,8 +223,12 @@ def versions_table(profile: dict) -> str:
         rows.append([name, f"{v['total_median_ms']:.3f}", f"{v['total_median_ms'] / fp32:.2f}x",
                      f"{fid['device']['fidelity']:.3f}" if fid else "-",
                      " ".join(f"{c}:{e['fidelity']:.3f}" for c, e in cuts.items())])
-    note = ("" if all("fidelity" in v for v in profile["versions"].values()) else
+    versions = profile["versions"].values()
+    note = ("" if all("fidelity" in v for v in versions) else
             "\n(no fidelity measured: versions become candidates with --data)")
+    if any(v.get("fidelity", {}).get("on_calibration_data") for v in versions):
+        note += ("\nwarning: --data is the file int8 was calibrated on, so its fidelity is "
+                 "overstated; measure on held-out samples")
     return ("model versions here (device-only chain) and fidelity to fp32:\n"
             + format_table(["version", "ms", "vs fp32", "device-only", "head to cut, fp32 tail"],
                            rows, "lrrrl") + note)

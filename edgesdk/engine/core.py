@@ -70,7 +70,6 @@ from ..policy import (
     EXPLORE_MIN_S,
     TASKS,
     Candidate,
-    CandidateTable,
     State,
     build_candidates,
     expected_rewards,
@@ -203,15 +202,19 @@ class Engine:
         self._sparse = sparse
         self._profile = model_profile(manifest, device, sparse=sparse)
         self._seg_ms = self._profile.seg_ms
-        # model versions the profile measured (speed and fidelity) are candidates: their
-        # sessions open now, as the fp32 ones did (see LocalRunner's warm-up)
-        self.local.add_versions(self._profile.versions, threads)
         self._base_table = build_candidates(self._profile)
         self._table = self._base_table
         self._device_only = self._base_table.subset(
             [c.cut == "device" for c in self._base_table.candidates])
         self._choose = make_chooser(strategy, self._base_table, self.bundle.name)
         self._adaptive = strategy in ("policy", "planner")
+        # The model versions this strategy may run (an adaptive one: every version the
+        # profile measured; a fixed plan: its own), opened now as the fp32 sessions were
+        # (see LocalRunner's warm-up)
+        self.local.add_versions(
+            self._profile.versions if self._adaptive else
+            {self._base_table.candidates[self._choose(self._base_table, None)].version} -
+            {FP32}, threads)
         self._explores = explore and self._adaptive
         # The per-frame re-decision after a missed exit (adaptive strategies only): one
         # table per number of exits run, built once, so a re-decision is one scoring pass.
@@ -222,7 +225,8 @@ class Engine:
         self._rest_base = [build_candidates(self._profile, after_exits=k)
                            for k in range(1, len(self._profile.exits) + 1)]
         self._rest = list(self._rest_base)
-        self._rest_kept: dict[tuple, CandidateTable] = {}  # see _rest_table
+        self._rest_device = [t.subset([c.cut == "device" for c in t.candidates])
+                             for t in self._rest_base]
         self._last_key: tuple | None = None  # the decision cache (see state_key)
         self._last_until = 0.0
         self._last_choice: Candidate | None = None
@@ -340,7 +344,6 @@ class Engine:
             self._welcomes_seen = link.welcomes
             self._table = self._base_table.with_server_times(link.server_tail_ms)
             self._rest = [t.with_server_times(link.server_tail_ms) for t in self._rest_base]
-            self._rest_kept.clear()
             # both caches index tables just replaced (whose ids a new table may reuse)
             self._last_key = None
             self._rest_cache.clear()
@@ -529,7 +532,7 @@ class Engine:
         k = f.exits_run
         if not 1 <= k <= len(self._rest):
             return
-        table = self._rest_table(k, f.plan.version, f.offline)
+        table = self._rest_device[k - 1] if f.offline else self._rest[k - 1]
         if len(table) > 1:
             now = time.monotonic()
             # Past the deadline every plan is late: a budget of 1 us prices that in (the
@@ -546,18 +549,6 @@ class Engine:
         else:
             f.plan = table.candidates[0]
         f.plans.append(f.plan)
-
-    def _rest_table(self, k: int, version: str, offline: bool) -> CandidateTable:
-        """The rest-of-frame candidates after k exits for a frame whose segments so far ran
-        in model `version` (it goes on in it), device-only ones when `offline`."""
-        key = (k, version, offline)
-        table = self._rest_kept.get(key)
-        if table is None:
-            table = self._rest[k - 1]
-            table = table.subset([c.version == version and (c.cut == "device" or not offline)
-                                  for c in table.candidates])
-            self._rest_kept[key] = table
-        return table
 
     def _compress(self, plan: Candidate) -> str:
         """The codec's entropy stage for an offload of `plan`: zstd when the plan says so;

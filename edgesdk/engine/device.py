@@ -18,7 +18,7 @@ import numpy as np
 from ..bundle import FP32, Bundle, ExitSpec
 from ..errors import InputError
 from ..exits import ExitRule, exit_runner, ordered_exits
-from ..runtime import Segment, open_file, open_segments
+from ..runtime import Segment, open_file, open_segment, open_segments
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,11 @@ class LocalRunner:
         for name in names:
             if name in self._versions:
                 continue
-            self._versions[name] = open_segments(self.bundle, threads=threads, version=name)
+            spec = self.bundle.manifest.version(name)
+            # a segment the version kept in fp32 is the fp32 session, not a second copy
+            self._versions[name] = [
+                fp32 if own is None else open_segment(self.bundle, i, threads, name)
+                for i, (fp32, own) in enumerate(zip(self.segments, spec.segments))]
             for i in range(len(self.segments)):
                 self.run_segment(i, env, name)
 

@@ -57,8 +57,8 @@ def make_chooser(strategy: Strategy | Plan | Candidate | str, table: CandidateTa
             return hit[1]
         if fixed in t.candidates:
             i = t.index(fixed)
-        else:  # offline: the device-only plan with the same exits
-            local = Candidate(fixed.n_exits, "device", 32)
+        else:  # offline: the device-only plan with the same exits (and version)
+            local = Candidate(fixed.n_exits, "device", 32, version=fixed.version)
             i = t.index(local) if local in t.candidates else 0
         found[id(t)] = (t, i)
         return i
@@ -102,16 +102,22 @@ def parse_fixed(strategy: str | Plan, table: CandidateTable) -> Candidate:
     (Plan.parse); without a zstd mark, zstd if that is a candidate, else raw."""
     fixed = strategy if isinstance(strategy, Plan) else Plan.parse(strategy)
     strategy = str(strategy)  # as given, for the messages below
-    cut, bits = fixed.cut, str(fixed.bits)
+    cut, bits, version = fixed.cut, str(fixed.bits), fixed.version
     exits = "" if fixed.exits is None else str(fixed.exits)
     zstd = fixed.zstd
+    versions = sorted({c.version for c in table.candidates})
+    if version not in versions:
+        raise PolicyError(f"strategy {strategy!r}: model version {version!r} is not a "
+                          f"candidate; candidates run in {versions} (a version is one once "
+                          "the bundle has it and `edgesdk profile --data` measured it)")
     options = [c for c in table.candidates if c.cut == cut and str(c.bits) == bits
-               and c.version == FP32 and (not exits or str(c.n_exits) == exits)
+               and c.version == version and (not exits or str(c.n_exits) == exits)
                and (zstd is None or c.zstd == zstd or c.cut == "device")]
     if not options:
         mode = {None: "", True: " with zstd", False: " raw-packed"}[zstd]
         raise PolicyError(f"strategy {strategy!r}: no candidate cut {cut!r} at {bits} bits"
                           + mode + (f" with {exits} exits" if exits else "")
+                          + (f" in {version}" if version != FP32 else "")
                           + f"; cuts are {sorted({c.cut for c in table.candidates})}")
     # the most exits; then, with no mark, zstd first (what the plan meant before
     # compression was a decision)

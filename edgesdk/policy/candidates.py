@@ -10,8 +10,9 @@ with the earlier exits on; an exit that comes after the cut cannot run on the de
 bundle such as "int8", edgesdk.split.versions); the server's tail is fp32. A version is a
 candidate only where the profile measured its fidelity (`edgesdk profile --data`): its
 rows take its segment times and multiply accuracy by that fidelity (at the cut for an
-offload, of the whole chain for device-only and for a local finish). Exits keep their
-calibration (measured on fp32 features).
+offload, of the whole chain for device-only and for a local finish). They run no exits:
+the exits were calibrated on fp32 features, and what their thresholds do on a version's
+is not measured.
 
     table = build_candidates(model_profile(bundle.manifest))
     table.candidates[i], table.dev_ms[i], table.wire_bytes[i]
@@ -235,17 +236,22 @@ def model_profile(manifest: Any, device: str | None = None, sparse: bool = False
 
 def _versions(manifest: Any, prof: Mapping[str, Any], n_segments: int
               ) -> dict[str, VersionProfile]:
-    """The profiled versions of the bundle whose fidelity was measured: a version without
-    it would be weighed as lossless, so it is no candidate until `profile --data`."""
-    known = {v.name for v in getattr(manifest, "versions", ())}
+    """The bundle's versions whose profile measured these very files (the digest) and
+    their fidelity: a version without it would be weighed as lossless, so it is no
+    candidate until `profile --data`. An entry that is stale or malformed is left out."""
+    digests = {v.name: v.digest for v in getattr(manifest, "versions", ())}
     out = {}
     for name, v in (prof.get("versions") or {}).items():
-        fid = v.get("fidelity")
-        if name not in known or not fid or len(v.get("segments", ())) != n_segments:
+        try:
+            fid = v.get("fidelity")
+            if (digests.get(name) != v.get("digest") or not fid
+                    or len(v["segments"]) != n_segments):
+                continue
+            out[name] = VersionProfile(tuple(float(s["median_ms"]) for s in v["segments"]),
+                                       measured_fidelity(fid["device"]),
+                                       {c: measured_fidelity(e) for c, e in fid["cuts"].items()})
+        except (KeyError, TypeError, AttributeError, ValueError, PolicyError):
             continue
-        out[name] = VersionProfile(tuple(float(s["median_ms"]) for s in v["segments"]),
-                                   measured_fidelity(fid["device"]),
-                                   {c: measured_fidelity(e) for c, e in fid["cuts"].items()})
     return out
 
 
@@ -408,6 +414,8 @@ def build_candidates(model: ModelProfile, bits: Sequence[int] = BITS,
         heads = float(heads_before[-1]) if ex else 0.0
         last_exit_seg = model.exits[m - 1].after_segment if m else -1
         for version, prefix, at_cut, whole_fid in versions:
+            if version != "fp32" and m > 0:
+                continue  # no exits in a version (see the module docstring)
             spent = prefix[here + 1]
             total = prefix[-1]
             exit_ms = (sum(e.coverage * (prefix[e.after_segment + 1] - spent + heads_before[j])

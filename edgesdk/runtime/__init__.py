@@ -137,13 +137,14 @@ def check_io(bundle: Bundle, path: str | os.PathLike, seg: Segment) -> None:
 
 
 def check_files(bundle: Bundle, segments: bool = True, whole: bool = True,
-                exits: bool = True) -> list[str]:
-    """Open every segment file (its versions', the whole-model file and model-provided exit
-    branches) once, unoptimized, to check each against the manifest (`check_io`); returns
-    the files checked. The sessions are dropped. MissingDependency when the runtime is missing."""
+                exits: bool = True, versions: bool = True) -> list[str]:
+    """Open every segment file (and its model versions', the whole-model file and
+    model-provided exit branches) once, unoptimized, to check each against the manifest
+    (`check_io`); returns the files checked. The sessions are dropped. MissingDependency
+    when the runtime is missing."""
     m = bundle.manifest
     files = [s.file for s in m.segments] if segments else []
-    if segments:
+    if versions:
         files += [s.file for v in m.versions for s in v.segments if s is not None]
     if whole and m.whole is not None:
         files.append(m.whole.file)

@@ -132,7 +132,8 @@ class TailHandlerFactory:
         from ..runtime import check_files
 
         for bundle in load_bundles(self.bundles, self.bundle_key).values():
-            check_files(bundle, whole=False, exits=False)  # the server runs segments only
+            # the server runs the fp32 segments only (a model version is the device's)
+            check_files(bundle, whole=False, exits=False, versions=False)
 
     def payload_limits(self) -> dict[str, dict[str, tuple[int, ...]]]:
         """What an infer request may carry, for the broker to check before it queues one:

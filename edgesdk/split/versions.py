@@ -8,16 +8,23 @@ meets a tail of another at any cut.
 
 int8: onnxruntime.quantization's static quantization in QDQ form, per-channel int8
 weights and uint8 activations (what onnxruntime's x86 and Arm int8 kernels take), with the
-activation ranges of the calibration samples: each segment is calibrated on the tensors that
-the fp32 chain feeds it on those samples. A segment below opset 13 is converted to 13 first
-(per-channel quantize/dequantize needs it). fp16: float16 weights and arithmetic inside,
+activation ranges of the calibration samples (the 99.99th percentile of |x|: on PP-OCRv4
+recognition and YOLOv8n it halved the output's relative error against min/max ranges, at
+the same speed): each segment is calibrated on the tensors that the fp32 chain feeds it on
+those samples. A segment below opset 13 is converted to 13 first (per-channel
+quantize/dequantize needs it). fp16: float16 weights and arithmetic inside,
 float32 at the segment's boundary (onnxruntime.transformers.float16 with keep_io_types), so
 the cut tensors, and the codec, do not change.
 
 Each converted segment is opened and run on a calibration feed before it is kept. One that
 cannot be converted, fails to run, answers NaN, or has nothing to quantize (a softmax)
 keeps the fp32 file in that version: its entry is None, and the reason is in the version's
-method["notes"].
+method["notes"]. A version in which no segment converted is not recorded (it would be
+fp32 under another name).
+
+Files are named by their content (seg_000.int8.<sha256[:12]>.onnx): re-making a version
+(new calibration samples) never overwrites a file the manifest lists, so the bundle stays
+loadable until the new manifest is saved; the replaced files are removed after.
 
 Whether a version pays is the device's business, so nothing here judges speed. On this
 x86 CPU int8 runs the convolution segments of ResNet50 in about 0.4x their fp32 time, but
@@ -33,6 +40,8 @@ TFLite graph needs TensorFlow's converter; a quantized .tflite can be split on i
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -45,7 +54,8 @@ from ..errors import SplitError
 
 VERSIONS = ("int8", "fp16")
 INT8_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the "axis" attribute)
-CALIBRATION_SAMPLES = 64  # more adds calibration time, not accuracy, for min/max ranges
+CALIBRATION_SAMPLES = 64  # more adds calibration time, hardly accuracy
+PERCENTILE = 99.99  # of |activation| over the calibration samples: the int8 range
 log = logging.getLogger("edgesdk.split")
 
 
@@ -59,19 +69,27 @@ def check_versions(names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(n for n in names if n != FP32))
 
 
+def check_backend(backend: str, where: Any) -> None:
+    """SplitError unless versions can be made for a `backend` bundle (onnx)."""
+    if backend != "onnx":
+        raise SplitError(f"{where}: model versions are made for ONNX models only; "
+                         "quantizing a TFLite graph needs TensorFlow (split a quantized "
+                         ".tflite model as a bundle of its own)")
+
+
 def make_versions(bundle: Bundle, names: Sequence[str],
                   samples: Sequence[Mapping[str, np.ndarray]] = (),
-                  progress: Callable[[str], Any] | None = None) -> Bundle:
+                  progress: Callable[[str], Any] | None = None,
+                  calibration_id: str | None = None) -> Bundle:
     """Write the `names` versions of `bundle`'s segments into the bundle and record them in
-    its manifest; returns the re-sealed bundle. `samples`: model-input feeds (batch of 1)
-    that int8 calibrates its activation ranges on (required for int8)."""
+    its manifest, replacing versions of the same names; returns the re-sealed bundle.
+    `samples`: model-input feeds (batch of 1) that int8 calibrates its activation ranges on
+    (required for int8); `calibration_id`: what they are (a data file's sha256), recorded
+    so that `edgesdk profile` can tell when fidelity is measured on them."""
     wanted = check_versions(names)
     if not wanted:
         return bundle
-    if bundle.backend != "onnx":
-        raise SplitError(f"{bundle.path}: model versions are made for ONNX bundles only; "
-                         "quantizing a TFLite graph needs TensorFlow (split a quantized "
-                         ".tflite model as a bundle of its own)")
+    check_backend(bundle.backend, bundle.path)
     if "int8" in wanted and not samples:
         raise SplitError("the int8 version needs calibration samples: real inputs of the "
                          "model (`--data FILE.npz`); without them, activation ranges "
@@ -81,8 +99,22 @@ def make_versions(bundle: Bundle, names: Sequence[str],
     for name in wanted:
         if progress is not None:
             progress(f"making the {name} version of {len(bundle.segments)} segments")
-        specs.append(_make_version(bundle, name, feeds))
-    return bundle.with_versions(specs)
+        spec = _make_version(bundle, name, feeds, calibration_id)
+        if spec.converted:
+            specs.append(spec)
+        else:
+            log.warning("no %s version: no segment could be converted (%s)", name,
+                        "; ".join(spec.method["notes"]))
+    listed = _files(bundle)
+    bundle = bundle.with_versions(specs)
+    for stale in listed - _files(bundle):  # the replaced versions' files
+        (bundle.path / stale).unlink(missing_ok=True)
+    return bundle
+
+
+def _files(bundle: Bundle) -> set[str]:
+    """The version files the manifest lists."""
+    return {s.file for v in bundle.manifest.versions for s in v.segments if s is not None}
 
 
 def _segment_feeds(bundle: Bundle, samples: Sequence[Mapping[str, np.ndarray]]
@@ -100,44 +132,48 @@ def _segment_feeds(bundle: Bundle, samples: Sequence[Mapping[str, np.ndarray]]
     return feeds
 
 
-def _make_version(bundle: Bundle, name: str, feeds: Sequence[Sequence[Mapping]]
-                  ) -> VersionSpec:
+def _make_version(bundle: Bundle, name: str, feeds: Sequence[Sequence[Mapping]],
+                  calibration_id: str | None) -> VersionSpec:
     import onnxruntime
 
     notes: list[str] = []
     segments: list[SegmentSpec | None] = []
     for i, ref in enumerate(bundle.segments):
         src = bundle.segment_path(i)
-        dst = src.with_name(f"{src.stem}.{name}{src.suffix}")
-        try:
-            with tempfile.TemporaryDirectory(prefix="edgesdk-version-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="edgesdk-version-") as tmp:
+            made = Path(tmp) / "made.onnx"
+            try:
                 if name == "int8":
-                    changed = _quantize_int8(src, dst, feeds[i], Path(tmp))
+                    changed = _quantize_int8(src, made, feeds[i], Path(tmp))
                 else:
-                    changed = _to_fp16(src, dst)
-            if not changed:
-                raise _Kept("nothing in it to convert")
-            _check_runs(dst, feeds[i][0] if feeds else _zeros(bundle, ref))
-        except _Kept as why:
-            dst.unlink(missing_ok=True)
-            notes.append(f"segment {i} ({ref.file}) stays fp32: {why}")
-            segments.append(None)
-            continue
-        except Exception as exc:  # a converter's own error: the segment stays fp32
-            dst.unlink(missing_ok=True)
-            notes.append(f"segment {i} ({ref.file}) stays fp32: {type(exc).__name__}: "
-                         f"{str(exc)[:200]}")
-            segments.append(None)
-            continue
-        segments.append(SegmentSpec(dst.name, sha256_file(dst), ref.inputs, ref.outputs,
-                                    ref.flops))
+                    changed = _to_fp16(src, made)
+                if not changed:
+                    raise _Kept("nothing in it to convert")
+                _check_runs(made, feeds[i][0] if feeds else _zeros(bundle, ref))
+            except _Kept as why:
+                notes.append(f"segment {i} ({ref.file}) stays fp32: {why}")
+                segments.append(None)
+                continue
+            except Exception as exc:  # a converter's own error: the segment stays fp32
+                notes.append(f"segment {i} ({ref.file}) stays fp32: {type(exc).__name__}: "
+                             f"{str(exc)[:200]}")
+                segments.append(None)
+                continue
+            digest = sha256_file(made)
+            dst = src.with_name(f"{src.stem}.{name}.{digest[:12]}{src.suffix}")
+            shutil.move(made, dst)  # a new name: never a file the manifest lists now
+            os.chmod(dst, 0o644)
+        segments.append(SegmentSpec(dst.name, digest, ref.inputs, ref.outputs, ref.flops))
     for note in notes:
         log.info("%s version: %s", name, note)
     method: dict[str, Any] = {"onnxruntime": onnxruntime.__version__, "notes": notes}
     if name == "int8":
         method.update(tool="onnxruntime.quantization.quantize_static", format="QDQ",
-                      weights="int8 per channel", activations="uint8 (min/max)",
+                      weights="int8 per channel",
+                      activations=f"uint8 ({PERCENTILE} percentile)",
                       calibration_samples=len(feeds[0]) if feeds else 0)
+        if calibration_id:
+            method["calibration_sha256"] = calibration_id
     else:
         method.update(tool="onnxruntime.transformers.float16", keep_io_types=True)
     return VersionSpec(name, method, tuple(segments))
@@ -155,6 +191,7 @@ def _quantize_int8(src: Path, dst: Path, feeds: Sequence[Mapping[str, np.ndarray
     from onnx import version_converter
     from onnxruntime.quantization import (
         CalibrationDataReader,
+        CalibrationMethod,
         QuantFormat,
         QuantType,
         quantize_static,
@@ -183,7 +220,9 @@ def _quantize_int8(src: Path, dst: Path, feeds: Sequence[Mapping[str, np.ndarray
 
     quantize_static(str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8)
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.Percentile,
+                    extra_options={"CalibPercentile": PERCENTILE})
     return any(n.op_type == "DequantizeLinear" for n in onnx.load(str(dst)).graph.node)
 
 
@@ -222,4 +261,4 @@ def _zeros(bundle: Bundle, seg: SegmentSpec) -> dict[str, np.ndarray]:
     return {n: np.zeros(specs[n].shape, specs[n].dtype) for n in seg.inputs}
 
 
-__all__ = ["VERSIONS", "check_versions", "make_versions"]
+__all__ = ["VERSIONS", "check_backend", "check_versions", "make_versions"]
