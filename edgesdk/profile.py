@@ -51,6 +51,7 @@ __all__ = [
     "measure_cut_codec",
     "measure_version_fidelity",
     "output_fidelity",
+    "paired_ratios",
     "profile_segments",
     "seeded_inputs",
 ]
@@ -226,6 +227,37 @@ def profile_segments(
         "host": host_info(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def paired_ratios(reference: Sequence[_Runnable], other: Sequence[_Runnable],
+                  inputs: Mapping[str, np.ndarray], runs: int = 50, warmup: int = 5
+                  ) -> list[float]:
+    """Per segment, the median over `runs` of other's time / reference's time, the two
+    chains (the same segments in two model versions) run alternately on the same inputs,
+    the order swapped every run: a machine that speeds up or slows down between two
+    separate profiles biases the comparison, alternate runs see the same machine (profiled
+    one after the other, a version 0.98x fp32 here read as 0.88x)."""
+    if len(reference) != len(other) or not reference:
+        raise ValueError(f"{len(other)} segments against {len(reference)}")
+    for _ in range(warmup):
+        _run_chain_timed(reference, inputs, None)
+        _run_chain_timed(other, inputs, None)
+    ref_ns = np.zeros((runs, len(reference)), dtype=np.int64)
+    other_ns = np.zeros_like(ref_ns)
+    gc_was_enabled = gc.isenabled()
+    try:
+        for r in range(runs):
+            gc.disable()
+            pair = [(reference, ref_ns[r]), (other, other_ns[r])]
+            for chain, out in pair if r % 2 == 0 else pair[::-1]:
+                _run_chain_timed(chain, inputs, out)
+            if gc_was_enabled:  # collect between runs, never inside one
+                gc.enable()
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    ratios = other_ns / np.maximum(ref_ns, 1)
+    return [round(float(np.median(ratios[:, i])), 4) for i in range(len(reference))]
 
 
 # -- how close a lossy run's output is to fp32, per output kind ---------------------------------

@@ -14,7 +14,13 @@ import pytest
 
 from edgesdk.bundle import Bundle, TensorSpec
 from edgesdk.errors import BundleError
-from edgesdk.profile import default_device, host_info, profile_segments, seeded_inputs
+from edgesdk.profile import (
+    default_device,
+    host_info,
+    paired_ratios,
+    profile_segments,
+    seeded_inputs,
+)
 
 from models import onnx_light_model
 
@@ -116,3 +122,32 @@ def test_profile_does_not_import_the_runtime():
                          timeout=60, cwd=tempfile.gettempdir(), env=dict(os.environ))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+class _Drifting:
+    """A segment that sleeps `base` seconds, longer and longer: a machine slowing down."""
+
+    inputs = ("x",)
+
+    def __init__(self, base: float, clock: list) -> None:
+        self.base, self.clock = base, clock
+
+    def run(self, feed):
+        self.clock[0] += 1
+        time.sleep(self.base * (1 + self.clock[0] / 20))
+        return {"x": feed["x"]}
+
+
+def test_paired_ratios_compare_two_versions_on_the_same_machine_state():
+    # the "version" takes half the time of the reference; the machine slows down 5 % per
+    # call. Profiled one after the other, the version runs on the slower machine and reads
+    # as ~0.8x; run alternately, both see the same drift and the ratio stays ~0.5x.
+    clock = [0]
+    ref, half = [_Drifting(0.004, clock)], [_Drifting(0.002, clock)]
+    feed = {"x": np.zeros(1, np.float32)}
+    first = profile_segments(ref, feed, runs=20, warmup=0)["total_median_ms"]
+    then = profile_segments(half, feed, runs=20, warmup=0)["total_median_ms"]
+    clock[0] = 0
+    (paired,) = paired_ratios(ref, half, feed, runs=20, warmup=0)
+    assert then / first > 0.75
+    assert 0.4 < paired < 0.7

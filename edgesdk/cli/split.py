@@ -127,7 +127,7 @@ def _profile(args: argparse.Namespace) -> int:
         profile["codec"] = _measure_codec(bundle, segments, samples, progress)
     if bundle.manifest.versions:
         profile["versions"] = _profile_versions(bundle, segments, inputs, samples, args,
-                                                progress)
+                                                profile, progress)
     with progress.stage("storing the profile"):
         bundle = bundle.with_profile(device, profile)
     if args.json:
@@ -181,24 +181,27 @@ def _measure_codec(bundle, segments, samples: list[dict], progress) -> dict:
 
 
 def _profile_versions(bundle, segments, inputs, samples: list[dict] | None,
-                      args: argparse.Namespace, progress) -> dict:
-    """Per model version: its segments' times here and, with samples, its fidelity to fp32
-    (a head in the version and the tail in fp32 at each cut, and the whole chain)."""
+                      args: argparse.Namespace, fp32: dict, progress) -> dict:
+    """Per model version: its segments' times here, as fp32's profiled time (`fp32`) x
+    the version's time over fp32's in alternate runs (profile.paired_ratios), and, with
+    samples, its fidelity to fp32 (a head in the version and the tail in fp32 at each cut,
+    and the whole chain)."""
     from ..bundle import sha256_file
-    from ..profile import measure_version_fidelity, profile_segments
+    from ..profile import measure_version_fidelity, paired_ratios
     from ..runtime import open_segments
 
     output = bundle.manifest.outputs[0].name
     out = {}
     for v in bundle.manifest.versions:
-        with progress.stage(f"timing the {v.name} version"):
+        with progress.stage(f"timing the {v.name} version against fp32"):
             chain = open_segments(bundle, threads=args.threads, version=v.name)
-            timed = profile_segments(chain, inputs, runs=args.runs, warmup=args.warmup,
-                                     threads=args.threads)
+            ratios = paired_ratios(segments, chain, inputs, runs=args.runs,
+                                   warmup=args.warmup)
+        times = [{"index": i, "median_ms": round(s["median_ms"] * r, 4), "vs_fp32": r}
+                 for i, (s, r) in enumerate(zip(fp32["segments"], ratios))]
         entry: dict = {"digest": v.digest,  # the files measured (a re-made version differs)
-                       "segments": [{k: s[k] for k in ("index", "median_ms", "p90_ms")}
-                                    for s in timed["segments"]],
-                       "total_median_ms": timed["total_median_ms"],
+                       "segments": times,
+                       "total_median_ms": round(sum(t["median_ms"] for t in times), 4),
                        "converted": v.converted}
         if samples is not None:
             with progress.stage(f"measuring the {v.name} version's fidelity on "
