@@ -30,6 +30,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,7 @@ from .._table import format_table  # the one table of edgesdk, re-exported for t
 
 __all__ = [
     "Stats",
+    "as_json",
     "Timing",
     "calibrate",
     "format_table",
@@ -185,3 +187,19 @@ def pm(s: Stats | None, digits: int = 1) -> str:
     if s is None:
         return "n/a"
     return f"{s.median:.{digits}f} ±{s.half_width:.{digits}f}"
+
+
+def as_json(obj: Any) -> Any:
+    """A report made JSON-ready: Stats as their dicts (Stats.as_dict), numpy scalars as
+    numbers, floats to 6 significant digits, through dicts, lists and tuples."""
+    if isinstance(obj, Stats):
+        return obj.as_dict()
+    if isinstance(obj, dict):
+        return {k: as_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [as_json(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return float(f"{obj:.6g}")
+    return obj

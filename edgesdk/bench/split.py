@@ -40,7 +40,7 @@ from .. import __version__
 from ..bundle import Bundle
 from ..errors import ConfigError
 from ..profile import host_info, seeded_inputs
-from . import Stats, format_table, pm, ratio, summarize, time_interleaved
+from . import Stats, as_json, format_table, pm, ratio, summarize, time_interleaved
 
 MODELS = ("resnet50", "squeezenet")
 THREADS = (1, 2)
@@ -201,18 +201,6 @@ def bench_model(name: str, workdir: Path, mode: dict, rounds: int,
             "creation": _creation(path, all_bundle, mode["creations"])}
 
 
-def _jsonable(obj):
-    if isinstance(obj, Stats):
-        return obj.as_dict()
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float):
-        return float(f"{obj:.6g}")
-    return obj
-
-
 def format_text(report: dict, models: list[dict]) -> str:
     """The text report of :func:`run` (what `edgesdk bench split` prints)."""
     out: list[str] = []
@@ -304,7 +292,7 @@ def run(rounds: int | None = None, quick: bool = False, models: Sequence[str] | 
                            "(coverage ci_level); q1/q3: interquartile range",
         },
         "target": {"chain_over_whole_max": TARGET},
-        "models": _jsonable(results),
+        "models": as_json(results),
         "summary": {"checked": len(checked), "all_pass": not missed, "missed": missed},
     }
     return report, results

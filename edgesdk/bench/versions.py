@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from ..bundle import FP32, Bundle
-from . import format_table, ratio, time_interleaved
+from . import as_json, format_table, ratio, time_interleaved
 
 TARGET_RATIO = 0.6  # int8 / fp32 device latency, a classifier
 TARGET_LOSS_PT = 1.0  # top-1 agreement lost, points
@@ -180,17 +180,7 @@ def _target(results: list[dict]) -> dict[str, Any]:
 
 
 def jsonable(report: dict) -> dict:
-    def conv(o: Any) -> Any:
-        if hasattr(o, "as_dict"):
-            return o.as_dict()
-        if isinstance(o, dict):
-            return {k: conv(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [conv(v) for v in o]
-        if isinstance(o, (np.floating, np.integer)):
-            return o.item()
-        return o
-    return conv(report)
+    return as_json(report)
 
 
 def format_text(report: dict) -> str:

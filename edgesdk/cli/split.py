@@ -122,12 +122,15 @@ def _profile(args: argparse.Namespace) -> int:
                                    threads=args.threads,
                                    files=[s.file for s in bundle.segments], seed=args.seed,
                                    whole=whole)
-    samples = _samples(bundle, args.data, args.max_samples) if args.data else None
+    data = _load_data(bundle, args.data) if args.data else None
+    samples = ([data.sample(i) for i in range(min(len(data), args.max_samples))]
+               if data is not None else None)
     if samples is not None:
         profile["codec"] = _measure_codec(bundle, segments, samples, progress)
     if bundle.manifest.versions:
-        profile["versions"] = _profile_versions(bundle, segments, inputs, samples, args,
-                                                profile, progress)
+        profile["versions"] = _profile_versions(bundle, segments, inputs, samples,
+                                                data.sha256 if data else None, args, profile,
+                                                progress)
     with progress.stage("storing the profile"):
         bundle = bundle.with_profile(device, profile)
     if args.json:
@@ -160,12 +163,11 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _samples(bundle, data: str, max_samples: int) -> list[dict]:
-    """Up to max_samples feeds of the user's data file, checked against the bundle."""
+def _load_data(bundle, data: str):
+    """The user's data file, checked against the bundle (edgesdk.exits.data.Dataset)."""
     from ..exits.data import load_data
 
-    dataset = load_data(data, bundle)
-    return [dataset.sample(i) for i in range(min(len(dataset), max_samples))]
+    return load_data(data, bundle)
 
 
 def _measure_codec(bundle, segments, samples: list[dict], progress) -> dict:
@@ -181,12 +183,12 @@ def _measure_codec(bundle, segments, samples: list[dict], progress) -> dict:
 
 
 def _profile_versions(bundle, segments, inputs, samples: list[dict] | None,
-                      args: argparse.Namespace, fp32: dict, progress) -> dict:
+                      data_sha256: str | None, args: argparse.Namespace, fp32: dict,
+                      progress) -> dict:
     """Per model version: its segments' times here, as fp32's profiled time (`fp32`) x
     the version's time over fp32's in alternate runs (profile.paired_ratios), and, with
-    samples, its fidelity to fp32 (a head in the version and the tail in fp32 at each cut,
-    and the whole chain)."""
-    from ..bundle import sha256_file
+    samples (from the data file `data_sha256`), its fidelity to fp32 (a head in the
+    version and the tail in fp32 at each cut, and the whole chain)."""
     from ..profile import measure_version_fidelity, paired_ratios
     from ..runtime import open_segments
 
@@ -211,7 +213,7 @@ def _profile_versions(bundle, segments, inputs, samples: list[dict] | None,
                     kind=bundle.output_kind(output))
             # measured on the samples int8 was calibrated on: it overstates the fidelity
             entry["fidelity"]["on_calibration_data"] = (
-                v.method.get("calibration_sha256") == sha256_file(Path(args.data))[:16])
+                v.method.get("calibration_sha256") == data_sha256)
         out[v.name] = entry
     return out
 

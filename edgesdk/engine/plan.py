@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from ..bundle import FP32
 from ..errors import PolicyError
 
 Strategy = Literal["planner", "policy", "device", "edge"]
@@ -47,7 +48,7 @@ class Plan:
     bits: int = 32
     exits: int | None = None
     zstd: bool | None = None
-    version: str = "fp32"
+    version: str = FP32
 
     def __post_init__(self) -> None:
         if not isinstance(self.cut, str) or not self.cut or "@" in self.cut:
@@ -72,12 +73,12 @@ class Plan:
                               "CUT@BITS[+z|-z][/EXITS][+z|-z][:VERSION]")
         mark = m["z"] or m["z2"]
         return cls(m["cut"], int(m["bits"]), None if m["exits"] is None else int(m["exits"]),
-                   None if mark is None else mark == "+z", m["version"] or "fp32")
+                   None if mark is None else mark == "+z", m["version"] or FP32)
 
     def __str__(self) -> str:
         exits = "" if self.exits is None else f"/{self.exits}"
         zstd = "" if self.zstd is None else ("+z" if self.zstd else "-z")
-        version = "" if self.version == "fp32" else f":{self.version}"
+        version = "" if self.version == FP32 else f":{self.version}"
         return f"{self.cut}@{self.bits}{exits}{zstd}{version}"
 
 

@@ -7,6 +7,8 @@ from typing import Literal
 
 import numpy as np
 
+from ..bundle import FP32
+
 Where = Literal["exit", "edge", "device"]
 """Where a frame was answered: an early exit here, the edge server, or this device."""
 
@@ -74,7 +76,7 @@ class Result:
     outputs: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
     kind: str = "classes"
     server: str | None = None
-    version: str = "fp32"
+    version: str = FP32
 
     @property
     def label(self) -> int | None:

@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from ..bundle import FP32
 from ..errors import PolicyError
 
 BITS = (32, 16, 8, 4, 2)
@@ -94,14 +95,14 @@ class Candidate:
     cut: str  # "input", a cut id, or "device"
     bits: int
     zstd: bool = True
-    version: str = "fp32"  # the model version of the device's segments
+    version: str = FP32  # the model version of the device's segments
 
     def __post_init__(self) -> None:
         if self.cut == "device" and self.zstd:
             object.__setattr__(self, "zstd", False)  # nothing is encoded
 
     def __str__(self) -> str:
-        suffix = "" if self.version == "fp32" else f" {self.version}"
+        suffix = "" if self.version == FP32 else f" {self.version}"
         if self.cut == "device":
             return f"exits={self.n_exits} device-only{suffix}"
         return (f"exits={self.n_exits} {self.cut}@{self.bits}b{'+z' if self.zstd else ''}"
@@ -394,7 +395,7 @@ def build_candidates(model: ModelProfile, bits: Sequence[int] = BITS,
     points = [("input", -1)] + list(zip(model.cut_ids, model.cut_after))
     fp32_prefix = np.concatenate([[0.0], np.cumsum(model.seg_ms)])
     # (name, prefix[i]: segments 0..i-1 in it, fidelity at a cut, of the whole chain)
-    versions = [("fp32", fp32_prefix, {}, 1.0)]
+    versions = [(FP32, fp32_prefix, {}, 1.0)]
     versions += [(name, np.concatenate([[0.0], np.cumsum(v.seg_ms)]), v.cuts, v.device)
                  for name, v in model.versions.items()]
     rows: list[tuple] = []
@@ -414,7 +415,7 @@ def build_candidates(model: ModelProfile, bits: Sequence[int] = BITS,
         heads = float(heads_before[-1]) if ex else 0.0
         last_exit_seg = model.exits[m - 1].after_segment if m else -1
         for version, prefix, at_cut, whole_fid in versions:
-            if version != "fp32" and m > 0:
+            if version != FP32 and m > 0:
                 continue  # no exits in a version (see the module docstring)
             spent = prefix[here + 1]
             total = prefix[-1]
@@ -424,7 +425,7 @@ def build_candidates(model: ModelProfile, bits: Sequence[int] = BITS,
             for name, after in points:
                 if after < max(last_exit_seg, here):
                     continue  # an exit would come after the cut, or the cut is behind us
-                if version != "fp32" and name not in at_cut:
+                if version != FP32 and name not in at_cut:
                     continue  # no head in this version (the input), or not measured there
                 fid = at_cut.get(name, 1.0)
                 tail_fp32 = fp32_prefix[-1] - fp32_prefix[after + 1]  # the server's, fp32

@@ -27,7 +27,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..bundle import MANIFEST, Bundle, Manifest
+from ..bundle import FP32, MANIFEST, Bundle, Manifest
 from ..errors import BundleError
 
 # backend -> (runtime name, [(import name, distribution name)] in order of preference)
@@ -157,7 +157,7 @@ def check_files(bundle: Bundle, segments: bool = True, whole: bool = True,
     return files
 
 
-def open_segment(bundle: Bundle, index: int, threads: int = 1, version: str = "fp32",
+def open_segment(bundle: Bundle, index: int, threads: int = 1, version: str = FP32,
                  **options) -> Segment:
     """Open segment `index` of `bundle` (in model `version`) with its backend's runtime."""
     if not 0 <= index < len(bundle.segments):
@@ -165,7 +165,7 @@ def open_segment(bundle: Bundle, index: int, threads: int = 1, version: str = "f
     return open_file(bundle, bundle.segment_path(index, version), threads, **options)
 
 
-def open_segments(bundle: Bundle, threads: int = 1, version: str = "fp32", **options
+def open_segments(bundle: Bundle, threads: int = 1, version: str = FP32, **options
                   ) -> list[Segment]:
     """All segments of `bundle` (in model `version`), in order."""
     return [open_segment(bundle, i, threads, version, **options)

@@ -40,7 +40,6 @@ TFLite graph needs TensorFlow's converter; a quantized .tflite can be split on i
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -51,6 +50,7 @@ import numpy as np
 
 from ..bundle import FP32, Bundle, SegmentSpec, VersionSpec, sha256_file
 from ..errors import SplitError
+from ..profile import seeded_inputs
 
 VERSIONS = ("int8", "fp16")
 INT8_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the "axis" attribute)
@@ -94,7 +94,10 @@ def make_versions(bundle: Bundle, names: Sequence[str],
         raise SplitError("the int8 version needs calibration samples: real inputs of the "
                          "model (`--data FILE.npz`); without them, activation ranges "
                          "would be guessed and the answers wrong")
-    feeds = _segment_feeds(bundle, samples[:CALIBRATION_SAMPLES]) if samples else []
+    # what the fp32 chain feeds each segment: int8 calibrates on it, and every converted
+    # segment is test-run on it (on seeded inputs when there are no samples: fp16)
+    feeds = _segment_feeds(bundle, samples[:CALIBRATION_SAMPLES]
+                           or [seeded_inputs(bundle.manifest.inputs)])
     specs = []
     for name in wanted:
         if progress is not None:
@@ -149,7 +152,7 @@ def _make_version(bundle: Bundle, name: str, feeds: Sequence[Sequence[Mapping]],
                     changed = _to_fp16(src, made)
                 if not changed:
                     raise _Kept("nothing in it to convert")
-                _check_runs(made, feeds[i][0] if feeds else _zeros(bundle, ref))
+                _check_runs(made, feeds[i][0])
             except _Kept as why:
                 notes.append(f"segment {i} ({ref.file}) stays fp32: {why}")
                 segments.append(None)
@@ -162,7 +165,6 @@ def _make_version(bundle: Bundle, name: str, feeds: Sequence[Sequence[Mapping]],
             digest = sha256_file(made)
             dst = src.with_name(f"{src.stem}.{name}.{digest[:12]}{src.suffix}")
             shutil.move(made, dst)  # a new name: never a file the manifest lists now
-            os.chmod(dst, 0o644)
         segments.append(SegmentSpec(dst.name, digest, ref.inputs, ref.outputs, ref.flops))
     for note in notes:
         log.info("%s version: %s", name, note)
@@ -171,7 +173,7 @@ def _make_version(bundle: Bundle, name: str, feeds: Sequence[Sequence[Mapping]],
         method.update(tool="onnxruntime.quantization.quantize_static", format="QDQ",
                       weights="int8 per channel",
                       activations=f"uint8 ({PERCENTILE} percentile)",
-                      calibration_samples=len(feeds[0]) if feeds else 0)
+                      calibration_samples=len(feeds[0]))
         if calibration_id:
             method["calibration_sha256"] = calibration_id
     else:
@@ -249,16 +251,6 @@ def _check_runs(path: Path, feed: Mapping[str, np.ndarray]) -> None:
     for out, value in zip(session.get_outputs(), session.run(None, dict(feed))):
         if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
             raise _Kept(f"it answers NaN or inf in {out.name!r} (out of its number range)")
-
-
-def _zeros(bundle: Bundle, seg: SegmentSpec) -> dict[str, np.ndarray]:
-    """A feed for `seg` without calibration samples: zeros of the cut tensors' shapes."""
-    specs = {t.name: t for t in bundle.manifest.inputs}
-    specs.update({t.name: t for c in bundle.cuts for t in c.tensors})
-    missing = [n for n in seg.inputs if n not in specs]
-    if missing:
-        raise _Kept(f"its inputs {missing} have no shape in the manifest to test it with")
-    return {n: np.zeros(specs[n].shape, specs[n].dtype) for n in seg.inputs}
 
 
 __all__ = ["VERSIONS", "check_backend", "check_versions", "make_versions"]
