@@ -29,7 +29,9 @@ Strategies, each one device process through the whole timeline:
   rates, run like the others;
 - planner, policy: the engine's adaptive strategies (``Engine(strategy=...)``);
   planner-static (on request): the planner with ``explore=False``, to measure what the
-  exploring offloads are worth in the same run;
+  exploring offloads are worth in the same run; planner-energy (on request): the planner
+  with an energy price (ENERGY_WEIGHT, Engine(energy_weight=...)); every strategy's frames
+  carry the Engine's energy estimate (POWER's model), reported as mJ per frame;
 - device-only/repeat, last (not in --smoke): device-only again, never a baseline: its
   ratio to the first run of the same plan (``noise_ratio``, "noise" in the table) is this
   machine's run-to-run noise, which every other ratio of the run carries too.
@@ -102,6 +104,7 @@ from typing import Any
 
 import numpy as np
 
+from .e2e_device import ENERGY_WEIGHT, POWER
 from .e2e_models import FIDELITY_FLOOR, MODELS, Built, build
 from .e2e_scenarios import Timeline, default_scenarios, pick_trace, smoke_scenarios
 from .netem import check_quota, open_testbed
@@ -114,7 +117,8 @@ from .netem import check_quota, open_testbed
 # and the benchmark measured the fallback rule rather than the decisions.
 SLO_FACTOR = 2.0
 PROFILE_S = 3.0  # the device's segment times under the quota: at least this long
-ADAPTIVE = ("planner", "policy", "planner-static")
+ADAPTIVE = ("planner", "policy", "planner-static", "planner-energy")
+
 # device-only once more, last: not a baseline (never the best fixed split) but the run-to-run
 # noise of this machine, as the ratio of two runs of the same plan through the same timeline
 REPEAT = "device-only/repeat"
@@ -351,6 +355,7 @@ def stats(frames: list[dict], slo_ms: float) -> dict:
             "agreement": float(np.mean([f["agree"] for f in frames])),
             "accuracy": float(np.mean(correct)) if correct else None,
             "fallbacks": sum(f["fallback"] is not None for f in frames),
+            "energy_mj": float(np.mean([1e3 * f.get("energy_j", np.nan) for f in frames])),
             "plans": dict(sorted(plans.items(), key=lambda kv: -kv[1])[:3])}
 
 
@@ -540,10 +545,12 @@ def format_report(report: dict) -> str:
                              f"{100 * v['slo_violations']:.0f}%",
                              f"{100 * w['exit']:.0f}/{100 * w['edge']:.0f}/"
                              f"{100 * w['device']:.0f}",
-                             f"{100 * v['agreement']:.1f}%", v["fallbacks"], ratio])
+                             f"{100 * v['agreement']:.1f}%", v["fallbacks"],
+                             f"{v.get('energy_mj', float('nan')):.1f}", ratio])
         lines.append(format_table(
             ["scenario", "strategy", "frames", "mean ms", "p50", "p95", "SLO viol",
-             "exit/edge/dev %", "agree", "fallb", "vs best fixed"], rows, "llrrrrrrrrl"))
+             "exit/edge/dev %", "agree", "fallb", f"mJ ({POWER})", "vs best fixed"], rows,
+            "llrrrrrrrrrl"))
         for k, why in m.get("failed", {}).items():
             lines.append(f"  {k} FAILED: {why}")
         lines.append("")
@@ -562,7 +569,7 @@ def targets(report: dict) -> list[dict]:
     for m in report["models"]:
         for sname, row in m["scenarios"].items():
             for k in ADAPTIVE:
-                if k == "planner-static":  # a diagnostic, not an engine default
+                if k in ("planner-static", "planner-energy"):  # diagnostics, not defaults
                     continue
                 vs = row.get(k, {}).get("vs_best_fixed")
                 if vs:
@@ -666,6 +673,7 @@ def run(args: Any, log: Any = None) -> dict:
             f"{timeline.seconds:.1f} s: " + ", ".join(s.name for s in timeline.scenarios))
         record({"type": "meta", "testbed": report["testbed"], "codec_backend": backend,
                 "cpu_quota": args.cpu_quota, "task": args.task, "slo_factor": SLO_FACTOR,
+                "power": POWER, "energy_weight": ENERGY_WEIGHT,
                 "timeline": timeline.describe(), "rate_events": timeline.rate_events(),
                 "load_windows": timeline.load_windows(),
                 "load": {"clients": args.load_clients, "concurrency": args.load_concurrency},

@@ -36,6 +36,11 @@ from typing import Any
 
 import numpy as np
 
+# The energy model the device estimates its frames' energy with (a quota-throttled core of
+# this CPU stands for a Pi), and the price the planner-energy strategy puts on it
+POWER = "pi4"
+ENERGY_WEIGHT = 1.0
+
 MAX_PROFILE_RUNS = 1000
 PLAN = re.compile(r"exits=(\d+) (?:device-only|([\w.]+)@(\d+)b(\+z)?)")
 
@@ -175,9 +180,11 @@ def run(args: Any) -> int:
     bundle = Bundle.load(args.bundle)
     strategy = _resolve_strategy(args.strategy, bundle, args.device)
     explore = strategy != "planner-static"  # the planner without exploring offloads
+    priced = strategy == "planner-energy"  # the planner with an energy price
     with Engine(bundle, server=args.server, slo_ms=args.slo_ms, task=args.task,
-                strategy="planner" if not explore else strategy, threads=1,
-                device=args.device, connect_timeout_s=10, explore=explore) as engine:
+                strategy="planner" if priced or not explore else strategy, threads=1,
+                device=args.device, connect_timeout_s=10, explore=explore, power=POWER,
+                energy_weight=ENERGY_WEIGHT if priced else 0.0) as engine:
         rec = _Recorder(engine)
         _emit({"type": "ready", "codec_backend": codec.backend,
                "link": engine.link.status if engine.link is not None else None})
@@ -218,7 +225,8 @@ def run(args: Any) -> int:
             _emit({"type": "frame", "i": i, "t": round(t, 4), "input": k,
                    **parse_plan(r.plan), "sent_cut": r.cut, "sent_bits": r.bits,
                    "where": r.where, "exit": r.exit_name, "fallback": r.fallback_reason,
-                   "bytes_sent": sum(rec.sent), "explored_bytes": sum(rec.explored),
+                   "energy_j": r.energy_j, "bytes_sent": sum(rec.sent),
+                   "explored_bytes": sum(rec.explored),
                    "budget_ms": round(rec.budget_s * 1e3, 3) if rec.budget_s else None,
                    "ms": {k: round(float(v), 3) for k, v in asdict(ms).items()
                           if isinstance(v, (int, float))},  # every Timings field

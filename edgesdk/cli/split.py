@@ -131,6 +131,13 @@ def _profile(args: argparse.Namespace) -> int:
         profile["versions"] = _profile_versions(bundle, segments, inputs, samples,
                                                 data.sha256 if data else None, args, profile,
                                                 progress)
+    # the device's power model: measured now, or kept from its last profile
+    previous = bundle.manifest.profiles.get(device)
+    kept = previous.get("power") if isinstance(previous, dict) else None
+    power = (args.watts.to_json() if args.watts is not None else
+             None if kept is None else _stored_watts(kept, bundle, device))
+    if power is not None:
+        profile["power"] = power
     with progress.stage("storing the profile"):
         bundle = bundle.with_profile(device, profile)
     if args.json:
@@ -158,6 +165,11 @@ def _profile(args: argparse.Namespace) -> int:
         print()
     if "versions" in profile:
         print(versions_table(profile))
+        print()
+    if power is not None:
+        print(f"power model: {power['core_w']:.3f} W per busy core of {power['cores']}, radio "
+              f"{power['tx_w']:.3f} W sending, tail {power['tail_w']:.3f} W for "
+              f"{power['tail_s']:.3f} s ({power['source']})")
         print()
     print(f"stored in {bundle.path / 'manifest.json'} under profiles[{device!r}]")
     return 0
@@ -310,6 +322,28 @@ def _output_kind(text: str) -> tuple[str, str]:
     return name, kind
 
 
+def _stored_watts(stored, bundle, device: str) -> dict:
+    """The power model a previous profile stored, checked before it is kept."""
+    from ..errors import PolicyError
+    from ..estimators import PowerModel
+
+    try:
+        return PowerModel.from_json(stored).to_json()
+    except PolicyError as exc:
+        raise PolicyError(f"{bundle.path}: profiles[{device!r}]: {exc}; store a new one "
+                          "with --watts") from None
+
+
+def _watts(text: str):
+    from ..errors import PolicyError
+    from ..estimators import PowerModel
+
+    try:
+        return PowerModel.parse(text)
+    except PolicyError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_profile(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=text,
                        description="Run the bundle's segments chained on seeded input and "
@@ -331,6 +365,13 @@ def _add_profile(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
                         "planner then uses")
     p.add_argument("--max-samples", type=positive_int, default=32, metavar="N",
                    help="samples of --data to measure on (default 32)")
+    p.add_argument("--watts", type=_watts, metavar="SPEC",
+                   help="this device's power, for Result.energy_j and energy-aware plans: "
+                        "measured at the supply, idle=W,load=W (load: every core busy, e.g. "
+                        "stress-ng --cpu 0) [,cores=N][,tx=W][,tx_per_mbps=W][,tail=W]"
+                        "[,tail_s=S] (radio above idle while sending, per Mbit/s, its "
+                        "tail); or a preset, pi4 or pi5 "
+                        "(published measurements, docs/energy.md). Kept across re-profiling")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_profile)
     return p

@@ -64,12 +64,13 @@ from ..errors import (
     TransportError,
     Unreachable,
 )
-from ..estimators import SlowdownEstimator
+from ..estimators import PowerModel, SlowdownEstimator, detected_preset, power_model
 from ..policy import (
     EXPLORE_MAX_S,
     EXPLORE_MIN_S,
     TASKS,
     Candidate,
+    EnergyPrice,
     State,
     build_candidates,
     expected_rewards,
@@ -123,6 +124,23 @@ class _Frame:
     future: Future | None = None
     server: str | None = None  # the endpoint the offload went to
     offload_until: float = 0.0  # monotonic time the offload's budget runs out
+    sent_bytes: int = 0  # what the offload put on the wire
+    sent_at: float = 0.0  # monotonic time it was sent
+    radio_gap_s: float = math.inf  # since the engine's previous offload (the radio's tail)
+    radio_ms: float = 0.0  # how long a failed offload kept the radio up
+    done_at: float = math.inf  # monotonic time the offload's outcome arrived
+
+    def stamp(self, _future: Future) -> None:
+        """The offload's done-callback (on the link thread): when its outcome came."""
+        self.done_at = time.monotonic()
+
+
+def _stored_power(manifest: Any, device: str | None) -> dict | None:
+    """The power model `edgesdk profile --watts` stored in the device's profile, if any."""
+    profiles = manifest.profiles
+    name = device or next(iter(profiles), None)
+    prof = profiles.get(name) if name is not None else None
+    return prof.get("power") if isinstance(prof, Mapping) else None
 
 
 class Engine:
@@ -171,6 +189,13 @@ class Engine:
     most one in flight, 4 a second at most, fewer while frames stay here). False: never,
     e.g. on a metered link; then a server that timed out is tried again only as its
     timeouts' bound relaxes (a half-life of 20 s).
+    power: this device's energy model (estimators.PowerModel, a preset name "pi4"/"pi5", or
+    measured values "idle=W,load=W"); default: what `edgesdk profile --watts` stored in the
+    profile, else the preset of the Raspberry Pi this runs on, else none (Result.energy_j
+    is then nan). energy_weight: the price of energy in the planner's reward, per frame
+    run wholly on the device (policy.EnergyPrice: 1 makes that frame's device energy worth
+    one SLO of latency; 0, the default: energy is free). Needs a power model and the
+    planner (the bundled network was trained without energy); PolicyError otherwise.
     """
 
     def __init__(self, bundle: Bundle | str, server: str | None = None, *,
@@ -180,7 +205,8 @@ class Engine:
                  device: str | None = None,
                  max_in_flight: int = 2, connect_timeout_s: float = 2.0,
                  bundle_public_key: Any = None, sparse: bool = False,
-                 explore: bool = True) -> None:
+                 explore: bool = True, power: PowerModel | str | None = None,
+                 energy_weight: float = 0.0) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         if bundle_public_key is not None:
             self.bundle.check_signature(bundle_public_key)
@@ -201,6 +227,12 @@ class Engine:
         manifest = self._with_profile(device, threads)
         self._sparse = sparse
         self._profile = model_profile(manifest, device, sparse=sparse)
+        self._threads = threads
+        self.power = self._power_model(power, manifest, device)
+        self._energy = self._energy_price(energy_weight, strategy)
+        self._last_sent_at = -math.inf  # the previous offload (its radio tail)
+        self._frame_gap_s = math.inf  # time between frames, recent average
+        self._last_frame_at = -math.inf
         self._seg_ms = self._profile.seg_ms
         self._base_table = build_candidates(self._profile)
         self._table = self._base_table
@@ -285,6 +317,46 @@ class Engine:
             self.link.wait_connected(connect_timeout_s)
 
     # -- setup -----------------------------------------------------------------------------
+    def _power_model(self, power: Any, manifest: Any, device: str | None
+                     ) -> PowerModel | None:
+        """The given power model, else the profile's (`profile --watts`), else the
+        detected Pi's preset, else None."""
+        if power is not None:
+            return power_model(power)
+        stored = _stored_power(manifest, device)
+        if stored is None:
+            return detected_preset()
+        try:
+            return power_model(stored)
+        except PolicyError as exc:
+            raise PolicyError(f"{self.bundle.path}: the profile's power model: {exc}; store "
+                              "a new one with `edgesdk profile --watts`") from None
+
+    def _energy_price(self, weight: float, strategy: Any) -> EnergyPrice | None:
+        """The planner's price of energy (None: energy is free)."""
+        if not (isinstance(weight, (int, float)) and not isinstance(weight, bool)
+                and math.isfinite(weight) and 0 <= weight <= 1e6):
+            raise PolicyError(f"energy_weight is {weight!r}, expected a number in 0..1e6")
+        if weight == 0:
+            return None
+        if self.power is None:
+            raise PolicyError(f"energy_weight is {weight} but this device has no power model: "
+                              "pass power='pi4' or 'pi5', or store measured watts with "
+                              "`edgesdk profile BUNDLE --watts idle=W,load=W`")
+        if strategy != "planner":
+            raise PolicyError(f"energy_weight is {weight} with strategy {str(strategy)!r}: "
+                              "only the planner prices energy (the bundled network was "
+                              "trained without it; a fixed plan has nothing to choose)")
+        ref_j = self.power.compute_j(math.fsum(self._profile.seg_ms), self._threads)
+        return EnergyPrice(self.power, float(weight), ref_j, self._threads)
+
+    def _energy_now(self) -> EnergyPrice | None:
+        """The energy price with the current time between frames (~10 % steps, so the
+        decision cache is not defeated by jitter)."""
+        if self._energy is None or not math.isfinite(self._frame_gap_s):
+            return self._energy
+        return replace(self._energy, gap_s=math.exp(log_step(self._frame_gap_s, 10) / 10))
+
     def _with_profile(self, device: str | None, threads: int):
         """The manifest, with a profile measured now if the bundle stores none."""
         manifest = self.bundle.manifest
@@ -324,7 +396,8 @@ class Engine:
         slow = self._slowdown.estimate().value
         link = self.link if link is None else link
         if link is None:
-            return State(bw_mbps=1.0, slo_ms=self.slo_ms, device_slowdown=slow, task=self.task)
+            return State(bw_mbps=1.0, slo_ms=self.slo_ms, device_slowdown=slow, task=self.task,
+                         energy=self._energy_now())
         s = link.snapshot(now)
         return State(bw_mbps=max(s["bw_mbps"], 1e-3), bw_std=s["bw_std"],
                      bw_history=tuple(h for h in s["bw_history"] if h > 0),
@@ -332,7 +405,7 @@ class Engine:
                      server_slowdown=max(s["server_slowdown"], 1e-3), slo_ms=self.slo_ms,
                      task=self.task, bw_overhead_ms=s["bw_overhead_ms"],
                      bw_low_mbps=max(s["bw_low_mbps"], 0.0), failures=s["failures"],
-                     bw_age_s=s["bw_age_s"])
+                     bw_age_s=s["bw_age_s"], energy=self._energy_now())
 
     def _decide(self, now: float) -> tuple[Candidate, str | None]:
         """(plan, why offloading was ruled out, if it was)."""
@@ -419,6 +492,7 @@ class Engine:
     def _front(self, x: Any, t0: float) -> _Frame:
         self._check_open()
         with self._device_lock:
+            self._note_frame(t0)
             env = self.local.feed(x)
             self._last_state = None
             chosen, reason = self._decide(t0)
@@ -434,6 +508,15 @@ class Engine:
                 return f
             self._send(f)
             return f
+
+    def _note_frame(self, t0: float) -> None:
+        """The time between frames (an EWMA; an idle spell of over 10 s restarts it)."""
+        last, self._last_frame_at = self._last_frame_at, max(t0, self._last_frame_at)
+        gap = max(t0 - last, 0.0)  # infer_async callers may take their t0 out of order
+        if gap > 10.0 or not math.isfinite(self._frame_gap_s):
+            self._frame_gap_s = gap if gap <= 10.0 else math.inf
+        else:
+            self._frame_gap_s += 0.2 * (gap - self._frame_gap_s)
 
     def _explore(self, f: _Frame) -> None:
         """After frame `f` ended here under an adaptive strategy's decision to keep it here
@@ -576,7 +659,12 @@ class Engine:
             f.reason = "timeout"  # the deadline passed during the device half
             return
         f.server = self.link.endpoint
+        f.sent_bytes = sum(memoryview(b).nbytes for b in frames)
+        f.sent_at = now
+        f.radio_gap_s = now - self._last_sent_at
+        self._last_sent_at = now
         f.future = self.link.offload(frames, cut.id, budget)
+        f.future.add_done_callback(f.stamp)
         f.offload_until = now + budget
         self._explore_every = EXPLORE_MIN_S  # offloading again: explore promptly next time
 
@@ -598,6 +686,10 @@ class Engine:
                 result = self._edge_result(f, reply)
                 if result is not None:
                     return result
+            # the radio was up from the send until the failure (nothing left unreachable)
+            if f.reason != "unreachable":
+                ended = min(time.monotonic(), f.done_at, f.offload_until)
+                f.radio_ms = max(ended - f.sent_at, 0.0) * 1e3
         return self._fallback(f)
 
     # -- results ---------------------------------------------------------------------------
@@ -652,15 +744,32 @@ class Engine:
         else:
             conf = _confidence(output) if kind == "classes" else None
         sent = where == "edge" or f.future is not None
+        timings = Timings(**ms, total=(time.monotonic() - f.t0) * 1e3)
         return Result(output=output, where=where,
                       exit_name=ans.name if ans is not None else None,
                       cut=f.plan.cut if sent else None,
                       bits=f.plan.bits if sent else None, confidence=conf,
-                      timings=Timings(**ms, total=(time.monotonic() - f.t0) * 1e3),
-                      fallback_reason=f.reason, plan=str(f.plan), frame=f.id,
+                      timings=timings, fallback_reason=f.reason, plan=str(f.plan), frame=f.id,
                       outputs=dict(outputs), zstd=f.plan.zstd if sent else None,
                       plans=tuple(str(p) for p in f.plans), kind=kind,
-                      server=f.server if sent else None, version=f.plan.version)
+                      server=f.server if sent else None, version=f.plan.version,
+                      energy_j=self._energy_j(f, where, timings))
+
+    def _energy_j(self, f: _Frame, where: str, t: Timings) -> float:
+        """What frame `f` cost this device's battery (estimators.energy; nan without a power
+        model): its compute here, and its offload's radio time: the upload and the wait for
+        the reply when one came, else from the send until the failure (none when the server
+        was unreachable). Exploring offloads (sent for the estimates) are not charged to
+        frames."""
+        if self.power is None:
+            return math.nan
+        joules = self.power.compute_j(t.device + t.encode + t.decode, self._threads)
+        if where == "edge":
+            joules += self.power.radio_j(f.sent_bytes, t.network, t.server + t.queue,
+                                         f.radio_gap_s)
+        elif f.radio_ms > 0:  # a failed offload
+            joules += self.power.radio_j(f.sent_bytes, 0.0, f.radio_ms, f.radio_gap_s)
+        return joules
 
     # -- lifetime --------------------------------------------------------------------------
     def _check_open(self) -> None:

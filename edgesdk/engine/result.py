@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -59,6 +60,9 @@ class Result:
     "server_error", "bundle_not_served", "bundle_mismatch" (the server runs another copy
     of the bundle: a different digest), "encode_error" (the codec refused this frame's
     tensor, e.g. beyond float16's range).
+    energy_j: what the frame cost this device's battery above idle, estimated (joules; the
+    Engine's power model over its compute time and its offload's radio time; nan without
+    a power model).
     """
 
     output: np.ndarray
@@ -77,6 +81,7 @@ class Result:
     kind: str = "classes"
     server: str | None = None
     version: str = FP32
+    energy_j: float = math.nan
 
     @property
     def label(self) -> int | None:

@@ -16,7 +16,15 @@ import numpy as np
 
 from ..bundle import FP32
 from ..errors import PolicyError
-from ..policy import Candidate, CandidateTable, PolicyNet, State, expected_terms, plan
+from ..policy import (
+    Candidate,
+    CandidateTable,
+    PolicyNet,
+    State,
+    energy_cost,
+    expected_terms,
+    plan,
+)
 from .plan import Plan, Strategy
 
 STRATEGIES = ("planner", "policy", "device", "edge")
@@ -94,7 +102,9 @@ def state_key(state: State) -> tuple:
             q(state.queue_ms + 0.01), q(state.device_slowdown, 5.0),
             q(state.server_slowdown, 5.0), tuple(q(h) for h in state.bw_history),
             q(state.bw_low_mbps + 1e-3), q(state.bw_overhead_ms + 0.01),
-            round(state.failures * 10))
+            round(state.failures * 10),
+            None if state.energy is None else (state.energy.weight,
+                                               q(min(state.energy.gap_s, 1e6), 10)))
 
 
 def parse_fixed(strategy: str | Plan, table: CandidateTable) -> Candidate:
@@ -131,4 +141,5 @@ def plan_rest(table: CandidateTable, state: State, slo_ms: float) -> int:
     alike), so a re-decision trades accuracy for time the same way the first one did."""
     w_acc, penalty = state.weights
     acc, lat, viol = expected_terms(table, state)
-    return int(np.argmax(w_acc * acc - lat / slo_ms - penalty * viol))
+    return int(np.argmax(w_acc * acc - lat / slo_ms - penalty * viol
+                         - energy_cost(table, state)))

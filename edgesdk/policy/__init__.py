@@ -27,16 +27,19 @@ from .explore import EXPLORE_MAX_S, EXPLORE_MIN_S, explore_pick, optimistic
 from .features import N_FEATURES, features
 from .net import WEIGHTS, PolicyNet
 from .planner import (
+    energy_cost,
+    expected_energy,
     expected_rewards,
     expected_terms,
     offload_budget,
     plan,
     plan_pessimistic,
 )
-from .state import TASKS, State
+from .state import TASKS, EnergyPrice, State
 
 __all__ = ["BITS", "EXPLORE_MAX_S", "EXPLORE_MIN_S", "Candidate", "CandidateTable",
-           "ExitProfile", "ModelProfile", "N_FEATURES", "PolicyNet", "State", "TASKS",
-           "VersionProfile", "WEIGHTS",
-           "build_candidates", "expected_rewards", "expected_terms", "explore_pick", "features",
+           "EnergyPrice", "ExitProfile", "ModelProfile", "N_FEATURES", "PolicyNet", "State",
+           "TASKS", "VersionProfile", "WEIGHTS",
+           "build_candidates", "energy_cost", "expected_energy", "expected_rewards",
+           "expected_terms", "explore_pick", "features",
            "model_profile", "offload_budget", "optimistic", "plan", "plan_pessimistic"]

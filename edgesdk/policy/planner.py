@@ -17,13 +17,19 @@ budget it finishes on the device (local_ms, fp32 accuracy local_acc) or, when th
 late and an exit ran, answers with the best exit (accuracy FALLBACK_EXIT_ACC x local_acc).
 So a frame's latency is capped by its budget plus a local finish, as in the engine.
 Reward: w_acc * accuracy - E[latency] / SLO - penalty * P(latency > SLO), weights from the
-task (state.TASKS).
+task (state.TASKS); with an energy price (state.energy, EnergyPrice) also - weight x
+E[energy] / the energy of a frame run wholly on the device (expected_energy: the
+estimators.energy model over the same outcomes).
 """
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import numpy as np
 
+from ..estimators.energy import PowerModel
 from .candidates import CandidateTable
 from .state import State
 
@@ -63,18 +69,25 @@ def branch_latency(table: CandidateTable, state: State, bw_mbps: float | None = 
     return base, transfer
 
 
-def expected_terms(table: CandidateTable, state: State, bw_mbps: float | None = None
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(E[accuracy], E[latency] ms, P(latency > SLO)) of every candidate; at `bw_mbps`
-    instead of state.bw_mbps when given (the same relative spread)."""
+class _Offload(NamedTuple):
+    """How an offload plays out for every candidate (device-only rows included, where the
+    offload fields are meaningless): see expected_terms."""
+
+    dev: np.ndarray  # device compute and encoding before the send (ms)
+    local: np.ndarray  # a local finish after a timeout (ms)
+    budget: np.ndarray  # what the offload is given (ms)
+    transfer: np.ndarray  # the upload at the estimated rate (ms)
+    lat_ok: np.ndarray  # latency of a reply within the budget (ms)
+    p_late: np.ndarray  # P(no reply within the budget)
+    exit_answer: np.ndarray  # a timeout answers with the best exit, not a local finish
+
+
+def _offload(table: CandidateTable, state: State, bw_mbps: float | None) -> _Offload:
     base, transfer = branch_latency(table, state, bw_mbps)
     s = min(state.bw_std / state.bw_mbps, MAX_SPREAD)
-    slo = state.slo_ms
-    offload = table.wire_bytes > 0
     dev = (table.dev_ms + table.enc_ms) * state.device_slowdown
     local = table.local_ms * state.device_slowdown
-    has_exit = table.has_exit
-    budget = np.maximum(offload_budget(slo - dev, local, has_exit), 0.0)
+    budget = np.maximum(offload_budget(state.slo_ms - dev, local, table.has_exit), 0.0)
     slack = budget - (base - dev)  # what the transfer may take
     if s > 0:
         # P(transfer > slack) = P(log bw < log(bw * transfer / slack)), logistic for Phi
@@ -91,14 +104,24 @@ def expected_terms(table: CandidateTable, state: State, bw_mbps: float | None = 
     p_late[slack <= 0] = 1.0
     lat_ok = np.minimum(lat_ok, dev + budget)  # a reply that comes is within the budget
     # a timeout: the budget is spent, then a local finish or the best exit's answer
-    exit_answer = has_exit & (dev + budget + local > slo)
-    lat_to = dev + budget + np.where(exit_answer, 0.0, local)
-    acc_to = table.local_acc * np.where(exit_answer, FALLBACK_EXIT_ACC, 1.0)
-    q_ok = 1.0 - p_late
-    rest_lat = np.where(offload, q_ok * lat_ok + p_late * lat_to, dev)
-    rest_acc = np.where(offload, q_ok * table.rest_acc + p_late * acc_to, table.rest_acc)
+    exit_answer = table.has_exit & (dev + budget + local > state.slo_ms)
+    return _Offload(dev, local, budget, transfer, lat_ok, p_late, exit_answer)
+
+
+def expected_terms(table: CandidateTable, state: State, bw_mbps: float | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(E[accuracy], E[latency] ms, P(latency > SLO)) of every candidate; at `bw_mbps`
+    instead of state.bw_mbps when given (the same relative spread)."""
+    o = _offload(table, state, bw_mbps)
+    slo = state.slo_ms
+    offload = table.wire_bytes > 0
+    lat_to = o.dev + o.budget + np.where(o.exit_answer, 0.0, o.local)
+    acc_to = table.local_acc * np.where(o.exit_answer, FALLBACK_EXIT_ACC, 1.0)
+    q_ok = 1.0 - o.p_late
+    rest_lat = np.where(offload, q_ok * o.lat_ok + o.p_late * lat_to, o.dev)
+    rest_acc = np.where(offload, q_ok * table.rest_acc + o.p_late * acc_to, table.rest_acc)
     # a fallback that lands at the SLO to the last bit is on time, not late by rounding
-    rest_viol = np.where(offload, p_late * (lat_to > slo * (1 + 1e-9)), dev > slo)
+    rest_viol = np.where(offload, o.p_late * (lat_to > slo * (1 + 1e-9)), o.dev > slo)
     exit_lat = table.exit_ms * state.device_slowdown
     p = table.p_exit
     q = 1.0 - p
@@ -108,9 +131,39 @@ def expected_terms(table: CandidateTable, state: State, bw_mbps: float | None = 
     return acc, lat, viol
 
 
+def expected_energy(table: CandidateTable, state: State, power: PowerModel,
+                    threads: int = 1, gap_s: float = math.inf) -> np.ndarray:
+    """E[energy] of every candidate in joules, above the device's idle power
+    (estimators.energy): its device compute (exit heads, segments, encoding, and a local
+    finish when an offload times out into one) and, for an offload, the upload, the wait
+    for the reply (the whole budget when no reply comes) and the radio's tail; frames
+    `gap_s` apart share a radio-on spell (PowerModel.radio_j)."""
+    o = _offload(table, state, None)
+    offload = table.wire_bytes > 0
+    core_w = power.core_w * min(max(threads, 1), power.cores) / 1e3  # J per ms of compute
+    upload_ms = np.minimum(o.transfer, o.budget)
+    wait_ok = np.maximum(o.lat_ok - o.dev - upload_ms, 0.0)
+    wait_late = np.maximum(o.budget - upload_ms, 0.0)
+    wait_ms = (1 - o.p_late) * wait_ok + o.p_late * wait_late
+    radio = power.radio_j(table.wire_bytes, upload_ms, wait_ms, gap_s)
+    late_finish = np.where(o.exit_answer, 0.0, o.local)
+    rest = core_w * (o.dev + np.where(offload, o.p_late * late_finish, 0.0)) + radio
+    p = table.p_exit
+    return p * core_w * table.exit_ms * state.device_slowdown + (1.0 - p) * rest
+
+
+def energy_cost(table: CandidateTable, state: State) -> np.ndarray | float:
+    """The energy term of the reward: state.energy's weight x E[energy] in units of its
+    reference frame (0 without an energy price)."""
+    e = state.energy
+    if e is None or e.weight == 0:
+        return 0.0
+    return e.weight / e.ref_j * expected_energy(table, state, e.power, e.threads, e.gap_s)
+
+
 def expected_rewards(table: CandidateTable, state: State) -> np.ndarray:
     """Expected reward of every candidate (see the module docstring)."""
-    return rewards_from_terms(state, *expected_terms(table, state))
+    return rewards_from_terms(state, *expected_terms(table, state)) - energy_cost(table, state)
 
 
 def plan(table: CandidateTable, state: State) -> int:
@@ -128,4 +181,4 @@ def plan_pessimistic(table: CandidateTable, state: State) -> int:
     """The planner at the pessimistic bandwidth (State.pessimistic_mbps, the same relative
     spread): a simple hedge against a falling link."""
     terms = expected_terms(table, state, state.pessimistic_mbps)
-    return int(np.argmax(rewards_from_terms(state, *terms)))
+    return int(np.argmax(rewards_from_terms(state, *terms) - energy_cost(table, state)))

@@ -12,7 +12,8 @@ of one message (framing, syscalls, the broker's hop) that does not shrink with t
 `bw_low_mbps`, a pessimistic forecast (a low quantile of the rate over the next seconds;
 0: unknown, the planner then uses `bw_mbps`); `failures`, the recent fraction of offloads
 that timed out or fell back (a decayed average, 0..1); `bw_age_s`, the age of the newest
-bandwidth sample (inf: none yet).
+bandwidth sample (inf: none yet). `energy`: the price of the device's energy in the reward
+(EnergyPrice; None: energy is free, as it was before the energy model).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import PolicyError
+from ..estimators.energy import PowerModel
 
 # Task types (as in MCIA): (accuracy weight, SLO-violation penalty). The reward of a
 # request is w_acc * accuracy - latency / SLO - penalty * P(latency > SLO).
@@ -34,6 +36,27 @@ def _finite(name: str, value: float, low: float, low_ok: bool = True) -> float:
         op = ">=" if low_ok else ">"
         raise PolicyError(f"state.{name} is {value!r}, expected a finite number {op} {low}")
     return v
+
+
+@dataclass(frozen=True)
+class EnergyPrice:
+    """What energy costs in the reward: `weight` per `ref_j` joules, the energy of one frame
+    run wholly on this device (fp32, no exits), so weight 1 makes a frame's whole device
+    energy worth as much as one SLO of latency. `power`: the device's PowerModel;
+    `threads`: the onnxruntime threads a segment keeps busy; `gap_s`: the time between
+    frames (a stream's offloads share the radio's tail, PowerModel.radio_j)."""
+
+    power: PowerModel
+    weight: float
+    ref_j: float
+    threads: int = 1
+    gap_s: float = math.inf
+
+    def __post_init__(self) -> None:
+        _finite("energy.weight", self.weight, 0.0)
+        _finite("energy.ref_j", self.ref_j, 0.0, low_ok=False)
+        if math.isnan(self.gap_s) or self.gap_s <= 0:
+            raise PolicyError(f"state.energy.gap_s is {self.gap_s!r}, expected > 0")
 
 
 @dataclass(frozen=True)
@@ -51,6 +74,7 @@ class State:
     bw_low_mbps: float = 0.0
     failures: float = 0.0
     bw_age_s: float = math.inf
+    energy: EnergyPrice | None = None
 
     def __post_init__(self) -> None:
         _finite("bw_mbps", self.bw_mbps, 0.0, low_ok=False)
