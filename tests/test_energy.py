@@ -142,8 +142,9 @@ def test_results_carry_the_energy_estimate_on_every_path(digits, not_a_pi):
         t = r.timings
         compute = pi5.compute_j(t.device + t.encode + t.decode)
         radio = r.energy_j - compute
-        # the upload and the wait at 0.383 W, at most the time since the previous frame
-        assert 0.383 * 0.5 * t.network / 1e3 < radio < 0.383 * 2 * t.total / 1e3 + 1e-4
+        # the upload and the wait at 0.383 W at least, and at most the time since the
+        # previous send (its own round trip and the test's loop), never a whole tail
+        assert 0.383 * 0.5 * t.network / 1e3 < radio < 0.383 * 0.05
 
 
 def test_a_failed_offload_pays_the_radio_until_it_failed(digits):

@@ -75,9 +75,8 @@ class PowerModel:
             _check_number(f"power.{f}", getattr(self, f), limit)
         if (not isinstance(self.cores, int) or isinstance(self.cores, bool)
                 or not 1 <= self.cores <= MAX_CORES):
-            shown = repr(self.cores)
-            shown = shown if len(shown) <= 40 else shown[:37] + "..."
-            raise PolicyError(f"power.cores is {shown}, expected an int in 1..{MAX_CORES}")
+            raise PolicyError(f"power.cores is {_shown(self.cores)}, expected an int in "
+                              f"1..{MAX_CORES}")
 
     def compute_j(self, ms: float, threads: int = 1) -> float:
         """Joules of `ms` milliseconds with `threads` cores busy."""
@@ -150,8 +149,7 @@ class PowerModel:
         if ("idle" in values) != ("load" in values):
             raise PolicyError(f"watts {text!r}: give idle and load together (the board's "
                               "power at idle and with every core busy)")
-        cores = int(values.get("cores", base.cores if "idle" not in values
-                               else len(os.sched_getaffinity(0))))
+        cores = int(values.get("cores", base.cores if "idle" not in values else _cpus()))
         core_w = base.core_w
         if "idle" in values:
             if values["load"] <= values["idle"]:
@@ -177,9 +175,20 @@ def _check_number(name: str, value: Any, limit: float) -> None:
     except OverflowError:
         ok = False
     if not ok:
-        shown = repr(value)
-        shown = shown if len(shown) <= 40 else shown[:37] + "..."
-        raise PolicyError(f"{name} is {shown}, expected a number in 0..{limit}")
+        raise PolicyError(f"{name} is {_shown(value)}, expected a number in 0..{limit}")
+
+
+def _shown(value: Any) -> str:
+    """repr(value), cut to 40 characters (a 400-digit int in a tampered profile)."""
+    shown = repr(value)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
+
+
+def _cpus() -> int:
+    """The CPUs this process may use (its affinity where the OS has one, as on Linux)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 # Radio: AT&T's ARO / Video Optimizer power profile for WiFi (attdevsupport/VideoOptimizer,
 # ARO.Core/src/main/resources/WiFi.conf): 0.403 W connected and active, 0.02 W standby, a
