@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from edgesdk.bench.netem import NamespaceTestbed, TokenBucket, unavailable_reason
+from edgesdk.errors import Timeout
 
 pytestmark = pytest.mark.timeout(120)
 NETNS = unavailable_reason()
@@ -184,6 +185,41 @@ def test_token_bucket_sends_each_byte_at_the_rate_of_its_second():
     now = time.monotonic()
     link = TokenBucket(rates=[0.1, 100.0], start_at=time.time() - 0.5)
     assert link.release_time(50_000, now) - now == pytest.approx(0.5035, abs=2e-3)
+
+
+@pytest.mark.timeout(10)
+def test_token_bucket_crosses_seconds_whose_ends_round_down():
+    # At speed 3 a second of the schedule lasts 1/3 s: (start + k/3 - start) x 3 can round
+    # to k - epsilon, whose floor is the second just left. The walk over the schedule once
+    # stayed there forever (the link thread hung on its next upload).
+    now = time.monotonic()
+    link = TokenBucket(rates=[40.0, 3.0, 3.0, 20.0, 6.0] * 3, start_at=time.time(), speed=3.0)
+    for k in range(2000):
+        link.release_time(30_000, now + k * 0.001)
+    # 2000 uploads of 30 kB: 480 Mbit, most of it at the last rate, 6 Mbit/s
+    assert link.release_time(1, now) - now > 60
+
+
+def test_a_request_held_past_its_budget_fails_at_its_deadline():
+    # 0.1 Mbit/s: 30 kB take 2.4 s to cross, far past a 0.2 s budget. On a real link the
+    # request times out at its deadline with its bytes still queued; so must the held one
+    # (released only after 2.4 s, its failure would blind the estimates until then).
+    from edgesdk.engine.link import EdgeLink
+
+    from transport_helpers import free_port
+
+    # nothing listens: the request goes nowhere, and must still fail at its deadline
+    link = EdgeLink(f"tcp://127.0.0.1:{free_port()}", "0" * 64)
+    try:
+        link.shaper = TokenBucket(rate_mbit=0.1)
+        t0 = time.monotonic()
+        future = link.offload([b"x" * 30_000], "c0", 0.2)
+        with pytest.raises(Timeout):
+            future.result(timeout=2.0)
+        assert time.monotonic() - t0 < 0.5
+        assert link.snapshot(time.monotonic())["failures"] > 0
+    finally:
+        link.close()
 
 
 @pytest.mark.slow

@@ -416,30 +416,37 @@ class TokenBucket:
         self._start_at, self._speed = start_at, speed
         self._free_at = 0.0
 
-    def _rate_at(self, wall: float) -> tuple[float, float]:
-        """(bits/s, time.time() at which that rate ends) at time.time() `wall`."""
+    def _index(self, wall: float) -> int:
+        """The second of the schedule that time.time() `wall` falls in."""
+        return math.floor((wall - self._start_at) * self._speed)
+
+    def _rate_of(self, i: int) -> tuple[float, float]:
+        """(bits/s, time.time() at which it ends) of second `i` of the schedule."""
         if not self._rates:
             return max(self._fixed, MIN_RATE_MBIT) * 1e6, float("inf")
-        i = math.floor((wall - self._start_at) * self._speed)
         k = min(max(i, 0), len(self._rates) - 1)
         ends = float("inf") if i >= len(self._rates) - 1 else self._start_at + (i + 1) / self._speed
         return max(self._rates[k], MIN_RATE_MBIT) * 1e6, ends
 
     def rate_mbit(self) -> float:
-        return self._rate_at(time.time())[0] / 1e6
+        return self._rate_of(self._index(time.time()))[0] / 1e6
 
     def release_time(self, nbytes: int, now: float) -> float:
         start = max(now, self._free_at)
         to_wall = time.time() - time.monotonic()  # the schedule runs on time.time()
         wall = start + to_wall
         bits = nbytes * 8.0
+        i = self._index(wall)
         while True:
-            rate, ends = self._rate_at(wall)
+            rate, ends = self._rate_of(i)
             if bits <= rate * (ends - wall):
                 wall += bits / rate
                 break
-            bits -= rate * (ends - wall)
+            bits -= rate * max(ends - wall, 0.0)
             wall = ends
+            # the next second by count: recomputing it from `wall` can land on the same
+            # one again when (ends - start) x speed rounds down, and loop forever
+            i += 1
         self._free_at = wall - to_wall
         return self._free_at
 

@@ -5,6 +5,8 @@
                         [--threads N ...]
     edgesdk bench transport [--json] [--quick] [--rounds N] [--no-throughput]
     edgesdk bench versions [--json] [--quick] [--rounds N] [--model NAME] [--png PATH]
+    sudo edgesdk bench stream [--json] [--quick] [--rounds N] [--fps F] [--cpu-quota Q]
+                              [--png PATH] [--workdir DIR]
     edgesdk bench scheduling [--json] [--quick] [--rounds N] [--seconds S]
     edgesdk bench batching [--json] [--quick] [--rounds N] [--seconds S]
     edgesdk bench ray [--json] [--quick] [--rounds N] [--seconds S]
@@ -27,7 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._args import positive_int
+from ._args import positive_float, positive_int
 
 # topic -> (help, the function that adds its options); the bench module is imported only
 # when its topic runs, so `edgesdk bench codec` does not load onnx or zmq.
@@ -120,6 +122,41 @@ def _versions(args: argparse.Namespace) -> int:
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
     report = bench.run(args.rounds, quick=args.quick, models=args.model or bench.MODELS,
                        log=log)
+    print(json.dumps(bench.jsonable(report), indent=2) if args.json
+          else bench.format_text(report))
+    if args.png and not bench.plot(report, args.png):
+        print("no plot: matplotlib is missing (pip install 'edgesdk[plot]')", file=sys.stderr)
+    return 0
+
+
+# -- stream --------------------------------------------------------------------------------
+
+
+@_topic("stream", "stream control (drift-plus-penalty) against fixed plans: energy, "
+                  "throughput, latency")
+def _stream_options(p: argparse.ArgumentParser) -> None:
+    import tempfile
+
+    bench = _module("stream")
+    _rounds_options(p, bench, "round of short runs")
+    p.add_argument("--png", metavar="PATH", help="also draw energy, throughput and latency "
+                                                 "against V (PNG)")
+    p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "edgesdk-e2e"),
+                   help="where the PP-OCR bundle is built once (shared with bench e2e)")
+    p.add_argument("--fps", type=positive_float, default=bench.FPS,
+                   help=f"the camera's frame rate (default {bench.FPS:g})")
+    p.add_argument("--cpu-quota", type=_cpu_quota, default=bench.CPU_QUOTA,
+                   help=f"the device's share of one core, 0..1 (default {bench.CPU_QUOTA:g})")
+    p.set_defaults(func=_stream)
+
+
+def _stream(args: argparse.Namespace) -> int:
+    import sys
+
+    bench = _module("stream")
+    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    report = bench.run(args.rounds, quick=args.quick, workdir=args.workdir, fps=args.fps,
+                       cpu_quota=args.cpu_quota, log=log)
     print(json.dumps(bench.jsonable(report), indent=2) if args.json
           else bench.format_text(report))
     if args.png and not bench.plot(report, args.png):

@@ -43,7 +43,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
@@ -64,7 +64,13 @@ from ..errors import (
     TransportError,
     Unreachable,
 )
-from ..estimators import PowerModel, SlowdownEstimator, detected_preset, power_model
+from ..estimators import (
+    PowerModel,
+    SlowdownEstimator,
+    detected_preset,
+    power_model,
+    usable_cpus,
+)
 from ..policy import (
     EXPLORE_MAX_S,
     EXPLORE_MIN_S,
@@ -79,6 +85,7 @@ from ..policy import (
     offload_budget,
     plan,
 )
+from ..policy.stream import Speed, StreamController
 from .device import ExitAnswer, LocalRunner
 from .link import EdgeLink
 from .plan import Plan, Strategy, Task
@@ -129,10 +136,27 @@ class _Frame:
     radio_gap_s: float = math.inf  # since the engine's previous offload (the radio's tail)
     radio_ms: float = 0.0  # how long a failed offload kept the radio up
     done_at: float = math.inf  # monotonic time the offload's outcome arrived
+    runner: Any = None  # the LocalRunner its segments run on (stream control's speed)
+    control_state: State | None = None  # what stream control decided with (no re-decisions)
+    speed: Speed = Speed(1)  # its threads, and their speedup over the engine's own
 
     def stamp(self, _future: Future) -> None:
         """The offload's done-callback (on the link thread): when its outcome came."""
         self.done_at = time.monotonic()
+
+
+def _chain_ms(runner: LocalRunner, runs: int = 5) -> float:
+    """The median time of the whole chain on `runner` (zeros in; its one-file model
+    where the bundle has one)."""
+    env = {t.name: np.zeros(t.shape, t.dtype) for t in runner.inputs}
+    times = []
+    for _ in range(runs):
+        if runner.whole is not None:
+            times.append(runner.run_whole(dict(env)))
+        else:
+            e = dict(env)
+            times.append(math.fsum(runner.run_segment(i, e) for i in range(len(runner.segments))))
+    return float(np.median(times))
 
 
 def _stored_power(manifest: Any, device: str | None) -> dict | None:
@@ -230,6 +254,12 @@ class Engine:
         self._threads = threads
         self.power = self._power_model(power, manifest, device)
         self._energy = self._energy_price(energy_weight, strategy)
+        self._speed = Speed(threads)  # the speed frames run at (stream control changes it)
+        self._runners: dict[int, LocalRunner] = {}  # stream control's other thread counts
+        self._speeds: dict[tuple[int, ...], tuple[Speed, ...]] = {}  # see stream_speeds
+        self._controller: StreamController | None = None  # during a controlled stream
+        self._control_state: State | None = None
+        self._stream_ref_j = 0.0  # its energy unit: a frame wholly here at self._threads
         self._last_sent_at = -math.inf  # the previous offload (its radio tail)
         self._frame_gap_s = math.inf  # time between frames, recent average
         self._last_frame_at = -math.inf
@@ -421,6 +451,8 @@ class Engine:
             self._last_key = None
             self._rest_cache.clear()
         table = self._device_only if reason else self._table
+        if self._controller is not None:  # a controlled stream: its action, not the plan's
+            return self._controlled(table, now), (None if link is None else reason)
         if len(table) == 1:
             return table.candidates[0], (None if link is None else reason)
         # Fixed plans ignore the state: skip estimating it (it costs tens of microseconds)
@@ -478,16 +510,103 @@ class Engine:
             self._async = ThreadPoolExecutor(1, thread_name_prefix="edgesdk-engine")
         return self._async.submit(self.infer, x)
 
-    def stream(self, frames: Iterable[Any]) -> Iterator[Result]:
+    def stream(self, frames: Iterable[Any], fps: float | None = None, v: float | None = None,
+               threads: Sequence[int] | None = None) -> Iterator[Result]:
         """Results of `frames` in order, pipelined: the device half of frame t+1 runs
-        while frame t is on the network, with at most `max_in_flight` frames open."""
+        while frame t is on the network, with at most `max_in_flight` frames open.
+
+        Stream control (`fps` and `v`, policy.stream): each frame's (version, cut, bits)
+        and speed (`threads`: the onnxruntime thread counts to choose among, default this
+        engine's and all of this machine's CPUs) are chosen by drift-plus-penalty against
+        a virtual queue of the frames a camera makes at `fps`: energy (the engine's power
+        model, needed) weighed by `v` against that backlog; `v` 0 keeps up at any energy
+        cost. The extra thread counts' sessions open, and their speedups are measured,
+        when the stream starts."""
+        if fps is None:
+            if v is not None or threads is not None:
+                raise ConfigError("stream: v and threads control a stream at a frame rate; "
+                                  "give fps too")
+            yield from self._pipelined(frames)
+            return
+        if self._controller is not None:
+            raise ConfigError("stream: another controlled stream of this engine is running; "
+                              "one camera per engine")
+        self._controller = self._stream_controller(fps, v, threads)
+        try:
+            yield from self._pipelined(frames)
+        finally:
+            with self._device_lock:
+                self._controller = None
+                self._speed = Speed(self._threads)
+                self.local = self._runners.get(self._threads, self.local)
+
+    def _pipelined(self, frames: Iterable[Any]) -> Iterator[Result]:
         open_frames: deque[_Frame] = deque()
         for x in frames:
             open_frames.append(self._front(x, time.monotonic()))
             if len(open_frames) >= self.max_in_flight:
-                yield self._back(open_frames.popleft())
+                yield self._served(self._back(open_frames.popleft()))
         while open_frames:
-            yield self._back(open_frames.popleft())
+            yield self._served(self._back(open_frames.popleft()))
+
+    def _served(self, result: Result) -> Result:
+        if self._controller is not None:
+            self._controller.served()
+        return result
+
+    def stream_speeds(self, threads: Sequence[int] | None = None) -> tuple[Speed, ...]:
+        """The processing speeds stream control chooses among: a runner per onnxruntime
+        thread count in `threads` (default: this engine's and all of this machine's CPUs),
+        each one's speedup over this engine's measured now (the median of 5 runs of the
+        whole chain). Opened and measured once per set of counts; `stream(fps=...)` calls
+        it, and a caller may call it first to keep that out of the stream's first frame."""
+        counts = tuple(sorted({self._threads, *(threads or (self._threads, usable_cpus()))}))
+        if any(not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 256
+               for k in counts):
+            raise ConfigError(f"stream threads are {threads!r}, expected ints in 1..256")
+        kept = self._speeds.get(counts)
+        if kept is not None:
+            return kept
+        self._runners.setdefault(self._threads, self.local)
+        base_ms = _chain_ms(self._runners[self._threads])
+        speeds = []
+        for k in counts:
+            if k not in self._runners:
+                runner = LocalRunner(self.bundle, k)
+                runner.add_versions(self.local.versions, k)
+                self._runners[k] = runner
+            speedup = 1.0 if k == self._threads else base_ms / _chain_ms(self._runners[k])
+            speeds.append(Speed(k, min(max(speedup, 1e-3), 1.5 * k)))
+        self._speeds[counts] = tuple(speeds)
+        return self._speeds[counts]
+
+    def _stream_controller(self, fps: Any, v: Any, threads: Sequence[int] | None
+                           ) -> StreamController:
+        """The controller of a stream at `fps` over stream_speeds(threads)."""
+        if self.power is None:
+            raise PolicyError("stream control needs this device's power model: pass "
+                              "power='pi4' or 'pi5', or store measured watts with "
+                              "`edgesdk profile BUNDLE --watts idle=W,load=W`")
+        if v is None:
+            raise ConfigError("stream: fps needs v, the energy-backlog trade-off (>= 0)")
+        ctl = StreamController(fps, v, self.stream_speeds(threads),
+                               in_flight=self.max_in_flight)
+        self._stream_ref_j = self.power.compute_j(math.fsum(self._profile.seg_ms),
+                                                  self._threads)
+        return ctl
+
+    def _controlled(self, table: Any, now: float) -> Candidate:
+        """A controlled stream's action for the next frame: its plan, and the speed (the
+        runner) the frame's segments run at."""
+        ctl = self._controller
+        ctl.arrive(now)
+        # kept for exploring offloads (a device-only frame's), not for re-decisions: the
+        # controller's action holds for the whole frame
+        self._control_state = state = self.state(now)
+        row, speed = ctl.choose(table, state, self.power, self._stream_ref_j)
+        self._speed = speed
+        self.local = self._runners[speed.threads]
+        return table.candidates[row]
 
     def _front(self, x: Any, t0: float) -> _Frame:
         self._check_open()
@@ -497,6 +616,8 @@ class Engine:
             self._last_state = None
             chosen, reason = self._decide(t0)
             f = _Frame(next(self._ids), t0, t0 + self.slo_ms / 1e3, env, chosen, reason,
+                       runner=self.local, speed=self._speed,
+                       control_state=self._control_state if self._controller else None,
                        state=self._last_state, key=self._last_state_key, plans=[chosen],
                        offline=self.link is None or reason is not None)
             if self._run_segments(f, None):
@@ -526,12 +647,13 @@ class Engine:
         caller goes on (~1 ms of CPU for 150 KB here; this frame pays only a copy of its
         input); nothing reads the reply but the link's estimates."""
         now = time.monotonic()
-        if (not self._explores or f.state is None or f.offline or f.plans[0].cut != "device"
+        state = f.state if f.state is not None else f.control_state
+        if (not self._explores or state is None or f.offline or f.plans[0].cut != "device"
                 or self._input is None or now < self._explore_at
                 or (self._exploring is not None and not self._exploring.done())
                 or self.link.usable(now) is not None):
             return
-        pick = explore_pick(self._table, f.state, f.plans[0], self._input.id)
+        pick = explore_pick(self._table, state, f.plans[0], self._input.id)
         if pick is None:
             return
         if self._explorer is None:
@@ -563,26 +685,28 @@ class Engine:
             i = f.next_segment
             if i > last:
                 return False
+            local = f.runner  # the speed the frame runs at (its segments' threads)
             version = f.plan.version
             whole_frame = i == 0 and last == len(self._seg_ms) - 1 and version == FP32
-            if whole_frame and self.local.whole is not None and not any(
-                    e.order >= f.exits_run for e in self.local.exits[:f.plan.n_exits]):
+            if whole_frame and local.whole is not None and not any(
+                    e.order >= f.exits_run for e in local.exits[:f.plan.n_exits]):
                 # the whole frame here and no exit to look at: the one-file model
-                ms = self.local.run_whole(f.env)
-                self._slowdown.observe(0, ms, through=last, profiled_ms=self._profile.whole_ms)
+                ms = local.run_whole(f.env)
+                self._slowdown.observe(0, ms * f.speed.speedup, through=last,
+                                       profiled_ms=self._profile.whole_ms)
                 f.device_ms += ms
                 f.next_segment = last + 1
                 return False
-            ms = self.local.run_segment(i, f.env, version)
+            ms = local.run_segment(i, f.env, version)
             if version == FP32:
-                self._slowdown.observe(i, ms)
+                self._slowdown.observe(i, ms * f.speed.speedup)
             else:  # against the version's own profiled time (not the fp32 segment's)
-                self._slowdown.observe(i, ms, through=i,
+                self._slowdown.observe(i, ms * f.speed.speedup, through=i,
                                        profiled_ms=self._profile.versions[version].seg_ms[i])
             f.device_ms += ms
             f.next_segment = i + 1
             # The exits after segment i that the (possibly re-decided) plan still runs
-            while (ex := next((e for e in self.local.exits_after(i, f.plan.n_exits)
+            while (ex := next((e for e in local.exits_after(i, f.plan.n_exits)
                                if e.order >= f.exits_run), None)) is not None:
                 t = time.perf_counter()
                 ans = ex.answer(f.env)
@@ -763,7 +887,7 @@ class Engine:
         frames."""
         if self.power is None:
             return math.nan
-        joules = self.power.compute_j(t.device + t.encode + t.decode, self._threads)
+        joules = self.power.compute_j(t.device + t.encode + t.decode, f.speed.threads)
         if where == "edge":
             joules += self.power.radio_j(f.sent_bytes, t.network, t.server + t.queue,
                                          f.radio_gap_s)

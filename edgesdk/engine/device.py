@@ -139,6 +139,11 @@ class LocalRunner:
             for i in range(len(self.segments)):
                 self.run_segment(i, env, name)
 
+    @property
+    def versions(self) -> tuple[str, ...]:
+        """The model versions opened here besides fp32 (add_versions)."""
+        return tuple(self._versions)
+
     def run_segment(self, index: int, env: dict[str, np.ndarray], version: str = FP32
                     ) -> float:
         """Run segment `index` (of model `version`) on `env` (updated in place); returns its

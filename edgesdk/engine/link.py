@@ -218,7 +218,9 @@ class EdgeLink:
         try:
             while not self._closing:
                 now = time.monotonic()
-                ready = self._release(held, now)
+                ready, expired = self._release(held, now)
+                for job in expired:
+                    self._account(job, Timeout("the link held it past its budget"), now)
                 while ready:
                     job = ready.popleft()
                     try:
@@ -246,7 +248,9 @@ class EdgeLink:
                     held.extend((self._release_at(job, now), job) for job in self._probes(now))
                     self._next_probe = now + self._retry_s
                     continue  # unshaped probes go at once
-                wake = min([now + MAX_SLEEP_S] + [t for t, _ in held])
+                # a held job wakes the loop when it may go or when its budget runs out
+                wake = min([now + MAX_SLEEP_S]
+                           + [min(t, j.queued_at + j.budget_s) for t, j in held])
                 if not probing:
                     wake = min(wake, self._probe_due())
                 client.poll(max(wake - now, 0.0), wake_fd=self._wake_r)
@@ -273,22 +277,33 @@ class EdgeLink:
             return self.shaper.release_time(job.payload_bytes, now)
         return now
 
-    def _release(self, held: list[tuple[float, _Job]], now: float) -> deque[_Job]:
-        """The jobs to submit now: new ones (unless the shaper holds them) and held ones
-        whose time came, with the wait taken off their budget."""
+    def _release(self, held: list[tuple[float, _Job]], now: float
+                 ) -> tuple[deque[_Job], list[_Job]]:
+        """(the jobs to submit now, the jobs to fail now): new ones go unless the shaper
+        holds them; held ones go when their time comes, with the wait taken off their
+        budget, or fail when their budget runs out first. On a real link a request whose
+        bytes are still queued times out at its deadline too; failing it only on release
+        would keep the estimates blind to a congested link for as long as its queue."""
         while self._jobs:
             job = self._jobs.popleft()
             held.append((self._release_at(job, now), job))
         ready: deque[_Job] = deque()
+        expired: list[_Job] = []
         for t, job in sorted(held, key=lambda tj: tj[0]):
+            waited = now - job.queued_at
+            if t > now and waited < job.budget_s:
+                continue
+            if self.shaper is not None and job.payload_bytes > 0:
+                job.held_s = waited  # the emulated transfer belongs to the round trip
             if t <= now:
-                waited = now - job.queued_at
-                if self.shaper is not None and job.payload_bytes > 0:
-                    job.held_s = waited  # the emulated transfer belongs to the round trip
                 job.budget_s = max(job.budget_s - waited, 0.001)
                 ready.append(job)
-        held[:] = [(t, j) for t, j in held if t > now]
-        return ready
+            else:
+                job.budget_s = max(job.budget_s - waited, 0.0)
+                expired.append(job)
+        gone = {id(j) for j in expired}
+        held[:] = [(t, j) for t, j in held if t > now and id(j) not in gone]
+        return ready, expired
 
     def _probe_due(self) -> float:
         """When `_probes` may next have something to send: hellos every retry_s until the

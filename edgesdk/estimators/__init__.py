@@ -23,7 +23,7 @@ presets for Raspberry Pi 4 and 5 from published measurements).
 from ._common import Estimate
 from .bandwidth import BandwidthEstimator, LinkModel
 from .device import DeviceModel, SlowdownEstimator
-from .energy import PRESETS, PowerModel, detected_preset, power_model
+from .energy import PRESETS, PowerModel, detected_preset, power_model, usable_cpus
 from .link import (
     PROBE_BYTES,
     PROBE_MAX_S,
@@ -49,4 +49,5 @@ __all__ = [
     "detected_preset",
     "power_model",
     "probe_bytes",
+    "usable_cpus",
 ]

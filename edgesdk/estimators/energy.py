@@ -149,7 +149,7 @@ class PowerModel:
         if ("idle" in values) != ("load" in values):
             raise PolicyError(f"watts {text!r}: give idle and load together (the board's "
                               "power at idle and with every core busy)")
-        cores = int(values.get("cores", base.cores if "idle" not in values else _cpus()))
+        cores = int(values.get("cores", base.cores if "idle" not in values else usable_cpus()))
         core_w = base.core_w
         if "idle" in values:
             if values["load"] <= values["idle"]:
@@ -184,7 +184,7 @@ def _shown(value: Any) -> str:
     return shown if len(shown) <= 40 else shown[:37] + "..."
 
 
-def _cpus() -> int:
+def usable_cpus() -> int:
     """The CPUs this process may use (its affinity where the OS has one, as on Linux)."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))

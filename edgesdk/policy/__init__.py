@@ -36,10 +36,11 @@ from .planner import (
     plan_pessimistic,
 )
 from .state import TASKS, EnergyPrice, State
+from .stream import Speed, StreamController
 
 __all__ = ["BITS", "EXPLORE_MAX_S", "EXPLORE_MIN_S", "Candidate", "CandidateTable",
            "EnergyPrice", "ExitProfile", "ModelProfile", "N_FEATURES", "PolicyNet", "State",
-           "TASKS", "VersionProfile", "WEIGHTS",
+           "Speed", "StreamController", "TASKS", "VersionProfile", "WEIGHTS",
            "build_candidates", "energy_cost", "expected_energy", "expected_rewards",
            "expected_terms", "explore_pick", "features",
            "model_profile", "offload_budget", "optimistic", "plan", "plan_pessimistic"]

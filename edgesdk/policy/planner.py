@@ -131,25 +131,35 @@ def expected_terms(table: CandidateTable, state: State, bw_mbps: float | None = 
     return acc, lat, viol
 
 
+def _device_ms(table: CandidateTable, state: State, o: _Offload) -> np.ndarray:
+    """E[device compute] per frame (ms): exit heads, segments to the cut, encoding, and the
+    local finish of an offload that times out into one."""
+    late_finish = np.where(o.exit_answer, 0.0, o.local)
+    rest = o.dev + np.where(table.wire_bytes > 0, o.p_late * late_finish, 0.0)
+    p = table.p_exit
+    return p * table.exit_ms * state.device_slowdown + (1.0 - p) * rest
+
+
+def expected_device_ms(table: CandidateTable, state: State) -> np.ndarray:
+    """E[device compute] of every candidate in ms: what keeps this device busy per frame
+    (a stream's throughput bound)."""
+    return _device_ms(table, state, _offload(table, state, None))
+
+
 def expected_energy(table: CandidateTable, state: State, power: PowerModel,
                     threads: int = 1, gap_s: float = math.inf) -> np.ndarray:
     """E[energy] of every candidate in joules, above the device's idle power
-    (estimators.energy): its device compute (exit heads, segments, encoding, and a local
-    finish when an offload times out into one) and, for an offload, the upload, the wait
-    for the reply (the whole budget when no reply comes) and the radio's tail; frames
-    `gap_s` apart share a radio-on spell (PowerModel.radio_j)."""
+    (estimators.energy): its device compute (expected_device_ms) and, for an offload, the
+    upload, the wait for the reply (the whole budget when no reply comes) and the radio's
+    tail; frames `gap_s` apart share a radio-on spell (PowerModel.radio_j)."""
     o = _offload(table, state, None)
-    offload = table.wire_bytes > 0
-    core_w = power.core_w * min(max(threads, 1), power.cores) / 1e3  # J per ms of compute
     upload_ms = np.minimum(o.transfer, o.budget)
     wait_ok = np.maximum(o.lat_ok - o.dev - upload_ms, 0.0)
     wait_late = np.maximum(o.budget - upload_ms, 0.0)
     wait_ms = (1 - o.p_late) * wait_ok + o.p_late * wait_late
     radio = power.radio_j(table.wire_bytes, upload_ms, wait_ms, gap_s)
-    late_finish = np.where(o.exit_answer, 0.0, o.local)
-    rest = core_w * (o.dev + np.where(offload, o.p_late * late_finish, 0.0)) + radio
-    p = table.p_exit
-    return p * core_w * table.exit_ms * state.device_slowdown + (1.0 - p) * rest
+    compute = power.compute_j(_device_ms(table, state, o), threads)
+    return compute + (1.0 - table.p_exit) * radio
 
 
 def energy_cost(table: CandidateTable, state: State) -> np.ndarray | float:
