@@ -63,7 +63,7 @@ class Camera:
     def __init__(self, x: np.ndarray, fps: float, seconds: float) -> None:
         self.x, self.fps, self.seconds = x, fps, seconds
         self.captured: deque[float] = deque()
-        self.made = self.dropped = 0
+        self.dropped = 0
 
     def frames(self) -> Iterator[np.ndarray]:
         start = time.monotonic()
@@ -74,7 +74,6 @@ class Camera:
                 time.sleep(max(start + (last + 1) / self.fps - time.monotonic(), 0.0))
                 continue
             if k / self.fps >= self.seconds:
-                self.made = int(self.seconds * self.fps)
                 return
             self.dropped += k - last - 1
             last = k

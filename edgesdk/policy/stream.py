@@ -47,7 +47,8 @@ from .state import State
 @dataclass(frozen=True)
 class Speed:
     """A processing speed: `threads` onnxruntime intra-op threads, which run the device's
-    segments `speedup` times as fast as one thread (measured on this device)."""
+    segments `speedup` times as fast as the engine's own thread count (measured on this
+    device, Engine.stream_speeds)."""
 
     threads: int
     speedup: float = 1.0
@@ -70,12 +71,12 @@ class StreamController:
 
     def __init__(self, fps: float, v: float, speeds: Sequence[Speed] = (Speed(1),),
                  in_flight: int = 2, accuracy_slack: float = 0.01) -> None:
-        for name, x, low in (("fps", fps, 0.0), ("v", v, -1e-300),
-                             ("accuracy_slack", accuracy_slack, -1e-300)):
-            if not (isinstance(x, (int, float)) and not isinstance(x, bool)
-                    and math.isfinite(x) and x > low and x <= 1e9):
-                raise PolicyError(f"stream {name} is {x!r}, expected a finite number "
-                                  f"{'> 0' if low == 0.0 else '>= 0'}")
+        for name, x, zero_ok in (("fps", fps, False), ("v", v, True),
+                                 ("accuracy_slack", accuracy_slack, True)):
+            number = isinstance(x, (int, float)) and not isinstance(x, bool)
+            if not (number and math.isfinite(x) and 0 <= x <= 1e9 and (zero_ok or x > 0)):
+                raise PolicyError(f"stream {name} is {x!r}, expected a number in "
+                                  f"{'0' if zero_ok else '(0'}..1e9")
         if not speeds:
             raise PolicyError("stream speeds is empty, expected at least one Speed")
         self.fps, self.v = float(fps), float(v)
