@@ -75,8 +75,8 @@ class StreamController:
                                  ("accuracy_slack", accuracy_slack, True)):
             number = isinstance(x, (int, float)) and not isinstance(x, bool)
             if not (number and math.isfinite(x) and 0 <= x <= 1e9 and (zero_ok or x > 0)):
-                raise PolicyError(f"stream {name} is {x!r}, expected a number in "
-                                  f"{'0' if zero_ok else '(0'}..1e9")
+                raise PolicyError(f"stream {name} is {x!r}, expected a number "
+                                  f"{'>=' if zero_ok else '>'} 0 and <= 1e9")
         if not speeds:
             raise PolicyError("stream speeds is empty, expected at least one Speed")
         self.fps, self.v = float(fps), float(v)
