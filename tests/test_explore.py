@@ -159,6 +159,30 @@ def test_after_its_worker_recovers_the_server_is_used_again_only_through_explori
     assert all(r.timings.total < SLO_MS + 5.0 * SLOWDOWN for r in first + frozen + back)
 
 
+def test_a_state_with_nothing_to_explore_is_looked_at_once(monkeypatch):
+    """Frames kept here by a decision whose optimistic case offloads nothing (the digits at
+    a 5 ms latency SLO, as bench overhead runs them): the look prices every candidate, so
+    it runs once per rounded state and plan, not per frame (it made the planner 2x the
+    device strategy's time per digits frame)."""
+    import edgesdk.engine.core as core
+
+    looks = []
+
+    def counted(table, state, followed, input_cut):
+        looks.append(followed)
+        return explore_pick(table, state, followed, input_cut)
+
+    monkeypatch.setattr(core, "explore_pick", counted)
+    x, _ = load_digits_test()
+    with ServerProcess.serving([DIGITS_BUNDLE], "--workers", "1") as server, Engine(
+            DIGITS_BUNDLE, server=server.endpoint, slo_ms=5.0 * SLOWDOWN, task="latency",
+            strategy="planner") as engine:
+        assert engine.link.wait_connected(10)
+        out = [engine.infer(xi) for xi in x[:200]]
+    assert all(r.where != "edge" for r in out), [r.plan for r in out]
+    assert 1 <= len(looks) <= len(out) // 10, (len(looks), len(out))
+
+
 @pytest.mark.slow
 def test_an_exploring_offload_that_times_out_changes_nothing():
     """Its failure says little (the input explored is often larger than what the decision

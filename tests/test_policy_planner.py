@@ -167,3 +167,23 @@ def test_exits_calibrated_without_labels_plan_on_agreement():
     assert prof.accuracy_upto[0] == 1.0
     assert prof.exits[0].accuracy == manifest.exits[0].calibration["agreement_exited"]
     assert len(build_candidates(prof)) > 0
+
+
+def test_an_fp32_frame_wholly_here_is_priced_at_the_one_file_models_time():
+    """Device-only without exits, and a local finish after the input was sent, run the
+    whole-model file (fused across the cuts), not the chain: where the profile timed it,
+    those rows take its time and every other row keeps the chain's."""
+    from dataclasses import replace
+
+    prof = model_profile(Bundle.load(DIGITS_BUNDLE).manifest)
+    chain = build_candidates(prof)
+    whole = build_candidates(replace(prof, whole_ms=0.5 * sum(prof.seg_ms)))
+    assert whole.candidates == chain.candidates
+    dev = chain.index(Candidate(0, "device", 32))
+    sent = np.array([c.cut == "input" for c in chain.candidates])
+    assert whole.dev_ms[dev] == pytest.approx(0.5 * chain.dev_ms[dev])
+    assert np.allclose(whole.local_ms[sent], 0.5 * chain.local_ms[sent]) and sent.any()
+    rest = np.ones(len(chain.candidates), bool)
+    rest[dev] = False
+    assert np.array_equal(whole.dev_ms[rest], chain.dev_ms[rest])
+    assert np.array_equal(whole.local_ms[~sent], chain.local_ms[~sent])

@@ -50,7 +50,7 @@ from .e2e_data import (
 )
 
 FIDELITY_FLOOR = 0.99
-BUILD_VERSION = 5  # bump when a bundle built by an older benchmark must be rebuilt
+BUILD_VERSION = 6  # bump when a bundle built by an older benchmark must be rebuilt
 CODE_SIZE = 1 << 16  # the one-hot answer code that measure_cut_codec compares (see below)
 
 
@@ -225,11 +225,14 @@ def _profile(bundle: Bundle, calib_x: np.ndarray, kind: str) -> None:
     slowdown) and every (cut, bits)'s wire size, encode time and agreement, with the
     fidelity floor applied (see the module docstring)."""
     from ..profile import measure_cut_codec, profile_segments, seeded_inputs
-    from ..runtime import open_segments
+    from ..runtime import open_file, open_segments
 
     segs = list(open_segments(bundle))
+    whole = bundle.manifest.whole  # timed too, as `edgesdk split` does: device-only frames
     prof = profile_segments(segs, seeded_inputs(bundle.manifest.inputs), runs=20, warmup=3,
-                            threads=1, files=[s.file for s in bundle.segments])
+                            threads=1, files=[s.file for s in bundle.segments],
+                            whole=None if whole is None else open_file(
+                                bundle, bundle.path / whole.file))
     final = bundle.manifest.outputs[0].name
     if kind != "argmax":
         segs[-1] = _AnswerCode(segs[-1], final, kind)

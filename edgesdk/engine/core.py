@@ -103,7 +103,7 @@ DECISION_TTL_S = 0.25  # a cached decision is re-evaluated at least this often
 # throttled device), and every frame paid it; a new state also tends to start new cache
 # keys (its rounded estimates cross a step), each a planner call per exit position.
 STATE_TTL_S = DECISION_TTL_S
-REST_CACHE_MAX = 1024  # re-decisions kept (per DECISION_TTL_S): bounds a jittery budget
+REST_CACHE_MAX = 1024  # re-decisions kept: a jittery budget and a drifting state make keys
 _REASONS = {Timeout: "timeout", ServerBusy: "busy", ServerError: "server_error",
             Unreachable: "unreachable"}
 
@@ -316,6 +316,10 @@ class Engine:
         self._explore_at = 0.0  # exploring offloads: see EXPLORE_MIN_S
         self._explore_every = EXPLORE_MIN_S
         self._exploring: Future | None = None  # done when the last one is answered
+        # what the last look found nothing worth exploring in: (table, state key, plan).
+        # The look prices every candidate (~0.1 ms, 0.5 ms on a throttled device), so a
+        # frame pays it only when the rounded state or the plan has changed since
+        self._explore_nothing_in: tuple | None = None
         self._explorer: ThreadPoolExecutor | None = None  # encodes and sends them
         self._ids = itertools.count()
         self._device_lock = threading.RLock()
@@ -447,8 +451,8 @@ class Engine:
             self._welcomes_seen = link.welcomes
             self._table = self._base_table.with_server_times(link.server_tail_ms)
             self._rest = [t.with_server_times(link.server_tail_ms) for t in self._rest_base]
-            # both caches index tables just replaced (whose ids a new table may reuse)
-            self._last_key = None
+            # the caches index tables just replaced (whose ids a new table may reuse)
+            self._last_key = self._explore_nothing_in = None
             self._rest_cache.clear()
         table = self._device_only if reason else self._table
         if self._controller is not None:  # a controlled stream: its action, not the plan's
@@ -460,9 +464,13 @@ class Engine:
             return table.candidates[self._choose(table, None)], (None if link is None else
                                                                   reason)
         if now >= self._last_until:
-            # Due for re-evaluation: on a fresh state, and so are the re-decisions
+            # Due for re-evaluation: on a fresh state. The re-decisions are cached by the
+            # rounded state (and the budget left), as this decision is between
+            # re-evaluations: a fresh state with the same key keeps them. (Cleared here,
+            # they were priced again every DECISION_TTL_S, and on a throttled device the
+            # budget left at an exit jitters over several ~5 % steps: several planner
+            # calls each time.)
             self._state = None
-            self._rest_cache.clear()
         state, skey = self._state_and_key(now)
         self._last_state, self._last_state_key = state, skey  # the frame's re-decisions'
         key = (id(table), skey)
@@ -653,8 +661,12 @@ class Engine:
                 or (self._exploring is not None and not self._exploring.done())
                 or self.link.usable(now) is not None):
             return
+        seen = None if f.key is None else (id(self._table), f.key, f.plans[0])
+        if seen is not None and seen == self._explore_nothing_in:
+            return
         pick = explore_pick(self._table, state, f.plans[0], self._input.id)
         if pick is None:
+            self._explore_nothing_in = seen
             return
         if self._explorer is None:
             self._explorer = ThreadPoolExecutor(1, thread_name_prefix="edgesdk-explore")
@@ -687,10 +699,7 @@ class Engine:
                 return False
             local = f.runner  # the speed the frame runs at (its segments' threads)
             version = f.plan.version
-            whole_frame = i == 0 and last == len(self._seg_ms) - 1 and version == FP32
-            if whole_frame and local.whole is not None and not any(
-                    e.order >= f.exits_run for e in local.exits[:f.plan.n_exits]):
-                # the whole frame here and no exit to look at: the one-file model
+            if last == len(self._seg_ms) - 1 and self._runs_whole_file(f):
                 ms = local.run_whole(f.env)
                 self._slowdown.observe(0, ms * f.speed.speedup, through=last,
                                        profiled_ms=self._profile.whole_ms)
@@ -732,10 +741,10 @@ class Engine:
         state the frame's decision saw, its SLO the time to the deadline). Appends the
         plan to f.plans, changed or not, so a Result shows each re-decision.
 
-        Cached like the frame's decision: by the exits run, the frame's state key and the
-        budget left rounded as state_key rounds times (~5 %), until the frame's decision
-        is re-evaluated (DECISION_TTL_S); a table of one plan (offline, after the last
-        exit) needs no planner at all."""
+        Cached by the exits run, the frame's state key and the budget left rounded as
+        state_key rounds times (~5 %), until the tables change (REST_CACHE_MAX entries at
+        most); a table of one plan (offline, after the last exit) needs no planner at
+        all."""
         k = f.exits_run
         if not 1 <= k <= len(self._rest):
             return
@@ -842,9 +851,20 @@ class Engine:
                 return f.result
             return self._local_result(f)
 
+    def _runs_whole_file(self, f: _Frame) -> bool:
+        """Whether running the rest of `f` here runs the one-file model: all of the fp32
+        frame is still to run and no exit is left to look at (one session, where a chain
+        loses fused kernels at every cut)."""
+        return (f.next_segment == 0 and f.plan.version == FP32 and f.runner.whole is not None
+                and not any(e.order >= f.exits_run for e in f.runner.exits[:f.plan.n_exits]))
+
     def _local_rest_ms(self, f: _Frame) -> float:
-        """What finishing `f` here would take: its remaining segments' recent times (in
-        the model version its segments run in: the profiled times x the slowdown)."""
+        """What finishing `f` here would take: the one-file model's or its remaining
+        segments' recent times (in the model version its segments run in: the profiled
+        times x the slowdown)."""
+        whole_ms = self._profile.whole_ms
+        if whole_ms is not None and self._runs_whole_file(f):
+            return self._slowdown.model().slowdown * whole_ms
         if f.plan.version == FP32:
             return self._slowdown.segments_ms(f.next_segment, len(self._seg_ms) - 1)
         rest = self._profile.versions[f.plan.version].seg_ms[f.next_segment:]

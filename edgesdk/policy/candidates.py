@@ -29,6 +29,7 @@ only, as before compression was a decision.
 
 Per candidate (arrays, one entry each, reference speed; the state scales them):
     dev_ms      device compute when no exit fires: segments to the cut + the exit heads
+                (fp32 device-only without exits: the one-file model's time, where profiled)
     enc_ms      encoding the cut's tensors (device)
     wire_bytes  bytes on the wire (0 for device-only)
     srv_ms      server compute after the cut
@@ -40,7 +41,8 @@ Per candidate (arrays, one entry each, reference speed; the state scales them):
                 a dense map, per-step agreement of a sequence, 1 - relative L2 error
                 otherwise; a model without exits has accuracy 1, so this is the fidelity)
     local_ms    device compute to finish here after a failed offload (the tail, reference
-                speed; the server's own tail times replace srv_ms, not this)
+                speed; the server's own tail times replace srv_ms, not this; the one-file
+                model's time from the input, where profiled)
     local_acc   accuracy of such a local finish (fp32: rest_acc without the codec's loss)
     has_exit    an exit ran on the device (n_exits > 0): its answer is the fallback when a
                 local finish would be late (also in rest-of-frame tables, whose p_exit
@@ -419,6 +421,10 @@ def build_candidates(model: ModelProfile, bits: Sequence[int] = BITS,
                 continue  # no exits in a version (see the module docstring)
             spent = prefix[here + 1]
             total = prefix[-1]
+            # all of an fp32 frame here with no exit to look at: the engine runs the
+            # one-file model, faster than the chain (fused across the cuts), where profiled
+            alone = (total if version != FP32 or m > 0 or k > 0 or model.whole_ms is None
+                     else model.whole_ms)
             exit_ms = (sum(e.coverage * (prefix[e.after_segment + 1] - spent + heads_before[j])
                            for j, e in enumerate(ex)) / cov) if cov > 0 else 0.0
             local_acc = rest * whole_fid  # a local finish runs the rest in this version
@@ -436,8 +442,9 @@ def build_candidates(model: ModelProfile, bits: Sequence[int] = BITS,
                         rows.append((Candidate(m, name, b, z, version),
                                      prefix[after + 1] - spent + heads, enc, size, tail_fp32,
                                      p_exit, exit_ms, exit_acc, rest * fid * agree, b,
-                                     total - prefix[after + 1], local_acc))
-            rows.append((Candidate(m, "device", 32, version=version), total - spent + heads,
+                                     alone if after < 0 else total - prefix[after + 1],
+                                     local_acc))
+            rows.append((Candidate(m, "device", 32, version=version), alone - spent + heads,
                          0.0, 0.0, 0.0, p_exit, exit_ms, exit_acc, local_acc, 32, 0.0,
                          local_acc))
     cols = list(zip(*rows))
