@@ -159,11 +159,8 @@ def test_after_its_worker_recovers_the_server_is_used_again_only_through_explori
     assert all(r.timings.total < SLO_MS + 5.0 * SLOWDOWN for r in first + frozen + back)
 
 
-def test_a_state_with_nothing_to_explore_is_looked_at_once(monkeypatch):
-    """Frames kept here by a decision whose optimistic case offloads nothing (the digits at
-    a 5 ms latency SLO, as bench overhead runs them): the look prices every candidate, so
-    it runs once per rounded state and plan, not per frame (it made the planner 2x the
-    device strategy's time per digits frame)."""
+def _counted_looks(monkeypatch) -> list:
+    """The plans of every look for an exploring offload the engine takes from now on."""
     import edgesdk.engine.core as core
 
     looks = []
@@ -173,14 +170,29 @@ def test_a_state_with_nothing_to_explore_is_looked_at_once(monkeypatch):
         return explore_pick(table, state, followed, input_cut)
 
     monkeypatch.setattr(core, "explore_pick", counted)
+    return looks
+
+
+def test_a_state_with_nothing_to_explore_is_looked_at_once(monkeypatch):
+    """Frames kept here by a decision whose optimistic case offloads nothing (the digits at
+    a 5 ms latency SLO, as bench overhead runs them): the look prices every candidate, so
+    it runs once per rounded state and plan, not per frame (it made the planner 2x the
+    device strategy's time per digits frame). A controlled stream's frames have no
+    decision state key: each is looked at, none skipped on the adaptive frames' stale
+    key."""
+    looks = _counted_looks(monkeypatch)
     x, _ = load_digits_test()
     with ServerProcess.serving([DIGITS_BUNDLE], "--workers", "1") as server, Engine(
             DIGITS_BUNDLE, server=server.endpoint, slo_ms=5.0 * SLOWDOWN, task="latency",
-            strategy="planner") as engine:
+            strategy="planner", power="pi4") as engine:
         assert engine.link.wait_connected(10)
         out = [engine.infer(xi) for xi in x[:200]]
+        decided = len(looks)
+        streamed = list(engine.stream((xi for xi in x[:40]), fps=200.0, v=1.0))
     assert all(r.where != "edge" for r in out), [r.plan for r in out]
-    assert 1 <= len(looks) <= len(out) // 10, (len(looks), len(out))
+    assert 1 <= decided <= len(out) // 10, (decided, len(out))
+    here = [r for r in streamed if "device-only" in r.plans[0]]
+    assert len(looks) - decided > len(here) // 2, (len(looks) - decided, len(here))
 
 
 @pytest.mark.slow

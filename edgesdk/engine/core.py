@@ -298,8 +298,8 @@ class Engine:
         # was built at, when, the State and its key
         self._state: tuple[int, float, State, tuple] | None = None
         # Re-decisions, by (exits run, offline, state key, rounded budget left): frames
-        # that look alike miss their exits alike and re-plan alike. Cleared with each
-        # re-evaluation of the frame's decision (DECISION_TTL_S)
+        # that look alike miss their exits alike and re-plan alike. Cleared when the
+        # tables change (a welcome) and at REST_CACHE_MAX entries
         self._rest_cache: dict[tuple, int] = {}
         self._slowdown = SlowdownEstimator([{"median_ms": m} for m in self._seg_ms])
         # The warm-up's timed runs: the first frame's plan (its local-finish reserve above
@@ -661,7 +661,8 @@ class Engine:
                 or (self._exploring is not None and not self._exploring.done())
                 or self.link.usable(now) is not None):
             return
-        seen = None if f.key is None else (id(self._table), f.key, f.plans[0])
+        # only a decided frame's key is its state's (a controlled stream's frames have none)
+        seen = None if f.state is None else (id(self._table), f.key, f.plans[0])
         if seen is not None and seen == self._explore_nothing_in:
             return
         pick = explore_pick(self._table, state, f.plans[0], self._input.id)
