@@ -423,7 +423,7 @@ def build_candidates(model: ModelProfile, bits: Sequence[int] = BITS,
             total = prefix[-1]
             # all of an fp32 frame here with no exit to look at: the engine runs the
             # one-file model, faster than the chain (fused across the cuts), where profiled
-            alone = (total if version != FP32 or m > 0 or k > 0 or model.whole_ms is None
+            alone = (total if version != FP32 or m > 0 or model.whole_ms is None
                      else model.whole_ms)
             exit_ms = (sum(e.coverage * (prefix[e.after_segment + 1] - spent + heads_before[j])
                            for j, e in enumerate(ex)) / cov) if cov > 0 else 0.0
