@@ -149,3 +149,37 @@ def test_a_request_that_expired_between_polls_is_reported_by_the_next_one_at_onc
         assert client.done(rid)
         with pytest.raises(Unreachable):
             client.wait(rid)
+
+
+def test_a_request_stuck_behind_a_full_queue_to_a_connected_server_is_a_timeout():
+    # A server that stops reading (overloaded): the sends fill ZeroMQ's queue and the TCP
+    # buffers, and a later send blocks exactly as with no server at all. Connected, it must
+    # say "timeout"; an engine would otherwise report a loaded server as gone.
+    import time
+
+    from edgesdk.errors import Timeout, Unreachable
+
+    ctx = zmq.Context()
+    server = ctx.socket(zmq.ROUTER)
+    server.setsockopt(zmq.LINGER, 0)
+    server.setsockopt(zmq.RCVHWM, 1)
+    server.setsockopt(zmq.RCVBUF, 64 * 1024)
+    port = server.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        with Client(f"tcp://127.0.0.1:{port}", retries=0, window=64) as client:
+            payload = bytes(1 << 20)
+            sent = []
+            for _ in range(64):  # the queue fills long before this
+                sent.append(client.submit([payload], budget_s=1.0,
+                                          kind=protocol.HEARTBEAT))
+                time.sleep(0.005)
+                if client.stats.sent < len(sent):
+                    break
+            assert client.stats.sent < len(sent), "nothing blocked: the test proves nothing"
+            stuck = sent[-1]
+            with pytest.raises(Timeout) as caught:
+                client.wait(stuck)
+            assert not isinstance(caught.value, Unreachable), caught.value
+    finally:
+        server.close(linger=0)
+        ctx.term()

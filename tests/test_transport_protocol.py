@@ -256,33 +256,44 @@ def test_busy_and_error_replies_become_typed_errors():
 
 def test_deadline_gives_timeout_when_sent_and_unreachable_when_no_server():
     proto = ClientProtocol(retries=0)
+    proto.connected(0.0)
     sent = proto.submit(0.0, "infer", 0.2, bundle="b", cut="c")
     send_all(proto, 0.0)
-    proto.blocked()  # a later send found no server connected
-    unsent = proto.submit(0.0, "infer", 0.2, bundle="b", cut="c")
+    proto.disconnected(0.01)  # the server went away
+    unsent = proto.submit(0.02, "infer", 0.2, bundle="b", cut="c")  # its send blocks
     assert proto.next_timer() == pytest.approx(0.2)
     proto.tick(0.19)
     assert not proto.done(sent) and not proto.done(unsent)
-    proto.tick(0.2)
+    proto.tick(0.22)
     assert isinstance(take(proto, sent), Timeout)
     out = take(proto, unsent)
     assert isinstance(out, Unreachable) and "200 ms" in str(out)
     assert proto.pending_ids() == [] and proto.next_timer() == math.inf
 
 
-def test_a_blocked_send_while_the_server_answers_is_a_timeout_not_unreachable():
-    # the queue to a connected, overloaded server is full: sends block as with no
-    # connection, but the server's replies to other requests show it is there
+def test_an_unsent_request_is_unreachable_only_if_no_connection_was_up_while_it_waited():
+    # a send blocks also when the queue to a connected, overloaded server is full: the
+    # connection events, not the blocked send, say whether there was a server
     proto = ClientProtocol(retries=0, window=1)
+    proto.connected(0.0)
     first = proto.submit(0.0, "infer", 0.2, bundle="b", cut="c")
     send_all(proto, 0.0)
-    stuck = proto.submit(0.0, "infer", 0.2, bundle="b", cut="c")
-    proto.blocked()
-    proto.received(0.1, [pack(Envelope("busy", first))])
-    proto.blocked()  # still no room
+    full = proto.submit(0.0, "infer", 0.2, bundle="b", cut="c")  # the window is full
     proto.tick(0.2)
-    out = take(proto, stuck)
+    assert isinstance(take(proto, first), Timeout)
+    out = take(proto, full)
     assert isinstance(out, Timeout) and not isinstance(out, Unreachable), out
+    # up while it waited, dropped before its deadline: there was a server to send to
+    late = proto.submit(0.3, "infer", 0.2, bundle="b", cut="c")
+    proto.disconnected(0.4)
+    proto.tick(0.5)
+    out = take(proto, late)
+    assert isinstance(out, Timeout) and not isinstance(out, Unreachable), out
+    # a fresh socket (a retry's reset) has no connection until its events say so
+    proto.reset(0.6)
+    gone = proto.submit(0.6, "infer", 0.2, bundle="b", cut="c")
+    proto.tick(0.8)
+    assert isinstance(take(proto, gone), Unreachable)
 
 
 def test_retry_resets_the_socket_and_resends_with_the_remaining_budget():

@@ -11,9 +11,11 @@ the request's budget. All decisions (ids, deadlines, window, retries, late repli
 in the I/O-free protocol object; this module only moves frames.
 
 Socket choices. ZMQ_IMMEDIATE: a message is queued only to a connected server, so with no
-server a send would block, which the protocol reads as "unreachable" instead of silently
-queueing work for a server that may never come back. A small SNDHWM (the window) bounds
-what can pile up in ZeroMQ. LINGER 0: closing never waits for a dead server. Reconnection
+server a send would block instead of silently queueing work for a server that may never
+come back. A send also blocks when the queue to a connected, overloaded server is full:
+the socket's monitor (connection up, dropped, refused) tells the protocol which, so that
+an unsent request is "unreachable" only without a connection. A small SNDHWM (the window)
+bounds what can pile up in ZeroMQ. LINGER 0: closing never waits for a dead server. Reconnection
 is ZeroMQ's (every 50 ms, backing off to 1 s); a retry recreates the socket (Lazy
 Pirate), which also abandons every attempt still queued on the old one.
 
@@ -31,12 +33,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from . import protocol
 from .auth import KeyPair, load_key_pair, load_public_key
 from .protocol import ClientProtocol, Reply
 
 DEFAULT_MAX_REPLY_BYTES = 64 * 1024 * 1024
+# The monitor events that change whether the socket has a server connection. With
+# ZMQ_IMMEDIATE a connection takes messages once its handshake succeeded.
+_UP_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED
+_DOWN_EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CLOSED
+                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,7 @@ class Client:
         self._own_context = context is None
         self._ctx = context or zmq.Context()
         self._sock: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None
         self._wake_fd: int | None = None
         self._closed = False
         self._open_socket()
@@ -106,19 +116,30 @@ class Client:
             sock.curve_serverkey = self._server_key
             sock.curve_publickey = self._keys.public
             sock.curve_secretkey = self._keys.secret
+        # Watched before connecting, so that no connection event is missed.
+        self._monitor = sock.get_monitor_socket(_UP_EVENTS | _DOWN_EVENTS)
         sock.connect(self.endpoint)
         self._sock = sock
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
         self._poll_events = zmq.POLLIN
         if self._wake_fd is not None:
             self._poller.register(self._wake_fd, zmq.POLLIN)
 
     def _reset_socket(self) -> None:
         """Lazy Pirate: drop the socket (and whatever it still queues), open a fresh one."""
-        if self._sock is not None:
-            self._sock.close(linger=0)
+        self._close_socket()
         self._open_socket()
+
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.disable_monitor()
+            self._sock.close(linger=0)
+            self._sock = None
+        if self._monitor is not None:
+            self._monitor.close(linger=0)
+            self._monitor = None
 
     # -- public API ------------------------------------------------------------------------
     def submit(self, frames: Sequence = (), *, budget_s: float, bundle: str | None = None,
@@ -191,9 +212,7 @@ class Client:
         if self._closed:
             return
         self._closed = True
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
+        self._close_socket()
         if self._own_context:
             self._ctx.term()
 
@@ -220,8 +239,7 @@ class Client:
         for rid, message in self._proto.outgoing(now):
             try:
                 self._sock.send_multipart(message, flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                self._proto.blocked()
+            except zmq.Again:  # no connection, or its queue is full
                 return
             self._proto.sent(rid, now)
 
@@ -236,9 +254,7 @@ class Client:
         `poll` caller)."""
         now = time.monotonic()
         unresolved = self._proto.unresolved
-        if self._proto.tick(now):
-            self._reset_socket()
-            self._proto.reset(now)
+        self._tick(now)
         # A request that just timed out must reach the caller now, not after a poll of up to
         # max_wait_s with nothing left to wake it: zmq's poll can return a hair before the
         # deadline it was given, so the previous turn may have left the expiry to this one.
@@ -256,14 +272,32 @@ class Client:
             self._poll_events = events
         ready = dict(self._poller.poll(timeout_ms))
         now = time.monotonic()
+        if self._monitor in ready:
+            self._read_connection_events(now)
         if ready.get(self._sock, 0) & zmq.POLLIN:
             self._drain(now)
         # The poll woke for the next timer: expire what is due now, not at the next turn
         # (which a caller multiplexing other work may start only much later), so that a
         # request's Timeout is known at its deadline.
-        if self._proto.next_timer() <= now and self._proto.tick(now):
+        if self._proto.next_timer() <= now:
+            self._tick(now)
+
+    def _tick(self, now: float) -> None:
+        """Expire what is due, knowing the connection's latest state; reset on a retry."""
+        self._read_connection_events(now)
+        if self._proto.tick(now):
             self._reset_socket()
             self._proto.reset(now)
+
+    def _read_connection_events(self, now: float) -> None:
+        """Tell the protocol what the monitor saw: rare, so checked without a raise."""
+        monitor = self._monitor
+        while monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            event = recv_monitor_message(monitor)["event"]
+            if event & _UP_EVENTS:
+                self._proto.connected(now)
+            elif event & _DOWN_EVENTS:
+                self._proto.disconnected(now)
 
     def _drain(self, now: float) -> None:
         """Read every waiting reply. The poll said readable, so the first read needs no

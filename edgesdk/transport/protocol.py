@@ -418,7 +418,8 @@ class ClientProtocol:
 
         rid = proto.submit(now, "infer", budget_s, frames, bundle=..., cut=...)
         for rid, message in proto.outgoing(now):       # what may be sent now
-            send(message) and proto.sent(rid, now) or (proto.blocked(), stop)
+            send(message) and proto.sent(rid, now) or stop  # a send that would block
+        proto.connected(now) / proto.disconnected(now) # the socket's connection events
         proto.received(now, frames)                    # every message read
         proto.tick(now)                                # deadlines; True: reset the socket
         proto.reset(now)                               # after recreating the socket
@@ -432,8 +433,10 @@ class ClientProtocol:
       remaining / (attempts left). When one times out and retries are left, `tick` asks
       for a socket reset (a fresh DEALER: replies to old attempts can no longer reach us)
       and every unanswered request is resent with its remaining budget.
-    - at its deadline a request fails: Unreachable if it could not be sent because no
-      server connection existed, else Timeout. It never outlives its deadline.
+    - at its deadline a request fails: Unreachable if it was never sent and no server
+      connection existed at any time while it waited, else Timeout. It never outlives its
+      deadline. (A send also blocks on a connection whose queue is full, to an overloaded
+      server: only the socket's connection events tell the two apart.)
     """
 
     def __init__(self, retries: int = 1, window: int = 8, min_attempt_s: float = 0.002) -> None:
@@ -448,8 +451,8 @@ class ClientProtocol:
         self._next_id = 1
         self._pending: OrderedDict[int, _Pending] = OrderedDict()  # submit order
         self._done: dict[int, Reply | TransportError] = {}
-        self._peer_missing = False  # the last send found no connected server
-        self._last_received = -math.inf  # when the server's last message came
+        self._connected = False  # a server connection is up (the socket's events say)
+        self._last_connected = -math.inf  # when one was last known up, while it is not
 
     # -- submitting and sending ------------------------------------------------------------
     def submit(self, now: float, kind: str, budget_s: float, frames: Sequence = (),
@@ -520,20 +523,25 @@ class ClientProtocol:
         attempts_left = self.retries - p.timeouts + 1
         remaining = p.deadline - now
         p.attempt_deadline = now + max(remaining / attempts_left, self.min_attempt_s)
-        self._peer_missing = False
+        self._last_connected = now  # it went to a connection (ZMQ_IMMEDIATE)
         self.stats.sent += 1
 
-    def blocked(self) -> None:
-        """A send would block: with ZMQ_IMMEDIATE, no connected server, or a connection so
-        congested that ZeroMQ's queue to it is full (tick tells the two apart)."""
-        self._peer_missing = True
+    # -- the connection --------------------------------------------------------------------
+    def connected(self, now: float) -> None:
+        """The socket's connection to the server is up (its handshake succeeded)."""
+        self._connected = True
+
+    def disconnected(self, now: float) -> None:
+        """The socket has no server connection: it dropped, or a connect failed."""
+        if self._connected:
+            self._last_connected = now
+        self._connected = False
 
     # -- replies ---------------------------------------------------------------------------
     def received(self, now: float, frames: Sequence) -> int | None:
         """Handle one message from the server; returns the id it completed, or None when
         it was dropped (late, unknown id, or malformed)."""
-        self._peer_missing = False
-        self._last_received = now
+        self._last_connected = now  # it came over a connection
         if not frames:
             self.stats.malformed_dropped += 1
             return None
@@ -590,10 +598,9 @@ class ClientProtocol:
         for rid in [rid for rid, p in self._pending.items() if now >= p.deadline]:
             p = self._pending.pop(rid)
             budget_ms = (p.deadline - p.created) * 1e3
-            # Never sent, sends blocking, and not one message from the server while this
-            # request waited: no connection. Had the server answered anything meanwhile, the
-            # connection is up and full (an overloaded server): a timeout, not unreachable.
-            if p.sent_at is None and self._peer_missing and self._last_received < p.created:
+            # Never sent, and no connection at any time while it waited: unreachable. A
+            # request that waited on a connection up but full (an overloaded server) timed out.
+            if p.sent_at is None and not self._connected and self._last_connected < p.created:
                 self.stats.unreachable += 1
                 self._done[rid] = Unreachable(
                     f"request {rid}: no connection to the server within its {budget_ms:.0f} ms "
@@ -612,6 +619,7 @@ class ClientProtocol:
         """The socket was recreated: every in-flight request is lost and will be resent.
         Requests whose attempt had timed out use up one retry."""
         self.stats.resets += 1
+        self.disconnected(now)  # the fresh socket has not connected yet
         for p in self._pending.values():
             if p.sent_at is None:
                 continue
