@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edgesdk import Engine, PolicyError
-from edgesdk.bundle import Bundle
+from edgesdk.bundle import Bundle, parse_manifest
 from edgesdk.estimators import SlowdownEstimator
 from edgesdk.models import DIGITS_BUNDLE, load_digits_test
 from edgesdk.policy import Candidate, State, build_candidates, model_profile
@@ -318,3 +318,39 @@ def test_a_local_finish_of_the_whole_frame_is_budgeted_at_the_one_file_models_ti
             engine._slowdown.segments_ms(1, len(bundle.segments) - 1))
         edge = engine._table.index(Candidate(0, "input", 8))
         assert engine._table.local_ms[edge] == pytest.approx(whole_ms)
+
+
+def test_exits_are_repriced_at_what_they_cost_in_a_frame(tmp_path, monkeypatch, digits):
+    """The profile's head times are of a head alone in a hot loop; in a frame an exit also
+    re-decides, after a segment evicted its weights. The engine times each exit step and,
+    once far from the table's price, rebuilds the tables with the measured one."""
+    from edgesdk.engine import core
+
+    x, _, hard, easy = digits
+    free = tmp_path / "freeexits.edge"
+    shutil.copytree(DIGITS_BUNDLE, free)
+    manifest = json.loads((free / "manifest.json").read_text())
+    for e in manifest["exits"]:
+        e["calibration"]["head_ms"] = 1e-5  # far below what any head costs
+    Bundle.save(free, parse_manifest(manifest))  # resealed: an edit edgesdk would make
+    monkeypatch.setattr(core, "REPRICE_EVERY_S", 0.0)
+    # an SLO of half a millisecond: the exits pay for themselves, so they run
+    with Engine(free, strategy="planner", slo_ms=0.5) as engine:
+        before = engine._base_table
+        assert [e.head_ms for e in engine._profile.exits] == [1e-5, 1e-5]
+        for i in (hard + easy) * 3:
+            engine.infer(x[i])
+        runs = engine._exit_runs[0]
+        assert len(runs) >= core.REPRICE_MIN_RUNS
+        # priced at its runs' median, to within what does not trigger a rebuild
+        drift = engine._profile.exits[0].head_ms / float(np.median(runs))
+        assert 1 / core.REPRICE_TOLERANCE <= drift <= core.REPRICE_TOLERANCE, drift
+        assert engine._base_table is not before  # rebuilt, and priced with it
+        one_exit = before.index(Candidate(1, "device", 32))
+        assert engine._base_table.exit_ms[one_exit] > before.exit_ms[one_exit]
+    # a fixed plan is not priced: its exits are timed, its tables left alone
+    with Engine(free, strategy="device", slo_ms=0.5) as fixed:
+        table = fixed._base_table
+        for i in (hard + easy) * 3:
+            fixed.infer(x[i])
+        assert fixed._base_table is table

@@ -103,6 +103,12 @@ DECISION_TTL_S = 0.25  # a cached decision is re-evaluated at least this often
 # throttled device), and every frame paid it; a new state also tends to start new cache
 # keys (its rounded estimates cross a step), each a planner call per exit position.
 STATE_TTL_S = DECISION_TTL_S
+# The exits' own cost, measured per frame (see _reprice_exits): how often it is checked,
+# the runs it needs per exit, and how far from the table's it may drift before the tables
+# are rebuilt (each rebuild empties the decision caches, so not for noise)
+REPRICE_EVERY_S = 2.0
+REPRICE_MIN_RUNS = 8
+REPRICE_TOLERANCE = 1.25
 REST_CACHE_MAX = 1024  # re-decisions kept: a jittery budget and a drifting state make keys
 _REASONS = {Timeout: "timeout", ServerBusy: "busy", ServerError: "server_error",
             Unreachable: "unreachable"}
@@ -264,10 +270,7 @@ class Engine:
         self._frame_gap_s = math.inf  # time between frames, recent average
         self._last_frame_at = -math.inf
         self._seg_ms = self._profile.seg_ms
-        self._base_table = build_candidates(self._profile)
-        self._table = self._base_table
-        self._device_only = self._base_table.subset(
-            [c.cut == "device" for c in self._base_table.candidates])
+        self._build_tables()
         self._choose = make_chooser(strategy, self._base_table, self.bundle.name)
         self._adaptive = strategy in ("policy", "planner")
         # The model versions this strategy may run (an adaptive one: every version the
@@ -278,17 +281,15 @@ class Engine:
             {self._base_table.candidates[self._choose(self._base_table, None)].version} -
             {FP32}, threads)
         self._explores = explore and self._adaptive
-        # The per-frame re-decision after a missed exit (adaptive strategies only): one
-        # table per number of exits run, built once, so a re-decision is one scoring pass.
-        # The planner scores it for "policy" too: what changed since the frame's decision
-        # (position, conditioned exit odds, budget left) is what its model is exact about,
-        # and it takes ~30 us on a 50-row table where the network takes ~130 us.
+        # The per-frame re-decision after a missed exit (adaptive strategies only) chooses
+        # from the rest tables (_build_tables). The planner scores it for "policy" too: what
+        # changed since the frame's decision (position, conditioned exit odds, budget left)
+        # is what its model is exact about, and it takes ~30 us on a 50-row table where the
+        # network takes ~130 us.
         self._choose_rest = plan_rest
-        self._rest_base = [build_candidates(self._profile, after_exits=k)
-                           for k in range(1, len(self._profile.exits) + 1)]
-        self._rest = list(self._rest_base)
-        self._rest_device = [t.subset([c.cut == "device" for c in t.candidates])
-                             for t in self._rest_base]
+        # Each exit's recent cost on this device, head and re-decision (see _reprice_exits)
+        self._exit_runs = [deque(maxlen=2 * REPRICE_MIN_RUNS) for _ in self._profile.exits]
+        self._reprice_at = REPRICE_EVERY_S
         self._last_key: tuple | None = None  # the decision cache (see state_key)
         self._last_until = 0.0
         self._last_choice: Candidate | None = None
@@ -447,6 +448,8 @@ class Engine:
         if isinstance(link, ServerSet) and (now >= self._pick_at or link.usable(now)):
             self._pick_server(link, now)
         reason = "no_server" if link is None else link.usable(now)
+        if self._adaptive and now >= self._reprice_at:
+            self._reprice_exits(now)
         if link is not None and link.welcomes != self._welcomes_seen:
             self._welcomes_seen = link.welcomes
             self._table = self._base_table.with_server_times(link.server_tail_ms)
@@ -478,6 +481,57 @@ class Engine:
             self._last_choice = table.candidates[self._choose(table, state)]
             self._last_key, self._last_until = key, now + DECISION_TTL_S
         return self._last_choice, (None if link is None else reason)
+
+    def _build_tables(self) -> None:
+        """The candidate tables of self._profile: the frame's (all candidates, and
+        device-only ones for when the server cannot be used) and, for the re-decision after
+        k missed exits, one per k, built once so that a re-decision is one scoring pass.
+        Server times are applied to them at the next decision."""
+        self._base_table = build_candidates(self._profile)
+        self._table = self._base_table
+        self._device_only = self._base_table.subset(
+            [c.cut == "device" for c in self._base_table.candidates])
+        self._rest_base = [build_candidates(self._profile, after_exits=k)
+                           for k in range(1, len(self._profile.exits) + 1)]
+        self._rest = list(self._rest_base)
+        self._rest_device = [t.subset([c.cut == "device" for c in t.candidates])
+                             for t in self._rest_base]
+
+    def _reprice_exits(self, now: float) -> None:
+        """Price each exit at what it costs here, when that is far from the profile's.
+
+        The profile times a head alone, in a loop: its weights hot in the cache, and
+        nothing else. In a frame it runs after a segment has evicted them, and an exit
+        that misses also re-decides the plan: 2-3x the profiled time on PP-LCNet, where
+        that decides whether the exits pay for themselves against the one-file model. So
+        the engine times every exit step and, when the median of an exit's recent runs
+        is off from the table's by more than REPRICE_TOLERANCE, rebuilds the tables with
+        it (which empties the caches that index them).
+
+        A run is brought to reference speed by the ratio of the segment just before it,
+        in the same frame, not by the slowdown: on a CPU-quota throttled device a long
+        one-file run stalls more than a short segment, so the slowdown rises while the
+        one-file model runs, and exits scaled by it would look cheaper and cheaper until
+        the plan went back to them (it did, every 4 s, on PP-LCNet under a 0.25 quota)."""
+        self._reprice_at = now + REPRICE_EVERY_S
+        exits = list(self._profile.exits)
+        changed = False
+        for k, runs in enumerate(self._exit_runs):
+            if len(runs) < REPRICE_MIN_RUNS:
+                continue
+            ms = float(np.median(runs))
+            if abs(math.log(max(ms, 1e-6) / max(exits[k].head_ms, 1e-6))) > math.log(
+                    REPRICE_TOLERANCE):
+                exits[k] = replace(exits[k], head_ms=ms)
+                changed = True
+        if not changed:
+            return
+        self._profile = replace(self._profile, exits=tuple(exits))
+        self._build_tables()
+        self._welcomes_seen = None  # the server times go on the new tables at once
+        self._server_tables.clear()
+        self._last_key = self._explore_nothing_in = None
+        self._rest_cache.clear()
 
     def _pick_server(self, servers: ServerSet, now: float) -> None:
         """Make the server whose estimates promise the best plan active (ServerSet.choose):
@@ -709,10 +763,11 @@ class Engine:
                 return False
             ms = local.run_segment(i, f.env, version)
             if version == FP32:
-                self._slowdown.observe(i, ms * f.speed.speedup)
+                ratio = self._slowdown.observe(i, ms * f.speed.speedup)
             else:  # against the version's own profiled time (not the fp32 segment's)
-                self._slowdown.observe(i, ms * f.speed.speedup, through=i,
-                                       profiled_ms=self._profile.versions[version].seg_ms[i])
+                ratio = self._slowdown.observe(
+                    i, ms * f.speed.speedup, through=i,
+                    profiled_ms=self._profile.versions[version].seg_ms[i])
             f.device_ms += ms
             f.next_segment = i + 1
             # The exits after segment i that the (possibly re-decided) plan still runs
@@ -724,11 +779,16 @@ class Engine:
                 f.exits_run = ex.order + 1
                 if ans.fires:
                     f.result = self._exit_result(f, ans, None)
-                    return True
-                if f.best_exit is None or ans.confidence > f.best_exit.confidence:
+                elif f.best_exit is None or ans.confidence > f.best_exit.confidence:
                     f.best_exit = ans
-                if stop is None and f.state is not None:
+                if not ans.fires and stop is None and f.state is not None:
                     self._redecide(f)
+                # the exit step's cost at reference speed, over the ratio of the segment
+                # just run (not the slowdown, which whole-file runs move: see _reprice_exits)
+                self._exit_runs[ex.order].append(
+                    (time.perf_counter() - t) * 1e3 * f.speed.speedup / ratio)
+                if ans.fires:
+                    return True
 
     def _stop(self, plan: Candidate) -> int:
         """The last segment the device runs under `plan`."""
