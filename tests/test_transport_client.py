@@ -152,11 +152,10 @@ def test_a_request_that_expired_between_polls_is_reported_by_the_next_one_at_onc
 
 
 def test_a_request_stuck_behind_a_full_queue_to_a_connected_server_is_a_timeout():
-    # A server that stops reading (overloaded): the sends fill ZeroMQ's queue and the TCP
-    # buffers, and a later send blocks exactly as with no server at all. Connected, it must
-    # say "timeout"; an engine would otherwise report a loaded server as gone.
-    import time
-
+    # A server that stops reading (overloaded). Requests that timed out free the window but
+    # their messages stay queued in ZeroMQ and the TCP buffers, so a later send blocks
+    # exactly as with no server at all. Connected, it must say "timeout": an engine would
+    # otherwise report a loaded server as gone.
     from edgesdk.errors import Timeout, Unreachable
 
     ctx = zmq.Context()
@@ -166,19 +165,20 @@ def test_a_request_stuck_behind_a_full_queue_to_a_connected_server_is_a_timeout(
     server.setsockopt(zmq.RCVBUF, 64 * 1024)
     port = server.bind_to_random_port("tcp://127.0.0.1")
     try:
-        with Client(f"tcp://127.0.0.1:{port}", retries=0, window=64) as client:
+        with Client(f"tcp://127.0.0.1:{port}", retries=0, window=8) as client:
             payload = bytes(1 << 20)
-            sent = []
-            for _ in range(64):  # the queue fills long before this
-                sent.append(client.submit([payload], budget_s=1.0,
-                                          kind=protocol.HEARTBEAT))
-                time.sleep(0.005)
-                if client.stats.sent < len(sent):
+            for rounds in range(1, 33):  # full windows that time out, until sends block
+                for rid in [client.submit([payload], budget_s=0.05, kind=protocol.HEARTBEAT)
+                            for _ in range(8)]:
+                    with pytest.raises(Timeout):
+                        client.wait(rid)
+                if client.stats.sent < 8 * rounds:  # some blocked for all of their 50 ms
                     break
-            assert client.stats.sent < len(sent), "nothing blocked: the test proves nothing"
-            stuck = sent[-1]
+            sent = client.stats.sent
+            assert sent < 8 * rounds, "no send blocked: the test proves nothing"
             with pytest.raises(Timeout) as caught:
-                client.wait(stuck)
+                client.wait(client.submit([payload], budget_s=0.3, kind=protocol.HEARTBEAT))
+            assert client.stats.sent == sent  # it never went out
             assert not isinstance(caught.value, Unreachable), caught.value
     finally:
         server.close(linger=0)
