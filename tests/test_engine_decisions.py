@@ -342,15 +342,14 @@ def test_exits_are_repriced_at_what_they_cost_in_a_frame(tmp_path, monkeypatch, 
             engine.infer(x[i])
         runs = engine._exit_runs[0]
         assert len(runs) >= core.REPRICE_MIN_RUNS
+        engine._reprice_exits(time.monotonic())  # the last frame's runs counted too
         # priced at its runs' median, to within what does not trigger a rebuild
         drift = engine._profile.exits[0].head_ms / float(np.median(runs))
         assert 1 / core.REPRICE_TOLERANCE <= drift <= core.REPRICE_TOLERANCE, drift
         assert engine._base_table is not before  # rebuilt, and priced with it
         one_exit = before.index(Candidate(1, "device", 32))
         assert engine._base_table.exit_ms[one_exit] > before.exit_ms[one_exit]
-    # a fixed plan is not priced: its exits are timed, its tables left alone
-    with Engine(free, strategy="device", slo_ms=0.5) as fixed:
-        table = fixed._base_table
-        for i in (hard + easy) * 3:
-            fixed.infer(x[i])
-        assert fixed._base_table is table
+        # unrun for REPRICE_MAX_AGE_S (priced out, say), it gets the profile's price back
+        engine._reprice_exits(time.monotonic() + core.REPRICE_MAX_AGE_S + 1)
+        assert [e.head_ms for e in engine._profile.exits] == [1e-5, 1e-5]
+        assert not engine._exit_runs[0]

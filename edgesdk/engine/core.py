@@ -104,11 +104,13 @@ DECISION_TTL_S = 0.25  # a cached decision is re-evaluated at least this often
 # keys (its rounded estimates cross a step), each a planner call per exit position.
 STATE_TTL_S = DECISION_TTL_S
 # The exits' own cost, measured per frame (see _reprice_exits): how often it is checked,
-# the runs it needs per exit, and how far from the table's it may drift before the tables
-# are rebuilt (each rebuild empties the decision caches, so not for noise)
+# the runs it needs per exit, how far from the table's it may drift before the tables are
+# rebuilt (each rebuild empties the decision caches, so not for noise), and how long an
+# exit priced out may go unrun before it gets the profile's price back, to be measured anew
 REPRICE_EVERY_S = 2.0
 REPRICE_MIN_RUNS = 8
 REPRICE_TOLERANCE = 1.25
+REPRICE_MAX_AGE_S = 60.0
 REST_CACHE_MAX = 1024  # re-decisions kept: a jittery budget and a drifting state make keys
 _REASONS = {Timeout: "timeout", ServerBusy: "busy", ServerError: "server_error",
             Unreachable: "unreachable"}
@@ -287,9 +289,12 @@ class Engine:
         # is what its model is exact about, and it takes ~30 us on a 50-row table where the
         # network takes ~130 us.
         self._choose_rest = plan_rest
-        # Each exit's recent cost on this device, head and re-decision (see _reprice_exits)
+        # Each exit's recent cost on this device, head and re-decision, and when it last
+        # ran (see _reprice_exits)
+        self._profiled_exits = self._profile.exits
         self._exit_runs = [deque(maxlen=2 * REPRICE_MIN_RUNS) for _ in self._profile.exits]
-        self._reprice_at = REPRICE_EVERY_S
+        self._exit_ran_at = [-math.inf] * len(self._profile.exits)
+        self._reprice_at = time.monotonic() + REPRICE_EVERY_S
         self._last_key: tuple | None = None  # the decision cache (see state_key)
         self._last_until = 0.0
         self._last_choice: Candidate | None = None
@@ -512,11 +517,19 @@ class Engine:
         in the same frame, not by the slowdown: on a CPU-quota throttled device a long
         one-file run stalls more than a short segment, so the slowdown rises while the
         one-file model runs, and exits scaled by it would look cheaper and cheaper until
-        the plan went back to them (it did, every 4 s, on PP-LCNet under a 0.25 quota)."""
+        the plan went back to them (it did, every 4 s, on PP-LCNet under a 0.25 quota).
+
+        An exit priced out is no longer run, so its price would never change again, even
+        one a passing stall set: after REPRICE_MAX_AGE_S unrun it gets the profile's price
+        back, and if the plans take it up again, a fresh measurement."""
         self._reprice_at = now + REPRICE_EVERY_S
         exits = list(self._profile.exits)
         changed = False
         for k, runs in enumerate(self._exit_runs):
+            if runs and now - self._exit_ran_at[k] > REPRICE_MAX_AGE_S:
+                runs.clear()
+                changed |= exits[k] != self._profiled_exits[k]
+                exits[k] = self._profiled_exits[k]
             if len(runs) < REPRICE_MIN_RUNS:
                 continue
             ms = float(np.median(runs))
@@ -762,12 +775,16 @@ class Engine:
                 f.next_segment = last + 1
                 return False
             ms = local.run_segment(i, f.env, version)
+            profiled_ms = (self._seg_ms[i] if version == FP32
+                           else self._profile.versions[version].seg_ms[i])
             if version == FP32:
                 ratio = self._slowdown.observe(i, ms * f.speed.speedup)
             else:  # against the version's own profiled time (not the fp32 segment's)
-                ratio = self._slowdown.observe(
-                    i, ms * f.speed.speedup, through=i,
-                    profiled_ms=self._profile.versions[version].seg_ms[i])
+                ratio = self._slowdown.observe(i, ms * f.speed.speedup, through=i,
+                                               profiled_ms=profiled_ms)
+            # the exits after it are timed at reference speed over this ratio (see
+            # _reprice_exits), unless the segment is too short for one (timer noise)
+            timed = self._adaptive and profiled_ms >= 1e-3
             f.device_ms += ms
             f.next_segment = i + 1
             # The exits after segment i that the (possibly re-decided) plan still runs
@@ -777,17 +794,17 @@ class Engine:
                 ans = ex.answer(f.env)
                 f.device_ms += (time.perf_counter() - t) * 1e3
                 f.exits_run = ex.order + 1
+                if not ans.fires:
+                    if f.best_exit is None or ans.confidence > f.best_exit.confidence:
+                        f.best_exit = ans
+                    if stop is None and f.state is not None:
+                        self._redecide(f)
+                if timed:  # the exit step: its head, and its re-decision if it missed
+                    self._exit_runs[ex.order].append(
+                        (time.perf_counter() - t) * 1e3 * f.speed.speedup / ratio)
+                    self._exit_ran_at[ex.order] = time.monotonic()
                 if ans.fires:
                     f.result = self._exit_result(f, ans, None)
-                elif f.best_exit is None or ans.confidence > f.best_exit.confidence:
-                    f.best_exit = ans
-                if not ans.fires and stop is None and f.state is not None:
-                    self._redecide(f)
-                # the exit step's cost at reference speed, over the ratio of the segment
-                # just run (not the slowdown, which whole-file runs move: see _reprice_exits)
-                self._exit_runs[ex.order].append(
-                    (time.perf_counter() - t) * 1e3 * f.speed.speedup / ratio)
-                if ans.fires:
                     return True
 
     def _stop(self, plan: Candidate) -> int:

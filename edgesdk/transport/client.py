@@ -40,12 +40,11 @@ from .auth import KeyPair, load_key_pair, load_public_key
 from .protocol import ClientProtocol, Reply
 
 DEFAULT_MAX_REPLY_BYTES = 64 * 1024 * 1024
-# The monitor events that change whether the socket has a server connection. With
-# ZMQ_IMMEDIATE a connection takes messages once its handshake succeeded.
-_UP_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED
-_DOWN_EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CLOSED
-                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+# The monitor events that change whether the socket has a server connection: with
+# ZMQ_IMMEDIATE a connection takes messages once its handshake succeeded, and one that was
+# up ends with a disconnect (a failed connect or handshake never was up: not watched, as
+# retries every 50 ms to a server that is down would wake the I/O loop for nothing)
+_MONITORED = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 
 
 @dataclass(frozen=True)
@@ -97,11 +96,15 @@ class Client:
         self._monitor: zmq.Socket | None = None
         self._wake_fd: int | None = None
         self._closed = False
-        self._open_socket()
+        try:
+            self._open_socket()
+        except Exception:  # a bad endpoint or key: a context with open sockets never ends
+            self.close()
+            raise
 
     # -- socket ----------------------------------------------------------------------------
     def _open_socket(self) -> None:
-        sock = self._ctx.socket(zmq.DEALER)
+        sock = self._sock = self._ctx.socket(zmq.DEALER)  # close() closes it from now on
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.SNDHWM, self._proto.window)
@@ -117,9 +120,8 @@ class Client:
             sock.curve_publickey = self._keys.public
             sock.curve_secretkey = self._keys.secret
         # Watched before connecting, so that no connection event is missed.
-        self._monitor = sock.get_monitor_socket(_UP_EVENTS | _DOWN_EVENTS)
+        self._monitor = sock.get_monitor_socket(_MONITORED)
         sock.connect(self.endpoint)
-        self._sock = sock
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
@@ -134,9 +136,13 @@ class Client:
 
     def _close_socket(self) -> None:
         if self._sock is not None:
-            self._sock.disable_monitor()
-            self._sock.close(linger=0)
-            self._sock = None
+            try:  # raises once a shared context is terminating: close the socket anyway
+                self._sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            finally:
+                self._sock.close(linger=0)
+                self._sock = None
         if self._monitor is not None:
             self._monitor.close(linger=0)
             self._monitor = None
@@ -147,7 +153,11 @@ class Client:
                fields: Mapping[str, Any] | None = None) -> int:
         """Queue a request and send it if the window allows; returns its id for `wait`."""
         self._check_open()
-        rid = self._proto.submit(time.monotonic(), kind, budget_s, frames, bundle, cut, fields)
+        now = time.monotonic()
+        # the connection's state as of now: a drop read only later would date it after
+        # this request was made, as if a connection had been up while it waited
+        self._read_connection_events(now)
+        rid = self._proto.submit(now, kind, budget_s, frames, bundle, cut, fields)
         self._flush(time.monotonic())
         return rid
 
@@ -294,9 +304,9 @@ class Client:
         monitor = self._monitor
         while monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             event = recv_monitor_message(monitor)["event"]
-            if event & _UP_EVENTS:
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._proto.connected(now)
-            elif event & _DOWN_EVENTS:
+            else:
                 self._proto.disconnected(now)
 
     def _drain(self, now: float) -> None:

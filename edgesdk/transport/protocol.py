@@ -452,7 +452,8 @@ class ClientProtocol:
         self._pending: OrderedDict[int, _Pending] = OrderedDict()  # submit order
         self._done: dict[int, Reply | TransportError] = {}
         self._connected = False  # a server connection is up (the socket's events say)
-        self._last_connected = -math.inf  # when one was last known up, while it is not
+        # when a connection was last known up: its drop, a send, a message from the server
+        self._last_connected = -math.inf
 
     # -- submitting and sending ------------------------------------------------------------
     def submit(self, now: float, kind: str, budget_s: float, frames: Sequence = (),
@@ -497,7 +498,7 @@ class ClientProtocol:
 
     def outgoing(self, now: float) -> list[tuple[int, list]]:
         """The messages to send now, oldest first, as many as the window allows. Each one
-        carries the budget remaining at `now`. Call `sent` or `blocked` for each."""
+        carries the budget remaining at `now`. Call `sent` for each that went out."""
         room = self.window - self.in_flight()
         out = []
         for p in self._pending.values():
@@ -530,6 +531,7 @@ class ClientProtocol:
     def connected(self, now: float) -> None:
         """The socket's connection to the server is up (its handshake succeeded)."""
         self._connected = True
+        self._last_connected = now
 
     def disconnected(self, now: float) -> None:
         """The socket has no server connection: it dropped, or a connect failed."""
@@ -607,7 +609,7 @@ class ClientProtocol:
                     f"budget ({p.attempts} sends)")
             else:
                 self.stats.timeouts += 1
-                where = "waiting in the window" if p.attempts == 0 else f"after {p.attempts} sends"
+                where = "never sent" if p.attempts == 0 else f"after {p.attempts} sends"
                 self._done[rid] = Timeout(f"request {rid}: no reply within its "
                                           f"{budget_ms:.0f} ms budget ({where})")
         for p in self._pending.values():
