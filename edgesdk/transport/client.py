@@ -13,11 +13,11 @@ in the I/O-free protocol object; this module only moves frames.
 Socket choices. ZMQ_IMMEDIATE: a message is queued only to a connected server, so with no
 server a send would block instead of silently queueing work for a server that may never
 come back. A send also blocks when the queue to a connected, overloaded server is full:
-the socket's monitor (connection up, dropped, refused) tells the protocol which, so that
-an unsent request is "unreachable" only without a connection. A small SNDHWM (the window)
-bounds what can pile up in ZeroMQ. LINGER 0: closing never waits for a dead server. Reconnection
-is ZeroMQ's (every 50 ms, backing off to 1 s); a retry recreates the socket (Lazy
-Pirate), which also abandons every attempt still queued on the old one.
+the socket's monitor (handshake succeeded, disconnected) tells the protocol which, so
+that an unsent request is "unreachable" only without a connection. A small SNDHWM (the
+window) bounds what can pile up in ZeroMQ. LINGER 0: closing never waits for a dead
+server. Reconnection is ZeroMQ's (every 50 ms, backing off to 1 s); a retry recreates the
+socket (Lazy Pirate), which also abandons every attempt still queued on the old one.
 
 A Client is not thread-safe (like a ZeroMQ socket): use one per thread. `submit` + `wait`
 keep up to `window` requests in flight from one thread.
