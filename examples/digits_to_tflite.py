@@ -520,8 +520,8 @@ def build(onnx_path: Path, out: Path, x: np.ndarray, runs: int = 200) -> tuple[A
             run, rule = exit_runner(bundle, e), ExitRule.from_calibration(e.calibration, e.name)
             tail_ms = max(total - prefix[e.after_segment], 0.0)
             cal = dict(e.calibration)
-            cal.update(exit_costs(run, rule, env0, tail_ms, cal["reach"], cal["coverage"]),
-                       profile_device=device)
+            cal.update(exit_costs(run, rule, env0, tail_ms, cal["reach"], cal["coverage"],
+                                  segs[e.after_segment]), profile_device=device)
             new_exits.append(replace(e, calibration=cal))
         bundle = Bundle.save(staging, replace(bundle.manifest, exits=tuple(new_exits)))
         for f in staging.iterdir():

@@ -16,7 +16,7 @@ from edgesdk import Engine, PolicyError
 from edgesdk.bundle import Bundle, parse_manifest
 from edgesdk.estimators import SlowdownEstimator
 from edgesdk.models import DIGITS_BUNDLE, load_digits_test
-from edgesdk.policy import Candidate, State, build_candidates, model_profile
+from edgesdk.policy import Candidate, Speed, State, build_candidates, model_profile
 from edgesdk.runtime import open_segments, run_chain
 
 from engine_helpers import as_profiled
@@ -321,9 +321,10 @@ def test_a_local_finish_of_the_whole_frame_is_budgeted_at_the_one_file_models_ti
 
 
 def test_exits_are_repriced_at_what_they_cost_in_a_frame(tmp_path, monkeypatch, digits):
-    """The profile's head times are of a head alone in a hot loop; in a frame an exit also
-    re-decides, after a segment evicted its weights. The engine times each exit step and,
-    once far from the table's price, rebuilds the tables with the measured one."""
+    """In a frame an exit that misses also re-decides. The engine times the exit steps of
+    sampled frames (here every frame) and, once far from the table's price, rebuilds the
+    tables with the measured one. Timed on the thread's CPU clock with one thread (a
+    throttled device's stalls are not the exit's cost), on the wall clock with more."""
     from edgesdk.engine import core
 
     x, _, hard, easy = digits
@@ -334,6 +335,7 @@ def test_exits_are_repriced_at_what_they_cost_in_a_frame(tmp_path, monkeypatch, 
         e["calibration"]["head_ms"] = 1e-5  # far below what any head costs
     Bundle.save(free, parse_manifest(manifest))  # resealed: an edit edgesdk would make
     monkeypatch.setattr(core, "REPRICE_EVERY_S", 0.0)
+    monkeypatch.setattr(core, "EXIT_TIMING_GAP_S", 0.0)
     # an SLO of half a millisecond: the exits pay for themselves, so they run
     with Engine(free, strategy="planner", slo_ms=0.5) as engine:
         before = engine._base_table
@@ -353,3 +355,5 @@ def test_exits_are_repriced_at_what_they_cost_in_a_frame(tmp_path, monkeypatch, 
         engine._reprice_exits(time.monotonic() + core.REPRICE_MAX_AGE_S + 1)
         assert [e.head_ms for e in engine._profile.exits] == [1e-5, 1e-5]
         assert not engine._exit_runs[0]
+    assert core._exit_clock(Speed(1)) is time.thread_time
+    assert core._exit_clock(Speed(2)) is time.perf_counter

@@ -331,3 +331,33 @@ def test_exits_module_is_pure_numpy():
                          timeout=60, cwd=tempfile.gettempdir())
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_an_exit_is_timed_right_after_the_segment_it_follows():
+    """As in a frame, where the segment has just pushed the head out of the caches; the
+    segment's own time is not the exit's."""
+    import time
+
+    from edgesdk.exits.calibration import exit_costs
+
+    calls = []
+    rule = ExitRule("max_prob", 1.0, 0.5, "logits")
+
+    class Segment:
+        inputs = ["h"]
+
+        def run(self, inputs):
+            assert list(inputs) == ["h"]
+            calls.append("segment")
+            time.sleep(0.002)
+
+    def head(env):
+        calls.append("head")
+        return np.array([[2.0, 0.0]])
+
+    costs = exit_costs(head, rule, {"h": np.zeros(3)}, 3.0, reach=1.0, coverage=0.5,
+                       segment=Segment())
+    assert calls[:4] == ["segment", "head", "segment", "head"]
+    assert calls.count("segment") == calls.count("head") > 10
+    assert 0 < costs["head_ms"] < 1.0  # the 2-ms segment is not in it
+    assert costs["expected_saved_ms"] == pytest.approx(0.5 * 3.0 - costs["head_ms"], abs=1e-5)

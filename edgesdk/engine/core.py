@@ -43,7 +43,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
@@ -103,7 +103,7 @@ DECISION_TTL_S = 0.25  # a cached decision is re-evaluated at least this often
 # throttled device), and every frame paid it; a new state also tends to start new cache
 # keys (its rounded estimates cross a step), each a planner call per exit position.
 STATE_TTL_S = DECISION_TTL_S
-# The exits' own cost, measured per frame (see _reprice_exits): how often it is checked,
+# The exits' own cost, measured in frames (see _reprice_exits): how often it is checked,
 # the runs it needs per exit, how far from the table's it may drift before the tables are
 # rebuilt (each rebuild empties the decision caches, so not for noise), and how long an
 # exit priced out may go unrun before it gets the profile's price back, to be measured anew
@@ -111,6 +111,8 @@ REPRICE_EVERY_S = 2.0
 REPRICE_MIN_RUNS = 8
 REPRICE_TOLERANCE = 1.25
 REPRICE_MAX_AGE_S = 60.0
+# at most one frame per this many seconds times its exits (~10 us on digits' 100-us frames)
+EXIT_TIMING_GAP_S = 0.05
 REST_CACHE_MAX = 1024  # re-decisions kept: a jittery budget and a drifting state make keys
 _REASONS = {Timeout: "timeout", ServerBusy: "busy", ServerError: "server_error",
             Unreachable: "unreachable"}
@@ -147,10 +149,21 @@ class _Frame:
     runner: Any = None  # the LocalRunner its segments run on (stream control's speed)
     control_state: State | None = None  # what stream control decided with (no re-decisions)
     speed: Speed = Speed(1)  # its threads, and their speedup over the engine's own
+    timed: bool = False  # its exit steps are timed (see Engine._reprice_exits)
 
     def stamp(self, _future: Future) -> None:
         """The offload's done-callback (on the link thread): when its outcome came."""
         self.done_at = time.monotonic()
+
+
+def _exit_clock(speed: Speed) -> Callable[[], float]:
+    """The clock that prices exits (see Engine._reprice_exits): this thread's CPU time when
+    the frame runs on this thread alone. On a CPU-quota throttled device a 0.1-ms exit step
+    mostly runs between stalls, at full speed, while its share of the quota costs the
+    frames ~4x that on average: its wall time over the segment's wall ratio priced it at a
+    fraction of its cost. With intra-op threads the segment's CPU is spread over them: wall
+    time then."""
+    return time.thread_time if speed.threads == 1 else time.perf_counter
 
 
 def _chain_ms(runner: LocalRunner, runs: int = 5) -> float:
@@ -295,6 +308,7 @@ class Engine:
         self._exit_runs = [deque(maxlen=2 * REPRICE_MIN_RUNS) for _ in self._profile.exits]
         self._exit_ran_at = [-math.inf] * len(self._profile.exits)
         self._reprice_at = time.monotonic() + REPRICE_EVERY_S
+        self._exit_timing_at = -math.inf
         self._last_key: tuple | None = None  # the decision cache (see state_key)
         self._last_until = 0.0
         self._last_choice: Candidate | None = None
@@ -505,19 +519,20 @@ class Engine:
     def _reprice_exits(self, now: float) -> None:
         """Price each exit at what it costs here, when that is far from the profile's.
 
-        The profile times a head alone, in a loop: its weights hot in the cache, and
-        nothing else. In a frame it runs after a segment has evicted them, and an exit
-        that misses also re-decides the plan: 2-3x the profiled time on PP-LCNet, where
-        that decides whether the exits pay for themselves against the one-file model. So
-        the engine times every exit step and, when the median of an exit's recent runs
-        is off from the table's by more than REPRICE_TOLERANCE, rebuilds the tables with
-        it (which empties the caches that index them).
+        Calibration times a head and its rule after its segment, as in a frame. But an
+        exit that misses also re-decides the plan: 1.2-2x the calibrated time on PP-LCNet,
+        where that decides whether the exits pay for themselves against the one-file
+        model. So the engine times the exit steps of one frame per EXIT_TIMING_GAP_S and,
+        when the median of an exit's recent runs is off from the table's by more than
+        REPRICE_TOLERANCE, rebuilds the tables with it (which empties the caches that
+        index them).
 
         A run is brought to reference speed by the ratio of the segment just before it,
-        in the same frame, not by the slowdown: on a CPU-quota throttled device a long
-        one-file run stalls more than a short segment, so the slowdown rises while the
-        one-file model runs, and exits scaled by it would look cheaper and cheaper until
-        the plan went back to them (it did, every 4 s, on PP-LCNet under a 0.25 quota).
+        in the same frame, on the same clock (`_exit_clock`: CPU time on one thread, else
+        wall time), not by the slowdown: on a CPU-quota throttled device a long one-file
+        run stalls more than a short segment, so the slowdown rises while the one-file
+        model runs, and exits scaled by it would look cheaper and cheaper until the plan
+        went back to them (it did, every 4 s, on PP-LCNet under a 0.25 quota).
 
         An exit priced out is no longer run, so its price would never change again, even
         one a passing stall set: after REPRICE_MAX_AGE_S unrun it gets the profile's price
@@ -690,7 +705,11 @@ class Engine:
             env = self.local.feed(x)
             self._last_state = None
             chosen, reason = self._decide(t0)
+            timed = self._adaptive and t0 >= self._exit_timing_at
+            if timed:
+                self._exit_timing_at = t0 + EXIT_TIMING_GAP_S
             f = _Frame(next(self._ids), t0, t0 + self.slo_ms / 1e3, env, chosen, reason,
+                       timed=timed,
                        runner=self.local, speed=self._speed,
                        control_state=self._control_state if self._controller else None,
                        state=self._last_state, key=self._last_state_key, plans=[chosen],
@@ -774,23 +793,27 @@ class Engine:
                 f.device_ms += ms
                 f.next_segment = last + 1
                 return False
-            ms = local.run_segment(i, f.env, version)
             profiled_ms = (self._seg_ms[i] if version == FP32
                            else self._profile.versions[version].seg_ms[i])
-            if version == FP32:
-                ratio = self._slowdown.observe(i, ms * f.speed.speedup)
-            else:  # against the version's own profiled time (not the fp32 segment's)
-                ratio = self._slowdown.observe(i, ms * f.speed.speedup, through=i,
-                                               profiled_ms=profiled_ms)
-            # the exits after it are timed at reference speed over this ratio (see
+            # the exits after it are timed at reference speed over this segment's ratio (see
             # _reprice_exits), unless the segment is too short for one (timer noise)
-            timed = self._adaptive and profiled_ms >= 1e-3
+            timed = f.timed and profiled_ms >= 1e-3 and bool(local.exits_after(i, f.plan.n_exits))
+            clock = _exit_clock(f.speed)
+            c = clock() if timed else 0.0
+            ms = local.run_segment(i, f.env, version)
+            if timed:
+                ratio = max((clock() - c) * 1e3 * f.speed.speedup / profiled_ms, 1e-3)
+            if version == FP32:
+                self._slowdown.observe(i, ms * f.speed.speedup)
+            else:  # against the version's own profiled time (not the fp32 segment's)
+                self._slowdown.observe(i, ms * f.speed.speedup, through=i,
+                                       profiled_ms=profiled_ms)
             f.device_ms += ms
             f.next_segment = i + 1
             # The exits after segment i that the (possibly re-decided) plan still runs
             while (ex := next((e for e in local.exits_after(i, f.plan.n_exits)
                                if e.order >= f.exits_run), None)) is not None:
-                t = time.perf_counter()
+                t, c = time.perf_counter(), clock() if timed else 0.0
                 ans = ex.answer(f.env)
                 f.device_ms += (time.perf_counter() - t) * 1e3
                 f.exits_run = ex.order + 1
@@ -801,8 +824,8 @@ class Engine:
                         self._redecide(f)
                 if timed:  # the exit step: its head, and its re-decision if it missed
                     self._exit_runs[ex.order].append(
-                        (time.perf_counter() - t) * 1e3 * f.speed.speedup / ratio)
-                    self._exit_ran_at[ex.order] = time.monotonic()
+                        (clock() - c) * 1e3 * f.speed.speedup / ratio)
+                self._exit_ran_at[ex.order] = f.t0
                 if ans.fires:
                     f.result = self._exit_result(f, ans, None)
                     return True
