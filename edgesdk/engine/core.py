@@ -111,7 +111,8 @@ REPRICE_EVERY_S = 2.0
 REPRICE_MIN_RUNS = 8
 REPRICE_TOLERANCE = 1.25
 REPRICE_MAX_AGE_S = 60.0
-# at most one frame per this many seconds times its exits (~10 us on digits' 100-us frames)
+# at most one frame per this many seconds times its exits: a CPU clock read costs ~0.7 us,
+# several per frame, against digits' 100-us frames
 EXIT_TIMING_GAP_S = 0.05
 REST_CACHE_MAX = 1024  # re-decisions kept: a jittery budget and a drifting state make keys
 _REASONS = {Timeout: "timeout", ServerBusy: "busy", ServerError: "server_error",
@@ -709,8 +710,7 @@ class Engine:
             if timed:
                 self._exit_timing_at = t0 + EXIT_TIMING_GAP_S
             f = _Frame(next(self._ids), t0, t0 + self.slo_ms / 1e3, env, chosen, reason,
-                       timed=timed,
-                       runner=self.local, speed=self._speed,
+                       timed=timed, runner=self.local, speed=self._speed,
                        control_state=self._control_state if self._controller else None,
                        state=self._last_state, key=self._last_state_key, plans=[chosen],
                        offline=self.link is None or reason is not None)
