@@ -4,6 +4,7 @@ Engine.stream(fps=, v=) on the digits model (real sessions, a real server)."""
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -99,6 +100,22 @@ def test_a_controlled_stream_answers_every_frame_and_restores_the_engine(digits)
         ref = [int(np.argmax(e.infer(x[None]).output)) for x in digits]
     assert [r.label for r in rs if r.where != "exit"] == [
         ref[i] for i, r in enumerate(rs) if r.where != "exit"]
+
+
+def test_a_local_finish_is_priced_at_the_speed_its_frame_runs_at(digits):
+    """The slowdown is of the engine's own thread count: a frame that stream control runs
+    on more threads finishes here faster, and its offload may wait that much longer."""
+    from dataclasses import replace
+
+    with Engine(digits_bundle(), threads=1) as e:
+        for x in digits[:20]:
+            e.infer(x[None])
+        f = e._front(digits[0][None], time.monotonic())
+        for at in (0, 2):  # the one-file model, and the rest of the chain
+            own = replace(f, next_segment=at)
+            fast = replace(own, speed=Speed(2, 1.6))
+            assert e._local_rest_ms(own) > 0
+            assert e._local_rest_ms(fast) == pytest.approx(e._local_rest_ms(own) / 1.6)
 
 
 def test_stream_control_needs_its_rate_its_trade_off_and_a_power_model(digits):

@@ -962,14 +962,17 @@ class Engine:
     def _local_rest_ms(self, f: _Frame) -> float:
         """What finishing `f` here would take: the one-file model's or its remaining
         segments' recent times (in the model version its segments run in: the profiled
-        times x the slowdown)."""
+        times x the slowdown), at the speed the frame runs at (the slowdown is of the
+        engine's own thread count; stream control may run a frame on more)."""
         whole_ms = self._profile.whole_ms
         if whole_ms is not None and self._runs_whole_file(f):
-            return self._slowdown.model().slowdown * whole_ms
-        if f.plan.version == FP32:
-            return self._slowdown.segments_ms(f.next_segment, len(self._seg_ms) - 1)
-        rest = self._profile.versions[f.plan.version].seg_ms[f.next_segment:]
-        return self._slowdown.model().slowdown * math.fsum(rest)
+            ms = self._slowdown.model().slowdown * whole_ms
+        elif f.plan.version == FP32:
+            ms = self._slowdown.segments_ms(f.next_segment, len(self._seg_ms) - 1)
+        else:
+            rest = self._profile.versions[f.plan.version].seg_ms[f.next_segment:]
+            ms = self._slowdown.model().slowdown * math.fsum(rest)
+        return ms / f.speed.speedup
 
     def _local_result(self, f: _Frame) -> Result:
         outputs = {n: f.env[n] for n in self.local.outputs}
