@@ -311,7 +311,7 @@ def test_a_local_finish_of_the_whole_frame_is_budgeted_at_the_one_file_models_ti
         assert whole_ms is not None and whole_ms > 0
         slowdown = engine._slowdown.model().slowdown
         frame = SimpleNamespace(next_segment=0, plan=Candidate(0, "input", 8), exits_run=0,
-                                runner=engine.local)
+                                runner=engine.local, speed=Speed(1))
         assert engine._local_rest_ms(frame) == pytest.approx(slowdown * whole_ms)
         frame.next_segment = 1
         assert engine._local_rest_ms(frame) == pytest.approx(
