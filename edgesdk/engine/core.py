@@ -801,8 +801,8 @@ class Engine:
             clock = _exit_clock(f.speed)
             c = clock() if timed else 0.0
             ms = local.run_segment(i, f.env, version)
-            if timed:
-                ratio = max((clock() - c) * 1e3 * f.speed.speedup / profiled_ms, 1e-3)
+            if timed:  # this segment's clock time -> its profiled time: the exits' scale
+                to_reference = profiled_ms / max((clock() - c) * 1e3, 1e-3 * profiled_ms)
             if version == FP32:
                 self._slowdown.observe(i, ms * f.speed.speedup)
             else:  # against the version's own profiled time (not the fp32 segment's)
@@ -823,8 +823,7 @@ class Engine:
                     if stop is None and f.state is not None:
                         self._redecide(f)
                 if timed:  # the exit step: its head, and its re-decision if it missed
-                    self._exit_runs[ex.order].append(
-                        (clock() - c) * 1e3 * f.speed.speedup / ratio)
+                    self._exit_runs[ex.order].append((clock() - c) * 1e3 * to_reference)
                 self._exit_ran_at[ex.order] = f.t0
                 if ans.fires:
                     f.result = self._exit_result(f, ans, None)
