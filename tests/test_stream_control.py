@@ -111,7 +111,7 @@ def test_a_local_finish_is_priced_at_the_speed_its_frame_runs_at(digits):
         for x in digits[:20]:
             e.infer(x[None])
         f = e._front(digits[0][None], time.monotonic())
-        for at in (0, 2):  # the one-file model, and the rest of the chain
+        for at in (0, 2):  # the whole chain (this bundle has no one-file model), its rest
             own = replace(f, next_segment=at)
             fast = replace(own, speed=Speed(2, 1.6))
             assert e._local_rest_ms(own) > 0
