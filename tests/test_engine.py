@@ -344,6 +344,40 @@ def test_an_idle_link_sleeps_until_its_next_probe(server):
         link.close()
 
 
+def test_transfers_timed_while_the_device_computes_are_marked_busy(server):
+    """An offload the device waits for is timed clean; one sent while it computes, or
+    during which it starts computing, reaches the estimator as busy (its time includes
+    waits for this process's CPU: BandwidthEstimator holds such samples)."""
+    from edgesdk.engine.link import DeviceActivity
+
+    activity = DeviceActivity()
+    link = _link(server, activity=activity)
+    seen = []
+    on_reply = link.estimator.on_reply
+
+    def spy(*args, busy=False, **kw):
+        seen.append(busy)
+        return on_reply(*args, busy=busy, **kw)
+    link.estimator.on_reply = spy
+    try:
+        assert link.wait_connected(10)
+        frames = _c1_frames()
+        link.offload(frames, "c1", 5.0).result(10)
+        assert seen[-1] is False
+        with activity:  # sent while the device computes
+            link.offload(frames, "c1", 5.0).result(10)
+        assert seen[-1] is True
+        pending = link.offload(frames, "c1", 5.0)
+        with activity:  # the device starts computing while it is under way
+            pass
+        pending.result(10)
+        assert seen[-1] is True
+        link.offload(frames, "c1", 5.0).result(10)
+        assert seen[-1] is False
+    finally:
+        link.close()
+
+
 def _c1_frames() -> list:
     """An 8-bit payload of the digits bundle's cut c1 (zeros)."""
     from edgesdk.codec import encode_tensors
@@ -352,11 +386,12 @@ def _c1_frames() -> list:
     return encode_tensors([np.zeros(t.shape, t.dtype) for t in cut.tensors], bits=8)
 
 
-def _link(server: ServerProcess):
+def _link(server: ServerProcess, **kw):
     """A link to `server` that hellos again only after 30 s on its own."""
     from edgesdk.engine.link import EdgeLink
 
-    return EdgeLink(server.endpoint, Bundle.load(DIGITS_BUNDLE).source_sha256, retry_s=30.0)
+    return EdgeLink(server.endpoint, Bundle.load(DIGITS_BUNDLE).source_sha256, retry_s=30.0,
+                    **kw)
 
 
 @pytest.mark.slow

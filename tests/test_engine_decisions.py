@@ -96,7 +96,9 @@ def test_a_frame_that_misses_an_exit_is_replanned_from_there_against_a_real_serv
     x, ref, hard, easy = digits
     _, slow = bundles
     start = Candidate(2, "device", 32)
-    with Engine(slow, server=server.endpoint, slo_ms=SLO_MS, strategy="planner") as engine:
+    # not exploring: an exploring frame keeps the plan it explores, the one re-decided here
+    with Engine(slow, server=server.endpoint, slo_ms=SLO_MS, strategy="planner",
+                explore=False) as engine:
         _warm(engine)
         # this "device" is the profile's: forget what the warm-up measured of the real one
         engine._slowdown = SlowdownEstimator([{"median_ms": m} for m in engine._seg_ms])
@@ -277,9 +279,9 @@ def test_the_plan_decides_whether_the_payload_is_compressed(server, digits, bund
         sent = []
         offload = engine.link.offload
 
-        def spy(frames, cut, budget_s):
+        def spy(frames, cut, budget_s, **kw):
             sent.append([bytes(memoryview(f).cast("B")) for f in frames])
-            return offload(frames, cut, budget_s)
+            return offload(frames, cut, budget_s, **kw)
         engine.link.offload = spy
         results = [engine.infer(x[i]) for i in hard[:3]]
     edge = [r for r in results if r.where == "edge"]

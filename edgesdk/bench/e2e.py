@@ -76,8 +76,8 @@ for calibrating the policy simulator against the real loop. ``type`` says which:
   fields: bw_mbps, bw_std, bw_history, rtt_ms, queue_ms, device_slowdown, server_slowdown,
   slo_ms, task, and whatever else State holds), ``state_source`` ("engine": the state the
   engine's own decision read; "snapshot": read just before the frame, for strategies
-  that never ask); ``bytes_sent`` (offload payload bytes), ``explored_bytes`` (an
-  exploring offload's bytes sent after the frame, policy.explore), ``budget_ms`` (what the
+  that never ask); ``bytes_sent`` (offload payload bytes), ``explored_bytes`` (of
+  those, what the frame sent as an exploring frame, policy.explore), ``budget_ms`` (what the
   offload was given); ``ms``: device, encode, network, server, queue, decode, total
   (Timings);
   ``where`` (exit / edge / device), ``exit``, ``fallback`` (reason or null), ``agree``

@@ -102,7 +102,7 @@ class _Recorder:
         self.state = None
         self.calls = 0  # the engine's own calls since the frame began
         self.sent: list[int] = []
-        self.explored: list[int] = []  # exploring offloads' bytes (policy.explore)
+        self.explored: list[int] = []  # an exploring frame's offload bytes (policy.explore)
         self.budget_s: float | None = None
         state_fn = engine.state
 
@@ -117,11 +117,10 @@ class _Recorder:
 
             def recorded(frames, cut, budget_s, *, exploring=False):
                 size = sum(memoryview(f).nbytes for f in frames)
-                if exploring:  # after the frame's answer: not the frame's offload
+                self.sent.append(size)
+                self.budget_s = budget_s
+                if exploring:
                     self.explored.append(size)
-                else:
-                    self.sent.append(size)
-                    self.budget_s = budget_s
                 return offload(frames, cut, budget_s, exploring=exploring)
 
             engine.link.offload = recorded

@@ -28,16 +28,17 @@ The budget sent with an offload keeps back the time a local finish would take, w
 still fits the SLO: if the server has not answered by then, finishing here is the faster
 way to an answer within the deadline.
 
-A frame that an adaptive strategy kept here brings no news of the link or the server, so
-after one of them looked bad the decision could stay local long after it recovered. Such a
-frame may also send its input as an exploring offload (policy.explore: when an offload
-would win in a plausible best case), in the background, at most one at a time and a few a
-second at most: the frame keeps its local answer, the reply corrects the estimates.
+A frame that an adaptive strategy keeps here brings no news of the link or the server, so
+after one of them looked bad the decision could stay local long after it recovered. Now and
+then such a frame explores instead (policy.explore): it follows the plan that would win in a
+plausible best case, an offload, with the budget and fallback of any offload, and its reply
+corrects the estimates. The frame itself, not a copy sent in the background while the
+device goes on: a transfer timed while the device computes waits for the CPU too, and on a
+throttled device that read a fast link as a slow one (see DeviceActivity).
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import threading
@@ -87,7 +88,7 @@ from ..policy import (
 )
 from ..policy.stream import Speed, StreamController
 from .device import ExitAnswer, LocalRunner
-from .link import EdgeLink
+from .link import DeviceActivity, EdgeLink
 from .plan import Plan, Strategy, Task
 from .result import Result, Timings
 from .servers import ServerSet
@@ -148,7 +149,7 @@ class _Frame:
     radio_ms: float = 0.0  # how long a failed offload kept the radio up
     done_at: float = math.inf  # monotonic time the offload's outcome arrived
     runner: Any = None  # the LocalRunner its segments run on (stream control's speed)
-    control_state: State | None = None  # what stream control decided with (no re-decisions)
+    exploring: bool = False  # it follows policy.explore's pick, not the decision (kept)
     speed: Speed = Speed(1)  # its threads, and their speedup over the engine's own
     timed: bool = False  # its exit steps are timed (see Engine._reprice_exits)
 
@@ -230,9 +231,9 @@ class Engine:
     the cost of packing), and the planner prices them with the profile's measured sparse
     sizes (`edgesdk profile` stores them). Off by default: the server must run an edgesdk
     whose codec reads sparse payloads (this version or later).
-    explore: while an adaptive strategy keeps frames here, send a frame's input now and
-    then as an exploring offload whose reply corrects the estimates (policy.explore; at
-    most one in flight, 4 a second at most, fewer while frames stay here). False: never,
+    explore: while an adaptive strategy keeps frames here, offload a frame now and then
+    as the plan that would win in a plausible best case (policy.explore; 4 a second at
+    most, fewer while frames stay here), whose reply corrects the estimates. False: never,
     e.g. on a metered link; then a server that timed out is tried again only as its
     timeouts' bound relaxes (a half-life of 20 s).
     power: this device's energy model (estimators.PowerModel, a preset name "pi4"/"pi5", or
@@ -280,7 +281,7 @@ class Engine:
         self._runners: dict[int, LocalRunner] = {}  # stream control's other thread counts
         self._speeds: dict[tuple[int, ...], tuple[Speed, ...]] = {}  # see stream_speeds
         self._controller: StreamController | None = None  # during a controlled stream
-        self._control_state: State | None = None
+        self._control_state: State | None = None  # what its last action was chosen with
         self._stream_ref_j = 0.0  # its energy unit: a frame wholly here at self._threads
         self._last_sent_at = -math.inf  # the previous offload (its radio tail)
         self._frame_gap_s = math.inf  # time between frames, recent average
@@ -331,19 +332,20 @@ class Engine:
             self._slowdown.observe(0, self.local.warm_whole_ms, through=len(self._seg_ms) - 1,
                                    profiled_ms=self._profile.whole_ms)
         self._cuts = {c.id: c for c in self.bundle.cuts}
-        self._input = input_cut(self.bundle)  # None: the input cannot be sent
-        if self._input is not None:
-            self._cuts[self._input.id] = self._input
-        self._explore_at = 0.0  # exploring offloads: see EXPLORE_MIN_S
+        sent_input = input_cut(self.bundle)  # None: the input cannot be sent
+        if sent_input is not None:
+            self._cuts[sent_input.id] = sent_input
+        self._explore_at = 0.0  # exploring frames: see EXPLORE_MIN_S
         self._explore_every = EXPLORE_MIN_S
-        self._exploring: Future | None = None  # done when the last one is answered
         # what the last look found nothing worth exploring in: (table, state key, plan).
         # The look prices every candidate (~0.1 ms, 0.5 ms on a throttled device), so a
         # frame pays it only when the rounded state or the plan has changed since
         self._explore_nothing_in: tuple | None = None
-        self._explorer: ThreadPoolExecutor | None = None  # encodes and sends them
         self._ids = itertools.count()
         self._device_lock = threading.RLock()
+        # what this device computes, entered under the lock: its links' bandwidth samples
+        # taken meanwhile waited for the CPU too (see DeviceActivity)
+        self._activity = DeviceActivity()
         self._async: ThreadPoolExecutor | None = None
         self._welcomes_seen: Any = 0
         self._closed = False
@@ -363,7 +365,8 @@ class Engine:
                     links.append(EdgeLink(e, self.bundle.source_sha256,
                                           server_public_key=curve_server_key,
                                           client_keys=client_keys, name=self.bundle.name,
-                                          digest=self.bundle.digest, task=self.task))
+                                          digest=self.bundle.digest, task=self.task,
+                                          activity=self._activity))
             except BaseException:
                 for link in links:  # their threads would retry forever, unreachable
                     link.close()
@@ -691,8 +694,7 @@ class Engine:
         runner) the frame's segments run at."""
         ctl = self._controller
         ctl.arrive(now)
-        # kept for exploring offloads (a device-only frame's), not for re-decisions: the
-        # controller's action holds for the whole frame
+        # kept for exploring frames, not for re-decisions: the action holds for the frame
         self._control_state = state = self.state(now)
         row, speed = ctl.choose(table, state, self.power, self._stream_ref_j)
         self._speed = speed
@@ -706,20 +708,21 @@ class Engine:
             env = self.local.feed(x)
             self._last_state = None
             chosen, reason = self._decide(t0)
+            pick = self._exploration(chosen, t0) if reason is None else None
             timed = self._adaptive and t0 >= self._exit_timing_at
             if timed:
                 self._exit_timing_at = t0 + EXIT_TIMING_GAP_S
-            f = _Frame(next(self._ids), t0, t0 + self.slo_ms / 1e3, env, chosen, reason,
-                       timed=timed, runner=self.local, speed=self._speed,
-                       control_state=self._control_state if self._controller else None,
-                       state=self._last_state, key=self._last_state_key, plans=[chosen],
+            f = _Frame(next(self._ids), t0, t0 + self.slo_ms / 1e3, env, pick or chosen,
+                       reason, timed=timed, runner=self.local, speed=self._speed,
+                       exploring=pick is not None, state=self._last_state,
+                       key=self._last_state_key, plans=[pick or chosen],
                        offline=self.link is None or reason is not None)
-            if self._run_segments(f, None):
-                self._explore(f)
+            with self._activity:
+                fired = self._run_segments(f, None)
+            if fired:
                 return f
             if f.plan.cut == "device":  # the plan, or what a re-decision made of it
                 f.result = self._local_result(f)
-                self._explore(f)
                 return f
             self._send(f)
             return f
@@ -733,47 +736,26 @@ class Engine:
         else:
             self._frame_gap_s += 0.2 * (gap - self._frame_gap_s)
 
-    def _explore(self, f: _Frame) -> None:
-        """After frame `f` ended here under an adaptive strategy's decision to keep it here
-        (a device-only plan, exits or not; an offload plan's exit that fired is not one):
-        send its input as the offload policy.explore finds worth trying, if any and if one
-        is due (see EXPLORE_MIN_S). A thread of its own encodes and sends it while the
-        caller goes on (~1 ms of CPU for 150 KB here; this frame pays only a copy of its
-        input); nothing reads the reply but the link's estimates."""
-        now = time.monotonic()
-        state = f.state if f.state is not None else f.control_state
-        if (not self._explores or state is None or f.offline or f.plans[0].cut != "device"
-                or self._input is None or now < self._explore_at
-                or (self._exploring is not None and not self._exploring.done())
-                or self.link.usable(now) is not None):
-            return
+    def _exploration(self, chosen: Candidate, now: float) -> Candidate | None:
+        """The plan a frame explores with instead of `chosen`, an adaptive strategy's (or
+        stream control's) decision to keep it here, if one is due (see EXPLORE_MIN_S) and
+        policy.explore finds an offload that would beat it in a plausible best case."""
+        controlled = self._controller is not None
+        state = self._control_state if controlled else self._last_state
+        if (not self._explores or state is None or chosen.cut != "device"
+                or now < self._explore_at):
+            return None
         # only a decided frame's key is its state's (a controlled stream's frames have none)
-        seen = None if f.state is None else (id(self._table), f.key, f.plans[0])
+        seen = None if controlled else (id(self._table), self._last_state_key, chosen)
         if seen is not None and seen == self._explore_nothing_in:
-            return
-        pick = explore_pick(self._table, state, f.plans[0], self._input.id)
+            return None
+        pick = explore_pick(self._table, state, chosen)
         if pick is None:
             self._explore_nothing_in = seen
-            return
-        if self._explorer is None:
-            self._explorer = ThreadPoolExecutor(1, thread_name_prefix="edgesdk-explore")
-        # a copy: the caller may refill its frame buffer as soon as infer returns
-        tensors = [np.array(f.env[n], copy=True) for n in self._input.names]
-        self._exploring = self._explorer.submit(self._send_exploring, tensors, pick)
+            return None
         self._explore_at = now + self._explore_every
         self._explore_every = min(2 * self._explore_every, EXPLORE_MAX_S)
-
-    def _send_exploring(self, tensors: list[np.ndarray], pick: Candidate) -> None:
-        """On the explorer thread: encode the input as `pick` says, offload it and wait
-        for its outcome (the whole SLO: a reply that comes late is still a measurement)."""
-        try:
-            frames = encode_tensors(tensors, bits=pick.bits, compress=self._compress(pick))
-        except CodecError:
-            return
-        budget_s = self.slo_ms / 1e3
-        with contextlib.suppress(TransportError, FutureTimeout):
-            self.link.offload(frames, self._input.id, budget_s, exploring=True).result(
-                budget_s + 1.0)
+        return pick
 
     def _run_segments(self, f: _Frame, stop: int | None) -> bool:
         """Run segments from f.next_segment to `stop` (None: to the plan's cut, re-deciding
@@ -820,7 +802,7 @@ class Engine:
                 if not ans.fires:
                     if f.best_exit is None or ans.confidence > f.best_exit.confidence:
                         f.best_exit = ans
-                    if stop is None and f.state is not None:
+                    if stop is None and f.state is not None and not f.exploring:
                         self._redecide(f)
                 if timed:  # the exit step: its head, and its re-decision if it missed
                     self._exit_runs[ex.order].append((clock() - c) * 1e3 * to_reference)
@@ -877,8 +859,9 @@ class Engine:
         cut = self._cuts[f.plan.cut]
         t = time.perf_counter()
         try:
-            frames = encode_tensors([f.env[n] for n in cut.names], bits=f.plan.bits,
-                                    compress=self._compress(f.plan))
+            with self._activity:
+                frames = encode_tensors([f.env[n] for n in cut.names], bits=f.plan.bits,
+                                        compress=self._compress(f.plan))
         except CodecError:  # e.g. this frame's values exceed float16: finish here
             f.reason = "encode_error"
             return
@@ -891,15 +874,17 @@ class Engine:
         if budget <= 0.0005:
             f.reason = "timeout"  # the deadline passed during the device half
             return
-        f.server = self.link.endpoint
+        link = self.link.route(f.exploring)
+        f.server = link.endpoint
         f.sent_bytes = sum(memoryview(b).nbytes for b in frames)
         f.sent_at = now
         f.radio_gap_s = now - self._last_sent_at
         self._last_sent_at = now
-        f.future = self.link.offload(frames, cut.id, budget)
+        f.future = link.offload(frames, cut.id, budget, exploring=f.exploring)
         f.future.add_done_callback(f.stamp)
         f.offload_until = now + budget
-        self._explore_every = EXPLORE_MIN_S  # offloading again: explore promptly next time
+        if not f.exploring:
+            self._explore_every = EXPLORE_MIN_S  # offloading again: explore promptly next time
 
     def _back(self, f: _Frame) -> Result:
         if f.result is not None:
@@ -946,7 +931,8 @@ class Engine:
             late = time.monotonic() + self._local_rest_ms(f) / 1e3 > f.deadline
             if late and f.best_exit is not None:
                 return self._exit_result(f, f.best_exit, f.reason)
-            self._run_segments(f, len(self._seg_ms) - 1)
+            with self._activity:
+                self._run_segments(f, len(self._seg_ms) - 1)
             if f.result is not None:  # an exit after the cut fired (fixed plans only)
                 return f.result
             return self._local_result(f)
@@ -1030,9 +1016,7 @@ class Engine:
         if self._async is not None:
             self._async.shutdown(wait=True)
         if self.link is not None:
-            self.link.close()  # resolves what is in flight: the explorer's wait ends
-        if self._explorer is not None:
-            self._explorer.shutdown(wait=True)
+            self.link.close()  # resolves what is in flight
 
     def __enter__(self) -> Engine:
         return self

@@ -64,6 +64,39 @@ MAX_BUSY_WAIT_S = 1.0  # the longest a busy reply's retry_after_ms pauses offloa
 log = logging.getLogger("edgesdk.engine")
 
 
+class DeviceActivity:
+    """Whether the device computed during a transfer, for the link's bandwidth samples.
+
+    The engine enters it around what it computes (segments, exit heads, encoding); the
+    link marks each job when it is made and asks, on its reply, whether the device computed
+    since. A transfer timed while the device computed waited for this process's CPU (on a
+    throttled device its threads wait for the quota), so it bounds the link's speed from
+    below instead of measuring it (BandwidthEstimator.observe_transfer, busy). Entered by
+    one thread at a time (the engine's device lock), read by the link's."""
+
+    __slots__ = ("_depth", "_started")
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._started = 0
+
+    def __enter__(self) -> DeviceActivity:
+        self._depth += 1
+        self._started += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+
+    def mark(self) -> int:
+        """A mark for `since`: how many computations have started (-1 during one)."""
+        return -1 if self._depth else self._started
+
+    def since(self, mark: int) -> bool:
+        """True if the device computed at any time since `mark` was taken."""
+        return mark < 0 or self._depth > 0 or self._started != mark
+
+
 @dataclass
 class _Job:
     kind: str
@@ -74,21 +107,25 @@ class _Job:
     payload_bytes: int = 0
     queued_at: float = field(default_factory=time.monotonic)
     held_s: float = 0.0  # time the loopback shaper held it: an emulated transfer
-    exploring: bool = False  # an exploring offload (policy.explore): its reply counts only
+    exploring: bool = False  # an exploring frame's (policy.explore): its reply counts only
+    activity: int = 0  # DeviceActivity.mark() when it was made
 
 
 class EdgeLink:
     """See the module docstring. `bundle_id`: the bundle's source sha256; `name`: the
     bundle's name, for the log lines; `digest`: the bundle's digest (Bundle.digest), sent
     in the hello so that a server with another copy of the bundle refuses it; `task`: the
-    device's task type, sent with every infer (the server's scheduler weighs it)."""
+    device's task type, sent with every infer (the server's scheduler weighs it);
+    `activity`: when the device computes (the engine's; none: a device that never does)."""
 
     def __init__(self, endpoint: str, bundle_id: str, *,
                  server_public_key: Any = None, client_keys: Any = None,
                  retry_s: float = 0.5, hello_budget_s: float = 0.5,
                  probe_idle_s: float = 2.0, busy_backoff_s: float = 0.25,
-                 name: str = "", digest: str | None = None, task: str | None = None) -> None:
+                 name: str = "", digest: str | None = None, task: str | None = None,
+                 activity: DeviceActivity | None = None) -> None:
         self.endpoint = endpoint
+        self.activity = activity if activity is not None else DeviceActivity()
         self._infer_fields = {"task": task} if task else {}
         self.bundle_id = bundle_id
         self.name = name
@@ -150,13 +187,17 @@ class EdgeLink:
             return "checking"  # an offload failed: a hello is out, frames stay here till then
         return self._down_reason
 
+    def route(self, exploring: bool = False) -> EdgeLink:
+        """The link an offload goes to (ServerSet's interface): this one."""
+        return self
+
     def offload(self, frames: Sequence, cut: str, budget_s: float, *,
                 exploring: bool = False) -> Future:
         """Send an infer request for `cut`; the Future resolves to a transport Reply or
-        raises a TransportError. exploring: nothing waits for it (policy.explore); its
+        raises a TransportError. exploring: an exploring frame's (policy.explore); its
         reply updates the estimates as any offload's, its failure changes nothing (it
-        would say little: the input explored is often larger than what the decision then
-        sends, and a slow transfer would be blamed on the server)."""
+        says little: the frame tried a plausible best case, and a slow transfer would be
+        blamed on the server)."""
         size = sum(memoryview(f).nbytes for f in frames)
         return self._push(_Job(protocol.INFER, frames, cut, budget_s, payload_bytes=size,
                                exploring=exploring))
@@ -199,6 +240,7 @@ class EdgeLink:
                 os.close(fd)
 
     def _push(self, job: _Job) -> Future:
+        job.activity = self.activity.mark()
         if self._closing:
             job.future.set_exception(Unreachable("the engine is closed"))
             return job.future
@@ -328,9 +370,10 @@ class EdgeLink:
             mbps = self.estimator.bandwidth.estimate(now).value
         self._probe_turn += 1
         size = probe_bytes(mbps, self._probe_turn)
-        return [_Job(protocol.HEARTBEAT, budget_s=self._hello_budget_s),
+        mark = self.activity.mark()
+        return [_Job(protocol.HEARTBEAT, budget_s=self._hello_budget_s, activity=mark),
                 _Job(protocol.HEARTBEAT, [bytes(size)], budget_s=2 * self._hello_budget_s,
-                     payload_bytes=size)]
+                     payload_bytes=size, activity=mark)]
 
     def _account(self, job: _Job, outcome: Any, now: float) -> None:
         """Update status and estimates from one outcome, then resolve the job's Future."""
@@ -435,10 +478,12 @@ class EdgeLink:
             self._on_welcome(extra)
             e.on_small_message(rtt_ms, now)
         elif job.kind == protocol.HEARTBEAT:
-            e.on_reply(job.payload_bytes, rtt_ms, 0.0, 0.0, now, computed=False)
+            e.on_reply(job.payload_bytes, rtt_ms, 0.0, 0.0, now, computed=False,
+                       busy=self.activity.since(job.activity))
         else:
             e.on_reply(job.payload_bytes, rtt_ms, reply.server_ms, reply.queue_ms, now,
-                       self.server_tail_ms.get(job.cut or ""))
+                       self.server_tail_ms.get(job.cut or ""),
+                       busy=self.activity.since(job.activity))
             e.on_offload(failed=False)
             self.status = UP
 

@@ -3,11 +3,11 @@
     servers = ServerSet([EdgeLink(a, sha), EdgeLink(b, sha)])
     servers.choose(now, score)      # the engine, when its decision is due
 
-The engine reads a ServerSet through EdgeLink's interface (usable, snapshot, offload,
+The engine reads a ServerSet through EdgeLink's interface (usable, snapshot, route, offload,
 version, welcomes, server_tail_ms, status, endpoint): all of it is the active server's.
 Each link keeps its own hello, probes and estimates, so a server that is not active stays
-measured: its heartbeats give RTT and bandwidth, and the exploring offloads that the
-engine sends while frames stay on the device go to the servers that are not active, in
+measured: its heartbeats give RTT and bandwidth, and the engine's exploring frames (sent
+while its decisions keep frames on the device) go to the servers that are not active, in
 turn, for their speed and queue (policy.explore).
 
 Choosing. When the engine re-evaluates its decision, it calls `choose` with a score: for
@@ -73,18 +73,21 @@ class ServerSet:
     def snapshot(self, now: float) -> dict[str, Any]:
         return self.active.snapshot(now)
 
-    def offload(self, frames: Sequence, cut: str, budget_s: float, *,
-                exploring: bool = False) -> Future:
-        """An offload to the active server; an exploring one to the next usable server
-        that is not active, in turn (the active one when there is none)."""
-        link = self.active
+    def route(self, exploring: bool = False) -> EdgeLink:
+        """The link an offload goes to: the active server's; an exploring one's, the next
+        usable server that is not active, in turn (the active one when there is none)."""
         if exploring:
             now = time.monotonic()
             others = [x for x in self.links if x is not self.active and x.usable(now) is None]
             if others:
                 self._explore_turn += 1
-                link = others[self._explore_turn % len(others)]
-        return link.offload(frames, cut, budget_s, exploring=exploring)
+                return others[self._explore_turn % len(others)]
+        return self.active
+
+    def offload(self, frames: Sequence, cut: str, budget_s: float, *,
+                exploring: bool = False) -> Future:
+        """An offload to `route(exploring)`."""
+        return self.route(exploring).offload(frames, cut, budget_s, exploring=exploring)
 
     def statuses(self) -> dict[str, str]:
         """Each server's status, by endpoint."""

@@ -184,10 +184,11 @@ class BandwidthEstimator:
         self._w = w
         # one column per sample: seq, kbit of a transfer (0: a rate sample), its network
         # ms, Mbit/s of a rate sample (0: a transfer), when, the least wire time its rate
-        # is computed with, 1 for a rate sample
-        self._buf = np.zeros((7, w))
+        # is computed with, 1 for a rate sample, 1 while held (observe_transfer, busy)
+        self._buf = np.zeros((8, w))
         self._line: tuple[int, int, float, float] | None = None  # regime, count, a, b
         self._count = 0
+        self._held = 0  # busy samples ever held (see observe_transfer)
         self._regime = 0  # the first sequence number of the current regime
         self._newest = -math.inf
         self._floor = 0.0  # the RTT floor given with the newest transfer
@@ -205,11 +206,22 @@ class BandwidthEstimator:
         self._add(0.0, 0.0, v, _check_finite("now", now, -math.inf))
 
     def observe_transfer(self, payload_bytes: int, round_trip_ms: float, server_ms: float,
-                         queue_ms: float, rtt_floor_ms: float, now: float) -> float | None:
+                         queue_ms: float, rtt_floor_ms: float, now: float, *,
+                         busy: bool = False) -> float | None:
         """One sample from a reply. `rtt_floor_ms`: the RTT floor now (small messages),
         which the overhead is reported over. Returns the sample's implied rate in Mbit/s
         under the current overhead (None: under `min_wire_ms` on the network, or the
-        server's times exceed the round trip: timer noise, not a measurement)."""
+        server's times exceed the round trip: timer noise, not a measurement).
+
+        busy: the device computed while the transfer was under way, so its own threads
+        (the one that sends, ZeroMQ's, the one that reads the reply) waited for the CPU:
+        the time is an upper bound on what the transfer takes with the device waiting for
+        it, as an offload's does. On a device throttled to a quarter core, 64 KiB probes
+        at 50 Mbit/s (10.5 ms on the wire) came back 1-50 ms late that way. Such a sample
+        counts at once if it is faster than the model predicts. A slower one is held: it
+        counts toward a change (`_detect_change`: stalls rarely agree on a rate, a step
+        does), and in the fit only once a change starts at or before it (None until then).
+        Not held, a device that computes while it probes reads its stalls as a slow link."""
         b = _check_positive("payload_bytes", payload_bytes)
         rt = _check_finite("round_trip_ms", round_trip_ms)
         net = rt - _check_finite("server_ms", server_ms) - _check_finite("queue_ms", queue_ms)
@@ -217,11 +229,12 @@ class BandwidthEstimator:
         t = _check_finite("now", now, -math.inf)
         if net < self._min_wire:
             return None
-        self._floor = floor
         x = b * 8e-3
+        fit = self._reference() if busy else None
+        held = fit is not None and net >= fit.intercept_ms + x / math.exp(fit.log_rate)
+        self._floor = floor
         rate = x / self._wire_ms(net, self._intercept_now())
-        self._add(x, net, 0.0, t)
-        return rate
+        return None if self._add(x, net, 0.0, t, held) else rate
 
     def observe_timeout(self, payload_bytes: int, elapsed_ms: float, rtt_floor_ms: float,
                         now: float) -> float | None:
@@ -265,23 +278,37 @@ class BandwidthEstimator:
             self._fit = self._refit()
         return self._fit
 
-    def _add(self, x: float, net: float, rate: float, now: float) -> None:
+    def _add(self, x: float, net: float, rate: float, now: float,
+             held: bool = False) -> bool:
+        """Keep a sample; `held`: out of the fit unless a change starts at or before it
+        (see observe_transfer). Returns whether it stays held."""
         fit = self._reference() if self._count >= 2 else None
-        if fit is not None and fit.n >= 2:
-            self._detect_change(fit, x, net, rate)
+        if fit is not None and fit.n >= 2 and self._detect_change(fit, x, net, rate, held):
+            held = False
+            buf = self._buf
+            buf[7, buf[0] >= self._regime] = 0.0  # the change's held samples count now
         lb = max(0.05 * net, self._min_wire, 1e-6) if x > 0 else 1.0
-        self._buf[:, self._count % self._w] = (self._count, x, net, rate, now, lb, x <= 0)
+        self._buf[:, self._count % self._w] = (self._count, x, net, rate, now, lb, x <= 0,
+                                               held)
         self._count += 1
-        self._newest = max(self._newest, now)
+        if held:
+            self._held += 1
+        else:  # a held sample does not refresh the model's age: it may be a stall
+            self._newest = max(self._newest, now)
+        return held
 
-    def _detect_change(self, fit: _Fit, x: float, net: float, rate: float) -> None:
+    def _detect_change(self, fit: _Fit, x: float, net: float, rate: float,
+                       held: bool = False) -> bool:
         """Track consecutive samples that deviate from `fit` in one direction (beyond
         max(1.5x, 2.5 spreads); positive: slower). When the last `change_samples` of them
         also agree with each other (each within 0.3 of their distance from the model, and
         within 2x, in log rate), the regime starts at the first of them. Scheduler stalls
         inflate samples by amounts unrelated to the link: three in a row rarely agree on
         one rate, a step does. An upload that spent less than half the fixed cost on the
-        wire and does not deviate leaves the count as it is."""
+        wire and does not deviate leaves the count as it is. A held sample (a busy one,
+        slower than the model) ends a change only as the last of twice as many: on a
+        throttled device three stalled probes in a row agree on a rate often enough.
+        True if a change starts."""
         r = math.exp(fit.log_rate)
         if x > 0:
             d = math.log(net / (fit.intercept_ms + x / r))
@@ -292,30 +319,39 @@ class BandwidthEstimator:
             # an upload mostly overhead hides a change of rate: it neither ends nor extends
             if x <= 0 or x / r >= 0.5 * fit.intercept_ms:
                 self._run = []
-            return
+            return False
         up = d > 0
         if not (self._run and up == self._run_up):
             self._run, self._run_up = [], up
         self._run.append((self._count, lr))
-        if len(self._run) >= self._change:
-            last = self._run[-self._change:]
+        need = 2 * self._change if held else self._change
+        if len(self._run) >= need:
+            last = self._run[-need:]
             c = sorted(v for _, v in last)[len(last) // 2]
             if max(abs(v - c) for _, v in last) <= min(0.3 * abs(c - fit.log_rate), _LOG2):
                 self._regime, self._run = last[0][0], []
+                return True
+        return False
 
     # -- reading --------------------------------------------------------------------------
     @property
     def count(self) -> int:
-        """Samples kept (all regimes, at most `window`)."""
+        """Samples kept (all regimes, held or not, at most `window`)."""
         return min(self._count, self._w)
+
+    @property
+    def held(self) -> int:
+        """Busy samples ever held out of the fit (see observe_transfer)."""
+        return self._held
 
     def _refit(self) -> _Fit:
         """Fit the current regime (see the class docstring): numpy, a few dozen calls on at
         most `window` samples (pure Python was slower, all n^2 / 2 pairs slower still)."""
         n_kept = min(self._count, self._w)
         buf = self._buf[:, :n_kept]
-        oldest = self._count - n_kept
-        act = buf if self._regime <= oldest else buf[:, buf[0] >= self._regime]
+        act = buf[:, (buf[0] >= self._regime) & (buf[7] == 0)]
+        if act.shape[1] == 0:  # a window of held samples only: they are all there is
+            act = buf[:, buf[0] >= self._regime]
         x, t = act[1], act[2]
         newest = self._newest
         w = np.exp2((act[4] - newest) * (1.0 / self._half_life))
@@ -390,10 +426,10 @@ class BandwidthEstimator:
 
     def _history(self, intercept: float) -> tuple[float, ...]:
         """The last k samples' implied rates, oldest first (across regimes)."""
-        cols = self._buf[:, [s % self._w for s in range(max(self._count - self._k, 0),
+        cols = self._buf[:, [s % self._w for s in range(max(self._count - self._w, 0),
                                                          self._count)]].T.tolist()
         return tuple(x / max(t - intercept, lb) if x > 0.0 else r
-                     for _, x, t, r, _, lb, _ in cols)
+                     for _, x, t, r, _, lb, _, held in cols if not held)[-self._k:]
 
     def model(self, now: float) -> LinkModel:
         """The link model as of `now` (see LinkModel). Cheap: the fit is cached until the

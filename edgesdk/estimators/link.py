@@ -178,11 +178,12 @@ class LinkEstimator:
 
     def on_reply(self, payload_bytes: int, round_trip_ms: float, server_ms: float,
                  queue_ms: float, now: float, profiled_ms: float | None = None, *,
-                 computed: bool = True) -> float | None:
+                 computed: bool = True, busy: bool = False) -> float | None:
         """One reply; profiled_ms: the server's profiled time for the same work (tracks
         the server's slowdown); computed: False for a heartbeat, which the broker answers
-        without queue or worker, so it says nothing of either. Returns the bandwidth
-        sample, if the payload was large."""
+        without queue or worker, so it says nothing of either; busy: the device computed
+        while it was under way (BandwidthEstimator.observe_transfer). Returns the
+        bandwidth sample, if the payload was large and it counts."""
         if computed:
             self.server.observe_reply(server_ms, queue_ms, profiled_ms, now)
         self._last_traffic = float(now)
@@ -190,7 +191,7 @@ class LinkEstimator:
             self.rtt.observe(max(round_trip_ms - server_ms - queue_ms, 0.0), now)
             return None
         return self.bandwidth.observe_transfer(payload_bytes, round_trip_ms, server_ms,
-                                               queue_ms, self.rtt.floor_ms, now)
+                                               queue_ms, self.rtt.floor_ms, now, busy=busy)
 
     def on_timeout(self, payload_bytes: int, elapsed_ms: float, now: float) -> float | None:
         """An upload that got no reply within `elapsed_ms`: a censored bandwidth sample
@@ -220,6 +221,7 @@ class LinkEstimator:
     def should_probe(self, now: float) -> bool:
         """True before `warm_samples` bandwidth samples (a cold start would plan on the
         prior, or on one sample of unknown spread, and plans that keep the work on the
-        device bring no new samples) or after `idle_s` without traffic."""
+        device bring no new samples; held ones count) or after `idle_s` without
+        traffic."""
         return (self.bandwidth.count < self.warm_samples
                 or now - self._last_traffic >= self.idle_s)

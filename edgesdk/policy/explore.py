@@ -11,15 +11,15 @@ at 1.16x its mean latency (the same run; 1.13-1.69x after other disturbances).
 The rule is optimism in the face of uncertainty, as in a UCB bandit: price the table in
 a plausible best case, with the bandwidth at the upper 90 % quantile of its lognormal
 (OPTIMISTIC_Z) and a narrow spread, the server at its advertised speed with an empty
-queue, and no recent failures. If an offload then beats the plan the frame followed,
-send the frame's input (the one
-tensor a frame that stayed here still holds), at the input's best bit width in that case,
-in the background: the frame keeps its local answer, and the reply updates the estimates
-as any offload's does (the server's speed and queue, the link's rate at that size). A
-link too slow even at its upper quantile, or a model that never pays to offload, is never
-explored.
+queue, and no recent failures. If an offload then beats the plan the frame was to follow,
+the frame follows the best candidate in that case instead, as a bandit takes its
+optimistic arm: it offloads with the budget and fallback of any offload (a wrong guess
+costs that frame at most its local finish within the deadline), and the reply updates the
+estimates as any offload's does (the server's speed and queue, the link's rate at that
+size), timed with the device waiting for it, as a decision to offload would be. A link too
+slow even at its upper quantile, or a model that never pays to offload, is never explored.
 
-    pick = explore_pick(table, state, followed, input_cut_id)   # a Candidate or None
+    pick = explore_pick(table, state, planned)   # a Candidate or None
 """
 
 from __future__ import annotations
@@ -33,11 +33,10 @@ from .candidates import Candidate, CandidateTable
 from .planner import MAX_SPREAD, expected_rewards
 from .state import State
 
-# How often (the engine and the simulator): at most one exploring offload in flight, the
-# next no sooner than EXPLORE_MIN_S after it, the gap doubling with each one while the
-# decisions stay local (up to EXPLORE_MAX_S: a server that is still slow is asked every 2 s,
-# not per frame; a busy one answers them busy), back to EXPLORE_MIN_S once a decision
-# offloads.
+# How often (the engine and the simulator): an exploring frame no sooner than EXPLORE_MIN_S
+# after the last, the gap doubling with each one while the decisions stay local (up to
+# EXPLORE_MAX_S: a server that is still slow is asked every 2 s, not per frame; a busy one
+# answers them busy), back to EXPLORE_MIN_S once a decision offloads.
 EXPLORE_MIN_S = 0.25
 EXPLORE_MAX_S = 2.0
 OPTIMISTIC_Z = 1.2816  # the bandwidth's upper 90 % quantile, in log-spreads
@@ -55,17 +54,14 @@ def optimistic(state: State) -> State:
                    failures=0.0)
 
 
-def explore_pick(table: CandidateTable, state: State, followed: Candidate,
-                 input_cut: str) -> Candidate | None:
-    """If the best candidate under `optimistic(state)` is an offload that beats `followed`
-    (the frame's plan, a row of `table`) there: the offload of cut `input_cut` with the
-    best reward in that case (what to send); else None."""
-    sends_input = np.fromiter((c.cut == input_cut for c in table.candidates), bool,
-                              len(table))
-    if not sends_input.any() or followed not in table.candidates:
+def explore_pick(table: CandidateTable, state: State, planned: Candidate
+                 ) -> Candidate | None:
+    """The best candidate under `optimistic(state)` if it is an offload that beats
+    `planned` (the frame's plan, a row of `table`) there; else None."""
+    if planned not in table.candidates:
         return None
     rewards = expected_rewards(table, optimistic(state))
     best = int(np.argmax(rewards))
-    if table.wire_bytes[best] == 0 or rewards[best] <= rewards[table.index(followed)]:
+    if table.wire_bytes[best] == 0 or rewards[best] <= rewards[table.index(planned)]:
         return None
-    return table.candidates[int(np.argmax(np.where(sends_input, rewards, -np.inf)))]
+    return table.candidates[best]

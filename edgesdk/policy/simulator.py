@@ -20,9 +20,9 @@ per request, known overheads, a fixed queue and no failures; here:
   candidates meanwhile;
 - the device's view comes from edgesdk.estimators.LinkEstimator fed exactly what the
   engine's link feeds it: replies (size, round trip, server and queue time), probes when
-  the link has been idle, and heartbeats; with `explore`, the exploring offloads an
-  adaptive strategy sends after frames it kept here (policy.explore), with their rate
-  limit, as background requests that cost the frame nothing.
+  the link has been idle, and heartbeats; with `explore`, the exploring frames of an
+  adaptive strategy (policy.explore: a frame it would keep here offloads as in a plausible
+  best case instead), with their rate limit, at that candidate's realized reward.
 
 A frame's reward is the expectation over its exit (an exit fires with the candidate's
 calibrated probability) of ``w_acc * accuracy - latency / SLO - penalty * [latency > SLO]``
@@ -261,7 +261,7 @@ class DeviceView:
         self.next_hello = 0.0
         self.last_send = -math.inf
         self.probes = 0
-        # exploring offloads: as the engine's rate limit, and priced as the engine prices
+        # exploring frames: as the engine's rate limit, and priced as the engine prices
         # them, on the server's advertised times (its welcome) with the slowdown over those
         sc = world.sc
         self.advertised = replace(sc.table, srv_ms=sc.table.srv_ms * sc.server_slowdown)
@@ -315,7 +315,9 @@ class DeviceView:
                      bw_low_mbps=max(m.low_mbps, 0.0), failures=min(e.failures, 1.0),
                      bw_age_s=m.age_s)
 
-    def after_frame(self, k: int, i: int, out: Outcomes) -> None:
+    def after_frame(self, k: int, i: int, out: Outcomes, exploring: bool = False) -> None:
+        """What frame k under plan i tells the estimators; `exploring`: an exploring
+        frame's failure changes nothing (EdgeLink), nor does its offload end the backoff."""
         w, t = self.world, self.world.sc.table
         now = w.t[k] + out.latency[i] / 1e3
         exited = w.exit_u[k] < t.p_exit[i]
@@ -324,8 +326,11 @@ class DeviceView:
 
         if exited or not self.facts.offload[i]:
             return
-        self.explore_every = EXPLORE_MIN_S
         self.last_send = w.t[k]
+        if exploring and out.timed_out[i]:
+            return
+        if not exploring:
+            self.explore_every = EXPLORE_MIN_S
         self.link.on_offload(bool(out.timed_out[i]))
         advertised = float(t.srv_ms[i] * w.sc.server_slowdown)  # the welcome's tail time
         if out.timed_out[i]:
@@ -339,32 +344,18 @@ class DeviceView:
         self.link.on_reply(int(t.wire_bytes[i]), float(out.wire_ms[i] + w.rtt[k]) + srv + q,
                            srv, q, now, profiled_ms=advertised)
 
-    def explore(self, k: int, st: State, i: int, out: Outcomes) -> None:
-        """After frame k stayed here under plan i: the exploring offload of its input that
-        the engine would send now, if one is due and worth it, and what its reply tells
-        the estimators (one later than the SLO times out, which changes nothing)."""
-        w, t = self.world, self.world.sc.table
-        now = float(w.t[k] + out.latency[i] / 1e3)
-        if not self.up or now < self.explore_at:
-            return
-        relative = replace(st, server_slowdown=st.server_slowdown / w.sc.server_slowdown)
-        pick = explore_pick(self.advertised, relative, t.candidates[i], "input")
+    def exploration(self, now: float, st: State, i: int) -> int | None:
+        """The candidate frame k explores with instead of plan i (a device-only one), as
+        the engine's exploring frames: if one is due and policy.explore finds one."""
+        if now < self.explore_at:
+            return None
+        relative = replace(st, server_slowdown=st.server_slowdown / self.world.sc.server_slowdown)
+        pick = explore_pick(self.advertised, relative, self.world.sc.table.candidates[i])
         if pick is None:
-            return
-        j = t.index(pick)
+            return None
         self.explore_at = now + self.explore_every
         self.explore_every = min(2 * self.explore_every, EXPLORE_MAX_S)
-        ph, size = w.sc.physics, int(t.wire_bytes[j])
-        wire = ph.overhead_ms + float(w.transfer_ms(now, np.array([size]))[0])
-        if now - self.last_send >= ph.idle_restart_s:
-            wire += float(slow_start_ms(size, w.rtt[k], ph))
-        self.last_send = now
-        advertised = float(t.srv_ms[j] * w.sc.server_slowdown)
-        srv, q = advertised * w.sc.server_drift, float(w.queue[k])
-        edge = wire + w.rtt[k] + q + srv
-        if edge <= w.sc.slo_ms:  # a timed-out exploring offload changes nothing (EdgeLink)
-            self.link.on_reply(size, edge, srv, q, now + edge / 1e3, profiled_ms=advertised)
-            self.link.on_offload(False)
+        return self.world.sc.table.index(pick)
 
 
 # -- episodes --------------------------------------------------------------------------------
@@ -396,8 +387,8 @@ def run_episode(sc: Scenario, choose: Chooser | None = None, *, record: bool = F
                 explore: bool = False) -> EpisodeResult:
     """Run `choose(table, state) -> index` over the episode (None: the hindsight oracle,
     the per-frame best realized reward). While the link is not up, `choose` sees only the
-    device-only candidates, as in the engine. explore: send the exploring offloads the
-    engine sends for its adaptive strategies (fixed plans never explore)."""
+    device-only candidates, as in the engine. explore: exploring frames, as the engine's
+    adaptive strategies have (fixed plans never explore)."""
     clock = clock or time.perf_counter
     world = world or World(sc)
     facts = _TableFacts(sc.table)
@@ -426,6 +417,8 @@ def run_episode(sc: Scenario, choose: Chooser | None = None, *, record: bool = F
         else:
             i = int(device_idx[choose(device_table, st)])
         res.decision_s[k] = clock() - t0
+        j = view.exploration(now, st, i) if explore and view.up and facts.device_only[i] else None
+        i = i if j is None else j
         if record and view.up:
             res.states.append(st)
             res.rewards_all.append(out.reward)
@@ -437,9 +430,7 @@ def run_episode(sc: Scenario, choose: Chooser | None = None, *, record: bool = F
         res.accuracy[k] = out.accuracy[i]
         res.violated[k] = res.latency_ms[k] > sc.slo_ms
         res.fell_back[k] = bool(out.timed_out[i]) and not exited
-        view.after_frame(k, i, out)
-        if explore and view.up and facts.device_only[i]:
-            view.explore(k, st, i, out)
+        view.after_frame(k, i, out, exploring=j is not None)
     return res
 
 
