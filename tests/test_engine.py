@@ -344,13 +344,26 @@ def test_an_idle_link_sleeps_until_its_next_probe(server):
         link.close()
 
 
-def test_transfers_timed_while_the_device_computes_are_marked_busy(server):
-    """An offload the device waits for is timed clean; one sent while it computes, or
-    during which it starts computing, reaches the estimator as busy (its time includes
-    waits for this process's CPU: BandwidthEstimator holds such samples)."""
+def _computing(activity, seconds: float, starved: bool) -> None:
+    """A section of device work: waiting for the CPU (starved: a sleep gets none of it, as a
+    throttled process between its quota's periods) or using it."""
+    with activity:
+        if starved:
+            time.sleep(seconds)
+        else:
+            end = time.process_time() + seconds
+            while time.process_time() < end:
+                pass
+
+
+def test_transfers_timed_while_the_device_is_starved_are_marked_busy(server):
+    """An offload the device waits for is timed clean; one sent while the device computes
+    starved of CPU, or during which it starts to, reaches the estimator as busy (its time
+    includes waits for this process's CPU: BandwidthEstimator holds such samples); one
+    during which it computes with CPU to spare is clean again."""
     from edgesdk.engine.link import DeviceActivity
 
-    activity = DeviceActivity()
+    activity = DeviceActivity(threads=1)
     link = _link(server, activity=activity)
     seen = []
     on_reply = link.estimator.on_reply
@@ -364,6 +377,8 @@ def test_transfers_timed_while_the_device_computes_are_marked_busy(server):
         frames = _c1_frames()
         link.offload(frames, "c1", 5.0).result(10)
         assert seen[-1] is False
+        _computing(activity, 0.05, starved=True)
+        assert activity.starved
         with activity:  # sent while the device computes
             link.offload(frames, "c1", 5.0).result(10)
         assert seen[-1] is True
@@ -373,6 +388,12 @@ def test_transfers_timed_while_the_device_computes_are_marked_busy(server):
         pending.result(10)
         assert seen[-1] is True
         link.offload(frames, "c1", 5.0).result(10)
+        assert seen[-1] is False
+        for _ in range(20):  # the device gets its CPU back
+            _computing(activity, 0.005, starved=False)
+        assert not activity.starved
+        with activity:
+            link.offload(frames, "c1", 5.0).result(10)
         assert seen[-1] is False
     finally:
         link.close()

@@ -269,10 +269,12 @@ def _busy_probes(bw, rng, rate_mbps, n, t, stall_ms=(1.0, 50.0)):
 
 @pytest.mark.parametrize("seed", range(8))
 def test_busy_samples_do_not_read_the_devices_cpu_waits_as_a_slow_link(seed):
-    """Offloads the device waited for, then probes timed while it computes: held out of
-    the fit, they leave the model's time for a 64 KiB upload within 10 % of the link's.
-    The same probes counted as they are make it 1.5-2x (what kept the planner from
-    offloading PP-LCNet on a 50 Mbit/s link in the real loop)."""
+    """Offloads the device waited for, then probes timed while it computes, more than the
+    window holds: held out of the fit, they leave the model's time for a 64 KiB upload
+    within 20 % of the link's (0.84-1.06x: the counted ones are the fast side; the last
+    fit of counted samples stands). The same probes
+    counted as they are make it 1.5-2x (what kept the planner from offloading PP-LCNet on
+    a 50 Mbit/s link in the real loop)."""
     truth = RTT_FLOOR + EXTRA + 65536 * 8 / 50e3
     predicted = {}
     for busy in (True, False):
@@ -280,17 +282,17 @@ def test_busy_samples_do_not_read_the_devices_cpu_waits_as_a_slow_link(seed):
         bw = BandwidthEstimator()
         t = _feed(bw, rng, 50.0, 8, 0.0)
         if busy:
-            t = _busy_probes(bw, rng, 50.0, 30, t)
-            assert bw.held >= 25
+            t = _busy_probes(bw, rng, 50.0, 45, t)
+            assert bw.held >= 38 and bw.counted < bw.count
         else:  # the same uploads, not known to be busy
-            for i in range(30):
+            for i in range(45):
                 b = 65536 if i % 2 else int(50.0 * 1e6 / 8 * 0.05)
                 ms = RTT_FLOOR + EXTRA + b * 8 / 50e3 + rng.uniform(1.0, 50.0)
                 bw.observe_transfer(b, ms, 0.0, 0.0, RTT_FLOOR, t)
                 t += 0.5
         m = bw.model(t)
         predicted[busy] = (m.rtt_ms + m.transfer_ms(65536)) / truth
-    assert predicted[True] == pytest.approx(1.0, abs=0.1)
+    assert predicted[True] == pytest.approx(1.0, abs=0.2)
     assert predicted[False] > 1.5
 
 

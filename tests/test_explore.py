@@ -152,11 +152,26 @@ def test_after_its_worker_recovers_the_server_is_used_again_only_through_explori
 
         del engine._exploration  # exploring on (the class's method again)
         t0 = time.monotonic()
-        back = stream_frames(engine, x, 5.0, until=lambda r: r.where == "edge")
+        # an exploring frame at the edge, then the decision itself offloading again
+        back = stream_frames(engine, x, 5.0, until=lambda r: r.where == "edge" and not r.explored)
         took = time.monotonic() - t0
     assert back[-1].where == "edge", [(r.plan, r.fallback_reason) for r in back[-5:]]
+    assert any(r.explored and r.where == "edge" for r in back), [r.plans for r in back]
+    explored = next(r for r in back if r.explored)
+    assert "device-only" in explored.plans[0] and explored.plan == explored.plans[1]
     assert took < 1.5 * SLOWDOWN, took
     assert all(r.timings.total < SLO_MS + 5.0 * SLOWDOWN for r in first + frozen + back)
+
+
+def test_an_engine_without_a_server_never_explores(slow_device):
+    """Offloading pays on this slow device, in a plausible best case too: without a server
+    the planner still keeps every frame here, exploring none."""
+    x, _ = load_digits_test()
+    with Engine(slow_device, slo_ms=SLO_MS, strategy="planner") as engine:
+        as_profiled(engine)
+        out = [engine.infer(xi) for xi in x[:10]]
+    assert all(r.where in ("device", "exit") and not r.explored for r in out), \
+        [r.plans for r in out]
 
 
 def _counted_looks(monkeypatch) -> list:

@@ -102,7 +102,6 @@ class _Recorder:
         self.state = None
         self.calls = 0  # the engine's own calls since the frame began
         self.sent: list[int] = []
-        self.explored: list[int] = []  # an exploring frame's offload bytes (policy.explore)
         self.budget_s: float | None = None
         state_fn = engine.state
 
@@ -112,21 +111,19 @@ class _Recorder:
             return self.state
 
         engine.state = state
-        if engine.link is not None:
-            offload = engine.link.offload
+        # each server's link (a ServerSet routes an offload to one of its links)
+        for link in getattr(engine.link, "links", [engine.link] if engine.link else []):
+            link.offload = self._recorded(link.offload)
 
-            def recorded(frames, cut, budget_s, *, exploring=False):
-                size = sum(memoryview(f).nbytes for f in frames)
-                self.sent.append(size)
-                self.budget_s = budget_s
-                if exploring:
-                    self.explored.append(size)
-                return offload(frames, cut, budget_s, exploring=exploring)
-
-            engine.link.offload = recorded
+    def _recorded(self, offload):
+        def recorded(frames, cut, budget_s, **kw):
+            self.sent.append(sum(memoryview(f).nbytes for f in frames))
+            self.budget_s = budget_s
+            return offload(frames, cut, budget_s, **kw)
+        return recorded
 
     def reset(self) -> None:
-        self.state, self.sent, self.budget_s, self.explored = None, [], None, []
+        self.state, self.sent, self.budget_s = None, [], None
 
 
 def _chain_profile(engine, x: np.ndarray, runs: int, seconds: float = 0.0
@@ -178,7 +175,7 @@ def run(args: Any) -> int:
         y = z["y"] if "y" in z.files else None
     bundle = Bundle.load(args.bundle)
     strategy = _resolve_strategy(args.strategy, bundle, args.device)
-    explore = strategy != "planner-static"  # the planner without exploring offloads
+    explore = strategy != "planner-static"  # the planner without exploring frames
     priced = strategy == "planner-energy"  # the planner with an energy price
     with Engine(bundle, server=args.server, slo_ms=args.slo_ms, task=args.task,
                 strategy="planner" if priced or not explore else strategy, threads=1,
@@ -225,7 +222,7 @@ def run(args: Any) -> int:
                    **parse_plan(r.plan), "sent_cut": r.cut, "sent_bits": r.bits,
                    "where": r.where, "exit": r.exit_name, "fallback": r.fallback_reason,
                    "energy_j": r.energy_j, "bytes_sent": sum(rec.sent),
-                   "explored_bytes": sum(rec.explored),
+                   "explored_bytes": sum(rec.sent) if r.explored else 0,
                    "budget_ms": round(rec.budget_s * 1e3, 3) if rec.budget_s else None,
                    "ms": {k: round(float(v), 3) for k, v in asdict(ms).items()
                           if isinstance(v, (int, float))},  # every Timings field

@@ -134,7 +134,8 @@ class _Frame:
     key: tuple = ()  # state_key(state): the re-decisions' cache key
     offline: bool = False  # only device-only plans were possible at the frame's start
     exits_run: int = 0  # the first exits_run exits of the cascade have answered
-    plans: list[Candidate] = field(default_factory=list)  # the plan, then each re-decision
+    # the decision, then each re-decision (or, exploring, the plan explored)
+    plans: list[Candidate] = field(default_factory=list)
     device_ms: float = 0.0
     encode_ms: float = 0.0
     next_segment: int = 0
@@ -344,8 +345,8 @@ class Engine:
         self._ids = itertools.count()
         self._device_lock = threading.RLock()
         # what this device computes, entered under the lock: its links' bandwidth samples
-        # taken meanwhile waited for the CPU too (see DeviceActivity)
-        self._activity = DeviceActivity()
+        # taken meanwhile, if it was starved, waited for the CPU too (see DeviceActivity)
+        self._activity = DeviceActivity(threads)
         self._async: ThreadPoolExecutor | None = None
         self._welcomes_seen: Any = 0
         self._closed = False
@@ -662,15 +663,16 @@ class Engine:
         if kept is not None:
             return kept
         self._runners.setdefault(self._threads, self.local)
-        base_ms = _chain_ms(self._runners[self._threads])
         speeds = []
-        for k in counts:
-            if k not in self._runners:
-                runner = LocalRunner(self.bundle, k)
-                runner.add_versions(self.local.versions, k)
-                self._runners[k] = runner
-            speedup = 1.0 if k == self._threads else base_ms / _chain_ms(self._runners[k])
-            speeds.append(Speed(k, min(max(speedup, 1e-3), 1.5 * k)))
+        with self._device_lock, self._activity:  # frames would skew the timings
+            base_ms = _chain_ms(self._runners[self._threads])
+            for k in counts:
+                if k not in self._runners:
+                    runner = LocalRunner(self.bundle, k)
+                    runner.add_versions(self.local.versions, k)
+                    self._runners[k] = runner
+                speedup = 1.0 if k == self._threads else base_ms / _chain_ms(self._runners[k])
+                speeds.append(Speed(k, min(max(speedup, 1e-3), 1.5 * k)))
         self._speeds[counts] = tuple(speeds)
         return self._speeds[counts]
 
@@ -709,13 +711,15 @@ class Engine:
             self._last_state = None
             chosen, reason = self._decide(t0)
             pick = self._exploration(chosen, t0) if reason is None else None
-            timed = self._adaptive and t0 >= self._exit_timing_at
+            # exit steps are timed with their re-decision, which an exploring frame skips
+            timed = self._adaptive and pick is None and t0 >= self._exit_timing_at
             if timed:
                 self._exit_timing_at = t0 + EXIT_TIMING_GAP_S
             f = _Frame(next(self._ids), t0, t0 + self.slo_ms / 1e3, env, pick or chosen,
                        reason, timed=timed, runner=self.local, speed=self._speed,
                        exploring=pick is not None, state=self._last_state,
-                       key=self._last_state_key, plans=[pick or chosen],
+                       key=self._last_state_key,
+                       plans=[chosen] if pick is None else [chosen, pick],
                        offline=self.link is None or reason is not None)
             with self._activity:
                 fired = self._run_segments(f, None)
@@ -742,8 +746,8 @@ class Engine:
         policy.explore finds an offload that would beat it in a plausible best case."""
         controlled = self._controller is not None
         state = self._control_state if controlled else self._last_state
-        if (not self._explores or state is None or chosen.cut != "device"
-                or now < self._explore_at):
+        if (not self._explores or self.link is None or state is None
+                or chosen.cut != "device" or now < self._explore_at):
             return None
         # only a decided frame's key is its state's (a controlled stream's frames have none)
         seen = None if controlled else (id(self._table), self._last_state_key, chosen)
@@ -984,7 +988,7 @@ class Engine:
                       bits=f.plan.bits if sent else None, confidence=conf,
                       timings=timings, fallback_reason=f.reason, plan=str(f.plan), frame=f.id,
                       outputs=dict(outputs), zstd=f.plan.zstd if sent else None,
-                      plans=tuple(str(p) for p in f.plans), kind=kind,
+                      plans=tuple(str(p) for p in f.plans), explored=f.exploring, kind=kind,
                       server=f.server if sent else None, version=f.plan.version,
                       energy_j=self._energy_j(f, where, timings))
 
@@ -992,8 +996,7 @@ class Engine:
         """What frame `f` cost this device's battery (estimators.energy; nan without a power
         model): its compute here, and its offload's radio time: the upload and the wait for
         the reply when one came, else from the send until the failure (none when the server
-        was unreachable). Exploring offloads (sent for the estimates) are not charged to
-        frames."""
+        was unreachable). An exploring frame's offload is its own, charged as any."""
         if self.power is None:
             return math.nan
         joules = self.power.compute_j(t.device + t.encode + t.decode, f.speed.threads)

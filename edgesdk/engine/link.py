@@ -65,36 +65,56 @@ log = logging.getLogger("edgesdk.engine")
 
 
 class DeviceActivity:
-    """Whether the device computed during a transfer, for the link's bandwidth samples.
+    """Whether the device's CPU was starved during a transfer, for the link's bandwidth
+    samples.
 
-    The engine enters it around what it computes (segments, exit heads, encoding); the
-    link marks each job when it is made and asks, on its reply, whether the device computed
-    since. A transfer timed while the device computed waited for this process's CPU (on a
-    throttled device its threads wait for the quota), so it bounds the link's speed from
-    below instead of measuring it (BandwidthEstimator.observe_transfer, busy). Entered by
-    one thread at a time (the engine's device lock), read by the link's."""
+    The engine enters it around what it computes (segments, exit heads, encoding); the link
+    marks each job when it is made and asks, on its reply, whether the device computed
+    since while starved. Starved: its computations got less than STARVED_SHARE of the CPU
+    they ask for (`threads` cores; process CPU time over wall time, recent sections
+    weighing most), as on a device under a CPU quota, which stops every thread of the
+    process, or one shared with other work. A transfer timed then waited for the CPU too
+    (the link's thread, ZeroMQ's, the one that reads the reply), so it bounds the link's
+    speed from below instead of measuring it (BandwidthEstimator.observe_transfer, busy).
+    With CPU to spare (a Pi's other cores) the transfer is timed true, busy or not.
+    Entered by one thread at a time (the engine's device lock), read by the link's."""
 
-    __slots__ = ("_depth", "_started")
+    STARVED_SHARE = 0.7
+    DECAY = 0.8  # per section: the share follows the last few frames
 
-    def __init__(self) -> None:
+    __slots__ = ("_depth", "_started", "_threads", "_cpu", "_wall", "_t")
+
+    def __init__(self, threads: int = 1) -> None:
         self._depth = 0
         self._started = 0
+        self._threads = max(int(threads), 1)
+        self._cpu = self._wall = 0.0  # decayed sums over the sections
+        self._t = (0.0, 0.0)
 
     def __enter__(self) -> DeviceActivity:
         self._depth += 1
         self._started += 1
+        self._t = (time.perf_counter(), time.process_time())
         return self
 
     def __exit__(self, *exc: object) -> None:
+        wall, cpu = time.perf_counter() - self._t[0], time.process_time() - self._t[1]
+        self._wall = self.DECAY * self._wall + wall
+        self._cpu = self.DECAY * self._cpu + cpu
         self._depth -= 1
+
+    @property
+    def starved(self) -> bool:
+        return self._cpu < self.STARVED_SHARE * self._threads * self._wall
 
     def mark(self) -> int:
         """A mark for `since`: how many computations have started (-1 during one)."""
-        return -1 if self._depth else self._started
+        started = self._started  # read before the depth: an enter between them is seen
+        return -1 if self._depth else started
 
     def since(self, mark: int) -> bool:
-        """True if the device computed at any time since `mark` was taken."""
-        return mark < 0 or self._depth > 0 or self._started != mark
+        """True if the device computed, starved, at any time since `mark` was taken."""
+        return self.starved and (mark < 0 or self._depth > 0 or self._started != mark)
 
 
 @dataclass

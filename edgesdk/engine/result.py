@@ -47,8 +47,10 @@ class Result:
     zstd: whether the offload tried the zstd stage (the codec still sends raw when that
     does not pay; None when nothing was sent). plans: every plan of the frame in order,
     the decision before the frame and then one per re-decision after an exit that did not
-    fire (adaptive strategies only), so len(plans) - 1 re-decisions happened (a plan may
-    repeat: the re-decision kept it).
+    fire (adaptive strategies only; a plan may repeat: the re-decision kept it), or, for an
+    exploring frame, the decision and the plan it explored instead (no re-decisions).
+    explored: the frame explored (policy.explore): the decision kept it here, and it tried
+    the offload that would win in a plausible best case, to correct the estimates.
     server: the endpoint the offload went to (None when nothing was sent): with several
     servers, which one. version: the model version the device's segments ran in ("fp32",
     or a version of the bundle such as "int8"; the server's tail is fp32).
@@ -77,6 +79,7 @@ class Result:
     frame: int = -1
     zstd: bool | None = None
     plans: tuple[str, ...] = ()
+    explored: bool = False
     outputs: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
     kind: str = "classes"
     server: str | None = None

@@ -3,8 +3,9 @@
     servers = ServerSet([EdgeLink(a, sha), EdgeLink(b, sha)])
     servers.choose(now, score)      # the engine, when its decision is due
 
-The engine reads a ServerSet through EdgeLink's interface (usable, snapshot, route, offload,
-version, welcomes, server_tail_ms, status, endpoint): all of it is the active server's.
+The engine reads a ServerSet through EdgeLink's interface (usable, snapshot, route,
+version, welcomes, server_tail_ms, status, endpoint): all of it is the active server's,
+but `route` may give another server's link, which the engine then offloads through.
 Each link keeps its own hello, probes and estimates, so a server that is not active stays
 measured: its heartbeats give RTT and bandwidth, and the engine's exploring frames (sent
 while its decisions keep frames on the device) go to the servers that are not active, in
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from typing import Any
 
 from .link import UP, EdgeLink
@@ -83,11 +83,6 @@ class ServerSet:
                 self._explore_turn += 1
                 return others[self._explore_turn % len(others)]
         return self.active
-
-    def offload(self, frames: Sequence, cut: str, budget_s: float, *,
-                exploring: bool = False) -> Future:
-        """An offload to `route(exploring)`."""
-        return self.route(exploring).offload(frames, cut, budget_s, exploring=exploring)
 
     def statuses(self) -> dict[str, str]:
         """Each server's status, by endpoint."""

@@ -4,7 +4,7 @@ robustly over a recent window, with its spread and a low-quantile forecast (Link
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -45,6 +45,7 @@ def _theil_sen(x: np.ndarray, t: np.ndarray, w: np.ndarray) -> tuple[float, floa
 
 _HALF = np.array([0.5])
 _LOG2 = math.log(2.0)
+_LOG1_5 = math.log(1.5)
 
 
 @dataclass(frozen=True)
@@ -219,9 +220,12 @@ class BandwidthEstimator:
         it, as an offload's does. On a device throttled to a quarter core, 64 KiB probes
         at 50 Mbit/s (10.5 ms on the wire) came back 1-50 ms late that way. Such a sample
         counts at once if it is faster than the model predicts. A slower one is held: it
-        counts toward a change (`_detect_change`: stalls rarely agree on a rate, a step
-        does), and in the fit only once a change starts at or before it (None until then).
-        Not held, a device that computes while it probes reads its stalls as a slow link."""
+        counts toward a change (stalls rarely agree on a rate, a step does), and in the fit
+        only once a change starts at or before it (None until then). Not held, a device
+        that computes while it probes reads its stalls as a slow link (held only beyond a
+        change's margin, the stalls within it pulled the fit 1.2-1.7x slow). The price: the
+        fit of busy samples leans to the link's fast side, so the caller says busy only
+        when its CPU is starved (DeviceActivity), not whenever it computes."""
         b = _check_positive("payload_bytes", payload_bytes)
         rt = _check_finite("round_trip_ms", round_trip_ms)
         net = rt - _check_finite("server_ms", server_ms) - _check_finite("queue_ms", queue_ms)
@@ -283,7 +287,9 @@ class BandwidthEstimator:
         """Keep a sample; `held`: out of the fit unless a change starts at or before it
         (see observe_transfer). Returns whether it stays held."""
         fit = self._reference() if self._count >= 2 else None
-        if fit is not None and fit.n >= 2 and self._detect_change(fit, x, net, rate, held):
+        # (a held sample is judged against a fit of one, or none could ever leave it)
+        if fit is not None and (fit.n >= 2 or held) and self._detect_change(fit, x, net, rate,
+                                                                            held):
             held = False
             buf = self._buf
             buf[7, buf[0] >= self._regime] = 0.0  # the change's held samples count now
@@ -315,7 +321,7 @@ class BandwidthEstimator:
             lr = math.log(x / max(net - fit.intercept_ms, 0.05 * net, self._min_wire, 1e-6))
         else:
             d, lr = math.log(r / rate), math.log(rate)
-        if abs(d) <= max(math.log(1.5), 2.5 * fit.mad):
+        if abs(d) <= max(_LOG1_5, 2.5 * fit.mad):
             # an upload mostly overhead hides a change of rate: it neither ends nor extends
             if x <= 0 or x / r >= 0.5 * fit.intercept_ms:
                 self._run = []
@@ -340,6 +346,12 @@ class BandwidthEstimator:
         return min(self._count, self._w)
 
     @property
+    def counted(self) -> int:
+        """Samples kept that are not held (see observe_transfer)."""
+        n = min(self._count, self._w)
+        return n - int(np.count_nonzero(self._buf[7, :n]))
+
+    @property
     def held(self) -> int:
         """Busy samples ever held out of the fit (see observe_transfer)."""
         return self._held
@@ -350,8 +362,11 @@ class BandwidthEstimator:
         n_kept = min(self._count, self._w)
         buf = self._buf[:, :n_kept]
         act = buf[:, (buf[0] >= self._regime) & (buf[7] == 0)]
-        if act.shape[1] == 0:  # a window of held samples only: they are all there is
-            act = buf[:, buf[0] >= self._regime]
+        if act.shape[1] == 0:
+            # Held samples only since the regime's counted ones left the window: they say
+            # nothing the last fit does not; it stands, ageing (the first sample is never
+            # held, so there is one)
+            return replace(self._fit, count=self._count)
         x, t = act[1], act[2]
         newest = self._newest
         w = np.exp2((act[4] - newest) * (1.0 / self._half_life))
@@ -425,7 +440,8 @@ class BandwidthEstimator:
         return a, b
 
     def _history(self, intercept: float) -> tuple[float, ...]:
-        """The last k samples' implied rates, oldest first (across regimes)."""
+        """The last k counted (not held) samples' implied rates, oldest first (across
+        regimes)."""
         cols = self._buf[:, [s % self._w for s in range(max(self._count - self._w, 0),
                                                          self._count)]].T.tolist()
         return tuple(x / max(t - intercept, lb) if x > 0.0 else r
@@ -469,8 +485,8 @@ class BandwidthEstimator:
         return Estimate(m.rate_mbps, m.rate_std, m.n, m.age_s)
 
     def history(self) -> list[float]:
-        """The last k samples' implied rates (Mbit/s) under the current overhead, oldest
-        first, across regimes."""
+        """The last k counted samples' implied rates (Mbit/s) under the current overhead,
+        oldest first, across regimes (held ones are left out: see observe_transfer)."""
         if self._count == 0:
             return []
         if self._fit is None or self._fit.count != self._count:

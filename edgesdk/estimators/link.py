@@ -221,7 +221,7 @@ class LinkEstimator:
     def should_probe(self, now: float) -> bool:
         """True before `warm_samples` bandwidth samples (a cold start would plan on the
         prior, or on one sample of unknown spread, and plans that keep the work on the
-        device bring no new samples; held ones count) or after `idle_s` without
+        device bring no new samples; held ones do not count) or after `idle_s` without
         traffic."""
-        return (self.bandwidth.count < self.warm_samples
+        return (self.bandwidth.counted < self.warm_samples
                 or now - self._last_traffic >= self.idle_s)

@@ -345,8 +345,9 @@ class DeviceView:
                            srv, q, now, profiled_ms=advertised)
 
     def exploration(self, now: float, st: State, i: int) -> int | None:
-        """The candidate frame k explores with instead of plan i (a device-only one), as
-        the engine's exploring frames: if one is due and policy.explore finds one."""
+        """The candidate a frame at `now` explores with instead of plan i (a device-only
+        one), as the engine's exploring frames: if one is due and policy.explore finds
+        one."""
         if now < self.explore_at:
             return None
         relative = replace(st, server_slowdown=st.server_slowdown / self.world.sc.server_slowdown)
@@ -418,6 +419,9 @@ def run_episode(sc: Scenario, choose: Chooser | None = None, *, record: bool = F
             i = int(device_idx[choose(device_table, st)])
         res.decision_s[k] = clock() - t0
         j = view.exploration(now, st, i) if explore and view.up and facts.device_only[i] else None
+        if j is not None and world.queue[k] > 0:
+            j = None  # the broker answers an exploring frame busy unless a worker is idle:
+            # it finishes here as decided, and the refusal changes nothing (EdgeLink)
         i = i if j is None else j
         if record and view.up:
             res.states.append(st)

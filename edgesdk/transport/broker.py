@@ -469,8 +469,9 @@ class Server:
                   weight=_task_weight(env.get("task")), key=key,
                   device=self._device_name(client, message[1]))
         if env.get("explore") is True and not self.dispatcher.idle:
-            # a device measuring the server while it computes on its own: only spare
-            # capacity answers it, never a device that waits for its result
+            # a device's exploring frame (it tries the server in a plausible best case): only
+            # spare capacity answers it, never ahead of a device that offloads as decided;
+            # the busy reply comes at once, and the device finishes the frame itself
             self._reply_busy(job, "explore")
             return
         admission = self.dispatcher.admit(job, now)
