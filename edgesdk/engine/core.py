@@ -756,9 +756,6 @@ class Engine:
         pick = explore_pick(self._table, state, chosen)
         if pick is None:
             self._explore_nothing_in = seen
-            return None
-        self._explore_at = now + self._explore_every
-        self._explore_every = min(2 * self._explore_every, EXPLORE_MAX_S)
         return pick
 
     def _run_segments(self, f: _Frame, stop: int | None) -> bool:
@@ -887,7 +884,10 @@ class Engine:
         f.future = link.offload(frames, cut.id, budget, exploring=f.exploring)
         f.future.add_done_callback(f.stamp)
         f.offload_until = now + budget
-        if not f.exploring:
+        if f.exploring:  # the next one after the backoff (one that sent nothing: at once)
+            self._explore_at = now + self._explore_every
+            self._explore_every = min(2 * self._explore_every, EXPLORE_MAX_S)
+        else:
             self._explore_every = EXPLORE_MIN_S  # offloading again: explore promptly next time
 
     def _back(self, f: _Frame) -> Result:

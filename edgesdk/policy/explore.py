@@ -34,9 +34,10 @@ from .planner import MAX_SPREAD, expected_rewards
 from .state import State
 
 # How often (the engine and the simulator): an exploring frame no sooner than EXPLORE_MIN_S
-# after the last, the gap doubling with each one while the decisions stay local (up to
-# EXPLORE_MAX_S: a server that is still slow is asked every 2 s, not per frame; a busy one
-# answers them busy), back to EXPLORE_MIN_S once a decision offloads.
+# after the last one that sent its offload (one whose exit fired sent nothing), the gap
+# doubling with each one while the decisions stay local (up to EXPLORE_MAX_S: a server
+# that is still slow is asked every 2 s, not per frame; a busy one answers them busy), back
+# to EXPLORE_MIN_S once a decision offloads.
 EXPLORE_MIN_S = 0.25
 EXPLORE_MAX_S = 2.0
 OPTIMISTIC_Z = 1.2816  # the bandwidth's upper 90 % quantile, in log-spreads

@@ -352,11 +352,12 @@ class DeviceView:
             return None
         relative = replace(st, server_slowdown=st.server_slowdown / self.world.sc.server_slowdown)
         pick = explore_pick(self.advertised, relative, self.world.sc.table.candidates[i])
-        if pick is None:
-            return None
+        return None if pick is None else self.world.sc.table.index(pick)
+
+    def explored(self, now: float) -> None:
+        """An exploring frame sent its offload: the next one after the backoff."""
         self.explore_at = now + self.explore_every
         self.explore_every = min(2 * self.explore_every, EXPLORE_MAX_S)
-        return self.world.sc.table.index(pick)
 
 
 # -- episodes --------------------------------------------------------------------------------
@@ -419,6 +420,8 @@ def run_episode(sc: Scenario, choose: Chooser | None = None, *, record: bool = F
             i = int(device_idx[choose(device_table, st)])
         res.decision_s[k] = clock() - t0
         j = view.exploration(now, st, i) if explore and view.up and facts.device_only[i] else None
+        if j is not None and world.exit_u[k] >= table.p_exit[j]:  # no exit: it sends
+            view.explored(now)
         if j is not None and world.queue[k] > 0:
             j = None  # the broker answers an exploring frame busy unless a worker is idle:
             # it finishes here as decided, and the refusal changes nothing (EdgeLink)
