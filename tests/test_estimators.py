@@ -283,7 +283,7 @@ def test_busy_samples_do_not_read_the_devices_cpu_waits_as_a_slow_link(seed):
         t = _feed(bw, rng, 50.0, 8, 0.0)
         if busy:
             t = _busy_probes(bw, rng, 50.0, 45, t)
-            assert bw.held >= 38 and bw.counted < bw.count
+            assert bw.counted == 0 < bw.count  # a window of held samples only
         else:  # the same uploads, not known to be busy
             for i in range(45):
                 b = 65536 if i % 2 else int(50.0 * 1e6 / 8 * 0.05)

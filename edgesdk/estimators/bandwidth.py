@@ -189,7 +189,6 @@ class BandwidthEstimator:
         self._buf = np.zeros((8, w))
         self._line: tuple[int, int, float, float] | None = None  # regime, count, a, b
         self._count = 0
-        self._held = 0  # busy samples ever held (see observe_transfer)
         self._regime = 0  # the first sequence number of the current regime
         self._newest = -math.inf
         self._floor = 0.0  # the RTT floor given with the newest transfer
@@ -297,9 +296,7 @@ class BandwidthEstimator:
         self._buf[:, self._count % self._w] = (self._count, x, net, rate, now, lb, x <= 0,
                                                held)
         self._count += 1
-        if held:
-            self._held += 1
-        else:  # a held sample does not refresh the model's age: it may be a stall
+        if not held:  # a held sample does not refresh the model's age: it may be a stall
             self._newest = max(self._newest, now)
         return held
 
@@ -350,11 +347,6 @@ class BandwidthEstimator:
         """Samples kept that are not held (see observe_transfer)."""
         n = min(self._count, self._w)
         return n - int(np.count_nonzero(self._buf[7, :n]))
-
-    @property
-    def held(self) -> int:
-        """Busy samples ever held out of the fit (see observe_transfer)."""
-        return self._held
 
     def _refit(self) -> _Fit:
         """Fit the current regime (see the class docstring): numpy, a few dozen calls on at
