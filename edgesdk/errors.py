@@ -29,6 +29,9 @@ edgesdk.transport.protocol) re-export the ones they used to define, so old impor
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 
 class EdgeError(Exception):
     """Base class of every error edgesdk raises on purpose."""
@@ -63,9 +66,11 @@ class ServerBusy(TransportError):
     """The server's queue is full; it answered `busy` instead of queueing. `retry_after_s`:
     when the server expects a worker to be free (None: it did not say)."""
 
-    def __init__(self, message: str = "", retry_after_s: float | None = None) -> None:
+    def __init__(self, message: str = "", retry_after_s: float | None = None,
+                 fields: Mapping[str, Any] | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.fields = dict(fields or {})  # the reply's other fields (a chain's `hop`)
 
 
 class ServerError(TransportError):
@@ -79,10 +84,13 @@ class Unreachable(TransportError):
 class RemoteError(ServerError):
     """An `error` reply: `code` is one of the protocol's error codes (see docs/protocol.md)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, fields: Mapping[str, Any] | None = None
+                 ) -> None:
         super().__init__(f"server error {code}: {message}")
         self.code = code
         self.remote_message = message
+        # the reply's other fields: a chain's error names the stage that failed in `hop`
+        self.fields = dict(fields or {})
 
 
 class MalformedMessage(TransportError, ValueError):

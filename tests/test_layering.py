@@ -56,7 +56,8 @@ PEERS = {
 ONLY = {
     "transport": {"errors"},  # it moves opaque frames: no codec, no runtime, no numpy
     "engine": {"errors", "bundle", "codec", "runtime", "exits", "estimators", "policy",
-               "profile", "transport.protocol", "transport.client"},
+               "profile", "transport.protocol", "transport.route",
+               "transport.client"},
     "api": {"errors", "engine"},  # edgesdk/__init__.py: the errors, the Engine lazily
 }
 

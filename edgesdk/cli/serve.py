@@ -111,7 +111,8 @@ def _serve(args: argparse.Namespace) -> int:
         max_frame_bytes=args.max_frame_bytes, curve=curve, allow_dir=args.allow,
         metrics_host=args.metrics_host, metrics_port=args.metrics_port,
         drain_timeout_s=args.drain_timeout, name=args.name or socket.gethostname(),
-        scheduler=args.scheduler, max_batch=args.max_batch)
+        scheduler=args.scheduler, max_batch=args.max_batch,
+        next_hops=tuple(args.next_hop or ()))
     server = Server(config, factory, log_level=args.log_level)
     try:
         if args.backend == "ray":  # last, after everything that can refuse to start
@@ -191,6 +192,10 @@ def _add_serve(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
                         "where the tail's graph takes a batch dimension (default 8; 1: one "
                         "at a time). Batches form from what waits when a worker frees, and "
                         "grow only while they cut the compute per request")
+    p.add_argument("--next-hop", action="append", metavar="ENDPOINT",
+                   help="a server this one may forward chained requests to (one stage of a "
+                        "device -> edge -> cloud chain, edgesdk.policy.chain); repeatable. "
+                        "Without it, a request that names a next stage is refused")
     p.add_argument("--curve-secret", metavar="FILE",
                    help="the server's CURVE key pair (NAME.key_secret from `edgesdk keys gen`)")
     p.add_argument("--allow", metavar="DIR",

@@ -204,11 +204,38 @@ class TailHandler:
                        for key, b in load_bundles(factory.bundles, factory.bundle_key).items()}
 
     def handle(self, request: Envelope, frames: Sequence) -> tuple[list, dict]:
+        """The model's outputs; or, for a stage of a chain (a request with `stop`, see
+        edgesdk.transport.route), the tensors of its stop cut at its `bits`, which the
+        broker forwards to the next stage."""
         from ..runtime import run_chain
 
         served, cut = self._target(request)
-        env = run_chain(served.segments, _decode(cut, frames), start=cut.after_segment + 1)
+        stop = self._stop(served, cut, request.get("stop"))
+        env = run_chain(served.segments, _decode(cut, frames), start=cut.after_segment + 1,
+                        stop=None if stop is None else stop.after_segment + 1)
+        if stop is not None:
+            bits = request.get("bits")
+            try:
+                return encode_tensors([env[t.name] for t in stop.tensors], bits=bits), {
+                    "stop": stop.id}
+            except (CodecError, TypeError, ValueError) as exc:
+                raise HandlerError(f"cut {stop.id!r} at bits {bits!r}: {exc}",
+                                   BAD_REQUEST) from None
         return self._answer(served, [env[name] for name in served.outputs])
+
+    @staticmethod
+    def _stop(served: _Served, cut: CutSpec, stop: object) -> CutSpec | None:
+        """The cut a chain stage stops at (None: the model's end): one of the bundle's
+        cuts after the request's own."""
+        if stop is None:
+            return None
+        found = served.cuts.get(stop) if isinstance(stop, str) else None
+        if found is None or found.after_segment <= cut.after_segment:
+            later = [c.id for c in served.cuts.values() if c.after_segment > cut.after_segment]
+            raise HandlerError(f"bundle {served.bundle.name!r} cannot stop at "
+                               f"{str(stop)[:64]!r} after cut {cut.id!r}; the cuts after it "
+                               f"are {later}", BAD_REQUEST)
+        return found
 
     def handle_batch(self, requests: Sequence[Envelope], payloads: Sequence[Sequence]
                      ) -> list:

@@ -67,7 +67,7 @@ import msgpack
 import zmq
 
 from ..errors import MalformedMessage, ServerStartError
-from . import protocol
+from . import protocol, route
 from .auth import configure_server_socket, start_authenticator
 from .config import (
     ServerConfig,
@@ -78,6 +78,7 @@ from .config import (
     memory_bound,
 )
 from .dispatch import Dispatcher, Job, ServiceTimes
+from .forward import Forward, Forwarder, Outcome
 from .logs import log_event
 from .metrics import Metrics, serve_metrics
 from .protocol import Envelope
@@ -87,6 +88,10 @@ from .worker import DONE, FAIL, JOB, READY, STOP, WorkerPool, _pack_meta, _reply
 # latency-sensitive requests weigh double (transport.dispatch)
 TASK_WEIGHTS = {"latency": 2.0, "balanced": 1.0, "accuracy": 1.0}
 HOUSEKEEPING_S = 0.02  # timers (queue expiry, restarts, hung workers) run this often
+# A chained request's next stage gets the budget left minus this, and this stage gives up
+# on it half of this before its own deadline: the requester hears which stage failed
+# before it stops waiting
+RELAY_MARGIN_S = 0.002
 DRAIN_BATCH = 256  # messages read from one socket before looking at the other
 
 
@@ -173,6 +178,7 @@ class Server:
         metrics_server = None
         self.pool = WorkerPool(cfg.workers, f"ipc://{tmpdir}/backend", self.factory,
                                self.log_level)
+        self.forwarder = Forwarder(ctx, cfg.next_hops, limit=max(2 * cfg.max_queue, 1))
         try:
             self.backend = ctx.socket(zmq.ROUTER)
             self.backend.setsockopt(zmq.LINGER, 0)
@@ -210,6 +216,7 @@ class Server:
             return 0
         finally:
             self._shutdown_workers()
+            self.forwarder.close()
             for sock in (getattr(self, "frontend", None), getattr(self, "backend", None)):
                 if sock is not None:
                     sock.close(linger=0)
@@ -319,7 +326,8 @@ class Server:
                 log_event("draining", queued=len(self.dispatcher),
                           running=len(self.dispatcher.running), timeout_s=cfg.drain_timeout_s)
             if self._draining:
-                if not len(self.dispatcher) and not self.dispatcher.running:
+                if not (len(self.dispatcher) or self.dispatcher.running
+                        or self.forwarder.pending):
                     return
                 if now >= drain_deadline:
                     self._abandon_all("drain timeout: the server stopped before computing it")
@@ -336,6 +344,9 @@ class Server:
                     self._guard(self._on_worker_exit, self.pool.by_sentinel(fd))
             if self.frontend in events:
                 self._guard(self._drain_frontend)
+            for sock in self.forwarder.sockets():
+                if sock in events:
+                    self._guard(self._drain_forwards, sock)
 
     def _poller(self) -> zmq.Poller:
         """The poller over both sockets and every worker's sentinel, rebuilt only when the
@@ -345,6 +356,8 @@ class Server:
             poller = zmq.Poller()
             poller.register(self.frontend, zmq.POLLIN)
             poller.register(self.backend, zmq.POLLIN)
+            for sock in self.forwarder.sockets():
+                poller.register(sock, zmq.POLLIN)
             for fd in sentinels:
                 poller.register(fd, zmq.POLLIN)
             self._poller_key, self._cached_poller = sentinels, poller
@@ -363,6 +376,8 @@ class Server:
         it is next due (at most HOUSEKEEPING_S away: it is off the per-request path)."""
         for job in self.dispatcher.expire(now):
             self._reply_expired(job, now)
+        for forward, outcome in self.forwarder.expire(now):
+            self._relay(forward, outcome)
         for slot in self.pool.slots:
             if slot.process is None and slot.restart_at is not None and now >= slot.restart_at:
                 if self._draining:
@@ -382,8 +397,10 @@ class Server:
                     log_event("worker_hung", logging.WARNING, slot=slot.index, pid=slot.pid,
                               requests=[j.request_id for j in batch.jobs])
                     slot.process.kill()
+        forwards = self.forwarder.next_deadline()
         return min([s.restart_at for s in self.pool.slots if s.restart_at is not None]
                    + self.dispatcher.next_expiry(8)
+                   + ([forwards] if forwards is not None else [])
                    + [now + HOUSEKEEPING_S])
 
     # -- frontend --------------------------------------------------------------------------
@@ -441,13 +458,26 @@ class Server:
         elif env.kind == protocol.HELLO:
             self._reply(client, Envelope(protocol.WELCOME, env.id, extra={
                 "server_version": protocol.VERSION, "server": self.config.name,
-                "bundles": self.description, "load": self._load()}))
+                "bundles": self.description, "load": self._load(),
+                "next_hops": list(self.config.next_hops)}))
         elif env.kind == protocol.HEARTBEAT:
             self._reply(client, Envelope(protocol.HEARTBEAT, env.id, extra={"load": self._load()}))
         elif self._draining:
             self._reply(client, protocol.error_envelope(
                 env.id, protocol.SHUTTING_DOWN, "the server is shutting down"))
         else:
+            try:
+                chain = route.chained(env)
+            except MalformedMessage as exc:
+                self._malformed(client, message[1], str(exc))
+                return
+            if chain is not None and chain.route and not self.forwarder.allowed(
+                    chain.route[0].endpoint):
+                self._reply(client, protocol.error_envelope(
+                    env.id, protocol.BAD_REQUEST, f"this server does not forward to "
+                    f"{chain.route[0].endpoint[:80]}; it forwards to "
+                    f"{list(self.config.next_hops) or 'no stage'} (edgesdk serve --next-hop)"))
+                return
             if self.payload_limits is not None:
                 refused = protocol.check_payload(env, [len(f) for f in message[2:]],
                                                  self.payload_limits)
@@ -456,18 +486,24 @@ class Server:
                               error=refused[1][:200])
                     self._reply(client, protocol.error_envelope(env.id, *refused))
                     return
-            self._admit(client, env, message, now)
+            self._admit(client, env, message, now, chain)
 
-    def _admit(self, client: bytes, env: Envelope, message: list, now: float) -> None:
+    def _admit(self, client: bytes, env: Envelope, message: list, now: float,
+               chain: route.Chained | None = None) -> None:
         """Queue or run an infer request, or answer it at once: busy (the queue is full;
         an exploring request, whenever no worker is idle), expired (it cannot finish
         within its budget: its device falls back now)."""
         self._seq += 1
-        key = (env.bundle, env.cut)
+        # a stage of a chain computes up to its stop: another time than the whole tail (and
+        # a key the handler never described as batchable)
+        key = (env.bundle, env.cut) if chain is None else (env.bundle, env.cut, chain.stop)
         job = Job(self._seq, client, env.id, message[1], list(message[2:]), now,
                   now + env.budget_ms / 1e3, service_s=self.service.expected(key),
                   weight=_task_weight(env.get("task")), key=key,
-                  device=self._device_name(client, message[1]))
+                  device=self._device_name(client, message[1]), chain=chain)
+        if chain is not None and chain.route and self.forwarder.full():
+            self._reply_busy(job, "forwards")  # as many in flight to next stages as queued
+            return
         if env.get("explore") is True and not self.dispatcher.idle:
             # a device's exploring frame (it tries the server in a plausible best case): only
             # spare capacity answers it, never ahead of a device that offloads as decided;
@@ -568,7 +604,11 @@ class Server:
                 n = int(reply.get("frames", 0))
                 job = jobs.pop(reply.get("job"), None)
                 if job is not None:
-                    self._send(job.client, list(message[at:at + n]))
+                    if job.chain is not None and job.chain.route and \
+                            reply.get("status") == "result":
+                        self._forward(job, list(message[at:at + n]), reply, now)
+                    else:
+                        self._send(job.client, list(message[at:at + n]))
                     self._count_done(job, reply, now)
                 at += n
             for job in jobs.values():  # never: a worker answers every job it was given
@@ -594,6 +634,47 @@ class Server:
         self.metrics.queue_seconds.observe(queued)
         self.metrics.device_queue_seconds.observe(queued, job.device)
         self.metrics.request_seconds.observe(now - job.received)
+
+    # -- chains ----------------------------------------------------------------------------
+    def _forward(self, job: Job, frames: list, stats: dict, now: float) -> None:
+        """Send a stage's result (frames: its result envelope, then the stop cut's tensors)
+        on to the next stage with what is left of the budget (route.py)."""
+        stage = {"server": self.config.name, "endpoint": self.endpoint,
+                 "server_ms": round(float(stats.get("server_ms", 0.0)), 4),
+                 "queue_ms": round(float(stats.get("queue_ms", 0.0)), 4)}
+        left_s = job.deadline - now - RELAY_MARGIN_S
+        hop = job.chain.route[0]
+        if left_s <= 0:
+            self._relay(Forward(job, hop.endpoint, b"", [], job.deadline, stage), Outcome(
+                code=protocol.EXPIRED, message=f"its budget ran out at this stage, before it "
+                f"could go on to {hop.endpoint}"))
+            return
+        request = protocol.unpack(job.envelope.bytes)
+        env = route.forward_envelope(request, job.chain, 0, left_s * 1e3)
+        failure = self.forwarder.send(job, env, frames[1:], hop.endpoint,
+                                      job.deadline - RELAY_MARGIN_S / 2, stage)
+        if failure is not None:
+            self._relay(Forward(job, hop.endpoint, b"", [], job.deadline, stage), failure)
+
+    def _drain_forwards(self, sock: zmq.Socket) -> None:
+        for forward, outcome in self.forwarder.on_readable(sock):
+            self._relay(forward, outcome)
+
+    def _relay(self, forward: Forward, outcome: Outcome) -> None:
+        """Answer a forwarded job: the next stage's reply, or this stage's failure to get
+        one (naming the stage in `hop`)."""
+        job = forward.job
+        if outcome.reply is not None:
+            env = route.relayed(outcome.reply, job.request_id, forward.stage, forward.endpoint)
+            self.metrics.forwards.inc(outcome=outcome.reply.kind)
+            self._send(job.client, _reply_frames(env, outcome.frames))
+            return
+        self.metrics.forwards.inc(outcome=outcome.code)
+        log_event("forward_failed", logging.DEBUG, request=job.request_id, code=outcome.code,
+                  hop=forward.endpoint)
+        self._reply(job.client, protocol.error_envelope(
+            job.request_id, outcome.code, outcome.message, hop=forward.endpoint,
+            hops=[forward.stage]))
 
     def _on_worker_exit(self, slot: _Slot | None) -> None:
         if slot is None or slot.process is None:
@@ -634,6 +715,9 @@ class Server:
         for worker in list(self.dispatcher.running):
             for job in self.dispatcher.worker_lost(worker):
                 self._reply_error(job, protocol.SHUTTING_DOWN, text)
+        for forward in self.forwarder.pending.values():
+            self._reply_error(forward.job, protocol.SHUTTING_DOWN, text)
+        self.forwarder.pending.clear()
 
     def _shutdown_workers(self) -> None:
         pool = getattr(self, "pool", None)

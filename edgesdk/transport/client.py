@@ -61,6 +61,7 @@ class Welcome:
     bundles: Mapping[str, Any]
     load: Mapping[str, Any]
     rtt: float
+    next_hops: tuple[str, ...] = ()  # where it forwards chained requests (`--next-hop`)
 
 
 class Client:
@@ -185,8 +186,11 @@ class Client:
         and its current load."""
         reply = self.wait(self.submit(budget_s=budget_s, kind=protocol.HELLO))
         env = reply.envelope
+        hops = env.get("next_hops")
         return Welcome(int(env.get("server_version", env.version)), str(env.get("server", "")),
-                       env.extra["bundles"], env.extra["load"], reply.rtt)
+                       env.extra["bundles"], env.extra["load"], reply.rtt,
+                       tuple(h for h in hops if isinstance(h, str))
+                       if isinstance(hops, list) else ())
 
     def ping(self, budget_s: float = 1.0) -> Reply:
         """A heartbeat round trip; the reply's envelope carries the server's load."""

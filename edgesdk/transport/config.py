@@ -39,6 +39,8 @@ class ServerConfig:
     of a full queue per device) or "fifo" (arrival order); see transport.dispatch.
     max_batch: the most requests for one bundle and cut that a worker computes together,
     where the handler can (1: one at a time); transport.dispatch sizes each batch.
+    next_hops: the endpoints this server may forward a chained request to (route.py);
+    empty: it serves only as the last stage of a chain.
     """
 
     bind: str = "tcp://127.0.0.1:5555"
@@ -56,6 +58,7 @@ class ServerConfig:
     name: str = "edgesdk"
     scheduler: str = "edf"
     max_batch: int = 8
+    next_hops: tuple[str, ...] = ()
 
     def validate(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -68,6 +71,9 @@ class ServerConfig:
         if not isinstance(self.max_batch, int) or not 1 <= self.max_batch <= MAX_BATCH:
             raise ValueError(f"max_batch is {self.max_batch!r}, expected an int in "
                              f"[1, {MAX_BATCH}]")
+        for hop in self.next_hops:
+            if not isinstance(hop, str) or not hop.startswith(("tcp://", "ipc://")):
+                raise ValueError(f"next hop {hop!r} is not an endpoint (tcp://host:port)")
         if self.max_frames < 2:
             raise ValueError(f"max_frames is {self.max_frames}, expected >= 2")
         if self.max_frame_bytes is not None and self.max_frame_bytes < 1024:

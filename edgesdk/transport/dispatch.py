@@ -76,6 +76,7 @@ class Job:
     weight: float = 1.0  # its device's share of a full queue
     key: tuple = ()  # (bundle, cut): what ServiceTimes learns its compute under
     device: str = ""  # who sent it, for the per-device metrics (broker._device_name)
+    chain: Any = None  # its chain fields (route.Chained), for a stage of a chain
 
 
 @dataclass

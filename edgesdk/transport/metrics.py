@@ -207,7 +207,10 @@ class Metrics:
             "edgesdk_device_queue_seconds", "Time from receipt to the start of compute, per "
             "device: its CURVE key's name in the allow directory, else its IP address; "
             "63 devices at most, the rest as \"other\".", lk, "device")
-        self._all = [self.requests, self.replies, self.errors, self.malformed,
+        self.forwards = Counter("edgesdk_forwards_total",
+                                "Chained requests forwarded to their next stage, by outcome: "
+                                "the next stage's reply kind, or this stage's error code.", lk)
+        self._all = [self.requests, self.replies, self.errors, self.malformed, self.forwards,
                      self.worker_restarts, self.auth_rejected, self.deadline_misses,
                      self.refused, self.queue_length,
                      self.workers_alive, self.workers_busy, self.server_seconds,

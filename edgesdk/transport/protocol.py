@@ -579,14 +579,14 @@ class ClientProtocol:
             ok = isinstance(hint, (int, float)) and math.isfinite(hint) and hint >= 0
             return ServerBusy(f"request {p.id}: server busy (queue {env.get('queue', '?')}, "
                               f"limit {env.get('max_queue', '?')})",
-                              retry_after_s=hint / 1e3 if ok else None)
+                              retry_after_s=hint / 1e3 if ok else None, fields=env.extra)
         if env.kind == ERROR:
             code, message = env.extra["error"], env.extra["message"]
             if code == EXPIRED:
                 self.stats.timeouts += 1
                 return Timeout(f"request {p.id}: the server dropped it, its budget ran out "
                                f"before compute: {message}", refused=True)
-            return RemoteError(code, f"request {p.id}: {message}")
+            return RemoteError(code, f"request {p.id}: {message}", fields=env.extra)
         # check_reply made server_ms and queue_ms numbers >= 0 wherever present, and
         # `received` only gets here for a request that was sent (sent_at is set).
         return Reply(p.id, env.kind, frames, float(env.get("server_ms", 0.0)),

@@ -1,0 +1,298 @@
+"""A bundle run across a chain of stages, pipelined: the origin device's side.
+
+    nodes = [Node("cam0", slowdown=4.0),                                  # this device
+             Node("cam1", "tcp://10.0.0.2:5555", slowdown=4.0),           # a peer camera
+             Node("edge", "tcp://10.0.0.9:5555", workers=2)]              # the edge box
+    links = Links(default_mbps=100.0, mbps={("cam1", "edge"): 8.0})
+    with ChainRunner("model.edge", nodes, links) as chain:
+        for result in chain.run(frames):           # in frame order, `window` frames in flight
+            result.outputs, result.where, result.latency_ms
+        chain.plan.describe(), chain.replans
+
+Every node but this one runs `edgesdk serve` with the bundle, each allowed to forward to
+the next (`--next-hop`). edgesdk.policy.chain picks the stages; this device runs the first
+one (its head segments), sends the cut's tensors to the second with the route of the rest,
+and the reply comes back along the chain (edgesdk.transport.route). While stage k works
+on frame t, stage k-1 already works on frame t+1: up to `window` frames are in flight, so
+the chain's rate is its slowest stage's, not the sum of the stages.
+
+Faults. A frame whose chain fails (a stage down, late, busy or refusing it) is finished
+here from the tensors this device kept, so no frame is lost (`where="device"`, `error`
+says why). When the failure names a stage that is gone (`hop_down` or `hop_timeout` from
+the stage before it, or no answer at all from the first stage), the chain is planned
+again without it at once (`replans`); a stage left out is tried again after `revive_s`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..bundle import Bundle
+from ..codec import decode_tensors, encode_tensors
+from ..errors import (
+    CodecError,
+    ConfigError,
+    EdgeError,
+    RemoteError,
+    Timeout,
+    TransportError,
+    Unreachable,
+)
+from ..policy.candidates import model_profile
+from ..policy.chain import ChainPlan, Links, Node, best_chain
+from ..transport.client import Client
+from ..transport.route import HOP_DOWN, HOP_TIMEOUT, Hop, route_fields
+from .device import LocalRunner
+
+
+@dataclass(frozen=True)
+class ChainResult:
+    """One frame's answer. where: "chain" (the stages computed it) or "device" (this
+    device finished it, see `error`); plan: the chain it was sent along; hops: each remote
+    stage's timings as the reply reports them (server_ms, queue_ms), nearest first."""
+
+    index: int
+    outputs: dict[str, np.ndarray]
+    where: str
+    plan: str
+    latency_ms: float
+    hops: tuple = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Replan:
+    """The chain planned again: at which frame, without which node, why, and the plan."""
+
+    frame: int
+    dropped: str
+    reason: str
+    plan: str
+
+
+@dataclass
+class _Flight:
+    index: int
+    started: float
+    env: dict  # the tensors this device holds after its stage: a local finish starts here
+    plan: ChainPlan
+    client: Client | None = None
+    rid: int | None = None
+    result: ChainResult | None = None
+
+
+class ChainRunner:
+    """Runs frames along a chain of stages (see the module docstring).
+
+    nodes[0] is this device (no endpoint); the others are `edgesdk serve` endpoints.
+    links: bandwidths and RTTs between them (default: 100 Mbit/s, 1 ms everywhere).
+    objective: "throughput" (default: a stream of frames) or "latency". budget_ms: how
+    long a frame may take along the chain before this device finishes it itself. plan:
+    a fixed ChainPlan (replanning still drops failed stages).
+    """
+
+    def __init__(self, bundle: Bundle | str | Path, nodes: Sequence[Node],
+                 links: Links | None = None, *, objective: str = "throughput",
+                 budget_ms: float = 1000.0, window: int = 4, threads: int = 1,
+                 revive_s: float = 30.0, plan: ChainPlan | None = None) -> None:
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        if not nodes or nodes[0].endpoint is not None:
+            raise ConfigError("nodes[0] is this device: a Node without an endpoint")
+        missing = [n.name for n in nodes[1:] if not n.endpoint]
+        if missing:
+            raise ConfigError(f"nodes {missing} have no endpoint; every node but this "
+                              "device runs `edgesdk serve`")
+        if not (isinstance(window, int) and window >= 1):
+            raise ConfigError(f"window is {window!r}, expected an int >= 1")
+        if not budget_ms > 0:
+            raise ConfigError(f"budget_ms is {budget_ms!r}, expected a number > 0")
+        self.nodes = {n.name: n for n in nodes}
+        self.order = [n.name for n in nodes]
+        self.links = links or Links()
+        self.objective = objective
+        self.budget_s = budget_ms / 1e3
+        self.window = window
+        self.revive_s = revive_s
+        self.model = model_profile(self.bundle.manifest)
+        self.local = LocalRunner(self.bundle, threads=threads)
+        self.down: dict[str, float] = {}  # node -> when it was left out
+        self.replans: list[Replan] = []
+        self._clients: dict[str, Client] = {}
+        self._outputs = self.bundle.manifest.outputs
+        self.links = self._discover(self.links)
+        self.plan = plan or self._best()
+
+    def _discover(self, links: Links) -> Links:
+        """Ask every stage what it serves and where it may forward (hello): a stage that
+        does not answer, or does not serve this bundle, is left out (`down`, and tried
+        again after revive_s); a pair of stages that may not forward to each other is a
+        blocked link."""
+        blocked = set(links.blocked)
+        for name in self.order[1:]:
+            endpoint = self.nodes[name].endpoint
+            try:
+                welcome = self._client(endpoint).hello(budget_s=min(self.budget_s, 2.0))
+            except TransportError as exc:
+                self.down[name] = time.monotonic()
+                self.replans.append(Replan(-1, name, f"hello: {type(exc).__name__}: {exc}",
+                                           ""))
+                continue
+            if self.bundle.source_sha256 not in welcome.bundles:
+                self.down[name] = time.monotonic()
+                self.replans.append(Replan(-1, name, f"{endpoint} does not serve bundle "
+                                           f"{self.bundle.name!r}", ""))
+            blocked.update((name, other) for other in self.order[1:]
+                           if other != name and self.nodes[other].endpoint
+                           not in welcome.next_hops)
+        return replace(links, blocked=frozenset(blocked))
+
+    # -- planning --------------------------------------------------------------------------
+    def _best(self) -> ChainPlan:
+        up = [self.nodes[n] for n in self.order if n not in self.down]
+        return best_chain(self.model, up, self.links, objective=self.objective)
+
+    def _drop(self, node: str, frame: int, reason: str) -> None:
+        if node in self.down or node == self.order[0]:
+            return
+        self.down[node] = time.monotonic()
+        self.plan = self._best()
+        self.replans.append(Replan(frame, node, reason, self.plan.describe()))
+
+    def _revive(self, frame: int) -> None:
+        now = time.monotonic()
+        back = [n for n, t in self.down.items() if now - t >= self.revive_s]
+        if back:
+            for n in back:
+                del self.down[n]
+            self.plan = self._best()
+            self.replans.append(Replan(frame, "", f"trying {back} again", self.plan.describe()))
+
+    # -- running ---------------------------------------------------------------------------
+    def infer(self, x: Any) -> ChainResult:
+        """One frame along the chain (run() pipelines many)."""
+        return next(iter(self.run([x])))
+
+    def run(self, frames: Iterable[Any]) -> Iterator[ChainResult]:
+        """Results of `frames` in order, keeping up to `window` of them in flight."""
+        flights: deque[_Flight] = deque()
+        for i, x in enumerate(frames):
+            feed = self.local.feed(x)  # a bad frame raises here, before any work
+            while sum(f.result is None for f in flights) >= self.window:
+                self._pump(flights, wait_s=0.05)
+                yield from self._finished(flights)
+            self._revive(i)
+            flights.append(self._start(i, feed))
+            self._pump(flights, wait_s=0.0)
+            yield from self._finished(flights)
+        while flights:
+            self._pump(flights, wait_s=0.05)
+            yield from self._finished(flights)
+
+    def _start(self, index: int, env: dict) -> _Flight:
+        plan = self.plan
+        flight = _Flight(index, time.perf_counter(), env, plan)
+        head = plan.stages[0]
+        for i in range(head.first, head.last + 1):
+            self.local.run_segment(i, env)
+        if len(plan.stages) == 1:
+            self._finish(flight, [env[t.name] for t in self._outputs], "device")
+            return flight
+        cut = head.send
+        tensors = self.bundle.manifest.inputs if cut == "input" else \
+            self.bundle.cut(cut).tensors
+        second = plan.stages[1]
+        fields: dict[str, Any] = {}
+        if second.send is not None:
+            rest = [Hop(self.nodes[s.node].endpoint, s.send, s.bits) for s in plan.stages[2:]]
+            fields = {"stop": second.send, "bits": second.bits}
+            if rest:
+                fields["route"] = route_fields(rest)
+        try:
+            frames = encode_tensors([env[t.name] for t in tensors], bits=head.bits)
+            flight.client = self._client(self.nodes[second.node].endpoint)
+            flight.rid = flight.client.submit(
+                frames, budget_s=self.budget_s, bundle=self.bundle.source_sha256, cut=cut,
+                fields=fields)
+        except (TransportError, CodecError) as exc:
+            self._local_finish(flight, f"{type(exc).__name__}: {exc}")
+        return flight
+
+    def _client(self, endpoint: str) -> Client:
+        if endpoint not in self._clients:
+            # no retries: a resend would arrive after the stages gave up on the first one
+            self._clients[endpoint] = Client(endpoint, retries=0, window=self.window)
+        return self._clients[endpoint]
+
+    def _pump(self, flights: deque[_Flight], wait_s: float) -> None:
+        """Drive the sockets of the frames in flight; finish those that have an outcome."""
+        waiting = [f for f in flights if f.result is None and f.rid is not None]
+        clients = list(dict.fromkeys(f.client for f in waiting))
+        for k, client in enumerate(clients):
+            client.poll(wait_s if k == 0 else 0.0)
+        for f in waiting:
+            if f.client.done(f.rid):
+                self._outcome(f)
+
+    def _outcome(self, flight: _Flight) -> None:
+        try:
+            reply = flight.client.wait(flight.rid)
+            arrays = decode_tensors(reply.frames, self._outputs)
+        except (TransportError, CodecError) as exc:
+            node = self._culprit(flight.plan, exc)
+            if node is not None:
+                self._drop(node, flight.index, f"{type(exc).__name__}: {exc}"[:300])
+            self._local_finish(flight, f"{type(exc).__name__}: {exc}")
+            return
+        hops = reply.envelope.get("hops")
+        self._finish(flight, [arrays[t.name] for t in self._outputs], "chain",
+                     tuple(hops) if isinstance(hops, list) else ())
+
+    def _culprit(self, plan: ChainPlan, exc: EdgeError) -> str | None:
+        """The node a failure shows is gone: the one a stage names as its next hop that is
+        down or silent; the first remote stage when nothing answered at all. None for the
+        failures of a live chain (busy, expired, a bad request)."""
+        if isinstance(exc, RemoteError) and exc.code in (HOP_DOWN, HOP_TIMEOUT):
+            hop = exc.fields.get("hop")
+            return next((n for n in plan.nodes if self.nodes[n].endpoint == hop), None)
+        if isinstance(exc, Unreachable) or (isinstance(exc, Timeout) and not exc.refused):
+            return plan.stages[1].node
+        return None
+
+    def _local_finish(self, flight: _Flight, error: str) -> None:
+        for i in range(flight.plan.stages[0].last + 1, len(self.local.segments)):
+            self.local.run_segment(i, flight.env)
+        self._finish(flight, [flight.env[t.name] for t in self._outputs], "device",
+                     error=error)
+
+    def _finish(self, flight: _Flight, outputs: list, where: str, hops: tuple = (),
+                error: str | None = None) -> None:
+        flight.result = ChainResult(
+            flight.index, {t.name: o for t, o in zip(self._outputs, outputs)}, where,
+            flight.plan.describe(), (time.perf_counter() - flight.started) * 1e3, hops, error)
+        flight.env = {}
+
+    @staticmethod
+    def _finished(flights: deque[_Flight]) -> Iterator[ChainResult]:
+        while flights and flights[0].result is not None:
+            yield flights.popleft().result
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+    def __enter__(self) -> ChainRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["ChainResult", "ChainRunner", "Replan"]

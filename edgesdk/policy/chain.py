@@ -1,0 +1,376 @@
+"""Chains of more than two tiers: which node runs which segments, and where the cuts go.
+
+A *chain* is an ordered list of stages starting at the origin device (the one with the
+camera): each stage runs a contiguous range of the bundle's segments, encodes the tensors
+of its last cut at the bits chosen for that hop and sends them to the next stage; the
+last stage's outputs travel back along the chain to the origin. Stages run concurrently
+on different frames (a pipeline), so a chain's throughput is set by its slowest resource:
+a node's CPU (its segments plus encoding the cut it sends, divided by the frames it
+computes at once) or a link (the bytes it carries). Its latency is the sum of everything
+a frame passes through, there and back.
+
+    model = model_profile(bundle.manifest)
+    nodes = [Node("cam0", slowdown=4.0), Node("cam1", "tcp://10.0.0.2:5555", slowdown=4.0),
+             Node("edge", "tcp://10.0.0.9:5555", workers=2)]
+    links = Links(default_mbps=100.0, mbps={("cam1", "edge"): 8.0})
+    plan = best_chain(model, nodes, links, objective="throughput")
+    plan.stages      # (Stage(node="cam0", first=0, last=3, send="c3", bits=8), ...)
+    plan.fps, plan.latency_ms
+
+Two searches, as in the pipeline-placement systems this follows:
+- **partition** (given an order of nodes): dynamic programming over the cut points and
+  each hop's bits. A chain's bottleneck is a maximum and its latency a sum, so every
+  state keeps its Pareto front of the two: exact for either objective, the other cost
+  breaking ties (throughput, then latency; or latency, then throughput).
+- **placement** (which nodes, in which order): every ordered subset of the nodes after
+  the origin while there are at most EXHAUSTIVE_LIMIT of them (6 other nodes: 1,957
+  orders), else a seeded local search with restarts (insert, remove, swap and replace
+  moves from the best two-tier plans), which stands in for the particle-swarm search of
+  the literature: both trade optimality for evaluations, and the tests compare it with
+  the exhaustive answer on chains small enough to enumerate.
+
+Reference times are the profile's (`ModelProfile.seg_ms`, encode times of `wire`); a node's
+`slowdown` scales them, as the live slowdown estimator does for the two-tier planner.
+Each hop's quantization compounds: a plan's `fidelity` is the product of its hops' (each
+hop only takes bits whose own fidelity is at least `min_fidelity`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ..errors import PolicyError
+from .candidates import ModelProfile
+
+OBJECTIVES = ("throughput", "latency")
+EXHAUSTIVE_LIMIT = 5000  # ordered node subsets evaluated one by one; beyond: local search
+INPUT = "input"
+
+
+@dataclass(frozen=True)
+class Node:
+    """A place that can run segments. endpoint: its `edgesdk serve` address (None for the
+    origin, which runs in the calling process). slowdown: its segment times over the
+    profile's. workers: frames it computes at once (a server's worker processes; a
+    single-core device: 1)."""
+
+    name: str
+    endpoint: str | None = None
+    slowdown: float = 1.0
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if not (self.slowdown > 0 and math.isfinite(self.slowdown)):
+            raise PolicyError(f"node {self.name!r}: slowdown is {self.slowdown!r}, expected a "
+                              "finite number > 0")
+        if not (isinstance(self.workers, int) and self.workers >= 1):
+            raise PolicyError(f"node {self.name!r}: workers is {self.workers!r}, expected an "
+                              "int >= 1")
+
+
+@dataclass(frozen=True)
+class Links:
+    """Bandwidth (Mbit/s) and round-trip time (ms) between nodes: `mbps`/`rtt_ms` by
+    (sender, receiver) (also used for the other direction when only one is given), else
+    the defaults. blocked: (sender, receiver) pairs with no way through, in that direction
+    (a server that may not forward to that one: `edgesdk serve --next-hop`)."""
+
+    default_mbps: float = 100.0
+    default_rtt_ms: float = 1.0
+    mbps: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    rtt_ms: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    blocked: frozenset[tuple[str, str]] = frozenset()
+
+    def _get(self, table: Mapping[tuple[str, str], float], a: str, b: str,
+             default: float) -> float:
+        value = table.get((a, b), table.get((b, a), default))
+        return float(value)
+
+    def transfer_ms(self, a: str, b: str, nbytes: float) -> float:
+        """The time `nbytes` take on the wire from a to b (no RTT); inf when blocked."""
+        if (a, b) in self.blocked:
+            return math.inf
+        mbps = self._get(self.mbps, a, b, self.default_mbps)
+        return math.inf if mbps <= 0 else nbytes * 8 / (mbps * 1e3)
+
+    def rtt(self, a: str, b: str) -> float:
+        return self._get(self.rtt_ms, a, b, self.default_rtt_ms)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Segments first..last (inclusive; last < first: none, the origin sending the input)
+    on `node`, then the tensors of point `send` at `bits` to the next stage (None on the
+    last stage). cpu_ms: its CPU per frame (segments + encoding); link_ms: the wire time
+    of what it sends (the result's, back to the origin, on the last stage)."""
+
+    node: str
+    first: int
+    last: int
+    send: str | None
+    bits: int | None
+    cpu_ms: float
+    link_ms: float
+    fidelity: float = 1.0
+
+
+@dataclass(frozen=True)
+class ChainPlan:
+    """Stages in order (the first is the origin's). bottleneck_ms: the slowest resource's
+    time per frame (1000 / bottleneck_ms frames/s when pipelined); latency_ms: one frame
+    end to end, alone; fidelity: the product of the hops' codec fidelities."""
+
+    stages: tuple[Stage, ...]
+    latency_ms: float
+    bottleneck_ms: float
+    fidelity: float
+
+    @property
+    def fps(self) -> float:
+        return 1e3 / self.bottleneck_ms if self.bottleneck_ms > 0 else math.inf
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return tuple(s.node for s in self.stages)
+
+    def describe(self) -> str:
+        parts = []
+        for s in self.stages:
+            segs = f"seg {s.first}-{s.last}" if s.last >= s.first else "no segments"
+            hop = f" -> {s.send}@{s.bits}" if s.send is not None else ""
+            parts.append(f"{s.node}[{segs}]{hop}")
+        return " | ".join(parts)
+
+
+@dataclass(frozen=True)
+class _Point:
+    """A place a chain may be cut: "input" (after segment -1) or a cut id."""
+
+    name: str
+    after: int
+
+
+def _points(model: ModelProfile) -> list[_Point]:
+    points = [_Point(INPUT, -1)] if INPUT in model.wire else []
+    points += sorted((_Point(c, a) for c, a in zip(model.cut_ids, model.cut_after)
+                      if c in model.wire), key=lambda p: p.after)
+    return points
+
+
+def _key(objective: str, bottleneck: float, latency: float) -> tuple[float, float]:
+    return (bottleneck, latency) if objective == "throughput" else (latency, bottleneck)
+
+
+class _Costs:
+    """Per-stage costs of one model on given nodes and links (cached prefix sums)."""
+
+    def __init__(self, model: ModelProfile, nodes: Mapping[str, Node], links: Links,
+                 result_bytes: float, min_fidelity: float) -> None:
+        self.model, self.nodes, self.links = model, nodes, links
+        self.result_bytes = result_bytes
+        self.prefix = [0.0, *itertools.accumulate(model.seg_ms)]
+        self.bits = {p: sorted(b for b, (_, _, fid) in model.wire[p].items()
+                               if fid >= min_fidelity) for p in model.wire}
+
+    def compute_ms(self, node: str, after_from: int, after_to: int) -> float:
+        """Segments after_from+1 .. after_to on `node`."""
+        return (self.prefix[after_to + 1] - self.prefix[after_from + 1]) * \
+            self.nodes[node].slowdown
+
+    def hops(self, sender: str, receiver: str, point: str, cpu_ms: float
+             ) -> list[tuple[float, float, int, float, float, float]]:
+        """Each allowed bits for sending `point` from sender to receiver after `cpu_ms` of
+        the sender's compute: (this stage's bottleneck, its latency, bits, its CPU ms, its
+        wire ms, fidelity)."""
+        node = self.nodes[sender]
+        rtt = self.links.rtt(sender, receiver)
+        out = []
+        for b in self.bits.get(point, ()):
+            nbytes, enc_ms, fid = self.model.wire[point][b]
+            cpu = cpu_ms + enc_ms * node.slowdown
+            wire = self.links.transfer_ms(sender, receiver, nbytes)
+            # its latency: the compute, the wire and the hop's RTT (there, and the reply back)
+            out.append((max(cpu / node.workers, wire), cpu + wire + rtt, b, cpu, wire, fid))
+        return out
+
+    def last(self, node: str, origin: str, cpu_ms: float) -> tuple[float, float, float]:
+        """The last stage: (bottleneck, latency, its result's wire ms back to the origin).
+        The result's return trip is in the latency (and that link's time in the
+        bottleneck; its RTT was counted by the hop that reached this node)."""
+        n = self.nodes[node]
+        back = 0.0 if node == origin else self.links.transfer_ms(node, origin,
+                                                                  self.result_bytes)
+        return max(cpu_ms / n.workers, back), cpu_ms + back, back
+
+
+def partition(model: ModelProfile, order: Sequence[Node], links: Links,
+              objective: str = "throughput", result_bytes: float = 4096.0,
+              min_fidelity: float = 0.99) -> ChainPlan | None:
+    """The best cut points for the nodes in `order` (each one runs a non-empty range,
+    except the first, the origin, which may send the model input): a ChainPlan, or None
+    when no assignment exists (more nodes than points, no allowed bits)."""
+    _check_objective(objective)
+    nodes = {n.name: n for n in order}
+    if len(nodes) != len(order):
+        raise PolicyError(f"a node appears twice in the order {[n.name for n in order]}")
+    costs = _Costs(model, nodes, links, result_bytes, min_fidelity)
+    return _partition(costs, [n.name for n in order], objective)
+
+
+def _partition(costs: _Costs, names: Sequence[str], objective: str) -> ChainPlan | None:
+    """Dynamic programming over the points each stage sends. The two costs do not
+    combine into one (a chain's bottleneck is a maximum, its latency a sum), so each state
+    keeps its Pareto front of (bottleneck, latency): a prefix worse on one cost and better
+    on the other may be the one the optimum extends."""
+    points = _points(costs.model)
+    end = len(costs.model.seg_ms) - 1
+    origin, k = names[0], len(names)
+    if k == 1:
+        cpu = costs.compute_ms(origin, -1, end)
+        return ChainPlan((Stage(origin, 0, end, None, None, cpu, 0.0),), cpu, cpu, 1.0)
+    # fronts[i]: the labels (bottleneck, latency, stages) of the chains of stages 0..j
+    # whose stage j ends by sending points[i]
+    fronts: dict[int, list[tuple]] = {}
+    for i, p in enumerate(points):
+        cpu = costs.compute_ms(origin, -1, p.after)
+        for bn, lat, b, c, wire, fid in costs.hops(origin, names[1], p.name, cpu):
+            stage = Stage(origin, 0, p.after, p.name, b, c, wire, fid)
+            _add(fronts.setdefault(i, []), (bn, lat, (stage,)))
+    for j in range(1, k - 1):
+        nxt: dict[int, list[tuple]] = {}
+        for i, labels in fronts.items():
+            start = points[i].after
+            for i2 in range(i + 1, len(points)):
+                p = points[i2]
+                cpu = costs.compute_ms(names[j], start, p.after)
+                for bn, lat, b, c, wire, fid in costs.hops(names[j], names[j + 1], p.name, cpu):
+                    stage = Stage(names[j], start + 1, p.after, p.name, b, c, wire, fid)
+                    for pbn, plat, stages in labels:
+                        _add(nxt.setdefault(i2, []), (max(pbn, bn), plat + lat,
+                                                      (*stages, stage)))
+        fronts = nxt
+    finals: list[tuple] = []
+    for i, labels in fronts.items():
+        start = points[i].after
+        if start >= end:
+            continue  # the last stage must run something
+        cpu = costs.compute_ms(names[-1], start, end)
+        bn, lat, back = costs.last(names[-1], origin, cpu)
+        stage = Stage(names[-1], start + 1, end, None, None, cpu, back)
+        finals += [(max(pbn, bn), plat + lat, (*stages, stage)) for pbn, plat, stages in labels]
+    if not finals:
+        return None
+    bottleneck, latency, stages = min(finals, key=lambda f: _key(objective, f[0], f[1]))
+    return ChainPlan(stages, latency, bottleneck, math.prod(s.fidelity for s in stages))
+
+
+def _add(front: list[tuple], label: tuple) -> None:
+    """Insert a (bottleneck, latency, ...) label into a Pareto front, unless dominated."""
+    bn, lat = label[0], label[1]
+    if any(f[0] <= bn and f[1] <= lat for f in front):
+        return
+    front[:] = [f for f in front if not (bn <= f[0] and lat <= f[1])]
+    front.append(label)
+
+
+def _check_objective(objective: str) -> None:
+    if objective not in OBJECTIVES:
+        raise PolicyError(f"objective is {objective!r}, expected one of {list(OBJECTIVES)}")
+
+
+def best_chain(model: ModelProfile, nodes: Sequence[Node], links: Links,
+               objective: str = "throughput", max_stages: int | None = None,
+               result_bytes: float = 4096.0, min_fidelity: float = 0.99,
+               seed: int = 0, budget: int = 4000) -> ChainPlan:
+    """The best chain over the nodes (nodes[0] is the origin and always stage 0): which
+    nodes take part, in which order, and their cuts. max_stages=2 gives the best two-tier
+    plan (the origin alone or with one other node). The search is exhaustive up to
+    EXHAUSTIVE_LIMIT orders, else a local search of about `budget` evaluations (seeded:
+    the same inputs give the same plan)."""
+    _check_objective(objective)
+    if not nodes:
+        raise PolicyError("no nodes: the origin device is nodes[0]")
+    names = [n.name for n in nodes]
+    if len(set(names)) != len(names):
+        raise PolicyError(f"node names repeat: {names}")
+    costs = _Costs(model, {n.name: n for n in nodes}, links, result_bytes, min_fidelity)
+    origin, others = names[0], names[1:]
+    limit = len(nodes) if max_stages is None else max(1, min(max_stages, len(nodes)))
+    cache: dict[tuple[str, ...], ChainPlan | None] = {}
+
+    def evaluate(order: tuple[str, ...]) -> ChainPlan | None:
+        if order not in cache:
+            cache[order] = _partition(costs, order, objective)
+        return cache[order]
+
+    if _orders(len(others), limit - 1) <= EXHAUSTIVE_LIMIT:
+        for r in range(limit):
+            for rest in itertools.permutations(others, r):
+                evaluate((origin, *rest))
+    else:
+        _local_search(evaluate, origin, others, limit, objective, random.Random(seed), budget)
+    plans = [p for p in cache.values() if p is not None and math.isfinite(p.bottleneck_ms)]
+    if not plans:
+        raise PolicyError("no chain fits: every order lacks cut points, allowed bits or an "
+                          "open link")
+    return min(plans, key=lambda p: _key(objective, p.bottleneck_ms, p.latency_ms))
+
+
+def _orders(n: int, r_max: int) -> int:
+    """Ordered subsets of n items of size 0..r_max."""
+    return sum(math.perm(n, r) for r in range(min(n, r_max) + 1))
+
+
+def _local_search(evaluate, origin: str, others: Sequence[str], limit: int, objective: str,
+                  rng: random.Random, budget: int) -> None:
+    """First-improvement hill climbing over orders (evaluate caches every plan it sees),
+    from the best two-tier orders, with random restarts until `budget` evaluations."""
+    def score(order: tuple[str, ...]) -> tuple[float, float]:
+        plan = evaluate(order)
+        return (math.inf, math.inf) if plan is None else \
+            _key(objective, plan.bottleneck_ms, plan.latency_ms)
+
+    def neighbours(order: tuple[str, ...]) -> list[tuple[str, ...]]:
+        rest = list(order[1:])
+        unused = [n for n in others if n not in rest]
+        out = []
+        if len(rest) < limit - 1:
+            out += [tuple(rest[:i] + [u] + rest[i:]) for u in unused
+                    for i in range(len(rest) + 1)]
+        out += [tuple(rest[:i] + rest[i + 1:]) for i in range(len(rest))]
+        out += [tuple(rest[:i] + [u] + rest[i + 1:]) for u in unused for i in range(len(rest))]
+        for i, j in itertools.combinations(range(len(rest)), 2):
+            swapped = rest[:]
+            swapped[i], swapped[j] = swapped[j], swapped[i]
+            out.append(tuple(swapped))
+        rng.shuffle(out)
+        return [(origin, *o) for o in out]
+
+    starts = sorted(((origin,), *((origin, n) for n in others)), key=score)
+    evaluations = 0
+    while evaluations < budget:
+        current = starts.pop(0) if starts else _random_order(rng, origin, others, limit)
+        current_score = score(current)
+        improved = True
+        while improved and evaluations < budget:
+            improved = False
+            for candidate in neighbours(current):
+                evaluations += 1
+                s = score(candidate)
+                if s < current_score:
+                    current, current_score, improved = candidate, s, True
+                    break
+
+
+def _random_order(rng: random.Random, origin: str, others: Sequence[str], limit: int
+                  ) -> tuple[str, ...]:
+    r = rng.randint(1, min(len(others), limit - 1))
+    return (origin, *rng.sample(list(others), r))
+
+
+__all__ = ["EXHAUSTIVE_LIMIT", "OBJECTIVES", "ChainPlan", "Links", "Node", "Stage",
+           "best_chain", "partition"]

@@ -1,0 +1,210 @@
+"""A broker's connections to the next stages of chains (see route.py for the protocol).
+
+    forwarder = Forwarder(ctx, allowed=["tcp://10.0.0.9:5555"], limit=64)
+    failure = forwarder.send(job, envelope, frames, endpoint, deadline, stage)  # None: sent
+    for sock in forwarder.sockets(): poller.register(sock, zmq.POLLIN)
+    done = forwarder.on_readable(sock)        # [(forward, outcome)]: a reply or an error
+    done = forwarder.expire(now)              # forwards past their deadline
+
+One DEALER per allowed endpoint, connected when the broker starts (so the first forward
+does not wait for a handshake), with a monitor that says whether it is up. A forward to
+a link that is up is sent at once; to one that has never been up it waits, until the link
+comes up or its deadline passes (`hop_timeout`); to one that went down it fails at once
+(`hop_down`), as do the forwards that were on it when it dropped, so a requester learns
+within a poll, not a deadline, that a stage died. ZeroMQ keeps reconnecting; the link is
+up again after a handshake.
+
+The broker owns the jobs: a forward holds the job until it has an outcome, which the
+broker relays under the job's own request id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from ..errors import MalformedMessage
+from . import protocol
+from .protocol import Envelope
+from .route import HOP_DOWN, HOP_TIMEOUT
+
+MAX_REPLY_BYTES = 64 * 1024 * 1024  # the next hop's reply: the model's outputs
+_MONITORED = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+
+
+@dataclass
+class Forward:
+    """A job on its way through the next stage."""
+
+    job: Any
+    endpoint: str
+    envelope: bytes
+    frames: list
+    deadline: float
+    stage: dict  # this stage's part (its timings), for the relayed reply's `hops`
+    sent: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What came of a forward: the next hop's reply (envelope and payload frames) or a
+    failure of this stage's own (code, message)."""
+
+    reply: Envelope | None = None
+    frames: Sequence = ()
+    code: str | None = None
+    message: str = ""
+
+
+class _Link:
+    def __init__(self, ctx: zmq.Context, endpoint: str, limit: int) -> None:
+        self.endpoint = endpoint
+        self.state = "connecting"  # -> "up" <-> "down"
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue work for a stage that is gone
+        self.sock.setsockopt(zmq.SNDHWM, limit)
+        self.sock.setsockopt(zmq.RCVHWM, 4 * limit)
+        self.sock.setsockopt(zmq.RECONNECT_IVL, 50)
+        self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
+        self.sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+        self.sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
+        self.monitor = self.sock.get_monitor_socket(_MONITORED)
+        self.sock.connect(endpoint)
+
+    def close(self) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            self.sock.disable_monitor()
+        self.sock.close(linger=0)
+        self.monitor.close(linger=0)
+
+
+class Forwarder:
+    """The next-hop links of one broker and the forwards in flight on them."""
+
+    def __init__(self, ctx: zmq.Context, allowed: Sequence[str], limit: int) -> None:
+        self.limit = limit
+        self._ids = itertools.count(1)
+        self.pending: dict[int, Forward] = {}
+        self.links = {e: _Link(ctx, e, limit) for e in dict.fromkeys(allowed)}
+        self._by_socket = {link.sock: link for link in self.links.values()}
+        self._by_monitor = {link.monitor: link for link in self.links.values()}
+
+    def allowed(self, endpoint: str) -> bool:
+        return endpoint in self.links
+
+    def sockets(self) -> list[zmq.Socket]:
+        return [s for link in self.links.values() for s in (link.sock, link.monitor)]
+
+    def full(self) -> bool:
+        return len(self.pending) >= self.limit
+
+    def send(self, job: Any, envelope: Envelope, frames: list, endpoint: str,
+             deadline: float, stage: dict) -> Outcome | None:
+        """Forward `job` as `envelope` (whose id is replaced by the forward's own) with
+        `frames`; None when it is on its way (or waiting for the link's first handshake),
+        else its failure."""
+        link = self.links[endpoint]
+        if link.state == "down":
+            return Outcome(code=HOP_DOWN, message=f"the next stage {endpoint} is down (its "
+                           "connection dropped and has not come back)")
+        fid = next(self._ids)
+        env = Envelope(envelope.kind, fid, envelope.budget_ms, envelope.bundle, envelope.cut,
+                       envelope.extra)
+        forward = Forward(job, endpoint, protocol.pack(env), list(frames), deadline, stage)
+        self.pending[fid] = forward
+        if link.state == "up":
+            return self._send(fid, forward, link)
+        return None
+
+    def _send(self, fid: int, forward: Forward, link: _Link) -> Outcome | None:
+        try:
+            link.sock.send_multipart([forward.envelope, *forward.frames],
+                                     flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:  # IMMEDIATE: no connection after all, or its queue is full
+            del self.pending[fid]
+            return Outcome(code=HOP_DOWN, message=f"the next stage {link.endpoint} takes no "
+                           "more requests (not connected, or its queue is full)")
+        forward.sent = True
+        forward.frames = []  # sent: the payload is ZeroMQ's now
+        return None
+
+    def on_readable(self, sock: zmq.Socket) -> list[tuple[Forward, Outcome]]:
+        """Replies on a link's socket, or its monitor's events."""
+        link = self._by_socket.get(sock)
+        if link is not None:
+            return self._replies(link)
+        link = self._by_monitor.get(sock)
+        return self._events(link) if link is not None else []
+
+    def _replies(self, link: _Link) -> list[tuple[Forward, Outcome]]:
+        done = []
+        while True:
+            try:
+                message = link.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return done
+            try:
+                env = protocol.unpack(message[0].bytes, protocol.MAX_REPLY_ENVELOPE_BYTES)
+                protocol.check_reply(env)
+            except MalformedMessage as exc:
+                forward = self.pending.pop(protocol.peek_id(message[0]), None)
+                if forward is not None:
+                    done.append((forward, Outcome(code=protocol.MALFORMED, message=(
+                        f"the next stage {link.endpoint} answered malformed: {exc}"))))
+                continue
+            forward = self.pending.pop(env.id, None)
+            if forward is not None:  # else: late, its job was answered already
+                done.append((forward, Outcome(reply=env, frames=message[1:])))
+
+    def _events(self, link: _Link) -> list[tuple[Forward, Outcome]]:
+        done = []
+        while True:
+            try:
+                event = recv_monitor_message(link.monitor, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return done
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                link.state = "up"
+                for fid, forward in list(self.pending.items()):
+                    if forward.endpoint == link.endpoint and not forward.sent:
+                        failure = self._send(fid, forward, link)
+                        if failure is not None:
+                            done.append((forward, failure))
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                link.state = "down"
+                for fid, forward in list(self.pending.items()):
+                    if forward.endpoint == link.endpoint:
+                        del self.pending[fid]
+                        done.append((forward, Outcome(code=HOP_DOWN, message=(
+                            f"the connection to the next stage {link.endpoint} dropped "
+                            "with this request on it"))))
+
+    def expire(self, now: float) -> list[tuple[Forward, Outcome]]:
+        """Forwards whose deadline passed without an answer: `hop_timeout`."""
+        done = []
+        for fid, forward in list(self.pending.items()):
+            if now >= forward.deadline:
+                del self.pending[fid]
+                what = ("did not answer" if forward.sent else
+                        "was never reachable")  # its first handshake has not happened
+                done.append((forward, Outcome(code=HOP_TIMEOUT, message=(
+                    f"the next stage {forward.endpoint} {what} within the budget"))))
+        return done
+
+    def next_deadline(self) -> float | None:
+        return min((f.deadline for f in self.pending.values()), default=None)
+
+    def close(self) -> None:
+        for link in self.links.values():
+            link.close()
+
+
+__all__ = ["Forward", "Forwarder", "Outcome"]

@@ -1,0 +1,169 @@
+"""Chains of `edgesdk serve` processes on loopback: forwarding, relaying, refusals, and a
+stage killed while frames stream (edgesdk.transport.route, .forward, edgesdk.engine.chain).
+"""
+
+import contextlib
+import signal
+
+import numpy as np
+import pytest
+
+from edgesdk.bundle import Bundle
+from edgesdk.codec import decode_tensors, encode_tensors
+from edgesdk.engine.chain import ChainRunner
+from edgesdk.errors import ConfigError, RemoteError
+from edgesdk.policy import model_profile
+from edgesdk.policy.chain import Links, Node, partition
+from edgesdk.runtime import open_segments, run_chain
+from edgesdk.server.process import ServerProcess
+from edgesdk.transport.client import Client
+
+BUNDLE = "edgesdk/models/digits.edge"
+pytestmark = pytest.mark.slow  # three server processes per test
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return Bundle.load(BUNDLE)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return np.load("edgesdk/models/digits_test.npz")["x"][:24].astype(np.float32)
+
+
+@contextlib.contextmanager
+def chain_of_three(*extra_a):
+    """c (the last stage), b (forwards to c), a (forwards to b, and to c: what a chain
+    without b needs)."""
+    with ServerProcess.serve([BUNDLE], "--workers", "1") as c, \
+            ServerProcess.serve([BUNDLE], "--workers", "1", "--next-hop", c.endpoint) as b, \
+            ServerProcess.serve([BUNDLE], "--workers", "1", "--next-hop", b.endpoint,
+                                "--next-hop", c.endpoint, *extra_a) as a:
+        yield a, b, c
+
+
+def reference(bundle, x):
+    env = run_chain(open_segments(bundle), {bundle.manifest.inputs[0].name: x[None]})
+    return env[bundle.manifest.outputs[0].name]
+
+
+def test_a_four_stage_chain_answers_as_the_model(bundle, frames):
+    with chain_of_three() as (a, b, c):
+        nodes = [Node("dev"), Node("a", a.endpoint), Node("b", b.endpoint),
+                 Node("c", c.endpoint)]
+        # only bits measured lossless on every hop: the chain must reproduce the model
+        plan = partition(model_profile(bundle.manifest), nodes, Links(), min_fidelity=1.0)
+        assert plan.nodes == ("dev", "a", "b", "c")
+        with ChainRunner(bundle, nodes, plan=plan, budget_ms=2000, window=4) as chain:
+            results = list(chain.run(frames))
+    assert [r.index for r in results] == list(range(len(frames)))
+    assert all(r.where == "chain" and r.error is None for r in results)
+    assert [h["endpoint"] for h in results[0].hops] == [a.endpoint, b.endpoint, c.endpoint]
+    name = bundle.manifest.outputs[0].name
+    for r, x in zip(results, frames):
+        want = reference(bundle, x)
+        np.testing.assert_allclose(r.outputs[name], want, atol=1e-3 * np.abs(want).max())
+
+
+def test_a_stage_with_stop_and_no_route_returns_the_cut(bundle, frames):
+    with ServerProcess.serve([BUNDLE], "--workers", "1") as server, \
+            Client(server.endpoint) as client:
+        x = frames[0][None]
+        reply = client.request(encode_tensors([x], bits=32), budget_s=5,
+                               bundle=bundle.source_sha256, cut="input",
+                               fields={"stop": "c1", "bits": 32})
+        assert reply.envelope.get("stop") == "c1"
+        got = decode_tensors(reply.frames, bundle.cut("c1").tensors)
+        env = run_chain(open_segments(bundle), {"x": x}, stop=2)
+        for t in bundle.cut("c1").tensors:
+            np.testing.assert_allclose(got[t.name], env[t.name], rtol=1e-5, atol=1e-6)
+
+
+def test_refused_routes(bundle, frames):
+    x = encode_tensors([frames[0][None]], bits=32)
+    with ServerProcess.serve([BUNDLE], "--workers", "1") as server, \
+            Client(server.endpoint) as client:
+        def ask(fields):
+            with pytest.raises(RemoteError) as info:
+                client.request(x, budget_s=5, bundle=bundle.source_sha256, cut="input",
+                               fields=fields)
+            return info.value
+
+        # a server forwards only where its operator allowed
+        err = ask({"stop": "c1", "bits": 8, "route": [{"endpoint": "tcp://10.9.9.9:1"}]})
+        assert err.code == "bad_request" and "--next-hop" in err.remote_message
+        assert "10.9.9.9" in err.remote_message
+        for fields, text in [
+                ({"bits": 8}, "without stop"),
+                ({"stop": "c1", "bits": 7}, "bits is 7"),
+                ({"stop": "c1", "bits": 8, "route": [{"endpoint": "http://x"}]},
+                 "endpoint is 'http://x'"),
+                ({"stop": "c1", "bits": 8, "route": [{"endpoint": "tcp://a:1"}] * 9},
+                 "at most 8 hops"),
+                ({"stop": "c1", "bits": 8, "route": [{"endpoint": "tcp://a:1"},
+                                                     {"endpoint": "tcp://b:1"}]},
+                 "runs to the model's end")]:
+            err = ask(fields)
+            assert err.code == "malformed" and text in err.remote_message, err
+        # a stop that is not after the request's cut: the handler's bad_request
+        err = ask({"stop": "input", "bits": 8})
+        assert err.code == "bad_request" and "cannot stop at 'input'" in err.remote_message
+
+
+def test_the_welcome_and_the_plan_know_where_stages_forward(bundle):
+    with chain_of_three() as (a, b, c):
+        nodes = [Node("dev"), Node("a", a.endpoint), Node("b", b.endpoint),
+                 Node("c", c.endpoint)]
+        with ChainRunner(bundle, nodes) as chain:
+            assert ("c", "a") in chain.links.blocked and ("b", "a") in chain.links.blocked
+            assert ("a", "b") not in chain.links.blocked
+            assert ("a", "c") not in chain.links.blocked
+            for s, t in zip(chain.plan.stages[1:], chain.plan.stages[2:]):
+                assert (s.node, t.node) not in chain.links.blocked
+
+
+def test_a_killed_middle_stage_loses_no_frame_and_is_planned_around(bundle, frames):
+    with chain_of_three() as (a, b, c):
+        # a device far slower than the stages: every plan, before and after, uses them
+        nodes = [Node("dev", slowdown=100), Node("a", a.endpoint), Node("b", b.endpoint),
+                 Node("c", c.endpoint)]
+        plan = partition(model_profile(bundle.manifest), nodes, Links())
+        stream = np.concatenate([frames] * 4)
+        killed_at = 20
+        with ChainRunner(bundle, nodes, plan=plan, budget_ms=1500, window=4) as chain:
+            results = []
+            for r in chain.run(stream):
+                results.append(r)
+                if len(results) == killed_at:
+                    b.proc.send_signal(signal.SIGKILL)
+        assert [r.index for r in results] == list(range(len(stream)))  # none lost
+        assert chain.replans and chain.replans[0].dropped == "b"
+        assert "hop_down" in chain.replans[0].reason
+        assert "b[" not in chain.plan.describe()
+        late = [r for r in results[killed_at:] if r.where == "device"]
+        assert all(r.error for r in late)
+        # only what was in flight when b died (the window, and the frame being started)
+        assert len(late) <= 4 + 1, [(r.index, r.error) for r in late]
+        assert all(r.where == "chain" for r in results[killed_at + 6:])
+        name = bundle.manifest.outputs[0].name
+        agree = np.mean([np.argmax(r.outputs[name]) == np.argmax(reference(bundle, x))
+                         for r, x in zip(results, stream)])
+        assert agree >= 0.95
+
+
+def test_bad_configuration_is_a_typed_error(bundle):
+    with pytest.raises(ConfigError, match="nodes\\[0\\] is this device"):
+        ChainRunner(bundle, [Node("edge", "tcp://127.0.0.1:1")])
+    with pytest.raises(ConfigError, match="have no endpoint"):
+        ChainRunner(bundle, [Node("dev"), Node("edge")])
+    with pytest.raises(ConfigError, match="window is 0"):
+        ChainRunner(bundle, [Node("dev")], window=0)
+
+
+def test_an_unreachable_stage_is_left_out_at_start(bundle, frames):
+    nodes = [Node("dev"), Node("gone", "tcp://127.0.0.1:9")]
+    with ChainRunner(bundle, nodes, budget_ms=300) as chain:
+        assert "gone" in chain.down and chain.plan.nodes == ("dev",)
+        result = chain.infer(frames[0])
+    assert result.where == "device" and result.error is None
