@@ -4,6 +4,7 @@ stage killed while frames stream (edgesdk.transport.route, .forward, edgesdk.eng
 
 import contextlib
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -116,6 +117,9 @@ def test_the_welcome_and_the_plan_know_where_stages_forward(bundle):
         nodes = [Node("dev"), Node("a", a.endpoint), Node("b", b.endpoint),
                  Node("c", c.endpoint)]
         with ChainRunner(bundle, nodes) as chain:
+            # speeds measured (here, and by each stage's first worker), workers from load
+            assert all(0 < n.slowdown < 100 for n in chain.nodes.values())
+            assert [chain.nodes[n].workers for n in "abc"] == [1, 1, 1]
             assert ("c", "a") in chain.links.blocked and ("b", "a") in chain.links.blocked
             assert ("a", "b") not in chain.links.blocked
             assert ("a", "c") not in chain.links.blocked
@@ -150,6 +154,26 @@ def test_a_killed_middle_stage_loses_no_frame_and_is_planned_around(bundle, fram
         agree = np.mean([np.argmax(r.outputs[name]) == np.argmax(reference(bundle, x))
                          for r, x in zip(results, stream)])
         assert agree >= 0.95
+
+
+def test_a_killed_first_stage_is_planned_around_before_the_deadline(bundle, frames):
+    """No stage before it can say it died: its connection drop tells this device, which
+    stops waiting for the frames on it (their budget is 10 s)."""
+    with chain_of_three() as (a, b, c):
+        nodes = [Node("dev", slowdown=100), Node("a", a.endpoint), Node("b", b.endpoint),
+                 Node("c", c.endpoint)]
+        plan = partition(model_profile(bundle.manifest), nodes, Links())
+        with ChainRunner(bundle, nodes, plan=plan, budget_ms=10_000, window=4) as chain:
+            results, killed = [], None
+            for r in chain.run(np.concatenate([frames] * 2)):
+                results.append(r)
+                if len(results) == 10:
+                    a.proc.send_signal(signal.SIGKILL)
+                    killed = time.monotonic()
+        assert len(results) == 2 * len(frames)
+        assert chain.replans and chain.replans[0].dropped == "a"
+        assert chain.replans[0].at - killed < 5.0, chain.replans[0]
+        assert "a[" not in chain.plan.describe()
 
 
 def test_bad_configuration_is_a_typed_error(bundle):

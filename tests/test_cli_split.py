@@ -152,6 +152,19 @@ def test_info_without_bundle_is_the_install(capsys):
     assert code == 0 and "codec.backend" in json.loads(out)
 
 
+def test_split_stages(squeezenet, tmp_path, capsys):
+    code, out, _ = cli(capsys, "split", squeezenet, "-o", tmp_path / "s", "--stages", "4",
+                       "--no-verify", "--json")
+    assert code == 0
+    staged = {c["id"] for c in json.loads(out)["cuts"]}
+    code, out, _ = cli(capsys, "split", squeezenet, "-o", tmp_path / "p", "--no-verify",
+                       "--json")
+    assert len(staged) > len({c["id"] for c in json.loads(out)["cuts"]})
+    line = one_line_error(*cli(capsys, "split", squeezenet, "-o", tmp_path / "b", "--cut",
+                               "r5", "--stages", "3")[::2])
+    assert "--cut or --stages" in line
+
+
 def test_errors_are_one_line(squeezenet, tmp_path, capsys):
     line = one_line_error(*cli(capsys, "split", tmp_path / "nope.onnx", "-o",
                                tmp_path / "b")[::2])

@@ -54,15 +54,15 @@ def brute_partition(model, order, links, objective):
         for bits in itertools.product((32, 8), repeat=k - 1):
             cpu, link, lat = [], [], 0.0
             for j, node in enumerate(order):
-                c = sum(model.seg_ms[bounds[j] + 1:bounds[j + 1] + 1]) * node.slowdown
+                c = sum(model.seg_ms[bounds[j] + 1:bounds[j + 1] + 1]) * node.speed_factor
+                # the result, relayed back to the stage before
+                w = 0.0 if j == 0 else links.transfer_ms(node.name, order[j - 1].name, 4096.0)
                 if j < k - 1:
                     nbytes, enc, _ = model.wire[points[sends[j]][0]][bits[j]]
-                    c += enc * node.slowdown
-                    w = links.transfer_ms(node.name, order[j + 1].name, nbytes)
+                    c += enc * node.speed_factor
+                    w += links.transfer_ms(node.name, order[j + 1].name, nbytes)
                     lat += links.rtt(node.name, order[j + 1].name)
-                else:
-                    w = 0.0 if k == 1 else links.transfer_ms(node.name, order[0].name, 4096.0)
-                cpu.append(c / node.workers)
+                cpu.append(c / node.parallel)
                 link.append(w)
                 lat += c + w
             bottleneck = max(cpu + link)
@@ -105,6 +105,16 @@ def test_origin_may_send_the_input():
                      Links(default_mbps=1000))
     assert plan.stages[0].send == "input" and plan.stages[0].last < plan.stages[0].first
     assert plan.describe().startswith("dev[no segments] -> input@")
+
+
+def test_a_fixed_point():
+    model = profile([5.0, 5.0, 5.0], [4e5, 1e3], input_bytes=1e4)
+    nodes = [Node("dev", slowdown=10), Node("edge", "tcp://e:1")]
+    plan = partition(model, nodes, Links(default_mbps=1000), points=["c1"])
+    assert [s.send for s in plan.stages] == ["c1", None]
+    assert plan.stages[0].last == 1 and plan.stages[1].first == 2
+    with pytest.raises(PolicyError, match=r"points \['c9'\] are not in the model"):
+        partition(model, nodes, Links(), points=["c9"])
 
 
 def test_too_many_nodes_for_the_cuts():

@@ -369,3 +369,24 @@ def test_input_shape_pins_minus_one_dims_and_rejects_minus_one_sizes(tmp_path):
     bundle = split_model(path, tmp_path / "a.edge", input_shapes=["x=1x3x8x8"])
     assert bundle.manifest.inputs[0].shape == (1, 3, 8, 8)
     assert bundle.manifest.outputs[0].shape == (1, 3, 8, 8)
+
+
+def test_stages_keep_the_cuts_that_balance_a_chain(tmp_path):
+    """stages=N adds, near each k/N of the compute, the smallest cut there, even where it
+    carries more than the input (which a two-tier split drops): a chain's hand-offs."""
+    from edgesdk.split import choose_cuts, sendable_input_bytes
+
+    path = onnx_light_model("squeezenet")
+    an = analyse(load_model(path))
+    inputs = [an.specs[i.name] for i in load_model(path).graph.input]
+    plain = choose_cuts(an.candidates, 16, sendable_input_bytes(inputs))
+    staged = choose_cuts(an.candidates, 16, sendable_input_bytes(inputs), stages=4)
+    assert len(staged) <= 16
+    for k in (1, 2, 3):
+        near = [c for c in staged if abs(c.flops_fraction - k / 4) <= 0.25 / 4]
+        assert near, f"no cut within a sixteenth of the compute of {k}/4"
+    assert set(staged) - set(plain)  # squeezenet's front leaves such gaps
+    bundle = split_model(path, tmp_path / "s.edge", stages=4)
+    assert len(bundle.cuts) == len(staged)
+    with pytest.raises(SplitError, match="stages is -1"):
+        choose_cuts(an.candidates, 16, None, stages=-1)

@@ -86,17 +86,21 @@ class Built:
 
 
 def build(name: str, workdir: Path, *, frames: int = 128, calib: int | None = None,
-          log: Callable[[str], None] = print) -> Built:
+          stages: int = 0, log: Callable[[str], None] = print) -> Built:
     """The bundle and frames of model `name` in `workdir`, built unless already there
     (with the same options and BUILD_VERSION). calib: codec calibration inputs (default:
-    the model's)."""
+    the model's). stages: also the cuts that balance a chain of that many devices
+    (edgesdk.split.choose_cuts), in a bundle of its own (NAME_sN.edge)."""
     if name not in MODELS:
         raise ValueError(f"model {name!r} is unknown; expected one of {list(MODELS)}")
     spec = MODELS[name]
     calib = calib or spec.calib
-    out, data = workdir / f"{name}.edge", workdir / f"{name}_frames.npz"
-    stamp = workdir / f"{name}.built.json"
-    want = {"version": BUILD_VERSION, "frames": frames, "calib": calib}
+    stem = f"{name}_s{stages}" if stages else name
+    out, data = workdir / f"{stem}.edge", workdir / f"{stem}_frames.npz"
+    stamp = workdir / f"{stem}.built.json"
+    want = {"version": BUILD_VERSION, "frames": frames, "calib": calib, "stages": stages}
+    if not stages:
+        del want["stages"]  # the stamps of bundles built before chains stay valid
     if ((out / "manifest.json").is_file() and data.is_file() and stamp.is_file()
             and json.loads(stamp.read_text()) == want):
         return Built(spec, out, data, 0.0)
@@ -106,9 +110,9 @@ def build(name: str, workdir: Path, *, frames: int = 128, calib: int | None = No
         shutil.rmtree(out)
     workdir.mkdir(parents=True, exist_ok=True)
     if name == "pplcnet":
-        x, y, calib_x = _build_pplcnet(out, frames, calib)
+        x, y, calib_x = _build_pplcnet(out, frames, calib, stages)
     else:
-        x, y, calib_x = _build_ocr_rec(out, workdir, frames, calib)
+        x, y, calib_x = _build_ocr_rec(out, workdir, frames, calib, stages)
     bundle = Bundle.load(out)
     _profile(bundle, calib_x, spec.answer)
     ref = _reference_answers(Bundle.load(out), x, spec.answer)
@@ -119,7 +123,7 @@ def build(name: str, workdir: Path, *, frames: int = 128, calib: int | None = No
     return Built(spec, out, data, seconds)
 
 
-def _build_pplcnet(out: Path, frames: int, calib: int
+def _build_pplcnet(out: Path, frames: int, calib: int, stages: int = 0
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Split PP-LCNet, train exit heads at c1-c3 by self-distillation, calibrate them
     (max drop 1 pt); frames from the test set, codec calibration from the calibration
@@ -128,8 +132,8 @@ def _build_pplcnet(out: Path, frames: int, calib: int
     from ..split import split_model
 
     photos = photo_files()
-    split_model(pip_file(*PPLCNET), out, input_shapes=["x=1x3x224x224"], max_points=5,
-                name="pplcnet_orientation")
+    split_model(pip_file(*PPLCNET), out, input_shapes=["x=1x3x224x224"],
+                max_points=5 + max(stages - 1, 0), stages=stages, name="pplcnet_orientation")
     bundle = Bundle.load(out)
     pages = {"train": 24, "calibration": 24, "test": 24}
     sets = {name: build_set(name, pages[name], photos, 2, 1000 * (i + 1))
@@ -146,7 +150,7 @@ def _build_pplcnet(out: Path, frames: int, calib: int
     return tx[pick], ty[pick], cal_x[cpick]
 
 
-def _build_ocr_rec(out: Path, workdir: Path, frames: int, calib: int
+def _build_ocr_rec(out: Path, workdir: Path, frames: int, calib: int, stages: int = 0
                    ) -> tuple[np.ndarray, None, np.ndarray]:
     """Split PP-OCRv4 recognition at 48x320 (after pinning every intermediate shape, which
     ONNX shape inference leaves open in this model); frames and calibration lines are
@@ -155,7 +159,8 @@ def _build_ocr_rec(out: Path, workdir: Path, frames: int, calib: int
 
     static = workdir / "ocr_rec_static.onnx"
     _static_copy(pip_file(*OCR_REC), static, (1, *REC_SHAPE))
-    split_model(static, out, max_points=6, name="ppocrv4_rec")
+    split_model(static, out, max_points=6 + max(stages - 1, 0), stages=stages,
+                name="ppocrv4_rec")
     x, _ = text_lines(frames, seed=2)
     cx, _ = text_lines(calib, seed=1)
     return x, None, cx

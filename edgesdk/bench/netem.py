@@ -132,7 +132,7 @@ def _remove_stale() -> None:
     for line in listing.splitlines():
         name = line.split(" ", 1)[0]
         prefix, _, tag = name.rpartition("-")
-        if prefix in ("edgesdk-dev", "edgesdk-edge") and dead(tag):
+        if prefix in ("edgesdk-dev", "edgesdk-edge", "edgesdk-mesh") and dead(tag):
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
     for d in CGROUP_CPU.glob("edgesdk-*"):
         if dead(d.name.rpartition("-")[2]):

@@ -7,6 +7,7 @@
     edgesdk bench versions [--json] [--quick] [--rounds N] [--model NAME] [--png PATH]
     sudo edgesdk bench stream [--json] [--quick] [--rounds N] [--fps F] [--cpu-quota Q]
                               [--png PATH] [--workdir DIR]
+    sudo edgesdk bench chain [--json] [--quick] [--rounds N] [--png PATH] [--workdir DIR]
     edgesdk bench scheduling [--json] [--quick] [--rounds N] [--seconds S]
     edgesdk bench batching [--json] [--quick] [--rounds N] [--seconds S]
     edgesdk bench ray [--json] [--quick] [--rounds N] [--seconds S]
@@ -157,6 +158,34 @@ def _stream(args: argparse.Namespace) -> int:
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
     report = bench.run(args.rounds, quick=args.quick, workdir=args.workdir, fps=args.fps,
                        cpu_quota=args.cpu_quota, log=log)
+    print(json.dumps(bench.jsonable(report), indent=2) if args.json
+          else bench.format_text(report))
+    if args.png and not bench.plot(report, args.png):
+        print("no plot: matplotlib is missing (pip install 'edgesdk[plot]')", file=sys.stderr)
+    return 0
+
+
+# -- chain -------------------------------------------------------------------------------
+
+
+@_topic("chain", "a pipelined chain of three cameras and an edge box against the best "
+                 "two-tier plan, and a stage killed mid-stream")
+def _chain_options(p: argparse.ArgumentParser) -> None:
+    import tempfile
+
+    _rounds_options(p, _module("chain"), "round of short runs")
+    p.add_argument("--png", metavar="PATH", help="also draw frames/s and latency per strategy")
+    p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "edgesdk-e2e"),
+                   help="where the PP-OCR bundle is built once (shared with bench e2e)")
+    p.set_defaults(func=_chain)
+
+
+def _chain(args: argparse.Namespace) -> int:
+    import sys
+
+    bench = _module("chain")
+    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    report = bench.run(args.rounds, quick=args.quick, workdir=args.workdir, log=log)
     print(json.dumps(bench.jsonable(report), indent=2) if args.json
           else bench.format_text(report))
     if args.png and not bench.plot(report, args.png):

@@ -38,6 +38,10 @@ def _split(args: argparse.Namespace) -> int:
         options["input_shapes"] = args.input_shape
     if args.max_points is not None:
         options["max_points"] = args.max_points
+    if args.stages:
+        if args.cut:
+            raise SplitError("give either --cut or --stages, not both")
+        options["stages"] = args.stages
     if args.max_cut_tensors is not None:
         options["max_cut_tensors"] = args.max_cut_tensors
     if args.cut:
@@ -278,6 +282,11 @@ def add_parser(sub: Any, name: str, text: str, argv: Sequence[str] | None = None
                    help="pin a dynamic input's shape; repeat for several inputs")
     p.add_argument("--max-points", type=positive_int, metavar="N",
                    help="keep at most N cut points, the most useful (default 16)")
+    p.add_argument("--stages", type=positive_int, metavar="N",
+                   help="also cut where the compute splits evenly into N pipeline stages, "
+                        "whatever the tensor's size: for a chain of devices (edgesdk."
+                        "policy.chain), where a two-tier split keeps only cuts smaller than "
+                        "the input")
     p.add_argument("--max-cut-tensors", type=positive_int, metavar="K",
                    help="largest number of tensors that may cross a cut (onnx default 2)")
     p.add_argument("--cut", action="append", metavar="T[+T2]",

@@ -11,6 +11,7 @@ is a CodecError.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -98,8 +99,47 @@ def _float_payload(x32: np.ndarray, bits: int) -> np.ndarray:
         if amax > _F16_MAX:
             raise CodecError(f"array has |value| {amax:g}, float16 (bits=16) holds at most "
                              f"{_F16_MAX:g}")
-        return x32.astype("<f2")
+        return to_float16(x32)
     return x32 if np.little_endian else x32.astype("<f4")  # zero-copy: shares `array`
+
+
+_F16_MIN_NORMAL = np.float32(2.0 ** -14)
+_F16_SUBNORMAL_STEP = np.float32(2.0 ** 24)  # 1 / the spacing of float16's subnormals
+# Numpy converts float16 subnormals (values below 2^-14, as in a softmax over thousands
+# of classes) one by one in software: to_float16 and from_float16 avoid that path.
+
+
+def to_float16(x32: np.ndarray) -> np.ndarray:
+    """x32 as little-endian float16, bit-exact with numpy's astype, and as fast when many
+    values fall below float16's normal range: numpy converts each such value in software,
+    ~25x slower (a 40x6625 softmax, ~all of it below 6.1e-5: 17 ms instead of 0.7). Those
+    values are written directly as subnormal codes, round(|x| * 2^24) with x's sign (half
+    to even, as the hardware rounds). That pass costs ~3 numpy passes: a strided sample
+    decides whether it pays (above ~10 % subnormal results, measured on x86-64)."""
+    flat = x32.reshape(-1)
+    sample = flat[::61]
+    if np.count_nonzero((np.abs(sample) < _F16_MIN_NORMAL) & (sample != 0)) * 10 <= sample.size:
+        return x32.astype("<f2")  # few subnormal results: numpy's own pass
+    magnitude = np.abs(flat)
+    small = magnitude < _F16_MIN_NORMAL
+    out = np.where(small, np.float32(0), flat).astype("<f2")
+    codes = np.rint(magnitude[small] * _F16_SUBNORMAL_STEP).astype(np.uint16)  # <= 0x0400
+    codes |= np.signbit(flat[small]).astype(np.uint16) << 15
+    out.view(np.uint16)[small] = codes
+    return out.reshape(x32.shape)
+
+
+def from_float16(h: np.ndarray) -> np.ndarray:
+    """float16 codes as float32, bit-exact with numpy's astype: a lookup in the table of
+    all 65,536 codes (256 KB, made once), one gather pass whatever the values. Numpy's own
+    conversion takes each subnormal through software, 5x slower (2.3 ms instead of 0.2 for
+    the 40x6625 softmax), and is slower than the gather on normal values too."""
+    return np.take(_float16_table(), h.view(np.uint16))
+
+
+@functools.cache
+def _float16_table() -> np.ndarray:
+    return np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
 
 
 def encode(
@@ -215,7 +255,7 @@ def _dequantize(h: Header, raw: np.ndarray) -> np.ndarray:
     if h.bits == 32:
         return raw.view("<f4").astype(np.float32).reshape(h.shape)
     if h.bits == 16:
-        return raw.view("<f2").astype(np.float32).reshape(h.shape)
+        return from_float16(raw.view("<f2")).reshape(h.shape)
     if h.codec in SPARSE_CODECS:
         codes = _sparse_codes(h, raw)
         return kernels.dequantize(codes, h.scales, h.zero_points, h.shape, h.axis)

@@ -25,6 +25,7 @@ again without it at once (`replans`); a stage left out is tried again after `rev
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -46,7 +47,7 @@ from ..errors import (
     Unreachable,
 )
 from ..policy.candidates import model_profile
-from ..policy.chain import ChainPlan, Links, Node, best_chain
+from ..policy.chain import ChainPlan, Links, Node, best_chain, partition
 from ..transport.client import Client
 from ..transport.route import HOP_DOWN, HOP_TIMEOUT, Hop, route_fields
 from .device import LocalRunner
@@ -69,12 +70,14 @@ class ChainResult:
 
 @dataclass(frozen=True)
 class Replan:
-    """The chain planned again: at which frame, without which node, why, and the plan."""
+    """The chain planned again: at which frame (-1: at start) and when (time.monotonic()),
+    without which node, why, and the plan."""
 
     frame: int
     dropped: str
     reason: str
     plan: str
+    at: float = 0.0
 
 
 @dataclass
@@ -85,6 +88,7 @@ class _Flight:
     plan: ChainPlan
     client: Client | None = None
     rid: int | None = None
+    drops: int = 0  # the client's connection drops when it was sent
     result: ChainResult | None = None
 
 
@@ -95,13 +99,15 @@ class ChainRunner:
     links: bandwidths and RTTs between them (default: 100 Mbit/s, 1 ms everywhere).
     objective: "throughput" (default: a stream of frames) or "latency". budget_ms: how
     long a frame may take along the chain before this device finishes it itself. plan:
-    a fixed ChainPlan (replanning still drops failed stages).
+    a ChainPlan to start with. replan: plan again without a stage that failed (False:
+    keep the plan whatever happens, e.g. to measure it; failed frames still finish here).
     """
 
     def __init__(self, bundle: Bundle | str | Path, nodes: Sequence[Node],
                  links: Links | None = None, *, objective: str = "throughput",
                  budget_ms: float = 1000.0, window: int = 4, threads: int = 1,
-                 revive_s: float = 30.0, plan: ChainPlan | None = None) -> None:
+                 revive_s: float = 30.0, plan: ChainPlan | None = None,
+                 replan: bool = True) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         if not nodes or nodes[0].endpoint is not None:
             raise ConfigError("nodes[0] is this device: a Node without an endpoint")
@@ -120,12 +126,15 @@ class ChainRunner:
         self.budget_s = budget_ms / 1e3
         self.window = window
         self.revive_s = revive_s
+        self.replan = replan
         self.model = model_profile(self.bundle.manifest)
         self.local = LocalRunner(self.bundle, threads=threads)
         self.down: dict[str, float] = {}  # node -> when it was left out
         self.replans: list[Replan] = []
         self._clients: dict[str, Client] = {}
         self._outputs = self.bundle.manifest.outputs
+        # what a result weighs on the way back (at 32 bits until a stage says otherwise)
+        self.result_bytes = float(sum(t.fp32_bytes for t in self._outputs))
         self.links = self._discover(self.links)
         self.plan = plan or self._best()
 
@@ -135,35 +144,85 @@ class ChainRunner:
         again after revive_s); a pair of stages that may not forward to each other is a
         blocked link."""
         blocked = set(links.blocked)
+        origin = self.nodes[self.order[0]]
+        if origin.slowdown is None:
+            self.nodes[origin.name] = replace(origin, slowdown=self._own_slowdown())
         for name in self.order[1:]:
-            endpoint = self.nodes[name].endpoint
+            node = self.nodes[name]
             try:
-                welcome = self._client(endpoint).hello(budget_s=min(self.budget_s, 2.0))
+                welcome = self._client(node.endpoint).hello(budget_s=min(self.budget_s, 2.0))
             except TransportError as exc:
-                self.down[name] = time.monotonic()
+                now = self.down[name] = time.monotonic()
                 self.replans.append(Replan(-1, name, f"hello: {type(exc).__name__}: {exc}",
-                                           ""))
+                                           "", now))
                 continue
-            if self.bundle.source_sha256 not in welcome.bundles:
-                self.down[name] = time.monotonic()
-                self.replans.append(Replan(-1, name, f"{endpoint} does not serve bundle "
-                                           f"{self.bundle.name!r}", ""))
+            served = welcome.bundles.get(self.bundle.source_sha256)
+            if not isinstance(served, dict):
+                now = self.down[name] = time.monotonic()
+                self.replans.append(Replan(-1, name, f"{node.endpoint} does not serve bundle "
+                                           f"{self.bundle.name!r}", "", now))
+                continue
+            bits = served.get("output_bits")
+            if bits in (16, 32):  # the servers' result encoding (edgesdk serve --output-bits)
+                self.result_bytes = float(sum(t.fp32_bytes for t in self._outputs)) * bits / 32
+            workers = welcome.load.get("workers")
+            self.nodes[name] = replace(
+                node, slowdown=node.slowdown or self._their_slowdown(served.get("profile")),
+                workers=node.workers or (workers if isinstance(workers, int) and workers > 0
+                                         else None))
             blocked.update((name, other) for other in self.order[1:]
                            if other != name and self.nodes[other].endpoint
                            not in welcome.next_hops)
         return replace(links, blocked=frozenset(blocked))
 
+    def _own_slowdown(self, runs: int = 3) -> float:
+        """This device's segment times over the profile's: the median of `runs` timed
+        passes (after LocalRunner's warm-up), all segments together."""
+        env = {t.name: np.zeros(t.shape, t.dtype) for t in self.bundle.manifest.inputs}
+        passes = []
+        for _ in range(runs):
+            passes.append(sum(self.local.run_segment(i, env)
+                              for i in range(len(self.local.segments))))
+        return max(float(np.median(passes)) / max(sum(self.model.seg_ms), 1e-9), 1e-3)
+
+    def _their_slowdown(self, profile: Any) -> float | None:
+        """A stage's segment times (its welcome's profile, measured by its first worker)
+        over this bundle's profile, on the segments it measured; None if it measured
+        none."""
+        try:
+            theirs = {int(s["index"]): float(s["median_ms"]) for s in profile["segments"]}
+        except (KeyError, TypeError, ValueError):
+            return None
+        ours = sum(self.model.seg_ms[i] for i in theirs if 0 <= i < len(self.model.seg_ms))
+        total = sum(ms for i, ms in theirs.items() if 0 <= i < len(self.model.seg_ms))
+        return total / ours if ours > 0 and total > 0 else None
+
     # -- planning --------------------------------------------------------------------------
     def _best(self) -> ChainPlan:
         up = [self.nodes[n] for n in self.order if n not in self.down]
-        return best_chain(self.model, up, self.links, objective=self.objective)
+        return best_chain(self.model, up, self.links, objective=self.objective,
+                          result_bytes=self.result_bytes)
+
+    def plan_for(self, order: Sequence[str], points: Sequence[str] | None = None
+                 ) -> ChainPlan:
+        """The best plan along exactly these nodes, in this order (and only these cut
+        points, if given), costed with the speeds and links this runner measured: e.g. a
+        fixed two-tier split to compare a chain with. ConfigError when none fits."""
+        plan = partition(self.model, [self.nodes[n] for n in order], self.links,
+                         objective=self.objective, result_bytes=self.result_bytes,
+                         points=points)
+        if plan is None or not math.isfinite(plan.bottleneck_ms):
+            raise ConfigError(f"no plan along {list(order)} at points {points}: too few cut "
+                              "points, or a stage that may not forward to the next "
+                              f"(blocked: {sorted(self.links.blocked)})")
+        return plan
 
     def _drop(self, node: str, frame: int, reason: str) -> None:
-        if node in self.down or node == self.order[0]:
+        if not self.replan or node in self.down or node == self.order[0]:
             return
-        self.down[node] = time.monotonic()
+        now = self.down[node] = time.monotonic()
         self.plan = self._best()
-        self.replans.append(Replan(frame, node, reason, self.plan.describe()))
+        self.replans.append(Replan(frame, node, reason, self.plan.describe(), now))
 
     def _revive(self, frame: int) -> None:
         now = time.monotonic()
@@ -172,7 +231,8 @@ class ChainRunner:
             for n in back:
                 del self.down[n]
             self.plan = self._best()
-            self.replans.append(Replan(frame, "", f"trying {back} again", self.plan.describe()))
+            self.replans.append(Replan(frame, "", f"trying {back} again", self.plan.describe(),
+                                       now))
 
     # -- running ---------------------------------------------------------------------------
     def infer(self, x: Any) -> ChainResult:
@@ -217,6 +277,7 @@ class ChainRunner:
         try:
             frames = encode_tensors([env[t.name] for t in tensors], bits=head.bits)
             flight.client = self._client(self.nodes[second.node].endpoint)
+            flight.drops = flight.client.drops()
             flight.rid = flight.client.submit(
                 frames, budget_s=self.budget_s, bundle=self.bundle.source_sha256, cut=cut,
                 fields=fields)
@@ -236,23 +297,35 @@ class ChainRunner:
         clients = list(dict.fromkeys(f.client for f in waiting))
         for k, client in enumerate(clients):
             client.poll(wait_s if k == 0 else 0.0)
+        drops = {id(c): c.drops() for c in clients}
         for f in waiting:
             if f.client.done(f.rid):
                 self._outcome(f)
+            elif drops[id(f.client)] > f.drops:
+                # its connection to the first stage dropped: no reply will come (ZeroMQ
+                # does not resend across connections), so do not wait for the deadline
+                f.client.cancel(f.rid)
+                self._failed(f, Unreachable(f"the connection to {f.client.endpoint} dropped "
+                                            "with this frame on it"))
 
     def _outcome(self, flight: _Flight) -> None:
         try:
             reply = flight.client.wait(flight.rid)
             arrays = decode_tensors(reply.frames, self._outputs)
         except (TransportError, CodecError) as exc:
-            node = self._culprit(flight.plan, exc)
-            if node is not None:
-                self._drop(node, flight.index, f"{type(exc).__name__}: {exc}"[:300])
-            self._local_finish(flight, f"{type(exc).__name__}: {exc}")
+            self._failed(flight, exc)
             return
         hops = reply.envelope.get("hops")
-        self._finish(flight, [arrays[t.name] for t in self._outputs], "chain",
-                     tuple(hops) if isinstance(hops, list) else ())
+        if not isinstance(hops, list):  # the stage answered itself: it relayed nothing
+            hops = [{"endpoint": flight.client.endpoint, "server_ms": reply.server_ms,
+                     "queue_ms": reply.queue_ms}]
+        self._finish(flight, [arrays[t.name] for t in self._outputs], "chain", tuple(hops))
+
+    def _failed(self, flight: _Flight, exc: EdgeError) -> None:
+        node = self._culprit(flight.plan, exc)
+        if node is not None:
+            self._drop(node, flight.index, f"{type(exc).__name__}: {exc}"[:300])
+        self._local_finish(flight, f"{type(exc).__name__}: {exc}")
 
     def _culprit(self, plan: ChainPlan, exc: EdgeError) -> str | None:
         """The node a failure shows is gone: the one a stage names as its next hop that is

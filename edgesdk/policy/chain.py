@@ -9,6 +9,11 @@ a node's CPU (its segments plus encoding the cut it sends, divided by the frames
 computes at once) or a link (the bytes it carries). Its latency is the sum of everything
 a frame passes through, there and back.
 
+Links are counted per sender, as on a node whose uplink is its bottleneck (a camera's
+Wi-Fi, a site's upload): a stage's wire time is the cut it sends on plus the result it
+relays back to the stage before it (`result_bytes`: the model's outputs as the servers
+encode them; a 6625-class CTC output at 16 bits is 530 KB per frame, on every hop back).
+
     model = model_profile(bundle.manifest)
     nodes = [Node("cam0", slowdown=4.0), Node("cam1", "tcp://10.0.0.2:5555", slowdown=4.0),
              Node("edge", "tcp://10.0.0.9:5555", workers=2)]
@@ -56,28 +61,41 @@ class Node:
     """A place that can run segments. endpoint: its `edgesdk serve` address (None for the
     origin, which runs in the calling process). slowdown: its segment times over the
     profile's. workers: frames it computes at once (a server's worker processes; a
-    single-core device: 1)."""
+    single-core device: 1). None for either: not known (the planner takes 1;
+    edgesdk.engine.chain measures them)."""
 
     name: str
     endpoint: str | None = None
-    slowdown: float = 1.0
-    workers: int = 1
+    slowdown: float | None = None
+    workers: int | None = None
 
     def __post_init__(self) -> None:
-        if not (self.slowdown > 0 and math.isfinite(self.slowdown)):
+        if self.slowdown is not None and not (
+                isinstance(self.slowdown, (int, float)) and self.slowdown > 0
+                and math.isfinite(self.slowdown)):
             raise PolicyError(f"node {self.name!r}: slowdown is {self.slowdown!r}, expected a "
                               "finite number > 0")
-        if not (isinstance(self.workers, int) and self.workers >= 1):
+        if self.workers is not None and not (
+                isinstance(self.workers, int) and self.workers >= 1):
             raise PolicyError(f"node {self.name!r}: workers is {self.workers!r}, expected an "
                               "int >= 1")
+
+    @property
+    def speed_factor(self) -> float:
+        return 1.0 if self.slowdown is None else float(self.slowdown)
+
+    @property
+    def parallel(self) -> int:
+        return self.workers or 1
 
 
 @dataclass(frozen=True)
 class Links:
     """Bandwidth (Mbit/s) and round-trip time (ms) between nodes: `mbps`/`rtt_ms` by
     (sender, receiver) (also used for the other direction when only one is given), else
-    the defaults. blocked: (sender, receiver) pairs with no way through, in that direction
-    (a server that may not forward to that one: `edgesdk serve --next-hop`)."""
+    the defaults. blocked: (sender, receiver) pairs a request cannot take, in that
+    direction (a server that may not forward to that one: `edgesdk serve --next-hop`);
+    the reply to a request still goes back the way it came."""
 
     default_mbps: float = 100.0
     default_rtt_ms: float = 1.0
@@ -90,9 +108,10 @@ class Links:
         value = table.get((a, b), table.get((b, a), default))
         return float(value)
 
-    def transfer_ms(self, a: str, b: str, nbytes: float) -> float:
-        """The time `nbytes` take on the wire from a to b (no RTT); inf when blocked."""
-        if (a, b) in self.blocked:
+    def transfer_ms(self, a: str, b: str, nbytes: float, reply: bool = False) -> float:
+        """The time `nbytes` take on the wire from a to b (no RTT); inf for a request
+        (reply=False) that may not go from a to b."""
+        if not reply and (a, b) in self.blocked:
             return math.inf
         mbps = self._get(self.mbps, a, b, self.default_mbps)
         return math.inf if mbps <= 0 else nbytes * 8 / (mbps * 1e3)
@@ -106,7 +125,7 @@ class Stage:
     """Segments first..last (inclusive; last < first: none, the origin sending the input)
     on `node`, then the tensors of point `send` at `bits` to the next stage (None on the
     last stage). cpu_ms: its CPU per frame (segments + encoding); link_ms: the wire time
-    of what it sends (the result's, back to the origin, on the last stage)."""
+    of what it sends: the cut on to the next stage, the result back to the one before."""
 
     node: str
     first: int
@@ -179,54 +198,66 @@ class _Costs:
     def compute_ms(self, node: str, after_from: int, after_to: int) -> float:
         """Segments after_from+1 .. after_to on `node`."""
         return (self.prefix[after_to + 1] - self.prefix[after_from + 1]) * \
-            self.nodes[node].slowdown
+            self.nodes[node].speed_factor
 
-    def hops(self, sender: str, receiver: str, point: str, cpu_ms: float
-             ) -> list[tuple[float, float, int, float, float, float]]:
+    def back_ms(self, sender: str, previous: str | None) -> float:
+        """The result relayed from `sender` to the stage before it (none for the origin)."""
+        return 0.0 if previous is None else self.links.transfer_ms(
+            sender, previous, self.result_bytes, reply=True)
+
+    def hops(self, sender: str, receiver: str, point: str, cpu_ms: float,
+             previous: str | None) -> list[tuple[float, float, int, float, float, float]]:
         """Each allowed bits for sending `point` from sender to receiver after `cpu_ms` of
-        the sender's compute: (this stage's bottleneck, its latency, bits, its CPU ms, its
-        wire ms, fidelity)."""
+        the sender's compute (`previous`: the stage before the sender, which it relays
+        the result to): (this stage's bottleneck, its latency, bits, its CPU ms, its wire
+        ms, fidelity)."""
         node = self.nodes[sender]
         rtt = self.links.rtt(sender, receiver)
+        back = self.back_ms(sender, previous)
         out = []
         for b in self.bits.get(point, ()):
             nbytes, enc_ms, fid = self.model.wire[point][b]
-            cpu = cpu_ms + enc_ms * node.slowdown
-            wire = self.links.transfer_ms(sender, receiver, nbytes)
-            # its latency: the compute, the wire and the hop's RTT (there, and the reply back)
-            out.append((max(cpu / node.workers, wire), cpu + wire + rtt, b, cpu, wire, fid))
+            cpu = cpu_ms + enc_ms * node.speed_factor
+            wire = self.links.transfer_ms(sender, receiver, nbytes) + back
+            # its latency: the compute, the wire both ways and the hop's RTT
+            out.append((max(cpu / node.parallel, wire), cpu + wire + rtt, b, cpu, wire, fid))
         return out
 
-    def last(self, node: str, origin: str, cpu_ms: float) -> tuple[float, float, float]:
-        """The last stage: (bottleneck, latency, its result's wire ms back to the origin).
-        The result's return trip is in the latency (and that link's time in the
-        bottleneck; its RTT was counted by the hop that reached this node)."""
-        n = self.nodes[node]
-        back = 0.0 if node == origin else self.links.transfer_ms(node, origin,
-                                                                  self.result_bytes)
-        return max(cpu_ms / n.workers, back), cpu_ms + back, back
+    def last(self, node: str, previous: str, cpu_ms: float) -> tuple[float, float, float]:
+        """The last stage: (bottleneck, latency, the wire ms of its result back to the
+        stage before it; the RTT was counted by the hop that reached it)."""
+        back = self.back_ms(node, previous)
+        return max(cpu_ms / self.nodes[node].parallel, back), cpu_ms + back, back
 
 
 def partition(model: ModelProfile, order: Sequence[Node], links: Links,
               objective: str = "throughput", result_bytes: float = 4096.0,
-              min_fidelity: float = 0.99) -> ChainPlan | None:
+              min_fidelity: float = 0.99, points: Sequence[str] | None = None
+              ) -> ChainPlan | None:
     """The best cut points for the nodes in `order` (each one runs a non-empty range,
     except the first, the origin, which may send the model input): a ChainPlan, or None
-    when no assignment exists (more nodes than points, no allowed bits)."""
+    when no assignment exists (more nodes than points, no allowed bits). points: the
+    points ("input" or cut ids) the stages may send (default: all), e.g. one, to cost a
+    fixed two-tier split."""
     _check_objective(objective)
     nodes = {n.name: n for n in order}
     if len(nodes) != len(order):
         raise PolicyError(f"a node appears twice in the order {[n.name for n in order]}")
+    known = set(model.wire)
+    if points is not None and not set(points) <= known:
+        raise PolicyError(f"points {sorted(set(points) - known)} are not in the model; it has "
+                          f"{sorted(known)}")
     costs = _Costs(model, nodes, links, result_bytes, min_fidelity)
-    return _partition(costs, [n.name for n in order], objective)
+    return _partition(costs, [n.name for n in order], objective, points)
 
 
-def _partition(costs: _Costs, names: Sequence[str], objective: str) -> ChainPlan | None:
+def _partition(costs: _Costs, names: Sequence[str], objective: str,
+               only: Sequence[str] | None = None) -> ChainPlan | None:
     """Dynamic programming over the points each stage sends. The two costs do not
     combine into one (a chain's bottleneck is a maximum, its latency a sum), so each state
     keeps its Pareto front of (bottleneck, latency): a prefix worse on one cost and better
     on the other may be the one the optimum extends."""
-    points = _points(costs.model)
+    points = [p for p in _points(costs.model) if only is None or p.name in only]
     end = len(costs.model.seg_ms) - 1
     origin, k = names[0], len(names)
     if k == 1:
@@ -237,7 +268,7 @@ def _partition(costs: _Costs, names: Sequence[str], objective: str) -> ChainPlan
     fronts: dict[int, list[tuple]] = {}
     for i, p in enumerate(points):
         cpu = costs.compute_ms(origin, -1, p.after)
-        for bn, lat, b, c, wire, fid in costs.hops(origin, names[1], p.name, cpu):
+        for bn, lat, b, c, wire, fid in costs.hops(origin, names[1], p.name, cpu, None):
             stage = Stage(origin, 0, p.after, p.name, b, c, wire, fid)
             _add(fronts.setdefault(i, []), (bn, lat, (stage,)))
     for j in range(1, k - 1):
@@ -247,7 +278,8 @@ def _partition(costs: _Costs, names: Sequence[str], objective: str) -> ChainPlan
             for i2 in range(i + 1, len(points)):
                 p = points[i2]
                 cpu = costs.compute_ms(names[j], start, p.after)
-                for bn, lat, b, c, wire, fid in costs.hops(names[j], names[j + 1], p.name, cpu):
+                for bn, lat, b, c, wire, fid in costs.hops(names[j], names[j + 1], p.name, cpu,
+                                                           names[j - 1]):
                     stage = Stage(names[j], start + 1, p.after, p.name, b, c, wire, fid)
                     for pbn, plat, stages in labels:
                         _add(nxt.setdefault(i2, []), (max(pbn, bn), plat + lat,
@@ -259,7 +291,7 @@ def _partition(costs: _Costs, names: Sequence[str], objective: str) -> ChainPlan
         if start >= end:
             continue  # the last stage must run something
         cpu = costs.compute_ms(names[-1], start, end)
-        bn, lat, back = costs.last(names[-1], origin, cpu)
+        bn, lat, back = costs.last(names[-1], names[-2], cpu)
         stage = Stage(names[-1], start + 1, end, None, None, cpu, back)
         finals += [(max(pbn, bn), plat + lat, (*stages, stage)) for pbn, plat, stages in labels]
     if not finals:

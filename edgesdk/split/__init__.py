@@ -49,7 +49,7 @@ DEFAULT_MAX_POINTS = 16  # keeps the policy's candidate table small on any model
 
 
 def choose_cuts(candidates: list[CutCandidate], max_points: int | None = None,
-                input_bytes: int | None = None) -> list[CutCandidate]:
+                input_bytes: int | None = None, stages: int = 0) -> list[CutCandidate]:
     """The cut points worth keeping, in execution order: at most `max_points` (default
     DEFAULT_MAX_POINTS).
 
@@ -61,16 +61,43 @@ def choose_cuts(candidates: list[CutCandidate], max_points: int | None = None,
     compute at all) dominates every cut larger than it. With more front cuts than
     `max_points`, the front is thinned to the smallest cut near each of evenly spaced
     fractions of the compute.
+
+    stages=N >= 2 also keeps, for each k < N, the smallest cut near k/N of the compute,
+    whatever its size: where a chain of N devices hands a frame on (edgesdk.policy.chain).
+    Such a cut may carry more than the input and never pay for a two-tier offload, but on
+    a LAN between cameras it balances a pipeline the front alone cannot (PP-OCRv4's
+    recognizer: 92 % of its compute before the first front cut). They count against
+    `max_points`.
     """
     if max_points is None:
         max_points = DEFAULT_MAX_POINTS
     if max_points < 1:
         raise SplitError(f"max_points is {max_points}, expected >= 1")
+    if not (isinstance(stages, int) and stages >= 0):
+        raise SplitError(f"stages is {stages!r}, expected an int >= 0")
+    balancing = _balancing(candidates, stages)[:max_points]
     if input_bytes is not None:
         candidates = [c for c in candidates if c.bytes <= input_bytes]
-    front = _pareto_front(sorted(candidates, key=lambda c: c.position))
-    chosen = _spread(front, max_points) if len(front) > max_points else front
-    return sorted(chosen, key=lambda c: c.position)
+    front = [c for c in _pareto_front(sorted(candidates, key=lambda c: c.position))
+             if c not in balancing]
+    room = max_points - len(balancing)
+    chosen = _spread(front, room) if len(front) > room else front
+    return sorted(set(chosen) | set(balancing), key=lambda c: c.position)
+
+
+def _balancing(candidates: list[CutCandidate], stages: int) -> list[CutCandidate]:
+    """For each k in 1..stages-1, the smallest cut within a quarter of a stage's compute
+    of k/stages (the nearest one where none is that close)."""
+    chosen: list[CutCandidate] = []
+    for k in range(1, stages):
+        target, window = k / stages, 0.25 / stages
+        left = [c for c in candidates if c not in chosen]
+        if not left:
+            break
+        near = [c for c in left if abs(c.flops_fraction - target) <= window]
+        chosen.append(min(near, key=lambda c: (c.bytes, abs(c.flops_fraction - target)))
+                      if near else min(left, key=lambda c: abs(c.flops_fraction - target)))
+    return chosen
 
 
 def sendable_input_bytes(inputs: Sequence[TensorSpec]) -> int | None:

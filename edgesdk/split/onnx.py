@@ -556,6 +556,7 @@ def split_onnx(
     input_shapes=None,
     max_cut_tensors: int = 2,
     max_points: int | None = None,
+    stages: int = 0,
     cuts: Sequence[str] | None = None,
     exits: Sequence[str] = (),
     verify: bool = True,
@@ -568,7 +569,8 @@ def split_onnx(
     """Cut an ONNX model into a verified bundle directory `out`.
 
     cuts: explicit cut points ("tensor" or "t1+t2"); otherwise the `max_points` most useful
-    (see choose_cuts; default 16). exits: model outputs that are early-exit
+    (see choose_cuts; default 16), and with stages=N the cuts that balance a chain of N
+    devices (choose_cuts). exits: model outputs that are early-exit
     classifiers; each becomes its own segment, and a cut is placed where it branches off
     when possible. tolerance, data: see :mod:`edgesdk.split.verify`. progress: called with
     the name of each long step as it starts. output_kinds: declared kinds of outputs
@@ -587,7 +589,8 @@ def split_onnx(
     kinds = declared_kinds(output_kinds, _output_specs(an), path)
     inputs = [an.specs[i.name] for i in model.graph.input]
     chosen = (resolve_cuts(an, cuts) if cuts
-              else choose_cuts(an.candidates, max_points, sendable_input_bytes(inputs)))
+              else choose_cuts(an.candidates, max_points, sendable_input_bytes(inputs),
+                               stages))
     at_branch = [c for c in an.candidates if c.position in {b.position for b in an.exits}]
     chosen = sorted(set(chosen) | set(at_branch), key=lambda c: c.position)
     notes += no_cut_note(an.candidates, chosen)

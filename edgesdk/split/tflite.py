@@ -802,7 +802,8 @@ def _install(out: Path, files: list[Path]) -> list[Path]:
 
 
 def split_tflite(path: str | os.PathLike, out: str | os.PathLike, *,
-                 max_points: int | None = None, cuts: Any = None, verify: bool = True,
+                 max_points: int | None = None, stages: int = 0, cuts: Any = None,
+                 verify: bool = True,
                  tolerance: float = TOLERANCE, data: str | os.PathLike | None = None,
                  name: str | None = None, max_cut_tensors: int = 2,
                  input_shapes: Any = None, exits: Any = (),
@@ -811,7 +812,8 @@ def split_tflite(path: str | os.PathLike, out: str | os.PathLike, *,
     """Split `path` into a verified bundle directory `out` (conventionally NAME.edge).
 
     cuts: explicit cut points, each a tensor name or names joined with "+"; otherwise the
-    most useful `max_points` (see choose_cuts; default 16).
+    most useful `max_points` (see choose_cuts; default 16), and with stages=N the cuts
+    that balance a chain of N devices.
     verify: chain the segments on seeded random input (and on `data`, the user's samples)
     and compare with the whole model within `tolerance` (see :mod:`edgesdk.split.verify`;
     the result is kept in the manifest's source["verify"]).
@@ -831,7 +833,8 @@ def split_tflite(path: str | os.PathLike, out: str | os.PathLike, *,
     info, candidates = analyse_tflite(path, max_cut_tensors=max_cut_tensors)
     kinds = declared_kinds(output_kinds, info.outputs, info.path)
     chosen = (_explicit_cuts(info, cuts, candidates) if cuts
-              else choose_cuts(candidates, max_points, sendable_input_bytes(info.inputs)))
+              else choose_cuts(candidates, max_points, sendable_input_bytes(info.inputs),
+                               stages))
     name = name or info.path.stem
     cut_specs = tuple(CutSpec(f"c{i}", i, c.tensors, c.flops_before, c.flops_after)
                       for i, c in enumerate(chosen))

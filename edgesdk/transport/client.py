@@ -222,6 +222,13 @@ class Client:
     def stats(self) -> protocol.ClientStats:
         return self._proto.stats
 
+    def drops(self) -> int:
+        """Server connections that went down after being up, so far (read now). The
+        requests in flight on a dropped connection will get no reply: a caller that
+        cannot wait out their deadline (a chain's origin) stops waiting for them."""
+        self._read_connection_events(time.monotonic())
+        return self._proto.stats.drops
+
     def close(self) -> None:
         if self._closed:
             return

@@ -409,6 +409,7 @@ class ClientStats:
     resets: int = 0
     timeouts: int = 0
     unreachable: int = 0
+    drops: int = 0  # server connections that went down after being up
 
 
 class ClientProtocol:
@@ -537,6 +538,7 @@ class ClientProtocol:
         """The socket has no server connection: it dropped, or a connect failed."""
         if self._connected:
             self._last_connected = now
+            self.stats.drops += 1
         self._connected = False
 
     # -- replies ---------------------------------------------------------------------------
