@@ -123,14 +123,14 @@ def test_the_welcome_and_the_plan_know_where_stages_forward(bundle):
             assert ("c", "a") in chain.links.blocked and ("b", "a") in chain.links.blocked
             assert ("a", "b") not in chain.links.blocked
             assert ("a", "c") not in chain.links.blocked
-            for s, t in zip(chain.plan.stages[1:], chain.plan.stages[2:]):
-                assert (s.node, t.node) not in chain.links.blocked
+            assert chain.plan_for(["dev", "a", "b", "c"]).nodes == ("dev", "a", "b", "c")
+            with pytest.raises(ConfigError, match="may not forward"):
+                chain.plan_for(["dev", "c", "a"])  # c forwards nowhere
 
 
 def test_a_killed_middle_stage_loses_no_frame_and_is_planned_around(bundle, frames):
     with chain_of_three() as (a, b, c):
-        # a device far slower than the stages: every plan, before and after, uses them
-        nodes = [Node("dev", slowdown=100), Node("a", a.endpoint), Node("b", b.endpoint),
+        nodes = [Node("dev"), Node("a", a.endpoint), Node("b", b.endpoint),
                  Node("c", c.endpoint)]
         plan = partition(model_profile(bundle.manifest), nodes, Links())
         stream = np.concatenate([frames] * 4)
@@ -145,15 +145,41 @@ def test_a_killed_middle_stage_loses_no_frame_and_is_planned_around(bundle, fram
         assert chain.replans and chain.replans[0].dropped == "b"
         assert "hop_down" in chain.replans[0].reason
         assert "b[" not in chain.plan.describe()
-        late = [r for r in results[killed_at:] if r.where == "device"]
-        assert all(r.error for r in late)
-        # only what was in flight when b died (the window, and the frame being started)
-        assert len(late) <= 4 + 1, [(r.index, r.error) for r in late]
-        assert all(r.where == "chain" for r in results[killed_at + 6:])
+        failed = [r for r in results[killed_at:] if r.error]
+        # only what was in flight when b died (the window, and the frame being started),
+        # each finished here
+        assert len(failed) <= 4 + 1 and all(r.where == "device" for r in failed), failed
+        # then the new plan, without failures (on digits: this device alone, as the
+        # planner prices the hand-offs of a chain against a model this small)
+        assert all(r.plan == chain.plan.describe() and r.error is None
+                   for r in results[killed_at + 6:])
         name = bundle.manifest.outputs[0].name
         agree = np.mean([np.argmax(r.outputs[name]) == np.argmax(reference(bundle, x))
                          for r, x in zip(results, stream)])
         assert agree >= 0.95
+
+
+def test_a_silent_next_stage_is_named_before_the_deadline(bundle, frames):
+    """b stopped (SIGSTOP: connected, never answering): a gives up on it before the
+    device's deadline and says which stage went silent."""
+    with ServerProcess.serve([BUNDLE], "--workers", "1") as b, \
+            ServerProcess.serve([BUNDLE], "--workers", "1", "--next-hop", b.endpoint) as a, \
+            Client(a.endpoint, retries=0) as client:
+        x = encode_tensors([frames[0][None]], bits=32)
+        fields = {"stop": "c1", "bits": 16, "route": [{"endpoint": b.endpoint}]}
+        client.request(x, budget_s=5, bundle=bundle.source_sha256, cut="input",
+                       fields=fields)  # the chain works (and a's link to b is up)
+        b.proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(RemoteError) as info:
+                client.request(x, budget_s=1.0, bundle=bundle.source_sha256, cut="input",
+                               fields=fields)
+            assert time.monotonic() - started < 1.0
+        finally:
+            b.proc.send_signal(signal.SIGCONT)
+    assert info.value.code == "hop_timeout" and info.value.fields["hop"] == b.endpoint
+    assert info.value.fields["hops"][0]["endpoint"] == a.endpoint
 
 
 def test_a_killed_first_stage_is_planned_around_before_the_deadline(bundle, frames):
@@ -181,7 +207,7 @@ def test_bad_configuration_is_a_typed_error(bundle):
         ChainRunner(bundle, [Node("edge", "tcp://127.0.0.1:1")])
     with pytest.raises(ConfigError, match="have no endpoint"):
         ChainRunner(bundle, [Node("dev"), Node("edge")])
-    with pytest.raises(ConfigError, match="window is 0"):
+    with pytest.raises(ConfigError, match="window is 0, expected an int in"):
         ChainRunner(bundle, [Node("dev")], window=0)
 
 

@@ -2,15 +2,21 @@
 
 Three cameras and an edge box in the mesh testbed (bench.mesh): each camera a network
 namespace with CPU_QUOTA of one core (a Pi-class device) on a LAN_MBIT switch; the edge
-box unthrottled (two workers) behind the site's WAN_MBIT upload (what reaches the edge
-box; its answers come back at LAN_MBIT, as a download does). Servers answer with 16-bit
+box unthrottled (two workers) behind the site's upload (`--wan-mbit`, default WAN_MBIT:
+what reaches the edge box; its answers come back at LAN_MBIT, as a download does). Where
+that line carries a model's early cuts, the best two-tier plan offloads almost all of it,
+and the cameras can add little. Servers answer with 16-bit
 outputs (`--output-bits 16`: the recognizer's 40x6625 scores are 530 KB a frame, relayed
-back along the chain). The model is PP-OCRv4's
-text-line recognizer (the e2e benchmark's, with the cuts that balance STAGES devices:
-bench.e2e_models.build(stages=)); cameras 1 and 2 and the edge box run `edgesdk serve`, each
+back along the chain). The model is PP-OCRv4's text-line recognizer (the e2e benchmark's,
+with the cuts that balance 4 stages: bench.e2e_models.build(stages=)), or with --model
+resnet50 the onnx wheel's ResNet50-light (a compute-heavy CNN: the real topology,
+generated weights, seeded inputs, so agreement is with its own fp32 answers; 8 bits and
+more; the cuts that balance 12 stages, so that the cameras can share the first quarter,
+before the cut small enough for the edge box's line); cameras 1 and 2 and the edge box
+run `edgesdk serve`, each
 camera allowed to forward to the others and to the edge box. Camera 0 runs the frames
 (bench.chain_device): one ChainRunner, every strategy in turn, in alternating order over
-the rounds, `window` frames in flight:
+the rounds, with the runner's default window (frames in flight: what each plan needs):
 
 - ``chain``: the planner's chain over all four nodes (edgesdk.policy.chain.best_chain, from
   speeds the runner measured and the links' configured rates);
@@ -21,7 +27,7 @@ the rounds, `window` frames in flight:
   (the input and each cut, at the bits the partitioner picks for it): the best of them,
   measured, is the two-tier baseline (the hindsight-best fixed two-tier split);
 - ``peer <point>``: the same between camera 0 and camera 1 (two devices, no edge box),
-  reported beside it.
+  reported beside it (PP-OCR only: ResNet50's many cuts would double the run).
 
 The claims (issue 18): the chain's frames per second >= TARGET x the best two-tier plan's,
 medians over the rounds; and a middle stage killed (SIGKILL) mid-stream loses no frame
@@ -29,6 +35,7 @@ and costs at most one deadline (BUDGET_MS) before the chain is planned without i
 planner's chain if it has a middle stage, else ``chain all``).
 
     sudo edgesdk bench chain [--json] [--quick] [--rounds N] [--png PATH] [--workdir DIR]
+                             [--model ocr_rec|resnet50] [--wan-mbit M]
 """
 
 from __future__ import annotations
@@ -48,27 +55,32 @@ CPU_QUOTA = 0.25
 LAN_MBIT = 100.0
 WAN_MBIT = 4.0
 EDGE_WORKERS = 2
-STAGES = 4  # three cameras and the edge box
 BUDGET_MS = 2000.0  # how long a frame may take along the chain (a deadline)
-WINDOW = 4
 TARGET = 2.0
 PORT = 5555
-FULL = {"rounds": 2, "frames": 40}
-QUICK = {"rounds": 1, "frames": 12}
+FULL = {"rounds": 2}
+QUICK = {"rounds": 1}
+# per model: its answer, frames per run (full, quick), frames to build, the stages its cuts
+# balance (split --stages), and whether two-camera plans are run
+MODELS = {"ocr_rec": {"answer": "ctc", "frames": (40, 12), "build": 128, "stages": 4,
+                      "peers": True},
+          "resnet50": {"answer": "argmax", "frames": (16, 6), "build": 32, "stages": 12,
+                       "peers": False}}
 CAMERAS = ("cam0", "cam1", "cam2")
 
 
-def _strategies(bundle: Any) -> list[dict]:
+def _strategies(bundle: Any, peers: bool) -> list[dict]:
     points = ["input", *(c.id for c in bundle.cuts)]
     return ([{"name": "chain", "order": None},
              {"name": "chain all", "order": [*CAMERAS, "edge"]},
              {"name": "device", "order": ["cam0"]}]
             + [{"name": f"edge {p}", "order": ["cam0", "edge"], "points": [p]} for p in points]
             + [{"name": f"peer {p}", "order": ["cam0", "cam1"], "points": [p]}
-               for p in points])
+               for p in points if peers])
 
 
 def run(rounds: int | None = None, quick: bool = False, workdir: str | None = None,
+        model: str = "ocr_rec", wan_mbit: float = WAN_MBIT,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     from ..bundle import Bundle
     from ..server.process import ServerProcess, module_command
@@ -80,13 +92,16 @@ def run(rounds: int | None = None, quick: bool = False, workdir: str | None = No
     if why is not None:
         raise RuntimeError(f"the chain benchmark needs the namespace testbed: {why} (run it "
                            "as root on Linux with iproute2 and the cgroup-v1 cpu controller)")
-    cfg = QUICK if quick else FULL
-    rounds = rounds or cfg["rounds"]
+    if model not in MODELS:
+        raise ValueError(f"model {model!r} is unknown; expected one of {list(MODELS)}")
+    rounds = rounds or (QUICK if quick else FULL)["rounds"]
+    frames = MODELS[model]["frames"][1 if quick else 0]
     work = Path(workdir or Path(tempfile.gettempdir()) / "edgesdk-e2e")
-    built = build("ocr_rec", work, stages=STAGES, log=log)
+    stages = MODELS[model]["stages"]
+    built = build(model, work, stages=stages, frames=MODELS[model]["build"], log=log)
     bundle = Bundle.load(built.bundle)
     nodes = [MeshNode(c, cpu_quota=CPU_QUOTA, uplink_mbit=LAN_MBIT) for c in CAMERAS]
-    nodes.append(MeshNode("edge", uplink_mbit=LAN_MBIT, downlink_mbit=WAN_MBIT))
+    nodes.append(MeshNode("edge", uplink_mbit=LAN_MBIT, downlink_mbit=wan_mbit))
     with MeshTestbed(nodes) as mesh:
         endpoint = {n.name: f"tcp://{mesh.address(n.name)}:{PORT}" for n in nodes}
 
@@ -107,12 +122,13 @@ def run(rounds: int | None = None, quick: bool = False, workdir: str | None = No
                     "nodes": [{"name": "cam0"}] + [{"name": n, "endpoint": endpoint[n]}
                                                    for n in (*CAMERAS[1:], "edge")],
                     "links": {"default_mbps": LAN_MBIT, "default_rtt_ms": 0.5,
-                              "mbps": [[c, "edge", WAN_MBIT] for c in CAMERAS]
+                              "mbps": [[c, "edge", wan_mbit] for c in CAMERAS]
                               + [["edge", c, LAN_MBIT] for c in CAMERAS]},
-                    "strategies": _strategies(bundle), "rounds": rounds,
-                    "frames_per_run": cfg["frames"], "warmup": 2, "budget_ms": BUDGET_MS,
-                    "window": WINDOW,
-                    "kill": {"at": cfg["frames"] // 2, "frames": cfg["frames"] * 2,
+                    "strategies": _strategies(bundle, MODELS[model]["peers"]),
+                    "rounds": rounds,
+                    "frames_per_run": frames, "warmup": 2, "budget_ms": BUDGET_MS,
+                    "window": None, "answer": MODELS[model]["answer"],
+                    "kill": {"at": frames // 2, "frames": frames * 2,
                              "pids": {"cam1": cam1.pid, "cam2": cam2.pid, "edge": edge.pid}}}
             log(f"camera 0 runs {len(spec['strategies'])} strategies x {rounds} round(s), "
                 "then the kill run")
@@ -126,9 +142,9 @@ def run(rounds: int | None = None, quick: bool = False, workdir: str | None = No
         testbed = mesh.describe()
     result = json.loads(out.strip().splitlines()[-1])
     rows = {name: _median(r) for name, r in result["runs"].items()}
-    return {"model": "ocr_rec", "stages": STAGES, "cpu_quota": CPU_QUOTA,
-            "lan_mbit": LAN_MBIT, "wan_mbit": WAN_MBIT, "rounds": rounds,
-            "frames": cfg["frames"], "window": WINDOW, "budget_ms": BUDGET_MS,
+    return {"model": model, "stages": stages, "cpu_quota": CPU_QUOTA,
+            "lan_mbit": LAN_MBIT, "wan_mbit": wan_mbit, "rounds": rounds,
+            "frames": frames, "budget_ms": BUDGET_MS,
             "testbed": testbed, "nodes": result["nodes"], "rows": rows,
             "comparison": _compare(rows), "kill": result["kill"]}
 
@@ -139,6 +155,7 @@ def _median(runs: list[dict]) -> dict[str, Any]:
                                      "device")}
     out["plan"] = runs[-1]["plan"]
     out["runs"] = [round(r["fps"], 2) for r in runs]
+    out["window"] = runs[-1]["window"]
     out["stages"] = runs[-1]["stages"]  # the last round's per-stage timings
     out["origin_predicted_ms"] = runs[-1]["origin_predicted_ms"]
     return out
@@ -159,7 +176,8 @@ def format_text(report: dict) -> str:
     lines = [f"edgesdk chain benchmark: {report['model']} (cuts for {report['stages']} "
              f"stages), 3 cameras at {report['cpu_quota']:g} core on a {report['lan_mbit']:g} "
              f"Mbit/s LAN, the edge box ({EDGE_WORKERS} workers) behind {report['wan_mbit']:g} "
-             f"Mbit/s; {report['frames']} frames per run, {report['window']} in flight; "
+             f"Mbit/s; {report['frames']} frames per run, in flight as the plan needs (the "
+             f"runner's default window, column win); "
              f"medians of {report['rounds']} round(s)",
              "measured speeds: " + ", ".join(
                  f"{n} {v['slowdown']:.2f}x" + (f" ({v['workers']} workers)"
@@ -167,10 +185,11 @@ def format_text(report: dict) -> str:
                  for n, v in report["nodes"].items()), ""]
     rows = [[n, f"{r['fps']:.2f}", f"{r['predicted_fps']:.2f}", f"{r['p50_ms']:.0f}",
              f"{r['p95_ms']:.0f}", f"{100 * r['agreement']:.0f}%", f"{r['device']:.0f}",
-             " ".join(map(str, r["runs"])), r["plan"]]
+             str(r["window"]), " ".join(map(str, r["runs"])), r["plan"]]
             for n, r in report["rows"].items()]
     lines.append(format_table(["strategy", "frames/s", "predicted", "p50 ms", "p95 ms",
-                               "agree", "failed", "runs", "plan"], rows, "lrrrrrrll"))
+                               "agree", "failed", "win", "runs", "plan"], rows,
+                              "lrrrrrrrll"))
     lines += ["", "remote stages, last round: the handler's compute and queueing as each "
               "reply reports them (median ms), and the planner's CPU per frame there"]
     for n in ("chain", "chain all", report["comparison"]["best_pair"]):
@@ -191,7 +210,7 @@ def format_text(report: dict) -> str:
                   and k["replan_after_ms"] <= report["budget_ms"])
         lost = k["frames"] - k["answered"]
         lines.append(
-            f"kill run: {k['killed']} killed after {k['frames'] // 2} of {k['frames']} frames "
+            f"kill run: {k['killed']} killed after {k['at']} of {k['frames']} frames "
             f"of {k['plan']}: {lost} lost, in order: {k['in_order']}, "
             f"{k['finished_on_device']} finished on camera 0, re-planned "
             + (f"{k['replan_after_ms']:.0f} ms after the kill" if k["replan_after_ms"]
@@ -215,8 +234,8 @@ def plot(report: dict, path: str) -> bool:
         return False
     rows = report["rows"]
     names = list(rows)
-    colors = ["black" if n == "chain" else "C0" if n.startswith("edge") or n == "device"
-              else "C1" for n in names]
+    colors = ["black" if n == "chain" else "dimgray" if n == "chain all"
+              else "C0" if n.startswith("edge") or n == "device" else "C1" for n in names]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     for ax, key, label in zip(axes, ("fps", "p50_ms"), ("frames/s", "latency p50, ms")):
         ax.bar(range(len(names)), [rows[n][key] for n in names], color=colors)

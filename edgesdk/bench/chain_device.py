@@ -32,8 +32,8 @@ def _plan(runner: Any, strategy: dict) -> Any:
     return runner.plan_for(strategy["order"], strategy.get("points"))
 
 
-def _measure(runner: Any, plan: Any, x: np.ndarray, ref: np.ndarray, n: int, warmup: int
-             ) -> dict[str, Any]:
+def _measure(runner: Any, plan: Any, x: np.ndarray, ref: np.ndarray, n: int, warmup: int,
+             kind: str) -> dict[str, Any]:
     from .e2e_data import answer
     from .e2e_models import reference_answer
 
@@ -44,7 +44,7 @@ def _measure(runner: Any, plan: Any, x: np.ndarray, ref: np.ndarray, n: int, war
     results = list(runner.run(frames))
     seconds = time.perf_counter() - t0
     out = runner.bundle.manifest.outputs[0].name
-    agree = [answer(r.outputs[out], "ctc") == reference_answer(ref[i % len(ref)])
+    agree = [answer(r.outputs[out], kind) == reference_answer(ref[i % len(ref)])
              for i, r in enumerate(results)]
     lat = [r.latency_ms for r in results]
     stages = {}  # each remote stage's median compute and queueing, as its replies say
@@ -54,6 +54,7 @@ def _measure(runner: Any, plan: Any, x: np.ndarray, ref: np.ndarray, n: int, war
                           for key in ("server_ms", "queue_ms")} if hops else {}
         stages[s.node]["predicted_cpu_ms"] = round(s.cpu_ms, 1)
     return {"plan": plan.describe(), "fps": len(results) / seconds, "stages": stages,
+            "window": runner.in_flight(),
             "origin_predicted_ms": round(plan.stages[0].cpu_ms, 1),
             "predicted_fps": plan.fps, "p50_ms": float(np.median(lat)),
             "p95_ms": float(np.percentile(lat, 95)), "agreement": float(np.mean(agree)),
@@ -77,7 +78,7 @@ def _kill_run(runner: Any, plan: Any, x: np.ndarray, kill: dict) -> dict[str, An
             killed_at = time.monotonic()
     replan = next((p for p in runner.replans if p.dropped == victim), None)
     after = results[int(kill["at"]):]
-    return {"plan": plan.describe(), "killed": victim, "frames": n,
+    return {"plan": plan.describe(), "killed": victim, "at": int(kill["at"]), "frames": n,
             "answered": len(results),
             "in_order": [r.index for r in results] == list(range(n)),
             "finished_on_device": sum(r.where == "device" for r in after),
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         for k in range(args["rounds"]):
             for name in (list(plans) if k % 2 == 0 else list(plans)[::-1]):
                 runs[name].append(_measure(runner, plans[name], x, ref,
-                                           args["frames_per_run"], args["warmup"]))
+                                           args["frames_per_run"], args["warmup"],
+                                           args["answer"]))
         # a middle stage to kill: the planner's chain, or the chain through every node
         chain = plans["chain"]
         victim_plan = chain if len(chain.stages) >= 3 else plans["chain all"]

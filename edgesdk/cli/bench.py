@@ -8,6 +8,7 @@
     sudo edgesdk bench stream [--json] [--quick] [--rounds N] [--fps F] [--cpu-quota Q]
                               [--png PATH] [--workdir DIR]
     sudo edgesdk bench chain [--json] [--quick] [--rounds N] [--png PATH] [--workdir DIR]
+                             [--model ocr_rec|resnet50] [--wan-mbit M]
     edgesdk bench scheduling [--json] [--quick] [--rounds N] [--seconds S]
     edgesdk bench batching [--json] [--quick] [--rounds N] [--seconds S]
     edgesdk bench ray [--json] [--quick] [--rounds N] [--seconds S]
@@ -175,6 +176,12 @@ def _chain_options(p: argparse.ArgumentParser) -> None:
 
     _rounds_options(p, _module("chain"), "round of short runs")
     p.add_argument("--png", metavar="PATH", help="also draw frames/s and latency per strategy")
+    p.add_argument("--model", choices=("ocr_rec", "resnet50"), default="ocr_rec",
+                   help="PP-OCRv4 rec (default; real weights) or ResNet50-light (compute-"
+                        "heavy; the onnx wheel's generated weights)")
+    p.add_argument("--wan-mbit", type=positive_float, default=_module("chain").WAN_MBIT,
+                   help="the site's upload to the edge box, Mbit/s (default "
+                        f"{_module('chain').WAN_MBIT:g})")
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "edgesdk-e2e"),
                    help="where the PP-OCR bundle is built once (shared with bench e2e)")
     p.set_defaults(func=_chain)
@@ -185,7 +192,8 @@ def _chain(args: argparse.Namespace) -> int:
 
     bench = _module("chain")
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
-    report = bench.run(args.rounds, quick=args.quick, workdir=args.workdir, log=log)
+    report = bench.run(args.rounds, quick=args.quick, workdir=args.workdir,
+                       model=args.model, wan_mbit=args.wan_mbit, log=log)
     print(json.dumps(bench.jsonable(report), indent=2) if args.json
           else bench.format_text(report))
     if args.png and not bench.plot(report, args.png):

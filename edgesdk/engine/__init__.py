@@ -19,5 +19,5 @@ from .preprocess import Preprocessor, prepare
 from .result import Result, Timings, Where
 from .strategy import STRATEGIES
 
-__all__ = ["STRATEGIES", "ChainResult", "ChainRunner", "Engine", "LocalRunner", "Plan", "Preprocessor", "Result", "Strategy",
-           "Task", "Timings", "Where", "prepare"]
+__all__ = ["STRATEGIES", "ChainResult", "ChainRunner", "Engine", "LocalRunner", "Plan",
+           "Preprocessor", "Result", "Strategy", "Task", "Timings", "Where", "prepare"]

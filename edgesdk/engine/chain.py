@@ -14,13 +14,16 @@ the next (`--next-hop`). edgesdk.policy.chain picks the stages; this device runs
 one (its head segments), sends the cut's tensors to the second with the route of the rest,
 and the reply comes back along the chain (edgesdk.transport.route). While stage k works
 on frame t, stage k-1 already works on frame t+1: up to `window` frames are in flight, so
-the chain's rate is its slowest stage's, not the sum of the stages.
+the chain's rate is its slowest stage's, not the sum of the stages. By Little's law a
+chain delivers at most window / latency frames per second, so by default the window
+follows the plan: twice its latency over its bottleneck (at least 2, at most MAX_WINDOW).
 
 Faults. A frame whose chain fails (a stage down, late, busy or refusing it) is finished
 here from the tensors this device kept, so no frame is lost (`where="device"`, `error`
 says why). When the failure names a stage that is gone (`hop_down` or `hop_timeout` from
-the stage before it, or no answer at all from the first stage), the chain is planned
-again without it at once (`replans`); a stage left out is tried again after `revive_s`.
+the stage before it; for the first stage, its connection dropping, or SILENT_TIMEOUTS
+frames in a row timing out), the chain is planned again without it at once (`replans`);
+a stage left out takes part again once it answers a hello, asked every `revive_s`.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ from ..policy.chain import ChainPlan, Links, Node, best_chain, partition
 from ..transport.client import Client
 from ..transport.route import HOP_DOWN, HOP_TIMEOUT, Hop, route_fields
 from .device import LocalRunner
+
+SILENT_TIMEOUTS = 3  # frames in a row a first stage lets time out before it is left out
+MAX_WINDOW = 16  # frames in flight at most (each holds its head's tensors here)
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,7 @@ class ChainRunner:
 
     def __init__(self, bundle: Bundle | str | Path, nodes: Sequence[Node],
                  links: Links | None = None, *, objective: str = "throughput",
-                 budget_ms: float = 1000.0, window: int = 4, threads: int = 1,
+                 budget_ms: float = 1000.0, window: int | None = None, threads: int = 1,
                  revive_s: float = 30.0, plan: ChainPlan | None = None,
                  replan: bool = True) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
@@ -115,8 +121,9 @@ class ChainRunner:
         if missing:
             raise ConfigError(f"nodes {missing} have no endpoint; every node but this "
                               "device runs `edgesdk serve`")
-        if not (isinstance(window, int) and window >= 1):
-            raise ConfigError(f"window is {window!r}, expected an int >= 1")
+        if window is not None and not (isinstance(window, int) and 1 <= window <= MAX_WINDOW):
+            raise ConfigError(f"window is {window!r}, expected an int in [1, {MAX_WINDOW}] "
+                              "(or None: from the plan)")
         if not budget_ms > 0:
             raise ConfigError(f"budget_ms is {budget_ms!r}, expected a number > 0")
         self.nodes = {n.name: n for n in nodes}
@@ -130,6 +137,7 @@ class ChainRunner:
         self.model = model_profile(self.bundle.manifest)
         self.local = LocalRunner(self.bundle, threads=threads)
         self.down: dict[str, float] = {}  # node -> when it was left out
+        self._silent: dict[str, int] = {}  # first stage -> frames in a row it let time out
         self.replans: list[Replan] = []
         self._clients: dict[str, Client] = {}
         self._outputs = self.bundle.manifest.outputs
@@ -139,41 +147,43 @@ class ChainRunner:
         self.plan = plan or self._best()
 
     def _discover(self, links: Links) -> Links:
-        """Ask every stage what it serves and where it may forward (hello): a stage that
-        does not answer, or does not serve this bundle, is left out (`down`, and tried
-        again after revive_s); a pair of stages that may not forward to each other is a
-        blocked link."""
-        blocked = set(links.blocked)
+        """Measure this device and ask every stage what it serves (_hello); the blocked
+        links of every stage that answered."""
         origin = self.nodes[self.order[0]]
         if origin.slowdown is None:
             self.nodes[origin.name] = replace(origin, slowdown=self._own_slowdown())
+        blocked = set(links.blocked)
         for name in self.order[1:]:
-            node = self.nodes[name]
-            try:
-                welcome = self._client(node.endpoint).hello(budget_s=min(self.budget_s, 2.0))
-            except TransportError as exc:
+            answer = self._hello(name)
+            if isinstance(answer, str):
                 now = self.down[name] = time.monotonic()
-                self.replans.append(Replan(-1, name, f"hello: {type(exc).__name__}: {exc}",
-                                           "", now))
-                continue
-            served = welcome.bundles.get(self.bundle.source_sha256)
-            if not isinstance(served, dict):
-                now = self.down[name] = time.monotonic()
-                self.replans.append(Replan(-1, name, f"{node.endpoint} does not serve bundle "
-                                           f"{self.bundle.name!r}", "", now))
-                continue
-            bits = served.get("output_bits")
-            if bits in (16, 32):  # the servers' result encoding (edgesdk serve --output-bits)
-                self.result_bytes = float(sum(t.fp32_bytes for t in self._outputs)) * bits / 32
-            workers = welcome.load.get("workers")
-            self.nodes[name] = replace(
-                node, slowdown=node.slowdown or self._their_slowdown(served.get("profile")),
-                workers=node.workers or (workers if isinstance(workers, int) and workers > 0
-                                         else None))
-            blocked.update((name, other) for other in self.order[1:]
-                           if other != name and self.nodes[other].endpoint
-                           not in welcome.next_hops)
+                self.replans.append(Replan(-1, name, answer, "", now))
+            else:
+                blocked |= answer
         return replace(links, blocked=frozenset(blocked))
+
+    def _hello(self, name: str) -> set[tuple[str, str]] | str:
+        """Ask stage `name` what it serves and where it may forward: its node gets its
+        measured slowdown and workers, and the pairs (name, other) it may not forward to
+        come back; or why it cannot take part (no answer, not this bundle)."""
+        node = self.nodes[name]
+        try:
+            welcome = self._client(node.endpoint).hello(budget_s=min(self.budget_s, 2.0))
+        except TransportError as exc:
+            return f"hello: {type(exc).__name__}: {exc}"
+        served = welcome.bundles.get(self.bundle.source_sha256)
+        if not isinstance(served, dict):
+            return f"{node.endpoint} does not serve bundle {self.bundle.name!r}"
+        bits = served.get("output_bits")
+        if bits in (16, 32):  # the servers' result encoding (edgesdk serve --output-bits)
+            self.result_bytes = float(sum(t.fp32_bytes for t in self._outputs)) * bits / 32
+        workers = welcome.load.get("workers")
+        self.nodes[name] = replace(
+            node, slowdown=node.slowdown or self._their_slowdown(served.get("profile")),
+            workers=node.workers or (workers if isinstance(workers, int) and workers > 0
+                                     else None))
+        return {(name, other) for other in self.order[1:]
+                if other != name and self.nodes[other].endpoint not in welcome.next_hops}
 
     def _own_slowdown(self, runs: int = 3) -> float:
         """This device's segment times over the profile's: the median of `runs` timed
@@ -217,6 +227,16 @@ class ChainRunner:
                               f"(blocked: {sorted(self.links.blocked)})")
         return plan
 
+    def in_flight(self) -> int:
+        """Frames kept in flight: `window`, or by default what the plan needs to run at its
+        bottleneck's rate (twice its latency over its bottleneck, see the module doc)."""
+        if self.window is not None:
+            return self.window
+        plan = self.plan
+        if len(plan.stages) == 1 or not plan.bottleneck_ms > 0:
+            return 1
+        return max(2, min(MAX_WINDOW, math.ceil(2 * plan.latency_ms / plan.bottleneck_ms)))
+
     def _drop(self, node: str, frame: int, reason: str) -> None:
         if not self.replan or node in self.down or node == self.order[0]:
             return
@@ -225,13 +245,25 @@ class ChainRunner:
         self.replans.append(Replan(frame, node, reason, self.plan.describe(), now))
 
     def _revive(self, frame: int) -> None:
+        """Stages left out revive_s ago that answer a hello again (with what they serve and
+        where they forward now) take part again."""
         now = time.monotonic()
-        back = [n for n, t in self.down.items() if now - t >= self.revive_s]
+        due = [n for n, t in self.down.items() if now - t >= self.revive_s]
+        if not self.replan or not due:
+            return
+        back = []
+        for name in due:
+            answer = self._hello(name)
+            if isinstance(answer, str):
+                self.down[name] = now  # still out: asked again revive_s from now
+                continue
+            del self.down[name]
+            self.links = replace(self.links, blocked=frozenset(
+                {b for b in self.links.blocked if b[0] != name} | answer))
+            back.append(name)
         if back:
-            for n in back:
-                del self.down[n]
             self.plan = self._best()
-            self.replans.append(Replan(frame, "", f"trying {back} again", self.plan.describe(),
+            self.replans.append(Replan(frame, "", f"{back} answer again", self.plan.describe(),
                                        now))
 
     # -- running ---------------------------------------------------------------------------
@@ -240,20 +272,26 @@ class ChainRunner:
         return next(iter(self.run([x])))
 
     def run(self, frames: Iterable[Any]) -> Iterator[ChainResult]:
-        """Results of `frames` in order, keeping up to `window` of them in flight."""
+        """Results of `frames` in order, keeping up to `window` of them in flight. A
+        caller that stops early (break, an exception) leaves nothing in flight."""
         flights: deque[_Flight] = deque()
-        for i, x in enumerate(frames):
-            feed = self.local.feed(x)  # a bad frame raises here, before any work
-            while sum(f.result is None for f in flights) >= self.window:
+        try:
+            for i, x in enumerate(frames):
+                feed = self.local.feed(x)  # a bad frame raises here, before any work
+                while sum(f.result is None for f in flights) >= self.in_flight():
+                    self._pump(flights, wait_s=0.05)
+                    yield from self._finished(flights)
+                self._revive(i)
+                flights.append(self._start(i, feed))
+                self._pump(flights, wait_s=0.0)
+                yield from self._finished(flights)
+            while flights:
                 self._pump(flights, wait_s=0.05)
                 yield from self._finished(flights)
-            self._revive(i)
-            flights.append(self._start(i, feed))
-            self._pump(flights, wait_s=0.0)
-            yield from self._finished(flights)
-        while flights:
-            self._pump(flights, wait_s=0.05)
-            yield from self._finished(flights)
+        finally:
+            for f in flights:
+                if f.result is None and f.rid is not None:
+                    f.client.cancel(f.rid)  # its reply, if any, is dropped as late
 
     def _start(self, index: int, env: dict) -> _Flight:
         plan = self.plan
@@ -288,7 +326,7 @@ class ChainRunner:
     def _client(self, endpoint: str) -> Client:
         if endpoint not in self._clients:
             # no retries: a resend would arrive after the stages gave up on the first one
-            self._clients[endpoint] = Client(endpoint, retries=0, window=self.window)
+            self._clients[endpoint] = Client(endpoint, retries=0, window=MAX_WINDOW)
         return self._clients[endpoint]
 
     def _pump(self, flights: deque[_Flight], wait_s: float) -> None:
@@ -315,6 +353,7 @@ class ChainRunner:
         except (TransportError, CodecError) as exc:
             self._failed(flight, exc)
             return
+        self._silent.pop(flight.plan.stages[1].node, None)  # it answers
         hops = reply.envelope.get("hops")
         if not isinstance(hops, list):  # the stage answered itself: it relayed nothing
             hops = [{"endpoint": flight.client.endpoint, "server_ms": reply.server_ms,
@@ -329,13 +368,19 @@ class ChainRunner:
 
     def _culprit(self, plan: ChainPlan, exc: EdgeError) -> str | None:
         """The node a failure shows is gone: the one a stage names as its next hop that is
-        down or silent; the first remote stage when nothing answered at all. None for the
-        failures of a live chain (busy, expired, a bad request)."""
+        down or silent; the first remote stage when its connection is gone, or when it
+        let SILENT_TIMEOUTS frames in a row time out without a word (a plain timeout
+        alone may be a slow stage further down whose error did not make it back in
+        time). None for the failures of a live chain (busy, expired, a bad request)."""
+        first = plan.stages[1].node
         if isinstance(exc, RemoteError) and exc.code in (HOP_DOWN, HOP_TIMEOUT):
             hop = exc.fields.get("hop")
             return next((n for n in plan.nodes if self.nodes[n].endpoint == hop), None)
-        if isinstance(exc, Unreachable) or (isinstance(exc, Timeout) and not exc.refused):
-            return plan.stages[1].node
+        if isinstance(exc, Unreachable):
+            return first
+        if isinstance(exc, Timeout) and not exc.refused:
+            self._silent[first] = self._silent.get(first, 0) + 1
+            return first if self._silent[first] >= SILENT_TIMEOUTS else None
         return None
 
     def _local_finish(self, flight: _Flight, error: str) -> None:

@@ -35,7 +35,9 @@ Two searches, as in the pipeline-placement systems this follows:
   the exhaustive answer on chains small enough to enumerate.
 
 Reference times are the profile's (`ModelProfile.seg_ms`, encode times of `wire`); a node's
-`slowdown` scales them, as the live slowdown estimator does for the two-tier planner.
+`slowdown` scales them, as the live slowdown estimator does for the two-tier planner. A
+chain of more than one stage also costs every stage STAGE_CPU_MS of CPU per frame (the
+hand-offs), which is what keeps a light model from being spread thin over many devices.
 Each hop's quantization compounds: a plan's `fidelity` is the product of its hops' (each
 hop only takes bits whose own fidelity is at least `min_fidelity`).
 """
@@ -52,6 +54,11 @@ from ..errors import PolicyError
 from .candidates import ModelProfile
 
 OBJECTIVES = ("throughput", "latency")
+# The CPU a stage of a multi-stage chain spends per frame besides its segments and its
+# encoding, at the profile's speed: the server's broker and worker hand-offs, decoding and
+# the transport (the origin's runner likewise). Measured on the chain benchmark's cameras
+# (bench.chain: /proc CPU time of each stage's processes over 40 frames): 6.5-8 ms.
+STAGE_CPU_MS = 7.0
 EXHAUSTIVE_LIMIT = 5000  # ordered node subsets evaluated one by one; beyond: local search
 INPUT = "input"
 
@@ -124,8 +131,9 @@ class Links:
 class Stage:
     """Segments first..last (inclusive; last < first: none, the origin sending the input)
     on `node`, then the tensors of point `send` at `bits` to the next stage (None on the
-    last stage). cpu_ms: its CPU per frame (segments + encoding); link_ms: the wire time
-    of what it sends: the cut on to the next stage, the result back to the one before."""
+    last stage). cpu_ms: its CPU per frame (segments, encoding, and STAGE_CPU_MS of
+    hand-offs in a multi-stage chain); link_ms: the wire time of what it sends: the cut on
+    to the next stage, the result back to the one before."""
 
     node: str
     first: int
@@ -188,9 +196,10 @@ class _Costs:
     """Per-stage costs of one model on given nodes and links (cached prefix sums)."""
 
     def __init__(self, model: ModelProfile, nodes: Mapping[str, Node], links: Links,
-                 result_bytes: float, min_fidelity: float) -> None:
+                 result_bytes: float, min_fidelity: float, stage_cpu_ms: float) -> None:
         self.model, self.nodes, self.links = model, nodes, links
         self.result_bytes = result_bytes
+        self.stage_cpu_ms = stage_cpu_ms
         self.prefix = [0.0, *itertools.accumulate(model.seg_ms)]
         self.bits = {p: sorted(b for b, (_, _, fid) in model.wire[p].items()
                                if fid >= min_fidelity) for p in model.wire}
@@ -199,6 +208,11 @@ class _Costs:
         """Segments after_from+1 .. after_to on `node`."""
         return (self.prefix[after_to + 1] - self.prefix[after_from + 1]) * \
             self.nodes[node].speed_factor
+
+    def stage_ms(self, node: str, after_from: int, after_to: int) -> float:
+        """compute_ms, plus the hand-off CPU of a stage in a multi-stage chain."""
+        return self.compute_ms(node, after_from, after_to) + \
+            self.stage_cpu_ms * self.nodes[node].speed_factor
 
     def back_ms(self, sender: str, previous: str | None) -> float:
         """The result relayed from `sender` to the stage before it (none for the origin)."""
@@ -232,8 +246,8 @@ class _Costs:
 
 def partition(model: ModelProfile, order: Sequence[Node], links: Links,
               objective: str = "throughput", result_bytes: float = 4096.0,
-              min_fidelity: float = 0.99, points: Sequence[str] | None = None
-              ) -> ChainPlan | None:
+              min_fidelity: float = 0.99, points: Sequence[str] | None = None,
+              stage_cpu_ms: float = STAGE_CPU_MS) -> ChainPlan | None:
     """The best cut points for the nodes in `order` (each one runs a non-empty range,
     except the first, the origin, which may send the model input): a ChainPlan, or None
     when no assignment exists (more nodes than points, no allowed bits). points: the
@@ -247,7 +261,7 @@ def partition(model: ModelProfile, order: Sequence[Node], links: Links,
     if points is not None and not set(points) <= known:
         raise PolicyError(f"points {sorted(set(points) - known)} are not in the model; it has "
                           f"{sorted(known)}")
-    costs = _Costs(model, nodes, links, result_bytes, min_fidelity)
+    costs = _Costs(model, nodes, links, result_bytes, min_fidelity, stage_cpu_ms)
     return _partition(costs, [n.name for n in order], objective, points)
 
 
@@ -262,12 +276,13 @@ def _partition(costs: _Costs, names: Sequence[str], objective: str,
     origin, k = names[0], len(names)
     if k == 1:
         cpu = costs.compute_ms(origin, -1, end)
-        return ChainPlan((Stage(origin, 0, end, None, None, cpu, 0.0),), cpu, cpu, 1.0)
+        return ChainPlan((Stage(origin, 0, end, None, None, cpu, 0.0),), cpu,
+                         cpu / costs.nodes[origin].parallel, 1.0)
     # fronts[i]: the labels (bottleneck, latency, stages) of the chains of stages 0..j
     # whose stage j ends by sending points[i]
     fronts: dict[int, list[tuple]] = {}
     for i, p in enumerate(points):
-        cpu = costs.compute_ms(origin, -1, p.after)
+        cpu = costs.stage_ms(origin, -1, p.after)
         for bn, lat, b, c, wire, fid in costs.hops(origin, names[1], p.name, cpu, None):
             stage = Stage(origin, 0, p.after, p.name, b, c, wire, fid)
             _add(fronts.setdefault(i, []), (bn, lat, (stage,)))
@@ -277,7 +292,7 @@ def _partition(costs: _Costs, names: Sequence[str], objective: str,
             start = points[i].after
             for i2 in range(i + 1, len(points)):
                 p = points[i2]
-                cpu = costs.compute_ms(names[j], start, p.after)
+                cpu = costs.stage_ms(names[j], start, p.after)
                 for bn, lat, b, c, wire, fid in costs.hops(names[j], names[j + 1], p.name, cpu,
                                                            names[j - 1]):
                     stage = Stage(names[j], start + 1, p.after, p.name, b, c, wire, fid)
@@ -290,7 +305,7 @@ def _partition(costs: _Costs, names: Sequence[str], objective: str,
         start = points[i].after
         if start >= end:
             continue  # the last stage must run something
-        cpu = costs.compute_ms(names[-1], start, end)
+        cpu = costs.stage_ms(names[-1], start, end)
         bn, lat, back = costs.last(names[-1], names[-2], cpu)
         stage = Stage(names[-1], start + 1, end, None, None, cpu, back)
         finals += [(max(pbn, bn), plat + lat, (*stages, stage)) for pbn, plat, stages in labels]
@@ -317,7 +332,8 @@ def _check_objective(objective: str) -> None:
 def best_chain(model: ModelProfile, nodes: Sequence[Node], links: Links,
                objective: str = "throughput", max_stages: int | None = None,
                result_bytes: float = 4096.0, min_fidelity: float = 0.99,
-               seed: int = 0, budget: int = 4000) -> ChainPlan:
+               seed: int = 0, budget: int = 4000,
+               stage_cpu_ms: float = STAGE_CPU_MS) -> ChainPlan:
     """The best chain over the nodes (nodes[0] is the origin and always stage 0): which
     nodes take part, in which order, and their cuts. max_stages=2 gives the best two-tier
     plan (the origin alone or with one other node). The search is exhaustive up to
@@ -329,7 +345,8 @@ def best_chain(model: ModelProfile, nodes: Sequence[Node], links: Links,
     names = [n.name for n in nodes]
     if len(set(names)) != len(names):
         raise PolicyError(f"node names repeat: {names}")
-    costs = _Costs(model, {n.name: n for n in nodes}, links, result_bytes, min_fidelity)
+    costs = _Costs(model, {n.name: n for n in nodes}, links, result_bytes, min_fidelity,
+                   stage_cpu_ms)
     origin, others = names[0], names[1:]
     limit = len(nodes) if max_stages is None else max(1, min(max_stages, len(nodes)))
     cache: dict[tuple[str, ...], ChainPlan | None] = {}
@@ -404,5 +421,5 @@ def _random_order(rng: random.Random, origin: str, others: Sequence[str], limit:
     return (origin, *rng.sample(list(others), r))
 
 
-__all__ = ["EXHAUSTIVE_LIMIT", "OBJECTIVES", "ChainPlan", "Links", "Node", "Stage",
+__all__ = ["EXHAUSTIVE_LIMIT", "OBJECTIVES", "STAGE_CPU_MS", "ChainPlan", "Links", "Node", "Stage",
            "best_chain", "partition"]

@@ -247,7 +247,8 @@ class TailHandler:
         first = requests[0]
         served, cut = self._target(first)
         if not served.batches(cut) or any(
-                (r.bundle, r.cut) != (first.bundle, first.cut) for r in requests):
+                (r.bundle, r.cut) != (first.bundle, first.cut) or r.get("stop") is not None
+                for r in requests):  # a chain's stage is never batched (the broker's key)
             return [self._one(r, p) for r, p in zip(requests, payloads)]
         answers: list = [None] * len(requests)
         rows: list[tuple[int, dict]] = []

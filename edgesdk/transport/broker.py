@@ -88,10 +88,12 @@ from .worker import DONE, FAIL, JOB, READY, STOP, WorkerPool, _pack_meta, _reply
 # latency-sensitive requests weigh double (transport.dispatch)
 TASK_WEIGHTS = {"latency": 2.0, "balanced": 1.0, "accuracy": 1.0}
 HOUSEKEEPING_S = 0.02  # timers (queue expiry, restarts, hung workers) run this often
-# A chained request's next stage gets the budget left minus this, and this stage gives up
-# on it half of this before its own deadline: the requester hears which stage failed
-# before it stops waiting
+# A chained request's next stage gets the budget left minus a reserve (RELAY_MARGIN_S and
+# RELAY_MARGIN_SHARE of what is left), and this stage gives up on it half the reserve
+# before its own deadline: a failure further down reaches the requester, which started its
+# clock a transit earlier, before it stops waiting (on a link of up to ~half the reserve)
 RELAY_MARGIN_S = 0.002
+RELAY_MARGIN_SHARE = 0.05
 DRAIN_BATCH = 256  # messages read from one socket before looking at the other
 
 
@@ -178,8 +180,8 @@ class Server:
         metrics_server = None
         self.pool = WorkerPool(cfg.workers, f"ipc://{tmpdir}/backend", self.factory,
                                self.log_level)
-        self.forwarder = Forwarder(ctx, cfg.next_hops, limit=max(2 * cfg.max_queue, 1))
         try:
+            self.forwarder = Forwarder(ctx, cfg.next_hops, limit=max(2 * cfg.max_queue, 1))
             self.backend = ctx.socket(zmq.ROUTER)
             self.backend.setsockopt(zmq.LINGER, 0)
             self.backend.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a dead worker is an error
@@ -216,7 +218,8 @@ class Server:
             return 0
         finally:
             self._shutdown_workers()
-            self.forwarder.close()
+            if getattr(self, "forwarder", None) is not None:
+                self.forwarder.close()
             for sock in (getattr(self, "frontend", None), getattr(self, "backend", None)):
                 if sock is not None:
                     sock.close(linger=0)
@@ -377,7 +380,7 @@ class Server:
         for job in self.dispatcher.expire(now):
             self._reply_expired(job, now)
         for forward, outcome in self.forwarder.expire(now):
-            self._relay(forward, outcome)
+            self._guard(self._relay, forward, outcome)
         for slot in self.pool.slots:
             if slot.process is None and slot.restart_at is not None and now >= slot.restart_at:
                 if self._draining:
@@ -606,10 +609,12 @@ class Server:
                 if job is not None:
                     if job.chain is not None and job.chain.route and \
                             reply.get("status") == "result":
+                        # answered when the next stage answers (_relay counts the reply)
+                        self._count_stage(job, reply)
                         self._forward(job, list(message[at:at + n]), reply, now)
                     else:
                         self._send(job.client, list(message[at:at + n]))
-                    self._count_done(job, reply, now)
+                        self._count_done(job, reply, now)
                 at += n
             for job in jobs.values():  # never: a worker answers every job it was given
                 self._reply_error(job, protocol.INTERNAL, "its worker sent no reply for it")
@@ -625,15 +630,20 @@ class Server:
         status = stats.get("status")
         self.metrics.replies.inc(kind=protocol.RESULT if status == "result" else protocol.ERROR)
         if status == "result":
-            self.metrics.server_seconds.observe(stats.get("server_ms", 0.0) / 1e3)
             if now > job.deadline:
                 self.metrics.deadline_misses.inc()
         else:
             self.metrics.errors.inc(code=str(stats.get("code")))
+        self._count_stage(job, stats)
+        self.metrics.request_seconds.observe(now - job.received)
+
+    def _count_stage(self, job: Job, stats: dict) -> None:
+        """This server's part of a job: its compute and its queueing."""
+        if stats.get("status") == "result":
+            self.metrics.server_seconds.observe(stats.get("server_ms", 0.0) / 1e3)
         queued = stats.get("queue_ms", 0.0) / 1e3
         self.metrics.queue_seconds.observe(queued)
         self.metrics.device_queue_seconds.observe(queued, job.device)
-        self.metrics.request_seconds.observe(now - job.received)
 
     # -- chains ----------------------------------------------------------------------------
     def _forward(self, job: Job, frames: list, stats: dict, now: float) -> None:
@@ -642,38 +652,42 @@ class Server:
         stage = {"server": self.config.name, "endpoint": self.endpoint,
                  "server_ms": round(float(stats.get("server_ms", 0.0)), 4),
                  "queue_ms": round(float(stats.get("queue_ms", 0.0)), 4)}
-        left_s = job.deadline - now - RELAY_MARGIN_S
+        left_s = job.deadline - now
+        reserve_s = RELAY_MARGIN_S + RELAY_MARGIN_SHARE * max(left_s, 0.0)
         hop = job.chain.route[0]
-        if left_s <= 0:
+        if left_s <= reserve_s:
             self._relay(Forward(job, hop.endpoint, b"", [], job.deadline, stage), Outcome(
-                code=protocol.EXPIRED, message=f"its budget ran out at this stage, before it "
-                f"could go on to {hop.endpoint}"))
+                code=protocol.EXPIRED, hop=self.endpoint, message=(
+                    f"its budget ran out at this stage, before it could go on to "
+                    f"{hop.endpoint}")))
             return
         request = protocol.unpack(job.envelope.bytes)
-        env = route.forward_envelope(request, job.chain, 0, left_s * 1e3)
+        env = route.forward_envelope(request, job.chain, 0, (left_s - reserve_s) * 1e3)
         failure = self.forwarder.send(job, env, frames[1:], hop.endpoint,
-                                      job.deadline - RELAY_MARGIN_S / 2, stage)
+                                      job.deadline - reserve_s / 2, stage)
         if failure is not None:
             self._relay(Forward(job, hop.endpoint, b"", [], job.deadline, stage), failure)
 
     def _drain_forwards(self, sock: zmq.Socket) -> None:
         for forward, outcome in self.forwarder.on_readable(sock):
-            self._relay(forward, outcome)
+            self._guard(self._relay, forward, outcome)  # one bad reply costs only itself
 
     def _relay(self, forward: Forward, outcome: Outcome) -> None:
         """Answer a forwarded job: the next stage's reply, or this stage's failure to get
-        one (naming the stage in `hop`)."""
+        one (naming the stage in `hop`: the next one, or this one when it ran out)."""
         job = forward.job
+        self.metrics.request_seconds.observe(time.monotonic() - job.received)
         if outcome.reply is not None:
             env = route.relayed(outcome.reply, job.request_id, forward.stage, forward.endpoint)
             self.metrics.forwards.inc(outcome=outcome.reply.kind)
+            self.metrics.replies.inc(kind=env.kind)
             self._send(job.client, _reply_frames(env, outcome.frames))
             return
         self.metrics.forwards.inc(outcome=outcome.code)
         log_event("forward_failed", logging.DEBUG, request=job.request_id, code=outcome.code,
-                  hop=forward.endpoint)
+                  hop=outcome.hop or forward.endpoint)
         self._reply(job.client, protocol.error_envelope(
-            job.request_id, outcome.code, outcome.message, hop=forward.endpoint,
+            job.request_id, outcome.code, outcome.message, hop=outcome.hop or forward.endpoint,
             hops=[forward.stage]))
 
     def _on_worker_exit(self, slot: _Slot | None) -> None:

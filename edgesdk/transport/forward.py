@@ -60,6 +60,7 @@ class Outcome:
     frames: Sequence = ()
     code: str | None = None
     message: str = ""
+    hop: str | None = None  # the stage that failed, when not the next one
 
 
 class _Link:
@@ -93,7 +94,13 @@ class Forwarder:
         self.limit = limit
         self._ids = itertools.count(1)
         self.pending: dict[int, Forward] = {}
-        self.links = {e: _Link(ctx, e, limit) for e in dict.fromkeys(allowed)}
+        self.links: dict[str, _Link] = {}
+        try:
+            for endpoint in dict.fromkeys(allowed):
+                self.links[endpoint] = _Link(ctx, endpoint, limit)
+        except BaseException:
+            self.close()  # the links made so far: a context with open sockets never ends
+            raise
         self._by_socket = {link.sock: link for link in self.links.values()}
         self._by_monitor = {link.monitor: link for link in self.links.values()}
 
@@ -130,8 +137,11 @@ class Forwarder:
                                      flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:  # IMMEDIATE: no connection after all, or its queue is full
             del self.pending[fid]
-            return Outcome(code=HOP_DOWN, message=f"the next stage {link.endpoint} takes no "
-                           "more requests (not connected, or its queue is full)")
+            if link.state == "up":  # a live stage that is behind: busy, not gone
+                return Outcome(reply=Envelope(protocol.BUSY, 0, extra={
+                    "hop": link.endpoint, "queue": len(self.pending), "max_queue": self.limit}))
+            return Outcome(code=HOP_DOWN, message=f"the next stage {link.endpoint} is not "
+                           "connected")
         forward.sent = True
         forward.frames = []  # sent: the payload is ZeroMQ's now
         return None
@@ -160,9 +170,11 @@ class Forwarder:
                     done.append((forward, Outcome(code=protocol.MALFORMED, message=(
                         f"the next stage {link.endpoint} answered malformed: {exc}"))))
                 continue
-            forward = self.pending.pop(env.id, None)
-            if forward is not None:  # else: late, its job was answered already
+            forward = self.pending.get(env.id)
+            if forward is not None and forward.endpoint == link.endpoint:
+                del self.pending[env.id]
                 done.append((forward, Outcome(reply=env, frames=message[1:])))
+            # else: late (its job was answered already), or not that stage's to answer
 
     def _events(self, link: _Link) -> list[tuple[Forward, Outcome]]:
         done = []
@@ -179,6 +191,7 @@ class Forwarder:
                         if failure is not None:
                             done.append((forward, failure))
             elif event["event"] == zmq.EVENT_DISCONNECTED:
+                done += self._replies(link)  # answers that came in before the drop count
                 link.state = "down"
                 for fid, forward in list(self.pending.items()):
                     if forward.endpoint == link.endpoint:

@@ -34,7 +34,7 @@ from .protocol import BUSY, ERROR, RESULT, Envelope
 MAX_HOPS = 8  # stages after the first: a longer chain is a bug or an attack
 MAX_ENDPOINT_CHARS = 256
 CHAIN_BITS = (32, 16, 8, 4, 2)
-_ENDPOINT = re.compile(r"^(tcp|ipc|inproc)://[^\s]+$")
+_ENDPOINT = re.compile(r"^(tcp|ipc)://[^\s]+$")
 # What a stage's forward keeps of its request's fields (anything else is about this hop)
 PASSED_ON = ("task",)
 
@@ -152,7 +152,9 @@ def relayed(reply: Envelope, request_id: int, stage: Mapping[str, Any],
     network); an error that names no failing stage names the next hop."""
     extra = dict(reply.extra)
     downstream = extra.get("hops")
-    if not isinstance(downstream, list):
+    if isinstance(downstream, list):  # the next stage's word: keep what is a map
+        downstream = [h for h in downstream if isinstance(h, Mapping)]
+    else:
         downstream = [{"endpoint": next_endpoint,
                        **{k: extra[k] for k in ("server_ms", "queue_ms") if k in extra}}]
     hops = [dict(stage), *downstream][:MAX_HOPS + 1]
