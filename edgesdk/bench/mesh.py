@@ -18,15 +18,21 @@ are edgesdk.bench.netem's, which this reuses: see its docstring.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .netem import CGROUP_CPU, CPU_SHARES, MIN_QUOTA_US, _remove_stale, _run, _tbf, check_quota
+from .netem import (
+    CGROUP_CPU,
+    _cpu_group,
+    _delete,
+    _in_group,
+    _remove_stale,
+    _run,
+    _tbf,
+    check_quota,
+)
 
 PREFIX = "edgesdk-mesh"  # namespaces PREFIX-<pid>x<i> (see netem._remove_stale)
 
@@ -94,21 +100,11 @@ class MeshTestbed:
             if node.downlink_mbit is not None:
                 _run("ip", "netns", "exec", self._switch, "tc", "qdisc", "add", "dev", port,
                      "root", *_tbf(node.downlink_mbit))
-            group = self._cgroup[name]
-            group.mkdir(exist_ok=True)
-            (group / "cpu.shares").write_text(str(CPU_SHARES))
-            (group / "cpu.cfs_quota_us").write_text("-1")
-            if node.cpu_quota and node.cpu_quota < 1:
-                # netem's scheme: 1 ms of CPU per period of 1 ms / quota (short stalls)
-                (group / "cpu.cfs_period_us").write_text(
-                    str(round(MIN_QUOTA_US / node.cpu_quota)))
-                (group / "cpu.cfs_quota_us").write_text(str(MIN_QUOTA_US))
+            _cpu_group(self._cgroup[name], node.cpu_quota)
 
     def command(self, name: str, argv: Sequence[str]) -> list[str]:
-        """argv, to run on node `name`: in its namespace and its CPU cgroup (joined before
-        exec, as netem does: `ip netns exec` remounts /sys)."""
-        join = f'echo $$ > {self._cgroup[name] / "cgroup.procs"} && exec "$@"'
-        return ["sh", "-c", join, "sh", "ip", "netns", "exec", self._ns[name], *argv]
+        """argv, to run on node `name`: in its namespace and its CPU cgroup."""
+        return _in_group(self._cgroup[name], ["ip", "netns", "exec", self._ns[name], *argv])
 
     def popen(self, name: str, argv: Sequence[str], **kw) -> subprocess.Popen:
         return subprocess.Popen(self.command(name, argv), **kw)
@@ -123,22 +119,9 @@ class MeshTestbed:
                 "delay_loss": "not emulated (no sch_netem)"}
 
     def close(self) -> None:
-        for ns in [*self._ns.values(), self._switch]:
-            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
-                                  text=True).stdout.split()
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         for inner, _ in self._veth.values():  # a setup that failed before moving it
             subprocess.run(["ip", "link", "del", inner], capture_output=True)
-        deadline = time.monotonic() + 5
-        for group in self._cgroup.values():
-            while group.is_dir() and time.monotonic() < deadline:
-                try:
-                    group.rmdir()
-                except OSError:  # EBUSY until the killed processes are reaped
-                    time.sleep(0.05)
+        _delete([*self._ns.values(), self._switch], list(self._cgroup.values()))
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -140,6 +140,50 @@ def _remove_stale() -> None:
                 d.rmdir()
 
 
+def _cpu_group(group: Path, cpu_quota: float | None = None) -> None:
+    """Make cgroup `group` (cpu.shares CPU_SHARES) and set its quota (see set_quota)."""
+    group.mkdir(exist_ok=True)
+    (group / "cpu.shares").write_text(str(CPU_SHARES))
+    _set_quota(group, cpu_quota)
+
+
+def _set_quota(group: Path, cpu_quota: float | None) -> None:
+    """1 ms of CPU (the kernel's smallest quota) per period of 1 ms / fraction, so the
+    throttling stalls are as short as CFS allows (0.25: at most 3 ms); None, 0 or 1:
+    unthrottled."""
+    check_quota(cpu_quota)
+    (group / "cpu.cfs_quota_us").write_text("-1")
+    if cpu_quota and cpu_quota < 1:
+        (group / "cpu.cfs_period_us").write_text(str(round(MIN_QUOTA_US / cpu_quota)))
+        (group / "cpu.cfs_quota_us").write_text(str(MIN_QUOTA_US))
+
+
+def _in_group(group: Path, argv: Sequence[str]) -> list[str]:
+    """argv run by a shell that first joins cgroup `group` (before exec: `ip netns exec`
+    remounts /sys, hiding the cgroup tree)."""
+    join = f'echo $$ > {group / "cgroup.procs"} && exec "$@"'
+    return ["sh", "-c", join, "sh", *argv]
+
+
+def _delete(namespaces: Sequence[str], groups: Sequence[Path]) -> None:
+    """Kill what runs in the namespaces (a process left in one keeps it, and its cgroup,
+    alive unnamed), delete them, then remove the cgroups once their processes are gone."""
+    for ns in namespaces:
+        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                              text=True).stdout.split()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    deadline = time.monotonic() + 5
+    for group in groups:
+        while group.is_dir() and time.monotonic() < deadline:
+            try:
+                group.rmdir()
+            except OSError:  # EBUSY until the killed processes are reaped
+                time.sleep(0.05)
+
+
 class _Schedule:
     """Runs each action at its time.time() in the background, in order; `stop()` re-raises
     a failed action, so a run never goes on at a stale rate."""
@@ -208,8 +252,7 @@ class NamespaceTestbed:
         self.rate_mbit = 1000.0
         self._kick = _socket_in(dev)
         for group in (self.cgroup, self.edge_cgroup):
-            group.mkdir(exist_ok=True)
-            (group / "cpu.shares").write_text(str(CPU_SHARES))
+            _cpu_group(group)
 
     def set_rate(self, mbit: float) -> None:
         """The device -> edge rate in Mbit/s, from now on."""
@@ -243,30 +286,19 @@ class NamespaceTestbed:
                      **kw) -> subprocess.Popen:
         """Run argv in the device namespace, inside the CPU quota (fraction of one core;
         None, 0 or 1: unthrottled)."""
-        # The kernel's smallest quota is 1 ms; the shortest stalls come from a 1 ms quota
-        # in a period of 1 ms / fraction (0.25: 1 ms of CPU, then at most 3 ms of waiting).
         self.set_quota(cpu_quota)
-        # Join the cgroup first: `ip netns exec` remounts /sys, hiding the cgroup tree.
-        join = f'echo $$ > {self.cgroup / "cgroup.procs"} && exec "$@"'
-        return subprocess.Popen(["sh", "-c", join, "sh", "ip", "netns", "exec",
-                                 self.device_ns, *argv], **kw)
+        return subprocess.Popen(_in_group(self.cgroup, ["ip", "netns", "exec",
+                                                        self.device_ns, *argv]), **kw)
 
     def set_quota(self, cpu_quota: float | None) -> None:
         """The device cgroup's CPU quota from now on, also for processes already in it
         (None, 0 or 1: unthrottled)."""
-        check_quota(cpu_quota)
-        if cpu_quota and cpu_quota < 1:
-            (self.cgroup / "cpu.cfs_quota_us").write_text("-1")
-            (self.cgroup / "cpu.cfs_period_us").write_text(str(round(MIN_QUOTA_US / cpu_quota)))
-            (self.cgroup / "cpu.cfs_quota_us").write_text(str(MIN_QUOTA_US))
-        else:
-            (self.cgroup / "cpu.cfs_quota_us").write_text("-1")
+        _set_quota(self.cgroup, cpu_quota)
 
     def edge_command(self, argv: Sequence[str]) -> list[str]:
         """argv, to run in the edge namespace and its cgroup (no quota, a high weight: the
         edge server's CPU, whatever else the machine runs)."""
-        join = f'echo $$ > {self.edge_cgroup / "cgroup.procs"} && exec "$@"'
-        return ["sh", "-c", join, "sh", "ip", "netns", "exec", self.edge_ns, *argv]
+        return _in_group(self.edge_cgroup, ["ip", "netns", "exec", self.edge_ns, *argv])
 
     def popen_edge(self, argv: Sequence[str], **kw) -> subprocess.Popen:
         """Run argv in the edge namespace, outside the server's cgroup (e.g. other devices'
@@ -294,23 +326,9 @@ class NamespaceTestbed:
             self._remove()
 
     def _remove(self) -> None:
-        for ns in (self.device_ns, self.edge_ns):
-            # a process left in a namespace would keep it (and the cgroup) alive unnamed
-            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
-                                  text=True).stdout.split()
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         # a setup that failed before moving the veth into its namespace leaves it here
         subprocess.run(["ip", "link", "del", self._veth[0]], capture_output=True)
-        deadline = time.monotonic() + 5
-        for group in (self.cgroup, self.edge_cgroup):
-            while group.is_dir() and time.monotonic() < deadline:
-                try:
-                    group.rmdir()
-                except OSError:  # EBUSY until the killed processes are reaped
-                    time.sleep(0.05)
+        _delete((self.device_ns, self.edge_ns), (self.cgroup, self.edge_cgroup))
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -94,10 +94,16 @@ def _balancing(candidates: list[CutCandidate], stages: int) -> list[CutCandidate
         left = [c for c in candidates if c not in chosen]
         if not left:
             break
-        near = [c for c in left if abs(c.flops_fraction - target) <= window]
-        chosen.append(min(near, key=lambda c: (c.bytes, abs(c.flops_fraction - target)))
-                      if near else min(left, key=lambda c: abs(c.flops_fraction - target)))
+        chosen.append(_smallest_near(left, target, window))
     return chosen
+
+
+def _smallest_near(cuts: list[CutCandidate], target: float, window: float) -> CutCandidate:
+    """The smallest of `cuts` within `window` of compute fraction `target`, else the
+    nearest to it."""
+    near = [c for c in cuts if abs(c.flops_fraction - target) <= window]
+    return (min(near, key=lambda c: (c.bytes, abs(c.flops_fraction - target))) if near
+            else min(cuts, key=lambda c: abs(c.flops_fraction - target)))
 
 
 def sendable_input_bytes(inputs: Sequence[TensorSpec]) -> int | None:
@@ -160,9 +166,7 @@ def _spread(pool: list[CutCandidate], count: int) -> list[CutCandidate]:
             for d in chosen)]
         if not left:
             break
-        near = [c for c in left if abs(c.flops_fraction - target) <= window]
-        chosen.append(min(near, key=lambda c: (c.bytes, abs(c.flops_fraction - target)))
-                      if near else min(left, key=lambda c: abs(c.flops_fraction - target)))
+        chosen.append(_smallest_near(left, target, window))
     return chosen
 
 
