@@ -57,8 +57,9 @@ def test_frames_move_to_the_other_server_when_one_freezes_and_when_one_dies(slow
             [(r.server, r.where, r.fallback_reason) for r in moved]
         timeouts = [r for r in moved if r.fallback_reason == "timeout"]
         assert len(timeouts) <= 2, [(r.server, r.where, r.fallback_reason) for r in moved]
-        on_b = stream_frames(engine, x, 1.0)
-        assert sum(r.server == b.endpoint and r.where == "edge" for r in on_b) >= \
+        # the frames that left the device went to b (a plan with an exit answers some here)
+        on_b = [r for r in stream_frames(engine, x, 1.0) if r.where != "exit"]
+        assert on_b and sum(r.server == b.endpoint and r.where == "edge" for r in on_b) >= \
             0.8 * len(on_b), [(r.server, r.where, r.fallback_reason) for r in on_b]
 
         b.kill()  # a dead box: its connection drops
