@@ -15,8 +15,10 @@ from edgesdk.engine.chain import ChainRunner
 from edgesdk.errors import ConfigError, RemoteError
 from edgesdk.policy import model_profile
 from edgesdk.policy.chain import Links, Node, partition
+from edgesdk.policy.mix import ChainMix
 from edgesdk.runtime import open_segments, run_chain
 from edgesdk.server.process import ServerProcess
+from edgesdk.transport.auth import generate_keys
 from edgesdk.transport.client import Client
 
 BUNDLE = "edgesdk/models/digits.edge"
@@ -159,6 +161,52 @@ def test_a_killed_middle_stage_loses_no_frame_and_is_planned_around(bundle, fram
         assert agree >= 0.95
 
 
+def test_frames_spread_over_chains_side_by_side(bundle, frames):
+    """A mix of three chains (this device alone, a whole frame to a, a whole frame to b)
+    at rates 1:2:1: every chain takes its share, results come in order and as the model
+    answers; b killed mid-stream, its frames finish here and the plan drops it."""
+    with ServerProcess.serve([BUNDLE], "--workers", "1") as a, \
+            ServerProcess.serve([BUNDLE], "--workers", "1") as b:
+        nodes = [Node("dev"), Node("a", a.endpoint), Node("b", b.endpoint)]
+        with ChainRunner(bundle, nodes, budget_ms=2000) as chain:
+            chain.window = 4  # no chain is passed over for holding its cap of frames
+            mix = ChainMix((chain.plan_for(["dev"]), chain.plan_for(["dev", "a"], ["input"]),
+                            chain.plan_for(["dev", "b"], ["input"])), (10.0, 20.0, 10.0))
+            chain.plan = mix
+            results = list(chain.run(frames[:16]))
+            assert [r.index for r in results] == list(range(16))
+            assert all(r.error is None for r in results)
+            taken = [sum(r.plan == c.describe() for r in results) for c in mix.chains]
+            assert taken == [4, 8, 4]
+            # smooth weighted round robin: a, this device, b, a, and again
+            assert [r.where for r in results[:4]] == ["chain", "device", "chain", "chain"]
+            name = bundle.manifest.outputs[0].name
+            for r, x in zip(results, frames):
+                want = reference(bundle, x)
+                np.testing.assert_allclose(r.outputs[name], want,
+                                           atol=2e-2 * np.abs(want).max())
+            # each chain's cap of frames in flight: a chain at its cap is passed over, but
+            # never for this device alone, which keeps to its share
+            chain.plan, chain.window = mix, None
+            results = list(chain.run(frames))
+            local = sum(r.plan == mix.chains[0].describe() for r in results)
+            assert [r.index for r in results] == list(range(len(frames)))
+            assert 1 <= local <= len(frames) // 4 + 1, local
+            chain.plan = mix
+            stream = np.concatenate([frames] * 2)
+            results = []
+            for r in chain.run(stream):
+                results.append(r)
+                if len(results) == 8:
+                    b.proc.send_signal(signal.SIGKILL)
+        assert [r.index for r in results] == list(range(len(stream)))  # none lost
+        assert chain.replans and chain.replans[0].dropped == "b"
+        assert "b" not in chain.plan.nodes
+        failed = [r for r in results if r.error]  # finished here: those in flight to b
+        assert all(r.where == "device" for r in failed)
+        assert any(r.plan == mix.chains[2].describe() for r in failed)
+
+
 def test_a_silent_next_stage_is_named_before_the_deadline(bundle, frames):
     """b stopped (SIGSTOP: connected, never answering): a gives up on it before the
     device's deadline and says which stage went silent."""
@@ -217,3 +265,46 @@ def test_an_unreachable_stage_is_left_out_at_start(bundle, frames):
         assert "gone" in chain.down and chain.plan.nodes == ("dev",)
         result = chain.infer(frames[0])
     assert result.where == "device" and result.error is None
+
+
+def test_a_chain_of_curve_servers(bundle, frames, tmp_path):
+    """Every hop encrypted: this device to b with its own key, b to c with b's key
+    (`--next-hop ENDPOINT=KEYFILE`), each server allowing only the keys it should. A
+    stage that forwards without c's key is refused by c's handshake at once (hop_down,
+    not a deadline), and its frames finish here."""
+    keys = tmp_path / "keys"
+    for name in ("dev", "b", "c", "d"):
+        generate_keys(keys, name)
+
+    def allow(*names):
+        folder = tmp_path / f"allow-{'-'.join(names)}"
+        folder.mkdir(exist_ok=True)
+        for n in names:
+            (folder / f"{n}.key").write_bytes((keys / f"{n}.key").read_bytes())
+        return str(folder)
+
+    def curve(name, *allowed):
+        return "--curve-secret", str(keys / f"{name}.key_secret"), "--allow", allow(*allowed)
+
+    with ServerProcess.serve([BUNDLE], "--workers", "1", *curve("c", "dev", "b")) as c, \
+            ServerProcess.serve([BUNDLE], "--workers", "1", *curve("b", "dev"), "--next-hop",
+                                f"{c.endpoint}={keys / 'c.key'}") as b, \
+            ServerProcess.serve([BUNDLE], "--workers", "1", *curve("d", "dev"), "--next-hop",
+                                c.endpoint) as d:  # forwards to c in the clear
+        server_keys = {n: keys / f"{n}.key" for n in ("b", "c", "d")}
+        for middle, server in (("b", b), ("d", d)):
+            nodes = [Node("dev"), Node(middle, server.endpoint), Node("c", c.endpoint)]
+            plan = partition(model_profile(bundle.manifest), nodes, Links())
+            with ChainRunner(bundle, nodes, plan=plan, budget_ms=3000, window=2,
+                             replan=False,
+                             server_keys={n: server_keys[n] for n in (middle, "c")},
+                             client_keys=keys / "dev.key_secret") as chain:
+                results = list(chain.run(frames[:4]))
+            assert [r.index for r in results] == [0, 1, 2, 3]
+            if middle == "b":
+                assert all(r.where == "chain" and r.error is None for r in results), results
+                assert [h["endpoint"] for h in results[0].hops] == [b.endpoint, c.endpoint]
+            else:
+                assert all(r.where == "device" and "hop_down" in r.error
+                           and "handshake" in r.error for r in results), results
+                assert max(r.latency_ms for r in results) < 2000  # not a deadline each

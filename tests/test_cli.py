@@ -61,3 +61,22 @@ def test_info_text():
 def test_unknown_command_fails_with_usage():
     out = run([sys.executable, "-m", "edgesdk", "fly"])
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_next_hop_takes_an_optional_curve_key(tmp_path):
+    import argparse
+
+    from edgesdk.cli.serve import next_hop
+    from edgesdk.transport.auth import generate_keys, load_public_key
+    from edgesdk.transport.config import ServerConfig
+
+    public, _ = generate_keys(tmp_path, "edge")
+    assert next_hop("tcp://edge:5555") == ("tcp://edge:5555", None)
+    assert next_hop(f"tcp://edge:5555={public}") == ("tcp://edge:5555", load_public_key(public))
+    z85 = load_public_key(public).decode()  # the key itself (z85 may hold "=")
+    assert next_hop(f"ipc:///tmp/e={z85}")[1] == z85.encode()
+    with pytest.raises(argparse.ArgumentTypeError, match="no such key file"):
+        next_hop(f"tcp://edge:5555={tmp_path / 'missing.key'}")
+    with pytest.raises(ValueError, match="not a next hop"):
+        ServerConfig(next_hops=("tcp://a:1",), next_hop_keys={"tcp://b:1": z85.encode()}
+                     ).validate()

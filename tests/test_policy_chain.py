@@ -47,37 +47,43 @@ def random_nodes(rng, n):
     return nodes, links
 
 
-def brute_partition(model, order, links, objective):
-    """Every assignment of cut points to the order, costed from first principles."""
+def assignments(model, k):
+    """Every way k stages can split the model: (the points each but the last sends, the
+    segment bounds, the bits of each hop, 32 or 8)."""
     points = [("input", -1)] + list(zip(model.cut_ids, model.cut_after))
     end = len(model.seg_ms) - 1
-    best = None
-    k = len(order)
     for sends in itertools.combinations(range(len(points)), k - 1):
         afters = [points[i][1] for i in sends]
         if k > 1 and afters[-1] >= end:
             continue
-        bounds = [-1, *afters, end]
         for bits in itertools.product((32, 8), repeat=k - 1):
-            cpu, link, lat = [], [], 0.0
-            for j, node in enumerate(order):
-                c = sum(model.seg_ms[bounds[j] + 1:bounds[j + 1] + 1]) * node.speed_factor
-                if k > 1:  # a stage's hand-offs
-                    c += STAGE_CPU_MS * node.speed_factor
-                # the result, relayed back to the stage before
-                w = 0.0 if j == 0 else links.transfer_ms(node.name, order[j - 1].name, 4096.0)
-                if j < k - 1:
-                    nbytes, enc, _ = model.wire[points[sends[j]][0]][bits[j]]
-                    c += enc * node.speed_factor
-                    w += links.transfer_ms(node.name, order[j + 1].name, nbytes)
-                    lat += links.rtt(node.name, order[j + 1].name)
-                cpu.append(c / node.parallel)
-                link.append(w)
-                lat += c + w
-            bottleneck = max(cpu + link)
-            key = (bottleneck, lat) if objective == "throughput" else (lat, bottleneck)
-            if best is None or key < best:
-                best = key
+            yield [points[i][0] for i in sends], [-1, *afters, end], bits
+
+
+def brute_partition(model, order, links, objective):
+    """Every assignment of cut points to the order, costed from first principles."""
+    best = None
+    k = len(order)
+    for sends, bounds, bits in assignments(model, k):
+        cpu, link, lat = [], [], 0.0
+        for j, node in enumerate(order):
+            c = sum(model.seg_ms[bounds[j] + 1:bounds[j + 1] + 1]) * node.speed_factor
+            if k > 1:  # a stage's hand-offs
+                c += STAGE_CPU_MS * node.speed_factor
+            # the result, relayed back to the stage before
+            w = 0.0 if j == 0 else links.transfer_ms(node.name, order[j - 1].name, 4096.0)
+            if j < k - 1:
+                nbytes, enc, _ = model.wire[sends[j]][bits[j]]
+                c += enc * node.speed_factor
+                w += links.transfer_ms(node.name, order[j + 1].name, nbytes)
+                lat += links.rtt(node.name, order[j + 1].name)
+            cpu.append(c / node.parallel)
+            link.append(w)
+            lat += c + w
+        bottleneck = max(cpu + link)
+        key = (bottleneck, lat) if objective == "throughput" else (lat, bottleneck)
+        if best is None or key < best:
+            best = key
     return best
 
 

@@ -204,3 +204,47 @@ def test_a_bad_endpoint_raises_and_leaves_nothing_open():
     with pytest.raises(zmq.ZMQError):
         Client("tcp://no-port-here", context=ctx)
     ctx.term()  # returns: the failed client closed its sockets
+
+
+def test_poll_clients_waits_on_every_server_and_a_wake_fd():
+    """A reply from the second client's server ends the one wait (not only the first's),
+    and so does the wake fd; a timer (a request's deadline) bounds it."""
+    import os
+    import time
+
+    from edgesdk.transport.client import poll_clients
+
+    slow_replies: list[Envelope] = []
+
+    def fast(env):
+        return pack(Envelope("result", env.id, extra={"server_ms": 1.0, "queue_ms": 0.0}))
+
+    def silent(env):
+        slow_replies.append(env)
+
+    with FakeServer(silent) as quiet, FakeServer(fast) as quick, \
+            Client(quiet.endpoint, retries=0) as a, Client(quick.endpoint, retries=0) as b:
+        ra = a.submit([b"x"], budget_s=30.0, bundle="b", cut="c")
+        rb = b.submit([b"x"], budget_s=30.0, bundle="b", cut="c")
+        t0 = time.monotonic()
+        while not b.done(rb):
+            poll_clients([a, b], 5.0)
+        assert time.monotonic() - t0 < 2.0 and not a.done(ra)
+        r, w = os.pipe()
+        try:
+            os.write(w, b"\0")
+            t0 = time.monotonic()
+            poll_clients([a], 5.0, r)
+            assert time.monotonic() - t0 < 1.0  # woken by the fd, not the 5 s
+            os.read(r, 1)
+            t0 = time.monotonic()
+            poll_clients([], 0.2, r)  # nothing to wake it: the timeout
+            assert 0.15 < time.monotonic() - t0 < 2.0
+        finally:
+            os.close(r)
+            os.close(w)
+        short = a.submit([b"x"], budget_s=0.3, bundle="b", cut="c")
+        t0 = time.monotonic()
+        poll_clients([a], 5.0)  # the request's deadline wakes it
+        poll_clients([a], 0.0)
+        assert a.done(short) and time.monotonic() - t0 < 2.0

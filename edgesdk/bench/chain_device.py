@@ -25,11 +25,36 @@ import numpy as np
 
 
 def _plan(runner: Any, strategy: dict) -> Any:
-    """A strategy's plan: the planner's chain over every node (order null: the plan the
-    runner made), or the given order and cut points, costed with the measured speeds."""
+    """A strategy's plan, costed with the measured speeds: the planner's (order null: the
+    plan the runner made, chains side by side), the best single chain ("pipeline"), or the
+    given order and cut points."""
+    from ..policy.chain import best_chain
+    from ..policy.mix import ChainMix
+
     if strategy.get("order") is None:
         return runner.plan
-    return runner.plan_for(strategy["order"], strategy.get("points"))
+    if strategy["order"] == "pipeline":
+        return ChainMix.of(best_chain(runner.model, [runner.nodes[n] for n in runner.order],
+                                      runner.links, result_bytes=runner.result_bytes))
+    return ChainMix.of(runner.plan_for(strategy["order"], strategy.get("points")))
+
+
+def _chains(plan: Any, results: list) -> list[dict[str, Any]]:
+    """Per chain of the plan: its share, and each remote stage's median compute and
+    queueing as the replies of its frames say, beside the planner's CPU per frame there."""
+    out = []
+    for share, chain in zip(plan.shares, plan.chains):
+        mine = [r for r in results if r.plan == chain.describe()]
+        stages = {}
+        for k, s in enumerate(chain.stages[1:]):
+            hops = [r.hops[k] for r in mine if len(r.hops) > k]
+            stages[s.node] = {key: round(float(np.median([h.get(key, 0.0) for h in hops])), 1)
+                              for key in ("server_ms", "queue_ms")} if hops else {}
+            stages[s.node]["predicted_cpu_ms"] = round(s.cpu_ms, 1)
+        out.append({"plan": chain.describe(), "share": round(share, 3),
+                    "frames": len(mine), "origin_predicted_ms": round(chain.stages[0].cpu_ms, 1),
+                    "stages": stages})
+    return out
 
 
 def _measure(runner: Any, plan: Any, x: np.ndarray, ref: np.ndarray, n: int, warmup: int,
@@ -37,25 +62,22 @@ def _measure(runner: Any, plan: Any, x: np.ndarray, ref: np.ndarray, n: int, war
     from .e2e_data import answer
     from .e2e_models import reference_answer
 
-    runner.plan, runner.down, runner.replan = plan, {}, False  # measure the plan as it is
-    list(runner.run(x[:warmup]))
+    runner.down, runner.replan = {}, False  # measure the plan as it is
+    for chain in plan.chains:  # every chain's first frames (its stages' first runs) first
+        runner.plan = chain
+        list(runner.run(x[:warmup]))
+    runner.plan = plan
     frames = [x[i % len(x)] for i in range(n)]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     results = list(runner.run(frames))
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     out = runner.bundle.manifest.outputs[0].name
     agree = [answer(r.outputs[out], kind) == reference_answer(ref[i % len(ref)])
              for i, r in enumerate(results)]
     lat = [r.latency_ms for r in results]
-    stages = {}  # each remote stage's median compute and queueing, as its replies say
-    for k, s in enumerate(plan.stages[1:]):
-        hops = [r.hops[k] for r in results if len(r.hops) > k]
-        stages[s.node] = {key: round(float(np.median([h.get(key, 0.0) for h in hops])), 1)
-                          for key in ("server_ms", "queue_ms")} if hops else {}
-        stages[s.node]["predicted_cpu_ms"] = round(s.cpu_ms, 1)
-    return {"plan": plan.describe(), "fps": len(results) / seconds, "stages": stages,
-            "window": runner.in_flight(),
-            "origin_predicted_ms": round(plan.stages[0].cpu_ms, 1),
+    return {"plan": plan.describe(), "fps": len(results) / seconds,
+            "origin_cpu_ms": 1e3 * cpu / len(results),  # this process, every thread
+            "chains": _chains(plan, results), "window": runner.in_flight(),
             "predicted_fps": plan.fps, "p50_ms": float(np.median(lat)),
             "p95_ms": float(np.percentile(lat, 95)), "agreement": float(np.mean(agree)),
             "device": sum(r.where == "device" and r.error is not None for r in results),
@@ -63,8 +85,9 @@ def _measure(runner: Any, plan: Any, x: np.ndarray, ref: np.ndarray, n: int, war
 
 
 def _kill_run(runner: Any, plan: Any, x: np.ndarray, kill: dict) -> dict[str, Any]:
-    """The chain streaming; its middle remote stage killed (SIGKILL) after `at` results."""
-    stages = plan.stages
+    """The plan streaming; the middle remote stage of its longest chain killed (SIGKILL)
+    after `at` results."""
+    stages = max(plan.chains, key=lambda c: len(c.stages)).stages
     if len(stages) < 3:
         return {"skipped": f"the plan {plan.describe()} has no middle stage"}
     victim = stages[len(stages) // 2].node if len(stages) > 3 else stages[1].node
@@ -99,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     nodes = [Node(n["name"], n.get("endpoint")) for n in args["nodes"]]
     spec = args["links"]
     links = Links(spec["default_mbps"], spec["default_rtt_ms"],
-                  {(a, b): v for a, b, v in spec["mbps"]})
+                  {(a, b): v for a, b, v in spec["mbps"]},
+                  downlink_mbps=spec.get("downlink_mbps", {}))
     with ChainRunner(args["bundle"], nodes, links, budget_ms=args["budget_ms"],
                      window=args["window"]) as runner:
         measured = {n: {"slowdown": runner.nodes[n].slowdown,
@@ -113,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                                            args["answer"]))
         # a middle stage to kill: the planner's chain, or the chain through every node
         chain = plans["chain"]
-        victim_plan = chain if len(chain.stages) >= 3 else plans["chain all"]
+        victim_plan = chain if max(len(c.stages) for c in chain.chains) >= 3 \
+            else plans["chain all"]
         kill = _kill_run(runner, victim_plan, x, args["kill"]) if args.get("kill") else None
     print(json.dumps({"nodes": measured, "runs": runs, "kill": kill}), flush=True)
     return 0

@@ -29,6 +29,20 @@ def batch_size(text: str) -> int:
     return value
 
 
+def next_hop(text: str) -> tuple[str, bytes | None]:
+    """--next-hop ENDPOINT[=KEY]: the endpoint, and the next stage's CURVE public key (its
+    .key file or the z85 key itself, which may contain "=": endpoints do not) if given."""
+    from ..transport.auth import load_public_key
+
+    endpoint, given, key = text.partition("=")
+    if not given:
+        return text, None
+    try:
+        return endpoint, load_public_key(key)
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"{text}: {exc}") from None
+
+
 class _StartupProgress(logging.Handler):
     """Start-up stages on a Progress, followed from the broker's own log events (the
     Server takes no callback): the first worker opens the tails and measures them
@@ -102,6 +116,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers = args.workers or 2 * (args.max_replicas or args.replicas)
         factory = RayTailFactory(tails, address=args.ray_address, app=args.ray_app)
     curve = load_key_pair(args.curve_secret) if args.curve_secret else None
+    next_hops = args.next_hop or []  # (endpoint, public key or None): next_hop()
     if args.allow and not allowed_keys(args.allow):
         log_event("empty_allow_list", logging.WARNING, allow=args.allow,
                   hint="no *.key files: no device can connect")
@@ -112,7 +127,8 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_host=args.metrics_host, metrics_port=args.metrics_port,
         drain_timeout_s=args.drain_timeout, name=args.name or socket.gethostname(),
         scheduler=args.scheduler, max_batch=args.max_batch,
-        next_hops=tuple(args.next_hop or ()))
+        next_hops=tuple(hop for hop, _ in next_hops),
+        next_hop_keys={hop: key for hop, key in next_hops if key is not None})
     server = Server(config, factory, log_level=args.log_level)
     try:
         if args.backend == "ray":  # last, after everything that can refuse to start
@@ -192,10 +208,12 @@ def _add_serve(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
                         "where the tail's graph takes a batch dimension (default 8; 1: one "
                         "at a time). Batches form from what waits when a worker frees, and "
                         "grow only while they cut the compute per request")
-    p.add_argument("--next-hop", action="append", metavar="ENDPOINT",
+    p.add_argument("--next-hop", action="append", type=next_hop, metavar="ENDPOINT[=KEY]",
                    help="a server this one may forward chained requests to (one stage of a "
                         "device -> edge -> cloud chain, edgesdk.policy.chain); repeatable. "
-                        "Without it, a request that names a next stage is refused")
+                        "With =KEY (its public key file, NAME.key, or the z85 key) the hop "
+                        "is CURVE-encrypted, this server's --curve-secret its identity "
+                        "there. Without any, a request that names a next stage is refused")
     p.add_argument("--curve-secret", metavar="FILE",
                    help="the server's CURVE key pair (NAME.key_secret from `edgesdk keys gen`)")
     p.add_argument("--allow", metavar="DIR",

@@ -6,8 +6,8 @@
     links = Links(default_mbps=100.0, mbps={("cam1", "edge"): 8.0})
     with ChainRunner("model.edge", nodes, links) as chain:
         for result in chain.run(frames):           # in frame order, `window` frames in flight
-            result.outputs, result.where, result.latency_ms
-        chain.plan.describe(), chain.replans
+            result.outputs, result.where, result.latency_ms, result.plan  # the chain it took
+        chain.plan.describe(), chain.plan.shares, chain.replans
 
 Every node but this one runs `edgesdk serve` with the bundle, each allowed to forward to
 the next (`--next-hop`). edgesdk.policy.chain picks the stages; this device runs the first
@@ -18,20 +18,32 @@ the chain's rate is its slowest stage's, not the sum of the stages. By Little's 
 chain delivers at most window / latency frames per second, so by default the window
 follows the plan: twice its latency over its bottleneck (at least 2, at most MAX_WINDOW).
 
+Side by side. For a stream (objective "throughput") the plan is a ChainMix: several
+chains, each taking a share of the frames (edgesdk.policy.mix: e.g. this camera sends
+some frames whole to a peer camera, some from a cut to the edge box, and computes a few
+itself), so that no node idles while another is the bottleneck. Frames are dealt by
+smooth weighted round robin over the planned rates; each chain holds at most its own cap
+of frames in flight (twice its planned rate times its latency), and one that holds its
+cap is passed over, so a node slower than measured takes fewer frames rather than a
+queue. Results still come back in frame order.
+
 Faults. A frame whose chain fails (a stage down, late, busy or refusing it) is finished
 here from the tensors this device kept, so no frame is lost (`where="device"`, `error`
 says why). When the failure names a stage that is gone (`hop_down` or `hop_timeout` from
 the stage before it; for the first stage, its connection dropping, or SILENT_TIMEOUTS
-frames in a row timing out), the chain is planned again without it at once (`replans`);
+frames in a row timing out), the plan is made again without it at once (`replans`);
 a stage left out takes part again once it answers a hello, asked every `revive_s`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -51,7 +63,8 @@ from ..errors import (
 )
 from ..policy.candidates import model_profile
 from ..policy.chain import ChainPlan, Links, Node, best_chain, partition
-from ..transport.client import Client
+from ..policy.mix import ChainMix, best_mix
+from ..transport.client import Client, poll_clients
 from ..transport.route import HOP_DOWN, HOP_TIMEOUT, Hop, route_fields
 from .device import LocalRunner
 
@@ -96,6 +109,8 @@ class _Flight:
     rid: int | None = None
     drops: int = 0  # the client's connection drops when it was sent
     result: ChainResult | None = None
+    future: Future | None = None  # this device computing for it (its head, a local finish)
+    then: Callable[[_Flight, Future], None] | None = None  # what follows, on the loop
 
 
 class ChainRunner:
@@ -103,17 +118,23 @@ class ChainRunner:
 
     nodes[0] is this device (no endpoint); the others are `edgesdk serve` endpoints.
     links: bandwidths and RTTs between them (default: 100 Mbit/s, 1 ms everywhere).
-    objective: "throughput" (default: a stream of frames) or "latency". budget_ms: how
-    long a frame may take along the chain before this device finishes it itself. plan:
-    a ChainPlan to start with. replan: plan again without a stage that failed (False:
+    objective: "throughput" (default: a stream of frames, spread over the chains side by
+    side that give the most frames per second, edgesdk.policy.mix) or "latency" (the
+    chain that answers a frame soonest). budget_ms: how long a frame may take along the
+    chain before this device finishes it itself. plan: a ChainPlan or ChainMix to start
+    with. replan: plan again without a stage that failed (False:
     keep the plan whatever happens, e.g. to measure it; failed frames still finish here).
+    server_keys: the CURVE public keys (a .key file or the z85 key) of the stages that
+    want one, by node name; client_keys: this device's key pair file (what their --allow
+    directories hold; without it an ephemeral pair, which only an open server takes).
     """
 
     def __init__(self, bundle: Bundle | str | Path, nodes: Sequence[Node],
                  links: Links | None = None, *, objective: str = "throughput",
                  budget_ms: float = 1000.0, window: int | None = None, threads: int = 1,
-                 revive_s: float = 30.0, plan: ChainPlan | None = None,
-                 replan: bool = True) -> None:
+                 revive_s: float = 30.0, plan: ChainPlan | ChainMix | None = None,
+                 replan: bool = True, server_keys: Mapping[str, Any] | None = None,
+                 client_keys: Any = None) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         if not nodes or nodes[0].endpoint is not None:
             raise ConfigError("nodes[0] is this device: a Node without an endpoint")
@@ -127,6 +148,12 @@ class ChainRunner:
         if not budget_ms > 0:
             raise ConfigError(f"budget_ms is {budget_ms!r}, expected a number > 0")
         self.nodes = {n.name: n for n in nodes}
+        unknown = sorted(set(server_keys or {}) - {n.name for n in nodes[1:]})
+        if unknown:
+            raise ConfigError(f"server_keys names {unknown}, which are not stages: "
+                              f"{[n.name for n in nodes[1:]]}")
+        self._server_keys = {self.nodes[n].endpoint: k for n, k in (server_keys or {}).items()}
+        self._client_keys = client_keys
         self.order = [n.name for n in nodes]
         self.links = links or Links()
         self.objective = objective
@@ -143,8 +170,18 @@ class ChainRunner:
         self._outputs = self.bundle.manifest.outputs
         # what a result weighs on the way back (at 32 bits until a stage says otherwise)
         self.result_bytes = float(sum(t.fp32_bytes for t in self._outputs))
-        self.links = self._discover(self.links)
-        self.plan = plan or self._best()
+        try:
+            self.links = self._discover(self.links)
+            self.plan = plan or self._best()
+        except BaseException:
+            self._close_clients()  # a context with open sockets never ends
+            raise
+        # this device's segments run here, one frame at a time, beside the loop; each one
+        # done wakes the loop through a pipe, which it polls with the stages' sockets
+        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgesdk-chain")
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
 
     def _discover(self, links: Links) -> Links:
         """Measure this device and ask every stage what it serves (_hello); the blocked
@@ -208,10 +245,58 @@ class ChainRunner:
         return total / ours if ours > 0 and total > 0 else None
 
     # -- planning --------------------------------------------------------------------------
-    def _best(self) -> ChainPlan:
+    @property
+    def plan(self) -> ChainMix:
+        """The chains frames go along (one, or several side by side with their shares)."""
+        return self._plan
+
+    @plan.setter
+    def plan(self, plan: ChainPlan | ChainMix) -> None:
+        self._plan = plan if isinstance(plan, ChainMix) else ChainMix.of(plan)
+        self._credits = [0.0] * len(self._plan.chains)
+
+    def _best(self) -> ChainMix:
         up = [self.nodes[n] for n in self.order if n not in self.down]
-        return best_chain(self.model, up, self.links, objective=self.objective,
-                          result_bytes=self.result_bytes)
+        if self.objective == "throughput":
+            return best_mix(self.model, up, self.links, result_bytes=self.result_bytes)
+        return ChainMix.of(best_chain(self.model, up, self.links, objective=self.objective,
+                                      result_bytes=self.result_bytes))
+
+    def _deal(self, flights: Sequence[_Flight]) -> ChainPlan | None:
+        """The chain the next frame goes along, or None while none may take one (wait for
+        a frame to finish). Smooth weighted round robin over the plan's rates: each
+        chain's credit grows by its rate, the richest takes the frame and pays the total,
+        so shares hold over every few frames, interleaved. A chain holding its cap of
+        frames in flight is passed over: a chain slower than planned takes fewer frames
+        instead of queueing them (its credit stops growing at the total), and the richest
+        chain that leaves this device takes the frame. Never this device alone: it is the
+        dearest use of the CPU every chain starts on, so it takes only its own share."""
+        mix, credits = self._plan, self._credits
+        waiting = [f for f in flights if f.result is None]
+        if len(waiting) >= self.in_flight():
+            return None
+        held = Counter(id(f.plan) for f in waiting)
+        caps = self._caps() if self.window is None else [math.inf] * len(mix.chains)
+        ready = [k for k, c in enumerate(mix.chains) if held[id(c)] < caps[k]]
+        if not ready:
+            return None
+        for k, rate in enumerate(mix.rates):
+            credits[k] = min(credits[k] + rate, mix.fps)
+        k = max(range(len(credits)), key=credits.__getitem__)
+        if k not in ready:
+            remote = [j for j in ready if len(mix.chains[j].stages) > 1]
+            if not remote:
+                return None
+            k = max(remote, key=credits.__getitem__)
+        credits[k] -= mix.fps
+        return mix.chains[k]
+
+    def _caps(self) -> list[float]:
+        """Frames each chain of the plan may hold in flight: twice what it holds at its
+        planned rate by Little's law (rate x latency), at least 2; this device alone,
+        one (the one it computes)."""
+        return [1 if len(c.stages) == 1 else max(2, math.ceil(2 * rate * c.latency_ms / 1e3))
+                for rate, c in zip(self._plan.rates, self._plan.chains)]
 
     def plan_for(self, order: Sequence[str], points: Sequence[str] | None = None
                  ) -> ChainPlan:
@@ -228,14 +313,12 @@ class ChainRunner:
         return plan
 
     def in_flight(self) -> int:
-        """Frames kept in flight: `window`, or by default what the plan needs to run at its
-        bottleneck's rate (twice its latency over its bottleneck, see the module doc)."""
+        """Frames kept in flight at most: `window`, or by default what the plan needs to
+        run at its rate, the sum of its chains' caps (_caps; one chain: twice its latency
+        over its bottleneck, see the module doc), at most MAX_WINDOW."""
         if self.window is not None:
             return self.window
-        plan = self.plan
-        if len(plan.stages) == 1 or not plan.bottleneck_ms > 0:
-            return 1
-        return max(2, min(MAX_WINDOW, math.ceil(2 * plan.latency_ms / plan.bottleneck_ms)))
+        return min(MAX_WINDOW, sum(self._caps()))
 
     def _drop(self, node: str, frame: int, reason: str) -> None:
         if not self.replan or node in self.down or node == self.order[0]:
@@ -278,11 +361,11 @@ class ChainRunner:
         try:
             for i, x in enumerate(frames):
                 feed = self.local.feed(x)  # a bad frame raises here, before any work
-                while sum(f.result is None for f in flights) >= self.in_flight():
+                self._revive(i)
+                while (chain := self._deal(flights)) is None:
                     self._pump(flights, wait_s=0.05)
                     yield from self._finished(flights)
-                self._revive(i)
-                flights.append(self._start(i, feed))
+                flights.append(self._start(i, feed, chain))
                 self._pump(flights, wait_s=0.0)
                 yield from self._finished(flights)
             while flights:
@@ -292,19 +375,53 @@ class ChainRunner:
             for f in flights:
                 if f.result is None and f.rid is not None:
                     f.client.cancel(f.rid)  # its reply, if any, is dropped as late
+                if f.future is not None:
+                    f.future.cancel()  # unless it is computing already
 
-    def _start(self, index: int, env: dict) -> _Flight:
-        plan = self.plan
+    def _start(self, index: int, env: dict, plan: ChainPlan) -> _Flight:
+        """A frame dealt to `plan`: its head segments (all of them for this device alone)
+        and encoding run on the compute thread; _send takes it from there."""
         flight = _Flight(index, time.perf_counter(), env, plan)
-        head = plan.stages[0]
+        self._compute_then(flight, self._head, self._send)
+        return flight
+
+    def _compute_then(self, flight: _Flight, work: Callable[[_Flight], Any],
+                      then: Callable[[_Flight, Future], None]) -> None:
+        """Run work(flight) on this device's compute thread; _pump calls then(flight,
+        future) once it is done. The loop that deals frames and reads replies goes on
+        meanwhile: a head or a local finish that takes a whole frame's compute does not
+        leave the other chains without frames or their replies unread."""
+        flight.future, flight.then = self._compute.submit(work, flight), then
+        flight.future.add_done_callback(self._wake)
+
+    def _wake(self, _: Future) -> None:
+        with contextlib.suppress(OSError):  # full: the loop is awake already; closed: done
+            os.write(self._wake_w, b"\0")
+
+    def _head(self, flight: _Flight) -> list | None:
+        """Compute thread: the plan's first stage on this device, and the encoded cut it
+        sends (None when this device runs every segment)."""
+        head = flight.plan.stages[0]
         for i in range(head.first, head.last + 1):
-            self.local.run_segment(i, env)
-        if len(plan.stages) == 1:
-            self._finish(flight, [env[t.name] for t in self._outputs], "device")
-            return flight
-        cut = head.send
-        tensors = self.bundle.manifest.inputs if cut == "input" else \
-            self.bundle.cut(cut).tensors
+            self.local.run_segment(i, flight.env)
+        if len(flight.plan.stages) == 1:
+            return None
+        tensors = self.bundle.manifest.inputs if head.send == "input" else \
+            self.bundle.cut(head.send).tensors
+        return encode_tensors([flight.env[t.name] for t in tensors], bits=head.bits)
+
+    def _send(self, flight: _Flight, computed: Future) -> None:
+        """The head is computed: send its cut to the second stage with the route of the
+        rest (or, for this device alone, the answer is there)."""
+        try:
+            frames = computed.result()
+        except CodecError as exc:
+            self._local_finish(flight, f"{type(exc).__name__}: {exc}")
+            return
+        plan = flight.plan
+        if frames is None:
+            self._finish(flight, [flight.env[t.name] for t in self._outputs], "device")
+            return
         second = plan.stages[1]
         fields: dict[str, Any] = {}
         if second.send is not None:
@@ -313,28 +430,38 @@ class ChainRunner:
             if rest:
                 fields["route"] = route_fields(rest)
         try:
-            frames = encode_tensors([env[t.name] for t in tensors], bits=head.bits)
             flight.client = self._client(self.nodes[second.node].endpoint)
             flight.drops = flight.client.drops()
             flight.rid = flight.client.submit(
-                frames, budget_s=self.budget_s, bundle=self.bundle.source_sha256, cut=cut,
-                fields=fields)
-        except (TransportError, CodecError) as exc:
+                frames, budget_s=self.budget_s, bundle=self.bundle.source_sha256,
+                cut=plan.stages[0].send, fields=fields)
+        except TransportError as exc:
             self._local_finish(flight, f"{type(exc).__name__}: {exc}")
-        return flight
 
     def _client(self, endpoint: str) -> Client:
         if endpoint not in self._clients:
             # no retries: a resend would arrive after the stages gave up on the first one
-            self._clients[endpoint] = Client(endpoint, retries=0, window=MAX_WINDOW)
+            key = self._server_keys.get(endpoint)
+            self._clients[endpoint] = Client(
+                endpoint, retries=0, window=MAX_WINDOW, server_public_key=key,
+                client_keys=self._client_keys if key is not None else None)
         return self._clients[endpoint]
 
     def _pump(self, flights: deque[_Flight], wait_s: float) -> None:
-        """Drive the sockets of the frames in flight; finish those that have an outcome."""
+        """Drive the sockets of the frames in flight and this device's computing for them;
+        take each that has an outcome a step further. Waits up to wait_s for one."""
+        computing = [f for f in flights if f.future is not None]
         waiting = [f for f in flights if f.result is None and f.rid is not None]
         clients = list(dict.fromkeys(f.client for f in waiting))
-        for k, client in enumerate(clients):
-            client.poll(wait_s if k == 0 else 0.0)
+        if clients or computing:
+            poll_clients(clients, wait_s, self._wake_r)
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 4096)
+        for f in computing:
+            if f.future.done():
+                future, then = f.future, f.then
+                f.future = f.then = None
+                then(f, future)
         drops = {id(c): c.drops() for c in clients}
         for f in waiting:
             if f.client.done(f.rid):
@@ -384,10 +511,18 @@ class ChainRunner:
         return None
 
     def _local_finish(self, flight: _Flight, error: str) -> None:
-        for i in range(flight.plan.stages[0].last + 1, len(self.local.segments)):
-            self.local.run_segment(i, flight.env)
-        self._finish(flight, [flight.env[t.name] for t in self._outputs], "device",
-                     error=error)
+        """The frame's chain failed: this device computes the rest from what it kept."""
+        flight.rid = None
+
+        def rest(f: _Flight) -> None:
+            for i in range(f.plan.stages[0].last + 1, len(self.local.segments)):
+                self.local.run_segment(i, f.env)
+
+        def done(f: _Flight, computed: Future) -> None:
+            computed.result()
+            self._finish(f, [f.env[t.name] for t in self._outputs], "device", error=error)
+
+        self._compute_then(flight, rest, done)
 
     def _finish(self, flight: _Flight, outputs: list, where: str, hops: tuple = (),
                 error: str | None = None) -> None:
@@ -402,6 +537,14 @@ class ChainRunner:
             yield flights.popleft().result
 
     def close(self) -> None:
+        self._compute.shutdown(wait=True, cancel_futures=True)
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:  # once: a closed fd's number may belong to another file by now
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+        self._close_clients()
+
+    def _close_clients(self) -> None:
         for client in self._clients.values():
             client.close()
         self._clients.clear()

@@ -40,6 +40,9 @@ chain of more than one stage also costs every stage STAGE_CPU_MS of CPU per fram
 hand-offs), which is what keeps a light model from being spread thin over many devices.
 Each hop's quantization compounds: a plan's `fidelity` is the product of its hops' (each
 hop only takes bits whose own fidelity is at least `min_fidelity`).
+
+One chain leaves every node but its bottleneck idle part of each frame; for a stream,
+edgesdk.policy.mix runs several chains side by side (`cheapest` is its pricing step).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import PolicyError
@@ -100,15 +103,19 @@ class Node:
 class Links:
     """Bandwidth (Mbit/s) and round-trip time (ms) between nodes: `mbps`/`rtt_ms` by
     (sender, receiver) (also used for the other direction when only one is given), else
-    the defaults. blocked: (sender, receiver) pairs a request cannot take, in that
-    direction (a server that may not forward to that one: `edgesdk serve --next-hop`);
-    the reply to a request still goes back the way it came."""
+    the defaults. downlink_mbps: a node's total receiving rate, where everything sent to
+    it shares one line (an edge box behind a site's upload): no transfer to it is faster,
+    and edgesdk.policy.mix counts what chains side by side send it together. blocked:
+    (sender, receiver) pairs a request cannot take, in that direction (a server that may
+    not forward to that one: `edgesdk serve --next-hop`); the reply to a request still
+    goes back the way it came."""
 
     default_mbps: float = 100.0
     default_rtt_ms: float = 1.0
     mbps: Mapping[tuple[str, str], float] = field(default_factory=dict)
     rtt_ms: Mapping[tuple[str, str], float] = field(default_factory=dict)
     blocked: frozenset[tuple[str, str]] = frozenset()
+    downlink_mbps: Mapping[str, float] = field(default_factory=dict)
 
     def _get(self, table: Mapping[tuple[str, str], float], a: str, b: str,
              default: float) -> float:
@@ -120,7 +127,8 @@ class Links:
         (reply=False) that may not go from a to b."""
         if not reply and (a, b) in self.blocked:
             return math.inf
-        mbps = self._get(self.mbps, a, b, self.default_mbps)
+        mbps = min(self._get(self.mbps, a, b, self.default_mbps),
+                   float(self.downlink_mbps.get(b, math.inf)))
         return math.inf if mbps <= 0 else nbytes * 8 / (mbps * 1e3)
 
     def rtt(self, a: str, b: str) -> float:
@@ -143,6 +151,7 @@ class Stage:
     cpu_ms: float
     link_ms: float
     fidelity: float = 1.0
+    nbytes: float = 0.0  # what it sends on to the next stage
 
 
 @dataclass(frozen=True)
@@ -220,11 +229,12 @@ class _Costs:
             sender, previous, self.result_bytes, reply=True)
 
     def hops(self, sender: str, receiver: str, point: str, cpu_ms: float,
-             previous: str | None) -> list[tuple[float, float, int, float, float, float]]:
+             previous: str | None) -> list[tuple[float, float, int, float, float, float,
+                                                 float]]:
         """Each allowed bits for sending `point` from sender to receiver after `cpu_ms` of
         the sender's compute (`previous`: the stage before the sender, which it relays
         the result to): (this stage's bottleneck, its latency, bits, its CPU ms, its wire
-        ms, fidelity)."""
+        ms, fidelity, the bytes sent)."""
         node = self.nodes[sender]
         rtt = self.links.rtt(sender, receiver)
         back = self.back_ms(sender, previous)
@@ -234,7 +244,8 @@ class _Costs:
             cpu = cpu_ms + enc_ms * node.speed_factor
             wire = self.links.transfer_ms(sender, receiver, nbytes) + back
             # its latency: the compute, the wire both ways and the hop's RTT
-            out.append((max(cpu / node.parallel, wire), cpu + wire + rtt, b, cpu, wire, fid))
+            out.append((max(cpu / node.parallel, wire), cpu + wire + rtt, b, cpu, wire, fid,
+                        nbytes))
         return out
 
     def last(self, node: str, previous: str, cpu_ms: float) -> tuple[float, float, float]:
@@ -272,46 +283,78 @@ def _partition(costs: _Costs, names: Sequence[str], objective: str,
     keeps its Pareto front of (bottleneck, latency): a prefix worse on one cost and better
     on the other may be the one the optimum extends."""
     points = [p for p in _points(costs.model) if only is None or p.name in only]
-    end = len(costs.model.seg_ms) - 1
-    origin, k = names[0], len(names)
-    if k == 1:
-        cpu = costs.compute_ms(origin, -1, end)
-        return ChainPlan((Stage(origin, 0, end, None, None, cpu, 0.0),), cpu,
-                         cpu / costs.nodes[origin].parallel, 1.0)
+    if len(names) == 1:
+        return _alone(costs, names[0])
     # fronts[i]: the labels (bottleneck, latency, stages) of the chains of stages 0..j
-    # whose stage j ends by sending points[i]
-    fronts: dict[int, list[tuple]] = {}
-    for i, p in enumerate(points):
-        cpu = costs.stage_ms(origin, -1, p.after)
-        for bn, lat, b, c, wire, fid in costs.hops(origin, names[1], p.name, cpu, None):
-            stage = Stage(origin, 0, p.after, p.name, b, c, wire, fid)
-            _add(fronts.setdefault(i, []), (bn, lat, (stage,)))
-    for j in range(1, k - 1):
-        nxt: dict[int, list[tuple]] = {}
-        for i, labels in fronts.items():
-            start = points[i].after
-            for i2 in range(i + 1, len(points)):
-                p = points[i2]
-                cpu = costs.stage_ms(names[j], start, p.after)
-                for bn, lat, b, c, wire, fid in costs.hops(names[j], names[j + 1], p.name, cpu,
-                                                           names[j - 1]):
-                    stage = Stage(names[j], start + 1, p.after, p.name, b, c, wire, fid)
-                    for pbn, plat, stages in labels:
-                        _add(nxt.setdefault(i2, []), (max(pbn, bn), plat + lat,
-                                                      (*stages, stage)))
+    # whose stage j ends by sending points[i] (None: the last stage, which sends nothing)
+    fronts: dict[int | None, list[tuple]] = {None: [(0.0, 0.0, ())]}
+    for j in range(len(names)):
+        nxt: dict[int | None, list[tuple]] = {}
+        for came, labels in fronts.items():
+            for i, stage, bn, lat in _stages(costs, names, points, j, came):
+                for pbn, plat, stages in labels:
+                    _add(nxt.setdefault(i, []), (max(pbn, bn), plat + lat, (*stages, stage)))
         fronts = nxt
-    finals: list[tuple] = []
-    for i, labels in fronts.items():
-        start = points[i].after
-        if start >= end:
-            continue  # the last stage must run something
-        cpu = costs.stage_ms(names[-1], start, end)
-        bn, lat, back = costs.last(names[-1], names[-2], cpu)
-        stage = Stage(names[-1], start + 1, end, None, None, cpu, back)
-        finals += [(max(pbn, bn), plat + lat, (*stages, stage)) for pbn, plat, stages in labels]
+    finals = fronts.get(None, [])
     if not finals:
         return None
     bottleneck, latency, stages = min(finals, key=lambda f: _key(objective, f[0], f[1]))
+    return ChainPlan(stages, latency, bottleneck, math.prod(s.fidelity for s in stages))
+
+
+def _alone(costs: _Costs, node: str) -> ChainPlan:
+    """`node` runs every segment (no hand-offs)."""
+    cpu = costs.compute_ms(node, -1, len(costs.model.seg_ms) - 1)
+    return ChainPlan((Stage(node, 0, len(costs.model.seg_ms) - 1, None, None, cpu, 0.0),),
+                     cpu, cpu / costs.nodes[node].parallel, 1.0)
+
+
+def _stages(costs: _Costs, names: Sequence[str], points: Sequence[_Point], j: int,
+            came: int | None) -> Iterator[tuple[int | None, Stage, float, float]]:
+    """What stage j of a chain of two or more along `names` can be, having received
+    points[came] (None: stage 0, the origin, which starts at the input): (the index of the
+    point it sends, None for the last stage; the Stage; its bottleneck; its latency).
+    Every stage but the origin runs at least one segment."""
+    node, end = names[j], len(costs.model.seg_ms) - 1
+    previous = names[j - 1] if j else None
+    start = -1 if came is None else points[came].after
+    if j == len(names) - 1:
+        if j and start < end:
+            cpu = costs.stage_ms(node, start, end)
+            bn, lat, back = costs.last(node, previous, cpu)
+            yield None, Stage(node, start + 1, end, None, None, cpu, back), bn, lat
+        return
+    for i in range(0 if came is None else came + 1, len(points)):
+        p = points[i]
+        cpu = costs.stage_ms(node, start, p.after)
+        for bn, lat, b, c, wire, fid, nbytes in costs.hops(node, names[j + 1], p.name, cpu,
+                                                           previous):
+            yield i, Stage(node, start + 1, p.after, p.name, b, c, wire, fid, nbytes), bn, lat
+
+
+def cheapest(costs: _Costs, names: Sequence[str],
+             price: Callable[[Stage, str | None], float]) -> ChainPlan | None:
+    """The chain along `names` whose stages cost the least in total at `price` (of a stage
+    and the node it sends to, None for the last: an additive cost, e.g. what a frame takes
+    of each resource at given prices, the pricing step of edgesdk.policy.mix); None if
+    none exists."""
+    if len(names) == 1:
+        return _alone(costs, names[0])
+    points = _points(costs.model)
+    receivers = [*names[1:], None]
+    best: dict[int | None, tuple[float, float, float, tuple[Stage, ...]]] = {
+        None: (0.0, 0.0, 0.0, ())}
+    for j in range(len(names)):
+        nxt: dict[int | None, tuple[float, float, float, tuple[Stage, ...]]] = {}
+        for came, (cost, pbn, plat, stages) in best.items():
+            for i, stage, bn, lat in _stages(costs, names, points, j, came):
+                c = cost + price(stage, receivers[j])
+                if i not in nxt or c < nxt[i][0]:
+                    nxt[i] = (c, max(pbn, bn), plat + lat, (*stages, stage))
+        best = nxt
+    if None not in best:
+        return None
+    _, bottleneck, latency, stages = best[None]
     return ChainPlan(stages, latency, bottleneck, math.prod(s.fidelity for s in stages))
 
 
@@ -339,16 +382,32 @@ def best_chain(model: ModelProfile, nodes: Sequence[Node], links: Links,
     plan (the origin alone or with one other node). The search is exhaustive up to
     EXHAUSTIVE_LIMIT orders, else a local search of about `budget` evaluations (seeded:
     the same inputs give the same plan)."""
-    _check_objective(objective)
+    costs = costs_of(model, nodes, links, result_bytes, min_fidelity, stage_cpu_ms)
+    plans = search_orders(costs, [n.name for n in nodes], objective, max_stages, seed, budget)
+    return min(plans, key=lambda p: _key(objective, p.bottleneck_ms, p.latency_ms))
+
+
+def costs_of(model: ModelProfile, nodes: Sequence[Node], links: Links, result_bytes: float,
+             min_fidelity: float, stage_cpu_ms: float) -> _Costs:
+    """The cost model of `model` on these nodes (nodes[0]: the origin) and links."""
     if not nodes:
         raise PolicyError("no nodes: the origin device is nodes[0]")
     names = [n.name for n in nodes]
     if len(set(names)) != len(names):
         raise PolicyError(f"node names repeat: {names}")
-    costs = _Costs(model, {n.name: n for n in nodes}, links, result_bytes, min_fidelity,
-                   stage_cpu_ms)
+    return _Costs(model, {n.name: n for n in nodes}, links, result_bytes, min_fidelity,
+                  stage_cpu_ms)
+
+
+def search_orders(costs: _Costs, names: Sequence[str], objective: str,
+                  max_stages: int | None = None, seed: int = 0, budget: int = 4000
+                  ) -> list[ChainPlan]:
+    """The best plan of every order of nodes the placement search evaluated (names[0], the
+    origin, first in each): all of them up to EXHAUSTIVE_LIMIT orders, else those a local
+    search of about `budget` evaluations saw. PolicyError if no order has a plan."""
+    _check_objective(objective)
     origin, others = names[0], names[1:]
-    limit = len(nodes) if max_stages is None else max(1, min(max_stages, len(nodes)))
+    limit = len(names) if max_stages is None else max(1, min(max_stages, len(names)))
     cache: dict[tuple[str, ...], ChainPlan | None] = {}
 
     def evaluate(order: tuple[str, ...]) -> ChainPlan | None:
@@ -366,7 +425,7 @@ def best_chain(model: ModelProfile, nodes: Sequence[Node], links: Links,
     if not plans:
         raise PolicyError("no chain fits: every order lacks cut points, allowed bits or an "
                           "open link")
-    return min(plans, key=lambda p: _key(objective, p.bottleneck_ms, p.latency_ms))
+    return plans
 
 
 def _orders(n: int, r_max: int) -> int:

@@ -181,7 +181,8 @@ class Server:
         self.pool = WorkerPool(cfg.workers, f"ipc://{tmpdir}/backend", self.factory,
                                self.log_level)
         try:
-            self.forwarder = Forwarder(ctx, cfg.next_hops, limit=max(2 * cfg.max_queue, 1))
+            self.forwarder = Forwarder(ctx, cfg.next_hops, limit=max(2 * cfg.max_queue, 1),
+                                       keys=cfg.next_hop_keys, identity=cfg.curve)
             self.backend = ctx.socket(zmq.ROUTER)
             self.backend.setsockopt(zmq.LINGER, 0)
             self.backend.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a dead worker is an error

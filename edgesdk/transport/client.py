@@ -336,4 +336,31 @@ class Client:
             frames = sock.recv_multipart(copy=False)
 
 
-__all__ = ["Client", "Welcome"]
+def poll_clients(clients: Sequence[Client], timeout_s: float,
+                 wake_fd: int | None = None) -> None:
+    """One turn of several clients' I/O loops at once, for a caller that talks to several
+    servers (a chain's origin): each one's timers and sends, then one wait of at most
+    `timeout_s` (or the earliest timer) for a reply or a connection event on any of them,
+    or for `wake_fd` to be readable (the caller drains it), then each reads what came.
+    Check `done` for the requests. With no clients, it waits for wake_fd alone."""
+    for client in clients:
+        client.poll(0.0)
+    poller = zmq.Poller()
+    now = time.monotonic()
+    wake = now + max(timeout_s, 0.0)
+    for client in clients:
+        events = zmq.POLLIN | (zmq.POLLOUT if client._proto.has_sendable() else 0)
+        poller.register(client._sock, events)
+        poller.register(client._monitor, zmq.POLLIN)
+        wake = min(wake, client._proto.next_timer())
+    if wake_fd is not None:
+        poller.register(wake_fd, zmq.POLLIN)
+    ready = dict(poller.poll(max(0, math.ceil((wake - now) * 1e3))))
+    now = time.monotonic()
+    for client in clients:  # those with something to read, or a timer due
+        if client._sock in ready or client._monitor in ready or \
+                client._proto.next_timer() <= now:
+            client.poll(0.0)
+
+
+__all__ = ["Client", "Welcome", "poll_clients"]

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .auth import KeyPair
 from .dispatch import SCHEDULERS
@@ -40,7 +40,9 @@ class ServerConfig:
     max_batch: the most requests for one bundle and cut that a worker computes together,
     where the handler can (1: one at a time); transport.dispatch sizes each batch.
     next_hops: the endpoints this server may forward a chained request to (route.py);
-    empty: it serves only as the last stage of a chain.
+    empty: it serves only as the last stage of a chain. next_hop_keys: the z85 public keys
+    of the next hops reached over CURVE, by endpoint (this server's `curve` pair is its
+    identity there).
     """
 
     bind: str = "tcp://127.0.0.1:5555"
@@ -59,6 +61,7 @@ class ServerConfig:
     scheduler: str = "edf"
     max_batch: int = 8
     next_hops: tuple[str, ...] = ()
+    next_hop_keys: Mapping[str, bytes] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -74,6 +77,10 @@ class ServerConfig:
         for hop in self.next_hops:
             if not isinstance(hop, str) or not hop.startswith(("tcp://", "ipc://")):
                 raise ValueError(f"next hop {hop!r} is not an endpoint (tcp://host:port)")
+        for hop in self.next_hop_keys:
+            if hop not in self.next_hops:
+                raise ValueError(f"a CURVE key is given for {hop!r}, which is not a next hop "
+                                 f"({list(self.next_hops)})")
         if self.max_frames < 2:
             raise ValueError(f"max_frames is {self.max_frames}, expected >= 2")
         if self.max_frame_bytes is not None and self.max_frame_bytes < 1024:

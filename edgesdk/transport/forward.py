@@ -7,7 +7,11 @@
     done = forwarder.expire(now)              # forwards past their deadline
 
 One DEALER per allowed endpoint, connected when the broker starts (so the first forward
-does not wait for a handshake), with a monitor that says whether it is up. A forward to
+does not wait for a handshake), with a monitor that says whether it is up. A next stage
+whose public key is known is reached over CURVE, with this server's own key pair as its
+identity (the next stage's --allow directory must hold this server's public key); a
+handshake it refuses (a key it does not allow, CURVE on one side only) marks the link
+down at once, with the reason. A forward to
 a link that is up is sent at once; to one that has never been up it waits, until the link
 comes up or its deadline passes (`hop_timeout`); to one that went down it fails at once
 (`hop_down`), as do the forwards that were on it when it dropped, so a requester learns
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,11 +35,19 @@ from zmq.utils.monitor import recv_monitor_message
 
 from ..errors import MalformedMessage
 from . import protocol
+from .auth import KeyPair
 from .protocol import Envelope
 from .route import HOP_DOWN, HOP_TIMEOUT
 
 MAX_REPLY_BYTES = 64 * 1024 * 1024  # the next hop's reply: the model's outputs
-_MONITORED = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+_REFUSED = {zmq.EVENT_HANDSHAKE_FAILED_AUTH: "refused this server's key (is it in the next "
+            "stage's --allow directory?)",
+            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "failed the handshake (CURVE on one side "
+            "only, or another key than --next-hop names)",
+            zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "failed the handshake"}
+_MONITORED = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+              | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+              | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 
 @dataclass
@@ -64,10 +76,18 @@ class Outcome:
 
 
 class _Link:
-    def __init__(self, ctx: zmq.Context, endpoint: str, limit: int) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, limit: int,
+                 server_key: bytes | None = None, identity: KeyPair | None = None) -> None:
         self.endpoint = endpoint
         self.state = "connecting"  # -> "up" <-> "down"
+        self.why = ""  # when down: why
+        self.was_up = False  # a handshake has succeeded
         self.sock = ctx.socket(zmq.DEALER)
+        if server_key is not None:
+            pair = identity or KeyPair(*zmq.curve_keypair())
+            self.sock.curve_serverkey = server_key
+            self.sock.curve_publickey = pair.public
+            self.sock.curve_secretkey = pair.secret
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue work for a stage that is gone
         self.sock.setsockopt(zmq.SNDHWM, limit)
@@ -90,14 +110,21 @@ class _Link:
 class Forwarder:
     """The next-hop links of one broker and the forwards in flight on them."""
 
-    def __init__(self, ctx: zmq.Context, allowed: Sequence[str], limit: int) -> None:
+    def __init__(self, ctx: zmq.Context, allowed: Sequence[str], limit: int,
+                 keys: Mapping[str, bytes] | None = None,
+                 identity: KeyPair | None = None) -> None:
+        """allowed: the next stages' endpoints; keys: the public keys of those reached
+        over CURVE, by endpoint; identity: this server's key pair (None: an ephemeral
+        one, which only a next stage that allows any key accepts)."""
         self.limit = limit
         self._ids = itertools.count(1)
         self.pending: dict[int, Forward] = {}
         self.links: dict[str, _Link] = {}
+        keys = keys or {}
         try:
             for endpoint in dict.fromkeys(allowed):
-                self.links[endpoint] = _Link(ctx, endpoint, limit)
+                self.links[endpoint] = _Link(ctx, endpoint, limit, keys.get(endpoint),
+                                             identity)
         except BaseException:
             self.close()  # the links made so far: a context with open sockets never ends
             raise
@@ -120,8 +147,8 @@ class Forwarder:
         else its failure."""
         link = self.links[endpoint]
         if link.state == "down":
-            return Outcome(code=HOP_DOWN, message=f"the next stage {endpoint} is down (its "
-                           "connection dropped and has not come back)")
+            return Outcome(code=HOP_DOWN, message=f"the next stage {endpoint} is down "
+                           f"({link.why})")
         fid = next(self._ids)
         env = Envelope(envelope.kind, fid, envelope.budget_ms, envelope.bundle, envelope.cut,
                        envelope.extra)
@@ -184,7 +211,7 @@ class Forwarder:
             except zmq.Again:
                 return done
             if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                link.state = "up"
+                link.state, link.was_up = "up", True
                 for fid, forward in list(self.pending.items()):
                     if forward.endpoint == link.endpoint and not forward.sent:
                         failure = self._send(fid, forward, link)
@@ -193,12 +220,26 @@ class Forwarder:
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 done += self._replies(link)  # answers that came in before the drop count
                 link.state = "down"
-                for fid, forward in list(self.pending.items()):
-                    if forward.endpoint == link.endpoint:
-                        del self.pending[fid]
-                        done.append((forward, Outcome(code=HOP_DOWN, message=(
-                            f"the connection to the next stage {link.endpoint} dropped "
-                            "with this request on it"))))
+                link.why = ("its connection dropped and has not come back" if link.was_up else
+                            "it closes the connection before any handshake: a CURVE server "
+                            "reached without its key? (--next-hop ENDPOINT=KEY)")
+                done += self._fail_pending(link, (
+                    f"the connection to the next stage {link.endpoint} dropped with this "
+                    "request on it") if link.was_up else
+                    f"the next stage {link.endpoint} is down ({link.why})")
+            elif event["event"] in _REFUSED:  # ZeroMQ retries; each refusal says so again
+                link.state = "down"
+                link.why = f"it {_REFUSED[event['event']]}: handshake refused"
+                done += self._fail_pending(link, f"the next stage {link.endpoint} "
+                                           f"{_REFUSED[event['event']]}: handshake refused")
+
+    def _fail_pending(self, link: _Link, message: str) -> list[tuple[Forward, Outcome]]:
+        done = []
+        for fid, forward in list(self.pending.items()):
+            if forward.endpoint == link.endpoint:
+                del self.pending[fid]
+                done.append((forward, Outcome(code=HOP_DOWN, message=message)))
+        return done
 
     def expire(self, now: float) -> list[tuple[Forward, Outcome]]:
         """Forwards whose deadline passed without an answer: `hop_timeout`."""
