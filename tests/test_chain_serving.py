@@ -3,6 +3,7 @@ stage killed while frames stream (edgesdk.transport.route, .forward, edgesdk.eng
 """
 
 import contextlib
+import os
 import signal
 import time
 
@@ -308,3 +309,85 @@ def test_a_chain_of_curve_servers(bundle, frames, tmp_path):
                 assert all(r.where == "device" and "hop_down" in r.error
                            and "handshake" in r.error for r in results), results
                 assert max(r.latency_ms for r in results) < 2000  # not a deadline each
+
+
+def test_a_refused_next_hop_is_left_out_then_tried_again(bundle, frames, tmp_path):
+    """b forwards to c over CURVE, but c does not allow b's key: b's forwards fail at once
+    (hop_down, 'refused'), and b's welcome leaves c out of next_hops. c restarted with b
+    allowed: b opens a fresh connection (ZeroMQ gives up on a refused one) and the chain
+    answers again."""
+    from transport_helpers import free_port
+
+    keys = tmp_path / "keys"
+    for name in ("dev", "b", "c"):
+        generate_keys(keys, name)
+
+    def allow(tag, *names):
+        folder = tmp_path / f"allow-{tag}"
+        folder.mkdir()
+        for n in names:
+            (folder / f"{n}.key").write_bytes((keys / f"{n}.key").read_bytes())
+        return str(folder)
+
+    c_endpoint = f"tcp://127.0.0.1:{free_port()}"
+    c_args = ("--workers", "1", "--curve-secret", str(keys / "c.key_secret"))
+    nodes_keys = {"b": keys / "b.key", "c": keys / "c.key"}
+    with ServerProcess.serve([BUNDLE], "--workers", "1", "--curve-secret",
+                             str(keys / "b.key_secret"), "--allow", allow("b", "dev"),
+                             "--next-hop", f"{c_endpoint}={keys / 'c.key'}") as b:
+        nodes = [Node("dev"), Node("b", b.endpoint), Node("c", c_endpoint)]
+        plan = partition(model_profile(bundle.manifest), nodes, Links())
+
+        def run_chain():
+            with ChainRunner(bundle, nodes, plan=plan, budget_ms=3000, window=2,
+                             replan=False, server_keys=nodes_keys,
+                             client_keys=keys / "dev.key_secret") as chain:
+                return list(chain.run(frames[:2]))
+
+        def welcome_hops():
+            with Client(b.endpoint, server_public_key=keys / "b.key",
+                        client_keys=keys / "dev.key_secret") as client:
+                return client.hello(budget_s=5.0).next_hops
+
+        with ServerProcess.serve([BUNDLE], *c_args, "--allow", allow("c1", "dev"),
+                                 bind=c_endpoint):
+            results = run_chain()
+            assert all(r.where == "device" and "refused" in r.error for r in results), results
+            assert c_endpoint not in welcome_hops()
+        with ServerProcess.serve([BUNDLE], *c_args, "--allow", allow("c2", "dev", "b"),
+                                 bind=c_endpoint):
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                results = run_chain()
+                if all(r.where == "chain" for r in results):
+                    break
+                time.sleep(0.5)
+            assert all(r.where == "chain" and r.error is None for r in results), results
+            assert c_endpoint in welcome_hops()
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_an_idle_forwarding_server_does_not_spin(tmp_path):
+    """A server with next hops (one of them refusing its handshake, so that its link is
+    opened afresh) sleeps while it has nothing to do: its broker's poller must hold only
+    sockets and sentinels (a stray fd that is always readable makes the loop spin)."""
+    keys = tmp_path / "keys"
+    for name in ("b", "c"):
+        generate_keys(keys, name)
+    allow = tmp_path / "allow"
+    allow.mkdir()
+    with ServerProcess.serve([BUNDLE], "--workers", "1", "--curve-secret",
+                             str(keys / "c.key_secret"), "--allow", str(allow)) as c, \
+            ServerProcess.serve([BUNDLE], "--workers", "1", "--curve-secret",
+                                str(keys / "b.key_secret"), "--allow", str(allow),
+                                "--next-hop", f"{c.endpoint}={keys / 'c.key'}") as b:
+        time.sleep(3.0)  # past a refused link's retry (REFUSED_RETRY_S)
+        before = cpu_seconds(b.pid)
+        time.sleep(2.0)
+        assert cpu_seconds(b.pid) - before < 0.3

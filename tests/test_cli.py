@@ -77,6 +77,8 @@ def test_next_hop_takes_an_optional_curve_key(tmp_path):
     assert next_hop(f"ipc:///tmp/e={z85}")[1] == z85.encode()
     with pytest.raises(argparse.ArgumentTypeError, match="no such key file"):
         next_hop(f"tcp://edge:5555={tmp_path / 'missing.key'}")
+    with pytest.raises(ValueError, match="expected a z85 public key"):
+        ServerConfig(next_hops=("tcp://a:1",), next_hop_keys={"tcp://a:1": "short"}).validate()
     with pytest.raises(ValueError, match="not a next hop"):
         ServerConfig(next_hops=("tcp://a:1",), next_hop_keys={"tcp://b:1": z85.encode()}
                      ).validate()

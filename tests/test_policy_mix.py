@@ -66,14 +66,16 @@ def every_chain(model, nodes, links, result_bytes, downlink):
                     cpu = (cpu + (STAGE_CPU_MS if k > 1 else 0)) * node.speed_factor
                     up = 0.0
                     if j > 0:  # the result back to the stage before
-                        up += links.transfer_ms(node.name, order[j - 1].name, result_bytes)
+                        up += links.transfer_ms(node.name, order[j - 1].name, result_bytes,
+                                                shared=False)  # a shared line: its own row
                         if order[j - 1].name in downlink:
                             u[rows["down", order[j - 1].name]] += \
                                 result_bytes * 8 / (downlink[order[j - 1].name] * 1e3)
                     if j < k - 1:
                         nbytes, enc, _ = model.wire[sends[j]][bits[j]]
                         cpu += enc * node.speed_factor
-                        up += links.transfer_ms(node.name, order[j + 1].name, nbytes)
+                        up += links.transfer_ms(node.name, order[j + 1].name, nbytes,
+                                                shared=False)
                         if order[j + 1].name in downlink:
                             u[rows["down", order[j + 1].name]] += \
                                 nbytes * 8 / (downlink[order[j + 1].name] * 1e3)

@@ -131,8 +131,7 @@ def run(rounds: int | None = None, quick: bool = False, workdir: str | None = No
                     "nodes": [{"name": "cam0"}] + [{"name": n, "endpoint": endpoint[n]}
                                                    for n in (*CAMERAS[1:], "edge")],
                     "links": {"default_mbps": LAN_MBIT, "default_rtt_ms": 0.5,
-                              "mbps": [[c, "edge", wan_mbit] for c in CAMERAS]
-                              + [["edge", c, LAN_MBIT] for c in CAMERAS],
+                              "mbps": [],  # the LAN's, but for the edge box's line:
                               "downlink_mbps": {"edge": wan_mbit}},
                     "strategies": _strategies(bundle, MODELS[model]["peers"]),
                     "rounds": rounds,

@@ -117,6 +117,11 @@ def _serve(args: argparse.Namespace) -> int:
         factory = RayTailFactory(tails, address=args.ray_address, app=args.ray_app)
     curve = load_key_pair(args.curve_secret) if args.curve_secret else None
     next_hops = args.next_hop or []  # (endpoint, public key or None): next_hop()
+    if curve is None and any(key is not None for _, key in next_hops):
+        log_event("ephemeral_forward_identity", logging.WARNING,
+                  hint="--next-hop ENDPOINT=KEY without --curve-secret: this server reaches "
+                       "the next stage with a throwaway key pair, which its --allow list "
+                       "cannot hold")
     if args.allow and not allowed_keys(args.allow):
         log_event("empty_allow_list", logging.WARNING, allow=args.allow,
                   hint="no *.key files: no device can connect")

@@ -121,9 +121,12 @@ class ChainRunner:
     objective: "throughput" (default: a stream of frames, spread over the chains side by
     side that give the most frames per second, edgesdk.policy.mix) or "latency" (the
     chain that answers a frame soonest). budget_ms: how long a frame may take along the
-    chain before this device finishes it itself. plan: a ChainPlan or ChainMix to start
-    with. replan: plan again without a stage that failed (False:
-    keep the plan whatever happens, e.g. to measure it; failed frames still finish here).
+    chain before this device finishes it itself. window: frames in flight at most (None:
+    each chain's cap, see _caps; a number replaces the caps, every chain may then hold up
+    to it). plan: a ChainPlan or ChainMix to start with (`self.plan` is always a
+    ChainMix; one chain is a mix of one). replan: plan again without a stage that failed
+    (False: keep the plan whatever happens, e.g. to measure it; failed frames still finish
+    here).
     server_keys: the CURVE public keys (a .key file or the z85 key) of the stages that
     want one, by node name; client_keys: this device's key pair file (what their --allow
     directories hold; without it an ephemeral pair, which only an open server takes).
@@ -280,14 +283,14 @@ class ChainRunner:
         ready = [k for k, c in enumerate(mix.chains) if held[id(c)] < caps[k]]
         if not ready:
             return None
-        for k, rate in enumerate(mix.rates):
-            credits[k] = min(credits[k] + rate, mix.fps)
-        k = max(range(len(credits)), key=credits.__getitem__)
+        grown = [min(c + rate, mix.fps) for c, rate in zip(credits, mix.rates)]
+        k = max(range(len(grown)), key=grown.__getitem__)
         if k not in ready:
             remote = [j for j in ready if len(mix.chains[j].stages) > 1]
             if not remote:
-                return None
-            k = max(remote, key=credits.__getitem__)
+                return None  # no frame dealt: no credit either
+            k = max(remote, key=grown.__getitem__)
+        credits[:] = grown
         credits[k] -= mix.fps
         return mix.chains[k]
 
@@ -421,6 +424,10 @@ class ChainRunner:
         plan = flight.plan
         if frames is None:
             self._finish(flight, [flight.env[t.name] for t in self._outputs], "device")
+            return
+        gone = [n for n in plan.nodes if n in self.down]
+        if gone:  # left out while this head was computed: it would wait out its deadline
+            self._local_finish(flight, f"{gone} left the plan before this frame was sent")
             return
         second = plan.stages[1]
         fields: dict[str, Any] = {}

@@ -122,13 +122,16 @@ class Links:
         value = table.get((a, b), table.get((b, a), default))
         return float(value)
 
-    def transfer_ms(self, a: str, b: str, nbytes: float, reply: bool = False) -> float:
+    def transfer_ms(self, a: str, b: str, nbytes: float, reply: bool = False,
+                    shared: bool = True) -> float:
         """The time `nbytes` take on the wire from a to b (no RTT); inf for a request
-        (reply=False) that may not go from a to b."""
+        (reply=False) that may not go from a to b. shared=False: at the pair's rate alone,
+        without b's shared downlink (what the bytes take of a's uplink)."""
         if not reply and (a, b) in self.blocked:
             return math.inf
-        mbps = min(self._get(self.mbps, a, b, self.default_mbps),
-                   float(self.downlink_mbps.get(b, math.inf)))
+        mbps = self._get(self.mbps, a, b, self.default_mbps)
+        if shared:
+            mbps = min(mbps, float(self.downlink_mbps.get(b, math.inf)))
         return math.inf if mbps <= 0 else nbytes * 8 / (mbps * 1e3)
 
     def rtt(self, a: str, b: str) -> float:
@@ -152,6 +155,7 @@ class Stage:
     link_ms: float
     fidelity: float = 1.0
     nbytes: float = 0.0  # what it sends on to the next stage
+    up_ms: float = 0.0  # link_ms at the pairs' own rates: what it takes of its uplink
 
 
 @dataclass(frozen=True)
@@ -223,36 +227,41 @@ class _Costs:
         return self.compute_ms(node, after_from, after_to) + \
             self.stage_cpu_ms * self.nodes[node].speed_factor
 
-    def back_ms(self, sender: str, previous: str | None) -> float:
+    def back_ms(self, sender: str, previous: str | None, shared: bool = True) -> float:
         """The result relayed from `sender` to the stage before it (none for the origin)."""
         return 0.0 if previous is None else self.links.transfer_ms(
-            sender, previous, self.result_bytes, reply=True)
+            sender, previous, self.result_bytes, reply=True, shared=shared)
 
     def hops(self, sender: str, receiver: str, point: str, cpu_ms: float,
              previous: str | None) -> list[tuple[float, float, int, float, float, float,
-                                                 float]]:
+                                                 float, float]]:
         """Each allowed bits for sending `point` from sender to receiver after `cpu_ms` of
         the sender's compute (`previous`: the stage before the sender, which it relays
         the result to): (this stage's bottleneck, its latency, bits, its CPU ms, its wire
-        ms, fidelity, the bytes sent)."""
+        ms, fidelity, the bytes sent, its uplink ms)."""
         node = self.nodes[sender]
         rtt = self.links.rtt(sender, receiver)
         back = self.back_ms(sender, previous)
+        back_up = self.back_ms(sender, previous, shared=False)
         out = []
         for b in self.bits.get(point, ()):
             nbytes, enc_ms, fid = self.model.wire[point][b]
             cpu = cpu_ms + enc_ms * node.speed_factor
             wire = self.links.transfer_ms(sender, receiver, nbytes) + back
             # its latency: the compute, the wire both ways and the hop's RTT
+            up = self.links.transfer_ms(sender, receiver, nbytes, shared=False) + back_up
             out.append((max(cpu / node.parallel, wire), cpu + wire + rtt, b, cpu, wire, fid,
-                        nbytes))
+                        nbytes, up))
         return out
 
-    def last(self, node: str, previous: str, cpu_ms: float) -> tuple[float, float, float]:
+    def last(self, node: str, previous: str, cpu_ms: float
+             ) -> tuple[float, float, float, float]:
         """The last stage: (bottleneck, latency, the wire ms of its result back to the
-        stage before it; the RTT was counted by the hop that reached it)."""
+        stage before it, the same at the pair's own rate; the RTT was counted by the hop
+        that reached it)."""
         back = self.back_ms(node, previous)
-        return max(cpu_ms / self.nodes[node].parallel, back), cpu_ms + back, back
+        return (max(cpu_ms / self.nodes[node].parallel, back), cpu_ms + back, back,
+                self.back_ms(node, previous, shared=False))
 
 
 def partition(model: ModelProfile, order: Sequence[Node], links: Links,
@@ -321,15 +330,16 @@ def _stages(costs: _Costs, names: Sequence[str], points: Sequence[_Point], j: in
     if j == len(names) - 1:
         if j and start < end:
             cpu = costs.stage_ms(node, start, end)
-            bn, lat, back = costs.last(node, previous, cpu)
-            yield None, Stage(node, start + 1, end, None, None, cpu, back), bn, lat
+            bn, lat, back, up = costs.last(node, previous, cpu)
+            yield None, Stage(node, start + 1, end, None, None, cpu, back, up_ms=up), bn, lat
         return
     for i in range(0 if came is None else came + 1, len(points)):
         p = points[i]
         cpu = costs.stage_ms(node, start, p.after)
-        for bn, lat, b, c, wire, fid, nbytes in costs.hops(node, names[j + 1], p.name, cpu,
-                                                           previous):
-            yield i, Stage(node, start + 1, p.after, p.name, b, c, wire, fid, nbytes), bn, lat
+        for bn, lat, b, c, wire, fid, nbytes, up in costs.hops(node, names[j + 1], p.name,
+                                                               cpu, previous):
+            yield (i, Stage(node, start + 1, p.after, p.name, b, c, wire, fid, nbytes, up),
+                   bn, lat)
 
 
 def cheapest(costs: _Costs, names: Sequence[str],

@@ -11,13 +11,15 @@ linear program:
     such that sum_c x_c u_cr <= 1000   for every resource r (ms of it per second)
 
 where u_cr is what one frame along chain c takes of resource r, as edgesdk.policy.chain
-costs a stage: a node's CPU (the stage's cpu_ms over the node's workers) or a node's
-uplink (its link_ms: the cut it sends on and the result it relays back). A basic optimum
-uses at most as many chains as there are resources.
+costs a stage: a node's CPU (the stage's cpu_ms over the node's workers), a node's
+uplink (its up_ms: the cut it sends on and the result it relays back, at the pairs' own
+rates), or a shared downlink (Links.downlink_mbps: everything sent to that node, cuts in
+and results relayed back). A basic optimum uses at most as many chains as there are
+resources.
 
 The chains (the LP's columns) come by column generation: it starts from the best chain of
-every order of nodes the placement search evaluates (so the mix is never planned slower
-than the best single chain); the LP's dual prices say what a millisecond of each resource
+every order of nodes the placement search evaluates (so the LP's mix is never slower than
+any of them alone, in its own model); the LP's dual prices say what a millisecond of each resource
 is worth, and for each order the chain that costs least at those prices (a dynamic
 program over the cut points: chain.cheapest) joins when a frame along it is worth more
 (1) than it costs. It stops when none does: the optimum over every chain of those orders.
@@ -130,7 +132,7 @@ def best_mix(model: ModelProfile, nodes: Sequence[Node], links: Links,
         and the result that comes back to it (its own)."""
         u = np.zeros(len(resources))
         u[row["cpu", stage.node]] = stage.cpu_ms / costs.nodes[stage.node].parallel
-        u[row["up", stage.node]] = stage.link_ms
+        u[row["up", stage.node]] = stage.up_ms  # a shared downlink is its own row
         if receiver in shared:
             u[row["down", receiver]] += _wire_ms(stage.nbytes, shared[receiver])
         if receiver is not None and stage.node in shared:
@@ -163,7 +165,10 @@ def best_mix(model: ModelProfile, nodes: Sequence[Node], links: Links,
     chosen = [(p, rate) for (p, _), rate in zip(columns.values(), x)
               if rate > MIN_SHARE * x.sum()]
     mix = ChainMix(tuple(p for p, _ in chosen), tuple(float(r) for _, r in chosen))
-    return mix if mix.fps >= MIX_GAIN * plans[0].fps else ChainMix.of(plans[0])
+    # the best single chain in the same model (a chain's own bottleneck does not add up
+    # what it sends a shared downlink there and back)
+    single, u = max(columns.values(), key=lambda c: MS_PER_S / c[1].max())
+    return mix if mix.fps >= MIX_GAIN * MS_PER_S / u.max() else ChainMix.of(single)
 
 
 def _wire_ms(nbytes: float, mbps: float) -> float:
@@ -193,13 +198,17 @@ def _max_frames(usage: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             break
         col = int(entering[0])
         rows = np.flatnonzero(tableau[:m, col] > _EPS)
+        if rows.size == 0:  # free frames along it: cannot be, every chain uses a resource
+            tableau[m, col] = 0.0
+            continue
         ratios = tableau[rows, -1] / tableau[rows, col]
-        best = rows[np.isclose(ratios, ratios.min(), rtol=0, atol=1e-12)]
+        best = rows[ratios <= ratios.min() * (1 + 1e-9) + 1e-12]
         r = int(min(best, key=lambda i: basis[i]))
         tableau[r] /= tableau[r, col]
         for i in range(m + 1):
             if i != r and tableau[i, col] != 0.0:
                 tableau[i] -= tableau[i, col] * tableau[r]
+        np.maximum(tableau[:m, -1], 0.0, out=tableau[:m, -1])  # rounding below zero
         basis[r] = col
     x = np.zeros(n)
     for i, b in enumerate(basis):

@@ -353,10 +353,12 @@ class Server:
                     self._guard(self._drain_forwards, sock)
 
     def _poller(self) -> zmq.Poller:
-        """The poller over both sockets and every worker's sentinel, rebuilt only when the
-        set of worker processes changes (it is on the hot path)."""
+        """The poller over both sockets, the forward links and every worker's sentinel,
+        rebuilt only when the set of worker processes or of link sockets changes (it is on
+        the hot path)."""
         sentinels = tuple(self.pool.sentinels())
-        if getattr(self, "_poller_key", None) != sentinels:
+        key = (sentinels, self.forwarder.generation)  # a refused next hop's fresh socket
+        if getattr(self, "_poller_key", None) != key:
             poller = zmq.Poller()
             poller.register(self.frontend, zmq.POLLIN)
             poller.register(self.backend, zmq.POLLIN)
@@ -364,7 +366,7 @@ class Server:
                 poller.register(sock, zmq.POLLIN)
             for fd in sentinels:
                 poller.register(fd, zmq.POLLIN)
-            self._poller_key, self._cached_poller = sentinels, poller
+            self._poller_key, self._cached_poller = key, poller
         return self._cached_poller
 
     def _guard(self, fn: Callable, *args: Any) -> None:
@@ -463,7 +465,8 @@ class Server:
             self._reply(client, Envelope(protocol.WELCOME, env.id, extra={
                 "server_version": protocol.VERSION, "server": self.config.name,
                 "bundles": self.description, "load": self._load(),
-                "next_hops": list(self.config.next_hops)}))
+                "next_hops": [h for h in self.config.next_hops
+                              if h not in self.forwarder.refused()]}))
         elif env.kind == protocol.HEARTBEAT:
             self._reply(client, Envelope(protocol.HEARTBEAT, env.id, extra={"load": self._load()}))
         elif self._draining:

@@ -343,11 +343,15 @@ def poll_clients(clients: Sequence[Client], timeout_s: float,
     `timeout_s` (or the earliest timer) for a reply or a connection event on any of them,
     or for `wake_fd` to be readable (the caller drains it), then each reads what came.
     Check `done` for the requests. With no clients, it waits for wake_fd alone."""
+    unresolved = [client._proto.unresolved for client in clients]
     for client in clients:
         client.poll(0.0)
     poller = zmq.Poller()
     now = time.monotonic()
-    wake = now + max(timeout_s, 0.0)
+    # what those turns read or expired is news for the caller now: no wait then (the
+    # sockets would not signal again for replies already read)
+    news = any(c._proto.unresolved < n for c, n in zip(clients, unresolved))
+    wake = now + (0.0 if news else min(max(timeout_s, 0.0), 3600.0))
     for client in clients:
         events = zmq.POLLIN | (zmq.POLLOUT if client._proto.has_sendable() else 0)
         poller.register(client._sock, events)

@@ -77,10 +77,14 @@ class ServerConfig:
         for hop in self.next_hops:
             if not isinstance(hop, str) or not hop.startswith(("tcp://", "ipc://")):
                 raise ValueError(f"next hop {hop!r} is not an endpoint (tcp://host:port)")
-        for hop in self.next_hop_keys:
+        for hop, key in self.next_hop_keys.items():
             if hop not in self.next_hops:
                 raise ValueError(f"a CURVE key is given for {hop!r}, which is not a next hop "
                                  f"({list(self.next_hops)})")
+            if not (isinstance(key, bytes) and len(key) == 40):
+                raise ValueError(f"the CURVE key for next hop {hop!r} is {key!r}, expected a "
+                                 "z85 public key (40 bytes; edgesdk.transport.auth."
+                                 "load_public_key reads one)")
         if self.max_frames < 2:
             raise ValueError(f"max_frames is {self.max_frames}, expected >= 2")
         if self.max_frame_bytes is not None and self.max_frame_bytes < 1024:

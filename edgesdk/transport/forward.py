@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,7 @@ from .protocol import Envelope
 from .route import HOP_DOWN, HOP_TIMEOUT
 
 MAX_REPLY_BYTES = 64 * 1024 * 1024  # the next hop's reply: the model's outputs
+REFUSED_RETRY_S = 2.0  # a next stage that refused the handshake is tried again after this
 _REFUSED = {zmq.EVENT_HANDSHAKE_FAILED_AUTH: "refused this server's key (is it in the next "
             "stage's --allow directory?)",
             zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "failed the handshake (CURVE on one side "
@@ -79,9 +81,17 @@ class _Link:
     def __init__(self, ctx: zmq.Context, endpoint: str, limit: int,
                  server_key: bytes | None = None, identity: KeyPair | None = None) -> None:
         self.endpoint = endpoint
-        self.state = "connecting"  # -> "up" <-> "down"
+        self._args = (ctx, limit, server_key, identity)
         self.why = ""  # when down: why
         self.was_up = False  # a handshake has succeeded
+        self.retry_at: float | None = None  # refused: when to open a fresh socket
+        self.open()
+
+    def open(self) -> None:
+        """A fresh socket and monitor, connecting."""
+        ctx, limit, server_key, identity = self._args
+        self.state = "connecting"  # -> "up" <-> "down"
+        self.retry_at = None
         self.sock = ctx.socket(zmq.DEALER)
         if server_key is not None:
             pair = identity or KeyPair(*zmq.curve_keypair())
@@ -98,7 +108,7 @@ class _Link:
         self.sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
         self.sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
         self.monitor = self.sock.get_monitor_socket(_MONITORED)
-        self.sock.connect(endpoint)
+        self.sock.connect(self.endpoint)
 
     def close(self) -> None:
         with contextlib.suppress(zmq.ZMQError):
@@ -128,8 +138,16 @@ class Forwarder:
         except BaseException:
             self.close()  # the links made so far: a context with open sockets never ends
             raise
+        self.generation = 0  # +1 whenever a link's sockets are new (a poller must know)
+        self._index()
+
+    def _index(self) -> None:
         self._by_socket = {link.sock: link for link in self.links.values()}
         self._by_monitor = {link.monitor: link for link in self.links.values()}
+
+    def refused(self) -> list[str]:
+        """The next stages whose handshake refused this server (until a retry succeeds)."""
+        return [e for e, link in self.links.items() if link.retry_at is not None]
 
     def allowed(self, endpoint: str) -> bool:
         return endpoint in self.links
@@ -220,15 +238,20 @@ class Forwarder:
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 done += self._replies(link)  # answers that came in before the drop count
                 link.state = "down"
-                link.why = ("its connection dropped and has not come back" if link.was_up else
-                            "it closes the connection before any handshake: a CURVE server "
-                            "reached without its key? (--next-hop ENDPOINT=KEY)")
+                if link.retry_at is None:  # not the close that follows a refusal
+                    link.why = ("its connection dropped and has not come back"
+                                if link.was_up else "it closes the connection before any "
+                                "handshake: a CURVE server reached without its key? "
+                                "(--next-hop ENDPOINT=KEY)")
                 done += self._fail_pending(link, (
                     f"the connection to the next stage {link.endpoint} dropped with this "
                     "request on it") if link.was_up else
                     f"the next stage {link.endpoint} is down ({link.why})")
-            elif event["event"] in _REFUSED:  # ZeroMQ retries; each refusal says so again
+            elif event["event"] in _REFUSED:
+                # ZeroMQ gives up on a connection whose handshake failed: expire() opens a
+                # fresh socket after REFUSED_RETRY_S (the next stage's --allow may change)
                 link.state = "down"
+                link.retry_at = time.monotonic() + REFUSED_RETRY_S
                 link.why = f"it {_REFUSED[event['event']]}: handshake refused"
                 done += self._fail_pending(link, f"the next stage {link.endpoint} "
                                            f"{_REFUSED[event['event']]}: handshake refused")
@@ -242,7 +265,14 @@ class Forwarder:
         return done
 
     def expire(self, now: float) -> list[tuple[Forward, Outcome]]:
-        """Forwards whose deadline passed without an answer: `hop_timeout`."""
+        """Forwards whose deadline passed without an answer: `hop_timeout`. Also opens a
+        fresh socket to each refused next stage that is due for a retry."""
+        for link in self.links.values():
+            if link.retry_at is not None and now >= link.retry_at:
+                link.close()
+                link.open()
+                self.generation += 1
+                self._index()
         done = []
         for fid, forward in list(self.pending.items()):
             if now >= forward.deadline:
@@ -254,7 +284,10 @@ class Forwarder:
         return done
 
     def next_deadline(self) -> float | None:
-        return min((f.deadline for f in self.pending.values()), default=None)
+        """The next forward's deadline or refused link's retry, whichever is first."""
+        return min([f.deadline for f in self.pending.values()]
+                   + [link.retry_at for link in self.links.values()
+                      if link.retry_at is not None], default=None)
 
     def close(self) -> None:
         for link in self.links.values():
