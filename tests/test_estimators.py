@@ -354,15 +354,61 @@ def test_a_timed_out_upload_is_a_censored_sample():
     rng = np.random.default_rng(0)
     bw = BandwidthEstimator()
     t = _feed(bw, rng, 50.0, 20, 0.0)
-    # 1 MB not answered in 1 s: below 8 Mbit/s; the model says 50, so it counts
+    # 1 MB not answered in 1 s: below 8 Mbit/s; the model says 50, so it counts, and so far
+    # below it that it is a change at once (bounds never agree on a rate as measurements
+    # do, so waiting for three would keep offloading into a slow link)
     bound = bw.observe_timeout(1_000_000, elapsed_ms=1000.0, rtt_floor_ms=RTT_FLOOR, now=t)
     assert bound == pytest.approx(8e3 / (1000.0 - RTT_FLOOR - EXTRA), rel=0.02)
-    assert bw.model(t).rate_mbps == pytest.approx(50.0, rel=0.1)  # one is not a change
-    for k in range(1, 3):  # an outage: three in a row
-        bw.observe_timeout(1_000_000, 1000.0, RTT_FLOOR, t + k)
-    assert bw.model(t + 3).rate_mbps <= bound * 1.001
-    # a bound above the current rate says nothing new
-    assert bw.observe_timeout(1_000_000, 10.0, RTT_FLOOR, t + 4) is None
+    assert bw.model(t).rate_mbps <= bound * 1.001
+    # under a regime of bounds, a timeout the model let through halves the rate
+    assert bw.observe_timeout(1_000_000, 10.0, RTT_FLOOR, t + 1) == pytest.approx(bound / 2)
+    assert bw.model(t + 1).rate_mbps < bound
+    # a second bound below it joins the regime of bounds; the first measurement replaces
+    # them (the bounds were guesses from what did not arrive)
+    assert bw.observe_timeout(1_000_000, 2000.0, RTT_FLOOR, t + 1.5) is not None
+    assert bw.model(t + 1.5).rate_mbps < bound
+    t = _feed(bw, rng, 50.0, 1, t + 2)
+    assert bw.model(t).rate_mbps > 25.0  # one sample's noise, far above the bounds
+    t = _feed(bw, rng, 50.0, 3, t)
+    assert bw.model(t).rate_mbps == pytest.approx(50.0, rel=0.2)
+
+
+def test_bounds_in_a_burst_are_each_compared_with_the_model_as_it_is():
+    """The offloads one check blames arrive back to back, with no read between them."""
+    rng = np.random.default_rng(2)
+    bw = BandwidthEstimator()
+    t = _feed(bw, rng, 40.0, 20, 0.0)
+    first = bw.observe_timeout(1_000_000, 1000.0, RTT_FLOOR, t)
+    second = bw.observe_timeout(1_000_000, 1000.0, RTT_FLOOR, t)  # the same upload again
+    assert second == pytest.approx(first / 2)  # halved, not a new regime at the first
+    assert bw.model(t).rate_mbps < first
+    for _ in range(3):  # the same bound again and again keeps halving (not rounding away)
+        bw.observe_timeout(1_000_000, 700.0, RTT_FLOOR, t)
+    assert bw.model(t).rate_mbps < first / 8
+
+
+def test_a_tiny_upload_does_not_replace_the_bounds_but_a_real_one_does():
+    rng = np.random.default_rng(3)
+    bw = BandwidthEstimator()
+    t = _feed(bw, rng, 40.0, 20, 0.0)
+    bound = bw.observe_timeout(500_000, 500.0, RTT_FLOOR, t)
+    # 200 bytes in 4 ms: mostly the fixed cost, its rate is noise
+    bw.observe_transfer(200, 4.0 + 4.0, 3.0, 1.0, RTT_FLOOR, t + 0.1)
+    assert bw.model(t + 0.1).rate_mbps < 2 * bound
+    t = _feed(bw, rng, 40.0, 1, t + 0.2)
+    assert bw.model(t).rate_mbps > 20.0
+
+
+def test_a_bound_within_a_changes_margin_is_a_sample_not_a_change():
+    rng = np.random.default_rng(1)
+    bw = BandwidthEstimator()
+    t = _feed(bw, rng, 50.0, 20, 0.0)
+    # 300 kB not answered in 60 ms: below ~42 Mbit/s, within 1.5x of the model's 50
+    bound = bw.observe_timeout(300_000, elapsed_ms=60.0, rtt_floor_ms=RTT_FLOOR, now=t)
+    assert bound is not None and 50.0 / 1.5 < bound < 50.0
+    assert bw.model(t).rate_mbps == pytest.approx(50.0, rel=0.1)
+    # under measurements, a bound above the rate says nothing new (a stall, or a server)
+    assert bw.observe_timeout(300_000, elapsed_ms=10.0, rtt_floor_ms=RTT_FLOOR, now=t) is None
 
 
 @pytest.mark.parametrize("bad", [math.nan, -1.0, 0, math.inf, "x", None])
@@ -512,16 +558,44 @@ def test_a_timeout_is_a_censored_server_sample_that_relaxes_without_replies():
     assert s.slowdown_at(3.0 + 10 * ServerLoadEstimator.RELAX_S) < 1.01
 
 
-def test_link_turns_an_offload_timeout_into_a_server_bound():
+def test_link_turns_an_offload_timeout_into_a_server_bound_when_the_check_is_quick():
     link = LinkEstimator()
     link.on_small_message(2.0, 0.0)
     for i in range(4):  # 10 Mbit/s: 125 kB take 100 ms
         link.on_reply(125_000, 100.0 + 2.0 + 5.0, 5.0, 0.0, float(i), profiled_ms=5.0)
     assert link.server.slowdown_at(4.0) == pytest.approx(1.0, abs=0.05)
-    # a 12.5 kB offload (~10 ms on the wire) with 60 ms of budget timed out: the server
-    # had ~48 ms and did not answer
-    link.on_offload_timeout(12_500, 60.0, profiled_ms=5.0, now=5.0)
+    rate = link.model(4.0).rate_mbps
+    # a 12.5 kB offload (~10 ms on the wire) with 60 ms of budget timed out, and the hello
+    # that checked came back at once: the server had ~48 ms and did not answer
+    link.on_offload_timeout(12_500, 60.0, profiled_ms=5.0, now=5.0,
+                            link_slow=link.slow_check(3.0))
     assert link.server.slowdown_at(5.0) > 4.0
+    assert link.model(5.0).rate_mbps == pytest.approx(rate, rel=0.01)
+
+
+def test_link_turns_an_offload_timeout_into_a_rate_bound_too():
+    """Either side alone explains a timeout. Blaming only the server, a link that fell from
+    40 to 3 Mbit/s was offloaded to for as long as it stayed slow (bench stream)."""
+    link = LinkEstimator()
+    link.on_small_message(2.0, 0.0)
+    for i in range(8):  # 40 Mbit/s: 100 kB take 20 ms
+        link.on_reply(100_000, 20.0 + 2.0 + 5.0, 5.0, 0.0, i / 10, profiled_ms=5.0)
+    assert link.model(1.0).rate_mbps == pytest.approx(40.0, rel=0.1)
+    # the hello that checked came back 60 ms late: it waited behind the upload
+    assert link.slow_check(62.0) and link.slow_check(None)
+    assert not link.slow_check(5.0) and not link.slow_check(40.0, busy=True)
+    # 100 kB with 80 ms of budget, the server expected to take 5: the upload had ~73 ms
+    link.on_offload_timeout(100_000, 80.0, profiled_ms=5.0, now=1.0, link_slow=True)
+    rate = link.model(1.0).rate_mbps
+    assert rate == pytest.approx(800.0 / (80.0 - 5.0 - 2.0), rel=0.15)
+    # at that rate the same offload no longer fits its budget: the planner keeps it here
+    assert link.model(1.0).transfer_ms(100_000) + 5.0 >= 75.0
+    # the server, which answered without a queue, is not blamed as well: its bound would
+    # keep frames here for seconds after the link is fast again
+    assert link.server.slowdown_at(1.0) == pytest.approx(1.0, abs=0.05)
+    # the next reply at the old speed is a measurement, and it replaces the bound
+    link.on_reply(100_000, 27.0, 5.0, 0.0, 1.1, profiled_ms=5.0)
+    assert link.model(1.1).rate_mbps == pytest.approx(40.0, rel=0.15)
 
 
 def test_a_heartbeat_says_nothing_of_the_servers_queue_and_a_late_reply_weighs_more():

@@ -65,6 +65,19 @@ def test_a_link_too_slow_even_at_its_upper_quantile_is_not_explored(table):
     assert explore_pick(table, state, followed) is None
 
 
+def test_a_link_at_a_timeouts_bound_is_explored_at_its_last_measured_rate(table):
+    """The bound may have blamed the link for a server's stall, or a smaller upload would
+    have made it: the rate measured just before stays plausible."""
+    state = replace(GOOD, bw_mbps=0.05, bw_std=0.005)
+    assert explore_pick(table, state, _followed(table, state)) is None
+    state = replace(state, bw_history=(40.0, 42.0, 0.05))
+    followed = _followed(table, state)
+    assert followed.cut == "device"
+    pick = explore_pick(table, state, followed)
+    assert pick is not None and pick.cut != "device"
+    assert optimistic(state).bw_mbps == 42.0
+
+
 def test_a_model_that_never_pays_to_offload_is_not_explored(table):
     state = replace(GOOD, device_slowdown=1.0)  # digits here: 0.07 ms
     followed = _followed(table, state)
@@ -247,10 +260,19 @@ def test_an_exploring_offload_that_times_out_changes_nothing():
                 link.offload(frames, "input", 1.0, exploring=True).result(5 * SLOWDOWN)
             assert time.monotonic() - t0 < 0.1 * SLOWDOWN
             assert link.status == UP and link.usable(time.monotonic()) is None
+            rate = link.estimator.model(time.monotonic()).rate_mbps
             with pytest.raises(Timeout):
                 link.offload(frames, "input", 0.05 * SLOWDOWN).result(5 * SLOWDOWN)
             assert link.status in (CHECKING, UP) and link.estimator.failures > 0.0
-            assert server.slowdown_at(time.monotonic()) > before
+            # once the hello that checks has answered, one side took the timeout's bound
+            # (the server, unless this machine delayed the hello past the link's margin)
+            deadline = time.monotonic() + 5 * SLOWDOWN
+            while link.status != UP and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert link.status == UP
+            now = time.monotonic()
+            assert (server.slowdown_at(now) > before
+                    or link.estimator.model(now).rate_mbps < rate / 1.5)
         finally:
             link.close()
 

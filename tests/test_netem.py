@@ -223,6 +223,48 @@ def test_a_request_held_past_its_budget_fails_at_its_deadline():
 
 
 @pytest.mark.slow
+def test_a_timeout_on_a_slow_link_is_blamed_on_the_link_by_the_check_behind_it():
+    """The hello that checks the server after a timed-out offload leaves only after the rest
+    of the upload: on a slow link it comes back late, and the link's rate takes the
+    timeout's bound, not the server's speed (a real server; the loopback shaper as link)."""
+    from edgesdk.bundle import Bundle
+    from edgesdk.codec import encode_tensors
+    from edgesdk.engine.link import UP, EdgeLink
+    from edgesdk.models import DIGITS_BUNDLE
+    from edgesdk.server import ServerProcess
+
+    bundle = Bundle.load(DIGITS_BUNDLE)
+    rng = np.random.default_rng(0)
+    frames = encode_tensors([rng.random(t.shape).astype(t.dtype)
+                             for t in bundle.manifest.inputs], bits=32)
+    size = sum(memoryview(f).nbytes for f in frames)
+    assert size > 2048  # a bandwidth sample, not a small message (LinkEstimator)
+    with ServerProcess.serve([DIGITS_BUNDLE]) as server:
+        link = EdgeLink(server.endpoint, bundle.source_sha256, retry_s=30.0)
+        try:
+            assert link.wait_connected(10)
+            for _ in range(3):  # loopback: hundreds of Mbit/s
+                link.offload(frames, "input", 2.0).result(5)
+            e = link.estimator
+            fast = e.model(time.monotonic()).rate_mbps
+            slowdown = e.server.slowdown  # as last measured (slowdown_at relaxes it in time)
+            # 0.1 Mbit/s: the upload takes ~0.25 s, five times its budget
+            link.shaper = TokenBucket(rate_mbit=0.1)
+            with pytest.raises(Timeout):
+                link.offload(frames, "input", 0.05).result(5)
+            deadline = time.monotonic() + 5
+            while link.status != UP and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert link.status == UP
+            now = time.monotonic()
+            # blamed on the link: at most what the budget let through, far below loopback
+            assert e.model(now).rate_mbps < min(size * 8e-3 / 40.0, fast / 10)
+            assert e.server.slowdown == slowdown
+        finally:
+            link.close()
+
+
+@pytest.mark.slow
 def test_the_engine_link_holds_uploads_for_the_shaper():
     from edgesdk import Engine
     from edgesdk.models import DIGITS_BUNDLE, load_digits_test

@@ -18,10 +18,12 @@ over the rounds:
   within a point of the best fidelity).
 
 Per strategy: throughput (frames answered / s), the camera's dropped frames, latency from
-capture to result (mean, p95), estimated energy per frame and power. The claim (issue 17):
-at equal throughput, stream control's energy per frame <= TARGET x the best fixed plan's,
-"the best fixed plan" being the lowest-energy fixed plan whose throughput is at least
-that V's (x THROUGHPUT_SLACK, the runs' noise). Medians over the rounds.
+capture to result (mean, p95), estimated energy per frame and power, and energy per frame
+by the link's rate when the frame was captured. The claim (issue 17): at equal
+throughput, stream control's energy per frame <= TARGET x the best fixed plan's, "the best
+fixed plan" being the lowest-energy fixed plan whose throughput is at least that V's
+(x THROUGHPUT_SLACK, the runs' noise). Medians over the rounds. Beside it, the fixed plans
+switched at each rate change in hindsight (`phase_oracle`): what the target is worth.
 
     sudo edgesdk bench stream [--json] [--quick] [--rounds N] [--fps F] [--png PATH]
                               [--cpu-quota Q] [--workdir DIR]
@@ -87,13 +89,15 @@ def run_stream(engine: Any, x: np.ndarray, fps: float, seconds: float, v: float 
     `v` None: the engine's own strategy, else stream control at `v`."""
     cam = Camera(x, fps, seconds)
     kwargs = {} if v is None else {"fps": fps, "v": v}
-    lat, energy, where, plans = [], [], [], {}
+    lat, energy, where, plans, phase = [], [], [], {}, []
     t0 = time.monotonic()
     for r in engine.stream(cam.frames(), **kwargs):
-        lat.append((time.monotonic() - cam.captured.popleft()) * 1e3)
+        captured = cam.captured.popleft()
+        lat.append((time.monotonic() - captured) * 1e3)
         energy.append(r.energy_j)
         where.append(r.where)
         plans[r.plan] = plans.get(r.plan, 0) + 1
+        phase.append(int((captured - t0) / RATE_S) % len(RATES))
     wall = max(time.monotonic() - t0, seconds)
     lat_a = np.asarray(lat)
     return {"frames": len(lat), "throughput": len(lat) / wall, "dropped": cam.dropped,
@@ -101,7 +105,23 @@ def run_stream(engine: Any, x: np.ndarray, fps: float, seconds: float, v: float 
             "energy_mj": 1e3 * float(np.mean(energy)),
             "power_mw": 1e3 * float(np.sum(energy)) / wall,
             "edge": float(np.mean([w == "edge" for w in where])),
-            "plans": dict(sorted(plans.items(), key=lambda kv: -kv[1])[:3])}
+            "plans": dict(sorted(plans.items(), key=lambda kv: -kv[1])[:3]),
+            "phases": _by_phase(phase, energy, where)}
+
+
+def _by_phase(phase: list[int], energy: list[float], where: list[str]) -> list[dict]:
+    """Per rate of RATES (the frames captured while the link ran at it): frames, mJ per
+    frame, and the share finished at the edge. Where a strategy spends is where the link
+    is slow: what it pays there, and at the changes, is what a fixed plan saves."""
+    out = []
+    for k, mbps in enumerate(RATES):
+        mine = [i for i, p in enumerate(phase) if p == k]
+        out.append({"mbps": mbps, "frames": len(mine),
+                    "energy_mj": 1e3 * float(np.mean([energy[i] for i in mine]))
+                    if mine else None,
+                    "edge": float(np.mean([where[i] == "edge" for i in mine]))
+                    if mine else None})
+    return out
 
 
 def _fixed_plans(bundle: Any) -> list[str]:
@@ -152,7 +172,8 @@ def run(rounds: int | None = None, quick: bool = False, workdir: str | None = No
     rows = {n: _median(s) for n, s in samples.items()}
     return {"model": "ocr_rec", "fps": fps, "seconds": seconds, "rates_mbit": RATES,
             "rate_s": RATE_S, "power": POWER, "rounds": rounds, "cpu_quota": cpu_quota,
-            "testbed": testbed, "rows": rows, "comparisons": _compare(rows)}
+            "testbed": testbed, "rows": rows, "comparisons": _compare(rows),
+            "phase_oracle": phase_oracle(rows)}
 
 
 def _run_device(tb: Any, endpoint: str, built: Any, name: str, fps: float, seconds: float,
@@ -209,7 +230,40 @@ def _median(runs: list[dict]) -> dict[str, Any]:
             "edge")
     out: dict[str, Any] = {k: float(np.median([r[k] for r in runs])) for k in keys}
     out["plans"] = runs[-1]["plans"]
+    out["phases"] = [{"mbps": p["mbps"], **{k: _median_of([r["phases"][i][k] for r in runs])
+                                            for k in ("frames", "energy_mj", "edge")}}
+                     for i, p in enumerate(runs[0]["phases"])]
     return out
+
+
+def _median_of(values: list) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.median(kept)) if kept else None
+
+
+def phase_oracle(rows: dict[str, dict]) -> dict[str, Any] | None:
+    """The energy of switching among the fixed plans at each rate change, in hindsight:
+    per phase the fixed plan that spent least there, weighted by the phases' frames. Not a
+    strict bound (a controller may mix plans within a phase, and this ignores throughput),
+    but what a controller that learns the link from its replies would have to do without
+    any learning cost; beside the best fixed plan's energy, it says how much a target
+    below that plan is worth chasing."""
+    fixed = [r for n, r in rows.items() if n.startswith("fixed")]
+    if not fixed:
+        return None
+    per_phase, weights = [], []
+    for i in range(len(fixed[0]["phases"])):
+        spent = [r["phases"][i]["energy_mj"] for r in fixed
+                 if r["phases"][i]["energy_mj"] is not None]
+        if spent:
+            per_phase.append(min(spent))
+            weights.append(float(np.median([r["phases"][i]["frames"] for r in fixed])))
+    if not per_phase or sum(weights) == 0:
+        return None
+    best = min(r["energy_mj"] for r in fixed)
+    mj = float(np.average(per_phase, weights=weights))
+    return {"energy_mj": mj, "per_phase_mj": per_phase, "best_fixed_mj": best,
+            "ratio_to_best_fixed": mj / best}
 
 
 def _compare(rows: dict[str, dict]) -> list[dict]:
@@ -243,6 +297,19 @@ def format_text(report: dict) -> str:
     lines.append(format_table(["strategy", "frames/s", "dropped", "mean ms", "p95 ms",
                                "mJ/frame", "mW", "edge", "plans (last round, top 3)"],
                               rows, "lrrrrrrrl"))
+    lines.append("")
+    header = ["strategy"] + [f"{p['mbps']:g} Mbit/s" for p in
+                             next(iter(report["rows"].values()))["phases"]]
+    lines.append("mJ/frame (edge share) by the link's rate when the frame was captured:")
+    lines.append(format_table(header, [
+        [n] + ["-" if p["energy_mj"] is None else f"{p['energy_mj']:.1f} ({100 * p['edge']:.0f}%)"
+               for p in r["phases"]] for n, r in report["rows"].items()],
+        "l" + "r" * (len(header) - 1)))
+    oracle = report.get("phase_oracle")
+    if oracle:
+        lines.append(f"the fixed plans switched at each rate change, in hindsight: "
+                     f"{oracle['energy_mj']:.1f} mJ/frame, {oracle['ratio_to_best_fixed']:.2f}x "
+                     f"the lowest-energy fixed plan's {oracle['best_fixed_mj']:.1f}")
     lines.append("")
     for c in report["comparisons"]:
         if c["best_fixed"] is None:

@@ -46,7 +46,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import ServerBusy, Timeout, TransportError, Unreachable
 from ..estimators import LinkEstimator, probe_bytes
@@ -60,6 +60,7 @@ MISMATCH = "bundle_mismatch"
 # most of the time: every needless wake-up is CPU taken from a throttled device's quota
 # (and a GIL hand-off), and a 0.25 s poll timer woke it four times a second for nothing.
 MAX_SLEEP_S = 5.0
+SMALL_MESSAGE_BYTES = 300  # a hello's or a heartbeat's envelope, for the loopback shaper
 MAX_BUSY_WAIT_S = 1.0  # the longest a busy reply's retry_after_ms pauses offloading
 log = logging.getLogger("edgesdk.engine")
 
@@ -131,6 +132,15 @@ class _Job:
     activity: int = 0  # DeviceActivity.mark() when it was made
 
 
+class _TimedOut(NamedTuple):
+    """An offload that timed out, until the hello that checks blames a side (_blame)."""
+
+    payload_bytes: int
+    budget_ms: float
+    tail_ms: float | None  # the server's profiled time for its cut
+    at: float  # when it timed out (time.monotonic)
+
+
 class EdgeLink:
     """See the module docstring. `bundle_id`: the bundle's source sha256; `name`: the
     bundle's name, for the log lines; `digest`: the bundle's digest (Bundle.digest), sent
@@ -165,6 +175,8 @@ class EdgeLink:
         self._hello_budget_s = hello_budget_s
         self._busy_backoff_s = busy_backoff_s
         self._busy_until = 0.0
+        # offloads that timed out, to be blamed when the hello that checks answers (_blame)
+        self._unblamed: list[_TimedOut] = []
         self._next_probe = 0.0  # when the I/O thread may probe (or hello) again
         self._probe_turn = 0  # alternates the bandwidth probe's size
         self._last_reply = -math.inf  # traffic, as LinkEstimator.should_probe counts it
@@ -176,8 +188,8 @@ class EdgeLink:
         self._closing = False
         self._first_answer = threading.Event()
         # Emulation hook (benchmarks): an object with release_time(nbytes, now) -> when
-        # an upload of nbytes sent at `now` has crossed a slower link; infer requests are
-        # held until then. See edgesdk.bench.netem.TokenBucket.
+        # an upload of nbytes sent at `now` has crossed a slower link; every request is
+        # held until then, in order. See edgesdk.bench.netem.TokenBucket.
         self.shaper: Any = None
         # Created here, so a bad key fails in the caller; used only by the thread after.
         # Imported here: an engine without a server never loads ZeroMQ.
@@ -216,8 +228,7 @@ class EdgeLink:
         """Send an infer request for `cut`; the Future resolves to a transport Reply or
         raises a TransportError. exploring: an exploring frame's (policy.explore); its
         reply updates the estimates as any offload's, its failure changes nothing (it
-        says little: the frame tried a plausible best case, and a slow transfer would be
-        blamed on the server)."""
+        says little: the frame tried a plausible best case)."""
         size = sum(memoryview(f).nbytes for f in frames)
         return self._push(_Job(protocol.INFER, frames, cut, budget_s, payload_bytes=size,
                                exploring=exploring))
@@ -309,7 +320,7 @@ class EdgeLink:
                 if not probing and now >= self._next_probe:
                     held.extend((self._release_at(job, now), job) for job in self._probes(now))
                     self._next_probe = now + self._retry_s
-                    continue  # unshaped probes go at once
+                    continue  # probes go at once, or when the shaper releases them
                 # a held job wakes the loop when it may go or when its budget runs out
                 wake = min([now + MAX_SLEEP_S]
                            + [min(t, j.queued_at + j.budget_s) for t, j in held])
@@ -334,9 +345,10 @@ class EdgeLink:
             client.close()
 
     def _release_at(self, job: _Job, now: float) -> float:
-        """When a job may go: now, or when the loopback shaper has carried its payload."""
-        if self.shaper is not None and job.payload_bytes > 0:
-            return self.shaper.release_time(job.payload_bytes, now)
+        """When a job may go: now, or when the loopback shaper has carried it (a hello or a
+        heartbeat too, behind the uploads before it, as on a real link: _blame reads that)."""
+        if self.shaper is not None:
+            return self.shaper.release_time(job.payload_bytes or SMALL_MESSAGE_BYTES, now)
         return now
 
     def _release(self, held: list[tuple[float, _Job]], now: float
@@ -355,7 +367,7 @@ class EdgeLink:
             waited = now - job.queued_at
             if t > now and waited < job.budget_s:
                 continue
-            if self.shaper is not None and job.payload_bytes > 0:
+            if self.shaper is not None:
                 job.held_s = waited  # the emulated transfer belongs to the round trip
             if t <= now:
                 job.budget_s = max(job.budget_s - waited, 0.001)
@@ -383,7 +395,8 @@ class EdgeLink:
         """What to send when nothing else is: a hello until the server answers, then
         RTT and bandwidth heartbeats when the link has been idle."""
         if self.status != UP:
-            return [_Job(protocol.HELLO, budget_s=self._hello_budget_s)]
+            return [_Job(protocol.HELLO, budget_s=self._hello_budget_s,
+                         activity=self.activity.mark())]
         with self._lock:
             if not self.estimator.should_probe(now):
                 return []
@@ -446,6 +459,7 @@ class EdgeLink:
             self.status = MISMATCH
             # "request 7: bundle ... digest X..., the device's has digest Y...: ..."
             self.mismatch = str(getattr(exc, "remote_message", exc)).split(": ", 1)[-1]
+            self._unblamed.clear()  # another server: what timed out says nothing of it
             return
         if job.exploring:
             return
@@ -457,9 +471,9 @@ class EdgeLink:
             return
         if job.kind == protocol.HEARTBEAT and job.payload_bytes:
             # A bandwidth probe that timed out: the link is slower than size / budget, and
-            # that bound is the sample (the small heartbeat beside it tests liveness). Not
-            # so for an infer: its time includes compute, and on a throttled device CPU
-            # stalls, so a missed deadline says little about the link.
+            # that bound is the sample (the small heartbeat beside it tests liveness). An
+            # infer's bound is what its budget left after the server's expected share
+            # (LinkEstimator.on_offload_timeout).
             if isinstance(exc, Timeout):
                 self.estimator.on_timeout(job.payload_bytes,
                                           (job.budget_s + job.held_s) * 1e3, now)
@@ -468,12 +482,21 @@ class EdgeLink:
             if job.kind == protocol.INFER:
                 self.estimator.on_offload(failed=True)
             if job.kind == protocol.INFER and isinstance(exc, Timeout):
-                # the server did not answer in what the budget left it: it is slower than
-                # believed (or queued); without this, a server slower than its welcome
-                # said would be offloaded to, and timed out on, forever
-                self.estimator.on_offload_timeout(
-                    job.payload_bytes, (job.budget_s + job.held_s) * 1e3,
-                    self.server_tail_ms.get(job.cut or ""), now)
+                # the server did not answer in what the budget left it: it or the link is
+                # slower than believed (or queued), which the hello that checks tells
+                # (_blame); without this, a server slower than its welcome said, or a link
+                # that fell, would be offloaded to, and timed out on, forever
+                timed_out = _TimedOut(job.payload_bytes, (job.budget_s + job.held_s) * 1e3,
+                                      self.server_tail_ms.get(job.cut or ""), now)
+                if getattr(exc, "refused", False):  # it answered: not the link
+                    self._blame_one(timed_out, False, now)
+                else:
+                    self._unblamed.append(timed_out)
+            if job.kind == protocol.HELLO:
+                # no answer within its budget: it waited behind an upload, or the server is
+                # so loaded it cannot answer a hello (down either way); unreachable: gone
+                self._blame(None if isinstance(exc, Timeout) else 0.0, False, job.queued_at,
+                            now)
             if getattr(exc, "refused", False):
                 return  # the server answered it could not make it in time: it is up
             # Hello failing means down; an infer failing means "check before trusting it",
@@ -495,6 +518,7 @@ class EdgeLink:
         rtt_ms = (reply.rtt + job.held_s) * 1e3
         self._last_reply = now  # every reply below is traffic to the estimator
         if job.kind == protocol.HELLO:
+            self._blame(rtt_ms, self.activity.since(job.activity), job.queued_at, now)
             self._on_welcome(extra)
             e.on_small_message(rtt_ms, now)
         elif job.kind == protocol.HEARTBEAT:
@@ -506,6 +530,21 @@ class EdgeLink:
                        busy=self.activity.since(job.activity))
             e.on_offload(failed=False)
             self.status = UP
+
+    def _blame(self, check_ms: float | None, busy: bool, sent_at: float, now: float
+               ) -> None:
+        """The offloads that timed out before the hello that checked was sent, blamed on
+        the link or the server by its round trip (LinkEstimator.slow_check: None, it got
+        no answer); those that timed out after it (a retry hello already out) on the
+        server, as no check follows them once the link is up."""
+        link_slow = self.estimator.slow_check(check_ms, busy)
+        for timed_out in self._unblamed:
+            self._blame_one(timed_out, link_slow and timed_out.at <= sent_at, now)
+        self._unblamed.clear()
+
+    def _blame_one(self, timed_out: _TimedOut, link_slow: bool, now: float) -> None:
+        self.estimator.on_offload_timeout(timed_out.payload_bytes, timed_out.budget_ms,
+                                          timed_out.tail_ms, now, link_slow=link_slow)
 
     def _on_welcome(self, extra: Mapping[str, Any]) -> None:
         bundles = extra.get("bundles")

@@ -46,6 +46,7 @@ def _theil_sen(x: np.ndarray, t: np.ndarray, w: np.ndarray) -> tuple[float, floa
 _HALF = np.array([0.5])
 _LOG2 = math.log(2.0)
 _LOG1_5 = math.log(1.5)
+BOUND_DECREASE = 0.5  # a further timeout under a regime of bounds (observe_timeout)
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,7 @@ class BandwidthEstimator:
         self._last_overhead: tuple[float, float] | None = None  # (ms over the floor, when)
         self._run: list[tuple[int, float]] = []  # consecutive deviating samples: seq, log rate
         self._run_up = False  # ...and their direction (True: slower than the model)
+        self._bounded = False  # the current regime holds timeouts' bounds only
         self._fit: _Fit | None = None
         self._hist: tuple[int, tuple[float, ...]] | None = None  # (count, history())
         self._model: tuple[int, float, LinkModel] | None = None  # (count, now, model)
@@ -243,17 +245,37 @@ class BandwidthEstimator:
                         now: float) -> float | None:
         """An upload of `payload_bytes` with no reply after `elapsed_ms`: the rate was below
         the returned bound. Counted at the bound if that is below the current rate (None:
-        the bound says nothing the model does not already believe)."""
+        the bound says nothing the model does not already believe).
+
+        A bound beyond a change's margin below the model starts a new regime at once.
+        Bounds never agree on a rate the way measurements do (each says only "below"), so
+        the usual `change_samples` in a row would keep the model at the old rate through
+        as many lost uploads: on a stream whose link fell from 40 to 3 Mbit/s, offloads
+        timed out for the whole 3 s of the slow phase while the model stayed at 43.
+        - Under such a regime, a timeout whose bound is no lower halves the rate
+          (BOUND_DECREASE): the model let an upload go that did not make it.
+        - The first measurement replaces the regime (as the first reply replaces a server's
+          timeout bound): the bounds were guesses from what did not arrive, and the usual
+          change rule would keep them against a few measurements."""
         b = _check_positive("payload_bytes", payload_bytes)
         el = _check_finite("elapsed_ms", elapsed_ms)
         _check_finite("rtt_floor_ms", rtt_floor_ms)
         t = _check_finite("now", now, -math.inf)
         bound = b * 8e-3 / self._wire_ms(el, self._intercept_now())
-        fit = self._reference()
+        # compared with the model as it is now: bounds come in bursts (the offloads one
+        # check blames), and the cached fit may predate the one before
+        fit = self._fit = self._refit() if self._count else None
         current = math.exp(fit.log_rate) if fit is not None else self._prior
-        if bound >= current:
-            return None
-        self._add(0.0, 0.0, bound, t)
+        if bound >= current * (1.0 - 1e-9):  # (the same upload again: equal but for rounding)
+            if not self._bounded:
+                return None
+            # the model is a timeout's bound, and an upload it said would make it did not
+            # (the planner offloads at a rate where a timeout is unlikely, not impossible):
+            # the rate is lower still, by a multiplicative decrease as TCP's
+            bound = current * BOUND_DECREASE
+        if fit is not None and math.log(current / bound) > max(_LOG1_5, 2.5 * fit.mad):
+            self._regime, self._run, self._bounded = self._count, [], True
+        self._add(0.0, 0.0, bound, t, bound=True)
         return bound
 
     def _wire_ms(self, net_ms: float, intercept_ms: float) -> float:
@@ -282,14 +304,21 @@ class BandwidthEstimator:
         return self._fit
 
     def _add(self, x: float, net: float, rate: float, now: float,
-             held: bool = False) -> bool:
+             held: bool = False, bound: bool = False) -> bool:
         """Keep a sample; `held`: out of the fit unless a change starts at or before it
-        (see observe_transfer). Returns whether it stays held."""
+        (see observe_transfer); `bound`: a timeout's (observe_timeout). Returns whether it
+        stays held."""
         fit = self._reference() if self._count >= 2 else None
+        # a measurement replaces the bounds, unless it is mostly the fixed cost (its rate
+        # then is noise; it joins them)
+        if self._bounded and not (held or bound) and (
+                x <= 0 or net >= 1.5 * self._intercept_now()):
+            self._regime, self._run, self._bounded, fit = self._count, [], False, None
         # (a held sample is judged against a fit of one, or none could ever leave it)
         if fit is not None and (fit.n >= 2 or held) and self._detect_change(fit, x, net, rate,
                                                                             held):
             held = False
+            self._bounded = self._bounded and bound  # measurements started this regime
             buf = self._buf
             buf[7, buf[0] >= self._regime] = 0.0  # the change's held samples count now
         lb = max(0.05 * net, self._min_wire, 1e-6) if x > 0 else 1.0

@@ -130,6 +130,11 @@ class ServerLoadEstimator:
         self.queue_length = int(load.get("queue", 0) or 0)
 
 
+# What the device's own scheduling adds to a small message's round trip, at most: idle, and
+# computing starved of CPU (a quarter core: 64 KiB probes at 50 Mbit/s came back 1-50 ms
+# late). A check that took longer waited behind an upload (LinkEstimator.slow_check).
+CHECK_STALL_MS = 10.0
+BUSY_STALL_MS = 50.0
 PROBE_BYTES = (64 * 1024, 1024 * 1024)  # bandwidth probe size bounds (above a tbf burst)
 PROBE_MAX_S = 0.25  # ...but a probe that would take longer at the estimate is cut to this
 
@@ -195,21 +200,52 @@ class LinkEstimator:
 
     def on_timeout(self, payload_bytes: int, elapsed_ms: float, now: float) -> float | None:
         """An upload that got no reply within `elapsed_ms`: a censored bandwidth sample
-        (see BandwidthEstimator.observe_timeout). Only for uploads whose time is all
-        network (probes): an infer's also holds server compute and queueing. Not traffic
-        for the probing rule (as before): while nothing comes back, probing goes on."""
+        (see BandwidthEstimator.observe_timeout). For uploads whose time is all network
+        (probes); an infer's also holds server compute and queueing (on_offload_timeout).
+        Not traffic for the probing rule (as before): while nothing comes back, probing
+        goes on."""
         return self.bandwidth.observe_timeout(payload_bytes, elapsed_ms, self.rtt.floor_ms,
                                               now)
 
     def on_offload_timeout(self, payload_bytes: int, budget_ms: float,
-                           profiled_ms: float | None, now: float) -> None:
-        """An offload that got no reply within `budget_ms`: after the network's expected
-        share (RTT floor + overhead + bytes at the rate), the server had the rest and did
-        not answer; a censored sample of its slowdown (ServerLoadEstimator)."""
+                           profiled_ms: float | None, now: float, *,
+                           link_slow: bool = False) -> None:
+        """An offload that got no reply within `budget_ms`: a censored sample of the side
+        to blame. `link_slow`: the hello sent to check the server after it came back late
+        (`slow_check`), so it waited behind the rest of the upload on the link.
+        - The link, when it was slow and the upload had the budget after the server's
+          expected queue and compute: a bound on the rate (BandwidthEstimator.
+          observe_timeout), if that is below the current rate.
+        - The server otherwise: it had the budget after the network's expected share (RTT
+          floor + overhead + bytes at the rate), a bound on its slowdown
+          (ServerLoadEstimator).
+        Blaming the server alone, a link that fell from 40 to 3 Mbit/s was offloaded to and
+        timed out on for as long as it stayed slow (each hello found the server well).
+        Blaming both, a server bound that relaxes over RELAX_S kept frames here long after
+        the link was fast again. The rate's bound is on the terms the offload was decided
+        on, so the same offload no longer looks worth it (an allowance for the device's own
+        CPU stalls left it above the rate where the planner stops offloading, and every
+        later timeout said nothing). The first reply corrects a wrong blame."""
+        server = self.server
+        wire_ms = budget_ms - server.queue_ms - server.slowdown_at(now) * (profiled_ms or 0.0)
+        if (link_slow and payload_bytes > self.small_bytes and wire_ms > 0
+                and self.bandwidth.observe_timeout(payload_bytes, wire_ms, self.rtt.floor_ms,
+                                                   now) is not None):
+            return
         m = self.bandwidth.model(now)  # its overhead is over the RTT its samples came with
         network = m.rtt_ms + m.transfer_ms(max(payload_bytes, 1))
-        self.server.observe_timeout(budget_ms - network - self.server.queue_ms, profiled_ms,
-                                    now)
+        server.observe_timeout(budget_ms - network - server.queue_ms, profiled_ms, now)
+
+    def slow_check(self, rtt_ms: float | None, busy: bool = False) -> bool:
+        """Whether the hello that checks the server after a timed-out offload says the link
+        was slow: it got no answer (None), or its round trip exceeded the RTT floor by
+        more than the device's own CPU stalls explain (CHECK_STALL_MS; BUSY_STALL_MS when
+        the device computed, starved, meanwhile). The broker answers a hello itself, ahead
+        of any queue, but the hello leaves the device only after the rest of the upload
+        that timed out."""
+        if rtt_ms is None:
+            return True
+        return rtt_ms > self.rtt.floor_ms + (BUSY_STALL_MS if busy else CHECK_STALL_MS)
 
     def on_offload(self, failed: bool) -> None:
         """One offload's outcome (a timeout, an unreachable server or a fallback: failed)."""

@@ -183,6 +183,7 @@ class Outcomes:
     wire_ms: np.ndarray
     exit_latency: np.ndarray
     budget_ms: np.ndarray
+    upload_left_ms: np.ndarray  # a timed-out offload's upload still to go at its timeout
 
 
 class _TableFacts:
@@ -242,8 +243,11 @@ def frame_outcomes(world: World, k: int, facts: _TableFacts, slowdown_est: float
     r_rest = w_acc * acc - latency / slo - penalty * (latency > slo)
     r_exit = w_acc * t.exit_acc - exit_lat / slo - penalty * (exit_lat > slo)
     reward = p * r_exit + (1 - p) * r_rest
+    # what a timed-out offload still had to upload when the engine gave up on it: the hello
+    # that checks the server leaves after it
+    upload_left = np.where(timed_out, np.maximum(wire - np.maximum(budget, 0.0), 0.0), 0.0)
     return Outcomes(reward, latency, p * t.exit_acc + (1 - p) * acc, timed_out,
-                    np.where(ok, wire, 0.0), exit_lat, budget)
+                    np.where(ok, wire, 0.0), exit_lat, budget, upload_left)
 
 
 # -- the device's view ---------------------------------------------------------------------
@@ -270,15 +274,17 @@ class DeviceView:
         self.slowdowns: deque[float] = deque(maxlen=16)
         self._hello(0.0)  # the welcome
 
-    def _hello(self, t: float) -> bool:
-        ms = self.world.small_message_ms(t)
-        if ms > HELLO_BUDGET_MS:  # nothing came back within the hello budget: down
+    def _hello(self, t: float, behind_ms: float = 0.0) -> float | None:
+        """A hello at t, after `behind_ms` of upload still on the link: its round trip, or
+        None (down) if nothing came back within the hello budget."""
+        ms = self.world.small_message_ms(t) + behind_ms
+        if ms > HELLO_BUDGET_MS:
             self.up = False
             self.next_hello = t + RETRY_S
-            return False
+            return None
         self.up = True
         self.link.on_small_message(ms, t)
-        return True
+        return ms
 
     def before_frame(self, t: float) -> None:
         """Probes and hellos the I/O thread would have sent by time t."""
@@ -317,7 +323,7 @@ class DeviceView:
 
     def after_frame(self, k: int, i: int, out: Outcomes, exploring: bool = False) -> None:
         """What frame k under plan i tells the estimators; `exploring`: an exploring
-        frame's failure changes nothing (EdgeLink), nor does its offload end the backoff."""
+        frame's failure changes nothing (EdgeLink), its reply ends the backoff."""
         w, t = self.world, self.world.sc.table
         now = w.t[k] + out.latency[i] / 1e3
         exited = w.exit_u[k] < t.p_exit[i]
@@ -329,15 +335,16 @@ class DeviceView:
         self.last_send = w.t[k]
         if exploring and out.timed_out[i]:
             return
-        if not exploring:
-            self.explore_every = EXPLORE_MIN_S
+        self.explore_every = EXPLORE_MIN_S  # offloading again, or an exploring one paid
+        if exploring:  # (Engine._explore_paid)
+            self.explore_at = min(self.explore_at, now + EXPLORE_MIN_S)
         self.link.on_offload(bool(out.timed_out[i]))
         advertised = float(t.srv_ms[i] * w.sc.server_slowdown)  # the welcome's tail time
         if out.timed_out[i]:
+            # "checking": a hello at once, which tells the link from the server (EdgeLink)
+            ms = self._hello(now, float(out.upload_left_ms[i]))
             self.link.on_offload_timeout(int(t.wire_bytes[i]), float(out.budget_ms[i]),
-                                         advertised, now)
-            self.up = False  # "checking": a hello at once
-            self._hello(now)
+                                         advertised, now, link_slow=self.link.slow_check(ms))
             return
         srv = advertised * w.sc.server_drift
         q = float(w.queue[k])
