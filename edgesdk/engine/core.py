@@ -919,9 +919,10 @@ class Engine:
     def _explore_paid(self, now: float) -> None:
         """An exploring offload came back: its optimistic plan paid, so the next look is
         EXPLORE_MIN_S away, not at the backoff reached while frames stayed here. A link
-        back at its speed takes a few agreeing samples to be believed (a change), and at
-        2 s between looks the planner kept PP-OCRv4 frames here for 1.3 s after a 2 -> 50
-        Mbit/s step (bench e2e)."""
+        back at its speed takes a few agreeing samples to be believed (a change) when its
+        slow rate was measured: in bench e2e, after the 2 -> 50 Mbit/s step, one exploring
+        reply at 50 joined a regime measured at 2, the next look was 2 s away, and the
+        planner kept PP-OCRv4 frames here for the 2.5 s left of the scenario."""
         with self._device_lock:
             self._explore_every = EXPLORE_MIN_S
             self._explore_at = min(self._explore_at, now + EXPLORE_MIN_S)
