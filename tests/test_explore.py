@@ -5,6 +5,7 @@ now and then, so that a server whose timeouts ruled it out is used again once it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -224,15 +225,14 @@ def test_a_state_with_nothing_to_explore_is_looked_at_once(monkeypatch):
 
 
 @pytest.mark.slow
-def test_an_exploring_offload_that_times_out_changes_nothing():
-    """Its failure says little (the frame tried a plausible best case, and a slow transfer
-    would be blamed on the server): the link stays up and the server's slowdown as it was;
-    a plain offload's timeout does change both."""
+@contextlib.contextmanager
+def _link_to_a_slow_server():
+    """(an EdgeLink to a real server whose worker takes 300 ms a request, the digits
+    input's frames)."""
     import sys
 
     from edgesdk.codec import encode_tensors
-    from edgesdk.engine.link import CHECKING, UP, EdgeLink
-    from edgesdk.errors import ServerBusy, Timeout
+    from edgesdk.engine.link import EdgeLink
 
     from transport_helpers import TESTS
 
@@ -246,33 +246,67 @@ def test_an_exploring_offload_that_times_out_changes_nothing():
         link = EdgeLink(slow.endpoint, bundle.source_sha256, retry_s=30.0)
         try:
             assert link.wait_connected(10)
-            server = link.estimator.server
-            before = server.slowdown_at(time.monotonic())
-            with pytest.raises(Timeout):
-                link.offload(frames, "input", 0.05 * SLOWDOWN, exploring=True).result(
-                    5 * SLOWDOWN)
-            assert link.status == UP and link.estimator.failures == 0.0
-            assert server.slowdown_at(time.monotonic()) == pytest.approx(before, rel=1e-3)
-            # the worker is still on it: the broker answers the next exploring one busy,
-            # at once, and that changes nothing either
-            t0 = time.monotonic()
-            with pytest.raises(ServerBusy):
-                link.offload(frames, "input", 1.0, exploring=True).result(5 * SLOWDOWN)
-            assert time.monotonic() - t0 < 0.1 * SLOWDOWN
-            assert link.status == UP and link.usable(time.monotonic()) is None
-            rate = link.estimator.model(time.monotonic()).rate_mbps
-            with pytest.raises(Timeout):
-                link.offload(frames, "input", 0.05 * SLOWDOWN).result(5 * SLOWDOWN)
-            assert link.status in (CHECKING, UP) and link.estimator.failures > 0.0
-            # once the hello that checks has answered, one side took the timeout's bound
-            # (the server, unless this machine delayed the hello past the link's margin)
-            deadline = time.monotonic() + 5 * SLOWDOWN
-            while link.status != UP and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert link.status == UP
-            now = time.monotonic()
-            assert (server.slowdown_at(now) > before
-                    or link.estimator.model(now).rate_mbps < rate / 1.5)
+            yield link, frames
         finally:
             link.close()
 
+
+def test_an_exploring_offload_that_times_out_changes_nothing():
+    """Its failure says little (the frame tried a plausible best case, and a slow transfer
+    would be blamed on the server): the link stays up and the server's slowdown as it was;
+    a plain offload's timeout does change both."""
+    from edgesdk.engine.link import CHECKING, UP
+    from edgesdk.errors import ServerBusy, Timeout
+
+    with _link_to_a_slow_server() as (link, frames):
+        server = link.estimator.server
+        before = server.slowdown_at(time.monotonic())
+        with pytest.raises(Timeout):
+            link.offload(frames, "input", 0.05 * SLOWDOWN, exploring=True).result(
+                5 * SLOWDOWN)
+        assert link.status == UP and link.estimator.failures == 0.0
+        assert server.slowdown_at(time.monotonic()) == pytest.approx(before, rel=1e-3)
+        # the worker is still on it: the broker answers the next exploring one busy,
+        # at once, and that changes nothing either
+        t0 = time.monotonic()
+        with pytest.raises(ServerBusy):
+            link.offload(frames, "input", 1.0, exploring=True).result(5 * SLOWDOWN)
+        assert time.monotonic() - t0 < 0.1 * SLOWDOWN
+        assert link.status == UP and link.usable(time.monotonic()) is None
+        rate = link.estimator.model(time.monotonic()).rate_mbps
+        with pytest.raises(Timeout):
+            link.offload(frames, "input", 0.05 * SLOWDOWN).result(5 * SLOWDOWN)
+        assert link.status in (CHECKING, UP) and link.estimator.failures > 0.0
+        # once the hello that checks has answered, one side took the timeout's bound
+        # (the server, unless this machine delayed the hello past the link's margin)
+        deadline = time.monotonic() + 5 * SLOWDOWN
+        while link.status != UP and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert link.status == UP
+        now = time.monotonic()
+        assert (server.slowdown_at(now) > before
+                or link.estimator.model(now).rate_mbps < rate / 1.5)
+
+
+def test_an_offload_the_server_refuses_as_late_is_blamed_on_it_without_a_check():
+    """The broker answers `expired` at once when a request's budget cannot cover its
+    compute there (learnt from the first requests): the server answered, so the link is
+    not suspect. The timeout is blamed on the server at once: no hello, no pending blame,
+    and the link's rate as it was."""
+    from edgesdk.engine.link import UP
+    from edgesdk.errors import Timeout
+
+    with _link_to_a_slow_server() as (link, frames):
+        for _ in range(2):  # the broker's expected compute: an EWMA from ~1 ms
+            link.offload(frames, "input", 2.0 * SLOWDOWN).result(5 * SLOWDOWN)
+        server = link.estimator.server
+        now = time.monotonic()
+        rate, before = link.estimator.model(now).rate_mbps, server.slowdown_at(now)
+        with pytest.raises(Timeout) as refused:  # ~55 ms expected > 20 ms of budget
+            link.offload(frames, "input", 0.02).result(5 * SLOWDOWN)
+        assert getattr(refused.value, "refused", False), refused.value
+        now = time.monotonic()
+        assert link.status == UP and not link._unblamed
+        assert link.estimator.model(now).rate_mbps == pytest.approx(rate)
+        # a censored sample: the server is at least as slow as its measured reply said
+        assert server.slowdown_at(now) >= before * (1 - 1e-3)

@@ -3,6 +3,7 @@ a cgroup CPU quota, and the loopback fallback's token bucket inside the engine."
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -260,6 +261,42 @@ def test_a_timeout_on_a_slow_link_is_blamed_on_the_link_by_the_check_behind_it()
             # blamed on the link: at most what the budget let through, far below loopback
             assert e.model(now).rate_mbps < min(size * 8e-3 / 40.0, fast / 10)
             assert e.server.slowdown == slowdown
+        finally:
+            link.close()
+
+
+@pytest.mark.slow
+def test_a_check_lost_behind_a_slow_upload_says_the_uplink_is_likely_slow(caplog):
+    """At 0.03 Mbit/s the rest of the timed-out upload outlasts the hello's 500 ms: the
+    link goes down, and the warning points at the uplink, not only at a silent server."""
+    from edgesdk.bundle import Bundle
+    from edgesdk.codec import encode_tensors
+    from edgesdk.engine.link import DOWN, EdgeLink
+    from edgesdk.models import DIGITS_BUNDLE
+    from edgesdk.server import ServerProcess
+
+    bundle = Bundle.load(DIGITS_BUNDLE)
+    rng = np.random.default_rng(0)
+    frames = encode_tensors([rng.random(t.shape).astype(t.dtype)
+                             for t in bundle.manifest.inputs], bits=32)
+    with ServerProcess.serve([DIGITS_BUNDLE]) as server:
+        link = EdgeLink(server.endpoint, bundle.source_sha256, retry_s=30.0)
+        try:
+            assert link.wait_connected(10)
+            link.offload(frames, "input", 2.0).result(5)
+            link.shaper = TokenBucket(rate_mbit=0.03)  # ~0.8 s for the ~3 KB upload
+            with caplog.at_level(logging.WARNING, logger="edgesdk"):
+                with pytest.raises(Timeout):
+                    link.offload(frames, "input", 0.05).result(5)
+                deadline = time.monotonic() + 5
+                while link.status != DOWN and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert link.status == DOWN and link.usable(time.monotonic()) == "unresponsive"
+                # the link's thread logs the warning after it changed the status
+                while "upload(s) that timed out" not in caplog.text \
+                        and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            assert "queued behind 1 upload(s) that timed out" in caplog.text, caplog.text
         finally:
             link.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -80,6 +81,18 @@ def test_actions_that_lose_accuracy_are_not_eligible():
     assert row == 1
 
 
+def test_a_stream_prices_its_offloads_at_the_low_forecast():
+    # a 50 KB upload: 20 ms at the mean rate, 800 ms (past the budget, then a 99 ms local
+    # finish) at the low forecast; a falling link's frames stay here
+    table = _table(**{**HAND, "dev_ms": [100, 1], "wire_bytes": [0, 50_000],
+                      "local_ms": [0, 99]})
+    state = State(bw_mbps=20.0, slo_ms=500.0, rtt_ms=2.0)
+    ctl = StreamController(fps=10.0, v=1.0)
+    assert ctl.choose(table, state, PI4, REF_J)[0] == 1
+    for falling in (replace(state, bw_low_mbps=0.5), replace(state, bw_history=(0.5, 20.0))):
+        assert ctl.choose(table, falling, PI4, REF_J)[0] == 0
+
+
 @pytest.fixture(scope="module")
 def digits():
     return load_digits_test()[0][:40]
@@ -105,8 +118,6 @@ def test_a_controlled_stream_answers_every_frame_and_restores_the_engine(digits)
 def test_a_local_finish_is_priced_at_the_speed_its_frame_runs_at(digits):
     """The slowdown is of the engine's own thread count: a frame that stream control runs
     on more threads finishes here faster, and its offload may wait that much longer."""
-    from dataclasses import replace
-
     with Engine(digits_bundle(), threads=1) as e:
         for x in digits[:20]:
             e.infer(x[None])

@@ -86,6 +86,26 @@ def test_remaking_a_version_replaces_its_files_and_outdates_its_profile(versione
     assert set(model_profile(copy.manifest, "here").versions) == {"fp16"}
 
 
+def test_int8_keeps_the_image_stem_in_fp32_and_prints_nothing(versioned, capsys, tmp_path):
+    """The digits CNN's first segment is one convolution over the 1-channel image: too
+    little depth for the int8 kernels, so it stays fp32 (the note says why), while the
+    deeper segments are quantized; onnxruntime's calibrator, which prints its progress,
+    says nothing on stdout (a --json report goes there)."""
+    import onnx
+
+    bundle, _, _ = versioned
+    int8 = bundle.manifest.version("int8")
+    assert int8.segments[0] is None
+    assert any("segment 0" in n and "at most 4 channels" in n for n in int8.method["notes"])
+    deeper = onnx.load(str(bundle.path / int8.segments[1].file))
+    assert any(n.op_type == "DequantizeLinear" for n in deeper.graph.node)
+    capsys.readouterr()
+    fresh = Bundle.load(shutil.copytree(DIGITS_BUNDLE, tmp_path / "digits.edge"))
+    name = fresh.manifest.inputs[0].name
+    make_versions(fresh, ["int8"], [{name: x[None]} for x in CALIBRATION[:4]])
+    assert capsys.readouterr().out == ""
+
+
 def test_a_version_in_which_nothing_converts_is_not_recorded(tmp_path, monkeypatch):
     import edgesdk.split.versions as versions
 

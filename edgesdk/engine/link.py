@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from ..errors import ServerBusy, Timeout, TransportError, Unreachable
-from ..estimators import LinkEstimator, probe_bytes
+from ..estimators import SMALL_MESSAGE_BYTES, LinkEstimator, probe_bytes
 from ..transport import protocol
 
 UP, CONNECTING, CHECKING, DOWN, NOT_SERVED = "up", "connecting", "checking", "down", "not_served"
@@ -60,7 +60,6 @@ MISMATCH = "bundle_mismatch"
 # most of the time: every needless wake-up is CPU taken from a throttled device's quota
 # (and a GIL hand-off), and a 0.25 s poll timer woke it four times a second for nothing.
 MAX_SLEEP_S = 5.0
-SMALL_MESSAGE_BYTES = 300  # a hello's or a heartbeat's envelope, for the loopback shaper
 MAX_BUSY_WAIT_S = 1.0  # the longest a busy reply's retry_after_ms pauses offloading
 log = logging.getLogger("edgesdk.engine")
 
@@ -165,6 +164,7 @@ class EdgeLink:
         self.estimator = LinkEstimator(idle_s=probe_idle_s)
         self.status = CONNECTING
         self._down_reason = "unreachable"  # why frames stay here while down or connecting
+        self._lost_behind = 0  # timed-out uploads the last lost hello was queued behind
         self.welcome: Any = None
         self.server_tail_ms: dict[str, float] = {}  # cut id -> server compute, from welcome
         self.welcomes = 0  # how many welcomes arrived (the engine re-plans on a change)
@@ -442,6 +442,9 @@ class EdgeLink:
                         if self._down_reason == "unreachable" else
                         f"is {self._down_reason} (connected, no answer to a hello within "
                         f"{self._hello_budget_s * 1e3:.0f} ms)")
+                if self._lost_behind and self._down_reason == "unresponsive":
+                    what += (f"; the hello was queued behind {self._lost_behind} upload(s) "
+                             "that timed out, so the uplink is likely slower than it was")
                 log.warning("edge server %s %s: frames finish on the device until it "
                             "answers (retrying every %.1f s)", self.endpoint, what,
                             self._retry_s)
@@ -495,6 +498,8 @@ class EdgeLink:
             if job.kind == protocol.HELLO:
                 # no answer within its budget: it waited behind an upload, or the server is
                 # so loaded it cannot answer a hello (down either way); unreachable: gone
+                self._lost_behind = sum(t.at <= job.queued_at for t in self._unblamed
+                                        ) if isinstance(exc, Timeout) else 0
                 self._blame(None if isinstance(exc, Timeout) else 0.0, False, job.queued_at,
                             now)
             if getattr(exc, "refused", False):

@@ -27,6 +27,7 @@ from .energy import PRESETS, PowerModel, detected_preset, power_model, usable_cp
 from .link import (
     PROBE_BYTES,
     PROBE_MAX_S,
+    SMALL_MESSAGE_BYTES,
     LinkEstimator,
     RttEstimator,
     ServerLoadEstimator,
@@ -37,6 +38,7 @@ __all__ = [
     "PROBE_BYTES",
     "PRESETS",
     "PROBE_MAX_S",
+    "SMALL_MESSAGE_BYTES",
     "BandwidthEstimator",
     "DeviceModel",
     "Estimate",

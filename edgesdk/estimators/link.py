@@ -137,6 +137,7 @@ CHECK_STALL_MS = 10.0
 BUSY_STALL_MS = 50.0
 PROBE_BYTES = (64 * 1024, 1024 * 1024)  # bandwidth probe size bounds (above a tbf burst)
 PROBE_MAX_S = 0.25  # ...but a probe that would take longer at the estimate is cut to this
+SMALL_MESSAGE_BYTES = 300  # a hello's or a heartbeat's envelope on the wire
 
 
 def probe_bytes(mbps: float, turn: int) -> int:

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..estimators import LinkEstimator, probe_bytes
+from ..estimators import SMALL_MESSAGE_BYTES, LinkEstimator, probe_bytes
 from .candidates import CandidateTable
 from .explore import EXPLORE_MAX_S, EXPLORE_MIN_S, explore_pick
 from .planner import offload_budget
@@ -76,7 +76,6 @@ OUTAGE_MBPS = 1e-3  # the rate of a link in an outage (> 0 keeps the capacity in
 RETRY_S = 0.5  # the hello interval while the link is down (retry_s)
 HELLO_BUDGET_MS = 500.0  # hello_budget_s; a bandwidth probe gets twice that
 PROBE_IDLE_S = 2.0  # EdgeLink probe_idle_s
-HELLO_BYTES = 300
 
 
 # -- the world: exogenous draws of one episode ---------------------------------------------
@@ -156,8 +155,8 @@ class World:
     def small_message_ms(self, t: float) -> float:
         """Round trip of a hello or heartbeat sent at t (overhead, its bytes, the RTT)."""
         k = min(int(np.searchsorted(self.t, t)), len(self.rtt) - 1)
-        return (self.sc.physics.overhead_ms + float(self.transfer_ms(t, np.array([HELLO_BYTES]))[0])
-                + float(self.rtt[k]))
+        wire = float(self.transfer_ms(t, np.array([SMALL_MESSAGE_BYTES]))[0])
+        return self.sc.physics.overhead_ms + wire + float(self.rtt[k])
 
     def hello_wait_s(self, t: float) -> float:
         """How long after t a hello first gets its welcome within the hello budget, sending

@@ -26,11 +26,20 @@ Files are named by their content (seg_000.int8.<sha256[:12]>.onnx): re-making a 
 (new calibration samples) never overwrites a file the manifest lists, so the bundle stays
 loadable until the new manifest is saved; the replaced files are removed after.
 
-Whether a version pays is the device's business, so nothing here judges speed. On this
-x86 CPU int8 runs the convolution segments of ResNet50 in about 0.4x their fp32 time, but
-PP-LCNet's (depthwise convolutions and hard-swish, whose quantize/dequantize pairs cost
-more than they save) in about 1.3x. `edgesdk profile` measures every version's segment
-times on the device and, with --data, its fidelity to fp32; the planner weighs both.
+A convolution over at most STEM_CHANNELS input channels (in practice a model's first layer,
+on an RGB or grey image) stays fp32 in the int8 version: its dot products are too short
+for the int8 kernels, and its input would be quantized in one more pass over the
+full-resolution image. On this CPU (`edgesdk bench versions`, one run each) that took
+PP-LCNet's int8 chain from 1.00x to 0.94x fp32's time, and YOLOv8n's from 0.44x to 0.42x
+(within that run's noise), with the same fidelity (0.82 -> 0.83, 0.94 -> 0.94).
+
+Whether a version pays is the device's business, so nothing else here judges speed. On
+this x86 CPU int8 runs YOLOv8n in about 0.42x its fp32 time and PP-OCRv4 recognition in
+0.72x, but PP-LCNet (depthwise convolutions and hard-swish) in 0.94x: its int8
+convolutions take 0.56x of the fp32 ones, but onnxruntime has no int8 hard-swish, so each
+one runs in float between a dequantize and a quantize, which costs back most of the gain.
+`edgesdk profile` measures every version's segment times on the device and, with --data,
+its fidelity to fp32; the planner weighs both.
 
 Not built: structured channel pruning (the graphs of the real models tried here do not
 allow removing channels without retraining), and versions of TFLite bundles (quantizing a
@@ -39,9 +48,12 @@ TFLite graph needs TensorFlow's converter; a quantized .tflite can be split on i
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +68,7 @@ VERSIONS = ("int8", "fp16")
 INT8_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the "axis" attribute)
 CALIBRATION_SAMPLES = 64  # more adds calibration time, hardly accuracy
 PERCENTILE = 99.99  # of |activation| over the calibration samples: the int8 range
+STEM_CHANNELS = 4  # a convolution over so few input channels (an image stem) stays fp32
 log = logging.getLogger("edgesdk.split")
 
 
@@ -220,12 +233,53 @@ def _quantize_int8(src: Path, dst: Path, feeds: Sequence[Mapping[str, np.ndarray
         def get_next(self) -> dict | None:
             return next(self._feeds, None)
 
-    quantize_static(str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.Percentile,
-                    extra_options={"CalibPercentile": PERCENTILE})
-    return any(n.op_type == "DequantizeLinear" for n in onnx.load(str(dst)).graph.node)
+    stems = _name_narrow_convolutions(prepared)
+    printed = io.StringIO()  # the calibrator prints its progress; stdout may be a --json
+    try:
+        with contextlib.redirect_stdout(printed):
+            quantize_static(str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, nodes_to_exclude=stems,
+                            calibrate_method=CalibrationMethod.Percentile,
+                            extra_options={"CalibPercentile": PERCENTILE})
+    finally:
+        log.debug("quantize_static on %s: %s", src, printed.getvalue().strip())
+    if any(n.op_type == "DequantizeLinear" for n in onnx.load(str(dst)).graph.node):
+        return True
+    if stems:
+        raise _Kept(f"its only convolutions read at most {STEM_CHANNELS} channels (an image "
+                    "stem), which int8 keeps fp32")
+    return False
+
+
+def _name_narrow_convolutions(path: Path) -> list[str]:
+    """The names of the convolutions over at most STEM_CHANNELS input channels (in practice
+    a model's first layer, on the image), which int8 keeps fp32 (see STEM_CHANNELS); one
+    without a name, or with a name another node shares (onnxruntime excludes nodes by
+    name), is given a unique one in the file."""
+    import onnx
+
+    model = onnx.load(str(path))
+    weights = {w.name: w for w in model.graph.initializer}
+    names = Counter(node.name for node in model.graph.node)
+    narrow, renamed = [], False
+    for i, node in enumerate(model.graph.node):
+        weight = weights.get(node.input[1]) if node.op_type == "Conv" else None
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        # weight (out, in / group, k...): a depthwise convolution has 1 there, not a stem
+        if weight is None or len(weight.dims) < 2 or group != 1 \
+                or weight.dims[1] > STEM_CHANNELS:
+            continue
+        if not node.name or names[node.name] > 1:
+            node.name = f"edgesdk_narrow_conv_{i}"
+            while names[node.name]:
+                node.name += "_"
+            names[node.name] += 1
+            renamed = True
+        narrow.append(node.name)
+    if renamed:
+        onnx.save(model, str(path))
+    return narrow
 
 
 def _to_fp16(src: Path, dst: Path) -> bool:
