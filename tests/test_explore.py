@@ -251,6 +251,7 @@ def _link_to_a_slow_server():
             link.close()
 
 
+@pytest.mark.slow  # deliberate timeouts on a 300 ms worker
 def test_an_exploring_offload_that_times_out_changes_nothing():
     """Its failure says little (the frame tried a plausible best case, and a slow transfer
     would be blamed on the server): the link stays up and the server's slowdown as it was;
@@ -288,6 +289,7 @@ def test_an_exploring_offload_that_times_out_changes_nothing():
                 or link.estimator.model(now).rate_mbps < rate / 1.5)
 
 
+@pytest.mark.slow
 def test_an_offload_the_server_refuses_as_late_is_blamed_on_it_without_a_check():
     """The broker answers `expired` at once when a request's budget cannot cover its
     compute there (learnt from the first requests): the server answered, so the link is
