@@ -55,6 +55,7 @@ def test_the_scheduling_benchmark_accounts_for_every_frame(capsys):
             outcomes = sum(one[k] for k in ("ok", "late_reply", "busy", "refused", "timeout",
                                             "error"))
             assert one["frames"] == outcomes > 0 and one["error"] == 0
+            assert len(result[s]["share"]) == scheduling.DEVICES
         assert set(result["targets"]) == {"edf / fifo within deadline",
                                           "edf share within 20 % of the mean"}
 

@@ -571,6 +571,33 @@ def test_a_full_edf_queue_gives_each_device_its_share():
     assert fifo.admit(job(2, client=b"quiet"), 0.0).verdict == "busy"
 
 
+def test_a_late_newcomer_takes_the_place_of_work_from_a_device_served_more():
+    d = Dispatcher(max_queue=8)
+    _busy(d)  # the worker is busy for 1 s
+    for seq, deadline in ((1, 1.3), (2, 1.5)):
+        assert d.admit(job(seq, deadline=deadline, client=b"often", service_s=0.2),
+                       0.0).verdict == "queued"
+    # behind both (1.4 s of work, + its own 0.2 x SAFETY) it ends at 1.65 s: it would be
+    # late, but "often" holds more than "rarely" would, so its latest job gives way
+    a = d.admit(job(3, deadline=1.55, client=b"rarely", service_s=0.2), 0.0)
+    assert a.verdict == "queued" and [j.seq for j in a.displaced] == [2]
+    # the other way round, no: "often" would then hold more than "rarely"
+    assert d.admit(job(4, deadline=1.56, client=b"often", service_s=0.2),
+                   0.0) == ("late", None, ())
+    # at most MAX_GIVE_WAY (2) jobs give way to one newcomer
+    for seq, deadline in ((5, 1.35), (6, 1.36), (7, 1.37)):
+        assert d.admit(job(seq, deadline=deadline, client=b"hog", service_s=0.05),
+                       0.0).verdict == "queued"
+    # 1.35 s of work due before it, + 0.1 x SAFETY: 0.105 s too late, three hog jobs
+    assert d.admit(job(8, deadline=1.37, client=b"fresh", service_s=0.1), 0.0).verdict == "late"
+    b = d.admit(job(9, deadline=1.38, client=b"fresh", service_s=0.1), 0.0)  # 0.095: two
+    assert b.verdict == "queued" and [j.seq for j in b.displaced] == [7, 6]
+    assert sorted(j.seq for j in d.queue) == [1, 3, 5, 9]
+    # with no worker at all, nothing can make room
+    assert Dispatcher(max_queue=8).admit(job(1, deadline=1.0, service_s=0.1), 0.0) == (
+        "late", None, ())
+
+
 def test_edf_lets_the_least_served_device_go_first_when_the_urgent_job_can_wait():
     d = Dispatcher(max_queue=8)
     d.worker_ready(b"w0", 0.0)

@@ -206,8 +206,8 @@ def _add_serve(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
                         "(default 4 x workers)")
     p.add_argument("--scheduler", choices=SCHEDULERS, default="edf",
                    help="edf (default): earliest deadline first, requests that cannot finish "
-                        "within their budget answered expired at once, a fair share of a "
-                        "full queue per device; fifo: arrival order")
+                        "within their budget answered expired at once, a fair share of the "
+                        "queue per device; fifo: arrival order")
     p.add_argument("--max-batch", type=batch_size, default=8, metavar="N",
                    help="the most requests for one bundle and cut a worker computes together, "
                         "where the tail's graph takes a batch dimension (default 8; 1: one "

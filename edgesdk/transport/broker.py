@@ -34,7 +34,7 @@ no job ever waits behind a slow worker while another is idle. Requests wait in t
 broker's queue, bounded by `max_queue`: beyond it the answer is `busy`, at once, with
 when a worker should be free. The order is the scheduler's (dispatch.py): by default
 earliest deadline first, a request that cannot finish within its budget refused at once,
-and a fair share of a full queue per device.
+and a fair share of the queue per device.
 
 Faults. A worker's process sentinel is polled with the sockets, so a crash (even
 kill -9) is seen at once: its in-flight request is answered `worker_crashed` and the slot

@@ -36,7 +36,7 @@ class ServerConfig:
     curve: the server's key pair; with it, allow_dir must name the directory of accepted
     device public keys. metrics_port: serve Prometheus text on it (None: off).
     scheduler: "edf" (earliest deadline first, late requests refused at once, a fair share
-    of a full queue per device) or "fifo" (arrival order); see transport.dispatch.
+    of the queue per device) or "fifo" (arrival order); see transport.dispatch.
     max_batch: the most requests for one bundle and cut that a worker computes together,
     where the handler can (1: one at a time); transport.dispatch sizes each batch.
     next_hops: the endpoints this server may forward a chained request to (route.py);
