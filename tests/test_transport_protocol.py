@@ -593,6 +593,17 @@ def test_a_late_newcomer_takes_the_place_of_work_from_a_device_served_more():
     b = d.admit(job(9, deadline=1.38, client=b"fresh", service_s=0.1), 0.0)  # 0.095: two
     assert b.verdict == "queued" and [j.seq for j in b.displaced] == [7, 6]
     assert sorted(j.seq for j in d.queue) == [1, 3, 5, 9]
+    # a full queue weighs a device alike: by its jobs started recently too, so two devices
+    # never each count as the one holding more (and push each other's jobs out in turn)
+    d = Dispatcher(max_queue=2)
+    for w in (b"w0", b"w1"):
+        d.worker_ready(w, 0.0)
+    for seq in (1, 2):  # "often" holds both workers
+        assert d.admit(job(seq, deadline=100.0, client=b"often", service_s=1.0),
+                       0.0).verdict == "run"
+    for seq in (3, 4):  # "queued" holds the queue
+        assert d.admit(job(seq, client=b"queued", service_s=0.01), 0.0).verdict == "queued"
+    assert d.admit(job(5, client=b"often", service_s=0.01), 0.0) == ("busy", None, ())
     # with no worker at all, nothing can make room
     assert Dispatcher(max_queue=8).admit(job(1, deadline=1.0, service_s=0.1), 0.0) == (
         "late", None, ())

@@ -17,12 +17,13 @@ ServiceTimes).
   that cannot finish by its deadline even if started now, or behind the queued work with
   earlier deadlines spread over the workers, is refused at admission ("late": the broker
   answers `expired` at once, so its device falls back now instead of at its deadline);
-  one that can no longer make it when a worker frees is dropped unstarted. Under overload
-  each device gets a fair share of the queue: when it is full, a newcomer from a device
-  that holds less of it than another (by count over its weight, Job.weight: latency-
-  sensitive tasks weigh more) takes the place of that device's latest-deadline job,
-  which is answered busy. Likewise a newcomer that would be late behind the queued work
-  due before it takes the place of such work from devices served more than its own.
+  one that can no longer make it when a worker frees is dropped unstarted. Under
+  overload each device gets a fair share: when the queue is full, a newcomer from a
+  device that holds less of the server than another (its jobs started recently and
+  queued, over its weight, Job.weight: latency-sensitive tasks weigh more) takes the
+  place of that device's latest-deadline job, which is answered busy. Likewise a
+  newcomer that would be late behind the queued work due before it takes the place of
+  such work from devices that hold more than its own.
 - "fifo": arrival order; a job is dropped only once its deadline has passed, and a full
   queue answers busy. The scheduler before "edf", kept to measure it against.
 
@@ -187,14 +188,16 @@ class Dispatcher:
             self._start(worker, [job], now)
             return Admission("run", worker)
         displaced: tuple[Job, ...] = ()
-        if edf and not self._fits(job, now + self._wait_s(job, now)):
-            room = self._make_room(job, now)
-            if room is None:
-                return Admission("late")
-            self._remove(room)
-            displaced = room
-        if len(self._queue) >= self.max_queue:
-            victim = self._victim(job) if edf else None
+        if edf:
+            late_by = now + self._wait_s(job, now) + job.service_s * SAFETY - job.deadline
+            if late_by > 0:
+                room = self._make_room(job, late_by, now)
+                if room is None:
+                    return Admission("late")
+                self._remove(room)
+                displaced = room
+        if len(self._queue) >= self.max_queue:  # (never after making room: it freed some)
+            victim = self._victim(job, now) if edf else None
             if victim is None:
                 return Admission("busy")
             self._remove([victim])
@@ -202,11 +205,12 @@ class Dispatcher:
         self._push(job)
         return Admission("queued", None, displaced)
 
-    def _make_room(self, job: Job, now: float) -> tuple[Job, ...] | None:
-        """The queued jobs that give way to `job` (edf), which would otherwise be late:
-        jobs due before it from devices served more than its own (see _load), the most
-        served first, each its latest-deadline job, at most MAX_GIVE_WAY of them. None if
-        that cannot make it fit: then no job gives way and `job` is refused.
+    def _make_room(self, job: Job, late_by: float, now: float) -> tuple[Job, ...] | None:
+        """The queued jobs that give way to `job` (edf), which would end `late_by` seconds
+        past its deadline: jobs due before it from devices that hold more than its own
+        would with it (see _load), the one holding most first, each its latest-deadline
+        job, at most MAX_GIVE_WAY of them. None if that cannot make it fit: then no job
+        gives way and `job` is refused.
 
         Without this, overload is shed by deadline alone: a device whose budgets are
         tight finds the queue ahead of it full more often and is refused more (measured:
@@ -215,14 +219,14 @@ class Dispatcher:
         workers = len(self.running) + len(self.idle)
         if not workers:
             return None
-        need = (now + self._wait_s(job, now) + job.service_s * SAFETY - job.deadline) * workers
-        mine = (self._served_at(job.client, now) + self._per_client.get(job.client, 0)
-                + 1.0) / job.weight
+        need = late_by * workers  # the compute due before it to take out of its way
+        mine = self._load(job.client, now, job.weight) + 1.0 / job.weight
         ahead: dict[bytes, list[Job]] = {}
         for _, _, j in sorted(self._queue):  # deadline order: the latest ends up last
             if j.deadline <= job.deadline and j.client != job.client:
                 ahead.setdefault(j.client, []).append(j)
-        loads = {c: self._load(c, now) for c in ahead}
+        weights = {c: self._weight(c) for c in ahead}
+        loads = {c: self._load(c, now, weights[c]) for c in ahead}
         room: list[Job] = []
         while need > 0:
             top = max(loads, key=loads.__getitem__, default=None)
@@ -231,16 +235,10 @@ class Dispatcher:
             victim = ahead[top].pop()
             room.append(victim)
             need -= victim.service_s
-            loads[top] -= 1.0 / victim.weight
+            loads[top] -= 1.0 / weights[top]
             if not ahead[top]:
                 del loads[top]
         return tuple(room)
-
-    def _load(self, client: bytes, now: float) -> float:
-        """How much a device is being served: its recent jobs started (see _served_at)
-        and its jobs queued, over its weight."""
-        return (self._served_at(client, now) + self._per_client.get(client, 0)) / \
-            self._weight(client)
 
     def drain_s(self, now: float, due_by: float = math.inf) -> float:
         """Seconds until the workers are through the running jobs' expected remaining
@@ -257,19 +255,28 @@ class Dispatcher:
         """When a worker would start `job` (edf: after the queued work due before it)."""
         return self.drain_s(now, job.deadline)
 
-    def _victim(self, newcomer: Job) -> Job | None:
+    def _victim(self, newcomer: Job, now: float) -> Job | None:
         """The queued job a full queue gives up for `newcomer` (edf): the latest-deadline
-        job of the device holding the largest weighted share, if that share is larger than
-        the newcomer's device's would be with it."""
+        job of the device holding most (see _load), if it holds more than the newcomer's
+        device would with it."""
         if not self._per_client:
             return None
-        share = {c: n / self._weight(c) for c, n in self._per_client.items()}
-        top = max(share, key=share.__getitem__)
-        mine = (self._per_client.get(newcomer.client, 0) + 1) / newcomer.weight
-        if top == newcomer.client or share[top] <= mine:
+        loads = {c: self._load(c, now) for c in self._per_client}
+        top = max(loads, key=loads.__getitem__)
+        mine = self._load(newcomer.client, now, newcomer.weight) + 1.0 / newcomer.weight
+        if top == newcomer.client or loads[top] <= mine:
             return None
         return max((e[2] for e in self._queue if e[2].client == top),
                    key=lambda j: (j.deadline, j.seq))
+
+    def _load(self, client: bytes, now: float, weight: float | None = None) -> float:
+        """How much of the server a device holds: its jobs started recently (see
+        _served_at) and its jobs queued, over its weight (default: its queued jobs'). The
+        one measure for both ways a job gives way (_victim, _make_room): with two, two
+        devices could each be "the one holding more" and push each other's jobs out in
+        turn."""
+        w = self._weight(client) if weight is None else weight
+        return (self._served_at(client, now) + self._per_client.get(client, 0)) / w
 
     def _weight(self, client: bytes) -> float:
         return next((e[2].weight for e in self._queue if e[2].client == client), 1.0)
