@@ -361,12 +361,16 @@ def _detection_agreement(y: np.ndarray, ref: np.ndarray) -> float | None:
 
 
 def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise IoU of (cx, cy, w, h) boxes."""
-    lo = np.maximum(a[:, :2] - a[:, 2:] / 2, b[:, :2] - b[:, 2:] / 2)
-    hi = np.minimum(a[:, :2] + a[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2)
+    """Row-wise IoU of (cx, cy, w, h) boxes; equal rows 1. Sizes count by magnitude: some
+    heads (YOLOX's) output raw log-scale sizes, often negative, and with signed sizes two
+    identical such boxes overlapped nowhere (measured: 0.997 agreement on equal outputs)."""
+    half_a, half_b = np.abs(a[:, 2:]) / 2, np.abs(b[:, 2:]) / 2
+    lo = np.maximum(a[:, :2] - half_a, b[:, :2] - half_b)
+    hi = np.minimum(a[:, :2] + half_a, b[:, :2] + half_b)
     inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
-    union = np.prod(np.abs(a[:, 2:]), axis=1) + np.prod(np.abs(b[:, 2:]), axis=1) - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    union = np.prod(2 * half_a, axis=1) + np.prod(2 * half_b, axis=1) - inter
+    iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    return np.where(np.all(a == b, axis=1), 1.0, iou)
 
 
 def _mean_fidelity(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:

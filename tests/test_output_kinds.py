@@ -179,6 +179,10 @@ def test_a_yolo_head_is_judged_by_its_detections_not_by_its_coordinates():
     assert output_fidelity(one_moved, ref, "boxes")["fidelity"] == 0.5
     assert output_fidelity(ref.transpose(0, 2, 1), ref.transpose(0, 2, 1),
                            "boxes")["fidelity"] == 1.0  # [1, N, 4+K] too
+    # YOLOX: raw log-scale sizes, often negative, and objectness: equal outputs agree
+    yolox = ref.transpose(0, 2, 1).copy()
+    yolox[0, :, 2:4] = -1.5
+    assert output_fidelity(yolox, yolox.copy(), "boxes")["fidelity"] == 1.0
     regressors = np.full((1, 8, 18), 40.0, np.float32)  # no class scores: numbers
     assert "detection_agreement" not in output_fidelity(regressors, regressors, "boxes")
 

@@ -325,6 +325,76 @@ def test_verification_on_the_users_samples_and_a_failure_names_the_ways_out(tmp_
         split_model(path, tmp_path / "bad.edge")
     for way_out in ("--data", "--tolerance", "--cut", "--no-verify"):
         assert way_out in str(failed.value)
+    assert not (tmp_path / "bad.edge").exists()  # a failed split leaves no directory behind
+
+
+def _if_model(path):
+    """x -> h = Relu(x @ W1); y = If(sum(h) > 0, h @ W2 * scale, h @ W3): the branches read
+    the enclosing graph's initializers and a Constant node's output, as openWakeWord's
+    and Silero VAD's exported models do."""
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), n)
+               for n in ("W1", "W2", "W3")]
+    zero = numpy_helper.from_array(np.array(0.0, np.float32), "zero")
+    out = {b: helper.make_tensor_value_info(f"y_{b}", TensorProto.FLOAT, [1, 16])
+           for b in ("then", "else")}
+    then = helper.make_graph([helper.make_node("MatMul", ["h", "W2"], ["t"]),
+                              helper.make_node("Mul", ["t", "scale"], ["y_then"])],
+                             "then", [], [out["then"]])
+    other = helper.make_graph([helper.make_node("MatMul", ["h", "W3"], ["y_else"])],
+                              "else", [], [out["else"]])
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["m"]),
+             helper.make_node("Relu", ["m"], ["h"]),
+             helper.make_node("Constant", [], ["scale"], value=numpy_helper.from_array(
+                 np.array(0.5, np.float32))),
+             helper.make_node("ReduceSum", ["h"], ["s"], keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["cond"]),
+             helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)]
+    graph = helper.make_graph(nodes, "if", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 16])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, [1, 16])], [*weights, zero])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_a_segment_keeps_what_its_if_branches_read_from_the_enclosing_graph(tmp_path):
+    path = _if_model(tmp_path / "if.onnx")
+    bundle = split_model(path, tmp_path / "if.edge", cuts=["h"])
+    assert [s.outputs for s in bundle.segments] == [("h",), ("y",)]
+    for seed in range(4):  # either branch
+        err, _, _ = chained_equals_whole(bundle, path, random_inputs(load_model(path), seed))
+        assert err < 1e-5
+
+
+def test_a_scalar_input_is_static_and_a_model_that_refuses_seeded_input_says_so(tmp_path):
+    """Silero VAD reads its sample rate as a scalar int64 and fails on any other than 8000
+    or 16000: the split cannot run it on seeded input, and says so, typed."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    sr = helper.make_tensor_value_info("sr", TensorProto.INT64, [])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    for name, nodes in (
+            ("scalar", [helper.make_node("Cast", ["sr"], ["f"], to=TensorProto.FLOAT),
+                        helper.make_node("Mul", ["x", "f"], ["y"])]),
+            # sr + 7 picks a row of a one-row table: out of range for any seeded value (as
+            # Silero's check fails on any rate but two)
+            ("refuses", [helper.make_node("Constant", [], ["table"], value=helper.make_tensor(
+                "table", TensorProto.FLOAT, [1, 4], [1.0, 2.0, 3.0, 4.0])),
+                helper.make_node("Add", ["sr", "big"], ["i"]),
+                helper.make_node("Gather", ["table", "i"], ["row"]),
+                helper.make_node("Mul", ["x", "row"], ["y"])])):
+        init = ([helper.make_tensor("big", TensorProto.INT64, [], [7])]
+                if name == "refuses" else [])
+        graph = helper.make_graph(nodes, name, [x, sr], [y], init)
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]),
+                  tmp_path / f"{name}.onnx")
+    bundle = split_model(tmp_path / "scalar.onnx", tmp_path / "scalar.edge")
+    assert [i.shape for i in bundle.manifest.inputs] == [(1, 4), ()]
+    with pytest.raises(SplitError, match=r"fails on seeded random input \(x float32\[1, 4\], "
+                                         r"sr int64\[\].*cannot be split"):
+        split_model(tmp_path / "refuses.onnx", tmp_path / "refuses.edge")
+    assert not (tmp_path / "refuses.edge").exists()
 
 
 def test_tolerance_has_a_floor_for_outputs_near_zero_and_scales_with_dtype():

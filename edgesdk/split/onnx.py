@@ -25,6 +25,7 @@ import hashlib
 import math
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -147,14 +148,18 @@ def _pin_input_shapes(model: onnx.ModelProto, shapes: dict, path: Path) -> list[
         elif len(dims) >= 2 and fixed[0] is None and all(f is not None for f in fixed[1:]):
             want = (1, *fixed[1:])
             notes.append(f"input {inp.name!r} [{_shown(dims)}]: batch dim pinned to 1")
-        elif not dims or None in fixed:
+        elif not inp.type.tensor_type.HasField("shape"):  # (a scalar has one, with no dims)
+            raise SplitError(f"{path}: input {inp.name!r} has no shape in the file, not even "
+                             f"its rank; pass --input-shape {inp.name}=DxDx... with the "
+                             "sizes your app feeds")
+        elif None in fixed:
             guess = "x".join(str(f) if f is not None else ("1" if i == 0 else "N")
                              for i, f in enumerate(fixed))
             raise SplitError(f"{path}: input {inp.name!r} has dynamic shape [{_shown(dims)}];"
-                             f" pass --input-shape {inp.name}={guess or '1x3x224x224'} with "
-                             "the sizes your app feeds in place of N")
+                             f" pass --input-shape {inp.name}={guess} with the sizes your app "
+                             "feeds in place of N")
         else:
-            continue
+            continue  # static (a scalar too)
         for d, v in zip(dims, want):
             d.Clear()
             d.dim_value = v
@@ -428,8 +433,25 @@ def _observe(model: onnx.ModelProto, names: list[str]) -> dict[str, np.ndarray]:
         if name not in existing:
             probe.graph.output.append(onnx.ValueInfoProto(name=name))
     seg = OnnxSegment(probe.SerializeToString(), optimize=False)
-    out = seg.session.run(list(names), random_inputs(model))
+    feed = random_inputs(model)
+    out = _on_seeded_input(lambda: seg.session.run(list(names), feed), feed)
     return dict(zip(names, out))
+
+
+def _on_seeded_input(run, feed: Mapping[str, np.ndarray]):
+    """run() (the model on `feed`, seeded random input), its failure a SplitError that
+    says what the input was: the split runs the model on it to learn tensor shapes and to
+    verify the segments, and a model that needs particular values (a sample rate it
+    checks, token ids in its vocabulary) cannot be split here."""
+    try:
+        return run()
+    except Exception as exc:
+        shown = ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in feed.items())
+        raise SplitError(f"the model fails on seeded random input ({shown}: standard normal "
+                         "floats, integers 0-3), which the split runs it on to learn its "
+                         "tensors' shapes and to verify the segments; a model that needs "
+                         f"particular input values cannot be split. onnxruntime: {exc}"
+                         ) from None
 
 
 def random_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
@@ -522,9 +544,46 @@ def _segment_io(an: Analysis, start: int, stop: int) -> tuple[list[str], list[st
 def _extract(an: Analysis, inputs: list[str], outputs: list[str]) -> onnx.ModelProto:
     extractor = onnx.utils.Extractor(an.model)
     try:
-        return extractor.extract_model(inputs, outputs)
+        segment = extractor.extract_model(inputs, outputs)
     except Exception as exc:
         raise SplitError(f"extracting segment {inputs} -> {outputs} failed: {exc}") from None
+    _copy_outer_scope_reads(segment, an.model)
+    return segment
+
+
+def _copy_outer_scope_reads(segment: onnx.ModelProto, model: onnx.ModelProto) -> None:
+    """Copy into `segment` what its If/Loop/Scan bodies read from the enclosing graph: the
+    initializers, and the static nodes that make the rest (with what those read in turn).
+    onnx.utils.Extractor follows node inputs only, so it leaves them behind, and
+    onnxruntime refuses the segment ("input 'w' of node Gemm_34 is not output of any
+    previous nodes"; openWakeWord's models, Silero VAD). Dynamic reads are segment inputs
+    already (_inputs_of)."""
+    g = segment.graph
+    have = ({i.name for i in g.input} | {t.name for t in g.initializer}
+            | {o for n in g.node for o in n.output})
+    wanted = [r for n in g.node for r in sorted(_subgraph_refs(n)) if r not in have]
+    if not wanted:
+        return
+    initializers = {t.name: t for t in model.graph.initializer}
+    all_nodes = list(model.graph.node)
+    producer = {o: k for k, n in enumerate(all_nodes) for o in n.output if o}
+    added: list[int] = []
+    while wanted:
+        name = wanted.pop()
+        if name in have:
+            continue
+        have.add(name)
+        if name in initializers:
+            g.initializer.append(initializers[name])
+        elif name in producer:
+            node = all_nodes[producer[name]]
+            added.append(producer[name])
+            have.update(node.output)
+            wanted.extend(i for i in _inputs_of(node) if i not in have)
+    # static producers read nothing the segment computes: they go first, in file order
+    rest = list(g.node)
+    del g.node[:]
+    g.node.extend([all_nodes[k] for k in sorted(added)] + rest)
 
 
 def _annotated(model: onnx.ModelProto, specs: Mapping[str, TensorSpec]) -> onnx.ModelProto:
@@ -596,25 +655,33 @@ def split_onnx(
     notes += no_cut_note(an.candidates, chosen)
 
     out = Path(out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     # Build and verify in a staging directory, so that a failed split leaves an earlier
-    # bundle in `out` intact.
-    with tempfile.TemporaryDirectory(prefix=".split-", dir=out) as tmp:
-        staging = Path(tmp)
-        stage(f"writing {len(chosen) + 1} segments")
-        segments, exit_specs, whole = _write_files(an, chosen, staging)
-        source = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
-        if notes:
-            source["notes"] = notes
-        if verify:
-            stage("verifying the chained segments against the model")
-            source["verify"] = verify_chain(model, staging, segments + [
-                SegmentSpec(e.file, e.sha256, e.inputs, (e.name,)) for e in exit_specs],
-                tolerance, data, whole)
-        for stale in [*out.glob("seg_*.onnx"), *out.glob("exit_*.onnx"), out / "whole.onnx"]:
-            stale.unlink(missing_ok=True)  # from an earlier split into the same directory
-        for f in staging.iterdir():
-            os.replace(f, out / f.name)
+    # bundle in `out` intact (and no directory where there was none).
+    try:
+        with tempfile.TemporaryDirectory(prefix=".split-", dir=out) as tmp:
+            staging = Path(tmp)
+            stage(f"writing {len(chosen) + 1} segments")
+            segments, exit_specs, whole = _write_files(an, chosen, staging)
+            source = {"file": path.name, "sha256": sha256_file(path),
+                      "bytes": path.stat().st_size}
+            if notes:
+                source["notes"] = notes
+            if verify:
+                stage("verifying the chained segments against the model")
+                source["verify"] = verify_chain(model, staging, segments + [
+                    SegmentSpec(e.file, e.sha256, e.inputs, (e.name,)) for e in exit_specs],
+                    tolerance, data, whole)
+            for stale in [*out.glob("seg_*.onnx"), *out.glob("exit_*.onnx"),
+                          out / "whole.onnx"]:
+                stale.unlink(missing_ok=True)  # from an earlier split into the same directory
+            for f in staging.iterdir():
+                os.replace(f, out / f.name)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     cut_specs = tuple(CutSpec(f"c{i}", i, c.tensors, c.flops_before, c.flops_after)
                       for i, c in enumerate(chosen))
     manifest = Manifest(
@@ -698,7 +765,7 @@ def verify_chain(model: onnx.ModelProto, out: Path, segments: Sequence[SegmentSp
     feed = random_inputs(model)
     reference = OnnxSegment(model.SerializeToString())
     chain = [OnnxSegment(out / s.file) for s in segments]
-    want = reference.run(feed)
+    want = _on_seeded_input(lambda: reference.run(feed), feed)
     worst = check(want, run_chain(chain, feed), "seeded random input", tolerance)
     if whole is not None:  # exits excluded: it writes the final outputs only
         check({k: want[k] for k in whole.outputs}, OnnxSegment(out / whole.file).run(feed),
