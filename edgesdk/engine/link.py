@@ -138,6 +138,7 @@ class _TimedOut(NamedTuple):
     budget_ms: float
     tail_ms: float | None  # the server's profiled time for its cut
     at: float  # when it timed out (time.monotonic)
+    queued_at: float  # when its frame handed it to the link
 
 
 class EdgeLink:
@@ -490,7 +491,8 @@ class EdgeLink:
                 # (_blame); without this, a server slower than its welcome said, or a link
                 # that fell, would be offloaded to, and timed out on, forever
                 timed_out = _TimedOut(job.payload_bytes, (job.budget_s + job.held_s) * 1e3,
-                                      self.server_tail_ms.get(job.cut or ""), now)
+                                      self.server_tail_ms.get(job.cut or ""), now,
+                                      job.queued_at)
                 if getattr(exc, "refused", False):  # it answered: not the link
                     self._blame_one(timed_out, False, now)
                 else:
@@ -543,13 +545,20 @@ class EdgeLink:
         no answer); those that timed out after it (a retry hello already out) on the
         server, as no check follows them once the link is up."""
         link_slow = self.estimator.slow_check(check_ms, busy)
+        behind = [t for t in self._unblamed if t.at <= sent_at]
+        # the hello answered right after the last upload before it had ended (on the same
+        # connection): from that upload's send to now, the link carried it
+        last = behind[-1] if behind and check_ms is not None else None
         for timed_out in self._unblamed:
-            self._blame_one(timed_out, link_slow and timed_out.at <= sent_at, now)
+            ended_ms = (now - timed_out.queued_at) * 1e3 if timed_out is last else None
+            self._blame_one(timed_out, link_slow and timed_out.at <= sent_at, now, ended_ms)
         self._unblamed.clear()
 
-    def _blame_one(self, timed_out: _TimedOut, link_slow: bool, now: float) -> None:
+    def _blame_one(self, timed_out: _TimedOut, link_slow: bool, now: float,
+                   ended_ms: float | None = None) -> None:
         self.estimator.on_offload_timeout(timed_out.payload_bytes, timed_out.budget_ms,
-                                          timed_out.tail_ms, now, link_slow=link_slow)
+                                          timed_out.tail_ms, now, link_slow=link_slow,
+                                          ended_ms=ended_ms)
 
     def _on_welcome(self, extra: Mapping[str, Any]) -> None:
         bundles = extra.get("bundles")

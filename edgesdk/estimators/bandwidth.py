@@ -242,7 +242,7 @@ class BandwidthEstimator:
         return None if self._add(x, net, 0.0, t, held) else rate
 
     def observe_timeout(self, payload_bytes: int, elapsed_ms: float, rtt_floor_ms: float,
-                        now: float) -> float | None:
+                        now: float, *, ended: bool = False) -> float | None:
         """An upload of `payload_bytes` with no reply after `elapsed_ms`: the rate was below
         the returned bound. Counted at the bound if that is below the current rate (None:
         the bound says nothing the model does not already believe).
@@ -256,7 +256,11 @@ class BandwidthEstimator:
           (BOUND_DECREASE): the model let an upload go that did not make it.
         - The first measurement replaces the regime (as the first reply replaces a server's
           timeout bound): the bounds were guesses from what did not arrive, and the usual
-          change rule would keep them against a few measurements."""
+          change rule would keep them against a few measurements.
+
+        ended: the upload is known to have ended by about `elapsed_ms` (a message queued
+        behind it came back then), so the bound is close to the rate itself, not only
+        above it: one no lower than the model is no news, not a reason to decrease."""
         b = _check_positive("payload_bytes", payload_bytes)
         el = _check_finite("elapsed_ms", elapsed_ms)
         _check_finite("rtt_floor_ms", rtt_floor_ms)
@@ -267,7 +271,7 @@ class BandwidthEstimator:
         fit = self._fit = self._refit() if self._count else None
         current = math.exp(fit.log_rate) if fit is not None else self._prior
         if bound >= current * (1.0 - 1e-9):  # (the same upload again: equal but for rounding)
-            if not self._bounded:
+            if ended or not self._bounded:
                 return None
             # the model is a timeout's bound, and an upload it said would make it did not
             # (the planner offloads at a rate where a timeout is unlikely, not impossible):

@@ -342,8 +342,10 @@ class DeviceView:
         if out.timed_out[i]:
             # "checking": a hello at once, which tells the link from the server (EdgeLink)
             ms = self._hello(now, float(out.upload_left_ms[i]))
-            self.link.on_offload_timeout(int(t.wire_bytes[i]), float(out.budget_ms[i]),
-                                         advertised, now, link_slow=self.link.slow_check(ms))
+            self.link.on_offload_timeout(
+                int(t.wire_bytes[i]), float(out.budget_ms[i]), advertised, now,
+                link_slow=self.link.slow_check(ms),
+                ended_ms=None if ms is None else float(out.budget_ms[i]) + ms)
             return
         srv = advertised * w.sc.server_drift
         q = float(w.queue[k])
