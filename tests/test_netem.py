@@ -270,6 +270,45 @@ def test_a_timeout_on_a_slow_link_is_blamed_on_the_link_by_the_check_behind_it()
 
 
 @pytest.mark.slow
+def test_a_check_behind_two_uploads_dates_neither():
+    """The hello's answer dates an upload only when that upload was alone on the wire:
+    behind two, it took both their times, and charging both to one would put the rate at
+    half its value (a real server; the loopback shaper as link)."""
+    from edgesdk.bundle import Bundle
+    from edgesdk.codec import encode_tensors
+    from edgesdk.engine.link import UP, EdgeLink
+    from edgesdk.models import DIGITS_BUNDLE
+    from edgesdk.server import ServerProcess
+
+    bundle = Bundle.load(DIGITS_BUNDLE)
+    rng = np.random.default_rng(0)
+    frames = encode_tensors([rng.random(t.shape).astype(t.dtype)
+                             for t in bundle.manifest.inputs], bits=32)
+    with ServerProcess.serve([DIGITS_BUNDLE]) as server:
+        link = EdgeLink(server.endpoint, bundle.source_sha256, retry_s=30.0)
+        try:
+            assert link.wait_connected(10)
+            for _ in range(3):
+                link.offload(frames, "input", 2.0).result(5)
+            link.shaper = TokenBucket(rate_mbit=0.1)  # ~0.25 s per upload
+            first = link.offload(frames, "input", 0.05)
+            second = link.offload(frames, "input", 0.05)  # behind the first
+            for f in (first, second):
+                with pytest.raises(Timeout):
+                    f.result(5)
+            deadline = time.monotonic() + 5
+            while link.status != UP and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert link.status == UP
+            # slow (the budgets' bounds), but not at half the rate (one upload dated by
+            # both's time)
+            rate = link.estimator.model(time.monotonic()).rate_mbps
+            assert 0.08 < rate < 1.0
+        finally:
+            link.close()
+
+
+@pytest.mark.slow
 def test_a_check_lost_behind_a_slow_upload_says_the_uplink_is_likely_slow(caplog):
     """At 0.03 Mbit/s the rest of the timed-out upload outlasts the hello's 500 ms: the
     link goes down, and the warning points at the uplink, not only at a silent server."""

@@ -329,9 +329,10 @@ def test_verification_on_the_users_samples_and_a_failure_names_the_ways_out(tmp_
 
 
 def _if_model(path):
-    """x -> h = Relu(x @ W1); y = If(sum(h) > 0, h @ W2 * scale, h @ W3): the branches read
-    the enclosing graph's initializers and a Constant node's output, as openWakeWord's
-    and Silero VAD's exported models do."""
+    """x -> h = Relu(x @ W1); y = If(sum(h2) > 0, g @ W2 * scale, h @ W3), h2 = Tanh(h), g =
+    Sigmoid(h2): the branches read the enclosing graph's initializers, a Constant
+    node's output and g, which only the branch reads, as openWakeWord's and Silero VAD's
+    exported models do."""
     from onnx import numpy_helper
 
     rng = np.random.default_rng(0)
@@ -340,16 +341,18 @@ def _if_model(path):
     zero = numpy_helper.from_array(np.array(0.0, np.float32), "zero")
     out = {b: helper.make_tensor_value_info(f"y_{b}", TensorProto.FLOAT, [1, 16])
            for b in ("then", "else")}
-    then = helper.make_graph([helper.make_node("MatMul", ["h", "W2"], ["t"]),
+    then = helper.make_graph([helper.make_node("MatMul", ["g", "W2"], ["t"]),
                               helper.make_node("Mul", ["t", "scale"], ["y_then"])],
                              "then", [], [out["then"]])
     other = helper.make_graph([helper.make_node("MatMul", ["h", "W3"], ["y_else"])],
                               "else", [], [out["else"]])
     nodes = [helper.make_node("MatMul", ["x", "W1"], ["m"]),
              helper.make_node("Relu", ["m"], ["h"]),
+             helper.make_node("Tanh", ["h"], ["h2"]),
+             helper.make_node("Sigmoid", ["h2"], ["g"]),
              helper.make_node("Constant", [], ["scale"], value=numpy_helper.from_array(
                  np.array(0.5, np.float32))),
-             helper.make_node("ReduceSum", ["h"], ["s"], keepdims=0),
+             helper.make_node("ReduceSum", ["h2"], ["s"], keepdims=0),
              helper.make_node("Greater", ["s", "zero"], ["cond"]),
              helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)]
     graph = helper.make_graph(nodes, "if", [helper.make_tensor_value_info(
@@ -363,6 +366,7 @@ def test_a_segment_keeps_what_its_if_branches_read_from_the_enclosing_graph(tmp_
     path = _if_model(tmp_path / "if.onnx")
     bundle = split_model(path, tmp_path / "if.edge", cuts=["h"])
     assert [s.outputs for s in bundle.segments] == [("h",), ("y",)]
+    onnx.checker.check_model(onnx.load(bundle.segment_path(1)), full_check=True)  # sorted
     for seed in range(4):  # either branch
         err, _, _ = chained_equals_whole(bundle, path, random_inputs(load_model(path), seed))
         assert err < 1e-5
@@ -391,6 +395,16 @@ def test_a_scalar_input_is_static_and_a_model_that_refuses_seeded_input_says_so(
                   tmp_path / f"{name}.onnx")
     bundle = split_model(tmp_path / "scalar.onnx", tmp_path / "scalar.edge")
     assert [i.shape for i in bundle.manifest.inputs] == [(1, 4), ()]
+    # an input without a shape, not even a rank, is not a scalar: it takes --input-shape
+    bare = helper.make_tensor_value_info("x", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "bare", [bare],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]),
+              tmp_path / "bare.onnx")
+    with pytest.raises(SplitError, match="no shape in the file, not even its rank"):
+        split_model(tmp_path / "bare.onnx", tmp_path / "bare.edge")
+    bundle = split_model(tmp_path / "bare.onnx", tmp_path / "bare.edge", input_shapes=["x=1x4"])
+    assert bundle.manifest.inputs[0].shape == (1, 4)
     with pytest.raises(SplitError, match=r"fails on seeded random input \(x float32\[1, 4\], "
                                          r"sr int64\[\].*cannot be split"):
         split_model(tmp_path / "refuses.onnx", tmp_path / "refuses.edge")

@@ -129,6 +129,10 @@ class _Job:
     held_s: float = 0.0  # time the loopback shaper held it: an emulated transfer
     exploring: bool = False  # an exploring frame's (policy.explore): its reply counts only
     activity: int = 0  # DeviceActivity.mark() when it was made
+    # On the wire, in send order (the I/O thread's): an upload's number, and whether it went
+    # with no other upload ahead of it; a hello's, the last upload sent before it
+    upload: int = 0
+    alone: bool = False
 
 
 class _TimedOut(NamedTuple):
@@ -139,6 +143,8 @@ class _TimedOut(NamedTuple):
     tail_ms: float | None  # the server's profiled time for its cut
     at: float  # when it timed out (time.monotonic)
     queued_at: float  # when its frame handed it to the link
+    upload: int  # its number on the wire (_Job.upload)
+    alone: bool  # no other upload was ahead of it
 
 
 class EdgeLink:
@@ -178,6 +184,7 @@ class EdgeLink:
         self._busy_until = 0.0
         # offloads that timed out, to be blamed when the hello that checks answers (_blame)
         self._unblamed: list[_TimedOut] = []
+        self._uploads = 0  # uploads put in line for the wire (_queue)
         self._next_probe = 0.0  # when the I/O thread may probe (or hello) again
         self._probe_turn = 0  # alternates the bandwidth probe's size
         self._last_reply = -math.inf  # traffic, as LinkEstimator.should_probe counts it
@@ -292,7 +299,7 @@ class EdgeLink:
         try:
             while not self._closing:
                 now = time.monotonic()
-                ready, expired = self._release(held, now)
+                ready, expired = self._release(held, now, pending)
                 for job in expired:
                     self._account(job, Timeout("the link held it past its budget"), now)
                 while ready:
@@ -319,7 +326,8 @@ class EdgeLink:
                 probing = any(j.kind != protocol.INFER for j, _ in pending.values()) or any(
                     j.kind != protocol.INFER for _, j in held)
                 if not probing and now >= self._next_probe:
-                    held.extend((self._release_at(job, now), job) for job in self._probes(now))
+                    for job in self._probes(now):
+                        self._queue(job, held, pending, now)
                     self._next_probe = now + self._retry_s
                     continue  # probes go at once, or when the shaper releases them
                 # a held job wakes the loop when it may go or when its budget runs out
@@ -352,7 +360,8 @@ class EdgeLink:
             return self.shaper.release_time(job.payload_bytes or SMALL_MESSAGE_BYTES, now)
         return now
 
-    def _release(self, held: list[tuple[float, _Job]], now: float
+    def _release(self, held: list[tuple[float, _Job]], now: float,
+                 pending: Mapping[int, tuple[_Job, float]]
                  ) -> tuple[deque[_Job], list[_Job]]:
         """(the jobs to submit now, the jobs to fail now): new ones go unless the shaper
         holds them; held ones go when their time comes, with the wait taken off their
@@ -360,8 +369,7 @@ class EdgeLink:
         bytes are still queued times out at its deadline too; failing it only on release
         would keep the estimates blind to a congested link for as long as its queue."""
         while self._jobs:
-            job = self._jobs.popleft()
-            held.append((self._release_at(job, now), job))
+            self._queue(self._jobs.popleft(), held, pending, now)
         ready: deque[_Job] = deque()
         expired: list[_Job] = []
         for t, job in sorted(held, key=lambda tj: tj[0]):
@@ -379,6 +387,22 @@ class EdgeLink:
         gone = {id(j) for j in expired}
         held[:] = [(t, j) for t, j in held if t > now and id(j) not in gone]
         return ready, expired
+
+    def _queue(self, job: _Job, held: list[tuple[float, _Job]],
+               pending: Mapping[int, tuple[_Job, float]], now: float) -> None:
+        """Put `job` in line for the wire (held until the shaper, if any, releases it).
+        An upload gets its number, and whether any other was still ahead of it (sent and
+        awaiting its answer, or held; or timed out and not yet blamed: its bytes may
+        still be on the wire); a hello gets the number of the last upload before it."""
+        if job.payload_bytes > SMALL_MESSAGE_BYTES:
+            self._uploads += 1
+            job.upload = self._uploads
+            ahead = [j for j, _ in pending.values()] + [j for _, j in held]
+            job.alone = not self._unblamed and not any(
+                j.payload_bytes > SMALL_MESSAGE_BYTES for j in ahead)
+        elif job.kind == protocol.HELLO:
+            job.upload = self._uploads
+        held.append((self._release_at(job, now), job))
 
     def _probe_due(self) -> float:
         """When `_probes` may next have something to send: hellos every retry_s until the
@@ -492,7 +516,7 @@ class EdgeLink:
                 # that fell, would be offloaded to, and timed out on, forever
                 timed_out = _TimedOut(job.payload_bytes, (job.budget_s + job.held_s) * 1e3,
                                       self.server_tail_ms.get(job.cut or ""), now,
-                                      job.queued_at)
+                                      job.queued_at, job.upload, job.alone)
                 if getattr(exc, "refused", False):  # it answered: not the link
                     self._blame_one(timed_out, False, now)
                 else:
@@ -500,10 +524,9 @@ class EdgeLink:
             if job.kind == protocol.HELLO:
                 # no answer within its budget: it waited behind an upload, or the server is
                 # so loaded it cannot answer a hello (down either way); unreachable: gone
-                self._lost_behind = sum(t.at <= job.queued_at for t in self._unblamed
+                self._lost_behind = sum(t.queued_at <= job.queued_at for t in self._unblamed
                                         ) if isinstance(exc, Timeout) else 0
-                self._blame(None if isinstance(exc, Timeout) else 0.0, False, job.queued_at,
-                            now)
+                self._blame(None if isinstance(exc, Timeout) else 0.0, False, job, now)
             if getattr(exc, "refused", False):
                 return  # the server answered it could not make it in time: it is up
             # Hello failing means down; an infer failing means "check before trusting it",
@@ -525,7 +548,7 @@ class EdgeLink:
         rtt_ms = (reply.rtt + job.held_s) * 1e3
         self._last_reply = now  # every reply below is traffic to the estimator
         if job.kind == protocol.HELLO:
-            self._blame(rtt_ms, self.activity.since(job.activity), job.queued_at, now)
+            self._blame(rtt_ms, self.activity.since(job.activity), job, now)
             self._on_welcome(extra)
             e.on_small_message(rtt_ms, now)
         elif job.kind == protocol.HEARTBEAT:
@@ -538,20 +561,22 @@ class EdgeLink:
             e.on_offload(failed=False)
             self.status = UP
 
-    def _blame(self, check_ms: float | None, busy: bool, sent_at: float, now: float
-               ) -> None:
-        """The offloads that timed out before the hello that checked was sent, blamed on
-        the link or the server by its round trip (LinkEstimator.slow_check: None, it got
-        no answer); those that timed out after it (a retry hello already out) on the
-        server, as no check follows them once the link is up."""
+    def _blame(self, check_ms: float | None, busy: bool, hello: _Job, now: float) -> None:
+        """The offloads that timed out, blamed by the hello that checked: those queued
+        before it (it waited behind them) on the link or the server by its round trip
+        (LinkEstimator.slow_check: None, it got no answer); those queued after it on the
+        server, as no check follows them once the link is up.
+
+        The hello answered once the uploads ahead of it had ended (the same connection).
+        When one upload alone was ahead of it, nothing else on the wire, the time from its
+        queueing to now is how long the link took for it (`ended_ms`)."""
         link_slow = self.estimator.slow_check(check_ms, busy)
-        behind = [t for t in self._unblamed if t.at <= sent_at]
-        # the hello answered right after the last upload before it had ended (on the same
-        # connection): from that upload's send to now, the link carried it
-        last = behind[-1] if behind and check_ms is not None else None
         for timed_out in self._unblamed:
-            ended_ms = (now - timed_out.queued_at) * 1e3 if timed_out is last else None
-            self._blame_one(timed_out, link_slow and timed_out.at <= sent_at, now, ended_ms)
+            ahead = timed_out.queued_at <= hello.queued_at
+            dated = (check_ms is not None and timed_out.alone
+                     and timed_out.upload == hello.upload)
+            self._blame_one(timed_out, link_slow and ahead, now,
+                            (now - timed_out.queued_at) * 1e3 if dated else None)
         self._unblamed.clear()
 
     def _blame_one(self, timed_out: _TimedOut, link_slow: bool, now: float,

@@ -260,7 +260,8 @@ class BandwidthEstimator:
 
         ended: the upload is known to have ended by about `elapsed_ms` (a message queued
         behind it came back then), so the bound is close to the rate itself, not only
-        above it: one no lower than the model is no news, not a reason to decrease."""
+        above it. One above a regime of bounds replaces it (they guessed too low); one no
+        lower than a measured model is no news (None); neither is a reason to decrease."""
         b = _check_positive("payload_bytes", payload_bytes)
         el = _check_finite("elapsed_ms", elapsed_ms)
         _check_finite("rtt_floor_ms", rtt_floor_ms)
@@ -271,6 +272,11 @@ class BandwidthEstimator:
         fit = self._fit = self._refit() if self._count else None
         current = math.exp(fit.log_rate) if fit is not None else self._prior
         if bound >= current * (1.0 - 1e-9):  # (the same upload again: equal but for rounding)
+            if ended and self._bounded and bound > current * (1.0 + 1e-9):
+                # it ended by then: the rate is about the bound, above the guesses before
+                self._regime, self._run = self._count, []
+                self._add(0.0, 0.0, bound, t, bound=True)
+                return bound
             if ended or not self._bounded:
                 return None
             # the model is a timeout's bound, and an upload it said would make it did not

@@ -214,8 +214,8 @@ class LinkEstimator:
         """An offload that got no reply within `budget_ms`: a censored sample of the side
         to blame. `link_slow`: the hello sent to check the server after it came back late
         (`slow_check`), so it waited behind the rest of the upload on the link. `ended_ms`:
-        when that hello answered, counted from the upload's send, if it was queued right
-        behind this upload.
+        when that hello answered, counted from the upload's queueing, if this upload was
+        the only one ahead of it on the wire.
         - The link, when it was slow: with `ended_ms`, the upload had ended by then (the
           broker answers a hello at once), so the link took about that long for it, less
           the hello's own round trip: a bound at about the rate itself. Otherwise the
@@ -235,9 +235,9 @@ class LinkEstimator:
         CPU stalls left it above the rate where the planner stops offloading, and every
         later timeout said nothing). The first reply corrects a wrong blame."""
         server = self.server
-        if link_slow and payload_bytes > self.small_bytes and ended_ms is not None:
-            self.bandwidth.observe_timeout(payload_bytes, ended_ms, self.rtt.floor_ms, now,
-                                           ended=True)
+        if (link_slow and payload_bytes > self.small_bytes and ended_ms is not None
+                and self.bandwidth.observe_timeout(payload_bytes, ended_ms, self.rtt.floor_ms,
+                                                   now, ended=True) is not None):
             return
         wire_ms = budget_ms - server.queue_ms - server.slowdown_at(now) * (profiled_ms or 0.0)
         if (link_slow and payload_bytes > self.small_bytes and wire_ms > 0

@@ -133,7 +133,11 @@ def _pin_input_shapes(model: onnx.ModelProto, shapes: dict, path: Path) -> list[
             raise SplitError(f"{path}: --input-shape names {name!r}; the inputs are {names}")
     notes = []
     for inp in model.graph.input:
-        dims = inp.type.tensor_type.shape.dim
+        tensor = inp.type.tensor_type
+        if inp.name in shapes and not tensor.HasField("shape"):  # not even its rank: as given
+            for _ in shapes[inp.name]:
+                tensor.shape.dim.add()
+        dims = tensor.shape.dim
         fixed = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
                  for d in dims]
         if inp.name in shapes:
@@ -148,7 +152,7 @@ def _pin_input_shapes(model: onnx.ModelProto, shapes: dict, path: Path) -> list[
         elif len(dims) >= 2 and fixed[0] is None and all(f is not None for f in fixed[1:]):
             want = (1, *fixed[1:])
             notes.append(f"input {inp.name!r} [{_shown(dims)}]: batch dim pinned to 1")
-        elif not inp.type.tensor_type.HasField("shape"):  # (a scalar has one, with no dims)
+        elif not tensor.HasField("shape"):  # (a scalar has one, with no dims)
             raise SplitError(f"{path}: input {inp.name!r} has no shape in the file, not even "
                              f"its rank; pass --input-shape {inp.name}=DxDx... with the "
                              "sizes your app feeds")
@@ -553,11 +557,11 @@ def _extract(an: Analysis, inputs: list[str], outputs: list[str]) -> onnx.ModelP
 
 def _copy_outer_scope_reads(segment: onnx.ModelProto, model: onnx.ModelProto) -> None:
     """Copy into `segment` what its If/Loop/Scan bodies read from the enclosing graph: the
-    initializers, and the static nodes that make the rest (with what those read in turn).
-    onnx.utils.Extractor follows node inputs only, so it leaves them behind, and
-    onnxruntime refuses the segment ("input 'w' of node Gemm_34 is not output of any
-    previous nodes"; openWakeWord's models, Silero VAD). Dynamic reads are segment inputs
-    already (_inputs_of)."""
+    initializers, and the nodes that make the rest (with what those read in turn, up to
+    the segment's inputs). onnx.utils.Extractor follows node inputs only, so it leaves
+    them behind, and onnxruntime refuses the segment ("input 'w' of node Gemm_34 is not
+    output of any previous nodes"; openWakeWord's models, Silero VAD). What earlier
+    segments make is a segment input already (_segment_io reads _inputs_of)."""
     g = segment.graph
     have = ({i.name for i in g.input} | {t.name for t in g.initializer}
             | {o for n in g.node for o in n.output})
@@ -580,10 +584,11 @@ def _copy_outer_scope_reads(segment: onnx.ModelProto, model: onnx.ModelProto) ->
             added.append(producer[name])
             have.update(node.output)
             wanted.extend(i for i in _inputs_of(node) if i not in have)
-    # static producers read nothing the segment computes: they go first, in file order
-    rest = list(g.node)
+    # (a node made for a body alone may read what the segment computes: sorted again)
+    nodes = _topological([all_nodes[k] for k in sorted(added)] + list(g.node),
+                         {i.name for i in g.input} | {t.name for t in g.initializer})
     del g.node[:]
-    g.node.extend([all_nodes[k] for k in sorted(added)] + rest)
+    g.node.extend(nodes)
 
 
 def _annotated(model: onnx.ModelProto, specs: Mapping[str, TensorSpec]) -> onnx.ModelProto:
@@ -678,25 +683,25 @@ def split_onnx(
                 stale.unlink(missing_ok=True)  # from an earlier split into the same directory
             for f in staging.iterdir():
                 os.replace(f, out / f.name)
+        cut_specs = tuple(CutSpec(f"c{i}", i, c.tensors, c.flops_before, c.flops_after)
+                          for i, c in enumerate(chosen))
+        manifest = Manifest(
+            name=name or path.stem,
+            backend="onnx",
+            source=source,
+            inputs=tuple(an.specs[i.name] for i in model.graph.input),
+            outputs=tuple(_output_specs(an)),
+            segments=tuple(segments),
+            cuts=cut_specs,
+            exits=tuple(exit_specs),
+            output_kinds=kinds,
+            whole=whole,
+        )
+        return Bundle.save(out, manifest)
     except BaseException:
         if created:
             shutil.rmtree(out, ignore_errors=True)
         raise
-    cut_specs = tuple(CutSpec(f"c{i}", i, c.tensors, c.flops_before, c.flops_after)
-                      for i, c in enumerate(chosen))
-    manifest = Manifest(
-        name=name or path.stem,
-        backend="onnx",
-        source=source,
-        inputs=tuple(an.specs[i.name] for i in model.graph.input),
-        outputs=tuple(_output_specs(an)),
-        segments=tuple(segments),
-        cuts=cut_specs,
-        exits=tuple(exit_specs),
-        output_kinds=kinds,
-        whole=whole,
-    )
-    return Bundle.save(out, manifest)
 
 
 def _write_files(an: Analysis, chosen: list[CutCandidate], where: Path
