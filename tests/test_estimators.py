@@ -598,11 +598,11 @@ def test_link_turns_an_offload_timeout_into_a_rate_bound_too():
     assert link.model(1.1).rate_mbps == pytest.approx(40.0, rel=0.15)
 
 
-def test_a_check_queued_behind_the_upload_dates_its_end():
-    """The hello that checks answers right after the upload it waited behind has ended, so
-    the time from the upload's send to that answer puts the rate near its true value, where
-    the budget only bounds it: 100 kB at 3 Mbit/s take ~267 ms, and 80 ms of budget said
-    below ~11."""
+def test_a_check_queued_behind_the_uploads_dates_their_end():
+    """The hello that checks answers right after the uploads it waited behind have ended,
+    so the time from the first's queueing to that answer puts the rate near its true value,
+    where the budget only bounds it: 100 kB at 3 Mbit/s take ~267 ms, and 80 ms of budget
+    said below ~11."""
     def fast_link():
         link = LinkEstimator()
         link.on_small_message(2.0, 0.0)
@@ -610,25 +610,25 @@ def test_a_check_queued_behind_the_upload_dates_its_end():
             link.on_reply(100_000, 20.0 + 2.0 + 5.0, 5.0, 0.0, i / 10, profiled_ms=5.0)
         return link
 
-    by_budget, dated = fast_link(), fast_link()
+    by_budget, dated, two = fast_link(), fast_link(), fast_link()
     by_budget.on_offload_timeout(100_000, 80.0, profiled_ms=5.0, now=1.0, link_slow=True)
-    # the hello, queued at the timeout, came back 190 ms later: 270 ms after the send
-    dated.on_offload_timeout(100_000, 80.0, profiled_ms=5.0, now=1.0, link_slow=True,
-                             ended_ms=270.0)
     assert by_budget.model(1.0).rate_mbps > 9.0
+    # the hello, queued at the timeout, came back 190 ms later: 270 ms after the send
+    assert dated.on_uploads_ended(100_000, 270.0, now=1.0)
     assert dated.model(1.0).rate_mbps == pytest.approx(3.0, rel=0.1)
     # another such upload at that rate confirms it: no decrease (a budget's bound would
     # halve the rate here, as the model let through an upload that did not make it)
-    dated.on_offload_timeout(100_000, 80.0, profiled_ms=5.0, now=1.5, link_slow=True,
-                             ended_ms=265.0)
+    assert dated.on_uploads_ended(100_000, 265.0, now=1.5)
     assert dated.model(1.5).rate_mbps == pytest.approx(3.0, rel=0.1)
     assert dated.server.slowdown_at(1.5) == pytest.approx(1.0, abs=0.05)  # not the server
-    # a quick check blames the server, whatever ended_ms says
-    quick = fast_link()
-    quick.on_offload_timeout(12_500, 60.0, profiled_ms=5.0, now=5.0,
-                             link_slow=quick.slow_check(3.0), ended_ms=63.0)
-    assert quick.server.slowdown_at(5.0) > 4.0
-    assert quick.model(5.0).rate_mbps == pytest.approx(40.0, rel=0.1)
+    # two uploads back to back: their bytes together over the time from the first's send
+    assert two.on_uploads_ended(200_000, 535.0, now=1.0)
+    assert two.model(1.0).rate_mbps == pytest.approx(3.0, rel=0.1)
+    # faster than a regime of bounds guessed: it replaces them (they guessed too low)
+    assert dated.on_uploads_ended(100_000, 100.0, now=2.0)
+    assert dated.model(2.0).rate_mbps == pytest.approx(8.0, rel=0.15)
+    # no slower than a measured model: no news (the caller blames each as before)
+    assert not fast_link().on_uploads_ended(100_000, 15.0, now=1.0)
 
 
 def test_a_heartbeat_says_nothing_of_the_servers_queue_and_a_late_reply_weighs_more():

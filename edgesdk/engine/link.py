@@ -567,23 +567,40 @@ class EdgeLink:
         (LinkEstimator.slow_check: None, it got no answer); those queued after it on the
         server, as no check follows them once the link is up.
 
-        The hello answered once the uploads ahead of it had ended (the same connection).
-        When one upload alone was ahead of it, nothing else on the wire, the time from its
-        queueing to now is how long the link took for it (`ended_ms`)."""
+        A late answer also dates the end of the uploads ahead of the hello (the same
+        connection): when they are the timed-out ones just before it, the first with
+        nothing ahead of it and each next one queued behind the one before (an engine
+        with two frames in flight sends two), the link took from the first's queueing to
+        now for all their bytes (LinkEstimator.on_uploads_ended)."""
         link_slow = self.estimator.slow_check(check_ms, busy)
-        for timed_out in self._unblamed:
-            ahead = timed_out.queued_at <= hello.queued_at
-            dated = (check_ms is not None and timed_out.alone
-                     and timed_out.upload == hello.upload)
-            self._blame_one(timed_out, link_slow and ahead, now,
-                            (now - timed_out.queued_at) * 1e3 if dated else None)
-        self._unblamed.clear()
+        unblamed, self._unblamed = self._unblamed, []
+        dated = self._ahead_of(hello, unblamed) if link_slow and check_ms is not None else []
+        if dated and self.estimator.on_uploads_ended(
+                sum(t.payload_bytes for t in dated), (now - dated[0].queued_at) * 1e3, now):
+            unblamed = [t for t in unblamed if t not in dated]
+        for timed_out in unblamed:
+            self._blame_one(timed_out, link_slow and timed_out.queued_at <= hello.queued_at,
+                            now)
 
-    def _blame_one(self, timed_out: _TimedOut, link_slow: bool, now: float,
-                   ended_ms: float | None = None) -> None:
+    @staticmethod
+    def _ahead_of(hello: _Job, timed_out: list[_TimedOut]) -> list[_TimedOut]:
+        """The uploads the hello was queued right behind, if all of them timed out and the
+        first had nothing ahead of it (numbers first..hello.upload, every one here); else
+        none (an upload that was answered, or one of unknown size, was on the wire too)."""
+        by_number = {t.upload: t for t in timed_out if t.upload}
+        last = by_number.get(hello.upload)
+        if last is None:
+            return []
+        first = last.upload
+        while not by_number[first].alone:
+            if first - 1 not in by_number:
+                return []
+            first -= 1
+        return [by_number[n] for n in range(first, last.upload + 1)]
+
+    def _blame_one(self, timed_out: _TimedOut, link_slow: bool, now: float) -> None:
         self.estimator.on_offload_timeout(timed_out.payload_bytes, timed_out.budget_ms,
-                                          timed_out.tail_ms, now, link_slow=link_slow,
-                                          ended_ms=ended_ms)
+                                          timed_out.tail_ms, now, link_slow=link_slow)
 
     def _on_welcome(self, extra: Mapping[str, Any]) -> None:
         bundles = extra.get("bundles")

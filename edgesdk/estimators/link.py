@@ -208,22 +208,31 @@ class LinkEstimator:
         return self.bandwidth.observe_timeout(payload_bytes, elapsed_ms, self.rtt.floor_ms,
                                               now)
 
+    def on_uploads_ended(self, payload_bytes: int, ended_ms: float, now: float) -> bool:
+        """Timed-out uploads of `payload_bytes` in all, one after the other on an idle
+        link, had ended `ended_ms` after the first was queued: the hello that checked,
+        queued behind them on the same connection, answered then (the broker answers a
+        hello at once). So the link took about that long for them, less the hello's own
+        round trip: a bound at about the rate itself, where the budget only bounds it from
+        above, often far (after a link fell from 40 to 3 Mbit/s, a 46 KB upload's 60 ms
+        budget said below 6, and the next offloads, priced at that, timed out too).
+        Whether it was taken (BandwidthEstimator.observe_timeout, ended); if not, blame
+        each upload as on_offload_timeout does."""
+        if payload_bytes <= self.small_bytes:
+            return False
+        return self.bandwidth.observe_timeout(payload_bytes, ended_ms, self.rtt.floor_ms,
+                                              now, ended=True) is not None
+
     def on_offload_timeout(self, payload_bytes: int, budget_ms: float,
                            profiled_ms: float | None, now: float, *,
-                           link_slow: bool = False, ended_ms: float | None = None) -> None:
+                           link_slow: bool = False) -> None:
         """An offload that got no reply within `budget_ms`: a censored sample of the side
         to blame. `link_slow`: the hello sent to check the server after it came back late
-        (`slow_check`), so it waited behind the rest of the upload on the link. `ended_ms`:
-        when that hello answered, counted from the upload's queueing, if this upload was
-        the only one ahead of it on the wire.
-        - The link, when it was slow: with `ended_ms`, the upload had ended by then (the
-          broker answers a hello at once), so the link took about that long for it, less
-          the hello's own round trip: a bound at about the rate itself. Otherwise the
-          budget after the server's expected queue and compute: a bound on the rate
-          (BandwidthEstimator.observe_timeout), if that is below the current rate. The
-          budget's bound is often far above the rate: after a link fell from 40 to 3
-          Mbit/s, a 46 KB upload's 60 ms bound said 6, and the next offloads, priced at
-          it, timed out too.
+        (`slow_check`), so it waited behind the rest of the upload on the link.
+        - The link, when it was slow and the upload had the budget after the server's
+          expected queue and compute: a bound on the rate (BandwidthEstimator.
+          observe_timeout), if that is below the current rate (on_uploads_ended does
+          better when the check's answer dates the upload's end).
         - The server otherwise: it had the budget after the network's expected share (RTT
           floor + overhead + bytes at the rate), a bound on its slowdown
           (ServerLoadEstimator).
@@ -235,10 +244,6 @@ class LinkEstimator:
         CPU stalls left it above the rate where the planner stops offloading, and every
         later timeout said nothing). The first reply corrects a wrong blame."""
         server = self.server
-        if (link_slow and payload_bytes > self.small_bytes and ended_ms is not None
-                and self.bandwidth.observe_timeout(payload_bytes, ended_ms, self.rtt.floor_ms,
-                                                   now, ended=True) is not None):
-            return
         wire_ms = budget_ms - server.queue_ms - server.slowdown_at(now) * (profiled_ms or 0.0)
         if (link_slow and payload_bytes > self.small_bytes and wire_ms > 0
                 and self.bandwidth.observe_timeout(payload_bytes, wire_ms, self.rtt.floor_ms,

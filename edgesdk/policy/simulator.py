@@ -342,10 +342,11 @@ class DeviceView:
         if out.timed_out[i]:
             # "checking": a hello at once, which tells the link from the server (EdgeLink)
             ms = self._hello(now, float(out.upload_left_ms[i]))
-            self.link.on_offload_timeout(
-                int(t.wire_bytes[i]), float(out.budget_ms[i]), advertised, now,
-                link_slow=self.link.slow_check(ms),
-                ended_ms=None if ms is None else float(out.budget_ms[i]) + ms)
+            slow = self.link.slow_check(ms)
+            if not (slow and ms is not None and self.link.on_uploads_ended(
+                    int(t.wire_bytes[i]), float(out.budget_ms[i]) + ms, now)):
+                self.link.on_offload_timeout(int(t.wire_bytes[i]), float(out.budget_ms[i]),
+                                             advertised, now, link_slow=slow)
             return
         srv = advertised * w.sc.server_drift
         q = float(w.queue[k])
