@@ -110,6 +110,7 @@ def test_stream_and_async_return_one_result_per_frame_in_order(digits):
     (np.full((1, 1, 28, 28), np.nan, np.float32), "NaN"),
     (np.full((1, 1, 28, 28), "a"), "dtype"),
     ({"y": np.zeros((1, 1, 28, 28), np.float32)}, r"\['y'\]"),
+    (None, r"is None, expected an array of shape \[1, 1, 28, 28\]"),
 ])
 def test_bad_frames_are_typed_errors_and_the_engine_keeps_working(bad, match, digits):
     with Engine(DIGITS_BUNDLE) as engine:

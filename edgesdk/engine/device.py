@@ -90,7 +90,9 @@ class LocalRunner:
     def feed(self, x: Any) -> dict[str, np.ndarray]:
         """The model inputs from `x`: an array for a single-input model, or a mapping of
         input name to array. Shapes must match the bundle exactly (a missing batch dim of
-        1 is added); floats are cast to the input's dtype; NaN/inf are rejected."""
+        1 is added); for a float input, any real numbers (floats, ints, bools: a uint8
+        image too, unscaled) are cast to its dtype, and NaN/inf are rejected; other inputs
+        take their own dtype only."""
         if isinstance(x, Mapping):
             given = dict(x)
         elif len(self.inputs) == 1:
@@ -105,6 +107,9 @@ class LocalRunner:
             raise InputError(f"inputs {sorted(given)} do not match the model's {names}")
         feed = {}
         for spec in self.inputs:
+            if given[spec.name] is None:
+                raise InputError(f"input {spec.name!r} is None, expected an array of shape "
+                                 f"{list(spec.shape)}")
             arr = np.asarray(given[spec.name])
             if arr.shape != spec.shape and (1,) + arr.shape == spec.shape:
                 arr = arr[None]
