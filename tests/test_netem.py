@@ -3,6 +3,7 @@ a cgroup CPU quota, and the loopback fallback's token bucket inside the engine."
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -223,15 +224,13 @@ def test_a_request_held_past_its_budget_fails_at_its_deadline():
         link.close()
 
 
-@pytest.mark.slow
-def test_a_timeout_on_a_slow_link_is_blamed_on_the_link_by_the_check_behind_it():
-    """The hello that checks the server after a timed-out offload leaves only after the rest
-    of the upload: on a slow link it comes back late, once the upload has ended, and the
-    link's rate takes the blame at about its value, not the server's speed (a real server;
-    the loopback shaper as link)."""
+@contextlib.contextmanager
+def _digits_link():
+    """(an EdgeLink connected to a real server of the digits bundle, the encoded frames of
+    one seeded input at 32 bits: ~3 KB, a bandwidth sample rather than a small message)."""
     from edgesdk.bundle import Bundle
     from edgesdk.codec import encode_tensors
-    from edgesdk.engine.link import UP, EdgeLink
+    from edgesdk.engine.link import EdgeLink
     from edgesdk.models import DIGITS_BUNDLE
     from edgesdk.server import ServerProcess
 
@@ -239,34 +238,49 @@ def test_a_timeout_on_a_slow_link_is_blamed_on_the_link_by_the_check_behind_it()
     rng = np.random.default_rng(0)
     frames = encode_tensors([rng.random(t.shape).astype(t.dtype)
                              for t in bundle.manifest.inputs], bits=32)
-    size = sum(memoryview(f).nbytes for f in frames)
-    assert size > 2048  # a bandwidth sample, not a small message (LinkEstimator)
     with ServerProcess.serve([DIGITS_BUNDLE]) as server:
         link = EdgeLink(server.endpoint, bundle.source_sha256, retry_s=30.0)
         try:
             assert link.wait_connected(10)
-            for _ in range(3):  # loopback: hundreds of Mbit/s
-                link.offload(frames, "input", 2.0).result(5)
-            e = link.estimator
-            fast = e.model(time.monotonic()).rate_mbps
-            slowdown = e.server.slowdown  # as last measured (slowdown_at relaxes it in time)
-            # 0.1 Mbit/s: the upload takes ~0.25 s, five times its budget
-            link.shaper = TokenBucket(rate_mbit=0.1)
-            with pytest.raises(Timeout):
-                link.offload(frames, "input", 0.05).result(5)
-            deadline = time.monotonic() + 5
-            while link.status != UP and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert link.status == UP
-            now = time.monotonic()
-            # blamed on the link, far below loopback and below what the budget let through:
-            # at about the shaper's rate, as the check answered once the upload had ended
-            rate = e.model(now).rate_mbps
-            assert rate < min(size * 8e-3 / 40.0, fast / 10)
-            assert rate == pytest.approx(0.1, rel=0.3)
-            assert e.server.slowdown == slowdown
+            yield link, frames
         finally:
             link.close()
+
+
+def _await_status(link, status: str, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while link.status != status and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert link.status == status
+
+
+@pytest.mark.slow
+def test_a_timeout_on_a_slow_link_is_blamed_on_the_link_by_the_check_behind_it():
+    """The hello that checks the server after a timed-out offload leaves only after the rest
+    of the upload: on a slow link it comes back late, once the upload has ended, and the
+    link's rate takes the blame at about its value, not the server's speed (a real server;
+    the loopback shaper as link)."""
+    from edgesdk.engine.link import UP
+
+    with _digits_link() as (link, frames):
+        size = sum(memoryview(f).nbytes for f in frames)
+        assert size > link.estimator.small_bytes  # a bandwidth sample, not a small message
+        for _ in range(3):  # loopback: hundreds of Mbit/s
+            link.offload(frames, "input", 2.0).result(5)
+        e = link.estimator
+        fast = e.model(time.monotonic()).rate_mbps
+        slowdown = e.server.slowdown  # as last measured (slowdown_at relaxes it in time)
+        # 0.1 Mbit/s: the upload takes ~0.25 s, five times its budget
+        link.shaper = TokenBucket(rate_mbit=0.1)
+        with pytest.raises(Timeout):
+            link.offload(frames, "input", 0.05).result(5)
+        _await_status(link, UP)
+        # blamed on the link, far below loopback and below what the budget let through: at
+        # about the shaper's rate, as the check answered once the upload had ended
+        rate = e.model(time.monotonic()).rate_mbps
+        assert rate < min(size * 8e-3 / 40.0, fast / 10)
+        assert rate == pytest.approx(0.1, rel=0.3)
+        assert e.server.slowdown == slowdown
 
 
 @pytest.mark.slow
@@ -275,72 +289,41 @@ def test_a_check_behind_two_uploads_dates_them_together():
     checks waited behind both, so its answer dates their bytes together (charging both
     times to one would put the rate at half its value; a real server; the loopback shaper
     as link)."""
-    from edgesdk.bundle import Bundle
-    from edgesdk.codec import encode_tensors
-    from edgesdk.engine.link import UP, EdgeLink
-    from edgesdk.models import DIGITS_BUNDLE
-    from edgesdk.server import ServerProcess
+    from edgesdk.engine.link import UP
 
-    bundle = Bundle.load(DIGITS_BUNDLE)
-    rng = np.random.default_rng(0)
-    frames = encode_tensors([rng.random(t.shape).astype(t.dtype)
-                             for t in bundle.manifest.inputs], bits=32)
-    with ServerProcess.serve([DIGITS_BUNDLE]) as server:
-        link = EdgeLink(server.endpoint, bundle.source_sha256, retry_s=30.0)
-        try:
-            assert link.wait_connected(10)
-            for _ in range(3):
-                link.offload(frames, "input", 2.0).result(5)
-            link.shaper = TokenBucket(rate_mbit=0.1)  # ~0.25 s per upload
-            first = link.offload(frames, "input", 0.05)
-            second = link.offload(frames, "input", 0.05)  # behind the first
-            for f in (first, second):
-                with pytest.raises(Timeout):
-                    f.result(5)
-            deadline = time.monotonic() + 5
-            while link.status != UP and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert link.status == UP
-            assert link.estimator.model(time.monotonic()).rate_mbps == pytest.approx(
-                0.1, rel=0.3)
-        finally:
-            link.close()
+    with _digits_link() as (link, frames):
+        for _ in range(3):
+            link.offload(frames, "input", 2.0).result(5)
+        link.shaper = TokenBucket(rate_mbit=0.1)  # ~0.25 s per upload
+        first = link.offload(frames, "input", 0.05)
+        second = link.offload(frames, "input", 0.05)  # behind the first
+        for f in (first, second):
+            with pytest.raises(Timeout):
+                f.result(5)
+        _await_status(link, UP)
+        assert link.estimator.model(time.monotonic()).rate_mbps == pytest.approx(0.1, rel=0.3)
 
 
 @pytest.mark.slow
 def test_a_check_lost_behind_a_slow_upload_says_the_uplink_is_likely_slow(caplog):
     """At 0.03 Mbit/s the rest of the timed-out upload outlasts the hello's 500 ms: the
     link goes down, and the warning points at the uplink, not only at a silent server."""
-    from edgesdk.bundle import Bundle
-    from edgesdk.codec import encode_tensors
-    from edgesdk.engine.link import DOWN, EdgeLink
-    from edgesdk.models import DIGITS_BUNDLE
-    from edgesdk.server import ServerProcess
+    from edgesdk.engine.link import DOWN
 
-    bundle = Bundle.load(DIGITS_BUNDLE)
-    rng = np.random.default_rng(0)
-    frames = encode_tensors([rng.random(t.shape).astype(t.dtype)
-                             for t in bundle.manifest.inputs], bits=32)
-    with ServerProcess.serve([DIGITS_BUNDLE]) as server:
-        link = EdgeLink(server.endpoint, bundle.source_sha256, retry_s=30.0)
-        try:
-            assert link.wait_connected(10)
-            link.offload(frames, "input", 2.0).result(5)
-            link.shaper = TokenBucket(rate_mbit=0.03)  # ~0.8 s for the ~3 KB upload
-            with caplog.at_level(logging.WARNING, logger="edgesdk"):
-                with pytest.raises(Timeout):
-                    link.offload(frames, "input", 0.05).result(5)
-                deadline = time.monotonic() + 5
-                while link.status != DOWN and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                assert link.status == DOWN and link.usable(time.monotonic()) == "unresponsive"
-                # the link's thread logs the warning after it changed the status
-                while "upload(s) that timed out" not in caplog.text \
-                        and time.monotonic() < deadline:
-                    time.sleep(0.01)
-            assert "queued behind 1 upload(s) that timed out" in caplog.text, caplog.text
-        finally:
-            link.close()
+    with _digits_link() as (link, frames):
+        link.offload(frames, "input", 2.0).result(5)
+        link.shaper = TokenBucket(rate_mbit=0.03)  # ~0.8 s for the ~3 KB upload
+        with caplog.at_level(logging.WARNING, logger="edgesdk"):
+            with pytest.raises(Timeout):
+                link.offload(frames, "input", 0.05).result(5)
+            _await_status(link, DOWN)
+            assert link.usable(time.monotonic()) == "unresponsive"
+            # the link's thread logs the warning after it changed the status
+            deadline = time.monotonic() + 5
+            while "upload(s) that timed out" not in caplog.text \
+                    and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert "queued behind 1 upload(s) that timed out" in caplog.text, caplog.text
 
 
 @pytest.mark.slow
