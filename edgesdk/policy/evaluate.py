@@ -8,8 +8,10 @@ Strategies:
   chosen with the true device speed; "/dataset": one candidate per model and dataset, the
   Neurosurgeon-style choice a deployer would make after measuring that network);
 - planner (the analytic planner on the device's estimates), pessimistic (the planner at the
-  low bandwidth forecast), policy (the bundled network), oracle (the per-frame best in
-  hindsight).
+  low bandwidth forecast), policy (the bundled network);
+- ceiling (ceiling.py: per frame, the best expected reward given perfect knowledge of the
+  present, which a decision that must estimate the present is not expected to beat),
+  oracle (the per-frame best in hindsight, which also knows the frame's own future).
 
 Per dataset and in aggregate: mean per-frame reward (latency capped by the engine's
 fallback, see simulator.py), regret to the oracle, and the **gap closed**
@@ -35,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .candidates import CandidateTable, ModelProfile, build_candidates
+from .ceiling import CausalCeiling
 from .planner import plan, plan_pessimistic
 from .simulator import (
     FIXED_RATES,
@@ -53,7 +56,7 @@ SCALES = (0.5, 1.0, 10.0)
 HELD_OUT = 1_000_003
 BASELINES = ("device-only", "edge-only", "best-fixed/dataset", "best-fixed/episode")
 ADAPTIVE = ("planner", "pessimistic", "policy")
-STRATEGIES = (*BASELINES, *ADAPTIVE, "oracle")
+STRATEGIES = (*BASELINES, *ADAPTIVE, "ceiling", "oracle")
 BOOTSTRAP = 2000
 
 
@@ -127,6 +130,7 @@ def run_records(scenarios: Sequence[Scenario], choosers: Mapping[str, Chooser]
         # the choosers are adaptive strategies: they explore as the engine does
         runs = {name: run_episode(sc, choose, world=world, explore=True)
                 for name, choose in choosers.items()}
+        runs["ceiling"] = run_episode(sc, CausalCeiling(sc, world).choose, world=world)
         runs["oracle"] = run_episode(sc, None, world=world)
         means = run_fixed(sc, world).mean(axis=0)
         runs["device-only"] = _fixed_run(sc, world, _device_only(sc.table))

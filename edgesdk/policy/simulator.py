@@ -81,6 +81,15 @@ PROBE_IDLE_S = 2.0  # EdgeLink probe_idle_s
 # -- the world: exogenous draws of one episode ---------------------------------------------
 
 
+def slot_rate(slot_mbps: np.ndarray, log_noise: np.ndarray, sigma: float,
+              outage: np.ndarray) -> np.ndarray:
+    """The link's rate per slot: the trace's times the mean-preserving lognormal noise,
+    near zero in an outage."""
+    rate = slot_mbps * np.exp(log_noise - sigma * sigma / 2)
+    rate[outage] = OUTAGE_MBPS
+    return np.maximum(rate, OUTAGE_MBPS)
+
+
 class World:
     """Everything in an episode that no decision changes, drawn once: the rate per slot
     and its running capacity, per-frame RTT, device jitter, queue wait and exit draw."""
@@ -102,12 +111,14 @@ class World:
         for i in range(1, n):  # AR(1) with stationary spread s
             acc = a * acc + math.sqrt(1 - a * a) * s * eps[i]
             ar[i] = acc
-        rate = np.repeat(base, per) * np.exp(ar - s * s / 2)  # mean-preserving
+        # per slot: the trace's rate, the sub-second log-noise around it, the outages
+        self.slot_mbps = np.repeat(base, per)
+        self.log_noise = ar
+        self.outage = np.zeros(n, dtype=bool)
         for start, dur in sc.outages:
-            rate[int(start / SLOT_S):int((start + dur) / SLOT_S)] = OUTAGE_MBPS
-        self.rate_mbps = np.maximum(rate, OUTAGE_MBPS)
-        bytes_per_slot = self.rate_mbps * 1e6 / 8 * SLOT_S
-        self.cum = np.concatenate([[0.0], np.cumsum(bytes_per_slot)])
+            self.outage[int(start / SLOT_S):int((start + dur) / SLOT_S)] = True
+        self.rate_mbps = slot_rate(self.slot_mbps, ar, s, self.outage)
+        self.cum = np.concatenate([[0.0], np.cumsum(self.rate_mbps * 1e6 / 8 * SLOT_S)])
         self.times = np.arange(n + 1) * SLOT_S
         frames = sc.frames
         self.t = (np.asarray(sc.times, float) if sc.times is not None
@@ -183,6 +194,7 @@ class Outcomes:
     exit_latency: np.ndarray
     budget_ms: np.ndarray
     upload_left_ms: np.ndarray  # a timed-out offload's upload still to go at its timeout
+    sent: np.ndarray  # an offload the engine sent: not one whose budget was already gone
 
 
 class _TableFacts:
@@ -225,7 +237,8 @@ def frame_outcomes(world: World, k: int, facts: _TableFacts, slowdown_est: float
     if np.any(cold):
         wire = wire + np.where(cold, slow_start_ms(t.wire_bytes, rtt, ph), 0.0)
     edge = wire + rtt + world.queue[k] + t.srv_ms * (sc.server_slowdown * sc.server_drift)
-    ok = facts.offload & (budget > 0.5) & (edge <= budget)
+    sent = facts.offload & (budget > 0.5)  # else the engine finishes here at once (core.py)
+    ok = sent & (edge <= budget)
     timed_out = facts.offload & ~ok
     # a timed-out offload costs its budget plus however late the engine notices
     waited = np.where(budget > 0.5, budget + ph.timeout_grace_ms, np.maximum(budget, 0.0))
@@ -246,7 +259,7 @@ def frame_outcomes(world: World, k: int, facts: _TableFacts, slowdown_est: float
     # that checks the server leaves after it
     upload_left = np.where(timed_out, np.maximum(wire - np.maximum(budget, 0.0), 0.0), 0.0)
     return Outcomes(reward, latency, p * t.exit_acc + (1 - p) * acc, timed_out,
-                    np.where(ok, wire, 0.0), exit_lat, budget, upload_left)
+                    np.where(ok, wire, 0.0), exit_lat, budget, upload_left, sent)
 
 
 # -- the device's view ---------------------------------------------------------------------
@@ -329,7 +342,7 @@ class DeviceView:
         if t.dev_ms[i] > 0 or exited or out.timed_out[i] or not self.facts.offload[i]:
             self.slowdowns.append(float(w.device[k]))  # segments ran here: timed
 
-        if exited or not self.facts.offload[i]:
+        if exited or not out.sent[i]:  # nothing went out: the link learns nothing
             return
         self.last_send = w.t[k]
         if exploring and out.timed_out[i]:
@@ -429,8 +442,8 @@ def run_episode(sc: Scenario, choose: Chooser | None = None, *, record: bool = F
             i = int(device_idx[choose(device_table, st)])
         res.decision_s[k] = clock() - t0
         j = view.exploration(now, st, i) if explore and view.up and facts.device_only[i] else None
-        if j is not None and world.exit_u[k] >= table.p_exit[j]:  # no exit: it sends
-            view.explored(now)
+        if j is not None and world.exit_u[k] >= table.p_exit[j] and out.sent[j]:
+            view.explored(now)  # it sent (no exit fired, the budget was not gone)
         if j is not None and world.queue[k] > 0:
             j = None  # the broker answers an exploring frame busy unless a worker is idle:
             # it finishes here as decided, and the refusal changes nothing (EdgeLink)
@@ -468,7 +481,7 @@ def run_fixed(sc: Scenario, world: World | None = None) -> np.ndarray:
         up = down_until <= now
         r = np.where(up, o.reward, o.reward[facts.fallback_index])
         out[k] = r
-        sent = up & facts.offload & (world.exit_u[k] >= sc.table.p_exit)
+        sent = up & o.sent & (world.exit_u[k] >= sc.table.p_exit)
         last_send[sent] = now
         failed = sent & o.timed_out
         if failed.any():
