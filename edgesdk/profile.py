@@ -51,6 +51,7 @@ __all__ = [
     "measure_cut_codec",
     "measure_version_fidelity",
     "output_fidelity",
+    "outputs_fidelity",
     "paired_ratios",
     "profile_segments",
     "seeded_inputs",
@@ -373,6 +374,60 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(np.all(a == b, axis=1), 1.0, iou)
 
 
+def _output_kinds(outputs: str | Sequence[str], kind: str | Mapping[str, str] | None
+                  ) -> tuple[list[str], dict[str, str | None]]:
+    """The outputs to compare (one name or several) and each one's kind: a declared kind
+    (one for a single output, or per name), else None (inferred from the fp32 output)."""
+    names = [outputs] if isinstance(outputs, str) else list(outputs)
+    if not names:
+        raise ValueError("no output to compare")
+    kinds = dict(kind) if isinstance(kind, Mapping) else {n: kind for n in names}
+    for n in names:
+        k = kinds.setdefault(n, None)
+        if k is not None and k not in OUTPUT_KINDS:
+            raise ValueError(f"kind is {k!r} (output {n!r}), expected one of "
+                             f"{list(OUTPUT_KINDS)}")
+    return names, kinds
+
+
+def _fp32_outputs(env: Mapping[str, np.ndarray], kinds: dict[str, str | None]
+                  ) -> dict[str, np.ndarray]:
+    """Copies of the fp32 run's outputs (a segment may reuse its buffers); a kind still
+    None is inferred from its output's shape and filled in."""
+    refs = {n: np.array(env[n]) for n in kinds}
+    for n, ref in refs.items():
+        if kinds[n] is None:
+            kinds[n] = output_kind(TensorSpec(n, tuple(ref.shape), str(ref.dtype)))
+    return refs
+
+
+def outputs_fidelity(env: Mapping[str, np.ndarray], refs: Mapping[str, np.ndarray],
+                     kinds: Mapping[str, str]) -> dict[str, float]:
+    """output_fidelity of every output in `kinds` (name -> kind). One output: its
+    measures. Several: the first output's kind measures; "fidelity" the lowest of the
+    outputs' (a frame's answer is as good as its worst part: a detector's boxes with the
+    wrong scores are wrong), "rel_l2" and "max_abs_err" the largest; and
+    "fidelity:<name>" for each. An output other than the first whose shape changed (a
+    detector's count after its own NMS) has a different answer: fidelity 0."""
+    first, *rest = kinds
+    rows = {first: output_fidelity(env[first], refs[first], kinds[first])}
+    for n in rest:
+        y, ref = np.asarray(env[n]), refs[n]
+        if y.shape == ref.shape:
+            rows[n] = output_fidelity(y, ref, kinds[n])
+        else:
+            largest = max(np.abs(y).max(initial=0), np.abs(ref).max(initial=0))
+            rows[n] = {"fidelity": 0.0, "rel_l2": 1.0, "max_abs_err": float(largest)}
+    if len(rows) == 1:
+        return next(iter(rows.values()))
+    out = dict(next(iter(rows.values())))
+    out["fidelity"] = min(r["fidelity"] for r in rows.values())
+    out["rel_l2"] = max(r["rel_l2"] for r in rows.values())
+    out["max_abs_err"] = max(r["max_abs_err"] for r in rows.values())
+    out.update({f"fidelity:{name}": r["fidelity"] for name, r in rows.items()})
+    return out
+
+
 def _mean_fidelity(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
     """Per-sample measures summarized over samples: means, and the largest abs error."""
     out = {k: round(float(np.mean([r[k] for r in rows])), 6 if k == "rel_l2" else 4)
@@ -398,12 +453,12 @@ def measure_cut_codec(
     segments: Sequence[_Runnable],
     cuts: Sequence[Any],
     samples: Sequence[Mapping[str, np.ndarray]],
-    final_output: str,
+    final_output: str | Sequence[str],
     bits: Sequence[int] = (32, 16, 8, 4, 2),
     encode: Any = None,
     decode: Any = None,
     repeats: int = 3,
-    kind: str | None = None,
+    kind: str | Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Wire size, encode time and accuracy cost of every (cut, bits), with the zstd stage
     tried and without it, measured on calibration samples; the dict is meant for
@@ -419,12 +474,15 @@ def measure_cut_codec(
     says (:func:`output_fidelity`; the entropy stage is lossless, so it is one comparison
     for both). kind: the output's kind, ``bundle.output_kind(final_output)`` for a bundle
     (a declared kind wins); None infers it from the output's shape (bundle.output_kind).
+    Several outputs (`final_output` a list, `kind` one per name or None) are compared
+    each by its kind (:func:`outputs_fidelity`: the fidelity is the worst output's).
     Encode times are the fastest of `repeats` encodes of each sample, rotating the order of
     the modes (the first encode of a tensor pays for cold caches), then the median over
     samples. Compression is a decision (policy.candidates), because zstd level 1 costs
     about 10x the quantize-and-pack pass for a ~2x smaller payload on a ReLU map.
 
-    Returns ``{"bits": [...], "samples": n, "output": final_output, "kind": kind, "cuts":
+    Returns ``{"bits": [...], "samples": n, "output": the first output, "kind": its kind,
+    "outputs": {name: kind} (with several), "cuts":
     {cut_id: {str(bits): {"bytes", "encode_ms", "fidelity", <the kind's measures>,
     "rel_l2", "max_abs_err", "raw_bytes", "raw_encode_ms", "compressed", "sparse_bytes",
     "sparse_encode_ms"}}}, "input": {...same for the model input...}}``: "bytes"/"encode_ms"
@@ -448,8 +506,7 @@ def measure_cut_codec(
         raise ValueError("no calibration samples to measure the codec on")
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats is {repeats!r}, expected an int >= 1")
-    if kind is not None and kind not in OUTPUT_KINDS:
-        raise ValueError(f"kind is {kind!r}, expected one of {list(OUTPUT_KINDS)}")
+    names, kinds = _output_kinds(final_output, kind)
     # (name, first segment after the cut, tensor names); the model input is "cut" -1
     points = [("input", 0, tuple(samples[0].keys()))]
     points += [(c.id, c.after_segment + 1, tuple(c.names)) for c in cuts]
@@ -462,11 +519,9 @@ def measure_cut_codec(
         for seg in segments:
             env.update(seg.run({n: env[n] for n in seg.inputs}))
             envs.append(dict(env))
-        ref = np.array(env[final_output])  # a copy: a segment may reuse its buffers
-        if kind is None:
-            kind = output_kind(TensorSpec(final_output, tuple(ref.shape), str(ref.dtype)))
-        for name, start, names in points:
-            arrays = [np.asarray(envs[start][n], np.float32) for n in names]
+        refs = _fp32_outputs(env, kinds)
+        for name, start, tensors in points:
+            arrays = [np.asarray(envs[start][n], np.float32) for n in tensors]
             for b in bits:
                 if str(b) in unusable[name]:
                     continue
@@ -488,15 +543,17 @@ def measure_cut_codec(
                     continue
                 raw_frames = sizes["none"][0]
                 tail = dict(envs[start])
-                tail.update({n: decode(fr) for n, fr in zip(names, raw_frames)})
+                tail.update({n: decode(fr) for n, fr in zip(tensors, raw_frames)})
                 for seg in segments[start:]:
                     tail.update(seg.run({n: tail[n] for n in seg.inputs}))
-                fidelity = output_fidelity(tail[final_output], ref, kind)
+                fidelity = outputs_fidelity(tail, refs, kinds)
                 sparse = (sizes["sparse"][1], best["sparse"]) if "sparse" in sizes else None
                 acc[name][str(b)].append(((sizes["zstd"][1], best["zstd"], sizes["none"][1],
                                            best["none"]), fidelity, sparse))
-    out: dict[str, Any] = {"bits": list(bits), "samples": len(samples),
-                           "output": final_output, "kind": kind, "cuts": {}}
+    out: dict[str, Any] = {"bits": list(bits), "samples": len(samples), "output": names[0],
+                           "kind": kinds[names[0]], "cuts": {}}
+    if len(names) > 1:
+        out["outputs"] = kinds
     for name, per_bits in acc.items():
         entry: dict[str, Any] = {}
         for b, rows in per_bits.items():
@@ -526,40 +583,43 @@ def measure_version_fidelity(
     version: Sequence[_Runnable],
     cuts: Sequence[Any],
     samples: Sequence[Mapping[str, np.ndarray]],
-    final_output: str,
-    kind: str | None = None,
+    final_output: str | Sequence[str],
+    kind: str | Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """How close a model version's answers are to fp32's, as the planner combines them: the
     head up to each cut in `version` and the tail in fp32 (`reference`), which is an
     offload to a server running fp32, and the whole chain in `version` (a frame that
     stays on the device). Both chains are the same bundle's segments, so they read and
     write the same tensors. Measured on `samples` in the output's `kind`
-    (:func:`output_fidelity`; None infers it from the output's shape).
+    (:func:`output_fidelity`; None infers it from the output's shape; several outputs as
+    in measure_cut_codec).
 
-    Returns ``{"samples": n, "output", "kind", "device": {"fidelity", ...},
+    Returns ``{"samples": n, "output", "kind", ["outputs",] "device": {"fidelity", ...},
     "cuts": {cut_id: {"fidelity", ...}}}`` with the kind's means (see measure_cut_codec).
     """
     if len(reference) != len(version):
         raise ValueError(f"{len(version)} version segments for {len(reference)} segments")
     if not samples:
         raise ValueError("no samples to measure the version's fidelity on")
+    names, kinds = _output_kinds(final_output, kind)
     after = {c.id: c.after_segment for c in cuts}
     rows: dict[str, list] = {"device": [], **{c: [] for c in after}}
     for feed in samples:
-        ref = np.array(_run(reference, dict(feed))[final_output])  # a segment may reuse it
-        if kind is None:
-            kind = output_kind(TensorSpec(final_output, tuple(ref.shape), str(ref.dtype)))
+        refs = _fp32_outputs(_run(reference, dict(feed)), kinds)
         env = dict(feed)
         for i, seg in enumerate(version):
             env.update(seg.run({n: env[n] for n in seg.inputs}))
             for cut, a in after.items():
                 if a == i:  # the tail in fp32 from the version's cut tensors
                     tail = _run(reference[i + 1:], dict(env))
-                    rows[cut].append(output_fidelity(tail[final_output], ref, kind))
-        rows["device"].append(output_fidelity(env[final_output], ref, kind))
-    return {"samples": len(samples), "output": final_output, "kind": kind,
-            "device": _mean_fidelity(rows.pop("device")),
-            "cuts": {cut: _mean_fidelity(r) for cut, r in rows.items()}}
+                    rows[cut].append(outputs_fidelity(tail, refs, kinds))
+        rows["device"].append(outputs_fidelity(env, refs, kinds))
+    out = {"samples": len(samples), "output": names[0], "kind": kinds[names[0]],
+           "device": _mean_fidelity(rows.pop("device")),
+           "cuts": {cut: _mean_fidelity(r) for cut, r in rows.items()}}
+    if len(names) > 1:
+        out["outputs"] = kinds
+    return out
 
 
 def _run(segments: Sequence[_Runnable], env: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -208,6 +208,29 @@ def test_profiler_records_the_kind_and_its_measures_for_every_cut_and_bits():
         measure_cut_codec(segs, [OneCut()], samples, "map", kind="map")
 
 
+def test_every_output_counts_and_the_worst_one_is_the_fidelity():
+    """A detector's boxes can survive 2 bits while its scores do not (or the reverse):
+    judged on its first output alone, the planner would send 2 bits and lose the answer."""
+    rng = np.random.default_rng(1)
+    scores = rng.normal(size=(40, 10)).astype(np.float32)
+
+    segs = [FnSegment("x", "h", lambda x: x),
+            FnSegment("h", "pts", lambda h: h.reshape(1, -1)[:, :8] + 100),
+            FnSegment("h", "cls", lambda h: h.reshape(1, -1)[:, :40] @ scores)]
+    samples = [{"x": rng.normal(size=(1, 64)).astype(np.float32)} for _ in range(8)]
+    alone = measure_cut_codec(segs, [OneCut()], samples, "pts", bits=(32, 2), kind="other")
+    both = measure_cut_codec(segs, [OneCut()], samples, ["pts", "cls"], bits=(32, 2),
+                             kind={"pts": "other"})
+    assert both["output"] == "pts" and both["outputs"] == {"pts": "other", "cls": "classes"}
+    lossy, exact = alone["cuts"]["c0"]["2"], both["cuts"]["c0"]["32"]
+    assert lossy["fidelity"] > 0.9  # the points barely move
+    two = both["cuts"]["c0"]["2"]
+    assert two["fidelity:pts"] == lossy["fidelity"] and two["fidelity:cls"] < 0.7
+    # per frame the worse of the two, averaged over frames
+    assert two["fidelity"] <= min(two["fidelity:cls"], two["fidelity:pts"])
+    assert exact["fidelity"] == exact["fidelity:cls"] == exact["fidelity:pts"] == 1.0
+
+
 # -- the planner reads fidelity (agreement in older profiles) -----------------------------------
 
 

@@ -191,11 +191,16 @@ def _measure_codec(bundle, segments, samples: list[dict], progress) -> dict:
     every (cut, bits), on the user's samples: what the planner trades bits with."""
     from ..profile import measure_cut_codec
 
-    output = bundle.manifest.outputs[0].name
     with progress.stage(f"measuring the codec at {len(bundle.cuts)} cuts on "
                         f"{len(samples)} samples"):
-        return measure_cut_codec(segments, bundle.cuts, samples, output,
-                                 kind=bundle.output_kind(output))
+        outputs, kinds = _outputs(bundle)
+        return measure_cut_codec(segments, bundle.cuts, samples, outputs, kind=kinds)
+
+
+def _outputs(bundle) -> tuple[list[str], dict[str, str]]:
+    """Every output of the model and its kind: a frame's answer is all of them."""
+    names = [o.name for o in bundle.manifest.outputs]
+    return names, {n: bundle.output_kind(n) for n in names}
 
 
 def _profile_versions(bundle, segments, inputs, samples: list[dict] | None,
@@ -208,7 +213,7 @@ def _profile_versions(bundle, segments, inputs, samples: list[dict] | None,
     from ..profile import measure_version_fidelity, paired_ratios
     from ..runtime import open_segments
 
-    output = bundle.manifest.outputs[0].name
+    outputs, kinds = _outputs(bundle)
     out = {}
     for v in bundle.manifest.versions:
         with progress.stage(f"timing the {v.name} version against fp32"):
@@ -225,8 +230,7 @@ def _profile_versions(bundle, segments, inputs, samples: list[dict] | None,
             with progress.stage(f"measuring the {v.name} version's fidelity on "
                                 f"{len(samples)} samples"):
                 entry["fidelity"] = measure_version_fidelity(
-                    segments, chain, bundle.cuts, samples, output,
-                    kind=bundle.output_kind(output))
+                    segments, chain, bundle.cuts, samples, outputs, kind=kinds)
             # measured on the samples int8 was calibrated on: it overstates the fidelity
             entry["fidelity"]["on_calibration_data"] = (
                 v.method.get("calibration_sha256") == data_sha256)
@@ -261,8 +265,11 @@ def fidelity_table(codec: dict) -> str:
     points = [("input", codec.get("input", {})), *codec.get("cuts", {}).items()]
     rows = [[name, *(f"{entry[b]['fidelity']:.3f}" if "fidelity" in entry.get(b, {})
                      else "-" for b in bits)] for name, entry in points]
-    head = (f"fidelity of {codec['output']!r} ({codec['kind']}) to fp32 on "
-            f"{codec['samples']} samples, per point and bits:")
+    outputs = codec.get("outputs") or {codec["output"]: codec["kind"]}
+    what = ", ".join(f"{n!r} ({k})" for n, k in outputs.items())
+    if len(outputs) > 1:
+        what = f"the worst of {len(outputs)} outputs per sample: {what}"
+    head = f"fidelity to fp32 of {what} on {codec['samples']} samples, per point and bits:"
     return head + "\n" + format_table(["point", *bits], rows, "l" + "r" * len(bits))
 
 
