@@ -375,19 +375,27 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _output_kinds(outputs: str | Sequence[str], kind: str | Mapping[str, str] | None
-                  ) -> tuple[list[str], dict[str, str | None]]:
-    """The outputs to compare (one name or several) and each one's kind: a declared kind
-    (one for a single output, or per name), else None (inferred from the fp32 output)."""
-    names = [outputs] if isinstance(outputs, str) else list(outputs)
+                  ) -> dict[str, str | None]:
+    """Each output to compare (one name or several, in order) and its kind: declared (one
+    kind for a single output, or one per name), else None (inferred from the fp32 run)."""
+    names = list(dict.fromkeys([outputs] if isinstance(outputs, str) else outputs))
     if not names:
         raise ValueError("no output to compare")
-    kinds = dict(kind) if isinstance(kind, Mapping) else {n: kind for n in names}
-    for n in names:
-        k = kinds.setdefault(n, None)
+    if isinstance(kind, Mapping):
+        extra = sorted(set(kind) - set(names))
+        if extra:
+            raise ValueError(f"kinds given for {extra}, which are not among the outputs "
+                             f"compared, {names}")
+        kinds = {n: kind.get(n) for n in names}
+    elif kind is not None and len(names) > 1:
+        raise ValueError(f"one kind, {kind!r}, for {len(names)} outputs: give one per name")
+    else:
+        kinds = {n: kind for n in names}
+    for n, k in kinds.items():
         if k is not None and k not in OUTPUT_KINDS:
             raise ValueError(f"kind is {k!r} (output {n!r}), expected one of "
                              f"{list(OUTPUT_KINDS)}")
-    return names, kinds
+    return kinds
 
 
 def _fp32_outputs(env: Mapping[str, np.ndarray], kinds: dict[str, str | None]
@@ -403,21 +411,20 @@ def _fp32_outputs(env: Mapping[str, np.ndarray], kinds: dict[str, str | None]
 
 def outputs_fidelity(env: Mapping[str, np.ndarray], refs: Mapping[str, np.ndarray],
                      kinds: Mapping[str, str]) -> dict[str, float]:
-    """output_fidelity of every output in `kinds` (name -> kind). One output: its
-    measures. Several: the first output's kind measures; "fidelity" the lowest of the
+    """output_fidelity of every output in `kinds` (name -> kind, in order). One output:
+    its measures. Several: the first output's kind measures; "fidelity" the lowest of the
     outputs' (a frame's answer is as good as its worst part: a detector's boxes with the
     wrong scores are wrong), "rel_l2" and "max_abs_err" the largest; and
-    "fidelity:<name>" for each. An output other than the first whose shape changed (a
-    detector's count after its own NMS) has a different answer: fidelity 0."""
-    first, *rest = kinds
-    rows = {first: output_fidelity(env[first], refs[first], kinds[first])}
-    for n in rest:
-        y, ref = np.asarray(env[n]), refs[n]
+    "fidelity:<name>" for each. An output whose shape changed (a detector's count after
+    its own NMS) has a different answer: fidelity 0, rel_l2 1."""
+    rows = {}
+    for name, kind in kinds.items():
+        y, ref = np.asarray(env[name]), refs[name]
         if y.shape == ref.shape:
-            rows[n] = output_fidelity(y, ref, kinds[n])
+            rows[name] = output_fidelity(y, ref, kind)
         else:
             largest = max(np.abs(y).max(initial=0), np.abs(ref).max(initial=0))
-            rows[n] = {"fidelity": 0.0, "rel_l2": 1.0, "max_abs_err": float(largest)}
+            rows[name] = {"fidelity": 0.0, "rel_l2": 1.0, "max_abs_err": float(largest)}
     if len(rows) == 1:
         return next(iter(rows.values()))
     out = dict(next(iter(rows.values())))
@@ -429,9 +436,12 @@ def outputs_fidelity(env: Mapping[str, np.ndarray], refs: Mapping[str, np.ndarra
 
 
 def _mean_fidelity(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    """Per-sample measures summarized over samples: means, and the largest abs error."""
-    out = {k: round(float(np.mean([r[k] for r in rows])), 6 if k == "rel_l2" else 4)
-           for k in rows[0] if k != "max_abs_err"}
+    """Per-sample measures summarized over samples: means (each over the samples that
+    have it: a kind's measure is missing where the output's shape changed, or for boxes
+    whose scores are not probabilities), and the largest abs error."""
+    keys = dict.fromkeys(k for r in rows for k in r if k != "max_abs_err")
+    out = {k: round(float(np.mean([r[k] for r in rows if k in r])), 6 if k == "rel_l2" else 4)
+           for k in keys}
     out["max_abs_err"] = round(max(r["max_abs_err"] for r in rows), 6)
     return out
 
@@ -506,7 +516,8 @@ def measure_cut_codec(
         raise ValueError("no calibration samples to measure the codec on")
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats is {repeats!r}, expected an int >= 1")
-    names, kinds = _output_kinds(final_output, kind)
+    kinds = _output_kinds(final_output, kind)
+    names = list(kinds)
     # (name, first segment after the cut, tensor names); the model input is "cut" -1
     points = [("input", 0, tuple(samples[0].keys()))]
     points += [(c.id, c.after_segment + 1, tuple(c.names)) for c in cuts]
@@ -601,7 +612,8 @@ def measure_version_fidelity(
         raise ValueError(f"{len(version)} version segments for {len(reference)} segments")
     if not samples:
         raise ValueError("no samples to measure the version's fidelity on")
-    names, kinds = _output_kinds(final_output, kind)
+    kinds = _output_kinds(final_output, kind)
+    names = list(kinds)
     after = {c.id: c.after_segment for c in cuts}
     rows: dict[str, list] = {"device": [], **{c: [] for c in after}}
     for feed in samples:

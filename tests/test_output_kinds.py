@@ -229,6 +229,25 @@ def test_every_output_counts_and_the_worst_one_is_the_fidelity():
     # per frame the worse of the two, averaged over frames
     assert two["fidelity"] <= min(two["fidelity:cls"], two["fidelity:pts"])
     assert exact["fidelity"] == exact["fidelity:cls"] == exact["fidelity:pts"] == 1.0
+    # the outputs' order is final_output's, whatever the kinds' order; kinds must fit
+    swapped = measure_cut_codec(segs, [OneCut()], samples, ["pts", "cls"], bits=(32,),
+                                kind={"cls": "classes", "pts": "other"})
+    assert swapped["output"] == "pts" and "agreement" not in swapped["cuts"]["c0"]["32"]
+    with pytest.raises(ValueError, match="not among the outputs"):
+        measure_cut_codec(segs, [OneCut()], samples, ["pts"], kind={"cls": "classes"})
+    with pytest.raises(ValueError, match="give one per name"):
+        measure_cut_codec(segs, [OneCut()], samples, ["pts", "cls"], kind="other")
+
+
+def test_an_output_whose_shape_changes_has_another_answer():
+    """A detector with its own NMS: at 2 bits it finds another number of boxes."""
+    segs = [FnSegment("x", "h", lambda x: x),
+            FnSegment("h", "boxes", lambda h: np.repeat(h, int(np.sum(h > 0.6)), axis=0))]
+    samples = [{"x": np.linspace(0, 1, 16, dtype=np.float32).reshape(1, 16) + i / 100}
+               for i in range(4)]
+    out = measure_cut_codec(segs, [OneCut()], samples, "boxes", bits=(32, 2), kind="other")
+    assert out["cuts"]["c0"]["32"]["fidelity"] == 1.0
+    assert out["cuts"]["c0"]["2"]["fidelity"] == 0.0 and out["cuts"]["c0"]["2"]["rel_l2"] == 1.0
 
 
 # -- the planner reads fidelity (agreement in older profiles) -----------------------------------

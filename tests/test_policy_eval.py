@@ -100,7 +100,7 @@ def test_an_offload_whose_budget_is_gone_is_not_sent():
     """As in the engine (core.py): the frame finishes here and the link learns nothing."""
     sc = replace(_scenarios(n=1)[0], slo_ms=0.5)
     world = sim.World(sc)
-    facts = sim._TableFacts(sc.table)
+    facts = sim.TableFacts(sc.table)
     view = sim.DeviceView(world, facts)
     out = sim.frame_outcomes(world, 0, facts, 1.0, 0.0)
     i = int(np.argmax(sc.table.wire_bytes))
@@ -122,7 +122,7 @@ def test_the_ceiling_is_the_oracle_when_nothing_is_left_to_chance():
         sc = _noise_free(replace(sc, mbps=np.full(len(sc.mbps), np.median(sc.mbps)),
                                  outages=()))
         world = sim.World(sc)
-        ceiling = sim.run_episode(sc, CausalCeiling(sc, world, draws=2).choose, world=world)
+        ceiling = sim.run_episode(sc, CausalCeiling(world, draws=2).choose, world=world)
         oracle = sim.run_episode(sc, None, world=world)
         assert ceiling.reward == pytest.approx(oracle.reward)
 
@@ -135,14 +135,10 @@ def test_the_ceiling_knows_an_outage_once_it_has_begun_not_before():
     dark = replace(sc, outages=((10.1, 5.0),))
     state = State(bw_mbps=5.0, slo_ms=sc.slo_ms, device_slowdown=20.0)
     worlds = sim.World(sc), sim.World(dark)
-    ceilings = CausalCeiling(sc, worlds[0]), CausalCeiling(dark, worlds[1])
+    ceilings = CausalCeiling(worlds[0]), CausalCeiling(worlds[1])
 
     def picks(k: int) -> list[int]:
-        out = []
-        for ceiling in ceilings:
-            ceiling.frame = k
-            out.append(ceiling.choose(sc.table, state))
-        return out
+        return [ceiling.choose_at(k, sc.table, state) for ceiling in ceilings]
 
     before = [picks(k) for k in np.flatnonzero(worlds[0].t < 10.1)]
     assert all(a == b for a, b in before)

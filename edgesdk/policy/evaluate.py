@@ -130,7 +130,7 @@ def run_records(scenarios: Sequence[Scenario], choosers: Mapping[str, Chooser]
         # the choosers are adaptive strategies: they explore as the engine does
         runs = {name: run_episode(sc, choose, world=world, explore=True)
                 for name, choose in choosers.items()}
-        runs["ceiling"] = run_episode(sc, CausalCeiling(sc, world).choose, world=world)
+        runs["ceiling"] = run_episode(sc, CausalCeiling(world).choose, world=world)
         runs["oracle"] = run_episode(sc, None, world=world)
         means = run_fixed(sc, world).mean(axis=0)
         runs["device-only"] = _fixed_run(sc, world, _device_only(sc.table))

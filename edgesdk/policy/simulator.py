@@ -76,6 +76,7 @@ OUTAGE_MBPS = 1e-3  # the rate of a link in an outage (> 0 keeps the capacity in
 RETRY_S = 0.5  # the hello interval while the link is down (retry_s)
 HELLO_BUDGET_MS = 500.0  # hello_budget_s; a bandwidth probe gets twice that
 PROBE_IDLE_S = 2.0  # EdgeLink probe_idle_s
+MIN_BUDGET_MS = 0.5  # an offload left less than this is not sent (Engine._send)
 
 
 # -- the world: exogenous draws of one episode ---------------------------------------------
@@ -88,6 +89,13 @@ def slot_rate(slot_mbps: np.ndarray, log_noise: np.ndarray, sigma: float,
     rate = slot_mbps * np.exp(log_noise - sigma * sigma / 2)
     rate[outage] = OUTAGE_MBPS
     return np.maximum(rate, OUTAGE_MBPS)
+
+
+def capacity(rate_mbps: np.ndarray, first_slot: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(times s, bytes the link has carried by then) at the slot boundaries from
+    `first_slot` on, for rates per slot: what World.transfer_ms integrates."""
+    times = (first_slot + np.arange(len(rate_mbps) + 1)) * SLOT_S
+    return times, np.concatenate([[0.0], np.cumsum(rate_mbps * 1e6 / 8 * SLOT_S)])
 
 
 class World:
@@ -118,8 +126,7 @@ class World:
         for start, dur in sc.outages:
             self.outage[int(start / SLOT_S):int((start + dur) / SLOT_S)] = True
         self.rate_mbps = slot_rate(self.slot_mbps, ar, s, self.outage)
-        self.cum = np.concatenate([[0.0], np.cumsum(self.rate_mbps * 1e6 / 8 * SLOT_S)])
-        self.times = np.arange(n + 1) * SLOT_S
+        self.times, self.cum = capacity(self.rate_mbps)
         frames = sc.frames
         self.t = (np.asarray(sc.times, float) if sc.times is not None
                   else np.arange(frames) * sc.period_s)
@@ -189,7 +196,7 @@ class Outcomes:
     reward: np.ndarray
     latency: np.ndarray  # the no-exit branch
     accuracy: np.ndarray  # expected over the exit
-    timed_out: np.ndarray
+    timed_out: np.ndarray  # no reply within the budget, or never sent (no budget left)
     wire_ms: np.ndarray
     exit_latency: np.ndarray
     budget_ms: np.ndarray
@@ -197,7 +204,7 @@ class Outcomes:
     sent: np.ndarray  # an offload the engine sent: not one whose budget was already gone
 
 
-class _TableFacts:
+class TableFacts:
     """Per-candidate constants the frame loop needs, computed once per table."""
 
     def __init__(self, table: CandidateTable) -> None:
@@ -218,7 +225,7 @@ def slow_start_ms(nbytes: float | np.ndarray, rtt_ms: float, ph: Physics) -> np.
     return np.minimum(np.log2(1 + np.asarray(nbytes) / ph.init_window_bytes), 8) * rtt_ms
 
 
-def frame_outcomes(world: World, k: int, facts: _TableFacts, slowdown_est: float,
+def frame_outcomes(world: World, k: int, facts: TableFacts, slowdown_est: float,
                    idle_s: float | np.ndarray) -> Outcomes:
     """Every candidate's outcome at frame k if the link is up (see the module docstring)."""
     sc, ph, t = world.sc, world.sc.physics, world.sc.table
@@ -237,11 +244,11 @@ def frame_outcomes(world: World, k: int, facts: _TableFacts, slowdown_est: float
     if np.any(cold):
         wire = wire + np.where(cold, slow_start_ms(t.wire_bytes, rtt, ph), 0.0)
     edge = wire + rtt + world.queue[k] + t.srv_ms * (sc.server_slowdown * sc.server_drift)
-    sent = facts.offload & (budget > 0.5)  # else the engine finishes here at once (core.py)
+    sent = facts.offload & (budget > MIN_BUDGET_MS)  # else it finishes here at once
     ok = sent & (edge <= budget)
     timed_out = facts.offload & ~ok
     # a timed-out offload costs its budget plus however late the engine notices
-    waited = np.where(budget > 0.5, budget + ph.timeout_grace_ms, np.maximum(budget, 0.0))
+    waited = np.where(sent, budget + ph.timeout_grace_ms, np.maximum(budget, 0.0))
     local_ms = facts.local_rest_ms * jit
     late_local = d + waited + local_est > slo
     exit_answer = timed_out & facts.has_exit & late_local
@@ -257,7 +264,7 @@ def frame_outcomes(world: World, k: int, facts: _TableFacts, slowdown_est: float
     reward = p * r_exit + (1 - p) * r_rest
     # what a timed-out offload still had to upload when the engine gave up on it: the hello
     # that checks the server leaves after it
-    upload_left = np.where(timed_out, np.maximum(wire - np.maximum(budget, 0.0), 0.0), 0.0)
+    upload_left = np.where(timed_out & sent, np.maximum(wire - budget, 0.0), 0.0)
     return Outcomes(reward, latency, p * t.exit_acc + (1 - p) * acc, timed_out,
                     np.where(ok, wire, 0.0), exit_lat, budget, upload_left, sent)
 
@@ -269,7 +276,7 @@ class DeviceView:
     """What the engine knows: the real LinkEstimator fed as EdgeLink feeds it, the link's
     status, the device's slowdown estimate, and the recent failure rate."""
 
-    def __init__(self, world: World, facts: _TableFacts) -> None:
+    def __init__(self, world: World, facts: TableFacts) -> None:
         self.world = world
         self.facts = facts
         self.link = LinkEstimator(idle_s=PROBE_IDLE_S)
@@ -415,7 +422,7 @@ def run_episode(sc: Scenario, choose: Chooser | None = None, *, record: bool = F
     adaptive strategies have (fixed plans never explore)."""
     clock = clock or time.perf_counter
     world = world or World(sc)
-    facts = _TableFacts(sc.table)
+    facts = TableFacts(sc.table)
     view = DeviceView(world, facts)
     table = sc.table
     device_idx = np.flatnonzero(facts.device_only)
@@ -469,7 +476,7 @@ def run_fixed(sc: Scenario, world: World | None = None) -> np.ndarray:
     checks with a hello and a fixed plan falls back to device-only until it is up again.
     The hindsight-best fixed candidate is the column with the highest mean."""
     world = world or World(sc)
-    facts = _TableFacts(sc.table)
+    facts = TableFacts(sc.table)
     n, m = sc.frames, len(sc.table)
     out = np.zeros((n, m))
     down_until = np.zeros(m)
