@@ -272,6 +272,11 @@ def test_the_planner_reads_fidelity_and_old_profiles_agreement():
     plain = model_profile(manifest).wire["c1"]
     dense = model_profile(replace(manifest, output_kinds={"logits": "dense"})).wire["c1"]
     assert dense[4][2] < plain[4][2] and dense[32][2] == plain[32][2] == 1.0
+    # several outputs: the least robust kind's defaults, whichever output comes first
+    mask = TensorSpec("mask", (1, 1, 32, 32), "float32")
+    both = replace(manifest, outputs=(*manifest.outputs, mask),
+                   output_kinds={"mask": "dense"})
+    assert model_profile(both).wire["c1"][4][2] == dense[4][2]
 
 
 # -- the command line ----------------------------------------------------------------------------

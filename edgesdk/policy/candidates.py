@@ -162,13 +162,19 @@ def _wire_defaults(fp32_bytes: float, kind: str = "classes"
 
 
 def _output_kind(manifest: Any, codec: Mapping[str, Any]) -> str:
-    """The kind of output the codec's fidelity is about: the one the profile measured,
-    else the manifest's first output's (classes for a manifest that cannot say)."""
+    """The kind of output whose default fidelities stand in for unmeasured ones: the one
+    the profile measured, else the least robust kind among the manifest's outputs (a
+    frame's answer is as good as its worst output; classes for a manifest that cannot
+    say)."""
     kind = codec.get("kind")
     if isinstance(kind, str):
         return kind
     of = getattr(manifest, "output_kind", None)
-    return of() if callable(of) and getattr(manifest, "outputs", ()) else "classes"
+    outputs = getattr(manifest, "outputs", ())
+    if not callable(of) or not outputs:
+        return "classes"
+    return min((of(o.name) for o in outputs),
+               key=lambda k: sum(DEFAULT_FIDELITY.get(k, DEFAULT_FIDELITY["other"]).values()))
 
 
 def model_profile(manifest: Any, device: str | None = None, sparse: bool = False
