@@ -327,6 +327,30 @@ def test_a_check_lost_behind_a_slow_upload_says_the_uplink_is_likely_slow(caplog
 
 
 @pytest.mark.slow
+def test_a_hello_lost_behind_a_stuck_probe_starts_a_fresh_connection():
+    """A bandwidth probe sized for the fast link (up to 1 MiB) stays queued on the
+    connection after the link falls; every hello behind it is lost, and the link stayed
+    down until those bytes had crossed (seconds after the link was back, in bench e2e).
+    The first hello lost behind it resets the connection, which drops them: the next
+    hello, at the same slow rate, finds the server (a real server; the loopback shaper)."""
+    from edgesdk.bundle import Bundle
+    from edgesdk.engine.link import DOWN, UP, EdgeLink
+    from edgesdk.models import DIGITS_BUNDLE
+    from edgesdk.server import ServerProcess
+
+    with ServerProcess.serve([DIGITS_BUNDLE]) as server:
+        link = EdgeLink(server.endpoint, Bundle.load(DIGITS_BUNDLE).source_sha256)
+        try:
+            assert link.wait_connected(10)
+            _await_status(link, UP)
+            link.shaper = TokenBucket(rate_mbit=0.05)  # a 64 KiB probe: over 10 s
+            _await_status(link, DOWN, timeout_s=10.0)  # the idle probe, then its hello
+            _await_status(link, UP, timeout_s=2.0)  # a 300-byte hello: ~50 ms
+        finally:
+            link.close()
+
+
+@pytest.mark.slow
 def test_the_engine_link_holds_uploads_for_the_shaper():
     from edgesdk import Engine
     from edgesdk.models import DIGITS_BUNDLE, load_digits_test

@@ -449,6 +449,11 @@ class TokenBucket:
     def rate_mbit(self) -> float:
         return self._rate_of(self._index(time.time()))[0] / 1e6
 
+    def drop_backlog(self, now: float) -> None:
+        """What is still queued at `now` will never cross: the connection it was on was
+        dropped (EdgeLink's reconnect)."""
+        self._free_at = min(self._free_at, now)
+
     def release_time(self, nbytes: int, now: float) -> float:
         start = max(now, self._free_at)
         to_wall = time.time() - time.monotonic()  # the schedule runs on time.time()

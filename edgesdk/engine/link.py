@@ -172,6 +172,11 @@ class EdgeLink:
         self.status = CONNECTING
         self._down_reason = "unreachable"  # why frames stay here while down or connecting
         self._lost_behind = 0  # timed-out uploads the last lost hello was queued behind
+        # A bandwidth probe timed out and nothing has answered since: its bytes (sized for
+        # the link as it was, up to 1 MiB) may still be queued on the connection, ahead of
+        # every hello. A hello lost then resets the connection once (see _run).
+        self._probe_stuck = False
+        self._reconnect = False
         self.welcome: Any = None
         self.server_tail_ms: dict[str, float] = {}  # cut id -> server compute, from welcome
         self.welcomes = 0  # how many welcomes arrived (the engine re-plans on a change)
@@ -345,6 +350,13 @@ class EdgeLink:
                     except TransportError as exc:
                         outcome = exc
                     self._account(job, outcome, time.monotonic())
+                if self._reconnect:
+                    # a fresh connection does not carry the stale probe; the next hello
+                    # goes out on it at once instead of behind those bytes
+                    self._reconnect = False
+                    client.reconnect()
+                    if self.shaper is not None:  # the emulated link drops them too
+                        self.shaper.drop_backlog(time.monotonic())
         finally:
             for job, _ in pending.values():
                 if not job.future.done():
@@ -505,6 +517,7 @@ class EdgeLink:
             if isinstance(exc, Timeout):
                 self.estimator.on_timeout(job.payload_bytes,
                                           (job.budget_s + job.held_s) * 1e3, now)
+                self._probe_stuck = True
             return
         if isinstance(exc, (Timeout, Unreachable)):
             if job.kind == protocol.INFER:
@@ -521,6 +534,8 @@ class EdgeLink:
                     self._blame_one(timed_out, False, now)
                 else:
                     self._unblamed.append(timed_out)
+            if job.kind == protocol.HELLO and self._probe_stuck:
+                self._reconnect, self._probe_stuck = True, False
             if job.kind == protocol.HELLO:
                 # no answer within its budget: it waited behind an upload, or the server is
                 # so loaded it cannot answer a hello (down either way); unreachable: gone
@@ -547,6 +562,7 @@ class EdgeLink:
             e.server.observe_load(extra["load"])
         rtt_ms = (reply.rtt + job.held_s) * 1e3
         self._last_reply = now  # every reply below is traffic to the estimator
+        self._probe_stuck = False  # what was queued ahead of this request has gone
         if job.kind == protocol.HELLO:
             self._blame(rtt_ms, self.activity.since(job.activity), job, now)
             self._on_welcome(extra)

@@ -130,6 +130,14 @@ class Client:
         if self._wake_fd is not None:
             self._poller.register(self._wake_fd, zmq.POLLIN)
 
+    def reconnect(self) -> None:
+        """Drop the connection and what it still queues (bytes of requests that already
+        timed out, ahead of anything sent next) and open a fresh one; requests in flight
+        are sent again on it, within their budgets."""
+        self._check_open()
+        self._reset_socket()
+        self._proto.reset(time.monotonic())
+
     def _reset_socket(self) -> None:
         """Lazy Pirate: drop the socket (and whatever it still queues), open a fresh one."""
         self._close_socket()
