@@ -74,13 +74,9 @@ def run(traces: str, max_traces: int | None, seed: int = 1) -> dict:
     rng = np.random.default_rng(seed)
     out = {"episodes": len(scenarios), "strategies": {}}
     for name, v in r.items():
-        pairs = np.stack([v - base, oracle - base], axis=1)
-        draws = [pairs[i, 0].mean() / pairs[i, 1].mean() for i in
-                 (rng.integers(0, len(v), len(v)) for _ in range(ev.BOOTSTRAP))]
-        out["strategies"][name] = {
-            "reward": float(v.mean()),
-            "gap_closed": float(pairs[:, 0].mean() / pairs[:, 1].mean()),
-            "gap_closed_ci": [float(x) for x in np.percentile(draws, [2.5, 97.5])]}
+        gap, ci = ev.gap_closed(v, base, oracle, rng)
+        out["strategies"][name] = {"reward": float(v.mean()), "gap_closed": gap,
+                                   "gap_closed_ci": list(ci)}
     return out
 
 

@@ -534,7 +534,7 @@ class EdgeLink:
                     self._blame_one(timed_out, False, now)
                 else:
                     self._unblamed.append(timed_out)
-            if job.kind == protocol.HELLO and self._probe_stuck:
+            if job.kind == protocol.HELLO and isinstance(exc, Timeout) and self._probe_stuck:
                 self._reconnect, self._probe_stuck = True, False
             if job.kind == protocol.HELLO:
                 # no answer within its budget: it waited behind an upload, or the server is

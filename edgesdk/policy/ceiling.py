@@ -61,9 +61,8 @@ class _Redrawn:
         noise = (decay * true.log_noise[seen] + (redraw.log_noise[ahead]
                                                   - decay * redraw.log_noise[seen])
                  if now > 0 else redraw.log_noise[ahead])  # at the start nothing is seen
-        held = np.ones(steps)
-        rate = slot_rate(true.slot_mbps[seen] * held, noise, true.sc.physics.subsecond_sigma,
-                         held.astype(bool) & true.outage[seen])
+        rate = slot_rate(np.full(steps, true.slot_mbps[seen]), noise,
+                         true.sc.physics.subsecond_sigma, np.full(steps, true.outage[seen]))
         self.times, self.cum = capacity(rate, first_slot=now)
 
     transfer_ms = World.transfer_ms

@@ -135,8 +135,11 @@ class Client:
         timed out, ahead of anything sent next) and open a fresh one; requests in flight
         are sent again on it, within their budgets."""
         self._check_open()
+        self._restart(time.monotonic())
+
+    def _restart(self, now: float) -> None:
         self._reset_socket()
-        self._proto.reset(time.monotonic())
+        self._proto.reset(now)
 
     def _reset_socket(self) -> None:
         """Lazy Pirate: drop the socket (and whatever it still queues), open a fresh one."""
@@ -315,8 +318,7 @@ class Client:
         """Expire what is due, knowing the connection's latest state; reset on a retry."""
         self._read_connection_events(now)
         if self._proto.tick(now):
-            self._reset_socket()
-            self._proto.reset(now)
+            self._restart(now)
 
     def _read_connection_events(self, now: float) -> None:
         """Tell the protocol what the monitor saw: rare, so checked without a raise."""
