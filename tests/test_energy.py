@@ -123,6 +123,7 @@ def not_a_pi(monkeypatch):
     monkeypatch.setattr(energy, "_MODEL_FILES", ())
 
 
+@pytest.mark.slow
 def test_results_carry_the_energy_estimate_on_every_path(digits, not_a_pi):
     bundle = digits_bundle()
     with Engine(bundle, power="pi4") as e:

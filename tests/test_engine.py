@@ -321,6 +321,7 @@ def test_the_link_measures_bandwidth_right_after_connecting(server):
         link.close()
 
 
+@pytest.mark.slow
 def test_an_idle_link_sleeps_until_its_next_probe(server):
     """No polling on a short timer: once warm, an idle link's I/O thread wakes for its
     next probe (probe_idle_s away), so over a second it polls at most once or twice."""

@@ -39,6 +39,7 @@ def test_camera_opencv_example_on_synthetic_digit_frames():
     assert accuracy > 80, summary
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_camera_opencv_example_forces_a_plan_and_fits_a_detector_bundle(tmp_path):
     from edgesdk.split import split_model
@@ -162,6 +163,7 @@ def _images_to_npz(*args) -> subprocess.CompletedProcess:
                           cwd=tempfile.gettempdir())
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_images_to_npz_fits_the_bundle_input_and_labels_come_from_folders(tmp_path):
     """Real photos (scikit-learn's china.jpg and flower.jpg) into the digits model's NCHW

@@ -202,6 +202,7 @@ def _counted_looks(monkeypatch) -> list:
     return looks
 
 
+@pytest.mark.slow
 def test_a_state_with_nothing_to_explore_is_looked_at_once(monkeypatch):
     """Frames kept here by a decision whose optimistic case offloads nothing (the digits at
     a 5 ms latency SLO, as bench overhead runs them): the look prices every candidate, so

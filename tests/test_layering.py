@@ -158,6 +158,7 @@ def check_layers(edge_list: list[Edge]) -> list[str]:
     return bad
 
 
+@pytest.mark.slow
 def test_the_graph_is_read():
     """The checks below are only as good as the parser: it sees the known imports."""
     got = {(component(e.importer), component(e.imported)) for e in internal_edges()}

@@ -49,6 +49,8 @@ def _kind(shape, name="y", dtype="float32", outputs=()):
     ((1, 256, 256, 1), "activation_10", "dense"),        # NHWC segmentation mask
     ((1, 64, 64, 39), "Identity_3", "dense"),            # NHWC heatmaps
     ((1, 40, 6625), "softmax_11.tmp_0", "sequence"),     # PP-OCR CTC recognizer
+    ((32, 1, 8210), "387", "sequence"),                  # ddddocr: time-major CTC
+    ((6, 1, 4), "y", "other"),                           # more steps than tokens
     ((1, 896, 16), "regressors", "boxes"),               # BlazeFace
     ((1, 7600, 10), "transpose_0.tmp_0", "boxes"),       # PicoDet
     ((1, 84, 8400), "output0", "boxes"),                 # YOLOv8 at 640 (anchor grid)
@@ -154,6 +156,8 @@ def test_fidelity_per_kind_on_synthetic_outputs():
     wrong = seq.copy()
     wrong[0, 3] = np.eye(5)[4]
     assert output_fidelity(wrong, seq, "sequence")["step_agreement"] == 0.75
+    time_major = (wrong.transpose(1, 0, 2), seq.transpose(1, 0, 2))  # (4 steps, 1, 5)
+    assert output_fidelity(*time_major, "sequence")["step_agreement"] == 0.75
 
     pts = np.arange(1, 64, dtype=np.float32)[None]
     m = output_fidelity(pts * 1.1, pts, "other")

@@ -427,3 +427,16 @@ def test_size_rule_is_enforced(tmp_path, dag, monkeypatch):
                                          r"model's \d+ \+ 4736 bytes of duplicated constants"):
         split_tflite(dag, tmp_path / "x.edge",
                      cuts=["+".join(c.names) for c in analyse_tflite(dag)[1]])
+
+
+def test_a_model_with_custom_ops_is_refused_once_naming_the_op(tmp_path):
+    """MediaPipe's attention face mesh needs its own Landmarks2TransformMatrix op, which
+    only MediaPipe's runtime registers: a typed error that names it (and the path once)."""
+    from models import MEDIAPIPE
+
+    path = pip_file(MEDIAPIPE, "mediapipe/modules/face_landmark/"
+                    "face_landmark_with_attention.tflite")
+    with pytest.raises(SplitError, match="custom op: Landmarks2TransformMatrix") as err:
+        split_model(path, tmp_path / "mesh.edge")
+    assert str(err.value).count(str(path)) == 1 and "built-in operators" in str(err.value)
+    assert not (tmp_path / "mesh.edge").exists()

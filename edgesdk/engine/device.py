@@ -126,7 +126,7 @@ class LocalRunner:
             elif str(arr.dtype) != spec.dtype:
                 raise InputError(f"input {spec.name!r} has dtype {arr.dtype}, expected "
                                  f"{spec.dtype}")
-            feed[spec.name] = np.ascontiguousarray(arr)
+            feed[spec.name] = np.require(arr, requirements="C")  # keeps a scalar 0-d
         return feed
 
     def add_versions(self, names: Iterable[str], threads: int = 1) -> None:

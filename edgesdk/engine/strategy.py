@@ -46,7 +46,11 @@ def make_chooser(strategy: Strategy | Plan | Candidate | str, table: CandidateTa
         fixed = max((c for c in table.candidates if c.cut == "device" and c.version == FP32),
                     key=lambda c: c.n_exits)
     elif strategy == "edge":
-        fixed = table.find(0, "input", 8) or Candidate(0, "input", 8)
+        fixed = table.find(0, "input", 8)
+        if fixed is None:
+            raise PolicyError(f"strategy 'edge': no candidate of {bundle_name!r} sends its "
+                              "input at 8 bits (the codec carries float inputs only); cuts "
+                              f"are {sorted({c.cut for c in table.candidates})}")
     elif isinstance(strategy, Plan) or (isinstance(strategy, str) and "@" in strategy):
         fixed = parse_fixed(strategy, table)
     else:

@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import FP32
+from ..bundle import FLOAT_DTYPES, FP32
 from ..errors import PolicyError
 
 BITS = (32, 16, 8, 4, 2)
@@ -218,7 +218,9 @@ def model_profile(manifest: Any, device: str | None = None, sparse: bool = False
     kind = _output_kind(manifest, codec)
     wire: dict[str, dict[int, tuple[float, float, float]]] = {}
     wire_raw: dict[str, dict[int, tuple[float, float]]] = {}
-    points = [("input", sum(t.fp32_bytes for t in manifest.inputs))]
+    # the input is a point only where the codec carries it (edgesdk.bundle.input_cut)
+    sendable = all(t.dtype in FLOAT_DTYPES for t in manifest.inputs)
+    points = [("input", sum(t.fp32_bytes for t in manifest.inputs))] if sendable else []
     points += [(c.id, c.bytes) for c in manifest.cuts]
     for name, fp32 in points:
         measured = codec.get("input") if name == "input" else codec.get("cuts", {}).get(name)
@@ -442,7 +444,7 @@ def build_candidates(model: ModelProfile, bits: Sequence[int] = BITS,
                 fid = at_cut.get(name, 1.0)
                 tail_fp32 = fp32_prefix[-1] - fp32_prefix[after + 1]  # the server's, fp32
                 for b in bits:
-                    if b not in model.wire[name]:
+                    if b not in model.wire.get(name, ()):  # no input point: not float
                         continue
                     for z, size, enc, agree in _encodings(model, name, b):
                         rows.append((Candidate(m, name, b, z, version),

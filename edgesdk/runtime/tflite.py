@@ -124,7 +124,7 @@ class TfliteSegment:
             if value.shape != shape:
                 raise ValueError(f"segment input {name!r} has shape {list(value.shape)}, "
                                  f"expected {list(shape)}")
-            self.interpreter.set_tensor(index, np.ascontiguousarray(value))
+            self.interpreter.set_tensor(index, np.require(value, requirements="C"))  # 0-d stays
         self.interpreter.invoke()
         # get_tensor copies, so the results survive the next invoke().
         return {name: self.interpreter.get_tensor(index) for name, index in self._out}

@@ -689,7 +689,12 @@ def chain_outputs(model: Path, segments: list[Path], cuts: tuple[CutSpec, ...],
 
     try:
         want = TfliteSegment(model).run(feed)
-    except (BundleError, ValueError, RuntimeError) as exc:
+    except BundleError as exc:  # it names the file already
+        hint = ("; edgesdk splits models that TFLite's built-in operators run (custom ops "
+                "such as MediaPipe's need the runtime that registers them)"
+                if "custom op" in str(exc) else "")
+        raise SplitError(f"{str(exc).rstrip('. ')}{hint}") from None
+    except (ValueError, RuntimeError) as exc:
         raise SplitError(f"{model}: TFLite cannot run the model itself: {exc}") from None
     try:
         runs = [TfliteSegment(p) for p in segments]
