@@ -228,7 +228,8 @@ def test_the_decision_state_is_kept_until_the_link_has_news():
         def snapshot(self, now):
             return {"bw_mbps": 10.0, "bw_std": 1.0, "bw_history": (9.0, 11.0), "rtt_ms": 2.0,
                     "queue_ms": 0.0, "server_slowdown": 1.0, "bw_overhead_ms": 0.1,
-                    "bw_low_mbps": 8.0, "failures": 0.0, "bw_age_s": 0.5}
+                    "bw_overhead_carried": False, "bw_low_mbps": 8.0, "failures": 0.0,
+                    "bw_age_s": 0.5}
 
     with Engine(DIGITS_BUNDLE, strategy="planner") as engine:
         engine.link = Link()

@@ -221,6 +221,34 @@ def test_one_upload_size_takes_the_overhead_from_the_last_fit_then_the_floor():
     assert not m.fitted and m.overhead_ms == 0.0 and m.rate_mbps == pytest.approx(10.0)
 
 
+def test_a_carried_overhead_goes_when_an_upload_beats_it():
+    """An overhead fitted under a passing load (every answer 10 ms late) is carried into
+    the next regime; the first upload that takes less than that overhead shows it stale,
+    and the overhead falls to the floor's (an overestimate would keep offloads, and so
+    the uploads that correct it, from ever happening)."""
+    late = 10.0
+    rng = np.random.default_rng(0)
+    bw = BandwidthEstimator()
+    t = 0.0
+
+    def probe(nbytes: int, mbps: float) -> None:
+        ms = (RTT_FLOOR + late + nbytes * 8 / (mbps * 1e3)) * np.exp(rng.normal(0, 0.02))
+        bw.observe_transfer(nbytes, ms, 0.0, 0.0, RTT_FLOOR, t)
+
+    for i in range(12):  # probes of two sizes at 50 Mbit/s, all answered `late`
+        probe(300_000 if i % 2 else 120_000, 50.0)
+        t += 1.0
+    assert bw.model(t).overhead_ms == pytest.approx(late, rel=0.2)
+    for _ in range(3):  # the link steps to 180 Mbit/s: a new regime, too few to refit
+        probe(1_000_000, 180.0)
+        t += 1.0
+    m = bw.model(t)
+    assert not m.fitted and m.overhead_ms == pytest.approx(late, rel=0.2)  # carried
+    bw.observe_transfer(40_000, RTT_FLOOR + 0.3 + 32e4 / 180e3, 0.0, 0.0, RTT_FLOOR, t)
+    m = bw.model(t)
+    assert m.overhead_ms == 0.0 and m.rtt_ms == RTT_FLOOR
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_a_step_change_is_followed_within_three_samples_both_ways(seed):
     rng = np.random.default_rng(seed)

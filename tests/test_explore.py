@@ -79,6 +79,20 @@ def test_a_link_at_a_timeouts_bound_is_explored_at_its_last_measured_rate(table)
     assert optimistic(state).bw_mbps == 42.0
 
 
+def test_an_overhead_that_rules_offloading_out_is_explored_without_it(table):
+    """A per-message overhead fitted while a load spike slowed every answer is carried
+    across the link's changes while probes alone cannot refit it: the best case then has
+    none beyond the RTT. One fitted in the present is believed."""
+    measured = replace(GOOD, bw_overhead_ms=100.0)
+    followed = _followed(table, measured)
+    assert followed.cut == "device"
+    assert explore_pick(table, measured, followed) is None  # fitted now: it stands
+    carried = replace(measured, bw_overhead_carried=True)
+    pick = explore_pick(table, carried, followed)
+    assert pick is not None and pick.cut != "device"
+    assert optimistic(carried).bw_overhead_ms == 0.0
+
+
 def test_a_model_that_never_pays_to_offload_is_not_explored(table):
     state = replace(GOOD, device_slowdown=1.0)  # digits here: 0.07 ms
     followed = _followed(table, state)

@@ -463,6 +463,7 @@ class Engine:
                      rtt_ms=s["rtt_ms"], queue_ms=s["queue_ms"], device_slowdown=slow,
                      server_slowdown=max(s["server_slowdown"], 1e-3), slo_ms=self.slo_ms,
                      task=self.task, bw_overhead_ms=s["bw_overhead_ms"],
+                     bw_overhead_carried=s["bw_overhead_carried"],
                      bw_low_mbps=max(s["bw_low_mbps"], 0.0), failures=s["failures"],
                      bw_age_s=s["bw_age_s"], energy=self._energy_now())
 

@@ -106,6 +106,7 @@ def state_key(state: State) -> tuple:
             q(state.queue_ms + 0.01), q(state.device_slowdown, 5.0),
             q(state.server_slowdown, 5.0), tuple(q(h) for h in state.bw_history),
             q(state.bw_low_mbps + 1e-3), q(state.bw_overhead_ms + 0.01),
+            state.bw_overhead_carried,
             round(state.failures * 10),
             None if state.energy is None else (state.energy.weight,
                                                q(min(state.energy.gap_s, 1e6), 10)))

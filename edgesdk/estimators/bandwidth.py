@@ -132,8 +132,9 @@ class BandwidthEstimator:
       least-squares line. It is refitted every 4th sample (the overhead changes slowly).
       When the sizes do not differ (a fixed plan sends one size), or the link is so slow
       that even the smallest upload is mostly wire time (the intercept would be an
-      extrapolation of noise), the overhead is the last fitted one (up to a minute old)
-      over the current RTT floor, or zero: the floor alone.
+      extrapolation of noise), the overhead is the last fitted one (up to a minute old,
+      and until an upload takes less than it) over the current RTT floor, or zero: the
+      floor alone.
     - the rate is then the weighted median of each sample's implied rate ``bits / (time -
       intercept)``, weighted also by the share of its time spent on the wire: a 2 kB
       upload is mostly overhead, and its implied rate mostly noise.
@@ -238,6 +239,13 @@ class BandwidthEstimator:
         fit = self._reference() if busy else None
         held = fit is not None and net >= fit.intercept_ms + x / math.exp(fit.log_rate)
         self._floor = floor
+        if (net < floor + self._carried_overhead(self._newest)
+                and not (self._fit is not None and self._fit.fitted)):
+            # An upload faster than the carried overhead allows: that overhead is stale
+            # (fitted in another regime: a server under a load spike answered every probe
+            # 10 ms late). Dropped, not lowered: an overestimate never corrects itself, as
+            # no offload then pays and none measures it; an underestimate does.
+            self._last_overhead = None
         rate = x / self._wire_ms(net, self._intercept_now())
         return None if self._add(x, net, 0.0, t, held) else rate
 

@@ -48,8 +48,12 @@ OPTIMISTIC_SPREAD = 0.1  # the relative spread the optimistic bandwidth is price
 def optimistic(state: State) -> State:
     """`state` in a plausible best case: the bandwidth at its upper quantile, or at the
     fastest of its last samples (State.bw_history, across changes) if that is faster,
-    with a narrow spread; the server at its profiled speed (or faster, as measured) with
-    no queue, no failures. A timed-out offload can put the link's model at a bound
+    with a narrow spread, and no per-message overhead beyond the RTT if the one known was
+    carried over from before the link's latest change (in `bench e2e`, one fitted from
+    probes while a load spike slowed every answer, 10.5 ms, kept PP-LCNet on the device
+    through the trace's 180 Mbit/s spells: probes alone cannot refit it, and no offload
+    that would was ever decided); the server at its profiled speed (or faster, as measured) with no
+    queue, no failures. A timed-out offload can put the link's model at a bound
     (LinkEstimator.on_offload_timeout) that a smaller upload would have beaten, or that a
     server's stall caused: the rate measured just before stays plausible until newer
     measurements replace it. (In `bench e2e`, PP-OCRv4 through the 50 -> 2 -> 50 Mbit/s
@@ -57,8 +61,9 @@ def optimistic(state: State) -> State:
     s = min(state.bw_std / state.bw_mbps, MAX_SPREAD)
     bw = max([state.bw_mbps * math.exp(OPTIMISTIC_Z * s), *state.bw_history])
     return replace(state, bw_mbps=bw, bw_std=OPTIMISTIC_SPREAD * bw, bw_low_mbps=0.0,
-                   server_slowdown=min(state.server_slowdown, 1.0), queue_ms=0.0,
-                   failures=0.0)
+                   bw_overhead_ms=0.0 if state.bw_overhead_carried else state.bw_overhead_ms,
+                   server_slowdown=min(state.server_slowdown, 1.0),
+                   queue_ms=0.0, failures=0.0)
 
 
 def explore_pick(table: CandidateTable, state: State, planned: Candidate
