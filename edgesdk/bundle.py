@@ -863,11 +863,18 @@ INPUT_CUT = "input"  # the pseudo-cut before segment 0: the device sends the mod
 FLOAT_DTYPES = ("float16", "float32", "float64")  # what the codec carries
 
 
+def input_sendable(inputs: Sequence[TensorSpec]) -> bool:
+    """Whether the model input can be sent (edge-only): the codec carries floats only, so
+    a model with an integer input (Silero VAD's sample rate, a quantized model's uint8
+    image) is offloaded at its cuts only."""
+    return all(t.dtype in FLOAT_DTYPES for t in inputs)
+
+
 def input_cut(bundle: Bundle) -> CutSpec | None:
     """The pseudo-cut "input" before segment 0 (edge-only: the device sends the model
     input and the server runs everything), when the inputs are float tensors."""
     inputs = bundle.manifest.inputs
-    if any(t.dtype not in FLOAT_DTYPES for t in inputs):
+    if not input_sendable(inputs):
         return None
     total = sum(s.flops for s in bundle.segments)
     return CutSpec(INPUT_CUT, -1, inputs, 0, total)

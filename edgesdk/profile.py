@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .bundle import OUTPUT_KINDS, TensorSpec, output_kind
+from .bundle import FLOAT_DTYPES, OUTPUT_KINDS, TensorSpec, output_kind
 from .errors import BundleError
 
 __all__ = [
@@ -495,11 +495,12 @@ def measure_cut_codec(
     "outputs": {name: kind} (with several), "cuts":
     {cut_id: {str(bits): {"bytes", "encode_ms", "fidelity", <the kind's measures>,
     "rel_l2", "max_abs_err", "raw_bytes", "raw_encode_ms", "compressed", "sparse_bytes",
-    "sparse_encode_ms"}}}, "input": {...same for the model input...}}``: "bytes"/"encode_ms"
-    with zstd tried (the meaning they had before the raw ones were measured, so older
-    readers see the same numbers), "raw_*" without, "compressed" the fraction of samples
-    the codec sent compressed, "sparse_*" with ``compress="sparse"`` (the zero codes as a
-    bitmap, where that is smaller; bits 8, 4 and 2 only, and only when `encode` takes it).
+    "sparse_encode_ms"}}}, "input": {...same for the model input, if it is float...}}``:
+    "bytes"/"encode_ms" with zstd tried (the meaning they had before the raw ones were
+    measured, so older readers see the same numbers), "raw_*" without, "compressed" the
+    fraction of samples the codec sent compressed, "sparse_*" with ``compress="sparse"``
+    (the zero codes as a bitmap, where that is smaller; bits 8, 4 and 2 only, and only
+    when `encode` takes it).
     "fidelity" (in [0, 1], the mean over samples) is what the planner weighs: for
     classes it is "agreement", the fraction of samples whose argmax matches fp32 (the only
     measure profiles had before output kinds, which readers still accept); for dense maps
@@ -518,8 +519,10 @@ def measure_cut_codec(
         raise ValueError(f"repeats is {repeats!r}, expected an int >= 1")
     kinds = _output_kinds(final_output, kind)
     names = list(kinds)
-    # (name, first segment after the cut, tensor names); the model input is "cut" -1
-    points = [("input", 0, tuple(samples[0].keys()))]
+    # (name, first segment after the cut, tensor names); the model input is "cut" -1,
+    # where the codec carries it (bundle.input_sendable: float inputs only)
+    floats = all(np.asarray(v).dtype.name in FLOAT_DTYPES for v in samples[0].values())
+    points = [("input", 0, tuple(samples[0].keys()))] if floats else []
     points += [(c.id, c.after_segment + 1, tuple(c.names)) for c in cuts]
     acc: dict[str, dict[str, list]] = {p[0]: {str(b): [] for b in bits} for p in points}
     sparse_ok = _takes_sparse(encode)

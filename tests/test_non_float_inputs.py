@@ -71,7 +71,8 @@ def test_the_input_is_not_a_candidate_and_edge_only_names_the_cuts(bundle):
     assert bundle.cuts, "the float layers after the first give cut points"
     cuts = {c.cut for c in build_candidates(model_profile(bundle.manifest)).candidates}
     assert "input" not in cuts and {c.id for c in bundle.cuts} <= cuts
-    with pytest.raises(PolicyError, match=r"strategy 'edge'.*sends its input.*cuts are"):
+    with pytest.raises(PolicyError,
+                       match=r"strategy 'edge'.*cannot send its input.*cuts are \['c0', 'c1'\]"):
         Engine(bundle.path, strategy="edge")
 
 
@@ -85,6 +86,27 @@ def test_a_scalar_input_runs_on_the_device(bundle):
     np.testing.assert_allclose(result.output, reference(feed), rtol=1e-5, atol=1e-5)
 
 
+def test_the_codec_is_profiled_at_the_cuts_on_the_users_samples(bundle, tmp_path):
+    """`edgesdk profile --data`: the input is not measured (it cannot be sent), the cuts
+    are, and the planner reads their fidelity."""
+    import shutil
+
+    from edgesdk.bundle import Bundle
+    from edgesdk.cli import main
+    from edgesdk.profile import default_device
+
+    path = shutil.copytree(bundle.path, tmp_path / "vad_like.edge")
+    rng = np.random.default_rng(3)
+    data = tmp_path / "samples.npz"
+    np.savez(data, x=rng.normal(size=(8, 16)).astype(np.float32),
+             sr=np.full(8, 2, np.int64))
+    assert main(["profile", str(path), "--data", str(data), "--runs", "2"]) == 0
+    codec = Bundle.load(path).manifest.profiles[default_device()]["codec"]
+    assert "input" not in codec and set(codec["cuts"]) == {c.id for c in bundle.cuts}
+    assert codec["cuts"][bundle.cuts[0].id]["8"]["fidelity"] > 0.9
+
+
+@pytest.mark.slow
 def test_offloaded_at_a_cut_to_a_real_server(bundle):
     cut = bundle.cuts[0].id
     with ServerProcess.serving([bundle.path]) as server:

@@ -429,6 +429,7 @@ def test_size_rule_is_enforced(tmp_path, dag, monkeypatch):
                      cuts=["+".join(c.names) for c in analyse_tflite(dag)[1]])
 
 
+@pytest.mark.slow  # the mediapipe wheel (35 MB)
 def test_a_model_with_custom_ops_is_refused_once_naming_the_op(tmp_path):
     """MediaPipe's attention face mesh needs its own Landmarks2TransformMatrix op, which
     only MediaPipe's runtime registers: a typed error that names it (and the path once)."""

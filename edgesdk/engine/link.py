@@ -251,12 +251,12 @@ class EdgeLink:
         expected to spend ``rtt_ms + bw_overhead_ms + n * 8 / (bw_mbps * 1e3)`` ms on the
         network (``bw_model.transfer_ms(n, quantile)`` for a quantile of the last two
         terms). Keys: bw_mbps (median rate), bw_std (bw_mbps x bw_spread), bw_spread
-        (predictive log-rate spread), bw_low_mbps (10th-percentile forecast), bw_overhead_ms
-        (fixed cost per message beyond rtt_ms), bw_overhead_carried (that cost was fitted
-        before the link's latest change), bw_age_s (newest sample's age, inf: none),
-        bw_history (last samples' implied rates, oldest first), bw_model (the LinkModel),
-        rtt_ms (RTT floor), queue_ms, server_slowdown, failures (decayed fraction of
-        offloads that failed, 0..1)."""
+        (predictive log-rate spread), bw_low_mbps (10th-percentile forecast),
+        bw_overhead_ms (fixed cost per message beyond rtt_ms), bw_overhead_carried (that
+        cost was fitted before the link's latest change, and no upload since has shown
+        it), bw_age_s (newest sample's age, inf: none), bw_history (last samples' implied
+        rates, oldest first), bw_model (the LinkModel), rtt_ms (RTT floor), queue_ms,
+        server_slowdown, failures (decayed fraction of offloads that failed, 0..1)."""
         with self._lock:
             e = self.estimator
             m = e.bandwidth.model(now)
@@ -270,7 +270,7 @@ class EdgeLink:
             overhead = max(m.overhead_ms + m.rtt_ms - rtt_ms, 0.0) if m.n else 0.0
             return {"bw_mbps": m.rate_mbps, "bw_std": m.rate_std, "bw_spread": m.log_spread,
                     "bw_low_mbps": m.low_mbps, "bw_overhead_ms": overhead,
-                    "bw_overhead_carried": m.n > 0 and not m.fitted and overhead > 0,
+                    "bw_overhead_carried": m.overhead_carried,
                     "bw_age_s": m.age_s, "bw_history": tuple(e.bandwidth.history()),
                     "bw_model": m, "rtt_ms": rtt_ms, "queue_ms": e.server.queue_ms,
                     "server_slowdown": e.server.slowdown_at(now), "failures": e.failures}

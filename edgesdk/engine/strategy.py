@@ -47,10 +47,12 @@ def make_chooser(strategy: Strategy | Plan | Candidate | str, table: CandidateTa
                     key=lambda c: c.n_exits)
     elif strategy == "edge":
         fixed = table.find(0, "input", 8)
-        if fixed is None:
-            raise PolicyError(f"strategy 'edge': no candidate of {bundle_name!r} sends its "
-                              "input at 8 bits (the codec carries float inputs only); cuts "
-                              f"are {sorted({c.cut for c in table.candidates})}")
+        cuts = sorted({c.cut for c in table.candidates} - {"device"})
+        if fixed is None and "input" not in cuts:
+            raise PolicyError(f"strategy 'edge': {bundle_name!r} cannot send its input (the "
+                              f"codec carries float tensors only); offload at a cut, cuts "
+                              f"are {cuts}")
+        fixed = fixed or Candidate(0, "input", 8)  # not a candidate: refused below
     elif isinstance(strategy, Plan) or (isinstance(strategy, str) and "@" in strategy):
         fixed = parse_fixed(strategy, table)
     else:

@@ -71,6 +71,9 @@ class LinkModel:
       the model is then the prior).
     - `fitted`: True if the overhead comes from uploads of different sizes in this regime;
       False if it is carried over from an earlier fit (up to a minute) or is zero.
+    - `overhead_carried`: the overhead is carried over and no upload of this regime has
+      shown it (one mostly overhead at the carried value, see observe_transfer): an
+      estimate of the past, which exploring may doubt (policy.explore).
 
         m = bw.model(now); m.transfer_ms(50_000, quantile=0.9)   # a pessimistic upload
     """
@@ -85,6 +88,7 @@ class LinkModel:
     n_eff: float
     age_s: float
     fitted: bool
+    overhead_carried: bool = False
 
     def transfer_ms(self, nbytes: float, quantile: float = 0.5) -> float:
         """Overhead plus wire time of an upload of `nbytes`, at the `quantile` of its
@@ -132,9 +136,9 @@ class BandwidthEstimator:
       least-squares line. It is refitted every 4th sample (the overhead changes slowly).
       When the sizes do not differ (a fixed plan sends one size), or the link is so slow
       that even the smallest upload is mostly wire time (the intercept would be an
-      extrapolation of noise), the overhead is the last fitted one (up to a minute old,
-      and until an upload takes less than it) over the current RTT floor, or zero: the
-      floor alone.
+      extrapolation of noise), the overhead is the last fitted one (up to a minute old;
+      lowered by an upload that takes under half of it) over the current RTT floor, or
+      zero: the floor alone.
     - the rate is then the weighted median of each sample's implied rate ``bits / (time -
       intercept)``, weighted also by the share of its time spent on the wire: a 2 kB
       upload is mostly overhead, and its implied rate mostly noise.
@@ -195,6 +199,7 @@ class BandwidthEstimator:
         self._newest = -math.inf
         self._floor = 0.0  # the RTT floor given with the newest transfer
         self._last_overhead: tuple[float, float] | None = None  # (ms over the floor, when)
+        self._overhead_shown = -1  # the last upload that showed the carried overhead
         self._run: list[tuple[int, float]] = []  # consecutive deviating samples: seq, log rate
         self._run_up = False  # ...and their direction (True: slower than the model)
         self._bounded = False  # the current regime holds timeouts' bounds only
@@ -239,13 +244,22 @@ class BandwidthEstimator:
         fit = self._reference() if busy else None
         held = fit is not None and net >= fit.intercept_ms + x / math.exp(fit.log_rate)
         self._floor = floor
-        if (net < floor + self._carried_overhead(self._newest)
-                and not (self._fit is not None and self._fit.fitted)):
-            # An upload faster than the carried overhead allows: that overhead is stale
-            # (fitted in another regime: a server under a load spike answered every probe
-            # 10 ms late). Dropped, not lowered: an overestimate never corrects itself, as
-            # no offload then pays and none measures it; an underestimate does.
-            self._last_overhead = None
+        carried = self._carried_overhead(self._newest)
+        if carried and self._fit is not None and not self._fit.fitted:
+            beyond = net - floor
+            if beyond < 0.5 * carried:
+                # An upload done in under half the carried overhead: that overhead is
+                # stale (fitted in another regime: a server under a load spike answered
+                # every probe 10 ms late), and an overestimate never corrects itself (no
+                # offload then pays, so none measures it). It is lowered to what this
+                # upload left for it at the current rate. (Half: the fit's intercept
+                # includes the usual RTT jitter above the floor, which a lucky small
+                # upload beats.)
+                wire = x / math.exp(self._fit.log_rate)
+                self._last_overhead = (max(beyond - wire, 0.0), t)
+                self._overhead_shown = self._count
+            elif beyond <= 2.0 * carried:
+                self._overhead_shown = self._count  # mostly overhead, and about as carried
         rate = x / self._wire_ms(net, self._intercept_now())
         return None if self._add(x, net, 0.0, t, held) else rate
 
@@ -508,8 +522,10 @@ class BandwidthEstimator:
             low = min(lam * fit.emp_low + (1.0 - lam) * (fit.log_rate - self._z_low * s),
                       fit.log_rate)
             rate = math.exp(fit.log_rate)
+            carried = (not fit.fitted and fit.overhead_ms > 0
+                       and self._overhead_shown < self._regime)
             model = LinkModel(rate, s, rate * s, fit.overhead_ms, fit.rtt_ms, math.exp(low),
-                              fit.n, fit.n_eff, age, fit.fitted)
+                              fit.n, fit.n_eff, age, fit.fitted, carried)
         self._model = (self._count, now, model)
         return model
 

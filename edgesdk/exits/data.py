@@ -5,7 +5,8 @@ bundle's inputs.
     data.sample(0)                                    # {input name: (1, ...) array}
 
 Data files are .npz: the model input under its name (or "x" for a single-input model),
-shaped (samples, *input shape without its batch of 1), of the input's dtype, and optional
+shaped (samples, *input shape without its batch of 1), or (samples,) for a scalar input
+(Silero VAD's sample rate), of the input's dtype, and optional
 integer labels "y" (samples,). Integer pixels for a float input are accepted only when the
 file says how to scale them, with a scalar "x_scale" (e.g. 1/255). Anything else, an empty
 file or NaN values is an ExitError naming the key, the shape or dtype found and the one
@@ -31,17 +32,19 @@ from ..errors import ExitError
 class Dataset:
     """Validated model inputs, one array per bundle input, and optional labels."""
 
-    inputs: Mapping[str, np.ndarray]  # name -> (samples, *input shape[1:])
+    inputs: Mapping[str, np.ndarray]  # name -> (samples, *input shape[1:]) or (samples,)
     labels: np.ndarray | None
     path: str
     sha256: str
+    scalars: frozenset[str] = frozenset()  # inputs of shape (): one value per sample
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))
 
     def sample(self, i: int) -> dict[str, np.ndarray]:
-        """The feed for sample i: each input with its batch axis of 1."""
-        return {name: arr[i:i + 1] for name, arr in self.inputs.items()}
+        """The feed for sample i: each input with its batch axis of 1 (a scalar: 0-d)."""
+        return {name: arr[i] if name in self.scalars else arr[i:i + 1]
+                for name, arr in self.inputs.items()}
 
 
 def _file_digest(path: Path) -> str:
@@ -59,7 +62,7 @@ def load_data(path: str | Path, bundle: Bundle) -> Dataset:
     except Exception as exc:  # zipfile.BadZipFile, ValueError (pickled arrays), OSError
         raise ExitError(f"{path}: not a readable .npz without pickles: {exc}") from None
     inputs, labels = _validate(arrays, bundle, str(path))
-    return Dataset(inputs, labels, str(path), _file_digest(path))
+    return Dataset(inputs, labels, str(path), _file_digest(path), _scalars(bundle))
 
 
 def make_dataset(bundle: Bundle, inputs: Mapping[str, Any] | np.ndarray,
@@ -86,7 +89,11 @@ def make_dataset(bundle: Bundle, inputs: Mapping[str, Any] | np.ndarray,
     digest = hashlib.sha256()
     for key in sorted(validated):
         digest.update(key.encode() + np.ascontiguousarray(validated[key]).tobytes())
-    return Dataset(validated, y, name, digest.hexdigest()[:16])
+    return Dataset(validated, y, name, digest.hexdigest()[:16], _scalars(bundle))
+
+
+def _scalars(bundle: Bundle) -> frozenset[str]:
+    return frozenset(s.name for s in bundle.manifest.inputs if s.shape == ())
 
 
 def _validate(arrays: Mapping[str, np.ndarray], bundle: Bundle, where: str
@@ -123,15 +130,15 @@ def _validate(arrays: Mapping[str, np.ndarray], bundle: Bundle, where: str
 def _check_input(x: np.ndarray, scale: np.ndarray | None, spec: TensorSpec, file: str,
                  key: str) -> np.ndarray:
     where = f"{file}: {key!r}"
-    want = (spec.shape[1:] if spec.shape and spec.shape[0] == 1 else None)
+    want = (() if spec.shape == () else spec.shape[1:] if spec.shape[0] == 1 else None)
     if want is None:
         raise ExitError(f"{where}: the model input {spec.name!r} has shape "
                         f"{list(spec.shape)}; exit tools feed one sample at a time and need "
                         "a batch of 1 (re-split with --input-shape NAME=1x...)")
-    if x.ndim != len(spec.shape) or tuple(x.shape[1:]) != tuple(want):
-        raise ExitError(f"{where} has shape {list(x.shape)}, expected (samples, "
-                        f"{', '.join(map(str, want))}) for the model input {spec.name} "
-                        f"{list(spec.shape)}")
+    if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != tuple(want):
+        raise ExitError(f"{where} has shape {list(x.shape)}, expected "
+                        f"({', '.join(['samples', *map(str, want)])}) for the model input "
+                        f"{spec.name} {list(spec.shape)}")
     if len(x) == 0:
         raise ExitError(f"{where} is empty: 0 samples")
     dtype = np.dtype(spec.dtype)

@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import FLOAT_DTYPES, FP32
+from ..bundle import FP32, input_sendable
 from ..errors import PolicyError
 
 BITS = (32, 16, 8, 4, 2)
@@ -218,9 +218,8 @@ def model_profile(manifest: Any, device: str | None = None, sparse: bool = False
     kind = _output_kind(manifest, codec)
     wire: dict[str, dict[int, tuple[float, float, float]]] = {}
     wire_raw: dict[str, dict[int, tuple[float, float]]] = {}
-    # the input is a point only where the codec carries it (edgesdk.bundle.input_cut)
-    sendable = all(t.dtype in FLOAT_DTYPES for t in manifest.inputs)
-    points = [("input", sum(t.fp32_bytes for t in manifest.inputs))] if sendable else []
+    points = ([("input", sum(t.fp32_bytes for t in manifest.inputs))]
+              if input_sendable(manifest.inputs) else [])
     points += [(c.id, c.bytes) for c in manifest.cuts]
     for name, fp32 in points:
         measured = codec.get("input") if name == "input" else codec.get("cuts", {}).get(name)

@@ -10,8 +10,9 @@ at 1.16x its mean latency (the same run; 1.13-1.69x after other disturbances).
 
 The rule is optimism in the face of uncertainty, as in a UCB bandit: price the table in
 a plausible best case, with the bandwidth at the upper 90 % quantile of its lognormal
-(OPTIMISTIC_Z), or at its fastest recent sample, and a narrow spread, the server at its
-advertised speed with an empty queue, and no recent failures. If an offload then beats
+(OPTIMISTIC_Z), or at its fastest recent sample, and a narrow spread, no per-message
+overhead where the one known is only carried over, the server at its advertised speed
+with an empty queue, and no recent failures. If an offload then beats
 the plan the frame was to follow, the frame follows the best candidate in that case
 instead, as a bandit takes its optimistic arm: it offloads with the budget and fallback
 of any offload (a wrong guess costs that frame at most its local finish within the
@@ -46,16 +47,16 @@ OPTIMISTIC_SPREAD = 0.1  # the relative spread the optimistic bandwidth is price
 
 
 def optimistic(state: State) -> State:
-    """`state` in a plausible best case: the bandwidth at its upper quantile, or at the
-    fastest of its last samples (State.bw_history, across changes) if that is faster,
-    with a narrow spread, and no per-message overhead beyond the RTT if the one known was
-    carried over from before the link's latest change (in `bench e2e`, one fitted from
-    probes while a load spike slowed every answer, 10.5 ms, kept PP-LCNet on the device
-    through the trace's 180 Mbit/s spells: probes alone cannot refit it, and no offload
-    that would was ever decided); the server at its profiled speed (or faster, as measured) with no
-    queue, no failures. A timed-out offload can put the link's model at a bound
-    (LinkEstimator.on_offload_timeout) that a smaller upload would have beaten, or that a
-    server's stall caused: the rate measured just before stays plausible until newer
+    """`state` in a plausible best case: the bandwidth at its upper quantile, or at the fastest
+    of its last samples (State.bw_history, across changes) if that is faster, with a narrow
+    spread, and no per-message overhead beyond the RTT if the one known was carried over
+    from before the link's latest change and no upload has shown it since (in `bench e2e`,
+    one fitted from probes while a load spike slowed every answer, 10.5 ms, kept PP-LCNet on
+    the device through the trace's 180 Mbit/s spells: probes are too large to refit it, and
+    only an offload could, which it ruled out); the server at its profiled speed (or faster,
+    as measured) with no queue, no failures. A timed-out offload can put the link's model at
+    a bound (LinkEstimator.on_offload_timeout) that a smaller upload would have beaten, or
+    that a server's stall caused: the rate measured just before stays plausible until newer
     measurements replace it. (In `bench e2e`, PP-OCRv4 through the 50 -> 2 -> 50 Mbit/s
     step: 0.91x the best fixed split with it, 1.06x without, one run each.)"""
     s = min(state.bw_std / state.bw_mbps, MAX_SPREAD)

@@ -337,7 +337,7 @@ class DeviceView:
                      rtt_ms=rtt_ms, queue_ms=e.server.queue_ms, device_slowdown=slow,
                      server_slowdown=max(sc.server_slowdown * e.server.slowdown_at(t), 1e-3),
                      slo_ms=sc.slo_ms, task=sc.task, bw_overhead_ms=overhead,
-                     bw_overhead_carried=bool(m.n) and not m.fitted and overhead > 0,
+                     bw_overhead_carried=m.overhead_carried,
                      bw_low_mbps=max(m.low_mbps, 0.0), failures=min(e.failures, 1.0),
                      bw_age_s=m.age_s)
 

@@ -10,7 +10,7 @@ Times of the candidate table are at the profiled (reference) speed; `device_slow
 What the size-aware link model adds (defaults: unknown): `bw_overhead_ms`, the fixed cost
 of one message (framing, syscalls, the broker's hop) that does not shrink with the payload;
 `bw_overhead_carried`, that overhead was fitted before the link's latest change (uploads
-since were of one size, or too few) and carried over, not measured in the present;
+since were of one size, or too few) and carried over, and no upload since has shown it;
 `bw_low_mbps`, a pessimistic forecast (a low quantile of the rate over the next seconds;
 0: unknown, the planner then uses `bw_mbps`); `failures`, the recent fraction of offloads
 that timed out or fell back (a decayed average, 0..1); `bw_age_s`, the age of the newest
