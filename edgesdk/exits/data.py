@@ -6,11 +6,10 @@ bundle's inputs.
 
 Data files are .npz: the model input under its name (or "x" for a single-input model),
 shaped (samples, *input shape without its batch of 1), or (samples,) for a scalar input
-(Silero VAD's sample rate), of the input's dtype, and optional
-integer labels "y" (samples,). Integer pixels for a float input are accepted only when the
-file says how to scale them, with a scalar "x_scale" (e.g. 1/255). Anything else, an empty
-file or NaN values is an ExitError naming the key, the shape or dtype found and the one
-expected.
+(Silero VAD's sample rate), of the input's dtype, and optional integer labels "y"
+(samples,). Integer pixels for a float input are accepted only when the file says how to
+scale them, with a scalar "x_scale" (e.g. 1/255). Anything else, an empty file or NaN
+values is an ExitError naming the key, the shape or dtype found and the one expected.
 """
 
 from __future__ import annotations

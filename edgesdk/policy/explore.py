@@ -8,18 +8,17 @@ real loop (`edgesdk bench e2e`, PP-OCRv4), the planner without exploring kept 44
 frames on the device through a 50 -> 2 -> 50 Mbit/s step where the one with it kept 24 %,
 at 1.16x its mean latency (the same run; 1.13-1.69x after other disturbances).
 
-The rule is optimism in the face of uncertainty, as in a UCB bandit: price the table in
-a plausible best case, with the bandwidth at the upper 90 % quantile of its lognormal
+The rule is optimism in the face of uncertainty, as in a UCB bandit: price the table in a
+plausible best case, with the bandwidth at the upper 90 % quantile of its lognormal
 (OPTIMISTIC_Z), or at its fastest recent sample, and a narrow spread, no per-message
-overhead where the one known is only carried over, the server at its advertised speed
-with an empty queue, and no recent failures. If an offload then beats
-the plan the frame was to follow, the frame follows the best candidate in that case
-instead, as a bandit takes its optimistic arm: it offloads with the budget and fallback
-of any offload (a wrong guess costs that frame at most its local finish within the
-deadline), and the reply updates the estimates as any offload's does (the server's speed
-and queue, the link's rate at that size), timed with the device waiting for it, as a
-decision to offload would be. A link too slow even in that case, or a model that never
-pays to offload, is never explored.
+overhead where the one known is only carried over, the server at its advertised speed with
+an empty queue, and no recent failures. If an offload then beats the plan the frame was to
+follow, the frame follows the best candidate in that case instead, as a bandit takes its
+optimistic arm: it offloads with the budget and fallback of any offload (a wrong guess
+costs that frame at most its local finish within the deadline), and the reply updates the
+estimates as any offload's does (the server's speed and queue, the link's rate at that
+size), timed with the device waiting for it, as a decision to offload would be. A link too
+slow even in that case, or a model that never pays to offload, is never explored.
 
     pick = explore_pick(table, state, planned)   # a Candidate or None
 """
