@@ -50,9 +50,9 @@ def optimistic(state: State) -> State:
     of its last samples (State.bw_history, across changes) if that is faster, with a narrow
     spread, and no per-message overhead beyond the RTT if the one known was carried over
     from before the link's latest change and no upload has shown it since (in `bench e2e`,
-    one fitted from probes while a load spike slowed every answer, 10.5 ms, kept PP-LCNet on
-    the device through the trace's 180 Mbit/s spells: probes are too large to refit it, and
-    only an offload could, which it ruled out); the server at its profiled speed (or faster,
+    one fitted from probes while a load spike slowed every answer, 10.5 ms, ruled out
+    offloading PP-LCNet through the trace's 180 Mbit/s spells: probes are too large to
+    refit it, and only an offload could); the server at its profiled speed (or faster,
     as measured) with no queue, no failures. A timed-out offload can put the link's model at
     a bound (LinkEstimator.on_offload_timeout) that a smaller upload would have beaten, or
     that a server's stall caused: the rate measured just before stays plausible until newer
