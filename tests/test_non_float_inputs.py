@@ -10,15 +10,19 @@ on its way to onnxruntime) and offloaded at a cut to a real `edgesdk serve` proc
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgesdk import Engine
+from edgesdk.bundle import Bundle
+from edgesdk.cli import main
 from edgesdk.errors import InputError, PolicyError
 from edgesdk.policy import build_candidates, model_profile
-from edgesdk.profile import profile_segments, seeded_inputs
+from edgesdk.profile import default_device, profile_segments, seeded_inputs
 from edgesdk.runtime import open_segments
 from edgesdk.split import split_model
 
@@ -89,12 +93,6 @@ def test_a_scalar_input_runs_on_the_device(bundle):
 def test_the_codec_is_profiled_at_the_cuts_on_the_users_samples(bundle, tmp_path):
     """`edgesdk profile --data`: the input is not measured (it cannot be sent), the cuts
     are, and the planner reads their fidelity."""
-    import shutil
-
-    from edgesdk.bundle import Bundle
-    from edgesdk.cli import main
-    from edgesdk.profile import default_device
-
     path = shutil.copytree(bundle.path, tmp_path / "vad_like.edge")
     rng = np.random.default_rng(3)
     data = tmp_path / "samples.npz"

@@ -47,12 +47,12 @@ def make_chooser(strategy: Strategy | Plan | Candidate | str, table: CandidateTa
                     key=lambda c: c.n_exits)
     elif strategy == "edge":
         fixed = table.find(0, "input", 8)
-        cuts = sorted({c.cut for c in table.candidates} - {"device"})
-        if fixed is None and "input" not in cuts:
-            raise PolicyError(f"strategy 'edge': {bundle_name!r} cannot send its input (the "
-                              f"codec carries float tensors only); offload at a cut, cuts "
-                              f"are {cuts}")
-        fixed = fixed or Candidate(0, "input", 8)  # not a candidate: refused below
+        if fixed is None:
+            cuts = sorted({c.cut for c in table.candidates} - {"device"})
+            why = ("cannot send its input (the codec carries float tensors only)"
+                   if "input" not in cuts else "has no candidate sending its input at 8 bits")
+            raise PolicyError(f"strategy 'edge': {bundle_name!r} {why}; offload at a cut, "
+                              f"cuts are {cuts}")
     elif isinstance(strategy, Plan) or (isinstance(strategy, str) and "@" in strategy):
         fixed = parse_fixed(strategy, table)
     else:
