@@ -104,7 +104,7 @@ class MeshTestbed:
 
     def command(self, name: str, argv: Sequence[str]) -> list[str]:
         """argv, to run on node `name`: in its namespace and its CPU cgroup."""
-        return _in_group(self._cgroup[name], ["ip", "netns", "exec", self._ns[name], *argv])
+        return _in_group(self._cgroup[name], self._ns[name], argv)
 
     def popen(self, name: str, argv: Sequence[str], **kw) -> subprocess.Popen:
         return subprocess.Popen(self.command(name, argv), **kw)

@@ -21,11 +21,15 @@ millisecond.
 
 The device's CPU quota is a cgroup-v1 `cpu` group: 1 ms of CPU (the kernel's smallest
 cfs_quota_us) per period of 1 ms / fraction, so the throttling stalls are as short as CFS
-allows (fraction 0.25: at most 3 ms) next to frame and network times. Longer periods make
+allows next to frame and network times (fraction 0.25: 3 ms a period; a run that overruns
+the quota between two scheduler ticks pays the debt over several periods, ~11 ms after a
+3.5 ms run, which the device's engine counts: edgesdk.engine.cpu_quota). Longer periods make
 the device's own RTT and bandwidth samples wrong by the stall (a 10 ms period turned a
 100 Mbit/s link into ~2 Mbit/s samples). The child joins the group before exec (a shell
-writes its own pid to cgroup.procs, then execs `ip netns exec`, which remounts /sys and
-would hide the cgroup tree), so no instruction of the device runs unthrottled.
+writes its own pid to cgroup.procs, then execs into the namespace), so no instruction of
+the device runs unthrottled. It enters the namespace with `nsenter --net`, not `ip netns
+exec`, which remounts /sys: the device's engine reads its cgroup's throttled time there,
+as it would in a container with a CPU limit (edgesdk.engine.cpu_quota).
 
 Weights. The machine may be running other work (a shared CI box, other benchmarks). The
 device's group and the server's (`edge_command` joins it; `popen_edge`, for other devices'
@@ -56,6 +60,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+NETNS_DIR = Path("/run/netns")  # where `ip netns add` names its namespaces
 MIN_QUOTA_US = 1_000  # the kernel's smallest cfs_quota_us
 CPU_SHARES = 8192  # the device's and the server's cgroups: 8x a process's default weight
 MIN_RATE_MBIT = 0.001  # tbf cannot be 0: an outage is 1 kbit/s (125 bytes/s)
@@ -79,13 +84,13 @@ def _tbf(rate_mbit: float) -> list[str]:
 
 
 def _socket_in(netns: str) -> socket.socket:
-    """A UDP socket in network namespace `netns` (/run/netns/NAME): made on a thread that
+    """A UDP socket in network namespace `netns` (NETNS_DIR/NAME): made on a thread that
     joins the namespace, since setns moves only the calling thread (os.setns is 3.12+)."""
     made: dict[str, object] = {}
 
     def make() -> None:
         try:
-            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+            fd = os.open(NETNS_DIR / netns, os.O_RDONLY)
             try:
                 if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:  # NEWNET
                     raise OSError(ctypes.get_errno(), f"setns into {netns} failed")
@@ -107,9 +112,9 @@ def unavailable_reason() -> str | None:
     """Why the namespace testbed cannot run here (None: it can)."""
     if os.geteuid() != 0:
         return "not root"
-    for tool in ("ip", "tc"):
+    for tool, package in (("ip", "iproute2"), ("tc", "iproute2"), ("nsenter", "util-linux")):
         if shutil.which(tool) is None:
-            return f"no `{tool}` (iproute2)"
+            return f"no `{tool}` ({package})"
     if not (CGROUP_CPU / "cgroup.procs").is_file():
         return f"no cgroup-v1 cpu controller at {CGROUP_CPU}"
     probe = subprocess.run(["ip", "netns", "add", f"edgesdk-probe-{os.getpid()}"],
@@ -158,11 +163,16 @@ def _set_quota(group: Path, cpu_quota: float | None) -> None:
         (group / "cpu.cfs_quota_us").write_text(str(MIN_QUOTA_US))
 
 
-def _in_group(group: Path, argv: Sequence[str]) -> list[str]:
-    """argv run by a shell that first joins cgroup `group` (before exec: `ip netns exec`
-    remounts /sys, hiding the cgroup tree)."""
+def _in_netns(netns: str, argv: Sequence[str]) -> list[str]:
+    """argv run in network namespace `netns`. `nsenter --net` leaves /sys as it is (`ip
+    netns exec` remounts it, hiding the cgroup tree from the process)."""
+    return ["nsenter", f"--net={NETNS_DIR / netns}", "--", *argv]
+
+
+def _in_group(group: Path, netns: str, argv: Sequence[str]) -> list[str]:
+    """argv run in network namespace `netns` by a shell that first joins cgroup `group`."""
     join = f'echo $$ > {group / "cgroup.procs"} && exec "$@"'
-    return ["sh", "-c", join, "sh", *argv]
+    return ["sh", "-c", join, "sh", *_in_netns(netns, argv)]
 
 
 def _delete(namespaces: Sequence[str], groups: Sequence[Path]) -> None:
@@ -287,8 +297,7 @@ class NamespaceTestbed:
         """Run argv in the device namespace, inside the CPU quota (fraction of one core;
         None, 0 or 1: unthrottled)."""
         self.set_quota(cpu_quota)
-        return subprocess.Popen(_in_group(self.cgroup, ["ip", "netns", "exec",
-                                                        self.device_ns, *argv]), **kw)
+        return subprocess.Popen(_in_group(self.cgroup, self.device_ns, argv), **kw)
 
     def set_quota(self, cpu_quota: float | None) -> None:
         """The device cgroup's CPU quota from now on, also for processes already in it
@@ -298,12 +307,12 @@ class NamespaceTestbed:
     def edge_command(self, argv: Sequence[str]) -> list[str]:
         """argv, to run in the edge namespace and its cgroup (no quota, a high weight: the
         edge server's CPU, whatever else the machine runs)."""
-        return _in_group(self.edge_cgroup, ["ip", "netns", "exec", self.edge_ns, *argv])
+        return _in_group(self.edge_cgroup, self.edge_ns, argv)
 
     def popen_edge(self, argv: Sequence[str], **kw) -> subprocess.Popen:
         """Run argv in the edge namespace, outside the server's cgroup (e.g. other devices'
         load on the server: clients, not the server's CPU)."""
-        return subprocess.Popen(["ip", "netns", "exec", self.edge_ns, *argv], **kw)
+        return subprocess.Popen(_in_netns(self.edge_ns, argv), **kw)
 
     def describe(self) -> dict:
         delay = "not emulated (no sch_netem)"

@@ -87,6 +87,7 @@ from ..policy import (
     plan,
 )
 from ..policy.stream import Speed, StreamController
+from .cpu_quota import QuotaStalls
 from .device import ExitAnswer, LocalRunner
 from .link import DeviceActivity, EdgeLink
 from .plan import Plan, Strategy, Task
@@ -325,6 +326,7 @@ class Engine:
         # tables change (a welcome) and at REST_CACHE_MAX entries
         self._rest_cache: dict[tuple, int] = {}
         self._slowdown = SlowdownEstimator([{"median_ms": m} for m in self._seg_ms])
+        self._stalls = QuotaStalls.of_this_process()
         # The warm-up's timed runs: the first frame's plan (its local-finish reserve above
         # all) already knows this device's speed, not only the profile's
         for i, ms in self.local.warm_ms:
@@ -346,7 +348,7 @@ class Engine:
         self._device_lock = threading.RLock()
         # what this device computes, entered under the lock: its links' bandwidth samples
         # taken meanwhile, if it was starved, waited for the CPU too (see DeviceActivity)
-        self._activity = DeviceActivity(threads)
+        self._activity = DeviceActivity(threads, self._stalls)
         self._async: ThreadPoolExecutor | None = None
         self._welcomes_seen: Any = 0
         self._closed = False
@@ -771,8 +773,11 @@ class Engine:
             local = f.runner  # the speed the frame runs at (its segments' threads)
             version = f.plan.version
             if last == len(self._seg_ms) - 1 and self._runs_whole_file(f):
+                started = self._stalls.start()
                 ms = local.run_whole(f.env)
-                self._slowdown.observe(0, ms * f.speed.speedup, through=last,
+                # with the quota's stalls it caused beyond its timer (see engine.cpu_quota)
+                charged = ms + self._stalls.beyond(started, ms)
+                self._slowdown.observe(0, charged * f.speed.speedup, through=last,
                                        profiled_ms=self._profile.whole_ms)
                 f.device_ms += ms
                 f.next_segment = last + 1
@@ -783,14 +788,16 @@ class Engine:
             # _reprice_exits), unless the segment is too short for one (timer noise)
             timed = f.timed and profiled_ms >= 1e-3 and bool(local.exits_after(i, f.plan.n_exits))
             clock = _exit_clock(f.speed)
+            started = self._stalls.start()  # outside the exits' clock: it may read files
             c = clock() if timed else 0.0
             ms = local.run_segment(i, f.env, version)
             if timed:  # this segment's clock time -> its profiled time: the exits' scale
                 to_reference = profiled_ms / max((clock() - c) * 1e3, 1e-3 * profiled_ms)
+            charged = ms + self._stalls.beyond(started, ms)
             if version == FP32:
-                self._slowdown.observe(i, ms * f.speed.speedup)
+                self._slowdown.observe(i, charged * f.speed.speedup)
             else:  # against the version's own profiled time (not the fp32 segment's)
-                self._slowdown.observe(i, ms * f.speed.speedup, through=i,
+                self._slowdown.observe(i, charged * f.speed.speedup, through=i,
                                        profiled_ms=profiled_ms)
             f.device_ms += ms
             f.next_segment = i + 1
@@ -1032,6 +1039,7 @@ class Engine:
         self._closed = True
         if self._async is not None:
             self._async.shutdown(wait=True)
+        self._stalls.close()
         if self.link is not None:
             self.link.close()  # resolves what is in flight
 

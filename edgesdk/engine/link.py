@@ -51,6 +51,7 @@ from typing import Any, NamedTuple
 from ..errors import ServerBusy, Timeout, TransportError, Unreachable
 from ..estimators import SMALL_MESSAGE_BYTES, LinkEstimator, probe_bytes
 from ..transport import protocol
+from .cpu_quota import QuotaStalls
 
 UP, CONNECTING, CHECKING, DOWN, NOT_SERVED = "up", "connecting", "checking", "down", "not_served"
 MISMATCH = "bundle_mismatch"
@@ -77,21 +78,31 @@ class DeviceActivity:
     (the link's thread, ZeroMQ's, the one that reads the reply), so it bounds the link's
     speed from below instead of measuring it (BandwidthEstimator.observe_transfer, busy).
     With CPU to spare (a Pi's other cores) the transfer is timed true, busy or not.
+    A quota's stalls often land after a section, not in it (a run that overruns the quota
+    between two scheduler ticks is stalled after it): `stalls`, the engine's QuotaStalls,
+    counts those, and a stretch over 1 / STARVED_SHARE is starved too. Without it, a
+    throttled device running PP-LCNet (sections at full speed, ~11 ms of stall after each)
+    counted its probes, stalls included, as clean: a 230 Mbit/s link read as 64 Mbit/s
+    with 6.5 ms per message. (Held as busy, a stalled sample still counts when it beats
+    the model, as small probes did early on: in one run after, 71 Mbit/s and 7.5 ms.)
     Entered by one thread at a time (the engine's device lock), read by the link's."""
 
     STARVED_SHARE = 0.7
     DECAY = 0.8  # per section: the share follows the last few frames
 
-    __slots__ = ("_depth", "_started", "_threads", "_cpu", "_wall", "_t")
+    __slots__ = ("_depth", "_started", "_threads", "_cpu", "_wall", "_t", "_stalls")
 
-    def __init__(self, threads: int = 1) -> None:
+    def __init__(self, threads: int = 1, stalls: QuotaStalls | None = None) -> None:
         self._depth = 0
         self._started = 0
+        self._stalls = stalls
         self._threads = max(int(threads), 1)
         self._cpu = self._wall = 0.0  # decayed sums over the sections
         self._t = (0.0, 0.0)
 
     def __enter__(self) -> DeviceActivity:
+        if self._stalls is not None:
+            self._stalls.stretch()  # kept current where no segment runs (an input cut)
         self._depth += 1
         self._started += 1
         self._t = (time.perf_counter(), time.process_time())
@@ -105,6 +116,8 @@ class DeviceActivity:
 
     @property
     def starved(self) -> bool:
+        if self._stalls is not None and self._stalls.last * self.STARVED_SHARE > 1.0:
+            return True
         return self._cpu < self.STARVED_SHARE * self._threads * self._wall
 
     def mark(self) -> int:
