@@ -66,9 +66,9 @@ class _Clocks:
         self.cpu += cpu_s
         self.thread += cpu_s
 
-    def stalls(self, dirs) -> QuotaStalls:
+    def stalls(self, dirs, cpus: int = 1) -> QuotaStalls:
         return QuotaStalls(dirs, clock=lambda: self.wall, cpu_clock=lambda: self.cpu,
-                           thread_clock=lambda: self.thread)
+                           thread_clock=lambda: self.thread, cpus=cpus)
 
 
 class _V2Group:
@@ -135,19 +135,49 @@ def test_a_stall_inside_the_timer_is_not_counted_twice(tmp_path):
     assert stalls.beyond(started, 7.0) == pytest.approx(5.0)  # it saw 4 of the 9 ms
 
 
-def test_the_group_s_own_cpu_time_and_the_quota_bound_the_stretch(tmp_path):
+def test_a_stall_charged_to_one_run_and_seen_by_the_next_is_taken_off_the_next(tmp_path):
+    clocks, _, stalls = _quarter_core(tmp_path)
+    started = stalls.start()
+    clocks.run(0.003)
+    assert stalls.beyond(started, 3.0) == pytest.approx(9.0)  # charged, not yet seen
+    # the next run, 0.5 ms of CPU, sees that stall in its timer: charged its own 1.5 ms
+    started = stalls.start()
+    clocks.run(0.0005)
+    assert 9.5 + stalls.beyond(started, 9.5) == pytest.approx(0.5 * 4)
+    # a stall that landed between the timers: the one after sees none, owes nothing
+    clocks.wall += 0.012
+    started = stalls.start()
+    clocks.run(0.001)
+    assert stalls.beyond(started, 1.0) == pytest.approx(3.0)
+
+
+def test_a_run_is_charged_for_its_own_thread_s_cpu(tmp_path):
+    # other threads of the process (the link's, ZeroMQ's) ran meanwhile: not this run's
+    clocks, _, stalls = _quarter_core(tmp_path)
+    started = stalls.start()
+    clocks.run(0.002)
+    clocks.cpu += 0.004
+    assert stalls.beyond(started, 2.0) == pytest.approx(6.0)
+
+
+def test_the_group_s_own_cpu_time_decides_and_its_cpus_bound_the_stretch(tmp_path):
     clocks = _Clocks()
     group = _V2Group(tmp_path / "g", usage=True)
-    stalls = clocks.stalls([group.dir])
+    stalls = clocks.stalls([group.dir], cpus=2)
     # the group (other processes too) used 40 ms, stalled 60: this process's 20 ms of CPU
     # does not decide
     clocks.cpu, clocks.wall = 0.020, 0.100
     group.set(0.060, used_s=0.040)
     assert stalls.stretch() == pytest.approx(2.5)
-    # two threads stalled at once count twice in the kernel's sum: at most period / quota
+    # two threads under a quarter core, both stalled: each waits 8x its CPU (the kernel
+    # sums per CPU: 240 ms stalled for 40 ms run more)
     clocks.wall += READ_GAP_S
-    group.set(0.360, used_s=0.080)
-    assert stalls.stretch() == pytest.approx(4.0)
+    group.set(0.300, used_s=0.080)
+    assert stalls.stretch() == pytest.approx(1.0 + 0.300 / 0.080)
+    # never more than all 2 CPUs stalled at once: 2 / 0.25
+    clocks.wall += READ_GAP_S
+    group.set(0.700, used_s=0.081)
+    assert stalls.stretch() == pytest.approx(8.0)
 
 
 def test_the_most_stretching_of_the_groups_decides_and_one_without_a_quota_none(tmp_path):
@@ -234,16 +264,19 @@ with Engine(digits_bundle(), strategy="device", threads=1) as engine:
 @pytest.mark.skipif(NETNS is not None, reason=f"no testbed here: {NETNS}")
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_the_engine_sees_the_quota_it_runs_under():
+def test_the_engine_sees_the_quota_it_runs_under(tmp_path):
     # The digits model's runs take ~0.1 ms of a ~0.4 ms frame: the quota's stalls land
     # mostly outside them. Timed alone, the throttled device looked 2x slower than a free
     # one, not the quota's 4x.
     with NamespaceTestbed() as tb:
         def slowdown(quota):
-            p = tb.popen_device([sys.executable, "-c", PROBE], cpu_quota=quota,
-                                stdout=subprocess.PIPE, text=True)
-            out = json.loads(p.communicate(timeout=90)[0])
-            assert p.returncode == 0 and out["frames"] > 100, out
+            # run outside the source tree: the installed package (its native extension)
+            p = tb.popen_device([sys.executable, "-c", PROBE], cpu_quota=quota, cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout, stderr = p.communicate(timeout=90)
+            assert p.returncode == 0, stderr
+            out = json.loads(stdout)
+            assert out["frames"] > 100, out
             return out["slowdown"]
 
         free, throttled = slowdown(None), slowdown(0.25)

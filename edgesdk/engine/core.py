@@ -1039,7 +1039,8 @@ class Engine:
         self._closed = True
         if self._async is not None:
             self._async.shutdown(wait=True)
-        self._stalls.close()
+        with self._device_lock:  # not while a frame reads the group's files
+            self._stalls.close()
         if self.link is not None:
             self.link.close()  # resolves what is in flight
 

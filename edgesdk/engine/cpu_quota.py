@@ -10,14 +10,16 @@ at 0.9-1.3 while its frames took 4.2-5.6x the profile, and the planner never off
 
 The kernel counts those stalls: cpu.stat's throttled time (cgroup v2 ``throttled_usec``,
 v1 ``throttled_time`` in ns). `QuotaStalls.stretch` turns them into the wall time that one
-millisecond of CPU costs lately: 1 + throttled time / the group's CPU time, over the last
-STRETCH_WINDOW_S, at most period / quota (the kernel adds the throttled time of every CPU,
-so two threads stalled at once count twice). A run is then charged its wall time plus the
-stall its CPU time caused, cpu x (stretch - 1), less the stall that already fell inside its
-timer (the time its thread was off the CPU there), so a stall counts once wherever it
-lands. Where no quota binds (no cgroup, no quota, a process that stays under it) the
-stretch is exactly 1 and a run costs its wall time, as before: a whole-frame wall clock
-would instead charge every run for the Python around it.
+millisecond of a thread's CPU costs lately: 1 + throttled time / the group's CPU time, over
+the last STRETCH_WINDOW_S or so. The kernel sums both per CPU, so with D of the group's
+threads running at once under a quota of q cores the stretch is D / q, what each of them
+sees. (Where the group's own CPU time is not readable, v1 without cpuacct beside cpu, this
+process's stands in for it.) A run is then charged its wall time plus the stall its
+thread's CPU time caused, cpu x (stretch - 1), less the stall its timer saw (the time its
+thread was off the CPU there) beyond what an earlier run was already charged for: a stall
+counts once wherever it lands. Where no quota binds (no cgroup, no quota, a process that
+stays under it) the stretch is exactly 1 and a run costs its wall time, as before: a
+whole-frame wall clock would instead charge every run for the Python around it.
 
 The quota may sit on the process's own group or on an ancestor (a Kubernetes pod's limit
 above its container's group) as far as this process sees the hierarchy (a container sees
@@ -29,6 +31,7 @@ another group later keeps reading the first one's.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -44,6 +47,7 @@ STRETCH_WINDOW_S = 1.0  # spans whole quota periods (Docker's default is 100 ms)
 READ_GAP_S = 0.02  # how often the counters are read while a group has a quota
 IDLE_READ_GAP_S = 0.5  # ... and while none has (the common case: a device without one)
 MIN_CPU_S = 1e-3  # below this much CPU in the window, the stretch says nothing: 1
+OWED_GRACE_S = 0.1  # a charged stall not seen by a timer within its length and this: gone
 _FIELDS = {"throttled_usec": ("throttled", 1e-6), "throttled_time": ("throttled", 1e-9),
            "usage_usec": ("usage", 1e-6)}  # cpu.stat fields kept, in seconds
 _OCTAL = re.compile(r"\\([0-7]{3})")
@@ -136,7 +140,8 @@ def _close_all(groups: list[_Group]) -> None:
     for g in groups:
         for fd in (g.stat, g.quota, g.period, g.usage):
             if fd is not None:
-                os.close(fd)
+                with contextlib.suppress(OSError):  # closed under us (closerange, say)
+                    os.close(fd)
     groups.clear()
 
 
@@ -145,7 +150,7 @@ def _read(fd: int) -> str:
 
 
 def _sample(g: _Group) -> tuple[float, float | None, float | None]:
-    """(throttled s, the group's CPU s or None, period / quota or None without a quota).
+    """(throttled s, the group's CPU s or None, the quota in cores or None without one).
     Raises OSError or ValueError if the group went away or reads oddly."""
     got: dict[str, float] = {}
     for line in _read(g.stat).splitlines():
@@ -157,11 +162,11 @@ def _sample(g: _Group) -> tuple[float, float | None, float | None]:
         quota, period = _read(g.quota).split()[:2]
     else:
         quota, period = _read(g.quota).strip(), _read(g.period).strip()
-    cap = None if quota in ("max", "-1") else int(period) / max(int(quota), 1)
+    cores = None if quota in ("max", "-1") else int(quota) / max(int(period), 1)
     usage = got.get("usage")
     if g.usage is not None:
         usage = int(_read(g.usage)) * 1e-9
-    return got.get("throttled", 0.0), usage, cap
+    return got.get("throttled", 0.0), usage, cores
 
 
 class QuotaStalls:
@@ -175,15 +180,24 @@ class QuotaStalls:
     """
 
     def __init__(self, dirs: Sequence[Path], *, clock=time.monotonic,
-                 cpu_clock=time.process_time, thread_clock=time.thread_time) -> None:
+                 cpu_clock=time.process_time, thread_clock=time.thread_time,
+                 cpus: int | None = None) -> None:
         """dirs: cgroup directories (see cpu_group_dirs); none readable: no run is ever
         charged more. clock, cpu_clock, thread_clock: wall, this process's and this
-        thread's CPU time."""
+        thread's CPU time. cpus: the CPUs this process may run on (default: its affinity),
+        which bound how many of its threads a quota can stall at once."""
+        if cpus is None:
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+                os.cpu_count() or 1)
+        self._cpus = max(int(cpus), 1)
+        self._owed_ms, self._owed_until = 0.0, -float("inf")  # see beyond()
         self._groups = [g for g in map(_open_group, dirs) if g is not None]
         # closed by close(), or when the engine is dropped without it
         self._close = weakref.finalize(self, _close_all, self._groups)
         self._clock, self._cpu, self._thread = clock, cpu_clock, thread_clock
-        # (wall, process CPU, each group's sample) READ_GAP_S or more apart
+        # (wall, process CPU, each group's sample) READ_GAP_S or more apart, over about
+        # STRETCH_WINDOW_S (at most twice that: after an idle spell, the first read of the
+        # new one spans no CPU and says 1)
         self._samples: deque[tuple[float, float, list]] = deque()
         self._stretch = 1.0
         self._gap = IDLE_READ_GAP_S
@@ -193,10 +207,10 @@ class QuotaStalls:
     @classmethod
     def of_this_process(cls) -> QuotaStalls:
         """Stalls of the groups this process is in (Linux); elsewhere, none."""
-        try:
-            dirs = cpu_group_dirs(Path("/proc/self/cgroup").read_text(),
-                                  Path("/proc/self/mountinfo").read_text())
-        except OSError:
+        try:  # paths are bytes to the kernel (a mount point may not be UTF-8)
+            dirs = cpu_group_dirs(os.fsdecode(Path("/proc/self/cgroup").read_bytes()),
+                                  os.fsdecode(Path("/proc/self/mountinfo").read_bytes()))
+        except (OSError, ValueError):
             dirs = []
         return cls(dirs)
 
@@ -215,17 +229,20 @@ class QuotaStalls:
         cpu = self._cpu()
         samples = self._samples
         samples.append((now, cpu, groups))
-        while len(samples) > 2 and now - samples[1][0] >= STRETCH_WINDOW_S:
+        while len(samples) > 1 and (now - samples[1][0] >= STRETCH_WINDOW_S
+                                    or now - samples[0][0] > 2 * STRETCH_WINDOW_S):
             samples.popleft()
-        self._gap = READ_GAP_S if any(cap for _, _, cap in groups) else IDLE_READ_GAP_S
+        self._gap = READ_GAP_S if any(cores for _, _, cores in groups) else IDLE_READ_GAP_S
         _, cpu0, groups0 = samples[0]
         stretch = 1.0
-        for (thr, use, cap), (thr0, use0, _) in zip(groups, groups0):
-            if cap is None:  # no quota (now): this group throttles nothing
+        for (thr, use, cores), (thr0, use0, _) in zip(groups, groups0):
+            if cores is None:  # no quota (now): this group throttles nothing
                 continue
             used = use - use0 if use is not None and use0 is not None else cpu - cpu0
             if used >= MIN_CPU_S:
-                stretch = max(stretch, 1.0 + min(max(thr - thr0, 0.0) / used, cap - 1.0))
+                # at most all of this process's CPUs stalled at once, beyond the quota
+                most = self._cpus / max(cores, 1e-6) - 1.0
+                stretch = max(stretch, 1.0 + min(max(thr - thr0, 0.0) / used, most))
         return stretch
 
     def stretch(self) -> float:
@@ -242,19 +259,29 @@ class QuotaStalls:
         """The stretch as last read: no file read, so another thread may ask (the link's)."""
         return self._stretch
 
-    def start(self) -> tuple[float, float] | None:
-        """Before a run: its CPU clocks (process, thread), or None where no quota stalled
-        this process lately (the run is then charged its wall time, and costs no more)."""
+    def start(self) -> float | None:
+        """Before a run on this thread: its CPU clock, or None where no quota stalled this
+        process lately (the run is then charged its wall time, and costs no more)."""
         if self.stretch() <= 1.0:
             return None
-        return self._cpu(), self._thread()
+        return self._thread()
 
-    def beyond(self, started: tuple[float, float] | None, wall_ms: float) -> float:
-        """The stall a run begun at `started` caused that its timer (`wall_ms`) did not
-        see: its CPU's share of the window's stalls, cpu x (stretch - 1), less the time
-        its thread was off the CPU within the timer (a stall that landed inside it)."""
+    def beyond(self, started: float | None, wall_ms: float) -> float:
+        """What to add to the wall time (`wall_ms`) of a run begun at `started`, so that it
+        carries the stall its CPU caused, once.
+
+        The run's stall: its thread's CPU x (stretch - 1). Its timer saw the time the
+        thread was off the CPU; of that, up to what the previous run was charged beyond
+        its own timer (and within that stall's time since) was that run's stall, landing
+        here: it is taken off this run. The rest was this run's own, and the charge is
+        what remains of its stall beyond it (>= 0). Intra-op threads of the same run are
+        stalled alongside this one, so the calling thread's CPU is the run's measure."""
         if started is None:
             return 0.0
-        cpu_ms = (self._cpu() - started[0]) * 1e3
-        off_ms = max(wall_ms - (self._thread() - started[1]) * 1e3, 0.0)
-        return max(cpu_ms * (self._stretch - 1.0) - off_ms, 0.0)
+        cpu_ms = (self._thread() - started) * 1e3
+        off_ms = max(wall_ms - cpu_ms, 0.0)
+        now = self._clock()
+        paid = min(off_ms, self._owed_ms) if now <= self._owed_until else 0.0
+        own = max(cpu_ms * (self._stretch - 1.0) - (off_ms - paid), 0.0)
+        self._owed_ms, self._owed_until = own, now + own / 1e3 + OWED_GRACE_S
+        return own - paid
