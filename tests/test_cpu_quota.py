@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgesdk.bench.netem import NamespaceTestbed, unavailable_reason
@@ -252,7 +253,7 @@ from edgesdk.engine import Engine
 from edgesdk.models import digits_bundle, load_digits_test
 x = load_digits_test()[0][:16].astype(np.float32)
 with Engine(digits_bundle(), strategy="device", threads=1) as engine:
-    end = time.monotonic() + 3.0
+    end = time.monotonic() + 2.0
     i = 0
     while time.monotonic() < end:
         engine.infer(x[i % len(x)])
@@ -279,5 +280,8 @@ def test_the_engine_sees_the_quota_it_runs_under(tmp_path):
             assert out["frames"] > 100, out
             return out["slowdown"]
 
-        free, throttled = slowdown(None), slowdown(0.25)
-    assert 2.8 < throttled / free < 8.0, (free, throttled)
+        # in alternation, three times: this shared machine's load moves a single pair
+        # (free 0.73-1.33 with throttled 3.3-6.6 in six pairs while a test suite ran)
+        pairs = [(slowdown(None), slowdown(0.25)) for _ in range(3)]
+    ratio = float(np.median([throttled / free for free, throttled in pairs]))
+    assert 2.8 < ratio < 8.0, pairs

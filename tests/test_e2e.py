@@ -46,7 +46,8 @@ def test_timeline_lays_scenarios_end_to_end_and_attributes_time():
     assert tl.rate_events() == [(0.0, 50.0), (3.0, 2.0), (4.0, 50.0), (5.0, 10.0),
                                 (7.5, 4.0), (8.5, 8.0), (9.5, 4.0)]
     assert tl.rate_at(8.7) == 8.0 and tl.rate_at(5.1) == 10.0
-    assert tl.rates_every(2.5)[:3] == [50.0, 50.0, 10.0]
+    # the chunks the strategies take turns on: each scenario, its settling included
+    assert tl.spans() == [(0.0, 2.0), (2.0, 5.0), (5.0, 7.5), (7.5, 10.5)]
 
 
 def test_default_timeline_has_the_issue_scenarios_and_a_load_window():
@@ -125,6 +126,62 @@ def test_best_fixed_split_holds_fidelity_and_ratios_are_taken_against_it():
     assert not policy["met"]  # 0.92x, above the 0.8x target, and one more SLO violation
 
 
+def _phased(spec, where="edge"):
+    """Frames run back to back through phases of 1 s: spec = [(phase, ms), ...]."""
+    out = []
+    for phase, ms in spec:
+        out += [{**f, "phase": phase} for f in _frames([ms] * round(1000 / ms), where=where)]
+    return out
+
+
+STEP = Timeline.build([Scenario("step", "non-stationary", (
+    Phase("before", 1.0), Phase("low", 1.0, 2.0), Phase("after", 1.0)))])
+
+
+def _step_frames(**more):
+    """device-only at 50 ms throughout, edge-only at 20 ms but 100 in the low phase, the
+    planner switching at once, and `more` strategies (name: [(phase, ms), ...])."""
+    return {"device-only": _phased([("before", 50.0), ("low", 50.0), ("after", 50.0)],
+                                   "device"),
+            "edge-only": _phased([("before", 20.0), ("low", 100.0), ("after", 20.0)]),
+            "planner": _phased([("before", 20.0), ("low", 50.0), ("after", 20.0)]),
+            **{k: _phased(v, "device" if k == e2e.REPEAT else "edge")
+               for k, v in more.items()}}
+
+
+def test_the_phase_oracle_switches_fixed_plans_with_hindsight_and_ranks_adaptive_ones():
+    frames = _step_frames(**{  # switching late, or the wrong way round
+        "planner-static": [("before", 20.0), ("low", 80.0), ("after", 20.0)],
+        "policy": [("before", 50.0), ("low", 100.0), ("after", 50.0)]})
+    row = e2e.scenario_stats(frames, slo_ms=200.0)
+    oracle = row[e2e.ORACLE]
+    assert oracle["picks"] == {"before": "edge-only", "low": "device-only",
+                               "after": "edge-only"}
+    # 50 + 20 + 50 frames of 20, 50 and 20 ms: each phase weighed by its duration
+    assert oracle["frames"] == 120 and oracle["mean_ms"] == pytest.approx(3000 / 120)
+    model = {"scenarios": {"step": row}}
+    e2e.compare(model, STEP)
+    assert model["best_fixed"]["step"] == "edge-only"  # 3000 ms over 110 frames
+    assert oracle["ceiling_ratio"] == pytest.approx((3000 / 120) / (3000 / 110))
+    gap = {k: row[k]["vs_best_fixed"]["gap_closed"]
+           for k in ("planner", "planner-static", "policy")}
+    assert gap["planner"] == pytest.approx(1.0)  # the oracle's plans, so all of its gain
+    assert 0 < gap["planner-static"] < 1 and gap["policy"] < 0
+    assert "gap +1.00" in e2e._versus("planner", row["planner"], "edge-only")
+    assert e2e._versus(e2e.ORACLE, oracle, "edge-only") == "ceiling 0.92x"
+
+
+def test_a_gap_within_the_runs_noise_is_not_reported():
+    # device-only again, 10 % slower: the oracle's 8 % is within that noise
+    frames = _step_frames(**{e2e.REPEAT: [("before", 55.0), ("low", 55.0), ("after", 55.0)]})
+    row = e2e.scenario_stats(frames, slo_ms=200.0)
+    e2e.compare({"scenarios": {"step": row}}, STEP)
+    assert row[e2e.REPEAT]["noise_ratio"] == pytest.approx(1.1, rel=0.01)
+    assert row["planner"]["vs_best_fixed"]["gap_closed"] is None
+    assert e2e.ORACLE not in e2e.scenario_stats(  # one phase: the best fixed split itself
+        {k: [{**f, "phase": "steady"} for f in v] for k, v in frames.items()}, 200.0)
+
+
 def test_the_benchmark_refuses_a_numpy_codec_it_was_not_asked_for(monkeypatch):
     import edgesdk.codec
 
@@ -164,6 +221,46 @@ def test_a_strategy_runs_through_the_timeline_on_the_loopback_testbed(tmp_path):
     assert max(fr["t"] for fr in frames) <= timeline.seconds  # t is rounded to 0.1 ms
     assert np.mean([fr["agree"] for fr in frames]) >= 0.9
     json.dumps(frames)  # a recording is plain JSON
+
+
+@pytest.mark.slow
+def test_strategies_take_turns_scenario_by_scenario_in_alternating_order(tmp_path):
+    from e2e_helpers import digits_built
+
+    from edgesdk.bench.netem import LoopbackTestbed
+    from edgesdk.server import ServerProcess
+
+    built = digits_built(tmp_path)
+    timeline = Timeline.build([
+        Scenario("fast", "stationary", (Phase("steady", 0.6, 50.0),)),
+        Scenario("slow", "stationary", (Phase("steady", 0.6, 0.1),), settle_s=0.3),
+        Scenario("fast again", "stationary", (Phase("steady", 0.6, 50.0),))])
+    with LoopbackTestbed("test") as tb, ServerProcess.serve([built.bundle]) as server:
+        runner = e2e.Runner(tb, server.endpoint, timeline, cpu_quota=None)
+        runs = [runner.start(built, "device", 200.0, name="a"),
+                runner.start(built, "edge", 200.0, name="b")]
+        failed: dict = {}
+        runner.run_chunks(built, runs, warmup_s=0.3, failed=failed)
+    assert not failed and all(r.proc.returncode == 0 for r in runs)  # asked to quit
+    a, b = (r.result() for r in runs)
+    spans = timeline.spans()
+    assert np.allclose(spans, [(0.0, 0.6), (0.6, 1.5), (1.5, 2.1)])
+    for res in (a, b):
+        chunks = res["end"]["chunks"]
+        assert [c["offset"] for c in chunks] == [a for a, _ in spans]
+        assert res["end"]["warmup_frames"] >= 3 * len(chunks)  # every chunk warmed up
+        for (lo, hi) in spans:  # each chunk's frames carry timeline time
+            assert sum(lo <= f["t"] < hi for f in res["records"]) >= 3
+    # forward, backward, forward: a's chunks start before b's in chunks 0 and 2 only
+    order = [ra < rb for ra, rb in zip(runs[0].starts, runs[1].starts)]
+    assert order == [True, False, True]
+    assert {f["where"] for f in a["records"]} <= {"device", "exit"}  # never sent
+    # each chunk's frames see its rate, from its warm-up on: at 0.1 Mbit/s the link is
+    # too slow for the offloads' budget and frames finish here; at 50 they are offloaded
+    slow = [f for f in b["records"] if 0.9 <= f["t"] < 1.5]
+    fast = [f for f in b["records"] if f["t"] < 0.6 or f["t"] >= 1.5]
+    assert np.mean([f["where"] == "edge" for f in fast]) > 0.9
+    assert np.mean([f["where"] == "edge" for f in slow]) < 0.5
 
 
 def test_a_recording_summarizes_to_the_report_statistics(tmp_path):

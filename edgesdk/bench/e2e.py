@@ -20,7 +20,13 @@ Timeline (edgesdk.bench.e2e_scenarios): 50 Mbit/s; a step 50 -> 2 -> 50 Mbit/s; 
 outage; a server-load spike (other devices' processes hammer the server); a window of a
 real uplink trace from ../shared/traces/test (scaled, read in place); 10 Mbit/s.
 
-Strategies, each one device process through the whole timeline:
+Strategies, each one device process through the whole timeline, set up before the
+timeline starts and then taking turns with the others scenario by scenario (forward order
+in even scenarios, backward in odd ones; stopped with SIGSTOP while the others run, and
+warmed up for WARMUP_S at the scenario's first rate before its turn). This shared machine's
+speed drifts over minutes (two runs of the same plan 4 min apart differed by up to 1.5x
+when each strategy ran the whole timeline in one go); in turns, a drift falls on every
+strategy alike:
 - device-only: every exit, then the whole model here;
 - edge-only: the input at the fewest bits that keep fidelity;
 - fixed:<plan>: fixed candidates (at most --max-fixed): at each rate of the timeline, the
@@ -32,9 +38,10 @@ Strategies, each one device process through the whole timeline:
   exploring offloads are worth in the same run; planner-energy (on request): the planner
   with an energy price (ENERGY_WEIGHT, Engine(energy_weight=...)); every strategy's frames
   carry the Engine's energy estimate (POWER's model), reported as mJ per frame;
-- device-only/repeat, last (not in --smoke): device-only again, never a baseline: its
-  ratio to the first run of the same plan (``noise_ratio``, "noise" in the table) is this
-  machine's run-to-run noise, which every other ratio of the run carries too.
+- device-only/repeat, at the other end of the order from device-only (not in --smoke):
+  device-only again, never a baseline: its ratio to the first run of the same plan
+  (``noise_ratio``, "noise" in the table) is this machine's run-to-run noise, which every
+  other ratio of the run carries too.
 The hindsight-best fixed split of a scenario is the fixed strategy (device-only,
 edge-only or fixed:*) with the lowest mean latency on that scenario's frames in this run,
 among those whose agreement with fp32 there is >= 99 % within chance (holds_fidelity).
@@ -62,15 +69,18 @@ for calibrating the policy simulator against the real loop. ``type`` says which:
   in a chain run under the quota, for at least --profile-runs runs and 3 s: the device's
   time distribution with its jitter).
 - ``run``: one per (model, strategy): ``strategy``, ``engine_strategy`` (what the device
-  process was given), ``start_at`` (time.time() of t = 0), ``late_s``, ``warmup_frames``,
-  ``link_end`` (the engine's final estimates), ``load_stats`` (the load processes'
-  summaries: requests, ok, busy, failed; round_trip_ms, queue_ms, server_ms as mean, p50,
-  p95 of their replies: the queueing under load, which a device whose offloads all time
-  out never observes).
+  process was given), ``start_at`` (time.time() of t = 0 in its first turn), ``late_s``
+  (the worst of its turns), ``warmup_frames`` (all turns), ``link_end`` (the engine's
+  estimates at the end of its last turn), ``chunks`` (per turn: ``offset``, the timeline
+  time it started at, ``frames``, ``warmup_frames``, ``late_s``, ``link``),
+  ``load_stats`` (the load processes' summaries: requests, ok, busy, failed;
+  round_trip_ms, queue_ms, server_ms as mean, p50, p95 of their replies: the queueing
+  under load, which a device whose offloads all time out never observes).
 - ``frame``: one per frame: ``model``, ``strategy``, ``scenario``, ``phase`` ("settle"
   before a scenario's counted part), ``t`` (s since the timeline's start), ``t_scenario``,
   ``link_mbps`` (the shaped rate at the frame's start: ground truth), ``load`` (spike on),
-  ``i``, ``input`` (index into the frames file); the decision ``plan`` (Result.plan),
+  ``i`` (the process's frame count, over its turns), ``input`` (index into the frames
+  file); the decision ``plan`` (Result.plan),
   ``n_exits``, ``cut``, ``bits``, ``zstd``; ``sent_cut``/``sent_bits`` (None when nothing
   was sent); ``state``: the estimator state the engine planned with (edgesdk.policy.State
   fields: bw_mbps, bw_std, bw_history, rtt_ms, queue_ms, device_slowdown, server_slowdown,
@@ -86,19 +96,24 @@ for calibrating the policy simulator against the real loop. ``type`` says which:
 
 ``summarize_recording(path)`` gives back the per (model, scenario, strategy) statistics.
 
-Run time on this 2-core machine (shared with other work): the full run 8.0 minutes from an
-empty work directory (of which 1 minute builds the bundles, cached there for later runs);
-``--smoke`` 1.4 minutes from empty (36 s of build).
+Run time on this 2-core machine (shared with other work): the full run 9.4 minutes with
+its bundles built (building them takes about 1 minute more, once: they are cached in the
+work directory); ``--smoke`` 0.8 minutes (36 s more to build).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import select
+import signal
 import subprocess
+import tempfile
 import time
-from dataclasses import asdict, is_dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,12 +132,22 @@ from .netem import check_quota, open_testbed
 # and the benchmark measured the fallback rule rather than the decisions.
 SLO_FACTOR = 2.0
 PROFILE_S = 3.0  # the device's segment times under the quota: at least this long
+# Frames before each turn (at the chunk's first rate), so that its first counted frames
+# are decided with estimates of the link it runs on. The process was stopped meanwhile,
+# for longer than the server's ZMTP heartbeat timeout (6 s): the server has dropped its
+# connection, and the first offloads after the resume are lost and re-checked. With 0.5 s
+# of warm-up, 8-18 % of adaptive frames fell back ("checking") in the first 0.5 s of a
+# turn against 2-3 % later; with 1.0 s, 0-2 % against 2-3 %.
+WARMUP_S = 1.0
 ADAPTIVE = ("planner", "policy", "planner-static", "planner-energy")
 
 # device-only once more, last: not a baseline (never the best fixed split) but the run-to-run
 # noise of this machine, as the ratio of two runs of the same plan through the same timeline
 REPEAT = "device-only/repeat"
 TARGET_STATIONARY, TARGET_NONSTATIONARY = 1.05, 0.8
+# The real loop's oracle among the plans run: with hindsight, each phase of a scenario run
+# with the fixed strategy that was fastest there (scenario_stats)
+ORACLE = "oracle/phase"
 
 
 class BackendMismatch(RuntimeError):
@@ -152,9 +177,39 @@ def check_backend(allow_numpy: bool = False) -> str:
 # -- the device runs --------------------------------------------------------------------------
 
 
+@dataclass
+class DeviceRun:
+    """One strategy's device process: set up once, then run chunk by chunk of the timeline
+    (stopped with SIGSTOP in between, so the strategies take turns on the same link and
+    CPU quota); what it has recorded so far."""
+
+    name: str  # the strategy's name in the report
+    proc: subprocess.Popen
+    lines: _Lines
+    profile: list | None = None
+    frames: list = field(default_factory=list)
+    ends: list = field(default_factory=list)
+    load: list = field(default_factory=list)
+    starts: list = field(default_factory=list)  # time.time() at each turn's start
+
+    def result(self) -> dict:
+        """{"records", "profile", "end", "load", "start_at"}: the run's frames and, per
+        chunk, summed (warm-up frames) or worst (lateness); the link as the last chunk
+        left it."""
+        end = {"frames": len(self.frames), "chunks": self.ends,
+               "warmup_frames": sum(e.get("warmup_frames", 0) for e in self.ends),
+               "late_s": max((e.get("late_s", 0.0) for e in self.ends), default=0.0),
+               "link": self.ends[-1].get("link") if self.ends else None}
+        return {"records": self.frames, "profile": self.profile, "end": end,
+                "load": self.load, "start_at": self.starts[0] if self.starts else None}
+
+
 class Runner:
-    """Runs one strategy through the timeline: the device process in its namespace and
-    cgroup (set up unthrottled, then throttled), the link schedule and the load spike."""
+    """Runs strategies through the timeline: each strategy's device process in the device
+    namespace and cgroup (set up unthrottled, then throttled), the link schedule and the
+    load spike. The strategies take turns chunk by chunk (a scenario each), in alternating
+    order, so that a drift of this shared machine's speed over the minutes of a run falls
+    on every strategy alike rather than on whichever ran last."""
 
     def __init__(self, testbed, endpoint: str, timeline: Timeline, cpu_quota: float | None,
                  *, task: str = "balanced", load_clients: int = 2, load_concurrency: int = 4,
@@ -166,67 +221,138 @@ class Runner:
         self.backend: str | None = None
 
     def run(self, built: Built, strategy: str, slo_ms: float, *, profile_runs: int = 0,
-            load_bits: int = 16, warmup_s: float = 1.5) -> dict:
-        """{"records": frame records, "profile": segment ms or None, "end": ..., "load":
-        [...]} of one device process through the whole timeline."""
+            load_bits: int = 16, warmup_s: float = WARMUP_S) -> dict:
+        """One strategy through the whole timeline (see DeviceRun.result)."""
+        run = self.start(built, strategy, slo_ms, profile_runs=profile_runs)
+        self.run_chunks(built, [run], load_bits=load_bits, warmup_s=warmup_s)
+        return run.result()
+
+    def start(self, built: Built, strategy: str, slo_ms: float, *, profile_runs: int = 0,
+              name: str | None = None) -> DeviceRun:
+        """The device process of `strategy` (named `name` in the report, default
+        `strategy`), set up unthrottled (and, with profile_runs, profiled under the quota),
+        then stopped until its first chunk."""
         from ..server import module_command
 
-        tl = self.timeline
         argv = module_command(
             "edgesdk", "bench", "e2e-device", "--bundle", str(built.bundle), "--server",
             self.endpoint, "--strategy", strategy, "--slo-ms", f"{slo_ms:g}", "--task",
             self.task, "--inputs", str(built.frames), "--answer", built.spec.answer,
-            "--seconds", f"{tl.seconds:g}", "--device", built.device, "--wait-go")
+            "--seconds", f"{self.timeline.seconds:g}", "--device", built.device,
+            "--wait-go")
         self.tb.set_quota(None)
-        self.tb.set_rate(tl.rate_at(0.0))
+        self.tb.set_rate(self.timeline.rate_at(0.0))
+        # stderr to a file: a process that lives through many chunks must never block on a
+        # full pipe nobody reads until the end
+        err = tempfile.TemporaryFile()  # noqa: SIM115 (the run's: closed by stop())
         proc = self.tb.popen_device(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
-        hammers: list[subprocess.Popen] = []
+                                    stderr=err)
+        run = DeviceRun(name or strategy, proc, _Lines(proc, err))
         try:
-            ready = _read_json_line(proc, timeout=90)
+            ready = run.lines.next(timeout=90)
             if self.backend and ready.get("codec_backend") != self.backend:
                 raise BackendMismatch(f"the device process runs the {ready.get('codec_backend')}"
                                       f" codec, this process the {self.backend} one")
-            self.tb.set_quota(self.cpu_quota)
-            profile = None
             if profile_runs:
+                self.tb.set_quota(self.cpu_quota)
                 _send(proc, {"profile_runs": profile_runs, "profile_s": PROFILE_S})
-                profile = _read_json_line(proc, timeout=300)["segment_ms"]
-            start_at = time.time() + warmup_s
-            events = tl.rate_events()
-            self.tb.schedule([(start_at + t, _bind(self.tb.set_rate, r)) for t, r in events])
-            shape = self.tb.shape_spec(tl.rates_every(0.25), start_at, 4.0)
-            for a, b in tl.load_windows():
-                for _ in range(self.load_clients):
-                    hammers.append(self._hammer(built, load_bits, start_at + a, start_at + b))
-            _send(proc, {"start_at": start_at, "shape": shape})
-            out, err = proc.communicate(timeout=warmup_s + tl.seconds + 90)
-        except BaseException:  # a timeout, Ctrl-C, SIGTERM: nothing may outlive the run
-            proc.kill()
-            proc.communicate()
+                run.profile = run.lines.next(timeout=300)["segment_ms"]
+                self.tb.set_quota(None)
+            os.kill(proc.pid, signal.SIGSTOP)
+        except BaseException:
+            self.stop(run)
             raise
+        return run
+
+    def run_chunks(self, built: Built, runs: list[DeviceRun], *, load_bits: int = 16,
+                   warmup_s: float = WARMUP_S, failed: dict[str, str] | None = None) -> None:
+        """Every chunk of the timeline through every run (forward order in even chunks,
+        backward in odd ones), then the processes are ended. A run whose process fails is
+        dropped from the chunks after, with its reason in `failed` (re-raised when None)."""
+        live = list(runs)
+        try:
+            self.tb.set_quota(self.cpu_quota)
+            for j, (a, b) in enumerate(self.timeline.spans()):
+                for run in (list(live) if j % 2 == 0 else live[::-1]):
+                    try:
+                        self._chunk(built, run, a, b, load_bits, warmup_s)
+                    except RuntimeError as exc:
+                        if failed is None:
+                            raise
+                        failed[run.name] = str(exc).strip().splitlines()[-1][:300]
+                        self.log(f"  {built.spec.name}: {run.name} FAILED: "
+                                 f"{failed[run.name]}")
+                        self.stop(run)
+                        live.remove(run)
+        finally:
+            self.tb.set_quota(None)
+            for run in runs:
+                self.stop(run)
+
+    def _chunk(self, built: Built, run: DeviceRun, a: float, b: float, load_bits: int,
+               warmup_s: float) -> None:
+        """The timeline's [a, b) through `run`: the link at the rate of `a` for the warm-up,
+        its changes from the chunk's start on, the load windows inside it."""
+        tl = self.timeline
+        hammers: list[subprocess.Popen] = []
+        try:
+            self.tb.set_rate(tl.rate_at(a))
+            start_at = time.time() + warmup_s
+            self.tb.schedule([(start_at + t - a, _bind(self.tb.set_rate, r))
+                              for t, r in tl.rate_events() if a < t < b])
+            step = 0.25  # the loopback shaper's rates, from the chunk's start
+            rates = [tl.rate_at(a + k * step) for k in range(math.ceil((b - a) / step) + 1)]
+            shape = self.tb.shape_spec(rates, start_at, 1 / step)
+            for wa, wb in tl.load_windows():
+                for _ in range(self.load_clients if wa < b and wb > a else 0):
+                    hammers.append(self._hammer(built, load_bits, start_at + max(wa, a) - a,
+                                                start_at + min(wb, b) - a))
+            _send(run.proc, {"start_at": start_at, "shape": shape, "offset": a,
+                             "seconds": b - a})
+            os.kill(run.proc.pid, signal.SIGCONT)
+            run.starts.append(start_at)
+            while True:
+                rec = run.lines.next(timeout=warmup_s + (b - a) + 90)
+                if rec.get("type") == "frame":
+                    run.frames.append(rec)
+                elif rec.get("type") == "end":
+                    run.ends.append(rec)
+                    break
+            os.kill(run.proc.pid, signal.SIGSTOP)
         finally:
             for h in hammers:
-                if h.poll() is None:
-                    try:
-                        h.wait(10)
-                    except subprocess.TimeoutExpired:
-                        h.kill()
+                try:
+                    out, _ = h.communicate(timeout=10)
+                except subprocess.TimeoutExpired:
+                    h.kill()
+                    out, _ = h.communicate()
+                run.load += [json.loads(x) for x in (out or "").splitlines()
+                             if x.startswith("{")]
             self.tb.stop_replays()
-            self.tb.set_quota(None)
-        if proc.returncode != 0:
-            raise RuntimeError(f"device run failed ({strategy}): {err[-3000:]}")
-        lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-        end = next((r for r in lines if r["type"] == "end"), {})
+        end = run.ends[-1]
         if end.get("late_s", 0) > 0.5:
-            self.log(f"    note: the device started {end['late_s']:.2f} s late ({strategy}); "
-                     "its first frames of the timeline are missing")
-        load = []
-        for h in hammers:
-            text = h.stdout.read() if h.stdout else ""
-            load += [json.loads(x) for x in text.splitlines() if x.startswith("{")]
-        return {"records": [r for r in lines if r["type"] == "frame"], "profile": profile,
-                "end": end, "load": load, "start_at": start_at}
+            self.log(f"    note: the device started {end['late_s']:.2f} s late "
+                     f"({run.name}, t = {a:g} s); its first frames there are missing")
+        if not end.get("quiet", True):
+            self.log(f"    note: {run.name}'s link still had a request on the wire 2 s after "
+                     f"its turn at t = {a:g} s; it was stopped all the same")
+
+    def stop(self, run: DeviceRun) -> None:
+        """End `run`'s process (asked to quit; killed if it does not within 10 s)."""
+        proc = run.proc
+        if proc.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                _send(proc, {"quit": True})
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGCONT)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for f in (proc.stdin, proc.stdout, run.lines.err):
+            with contextlib.suppress(OSError, ValueError):
+                f.close()
 
     def _hammer(self, built: Built, bits: int, start: float, stop: float) -> subprocess.Popen:
         from ..server import module_command
@@ -240,7 +366,7 @@ class Runner:
 
 
 def _send(proc: subprocess.Popen, msg: dict) -> None:
-    proc.stdin.write(json.dumps(msg) + "\n")
+    proc.stdin.write((json.dumps(msg) + "\n").encode())
     proc.stdin.flush()
 
 
@@ -248,20 +374,40 @@ def _bind(fn, *args):
     return lambda: fn(*args)
 
 
-def _read_json_line(proc: subprocess.Popen, timeout: float) -> dict:
-    """The first JSON line of the child's stdout, within `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0 or proc.poll() is not None:
-            err = proc.stderr.read() if proc.poll() is not None and proc.stderr else ""
-            raise RuntimeError(f"the device process did not get ready (exit {proc.poll()}): "
-                               f"{err[-3000:]}")
-        ready, _, _ = select.select([proc.stdout], [], [], min(left, 0.5))
-        if ready:
-            line = proc.stdout.readline()
-            if line.startswith("{"):
-                return json.loads(line)
+class _Lines:
+    """The JSON lines of a device process's stdout, read as they come (the process must
+    never block on a full pipe while it runs a chunk)."""
+
+    def __init__(self, proc: subprocess.Popen, err) -> None:
+        self.proc, self.err = proc, err
+        self._buf = b""
+
+    def next(self, timeout: float) -> dict:
+        """The next JSON line within `timeout`; RuntimeError with the process's stderr
+        if it ends or is silent that long."""
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while True:
+            line, sep, rest = self._buf.partition(b"\n")
+            if sep:
+                self._buf = rest
+                if line.startswith(b"{"):
+                    return json.loads(line)
+                continue
+            left = deadline - time.monotonic()
+            ready = select.select([fd], [], [], max(min(left, 0.5), 0))[0] if left > 0 else []
+            chunk = os.read(fd, 1 << 16) if ready else b""
+            if chunk:
+                self._buf += chunk
+            elif ready or left <= 0 or self.proc.poll() is not None:
+                raise RuntimeError(f"the device process ended or went silent (exit "
+                                   f"{self.proc.poll()}): {self._stderr()[-3000:]}")
+
+    def _stderr(self) -> str:
+        with contextlib.suppress(OSError, ValueError):
+            self.err.seek(0)
+            return self.err.read().decode(errors="replace")
+        return ""
 
 
 def _reference_ms(built: Built) -> float:
@@ -373,9 +519,39 @@ def holds_fidelity(v: dict, floor: float = FIDELITY_FLOOR, z: float = 1.645) -> 
     return bool((centre + spread) / (1 + z * z / n) >= floor)
 
 
+def phase_oracle(frames: Mapping[str, list[dict]], eligible: Sequence[str]
+                 ) -> tuple[list[dict], dict[str, str]]:
+    """The frames of the fixed strategy with the lowest mean latency in each phase of one
+    scenario, and which one that was per phase: what switching between the fixed
+    strategies at the phases' changes would have given, with hindsight. Frames run back to
+    back, so a faster strategy has more of them in a phase: the union weighs each phase by
+    its duration as a strategy running it would."""
+    picks: dict[str, str] = {}
+    out: list[dict] = []
+    for phase in dict.fromkeys(f["phase"] for k in eligible for f in frames[k]):
+        means = {k: float(np.mean(ms)) for k in eligible
+                 if (ms := [f["ms"]["total"] for f in frames[k] if f["phase"] == phase])}
+        picks[phase] = best = min(means, key=means.__getitem__)
+        out += [f for f in frames[best] if f["phase"] == phase]
+    return out, picks
+
+
+def scenario_stats(frames: Mapping[str, list[dict]], slo_ms: float) -> dict[str, dict]:
+    """{strategy: stats} of one scenario's counted frames, and the ORACLE row (with its
+    per-phase ``picks``) where the scenario has phases and fixed strategies that hold
+    fidelity."""
+    row = {k: stats(fr, slo_ms) for k, fr in frames.items()}
+    eligible = [k for k in row if k not in (*ADAPTIVE, REPEAT) and holds_fidelity(row[k])]
+    if len({f["phase"] for k in eligible for f in frames[k]}) > 1:
+        fr, picks = phase_oracle(frames, eligible)
+        row[ORACLE] = {**stats(fr, slo_ms), "picks": picks}
+    return row
+
+
 def summarize_recording(path: str | Path) -> dict:
-    """{model: {scenario: {strategy: stats}}} from a recording: the numbers a simulator
-    replaying the same timeline must reproduce (mean and p95 within 10 %, issue 12)."""
+    """{model: {scenario: {strategy: stats}}} from a recording (ORACLE included, see
+    scenario_stats): the numbers a simulator replaying the same timeline must reproduce
+    (mean and p95 within 10 %, issue 12)."""
     frames: dict[tuple, list] = {}
     slo: dict[str, float] = {}
     with open(path) as f:
@@ -386,18 +562,22 @@ def summarize_recording(path: str | Path) -> dict:
             elif (r.get("type") == "frame" and r.get("scenario")
                   and r.get("phase") not in (None, "settle")):
                 frames.setdefault((r["model"], r["scenario"], r["strategy"]), []).append(r)
-    out: dict[str, dict] = {}
+    grouped: dict[tuple[str, str], dict[str, list]] = {}
     for (m, scn, k), fr in frames.items():
-        out.setdefault(m, {}).setdefault(scn, {})[k] = stats(fr, slo[m])
+        grouped.setdefault((m, scn), {})[k] = fr
+    out: dict[str, dict] = {}
+    for (m, scn), by_strategy in grouped.items():
+        out.setdefault(m, {})[scn] = scenario_stats(by_strategy, slo[m])
     return out
 
 
 def compare(model: dict, timeline: Timeline) -> None:
-    """Per scenario: the hindsight-best fixed strategy and adaptive / best-fixed ratios."""
+    """Per scenario: the hindsight-best fixed strategy, adaptive / best-fixed ratios, and
+    the share of the oracle's gain over it that each adaptive strategy closes."""
     kinds = {s.name: s.kind for s in timeline.scenarios}
     for name, row in model["scenarios"].items():
         fixed = {k: v for k, v in row.items()
-                 if k not in (*ADAPTIVE, REPEAT) and holds_fidelity(v)}
+                 if k not in (*ADAPTIVE, REPEAT, ORACLE) and holds_fidelity(v)}
         if REPEAT in row and row.get("device-only", {}).get("frames"):
             row[REPEAT]["noise_ratio"] = row[REPEAT]["mean_ms"] / row["device-only"]["mean_ms"]
         if not fixed:
@@ -405,15 +585,26 @@ def compare(model: dict, timeline: Timeline) -> None:
         best = min(fixed, key=lambda k: fixed[k]["mean_ms"])
         model.setdefault("best_fixed", {})[name] = best
         target = TARGET_STATIONARY if kinds[name] == "stationary" else TARGET_NONSTATIONARY
+        b = fixed[best]
+        # the share of what the oracle gains over the best fixed split that a strategy
+        # gains (1: all of it; < 0: it loses); none where the oracle gains no more than
+        # this run's noise (device-only's two runs' difference, at least 1 %): then the
+        # share is a ratio of noise
+        oracle_ms = row[ORACLE]["mean_ms"] if ORACLE in row else b["mean_ms"]
+        if ORACLE in row:
+            row[ORACLE]["ceiling_ratio"] = oracle_ms / b["mean_ms"]
+        noise = max(abs(row.get(REPEAT, {}).get("noise_ratio", 1.0) - 1.0), 0.01)
+        room = b["mean_ms"] - oracle_ms
         for k in ADAPTIVE:
             v = row.get(k)
             if not v or not v.get("frames"):
                 continue
-            b = fixed[best]
             ratio = v["mean_ms"] / b["mean_ms"]
             v["vs_best_fixed"] = {
                 "best": best, "mean_ratio": ratio, "p95_ratio": v["p95_ms"] / b["p95_ms"],
                 "target": target, "fidelity": holds_fidelity(v),
+                "gap_closed": ((b["mean_ms"] - v["mean_ms"]) / room
+                               if room > noise * b["mean_ms"] else None),
                 "met": bool(ratio <= target and v["slo_violations"] <= b["slo_violations"]
                             and holds_fidelity(v))}
 
@@ -426,60 +617,56 @@ def run_model(built: Built, runner: Runner, timeline: Timeline, args, record, lo
     name = built.spec.name
     ref_ms = _reference_ms(built)
     t0 = time.perf_counter()
-    runs: dict[str, dict] = {}
-    engine_strategy: dict[str, str] = {"device-only": "device"}
-    # device-only first: it also measures the device under the quota, which sets the SLO
-    # and the fixed plans (its own SLO does not change what it does)
-    runs["device-only"] = runner.run(built, "device", 1e4, profile_runs=args.profile_runs)
-    seg = np.array(runs["device-only"]["profile"] or [[ref_ms]], np.float64)
-    device_ms = float(np.median(seg.sum(axis=1)))
-    slowdown = device_ms / ref_ms
-    slo_ms = round(SLO_FACTOR * device_ms, 1)
-    log(f"{name}: whole model {device_ms:.1f} ms on the throttled device ({slowdown:.1f}x "
-        f"the reference {ref_ms:.2f} ms); SLO {slo_ms} ms")
-    edge = edge_only(built)
-    engine_strategy["edge-only"] = f"plan:{edge}"
-    rates = sorted({r for _, r in timeline.rate_events() if r >= 0.01}, reverse=True)
-    rates = [r for r in rates if r in (50.0, 10.0, 2.0)] or rates
-    trace = [s for s in timeline.scenarios if s.name == "trace"]
-    if trace:
-        rates.append(float(np.median(trace[0].phases[0].rates)))
-    fixed = [] if args.smoke else fixed_plans(built, rates, slo_ms, slowdown, args.task,
-                                              args.rtt_ms, args.max_fixed)
-    for c in fixed:
-        engine_strategy[f"fixed:{c}"] = f"plan:{c}"
-    for k in args.strategies:
-        if k in ADAPTIVE:
-            engine_strategy[k] = k
-    order = ["edge-only", *[f"fixed:{c}" for c in fixed], *[k for k in ADAPTIVE
-                                                             if k in engine_strategy]]
-    if not args.smoke:
-        engine_strategy[REPEAT] = "device"
-        order.append(REPEAT)
-    record({"type": "model", "model": name, "bundle": str(built.bundle),
-            "answer": built.spec.answer, "role": built.spec.role, "slo_ms": slo_ms,
-            "reference_ms": ref_ms, "device_ms": device_ms, "slowdown": slowdown,
-            "profile": profile_record(built), "fixed": [str(c) for c in fixed]})
-    record({"type": "device_profile", "model": name,
-            "segment_ms": runs["device-only"]["profile"]})
-    log(f"  {name}: edge-only = {edge}; fixed plans {[str(c) for c in fixed]}")
+    # device-only is set up first: it also measures the device under the quota, which sets
+    # the SLO and the fixed plans (its own SLO does not change what it does)
+    device_only = runner.start(built, "device", 1e4, profile_runs=args.profile_runs,
+                               name="device-only")
+    started = {"device-only": device_only}
     failed: dict[str, str] = {}
-    for k in order:
-        try:
-            runs[k] = runner.run(built, engine_strategy[k], slo_ms, load_bits=edge.bits)
-        except RuntimeError as exc:  # e.g. policy weights that do not load: say, go on
-            failed[k] = str(exc).strip().splitlines()[-1][:300]
-            log(f"  {name}: {k} FAILED: {failed[k]}")
-            record({"type": "run", "model": name, "strategy": k, "failed": failed[k]})
-    scenarios: dict[str, dict] = {s.name: {} for s in timeline.scenarios}
+    try:
+        seg = np.array(device_only.profile or [[ref_ms]], np.float64)
+        device_ms = float(np.median(seg.sum(axis=1)))
+        slowdown = device_ms / ref_ms
+        slo_ms = round(SLO_FACTOR * device_ms, 1)
+        log(f"{name}: whole model {device_ms:.1f} ms on the throttled device ({slowdown:.1f}x "
+            f"the reference {ref_ms:.2f} ms); SLO {slo_ms} ms")
+        edge = edge_only(built)
+        fixed = [] if args.smoke else fixed_plans(built, _plan_rates(timeline), slo_ms,
+                                                  slowdown, args.task, args.rtt_ms,
+                                                  args.max_fixed)
+        engine_strategy = {"device-only": "device", "edge-only": f"plan:{edge}",
+                           **{f"fixed:{c}": f"plan:{c}" for c in fixed},
+                           **{k: k for k in ADAPTIVE if k in args.strategies}}
+        if not args.smoke:
+            engine_strategy[REPEAT] = "device"
+        record({"type": "model", "model": name, "bundle": str(built.bundle),
+                "answer": built.spec.answer, "role": built.spec.role, "slo_ms": slo_ms,
+                "reference_ms": ref_ms, "device_ms": device_ms, "slowdown": slowdown,
+                "profile": profile_record(built), "fixed": [str(c) for c in fixed]})
+        record({"type": "device_profile", "model": name, "segment_ms": device_only.profile})
+        log(f"  {name}: edge-only = {edge}; fixed plans {[str(c) for c in fixed]}")
+        for k in list(engine_strategy)[1:]:
+            try:
+                started[k] = runner.start(built, engine_strategy[k], slo_ms, name=k)
+            except RuntimeError as exc:  # e.g. policy weights that do not load: say, go on
+                failed[k] = str(exc).strip().splitlines()[-1][:300]
+                log(f"  {name}: {k} FAILED: {failed[k]}")
+        # each scenario through every strategy in turn (see Runner)
+        runner.run_chunks(built, list(started.values()), load_bits=edge.bits, failed=failed)
+    finally:
+        for run in started.values():
+            runner.stop(run)
+    runs = {k: run.result() for k, run in started.items() if k not in failed}
+    for k, reason in failed.items():
+        record({"type": "run", "model": name, "strategy": k, "failed": reason})
+    counted: dict[str, dict[str, list]] = {s.name: {} for s in timeline.scenarios}
     for k, run in runs.items():
         rec = {kk: v for kk, v in run.items() if kk not in ("records", "profile")}
         record({"type": "run", "model": name, "strategy": k,
                 "engine_strategy": engine_strategy[k], "start_at": run["start_at"],
                 "late_s": rec["end"].get("late_s"), "warmup_frames":
                 rec["end"].get("warmup_frames"), "link_end": rec["end"].get("link"),
-                "load_stats": rec["load"]})
-        per: dict[str, list] = {}
+                "chunks": rec["end"].get("chunks"), "load_stats": rec["load"]})
         for f in run["records"]:
             scn, phase, t_scn = timeline.locate(f["t"])
             f.update({"model": name, "strategy": k,
@@ -491,10 +678,10 @@ def run_model(built: Built, runner: Runner, timeline: Timeline, args, record, lo
                       "type": "frame"})
             record(f)
             if scn is not None and phase is not None:
-                per.setdefault(scn.name, []).append(f)
-        for sname, frames in per.items():
-            scenarios[sname][k] = stats(frames, slo_ms)
+                counted[scn.name].setdefault(k, []).append(f)
         run["frames"] = run.pop("records")
+    scenarios = {name: scenario_stats(by_strategy, slo_ms)
+                 for name, by_strategy in counted.items()}
     model = {"model": name, "role": built.spec.role, "device_ms": device_ms,
              "reference_ms": ref_ms, "slowdown": slowdown, "slo_ms": slo_ms,
              "edge_only": str(edge), "fixed": [str(c) for c in fixed],
@@ -502,6 +689,17 @@ def run_model(built: Built, runner: Runner, timeline: Timeline, args, record, lo
              "series": _series(runs, timeline)}
     compare(model, timeline)
     return model
+
+
+def _plan_rates(timeline: Timeline) -> list[float]:
+    """The rates the fixed plans are chosen at: the timeline's 50, 10 and 2 Mbit/s (else
+    all its rates) and the trace's median."""
+    rates = sorted({r for _, r in timeline.rate_events() if r >= 0.01}, reverse=True)
+    rates = [r for r in rates if r in (50.0, 10.0, 2.0)] or rates
+    trace = [s for s in timeline.scenarios if s.name == "trace"]
+    if trace:
+        rates.append(float(np.median(trace[0].phases[0].rates)))
+    return rates
 
 
 def _series(runs: dict, timeline: Timeline) -> dict:
@@ -535,11 +733,7 @@ def format_report(report: dict) -> str:
                 if not v.get("frames"):
                     continue
                 w = v["where"]
-                vs = v.get("vs_best_fixed")
-                ratio = (f"{vs['mean_ratio']:.2f}x{'' if vs['met'] else ' MISS'}" if vs
-                         else ("best" if k == best else ""))
-                if "noise_ratio" in v:
-                    ratio = f"noise {v['noise_ratio']:.2f}x"
+                ratio = _versus(k, v, best)
                 rows.append([sname, k[:34], v["frames"], f"{v['mean_ms']:.1f}",
                              f"{v['p50_ms']:.1f}", f"{v['p95_ms']:.1f}",
                              f"{100 * v['slo_violations']:.0f}%",
@@ -562,6 +756,19 @@ def format_report(report: dict) -> str:
     lines.append(f"recordings: {report['recording']}")
     lines.append(f"wall time {report['seconds']:.0f} s (builds {report['build_seconds']:.0f} s)")
     return "\n".join(lines)
+
+
+def _versus(strategy: str, v: dict, best: str | None) -> str:
+    """The table's last column: a strategy's standing against the best fixed split."""
+    vs = v.get("vs_best_fixed")
+    if vs:
+        gap = "" if vs["gap_closed"] is None else f" gap {vs['gap_closed']:+.2f}"
+        return f"{vs['mean_ratio']:.2f}x{gap}{'' if vs['met'] else ' MISS'}"
+    if "noise_ratio" in v:
+        return f"noise {v['noise_ratio']:.2f}x"
+    if "ceiling_ratio" in v:
+        return f"ceiling {v['ceiling_ratio']:.2f}x"
+    return "best" if strategy == best else ""
 
 
 def targets(report: dict) -> list[dict]:

@@ -14,11 +14,15 @@ the quota. Then, throttled:
 1. on ``{"profile_runs": N, "profile_s": S}``: at least N runs and S seconds of the whole
    segment chain outside the engine, each segment timed (a ``device_profile`` record: the
    device's time distribution under the quota), then it waits for the next line;
-2. on ``{"start_at": T, "shape": S}`` (S: the loopback testbed's in-process shaper, or
-   null): warm-up frames through the engine until just before T (time.time(), the clock the
-   driver schedules the link with), so estimators are warm when the timeline starts;
-3. frames from T for --seconds, each a ``frame`` record (edgesdk.bench.e2e documents the
-   fields), then an ``end`` record.
+2. on ``{"start_at": T, "shape": S, "offset": O, "seconds": D}`` (S: the loopback
+   testbed's in-process shaper, or null; O, D: the chunk of the timeline, default 0 and
+   --seconds): warm-up frames through the engine until just before T (time.time(), the
+   clock the driver schedules the link with), so estimators are warm when the chunk
+   starts; then frames from T for D seconds, each a ``frame`` record (edgesdk.bench.e2e
+   documents the fields) with t = O + the time since T; then, once no request of the
+   link is on the wire (the driver may SIGSTOP the process until its next chunk; at
+   most 2 s, ``quiet`` says whether it was reached), an ``end`` record;
+3. step 2 again for every further chunk, until ``{"quit": true}`` or the end of stdin.
 
 inputs: an .npz with ``x`` (N, *input shape) float32 and ``ref`` (N, L), each frame's fp32
 answer (edgesdk.bench.e2e_models); frames cycle through x.
@@ -29,7 +33,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import select
 import sys
 import time
 from typing import Any
@@ -159,15 +162,85 @@ def _emit(record: dict) -> None:
     sys.stdout.write(json.dumps(record, separators=(",", ":"), default=_jsonable) + "\n")
 
 
-def run(args: Any) -> int:
+def _next_go(stdin) -> dict[str, Any] | None:
+    """The driver's next chunk ({"start_at": ...}), or None on {"quit": true} or EOF."""
+    line = stdin.readline()
+    go = json.loads(line) if line.strip() else None
+    return None if go is None or go.get("quit") else go
+
+
+def _quiesce(engine, timeout_s: float = 2.0) -> bool:
+    """Wait until no request of the engine's link is on the wire: the driver may stop this
+    process (SIGSTOP) until its next chunk, and a probe caught in flight would come back
+    with the pause in its round trip. False if one still was after `timeout_s`."""
+    links = getattr(engine.link, "links", [engine.link] if engine.link else [])
+    end = time.monotonic() + timeout_s
+    while any(link.in_flight for link in links):
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+def _run_chunk(engine, rec: _Recorder, go: dict[str, Any], x: np.ndarray, ref: list,
+               y: np.ndarray | None, args: Any, warmup: int, first: int) -> dict[str, Any]:
+    """Warm-up frames until go["start_at"], then frames for go["seconds"] (default
+    --seconds), each a ``frame`` record with t = go["offset"] (default 0) + the time since
+    the start, numbered (and given inputs) from `first` on; returns the chunk's ``end``
+    record."""
     from dataclasses import asdict
 
+    from .e2e_data import answer
+    from .netem import TokenBucket
+
+    if go.get("shape") and engine.link is not None:  # the loopback testbed's link
+        engine.link.shaper = TokenBucket.from_env(go["shape"])
+    start_at = float(go["start_at"])
+    offset, seconds = float(go.get("offset", 0.0)), float(go.get("seconds", args.seconds))
+    warm, last_ms = 0, 0.0
+    while warm < warmup or time.time() + 1.5 * last_ms / 1e3 < start_at:
+        last_ms = engine.infer(x[warm % len(x)]).timings.total
+        warm += 1
+    late_s = max(time.time() - start_at, 0.0)
+    time.sleep(max(start_at - time.time(), 0.0))
+    i = first
+    while True:
+        t = time.time() - start_at
+        if t >= seconds:
+            break
+        k = i % len(x)
+        rec.reset()
+        engine.state()  # fixed plans never ask for it: record what it was all the same
+        rec.calls = 0
+        r = engine.infer(x[k])
+        ms = r.timings
+        got = answer(r.output, "argmax" if r.where == "exit" else args.answer)
+        _emit({"type": "frame", "i": i, "t": round(offset + t, 4), "input": k,
+               **parse_plan(r.plan), "sent_cut": r.cut, "sent_bits": r.bits,
+               "where": r.where, "exit": r.exit_name, "fallback": r.fallback_reason,
+               "energy_j": r.energy_j, "bytes_sent": sum(rec.sent),
+               "explored_bytes": sum(rec.sent) if r.explored else 0,
+               "budget_ms": round(rec.budget_s * 1e3, 3) if rec.budget_s else None,
+               "ms": {k: round(float(v), 3) for k, v in asdict(ms).items()
+                      if isinstance(v, (int, float))},  # every Timings field
+               "agree": got == ref[k],
+               "correct": None if y is None else bool(got[0] == int(y[k])),
+               "state": _state_dict(rec.state),
+               "state_source": "engine" if rec.calls else "snapshot"})
+        i += 1
+    snap = None
+    if engine.link is not None:
+        snap = {k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in engine.link.snapshot(time.monotonic()).items()}
+    return {"type": "end", "frames": i - first, "warmup_frames": warm,
+            "late_s": round(late_s, 3), "offset": offset, "link": snap}
+
+
+def run(args: Any) -> int:
     from .. import codec
     from ..bundle import Bundle
     from ..engine import Engine
-    from .e2e_data import answer
     from .e2e_models import reference_answer
-    from .netem import TokenBucket
 
     with np.load(args.inputs, allow_pickle=False) as z:
         x = z["x"].astype(np.float32)
@@ -185,57 +258,22 @@ def run(args: Any) -> int:
         _emit({"type": "ready", "codec_backend": codec.backend,
                "link": engine.link.status if engine.link is not None else None})
         sys.stdout.flush()
-        go: dict[str, Any] = {"start_at": time.time() + 1.0}
+        go: dict[str, Any] | None = {"start_at": time.time() + 1.0}
         while args.wait_go:  # {"profile_runs": N} (answered at once), then {"start_at": T}
-            ready, _, _ = select.select([sys.stdin], [], [], 120)
-            if not ready:
-                raise SystemExit("no go from the driver within 120 s")
-            go = json.loads(sys.stdin.readline())
-            if "start_at" in go:
+            go = _next_go(sys.stdin)
+            if go is None or "start_at" in go:
                 break
             _emit({"type": "device_profile",
                    "segment_ms": _chain_profile(engine, x, int(go["profile_runs"]),
                                                  float(go.get("profile_s", 0.0)))})
             sys.stdout.flush()
-        if go.get("shape") and engine.link is not None:  # the loopback testbed's link
-            engine.link.shaper = TokenBucket.from_env(go["shape"])
-        start_at = float(go["start_at"])
-        warm, last_ms = 0, 0.0
-        while warm < args.warmup or time.time() + 1.5 * last_ms / 1e3 < start_at:
-            last_ms = engine.infer(x[warm % len(x)]).timings.total
-            warm += 1
-        late_s = max(time.time() - start_at, 0.0)
-        time.sleep(max(start_at - time.time(), 0.0))
-        i = 0
-        while True:
-            t = time.time() - start_at
-            if t >= args.seconds:
-                break
-            k = i % len(x)
-            rec.reset()
-            engine.state()  # fixed plans never ask for it: record what it was all the same
-            rec.calls = 0
-            r = engine.infer(x[k])
-            ms = r.timings
-            got = answer(r.output, "argmax" if r.where == "exit" else args.answer)
-            _emit({"type": "frame", "i": i, "t": round(t, 4), "input": k,
-                   **parse_plan(r.plan), "sent_cut": r.cut, "sent_bits": r.bits,
-                   "where": r.where, "exit": r.exit_name, "fallback": r.fallback_reason,
-                   "energy_j": r.energy_j, "bytes_sent": sum(rec.sent),
-                   "explored_bytes": sum(rec.sent) if r.explored else 0,
-                   "budget_ms": round(rec.budget_s * 1e3, 3) if rec.budget_s else None,
-                   "ms": {k: round(float(v), 3) for k, v in asdict(ms).items()
-                          if isinstance(v, (int, float))},  # every Timings field
-                   "agree": got == ref[k],
-                   "correct": None if y is None else bool(got[0] == int(y[k])),
-                   "state": _state_dict(rec.state),
-                   "state_source": "engine" if rec.calls else "snapshot"})
-            i += 1
-        snap = None
-        if engine.link is not None:
-            snap = {k: (list(v) if isinstance(v, tuple) else v)
-                    for k, v in engine.link.snapshot(time.monotonic()).items()}
-        _emit({"type": "end", "frames": i, "warmup_frames": warm, "late_s": round(late_s, 3),
-               "link": snap})
+        warmup, frames = args.warmup, 0
+        while go is not None:  # a chunk of the timeline per go line (one without --wait-go)
+            end = _run_chunk(engine, rec, go, x, ref, y, args, warmup, frames)
+            warmup = 0  # the first chunk's minimum; later ones warm up until their start
+            frames += end["frames"]
+            _emit({**end, "quiet": _quiesce(engine)})
+            sys.stdout.flush()
+            go = _next_go(sys.stdin) if args.wait_go else None
     sys.stdout.flush()
     return 0

@@ -1,5 +1,6 @@
 """The conditions of the end-to-end benchmark, laid end to end on one timeline that every
-strategy runs through (one device process per strategy and model, so setup is paid once):
+strategy runs through (one device process per strategy and model, so setup is paid once;
+the strategies take turns scenario by scenario, see Timeline.spans):
 
 - stationary links at fixed rates;
 - a bandwidth step (50 -> 2 -> 50 Mbit/s): the best split changes twice;
@@ -87,6 +88,13 @@ class Timeline:
                 t += p.seconds
         return cls(tuple(scenarios), tuple(starts), t, tuple(segs))
 
+    def spans(self) -> list[tuple[float, float]]:
+        """(start, end) of each scenario, its settling included: the timeline's chunks."""
+        spans: dict[int, tuple[float, float]] = {}
+        for a, b, i, _ in self._segments:
+            spans[i] = (spans.get(i, (a, b))[0], b)
+        return list(spans.values())
+
     def locate(self, t: float) -> tuple[Scenario | None, Phase | None, float]:
         """(scenario, phase, seconds since the scenario's counted start) of time t; the
         phase is None while the scenario settles, both None outside the timeline."""
@@ -125,11 +133,6 @@ class Timeline:
         """(start, end) of every phase with the load spike on."""
         return [(a, b) for a, b, i, j in self._segments
                 if j >= 0 and self.scenarios[i].phases[j].load]
-
-    def rates_every(self, step_s: float) -> list[float]:
-        """The rate at 0, step, 2 step, ... (the loopback shaper's schedule)."""
-        n = int(np.ceil(self.seconds / step_s)) + 1
-        return [self.rate_at(k * step_s) for k in range(n)]
 
     def describe(self) -> list[dict]:
         return [{"name": s.name, "kind": s.kind, "start_s": self.starts[i],
@@ -193,9 +196,10 @@ def default_scenarios(trace: dict | None, *, scale: float = 1.0,
         out.append(Scenario("trace", "non-stationary",
                             (Phase("replay", float(len(trace["rates"])),
                                    rates=tuple(trace["rates"])),), note=trace["name"]))
-    for r in rates[1:]:
-        out.append(Scenario(f"{r:g} Mbit/s", "stationary", (Phase("steady", s(3), r),),
-                            settle_s=1.0))
+    # no settling: every scenario's turn starts with warm-up frames at its first rate
+    # (edgesdk.bench.e2e), which the estimators see as a settling would let them
+    out += [Scenario(f"{r:g} Mbit/s", "stationary", (Phase("steady", s(3), r),))
+            for r in rates[1:]]
     return out
 
 

@@ -394,7 +394,8 @@ def _e2e_device_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inputs", required=True)
     p.add_argument("--answer", default="argmax", choices=("argmax", "ctc"))
     p.add_argument("--seconds", type=float, required=True)
-    p.add_argument("--warmup", type=int, default=3, help="warm-up frames, at least")
+    p.add_argument("--warmup", type=int, default=3,
+                   help="warm-up frames before the first chunk, at least")
     p.add_argument("--device", help="the bundle profile that describes this device")
     p.add_argument("--wait-go", action="store_true",
                    help="print a ready line and wait for the driver's go line on stdin")

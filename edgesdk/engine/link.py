@@ -208,6 +208,9 @@ class EdgeLink:
         self._last_reply = -math.inf  # traffic, as LinkEstimator.should_probe counts it
         self._lock = threading.Lock()  # guards estimator and status against the caller
         self._jobs: deque[_Job] = deque()
+        # Requests the I/O thread holds, has sent and awaits, as of its last pass (it
+        # writes, anyone reads): 0 once the link is quiet
+        self.in_flight = 0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -348,6 +351,7 @@ class EdgeLink:
                 if not probing and now >= self._next_probe:
                     for job in self._probes(now):
                         self._queue(job, held, pending, now)
+                    self.in_flight = len(pending) + len(held)
                     self._next_probe = now + self._retry_s
                     continue  # probes go at once, or when the shaper releases them
                 # a held job wakes the loop when it may go or when its budget runs out
@@ -355,6 +359,7 @@ class EdgeLink:
                            + [min(t, j.queued_at + j.budget_s) for t, j in held])
                 if not probing:
                     wake = min(wake, self._probe_due())
+                self.in_flight = len(pending) + len(held) + len(self._jobs)
                 client.poll(max(wake - now, 0.0), wake_fd=self._wake_r)
                 with contextlib.suppress(BlockingIOError, OSError):
                     os.read(self._wake_r, 4096)
