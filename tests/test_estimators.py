@@ -616,6 +616,28 @@ def test_a_timeout_is_a_censored_server_sample_that_relaxes_without_replies():
     assert s.slowdown_at(3.0 + 10 * ServerLoadEstimator.RELAX_S) < 1.01
 
 
+def test_timeouts_that_keep_coming_at_the_bound_push_the_belief_past_it():
+    from edgesdk.estimators import ServerLoadEstimator
+
+    s = ServerLoadEstimator()
+    s.observe_reply(server_ms=10.0, queue_ms=0.0, profiled_ms=10.0, now=0.0)
+    # the server had 12 ms each time (1.2x its profiled time) and never answered
+    seen = []
+    for i in range(8):
+        s.observe_timeout(at_least_ms=12.0, profiled_ms=10.0, now=1.0 + 0.1 * i)
+        seen.append(s.slowdown_at(1.0 + 0.1 * i))
+    assert seen[0] < 1.2 and seen[3] > seen[2] > seen[1] > seen[0]
+    # past the bound, not settled at it: a reply at the budget is no longer even odds;
+    # then held (relaxing slowly), as more of the same timeouts are what it expects
+    assert seen[-1] > 1.2 * 1.2 and seen[-1] == pytest.approx(seen[-2], rel=0.01)
+    # one reply is a measurement and replaces the guesses at once
+    s.observe_reply(server_ms=11.0, queue_ms=0.0, profiled_ms=10.0, now=2.0)
+    assert s.slowdown_at(2.0) == pytest.approx(1.1)
+    # a single timeout after it bounds, it does not escalate
+    s.observe_timeout(at_least_ms=12.0, profiled_ms=10.0, now=2.1)
+    assert s.slowdown_at(2.1) <= 1.2
+
+
 def test_link_turns_an_offload_timeout_into_a_server_bound_when_the_check_is_quick():
     link = LinkEstimator()
     link.on_small_message(2.0, 0.0)
