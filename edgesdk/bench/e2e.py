@@ -96,7 +96,7 @@ for calibrating the policy simulator against the real loop. ``type`` says which:
 
 ``summarize_recording(path)`` gives back the per (model, scenario, strategy) statistics.
 
-Run time on this 2-core machine (shared with other work): the full run 9.4 minutes with
+Run time on this 2-core machine (shared with other work): the full run 9.8 minutes with
 its bundles built (building them takes about 1 minute more, once: they are cached in the
 work directory); ``--smoke`` 0.8 minutes (36 s more to build).
 """
