@@ -263,6 +263,29 @@ def test_strategies_take_turns_scenario_by_scenario_in_alternating_order(tmp_pat
     assert np.mean([f["where"] == "edge" for f in slow]) < 0.5
 
 
+@pytest.mark.slow
+def test_a_device_that_dies_between_its_turns_fails_alone(tmp_path):
+    from e2e_helpers import digits_built
+
+    from edgesdk.bench.netem import LoopbackTestbed
+    from edgesdk.server import ServerProcess
+
+    built = digits_built(tmp_path)
+    timeline = Timeline.build([
+        Scenario("one", "stationary", (Phase("steady", 0.4, 50.0),)),
+        Scenario("two", "stationary", (Phase("steady", 0.4, 50.0),))])
+    with LoopbackTestbed("test") as tb, ServerProcess.serve([built.bundle]) as server:
+        runner = e2e.Runner(tb, server.endpoint, timeline, cpu_quota=None)
+        runs = [runner.start(built, "device", 200.0, name="dies"),
+                runner.start(built, "device", 200.0, name="lives")]
+        runs[0].proc.kill()  # while it waits for its first turn, stopped
+        runs[0].proc.wait()
+        failed: dict = {}
+        runner.run_chunks(built, runs, warmup_s=0.2, failed=failed)
+    assert set(failed) == {"dies"} and "ended" in failed["dies"]
+    assert [c["offset"] for c in runs[1].result()["end"]["chunks"]] == [0.0, 0.4]
+
+
 def test_a_recording_summarizes_to_the_report_statistics(tmp_path):
     path = tmp_path / "run.jsonl"
     lines = [{"type": "meta"}, {"type": "model", "model": "m", "slo_ms": 50.0}]

@@ -307,9 +307,13 @@ class Runner:
                 for _ in range(self.load_clients if wa < b and wb > a else 0):
                     hammers.append(self._hammer(built, load_bits, start_at + max(wa, a) - a,
                                                 start_at + min(wb, b) - a))
-            _send(run.proc, {"start_at": start_at, "shape": shape, "offset": a,
-                             "seconds": b - a})
-            os.kill(run.proc.pid, signal.SIGCONT)
+            try:
+                _send(run.proc, {"start_at": start_at, "shape": shape, "offset": a,
+                                 "seconds": b - a})
+                os.kill(run.proc.pid, signal.SIGCONT)
+            except OSError:  # it died while stopped: a failed strategy, not a failed run
+                raise RuntimeError(f"the device process ended (exit {run.proc.poll()}): "
+                                   f"{run.lines.stderr()[-3000:]}") from None
             run.starts.append(start_at)
             while True:
                 rec = run.lines.next(timeout=warmup_s + (b - a) + 90)
@@ -401,9 +405,9 @@ class _Lines:
                 self._buf += chunk
             elif ready or left <= 0 or self.proc.poll() is not None:
                 raise RuntimeError(f"the device process ended or went silent (exit "
-                                   f"{self.proc.poll()}): {self._stderr()[-3000:]}")
+                                   f"{self.proc.poll()}): {self.stderr()[-3000:]}")
 
-    def _stderr(self) -> str:
+    def stderr(self) -> str:
         with contextlib.suppress(OSError, ValueError):
             self.err.seek(0)
             return self.err.read().decode(errors="replace")
