@@ -132,6 +132,25 @@ def test_the_engine_runs_the_tflite_bundles_model_exits(bundles):
         np.testing.assert_allclose(r.output, s.output, rtol=0, atol=1e-3)
 
 
+def test_a_cancelled_tflite_run_stops_before_its_invoke_and_the_segment_runs_again():
+    """LiteRT's invoke cannot be interrupted: a run whose token is cancelled stops before
+    it (the engine's local finish stops at the next segment when a late reply comes)."""
+    from edgesdk.runtime import Cancel, Cancelled, open_segment
+
+    bundle = Bundle.load(DIGITS_TFLITE_BUNDLE)
+    seg = open_segment(bundle, 0)
+    x, _ = load_digits_test()
+    feed = {seg.inputs[0]: x[:1].astype(np.float32)}
+    expected = seg.run(feed)
+    cancel = Cancel()
+    cancel.cancel()
+    with pytest.raises(Cancelled):
+        seg.run(feed, cancel)
+    again = seg.run(feed, Cancel())
+    for name, value in expected.items():
+        np.testing.assert_array_equal(again[name], value)
+
+
 def test_digits_bundle_is_the_onnx_one_where_onnxruntime_imports(tmp_path):
     assert digits_bundle() == (DIGITS_BUNDLE if onnxruntime_available() else
                                DIGITS_TFLITE_BUNDLE)

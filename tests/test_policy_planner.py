@@ -17,6 +17,7 @@ from edgesdk.policy import (
     State,
     build_candidates,
     expected_rewards,
+    expected_terms,
     model_profile,
     plan,
 )
@@ -187,3 +188,23 @@ def test_an_fp32_frame_wholly_here_is_priced_at_the_one_file_models_time():
     rest[dev] = False
     assert np.array_equal(whole.dev_ms[rest], chain.dev_ms[rest])
     assert np.array_equal(whole.local_ms[~sent], chain.local_ms[~sent])
+
+
+def test_a_reply_during_the_local_finish_is_priced_as_the_answer():
+    # dev 1 ms, SLO 30: the offload gets 29 - the 10 ms local finish - the margin = 14 ms;
+    # the reply comes at 2 + 1 + 14 = 17 ms of the offload, overdue, but while the local
+    # finish (from 15 to 25 ms) runs: it answers, at its own time
+    t = _table(dev_ms=[1], wire_bytes=[1000], srv_ms=[1], rest_acc=[0.95], local_ms=[10],
+               local_acc=[0.9])
+    s = State(bw_mbps=8000 / 14 / 1e3, slo_ms=30.0, rtt_ms=2.0, task="balanced")
+    budget = 30 - 1 - 10 - FALLBACK_MARGIN_MS
+    assert expected_rewards(t, s)[0] == pytest.approx(5 * 0.95 - (1 + 17) / 30)
+    # with a spread, the window's share of the transfer's mean: between the two bounds
+    wide = State(bw_mbps=8000 / 14 / 1e3, bw_std=0.3 * 8000 / 14 / 1e3, slo_ms=30.0,
+                 rtt_ms=2.0, task="balanced")
+    acc, lat, viol = expected_terms(t, wide)
+    assert 5 * acc[0] - lat[0] / 30 - viol[0] == pytest.approx(expected_rewards(t, wide)[0])
+    assert 1 + 13 < lat[0] < 1 + budget + 10
+    # a reply later than the local finish is a timeout, as before
+    s = State(bw_mbps=8000 / 40 / 1e3, slo_ms=30.0, rtt_ms=2.0, task="balanced")
+    assert expected_rewards(t, s)[0] == pytest.approx(5 * 0.9 - (1 + budget + 10) / 30)

@@ -19,14 +19,17 @@ Per frame (`infer`, or the two halves `_front` and `_back` that `stream` interle
    estimates, each re-decision by exit position, state key and rounded budget left, all
    re-evaluated every DECISION_TTL_S.
 3. back: wait for the reply until the frame's budget runs out; decode the outputs.
-   On Timeout, ServerBusy, ServerError or Unreachable, finish here if that fits the SLO
+   On Timeout (or a reply overdue), ServerBusy, ServerError or Unreachable, finish here if
+   that fits the SLO
    (the bundle has every segment), else answer with the most confident exit already
    computed, else finish here anyway (late, but never lost). The reason is in
    Result.fallback_reason.
 
-The budget sent with an offload keeps back the time a local finish would take, when that
+The frame's wait for the reply keeps back the time a local finish would take, when that
 still fits the SLO: if the server has not answered by then, finishing here is the faster
-way to an answer within the deadline.
+way to an answer within the deadline. The request itself stays open to the deadline: a
+reply that comes while the local finish runs stops it (runtime.Cancel: onnxruntime stops
+between two nodes) and answers, so a reply a few ms late costs those ms, not a local run.
 
 A frame that an adaptive strategy keeps here brings no news of the link or the server, so
 after one of them looked bad the decision could stay local long after it recovered. Now and
@@ -75,6 +78,7 @@ from ..estimators import (
 from ..policy import (
     EXPLORE_MAX_S,
     EXPLORE_MIN_S,
+    FALLBACK_MARGIN_MS,
     TASKS,
     Candidate,
     EnergyPrice,
@@ -87,6 +91,7 @@ from ..policy import (
     plan,
 )
 from ..policy.stream import Speed, StreamController
+from ..runtime import Cancel, Cancelled
 from .cpu_quota import QuotaStalls
 from .device import ExitAnswer, LocalRunner
 from .link import DeviceActivity, EdgeLink
@@ -761,10 +766,11 @@ class Engine:
             self._explore_nothing_in = seen
         return pick
 
-    def _run_segments(self, f: _Frame, stop: int | None) -> bool:
+    def _run_segments(self, f: _Frame, stop: int | None, cancel: Cancel | None = None
+                      ) -> bool:
         """Run segments from f.next_segment to `stop` (None: to the plan's cut, re-deciding
         the plan after every exit that does not fire) with the plan's exits; True if one
-        fired."""
+        fired. Cancelled once `cancel` is, with f at the segment it was in."""
         while True:
             last = stop if stop is not None else self._stop(f.plan)
             i = f.next_segment
@@ -774,7 +780,7 @@ class Engine:
             version = f.plan.version
             if last == len(self._seg_ms) - 1 and self._runs_whole_file(f):
                 started = self._stalls.start()
-                ms = local.run_whole(f.env)
+                ms = local.run_whole(f.env, cancel)
                 # with the quota's stalls it caused beyond its timer (see engine.cpu_quota)
                 charged = ms + self._stalls.beyond(started, ms)
                 self._slowdown.observe(0, charged * f.speed.speedup, through=last,
@@ -790,7 +796,7 @@ class Engine:
             clock = _exit_clock(f.speed)
             started = self._stalls.start()  # outside the exits' clock: it may read files
             c = clock() if timed else 0.0
-            ms = local.run_segment(i, f.env, version)
+            ms = local.run_segment(i, f.env, version, cancel)
             if timed:  # this segment's clock time -> its profiled time: the exits' scale
                 to_reference = profiled_ms / max((clock() - c) * 1e3, 1e-3 * profiled_ms)
             charged = ms + self._stalls.beyond(started, ms)
@@ -878,18 +884,24 @@ class Engine:
         now = time.monotonic()
         # Without an exit answer to fall back on, keep the time a local finish needs, so
         # a late server still leaves a result within the deadline.
-        budget = float(offload_budget((f.deadline - now) * 1e3, self._local_rest_ms(f),
+        left_ms = (f.deadline - now) * 1e3
+        budget = float(offload_budget(left_ms, self._local_rest_ms(f),
                                       f.best_exit is not None)) / 1e3
         if budget <= 0.0005:
             f.reason = "timeout"  # the deadline passed during the device half
             return
+        # The frame waits `budget` for the reply, then starts its local finish; a reply that
+        # comes while that runs still answers (_fallback), so the link waits for it until
+        # the deadline (less the margin).
+        wait_s = max((left_ms - FALLBACK_MARGIN_MS) / 1e3, budget)
         link = self.link.route(f.exploring)
         f.server = link.endpoint
         f.sent_bytes = sum(memoryview(b).nbytes for b in frames)
         f.sent_at = now
         f.radio_gap_s = now - self._last_sent_at
         self._last_sent_at = now
-        f.future = link.offload(frames, cut.id, budget, exploring=f.exploring)
+        f.future = link.offload(frames, cut.id, wait_s, overdue_s=budget,
+                                exploring=f.exploring)
         f.future.add_done_callback(f.stamp)
         f.offload_until = now + budget
         if f.exploring:  # the next one after the backoff (one that sent nothing: at once)
@@ -913,8 +925,6 @@ class Engine:
                 f.reason = next((r for k, r in _REASONS.items() if isinstance(exc, k)),
                                 "server_error")
             else:
-                if f.exploring:
-                    self._explore_paid(time.monotonic())
                 result = self._edge_result(f, reply)
                 if result is not None:
                     return result
@@ -937,6 +947,10 @@ class Engine:
 
     # -- results ---------------------------------------------------------------------------
     def _edge_result(self, f: _Frame, reply: Any) -> Result | None:
+        """The frame's answer from the server's reply; None (f.reason "server_error") when
+        the reply cannot be read."""
+        if f.exploring:
+            self._explore_paid(time.monotonic())
         t = time.perf_counter()
         try:
             outputs = decode_tensors(reply.frames, self.bundle.manifest.outputs)
@@ -951,16 +965,42 @@ class Engine:
 
     def _fallback(self, f: _Frame) -> Result:
         """The offload failed (f.reason): finish here, or answer with the best exit when
-        finishing here would miss the deadline."""
+        finishing here would miss the deadline. A reply that was only overdue may still
+        come while the finish runs: it stops the finish and answers (a reply a few ms past
+        the budget costs a few ms, not a whole local run)."""
         with self._device_lock:
             late = time.monotonic() + self._local_rest_ms(f) / 1e3 > f.deadline
             if late and f.best_exit is not None:
                 return self._exit_result(f, f.best_exit, f.reason)
+            last = len(self._seg_ms) - 1
             with self._activity:
-                self._run_segments(f, len(self._seg_ms) - 1)
+                try:
+                    self._run_segments(f, last, self._hedge(f))
+                except Cancelled:  # the reply came, and answers unless it cannot be read
+                    f.reason = None
+                    result = self._edge_result(f, f.future.result())
+                    if result is not None:
+                        return result
+                    self._run_segments(f, last)
             if f.result is not None:  # an exit after the cut fired (fixed plans only)
                 return f.result
             return self._local_result(f)
+
+    @staticmethod
+    def _hedge(f: _Frame) -> Cancel | None:
+        """A token that stops f's local finish when its overdue offload answers after all;
+        None when no answer can come (nothing was sent, or the offload failed)."""
+        future = f.future
+        if future is None or f.reason != "timeout":
+            return None
+        cancel = Cancel()
+
+        def on_done(done: Future) -> None:  # on the link thread, or here if already done
+            if done.exception() is None:
+                cancel.cancel()
+
+        future.add_done_callback(on_done)
+        return cancel
 
     def _runs_whole_file(self, f: _Frame) -> bool:
         """Whether running the rest of `f` here runs the one-file model: all of the fp32

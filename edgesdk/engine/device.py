@@ -18,7 +18,7 @@ import numpy as np
 from ..bundle import FP32, Bundle, ExitSpec
 from ..errors import InputError
 from ..exits import ExitRule, exit_runner, ordered_exits
-from ..runtime import Segment, open_file, open_segment, open_segments
+from ..runtime import Cancel, Segment, open_file, open_segment, open_segments
 
 
 @dataclass(frozen=True)
@@ -149,13 +149,13 @@ class LocalRunner:
         """The model versions opened here besides fp32 (add_versions)."""
         return tuple(self._versions)
 
-    def run_segment(self, index: int, env: dict[str, np.ndarray], version: str = FP32
-                    ) -> float:
+    def run_segment(self, index: int, env: dict[str, np.ndarray], version: str = FP32,
+                    cancel: Cancel | None = None) -> float:
         """Run segment `index` (of model `version`) on `env` (updated in place); returns its
-        milliseconds."""
+        milliseconds. Cancelled (env unchanged) once `cancel` is cancelled."""
         seg = self.segments[index] if version == FP32 else self._versions[version][index]
         t0 = time.perf_counter()
-        env.update(seg.run({n: env[n] for n in seg.inputs}))
+        env.update(seg.run({n: env[n] for n in seg.inputs}, cancel))
         return (time.perf_counter() - t0) * 1e3
 
     @property
@@ -163,13 +163,13 @@ class LocalRunner:
         """The whole-model file's session (None when the bundle has none)."""
         return self._whole
 
-    def run_whole(self, env: dict[str, np.ndarray]) -> float:
+    def run_whole(self, env: dict[str, np.ndarray], cancel: Cancel | None = None) -> float:
         """Run the whole model file on `env` (updated in place with the model outputs);
         returns its milliseconds. One session runs at the unsplit model's speed, where a
         chain of segments loses fused kernels and layout at every cut."""
         assert self._whole is not None, "the bundle has no whole-model file"
         t0 = time.perf_counter()
-        env.update(self._whole.run({t.name: env[t.name] for t in self.inputs}))
+        env.update(self._whole.run({t.name: env[t.name] for t in self.inputs}, cancel))
         return (time.perf_counter() - t0) * 1e3
 
     def exits_after(self, index: int, n_exits: int) -> list[_Exit]:

@@ -141,6 +141,9 @@ class _Job:
     queued_at: float = field(default_factory=time.monotonic)
     held_s: float = 0.0  # time the loopback shaper held it: an emulated transfer
     exploring: bool = False  # an exploring frame's (policy.explore): its reply counts only
+    # When its frame stops waiting and starts a local finish (which its reply may still
+    # beat): past it, the link checks the server as after a timeout (_overdue)
+    overdue_at: float = math.inf
     activity: int = 0  # DeviceActivity.mark() when it was made
     # On the wire, in send order (the I/O thread's): an upload's number, and whether it went
     # with no other upload ahead of it; a hello's, the last upload sent before it
@@ -253,14 +256,20 @@ class EdgeLink:
         return self
 
     def offload(self, frames: Sequence, cut: str, budget_s: float, *,
-                exploring: bool = False) -> Future:
+                overdue_s: float | None = None, exploring: bool = False) -> Future:
         """Send an infer request for `cut`; the Future resolves to a transport Reply or
-        raises a TransportError. exploring: an exploring frame's (policy.explore); its
-        reply updates the estimates as any offload's, its failure changes nothing (it
-        says little: the frame tried a plausible best case)."""
+        raises a TransportError (Timeout after `budget_s`). overdue_s: when the frame
+        stops waiting for it (a reply after that, within budget_s, may still be used):
+        from then on the link checks the server as it does after a timeout. exploring: an
+        exploring frame's (policy.explore); its reply updates the estimates as any
+        offload's, its failure changes nothing (it says little: the frame tried a
+        plausible best case)."""
         size = sum(memoryview(f).nbytes for f in frames)
-        return self._push(_Job(protocol.INFER, frames, cut, budget_s, payload_bytes=size,
-                               exploring=exploring))
+        job = _Job(protocol.INFER, frames, cut, budget_s, payload_bytes=size,
+                   exploring=exploring)
+        if overdue_s is not None and overdue_s < budget_s:
+            job.overdue_at = job.queued_at + overdue_s
+        return self._push(job)
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """The estimates the planner needs, read consistently. A request of n bytes is
@@ -359,6 +368,7 @@ class EdgeLink:
                            + [min(t, j.queued_at + j.budget_s) for t, j in held])
                 if not probing:
                     wake = min(wake, self._probe_due())
+                wake = min([wake] + [j.overdue_at for j, _ in pending.values()])
                 self.in_flight = len(pending) + len(held) + len(self._jobs)
                 client.poll(max(wake - now, 0.0), wake_fd=self._wake_r)
                 with contextlib.suppress(BlockingIOError, OSError):
@@ -370,6 +380,7 @@ class EdgeLink:
                     except TransportError as exc:
                         outcome = exc
                     self._account(job, outcome, time.monotonic())
+                self._overdue([j for j, _ in pending.values()], time.monotonic())
                 if self._reconnect:
                     # a fresh connection does not carry the stale probe; the next hello
                     # goes out on it at once instead of behind those bytes
@@ -384,6 +395,19 @@ class EdgeLink:
             while self._jobs:
                 self._jobs.popleft().future.set_exception(Unreachable("the engine is closed"))
             client.close()
+
+    def _overdue(self, jobs: Sequence[_Job], now: float) -> None:
+        """Offloads whose frames stopped waiting for them: check the server at once, as
+        after a timeout (frames stay here until a hello answers, or the reply comes), but
+        keep waiting for the reply, which is a sample like any other when it comes."""
+        late = [j for j in jobs if j.overdue_at <= now]
+        for job in late:
+            job.overdue_at = math.inf
+        if any(not j.exploring for j in late) and self.status == UP:
+            with self._lock:
+                self.status = CHECKING
+                self._next_probe = now
+                self.version += 1
 
     def _release_at(self, job: _Job, now: float) -> float:
         """When a job may go: now, or when the loopback shaper has carried it (a hello or a
@@ -564,6 +588,8 @@ class EdgeLink:
                 self._blame(None if isinstance(exc, Timeout) else 0.0, False, job, now)
             if getattr(exc, "refused", False):
                 return  # the server answered it could not make it in time: it is up
+            if job.kind == protocol.INFER and self.status == DOWN:
+                return  # a hello failed while it was overdue: the server stays down
             # Hello failing means down; an infer failing means "check before trusting it",
             # with a hello at once: frames go to the device until it answers.
             self.status = DOWN if job.kind == protocol.HELLO else CHECKING

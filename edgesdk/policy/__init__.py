@@ -27,6 +27,7 @@ from .explore import EXPLORE_MAX_S, EXPLORE_MIN_S, explore_pick, optimistic
 from .features import N_FEATURES, features
 from .net import WEIGHTS, PolicyNet
 from .planner import (
+    FALLBACK_MARGIN_MS,
     energy_cost,
     expected_energy,
     expected_rewards,
@@ -38,8 +39,9 @@ from .planner import (
 from .state import TASKS, EnergyPrice, State
 from .stream import Speed, StreamController
 
-__all__ = ["BITS", "EXPLORE_MAX_S", "EXPLORE_MIN_S", "Candidate", "CandidateTable",
-           "EnergyPrice", "ExitProfile", "ModelProfile", "N_FEATURES", "PolicyNet", "State",
+__all__ = ["BITS", "EXPLORE_MAX_S", "EXPLORE_MIN_S", "FALLBACK_MARGIN_MS", "Candidate",
+           "CandidateTable", "EnergyPrice", "ExitProfile", "ModelProfile", "N_FEATURES",
+           "PolicyNet", "State",
            "Speed", "StreamController", "TASKS", "VersionProfile", "WEIGHTS",
            "build_candidates", "energy_cost", "expected_energy", "expected_rewards",
            "expected_terms", "explore_pick", "features",

@@ -12,10 +12,12 @@ reply takes a per-message overhead + rtt + queue + server compute (x server_slow
 wire_bytes at the bandwidth, which is lognormal around `bw_mbps` with relative spread
 bw_std / bw_mbps (the transfer's mean grows by exp(s^2 / 2); P(transfer > t) =
 Phi((log(bw needed) - log(bw)) / s), Phi approximated by a logistic, max error 0.01). A
-reply later than the budget is a timeout, and the engine falls back as it does: after the
+reply later than the budget is overdue, and the engine falls back as it does: after the
 budget it finishes on the device (local_ms, fp32 accuracy local_acc) or, when that would be
 late and an exit ran, answers with the best exit (accuracy FALLBACK_EXIT_ACC x local_acc).
-So a frame's latency is capped by its budget plus a local finish, as in the engine.
+A reply that comes while the local finish runs still answers (the finish stops), at its
+own time (the lognormal transfer's partial mean over that window). So a frame's latency is
+capped by its budget plus a local finish, as in the engine.
 Reward: w_acc * accuracy - E[latency] / SLO - penalty * P(latency > SLO), weights from the
 task (state.TASKS); with an energy price (state.energy, EnergyPrice) also - weight x
 E[energy] / the energy of a frame run wholly on the device (expected_energy: the
@@ -80,6 +82,24 @@ class _Offload(NamedTuple):
     lat_ok: np.ndarray  # latency of a reply within the budget (ms)
     p_late: np.ndarray  # P(no reply within the budget)
     exit_answer: np.ndarray  # a timeout answers with the best exit, not a local finish
+    p_rescued: np.ndarray  # P(the reply comes while the local finish runs): it answers
+    lat_rescued: np.ndarray  # E[latency; rescued]: the latency's partial mean there (ms)
+
+
+def _p_slower(transfer: np.ndarray, slack: np.ndarray, s: float) -> np.ndarray:
+    """P(the transfer takes longer than `slack`), lognormal with log-spread s."""
+    if s <= 0:
+        p = (transfer > slack).astype(np.float64)
+    else:
+        # P(transfer > slack) = P(log bw < log(bw * transfer / slack)), logistic for Phi
+        ratio = transfer / np.maximum(slack, 1e-12)
+        np.maximum(ratio, 1e-300, out=ratio)
+        z = np.log(ratio)
+        z *= -1.702 / s
+        np.minimum(z, 50.0, out=z)  # exp(50) is large enough; np.clip is slow on small arrays
+        p = 1.0 / (1.0 + np.exp(z))
+    p[slack <= 0] = 1.0
+    return p
 
 
 def _offload(table: CandidateTable, state: State, bw_mbps: float | None) -> _Offload:
@@ -89,23 +109,25 @@ def _offload(table: CandidateTable, state: State, bw_mbps: float | None) -> _Off
     local = table.local_ms * state.device_slowdown
     budget = np.maximum(offload_budget(state.slo_ms - dev, local, table.has_exit), 0.0)
     slack = budget - (base - dev)  # what the transfer may take
-    if s > 0:
-        # P(transfer > slack) = P(log bw < log(bw * transfer / slack)), logistic for Phi
-        ratio = transfer / np.maximum(slack, 1e-12)
-        np.maximum(ratio, 1e-300, out=ratio)
-        z = np.log(ratio)
-        z *= -1.702 / s
-        np.minimum(z, 50.0, out=z)  # exp(50) is large enough; np.clip is slow on small arrays
-        p_late = 1.0 / (1.0 + np.exp(z))
-        lat_ok = base + transfer * np.exp(s * s / 2)
-    else:
-        p_late = (transfer > slack).astype(np.float64)
-        lat_ok = base + transfer
-    p_late[slack <= 0] = 1.0
+    p_late = _p_slower(transfer, slack, s)
+    lat_ok = base + transfer * np.exp(s * s / 2)
     lat_ok = np.minimum(lat_ok, dev + budget)  # a reply that comes is within the budget
     # a timeout: the budget is spent, then a local finish or the best exit's answer
     exit_answer = table.has_exit & (dev + budget + local > state.slo_ms)
-    return _Offload(dev, local, budget, transfer, lat_ok, p_late, exit_answer)
+    # a reply during the local finish (the engine waits for one to the deadline's margin)
+    hedge = np.where(exit_answer, 0.0, np.minimum(
+        local, np.maximum(state.slo_ms - FALLBACK_MARGIN_MS - dev - budget, 0.0)))
+    rescued = hedge > 0
+    p_rescued = np.where(rescued, p_late - _p_slower(transfer, slack + hedge, s), 0.0)
+    # E[T; slack < T <= slack + hedge] of a lognormal T with median `transfer`:
+    # transfer e^(s^2/2) (P(T' > slack) - P(T' > slack + hedge)), T' with median
+    # transfer e^(s^2)
+    tilted = transfer * math.exp(s * s)
+    partial = transfer * math.exp(s * s / 2) * (
+        _p_slower(tilted, slack, s) - _p_slower(tilted, slack + hedge, s))
+    lat_rescued = np.where(rescued, p_rescued * base + partial, 0.0)
+    return _Offload(dev, local, budget, transfer, lat_ok, p_late, exit_answer, p_rescued,
+                    lat_rescued)
 
 
 def expected_terms(table: CandidateTable, state: State, bw_mbps: float | None = None
@@ -118,10 +140,12 @@ def expected_terms(table: CandidateTable, state: State, bw_mbps: float | None = 
     lat_to = o.dev + o.budget + np.where(o.exit_answer, 0.0, o.local)
     acc_to = table.local_acc * np.where(o.exit_answer, FALLBACK_EXIT_ACC, 1.0)
     q_ok = 1.0 - o.p_late
-    rest_lat = np.where(offload, q_ok * o.lat_ok + o.p_late * lat_to, o.dev)
-    rest_acc = np.where(offload, q_ok * table.rest_acc + o.p_late * acc_to, table.rest_acc)
+    p_rescued, p_lost = o.p_rescued, o.p_late - o.p_rescued
+    rest_lat = np.where(offload, q_ok * o.lat_ok + o.lat_rescued + p_lost * lat_to, o.dev)
+    rest_acc = np.where(offload, (q_ok + p_rescued) * table.rest_acc + p_lost * acc_to,
+                        table.rest_acc)
     # a fallback that lands at the SLO to the last bit is on time, not late by rounding
-    rest_viol = np.where(offload, o.p_late * (lat_to > slo * (1 + 1e-9)), o.dev > slo)
+    rest_viol = np.where(offload, p_lost * (lat_to > slo * (1 + 1e-9)), o.dev > slo)
     exit_lat = table.exit_ms * state.device_slowdown
     p = table.p_exit
     q = 1.0 - p
@@ -135,7 +159,9 @@ def _device_ms(table: CandidateTable, state: State, o: _Offload) -> np.ndarray:
     """E[device compute] per frame (ms): exit heads, segments to the cut, encoding, and the
     local finish of an offload that times out into one."""
     late_finish = np.where(o.exit_answer, 0.0, o.local)
-    rest = o.dev + np.where(table.wire_bytes > 0, o.p_late * late_finish, 0.0)
+    # a rescued reply stops the local finish, about halfway
+    p_finish = o.p_late - 0.5 * o.p_rescued
+    rest = o.dev + np.where(table.wire_bytes > 0, p_finish * late_finish, 0.0)
     p = table.p_exit
     return p * table.exit_ms * state.device_slowdown + (1.0 - p) * rest
 

@@ -13,11 +13,12 @@ per request, known overheads, a fixed queue and no failures; here:
 - the device's compute time per frame is its profile times a slowdown times a jitter drawn
   from a measured distribution (a CPU-quota-throttled device stalls now and then);
 - the engine's behaviour is reproduced: an offload gets the frame's remaining budget minus
-  the time a local finish needs (when no exit answer is in hand); on a timeout the frame
+  the time a local finish needs (when no exit answer is in hand); past it the frame
   finishes on the device (or answers with its best exit when a local finish would be
-  late), the link goes "checking", sends a hello, and offloading stops until a welcome
-  arrives (every RETRY_S while the link is down); plans are drawn from device-only
-  candidates meanwhile;
+  late), and a reply that comes while the local finish runs answers instead; a frame no
+  reply answered is a timeout: the link goes "checking", sends a hello, and offloading
+  stops until a welcome arrives (every RETRY_S while the link is down); plans are drawn
+  from device-only candidates meanwhile;
 - the device's view comes from edgesdk.estimators.LinkEstimator fed exactly what the
   engine's link feeds it: replies (size, round trip, server and queue time), probes when
   the link has been idle, and heartbeats; with `explore`, the exploring frames of an
@@ -56,7 +57,7 @@ import numpy as np
 from ..estimators import SMALL_MESSAGE_BYTES, LinkEstimator, probe_bytes
 from .candidates import CandidateTable
 from .explore import EXPLORE_MAX_S, EXPLORE_MIN_S, explore_pick
-from .planner import offload_budget
+from .planner import FALLBACK_MARGIN_MS, offload_budget
 from .scenarios import (  # noqa: F401  (re-exported: the simulator's public names)
     DEFAULT_PHYSICS,
     FIXED_RATES,
@@ -246,12 +247,17 @@ def frame_outcomes(world: World, k: int, facts: TableFacts, slowdown_est: float,
     edge = wire + rtt + world.queue[k] + t.srv_ms * (sc.server_slowdown * sc.server_drift)
     sent = facts.offload & (budget > MIN_BUDGET_MS)  # else it finishes here at once
     ok = sent & (edge <= budget)
-    timed_out = facts.offload & ~ok
-    # a timed-out offload costs its budget plus however late the engine notices
+    overdue = facts.offload & ~ok
+    # an overdue offload costs its budget plus however late the engine notices
     waited = np.where(sent, budget + ph.timeout_grace_ms, np.maximum(budget, 0.0))
     local_ms = facts.local_rest_ms * jit
     late_local = d + waited + local_est > slo
-    exit_answer = timed_out & facts.has_exit & late_local
+    exit_answer = overdue & facts.has_exit & late_local
+    # a reply while the local finish runs answers: the engine waits to the deadline's margin
+    rescued = sent & overdue & ~exit_answer & (
+        edge <= np.minimum(waited + local_ms, slo - FALLBACK_MARGIN_MS - d))
+    ok |= rescued
+    timed_out = overdue & ~rescued
     latency = np.where(ok, d + edge, np.where(exit_answer, d + waited, d + waited + local_ms))
     latency = np.where(facts.device_only, t.dev_ms * jit + eng, latency)
     acc = np.where(ok, t.rest_acc, np.where(exit_answer, ph.fallback_exit_acc * facts.local_acc,

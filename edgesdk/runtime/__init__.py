@@ -4,6 +4,7 @@ Every backend implements the same small protocol::
 
     seg = open_segment(bundle, 0, threads=1)
     outputs = seg.run({"data_0": image})      # dict name -> np.ndarray, in and out
+    seg.run(inputs, cancel=token)             # Cancelled once another thread cancels
 
 `onnx` uses onnxruntime (a core dependency); `tflite` uses ai_edge_litert, or
 tflite_runtime, from the `tflite` extra. The device and the edge server run a bundle with
@@ -23,7 +24,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -38,14 +39,54 @@ RUNTIMES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
 }
 
 
+class Cancelled(Exception):
+    """A run stopped because its Cancel token was cancelled."""
+
+
+class Cancel:
+    """Stops a run from another thread: `cancel()` makes the run it was given to raise
+    Cancelled. onnxruntime stops between two nodes of the graph (RunOptions.terminate,
+    checked by its executor, so within ~1 ms); a backend that cannot be interrupted
+    (LiteRT's invoke) finishes the segment it is in and stops before the next."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self._options: Any = None
+
+    def cancel(self) -> None:
+        # set first, read second: with ort_options' order, one of the two sees the other
+        self.cancelled = True
+        options = self._options
+        if options is not None:
+            options.terminate = True
+
+    def ort_options(self) -> Any:
+        """The onnxruntime RunOptions that carry this token into a run."""
+        if self._options is None:
+            import onnxruntime
+
+            options = onnxruntime.RunOptions()
+            self._options = options
+            if self.cancelled:
+                options.terminate = True
+        return self._options
+
+    def check(self) -> None:
+        """Cancelled if it has been cancelled (where a backend cannot stop a run)."""
+        if self.cancelled:
+            raise Cancelled
+
+
 @runtime_checkable
 class Segment(Protocol):
-    """One runnable segment: named float/int tensors in, named tensors out."""
+    """One runnable segment: named float/int tensors in, named tensors out; a run given a
+    Cancel token raises Cancelled once it is cancelled."""
 
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def run(self, inputs: Mapping[str, np.ndarray], cancel: Cancel | None = None
+            ) -> dict[str, np.ndarray]: ...
 
 
 def open_file(bundle: Bundle, path: str | os.PathLike, threads: int = 1,
@@ -217,5 +258,5 @@ def run_chain(segments: list[Segment], inputs: Mapping[str, np.ndarray],
     return env
 
 
-__all__ = ["RUNTIMES", "Segment", "backend_runtime", "check_files", "check_io", "open_file",
-           "open_segment", "open_segments", "require_runtime", "run_chain"]
+__all__ = ["RUNTIMES", "Cancel", "Cancelled", "Segment", "backend_runtime", "check_files",
+           "check_io", "open_file", "open_segment", "open_segments", "require_runtime", "run_chain"]

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import BundleError, MissingDependency
+
+if TYPE_CHECKING:
+    from . import Cancel
 
 try:
     import onnxruntime as ort
@@ -81,7 +85,8 @@ class OnnxSegment:
         return ({i.name: spec(i) for i in self.session.get_inputs()},
                 {o.name: spec(o) for o in self.session.get_outputs()})
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, inputs: Mapping[str, np.ndarray], cancel: Cancel | None = None
+            ) -> dict[str, np.ndarray]:
         feed = {}
         for name in self.inputs:
             if name not in inputs:
@@ -97,4 +102,11 @@ class OnnxSegment:
                 raise ValueError(f"segment input {name!r} has shape {list(value.shape)}, "
                                  f"expected {shape}")
             feed[name] = value
-        return dict(zip(self.outputs, self.session.run(self.outputs, feed)))
+        if cancel is None:
+            return dict(zip(self.outputs, self.session.run(self.outputs, feed)))
+        try:
+            outs = self.session.run(self.outputs, feed, cancel.ort_options())
+        except Exception:  # onnxruntime's Fail: "Exiting due to terminate flag ..."
+            cancel.check()
+            raise
+        return dict(zip(self.outputs, outs))

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import BundleError, MissingDependency
+
+if TYPE_CHECKING:
+    from . import Cancel
 
 TFLITE_IDENTIFIER = b"TFL3"  # bytes 4..8 of every TFLite flatbuffer
 
@@ -113,7 +116,10 @@ class TfliteSegment:
         is None), dtypes as numpy names."""
         return self._declared
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, inputs: Mapping[str, np.ndarray], cancel: Cancel | None = None
+            ) -> dict[str, np.ndarray]:
+        if cancel is not None:  # invoke() cannot be interrupted: stop before it
+            cancel.check()
         for name in self.inputs:
             if name not in inputs:
                 raise ValueError(f"segment input {name!r} missing; got {sorted(inputs)}")
