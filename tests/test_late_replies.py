@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from edgesdk import Engine
+from edgesdk.policy import FALLBACK_MARGIN_MS
 from edgesdk.runtime import Cancel, Cancelled
 from edgesdk.runtime.onnx import OnnxSegment
 
@@ -41,6 +42,7 @@ def resnet(tmp_path_factory):
     return bundle, x, statistics.median(runs)
 
 
+@pytest.mark.slow  # splits ResNet-50
 def test_a_cancelled_run_stops_within_a_node_and_the_session_runs_again(resnet):
     bundle, x, local_ms = resnet
     seg = OnnxSegment(bundle.path / "whole.onnx", threads=1)
@@ -63,19 +65,27 @@ def test_a_cancelled_run_stops_within_a_node_and_the_session_runs_again(resnet):
 @pytest.mark.slow
 def test_a_reply_after_the_budget_stops_the_local_finish_and_answers(resnet):
     """SLO 3x the local run L: the edge-only offload gets ~2L (the SLO less the local
-    finish it reserves, less the margin). The server sleeps 1.4L, then runs the model
-    (~L), so its reply comes past the budget, while the local finish runs."""
+    finish it reserves, less the margin). The server sleeps L, then runs the model (~L,
+    more beside the device's own run), so its first reply comes past the budget, while
+    the local finish runs. Once
+    the server has timed such a reply, it may refuse the next ones at once (they cannot
+    make their budget): those frames finish here at once, also within the deadline."""
     bundle, x, local_ms = resnet
     slo_ms = 3 * local_ms
     server = ServerProcess([sys.executable, str(TESTS / "engine_helpers.py"), str(bundle.path),
-                            "--delay-ms", f"{1.4 * local_ms:.1f}"])
+                            "--delay-ms", f"{local_ms:.1f}"])
     with server, Engine(bundle, server=server.endpoint, slo_ms=slo_ms,
-                        strategy="input@8") as engine:
+                        strategy="input@32") as engine:
         reference = engine.local.whole.run({engine.local.whole.inputs[0]: x})
         results = [engine.infer(x) for _ in range(4)]
+    first = results[0]
+    assert first.where == "edge" and first.fallback_reason is None, (first.where,
+                                                                      first.fallback_reason)
+    # past the budget, before the local finish would end
+    assert 2 * local_ms - FALLBACK_MARGIN_MS < first.timings.total < slo_ms, (
+        first.timings.total, local_ms)
     for r in results:
-        assert r.where == "edge" and r.fallback_reason is None, (r.where, r.fallback_reason)
-        # past the budget (the server alone slept 1.4L), before the local finish would end
-        assert 2.0 * local_ms < r.timings.total < slo_ms, (r.timings.total, local_ms)
-        np.testing.assert_allclose(r.output, next(iter(reference.values())), rtol=1e-3,
-                                   atol=1e-5)
+        assert r.where == "edge" or r.fallback_reason == "timeout", (r.where, r.fallback_reason)
+        assert r.timings.total < slo_ms, r.timings.total
+        np.testing.assert_allclose(r.output, next(iter(reference.values())), rtol=1e-4,
+                                   atol=1e-6)

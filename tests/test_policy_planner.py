@@ -199,12 +199,21 @@ def test_a_reply_during_the_local_finish_is_priced_as_the_answer():
     s = State(bw_mbps=8000 / 14 / 1e3, slo_ms=30.0, rtt_ms=2.0, task="balanced")
     budget = 30 - 1 - 10 - FALLBACK_MARGIN_MS
     assert expected_rewards(t, s)[0] == pytest.approx(5 * 0.95 - (1 + 17) / 30)
-    # with a spread, the window's share of the transfer's mean: between the two bounds
+    # with a spread, the rescue's probability and its latency's partial mean are the
+    # lognormal's (a Monte Carlo over the bandwidth, within the logistic's error)
+    from edgesdk.policy.planner import _offload
+
     wide = State(bw_mbps=8000 / 14 / 1e3, bw_std=0.3 * 8000 / 14 / 1e3, slo_ms=30.0,
                  rtt_ms=2.0, task="balanced")
-    acc, lat, viol = expected_terms(t, wide)
-    assert 5 * acc[0] - lat[0] / 30 - viol[0] == pytest.approx(expected_rewards(t, wide)[0])
-    assert 1 + 13 < lat[0] < 1 + budget + 10
+    o = _offload(t, wide, None)
+    transfer = 14 * np.exp(0.3 * np.random.default_rng(0).standard_normal(400_000))
+    lat = 1 + 2 + 1 + transfer  # dev, rtt, server, upload
+    rescued = (lat > 1 + budget) & (lat <= 1 + budget + 10)
+    assert o.p_rescued[0] == pytest.approx(rescued.mean(), abs=0.02)
+    assert o.lat_rescued[0] == pytest.approx(np.where(rescued, lat, 0).mean(), rel=0.03)
+    acc, lat_mean, viol = expected_terms(t, wide)
+    assert 5 * acc[0] - lat_mean[0] / 30 - viol[0] == pytest.approx(
+        expected_rewards(t, wide)[0])
     # a reply later than the local finish is a timeout, as before
     s = State(bw_mbps=8000 / 40 / 1e3, slo_ms=30.0, rtt_ms=2.0, task="balanced")
     assert expected_rewards(t, s)[0] == pytest.approx(5 * 0.9 - (1 + budget + 10) / 30)

@@ -79,6 +79,7 @@ from ..policy import (
     EXPLORE_MAX_S,
     EXPLORE_MIN_S,
     FALLBACK_MARGIN_MS,
+    MIN_BUDGET_MS,
     TASKS,
     Candidate,
     EnergyPrice,
@@ -887,7 +888,7 @@ class Engine:
         left_ms = (f.deadline - now) * 1e3
         budget = float(offload_budget(left_ms, self._local_rest_ms(f),
                                       f.best_exit is not None)) / 1e3
-        if budget <= 0.0005:
+        if budget <= MIN_BUDGET_MS / 1e3:
             f.reason = "timeout"  # the deadline passed during the device half
             return
         # The frame waits `budget` for the reply, then starts its local finish; a reply that
@@ -900,8 +901,7 @@ class Engine:
         f.sent_at = now
         f.radio_gap_s = now - self._last_sent_at
         self._last_sent_at = now
-        f.future = link.offload(frames, cut.id, wait_s, overdue_s=budget,
-                                exploring=f.exploring)
+        f.future = link.offload(frames, cut.id, budget, wait_s=wait_s, exploring=f.exploring)
         f.future.add_done_callback(f.stamp)
         f.offload_until = now + budget
         if f.exploring:  # the next one after the backoff (one that sent nothing: at once)
@@ -976,12 +976,13 @@ class Engine:
             with self._activity:
                 try:
                     self._run_segments(f, last, self._hedge(f))
-                except Cancelled:  # the reply came, and answers unless it cannot be read
+                except Cancelled as stopped:  # the reply came: it answers, if it can be read
+                    f.device_ms += stopped.ms
                     f.reason = None
                     result = self._edge_result(f, f.future.result())
                     if result is not None:
                         return result
-                    self._run_segments(f, last)
+                    self._run_segments(f, last)  # rare: the segment stopped runs again
             if f.result is not None:  # an exit after the cut fired (fixed plans only)
                 return f.result
             return self._local_result(f)

@@ -18,7 +18,21 @@ import numpy as np
 from ..bundle import FP32, Bundle, ExitSpec
 from ..errors import InputError
 from ..exits import ExitRule, exit_runner, ordered_exits
-from ..runtime import Cancel, Segment, open_file, open_segment, open_segments
+from ..runtime import Cancel, Cancelled, Segment, open_file, open_segment, open_segments
+
+
+def _timed_run(seg: Segment, feed: dict[str, np.ndarray], env: dict[str, np.ndarray],
+               cancel: Cancel | None) -> float:
+    """Run `seg` on `feed` into `env`; its milliseconds. A cancelled run raises
+    Cancelled with the milliseconds it ran (`ms`), and leaves env as it was."""
+    t0 = time.perf_counter()
+    try:
+        # a Segment of the user's may not take a token: one is passed only when there is one
+        env.update(seg.run(feed) if cancel is None else seg.run(feed, cancel))
+    except Cancelled as exc:
+        exc.ms = (time.perf_counter() - t0) * 1e3
+        raise
+    return (time.perf_counter() - t0) * 1e3
 
 
 @dataclass(frozen=True)
@@ -154,9 +168,7 @@ class LocalRunner:
         """Run segment `index` (of model `version`) on `env` (updated in place); returns its
         milliseconds. Cancelled (env unchanged) once `cancel` is cancelled."""
         seg = self.segments[index] if version == FP32 else self._versions[version][index]
-        t0 = time.perf_counter()
-        env.update(seg.run({n: env[n] for n in seg.inputs}, cancel))
-        return (time.perf_counter() - t0) * 1e3
+        return _timed_run(seg, {n: env[n] for n in seg.inputs}, env, cancel)
 
     @property
     def whole(self) -> Segment | None:
@@ -168,9 +180,7 @@ class LocalRunner:
         returns its milliseconds. One session runs at the unsplit model's speed, where a
         chain of segments loses fused kernels and layout at every cut."""
         assert self._whole is not None, "the bundle has no whole-model file"
-        t0 = time.perf_counter()
-        env.update(self._whole.run({t.name: env[t.name] for t in self.inputs}, cancel))
-        return (time.perf_counter() - t0) * 1e3
+        return _timed_run(self._whole, {t.name: env[t.name] for t in self.inputs}, env, cancel)
 
     def exits_after(self, index: int, n_exits: int) -> list[_Exit]:
         """The first-n_exits exits that read the tensors of segment `index`."""

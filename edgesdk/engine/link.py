@@ -14,9 +14,10 @@ decides whether offloading is possible at all:
     status "connecting" -> hello -> "up" (the welcome lists this bundle) | "not_served"
          | "bundle_mismatch" (the server has another copy of it: the hello carries the
            bundle's digest, and the server answers an error when its own differs)
-    "up" -> an infer times out or is unreachable -> "checking" (a hello at once)
-         -> "up" | "down"
-    "down" -> hello every `retry_s` -> "up" when the server is back
+    "up" -> an infer is overdue (past its budget, its reply still awaited), times out
+         or is unreachable -> "checking" (a hello at once) -> "up" | "down"
+    "down" -> hello every `retry_s` -> "up" when the server is back (an infer that
+         times out meanwhile leaves it down)
 
 Only "up" offloads. Busy replies pause offloading for their `retry_after_ms` (within
 busy_backoff_s / 4 and MAX_BUSY_WAIT_S), or `busy_backoff_s` when they do not say. A user hears of
@@ -141,8 +142,10 @@ class _Job:
     queued_at: float = field(default_factory=time.monotonic)
     held_s: float = 0.0  # time the loopback shaper held it: an emulated transfer
     exploring: bool = False  # an exploring frame's (policy.explore): its reply counts only
-    # When its frame stops waiting and starts a local finish (which its reply may still
-    # beat): past it, the link checks the server as after a timeout (_overdue)
+    # How long past its budget a reply is still awaited (its frame's local finish, which
+    # the reply may still beat); and when the budget ends, while that is still to come:
+    # then the link checks the server as after a timeout (_overdue)
+    extra_wait_s: float = 0.0
     overdue_at: float = math.inf
     activity: int = 0  # DeviceActivity.mark() when it was made
     # On the wire, in send order (the I/O thread's): an upload's number, and whether it went
@@ -256,19 +259,21 @@ class EdgeLink:
         return self
 
     def offload(self, frames: Sequence, cut: str, budget_s: float, *,
-                overdue_s: float | None = None, exploring: bool = False) -> Future:
-        """Send an infer request for `cut`; the Future resolves to a transport Reply or
-        raises a TransportError (Timeout after `budget_s`). overdue_s: when the frame
-        stops waiting for it (a reply after that, within budget_s, may still be used):
-        from then on the link checks the server as it does after a timeout. exploring: an
-        exploring frame's (policy.explore); its reply updates the estimates as any
-        offload's, its failure changes nothing (it says little: the frame tried a
+                wait_s: float | None = None, exploring: bool = False) -> Future:
+        """Send an infer request for `cut` with `budget_s`; the Future resolves to a
+        transport Reply or raises a TransportError. wait_s (default budget_s): how long a
+        reply is awaited. Past the budget the offload is overdue (its frame finishes
+        here meanwhile, and a reply may still beat that): the link checks the server as
+        after a timeout, and the reply, if it comes, is a sample like any other.
+        exploring: an exploring frame's (policy.explore); its reply updates the estimates
+        as any offload's, its failure changes nothing (it says little: the frame tried a
         plausible best case)."""
         size = sum(memoryview(f).nbytes for f in frames)
         job = _Job(protocol.INFER, frames, cut, budget_s, payload_bytes=size,
                    exploring=exploring)
-        if overdue_s is not None and overdue_s < budget_s:
-            job.overdue_at = job.queued_at + overdue_s
+        if wait_s is not None and wait_s > budget_s:
+            job.extra_wait_s = wait_s - budget_s
+            job.overdue_at = job.queued_at + budget_s
         return self._push(job)
 
     def snapshot(self, now: float) -> dict[str, Any]:
@@ -342,6 +347,7 @@ class EdgeLink:
                             if job.exploring:  # the server answers it only when idle
                                 fields = {**fields, "explore": True}
                             rid = client.submit(job.frames, budget_s=job.budget_s,
+                                                wait_s=job.budget_s + job.extra_wait_s,
                                                 bundle=self.bundle_id, cut=job.cut,
                                                 fields=fields or None)
                         elif job.kind == protocol.HELLO and self.digest:
@@ -363,12 +369,13 @@ class EdgeLink:
                     self.in_flight = len(pending) + len(held)
                     self._next_probe = now + self._retry_s
                     continue  # probes go at once, or when the shaper releases them
-                # a held job wakes the loop when it may go or when its budget runs out
+                # a held job wakes the loop when it may go or when its wait runs out
                 wake = min([now + MAX_SLEEP_S]
-                           + [min(t, j.queued_at + j.budget_s) for t, j in held])
+                           + [min(t, j.queued_at + j.budget_s + j.extra_wait_s)
+                              for t, j in held])
                 if not probing:
                     wake = min(wake, self._probe_due())
-                wake = min([wake] + [j.overdue_at for j, _ in pending.values()])
+                wake = min([wake] + [j.overdue_at for j in self._awaited(pending, held)])
                 self.in_flight = len(pending) + len(held) + len(self._jobs)
                 client.poll(max(wake - now, 0.0), wake_fd=self._wake_r)
                 with contextlib.suppress(BlockingIOError, OSError):
@@ -380,7 +387,7 @@ class EdgeLink:
                     except TransportError as exc:
                         outcome = exc
                     self._account(job, outcome, time.monotonic())
-                self._overdue([j for j, _ in pending.values()], time.monotonic())
+                self._overdue(self._awaited(pending, held), time.monotonic())
                 if self._reconnect:
                     # a fresh connection does not carry the stale probe; the next hello
                     # goes out on it at once instead of behind those bytes
@@ -396,18 +403,38 @@ class EdgeLink:
                 self._jobs.popleft().future.set_exception(Unreachable("the engine is closed"))
             client.close()
 
+    @staticmethod
+    def _awaited(pending: Mapping[int, tuple[_Job, float]], held: list[tuple[float, _Job]]
+                 ) -> list[_Job]:
+        return [j for j, _ in pending.values()] + [j for _, j in held]
+
     def _overdue(self, jobs: Sequence[_Job], now: float) -> None:
-        """Offloads whose frames stopped waiting for them: check the server at once, as
-        after a timeout (frames stay here until a hello answers, or the reply comes), but
-        keep waiting for the reply, which is a sample like any other when it comes."""
+        """Offloads past their budget, whose frames finish here meanwhile: as after a
+        timeout, the link checks the server at once (frames stay here until a hello
+        answers), and the hello blames the link or the server for the budget missed
+        (_blame); but the reply is still awaited, and is a sample like any other if it
+        comes. An exploring one's changes nothing, as its timeout would not."""
         late = [j for j in jobs if j.overdue_at <= now]
-        for job in late:
-            job.overdue_at = math.inf
-        if any(not j.exploring for j in late) and self.status == UP:
-            with self._lock:
-                self.status = CHECKING
-                self._next_probe = now
-                self.version += 1
+        if not late:
+            return
+        with self._lock:
+            for job in late:
+                job.overdue_at = math.inf
+                if job.exploring:
+                    continue
+                bound = self._timed_out(job, job.budget_s + job.held_s, now)
+                self._unblamed.append(bound)
+                log.debug("an offload is past its budget (%.1f ms): checking the server, "
+                          "its reply still awaited", bound.budget_ms)
+                if self.status == UP:
+                    self.status = CHECKING
+                    self._next_probe = now
+            self.version += 1
+
+    def _timed_out(self, job: _Job, bound_s: float, now: float) -> _TimedOut:
+        """An offload with no reply within `bound_s` of its queueing, to be blamed."""
+        return _TimedOut(job.payload_bytes, bound_s * 1e3, self.server_tail_ms.get(job.cut or ""),
+                         now, job.queued_at, job.upload, job.alone)
 
     def _release_at(self, job: _Job, now: float) -> float:
         """When a job may go: now, or when the loopback shaper has carried it (a hello or a
@@ -421,7 +448,7 @@ class EdgeLink:
                  ) -> tuple[deque[_Job], list[_Job]]:
         """(the jobs to submit now, the jobs to fail now): new ones go unless the shaper
         holds them; held ones go when their time comes, with the wait taken off their
-        budget, or fail when their budget runs out first. On a real link a request whose
+        budget, or fail when their wait for a reply runs out first. On a real link a request whose
         bytes are still queued times out at its deadline too; failing it only on release
         would keep the estimates blind to a congested link for as long as its queue."""
         while self._jobs:
@@ -430,7 +457,8 @@ class EdgeLink:
         expired: list[_Job] = []
         for t, job in sorted(held, key=lambda tj: tj[0]):
             waited = now - job.queued_at
-            if t > now and waited < job.budget_s:
+            wait_s = job.budget_s + job.extra_wait_s
+            if t > now and waited < wait_s:
                 continue
             if self.shaper is not None:
                 job.held_s = waited  # the emulated transfer belongs to the round trip
@@ -440,6 +468,7 @@ class EdgeLink:
             else:
                 job.budget_s = max(job.budget_s - waited, 0.0)
                 expired.append(job)
+            job.extra_wait_s = max(wait_s - waited - job.budget_s, 0.0)
         gone = {id(j) for j in expired}
         held[:] = [(t, j) for t, j in held if t > now and id(j) not in gone]
         return ready, expired
@@ -571,9 +600,8 @@ class EdgeLink:
                 # slower than believed (or queued), which the hello that checks tells
                 # (_blame); without this, a server slower than its welcome said, or a link
                 # that fell, would be offloaded to, and timed out on, forever
-                timed_out = _TimedOut(job.payload_bytes, (job.budget_s + job.held_s) * 1e3,
-                                      self.server_tail_ms.get(job.cut or ""), now,
-                                      job.queued_at, job.upload, job.alone)
+                timed_out = self._timed_out(
+                    job, job.budget_s + job.extra_wait_s + job.held_s, now)
                 if getattr(exc, "refused", False):  # it answered: not the link
                     self._blame_one(timed_out, False, now)
                 else:

@@ -28,6 +28,7 @@ from .features import N_FEATURES, features
 from .net import WEIGHTS, PolicyNet
 from .planner import (
     FALLBACK_MARGIN_MS,
+    MIN_BUDGET_MS,
     energy_cost,
     expected_energy,
     expected_rewards,
@@ -39,10 +40,10 @@ from .planner import (
 from .state import TASKS, EnergyPrice, State
 from .stream import Speed, StreamController
 
-__all__ = ["BITS", "EXPLORE_MAX_S", "EXPLORE_MIN_S", "FALLBACK_MARGIN_MS", "Candidate",
-           "CandidateTable", "EnergyPrice", "ExitProfile", "ModelProfile", "N_FEATURES",
-           "PolicyNet", "State",
-           "Speed", "StreamController", "TASKS", "VersionProfile", "WEIGHTS",
+__all__ = ["BITS", "EXPLORE_MAX_S", "EXPLORE_MIN_S", "FALLBACK_MARGIN_MS", "MIN_BUDGET_MS",
+           "Candidate", "CandidateTable", "EnergyPrice", "ExitProfile", "ModelProfile",
+           "N_FEATURES", "PolicyNet", "State", "Speed", "StreamController", "TASKS",
+           "VersionProfile", "WEIGHTS",
            "build_candidates", "energy_cost", "expected_energy", "expected_rewards",
            "expected_terms", "explore_pick", "features",
            "model_profile", "offload_budget", "optimistic", "plan", "plan_pessimistic"]

@@ -48,6 +48,7 @@ FALLBACK_EXIT_ACC = 0.7
 # 1 run in 4 of tests/test_chaos.py had a frame past its deadline + 5 ms, on 2 cores
 # shared with a server, its workers and three other devices.)
 FALLBACK_MARGIN_MS = 5.0
+MIN_BUDGET_MS = 0.5  # an offload left less than this is not sent: the frame finishes here
 
 
 def offload_budget(left_ms, local_ms, has_exit):
@@ -114,17 +115,19 @@ def _offload(table: CandidateTable, state: State, bw_mbps: float | None) -> _Off
     lat_ok = np.minimum(lat_ok, dev + budget)  # a reply that comes is within the budget
     # a timeout: the budget is spent, then a local finish or the best exit's answer
     exit_answer = table.has_exit & (dev + budget + local > state.slo_ms)
-    # a reply during the local finish (the engine waits for one to the deadline's margin)
-    hedge = np.where(exit_answer, 0.0, np.minimum(
+    # a reply during the local finish (the engine waits for one to the deadline's margin),
+    # if the offload was sent at all
+    hedge = np.where(exit_answer | (budget <= MIN_BUDGET_MS), 0.0, np.minimum(
         local, np.maximum(state.slo_ms - FALLBACK_MARGIN_MS - dev - budget, 0.0)))
     rescued = hedge > 0
     p_rescued = np.where(rescued, p_late - _p_slower(transfer, slack + hedge, s), 0.0)
     # E[T; slack < T <= slack + hedge] of a lognormal T with median `transfer`:
     # transfer e^(s^2/2) (P(T' > slack) - P(T' > slack + hedge)), T' with median
-    # transfer e^(s^2)
+    # transfer e^(s^2); kept within the window, which the logistic's tails may leave
     tilted = transfer * math.exp(s * s)
     partial = transfer * math.exp(s * s / 2) * (
         _p_slower(tilted, slack, s) - _p_slower(tilted, slack + hedge, s))
+    partial = np.clip(partial, p_rescued * slack, p_rescued * (slack + hedge))
     lat_rescued = np.where(rescued, p_rescued * base + partial, 0.0)
     return _Offload(dev, local, budget, transfer, lat_ok, p_late, exit_answer, p_rescued,
                     lat_rescued)
@@ -159,9 +162,10 @@ def _device_ms(table: CandidateTable, state: State, o: _Offload) -> np.ndarray:
     """E[device compute] per frame (ms): exit heads, segments to the cut, encoding, and the
     local finish of an offload that times out into one."""
     late_finish = np.where(o.exit_answer, 0.0, o.local)
-    # a rescued reply stops the local finish, about halfway
-    p_finish = o.p_late - 0.5 * o.p_rescued
-    rest = o.dev + np.where(table.wire_bytes > 0, p_finish * late_finish, 0.0)
+    # a rescued reply stops the local finish when it comes: E[its time past the budget]
+    rescued_finish = o.lat_rescued - o.p_rescued * (o.dev + o.budget)
+    lost = (o.p_late - o.p_rescued) * late_finish
+    rest = o.dev + np.where(table.wire_bytes > 0, lost + rescued_finish, 0.0)
     p = table.p_exit
     return p * table.exit_ms * state.device_slowdown + (1.0 - p) * rest
 

@@ -57,7 +57,7 @@ import numpy as np
 from ..estimators import SMALL_MESSAGE_BYTES, LinkEstimator, probe_bytes
 from .candidates import CandidateTable
 from .explore import EXPLORE_MAX_S, EXPLORE_MIN_S, explore_pick
-from .planner import FALLBACK_MARGIN_MS, offload_budget
+from .planner import FALLBACK_MARGIN_MS, MIN_BUDGET_MS, offload_budget
 from .scenarios import (  # noqa: F401  (re-exported: the simulator's public names)
     DEFAULT_PHYSICS,
     FIXED_RATES,
@@ -77,7 +77,6 @@ OUTAGE_MBPS = 1e-3  # the rate of a link in an outage (> 0 keeps the capacity in
 RETRY_S = 0.5  # the hello interval while the link is down (retry_s)
 HELLO_BUDGET_MS = 500.0  # hello_budget_s; a bandwidth probe gets twice that
 PROBE_IDLE_S = 2.0  # EdgeLink probe_idle_s
-MIN_BUDGET_MS = 0.5  # an offload left less than this is not sent (Engine._send)
 
 
 # -- the world: exogenous draws of one episode ---------------------------------------------
@@ -201,8 +200,9 @@ class Outcomes:
     wire_ms: np.ndarray
     exit_latency: np.ndarray
     budget_ms: np.ndarray
-    upload_left_ms: np.ndarray  # a timed-out offload's upload still to go at its timeout
+    upload_left_ms: np.ndarray  # an overdue offload's upload still to go past its budget
     sent: np.ndarray  # an offload the engine sent: not one whose budget was already gone
+    rescued: np.ndarray  # its reply came past the budget, while the local finish ran
 
 
 class TableFacts:
@@ -268,11 +268,11 @@ def frame_outcomes(world: World, k: int, facts: TableFacts, slowdown_est: float,
     r_rest = w_acc * acc - latency / slo - penalty * (latency > slo)
     r_exit = w_acc * t.exit_acc - exit_lat / slo - penalty * (exit_lat > slo)
     reward = p * r_exit + (1 - p) * r_rest
-    # what a timed-out offload still had to upload when the engine gave up on it: the hello
-    # that checks the server leaves after it
-    upload_left = np.where(timed_out & sent, np.maximum(wire - budget, 0.0), 0.0)
+    # what an overdue offload still had to upload when its budget ran out: the hello that
+    # checks the server leaves after it
+    upload_left = np.where(overdue & sent, np.maximum(wire - budget, 0.0), 0.0)
     return Outcomes(reward, latency, p * t.exit_acc + (1 - p) * acc, timed_out,
-                    np.where(ok, wire, 0.0), exit_lat, budget, upload_left, sent)
+                    np.where(ok, wire, 0.0), exit_lat, budget, upload_left, sent, rescued)
 
 
 # -- the device's view ---------------------------------------------------------------------
@@ -366,15 +366,17 @@ class DeviceView:
             self.explore_at = min(self.explore_at, now + EXPLORE_MIN_S)
         self.link.on_offload(bool(out.timed_out[i]))
         advertised = float(t.srv_ms[i] * w.sc.server_slowdown)  # the welcome's tail time
-        if out.timed_out[i]:
-            # "checking": a hello at once, which tells the link from the server (EdgeLink)
+        if out.timed_out[i] or out.rescued[i]:
+            # past the budget, "checking": a hello at once, which tells the link from the
+            # server (EdgeLink); a reply that still comes is then a sample as any other
             ms = self._hello(now, float(out.upload_left_ms[i]))
             slow = self.link.slow_check(ms)
             if not (slow and ms is not None and self.link.on_uploads_ended(
                     int(t.wire_bytes[i]), float(out.budget_ms[i]) + ms, now)):
                 self.link.on_offload_timeout(int(t.wire_bytes[i]), float(out.budget_ms[i]),
                                              advertised, now, link_slow=slow)
-            return
+            if out.timed_out[i]:
+                return
         srv = advertised * w.sc.server_drift
         q = float(w.queue[k])
         self.link.on_reply(int(t.wire_bytes[i]), float(out.wire_ms[i] + w.rtt[k]) + srv + q,

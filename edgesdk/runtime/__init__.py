@@ -40,7 +40,10 @@ RUNTIMES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
 
 
 class Cancelled(Exception):
-    """A run stopped because its Cancel token was cancelled."""
+    """A run stopped because its Cancel token was cancelled; `ms`: how long it had run
+    (set by the caller that timed it, else 0)."""
+
+    ms: float = 0.0
 
 
 class Cancel:

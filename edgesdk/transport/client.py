@@ -162,14 +162,16 @@ class Client:
     # -- public API ------------------------------------------------------------------------
     def submit(self, frames: Sequence = (), *, budget_s: float, bundle: str | None = None,
                cut: str | None = None, kind: str = protocol.INFER,
-               fields: Mapping[str, Any] | None = None) -> int:
-        """Queue a request and send it if the window allows; returns its id for `wait`."""
+               fields: Mapping[str, Any] | None = None, wait_s: float | None = None) -> int:
+        """Queue a request and send it if the window allows; returns its id for `wait`.
+        The server is given `budget_s`; its reply is awaited `wait_s` (default budget_s:
+        a longer wait takes a reply that comes past the budget)."""
         self._check_open()
         now = time.monotonic()
         # the connection's state as of now: a drop read only later would date it after
         # this request was made, as if a connection had been up while it waited
         self._read_connection_events(now)
-        rid = self._proto.submit(now, kind, budget_s, frames, bundle, cut, fields)
+        rid = self._proto.submit(now, kind, budget_s, frames, bundle, cut, fields, wait_s)
         self._flush(time.monotonic())
         return rid
 

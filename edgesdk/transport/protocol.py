@@ -391,7 +391,8 @@ class _Pending:
     cut: str | None
     extra: Mapping[str, Any]
     created: float
-    deadline: float
+    deadline: float  # when it times out here
+    budget_until: float  # what the server is told: its budget ends then (<= deadline)
     sent_at: float | None = None  # None while waiting to be (re)sent
     attempt_deadline: float = math.inf
     attempts: int = 0  # sends so far
@@ -459,14 +460,20 @@ class ClientProtocol:
     # -- submitting and sending ------------------------------------------------------------
     def submit(self, now: float, kind: str, budget_s: float, frames: Sequence = (),
                bundle: str | None = None, cut: str | None = None,
-               extra: Mapping[str, Any] | None = None) -> int:
-        """Register a request; returns its id. It is sent by the next `outgoing` call."""
+               extra: Mapping[str, Any] | None = None, wait_s: float | None = None) -> int:
+        """Register a request; returns its id. It is sent by the next `outgoing` call. The
+        server is given `budget_s`; a reply is waited for `wait_s` (default: budget_s),
+        so one that comes late may still be taken."""
         if kind not in REQUEST_KINDS:
             raise ValueError(f"kind is {kind!r}, expected one of {list(REQUEST_KINDS)}")
-        if not (_number(budget_s) and math.isfinite(budget_s)
-                and 0 < budget_s * 1e3 <= MAX_BUDGET_MS):
-            raise ValueError(f"budget_s is {budget_s!r}, expected seconds in "
-                             f"(0, {MAX_BUDGET_MS / 1e3:.0f}]")
+        for name, value in (("budget_s", budget_s), ("wait_s", wait_s)):
+            if name == "wait_s" and value is None:
+                continue
+            if not (_number(value) and math.isfinite(value)
+                    and 0 < value * 1e3 <= MAX_BUDGET_MS):
+                raise ValueError(f"{name} is {value!r}, expected seconds in "
+                                 f"(0, {MAX_BUDGET_MS / 1e3:.0f}]")
+        wait_s = budget_s if wait_s is None else max(wait_s, budget_s)
         for key, value in (("bundle", bundle), ("cut", cut)):
             if value is not None and not (isinstance(value, str)
                                           and 0 < len(value) <= MAX_NAME_CHARS):
@@ -486,7 +493,7 @@ class ClientProtocol:
         rid = self._next_id
         self._next_id += 1
         self._pending[rid] = _Pending(rid, kind, frames, bundle, cut, extra, now,
-                                      now + budget_s)
+                                      now + wait_s, now + budget_s)
         return rid
 
     def in_flight(self) -> int:
@@ -507,9 +514,10 @@ class ClientProtocol:
                 break
             if p.sent_at is not None:
                 continue
-            remaining_ms = (p.deadline - now) * 1e3
-            if remaining_ms <= 0:
+            if p.deadline <= now:
                 continue  # tick() fails it
+            # past its budget but still awaited: the server refuses it at once
+            remaining_ms = max((p.budget_until - now) * 1e3, 1e-3)
             env = Envelope(p.kind, p.id, remaining_ms, p.bundle, p.cut, p.extra)
             out.append((p.id, [pack(env), *p.frames]))
             room -= 1
