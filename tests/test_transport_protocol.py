@@ -173,6 +173,29 @@ def test_ids_grow_and_the_envelope_carries_the_remaining_budget():
     assert unpack(mb[0]).budget_ms == pytest.approx(900.0)
 
 
+def test_a_longer_wait_keeps_the_servers_budget_and_takes_a_late_reply():
+    """wait_s: the server is told budget_s; the reply is awaited past it, until wait_s."""
+    proto = ClientProtocol(retries=0)
+    rid = proto.submit(0.0, "infer", 0.05, bundle="b", cut="c", wait_s=0.2)
+    ((_, msg),) = send_all(proto, 0.01)
+    assert unpack(msg[0]).budget_ms == pytest.approx(40.0)
+    proto.tick(0.1)  # past the budget, within the wait
+    assert not proto.done(rid)
+    assert proto.received(0.15, result(rid)) == rid
+    assert isinstance(take(proto, rid), Reply)
+    # and past the wait it times out
+    late = proto.submit(1.0, "infer", 0.05, bundle="b", cut="c", wait_s=0.2)
+    send_all(proto, 1.0)
+    proto.tick(1.21)
+    assert isinstance(take(proto, late), Timeout)
+
+
+@pytest.mark.parametrize("wait_s", [float("nan"), -1.0, 0.0, 1e9, "1"])
+def test_a_bad_wait_is_a_value_error_naming_it(wait_s):
+    with pytest.raises(ValueError, match="wait_s"):
+        ClientProtocol().submit(0.0, "infer", 0.05, bundle="b", cut="c", wait_s=wait_s)
+
+
 def test_a_result_completes_its_request_with_timings():
     proto = ClientProtocol()
     rid = proto.submit(10.0, "infer", 1.0, bundle="b", cut="c")

@@ -20,10 +20,9 @@ Per frame (`infer`, or the two halves `_front` and `_back` that `stream` interle
    re-evaluated every DECISION_TTL_S.
 3. back: wait for the reply until the frame's budget runs out; decode the outputs.
    On Timeout (or a reply overdue), ServerBusy, ServerError or Unreachable, finish here if
-   that fits the SLO
-   (the bundle has every segment), else answer with the most confident exit already
-   computed, else finish here anyway (late, but never lost). The reason is in
-   Result.fallback_reason.
+   that fits the SLO (the bundle has every segment), else answer with the most confident
+   exit already computed, else finish here anyway (late, but never lost). The reason is
+   in Result.fallback_reason.
 
 The frame's wait for the reply keeps back the time a local finish would take, when that
 still fits the SLO: if the server has not answered by then, finishing here is the faster

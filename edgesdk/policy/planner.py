@@ -119,16 +119,21 @@ def _offload(table: CandidateTable, state: State, bw_mbps: float | None) -> _Off
     # if the offload was sent at all
     hedge = np.where(exit_answer | (budget <= MIN_BUDGET_MS), 0.0, np.minimum(
         local, np.maximum(state.slo_ms - FALLBACK_MARGIN_MS - dev - budget, 0.0)))
-    rescued = hedge > 0
-    p_rescued = np.where(rescued, p_late - _p_slower(transfer, slack + hedge, s), 0.0)
-    # E[T; slack < T <= slack + hedge] of a lognormal T with median `transfer`:
-    # transfer e^(s^2/2) (P(T' > slack) - P(T' > slack + hedge)), T' with median
-    # transfer e^(s^2); kept within the window, which the logistic's tails may leave
-    tilted = transfer * math.exp(s * s)
-    partial = transfer * math.exp(s * s / 2) * (
-        _p_slower(tilted, slack, s) - _p_slower(tilted, slack + hedge, s))
-    partial = np.clip(partial, p_rescued * slack, p_rescued * (slack + hedge))
-    lat_rescued = np.where(rescued, p_rescued * base + partial, 0.0)
+    p_rescued = np.zeros_like(p_late)
+    lat_rescued = np.zeros_like(p_late)
+    # only where a reply can be late and still rescue (the planner is on the hot path)
+    i = np.flatnonzero((hedge > 0) & (p_late > 1e-9))
+    if i.size:
+        t, a, h = transfer[i], slack[i], hedge[i]
+        p = p_late[i] - _p_slower(t, a + h, s)
+        # E[T; a < T <= a + h] of a lognormal T with median t: t e^(s^2/2) (P(T' > a)
+        # - P(T' > a + h)), T' with median t e^(s^2); kept within the window, which the
+        # logistic's tails may leave
+        tilted = t * math.exp(s * s)
+        partial = t * math.exp(s * s / 2) * (_p_slower(tilted, a, s)
+                                              - _p_slower(tilted, a + h, s))
+        p_rescued[i] = p
+        lat_rescued[i] = p * base[i] + np.clip(partial, p * a, p * (a + h))
     return _Offload(dev, local, budget, transfer, lat_ok, p_late, exit_answer, p_rescued,
                     lat_rescued)
 

@@ -49,7 +49,7 @@ class Cancelled(Exception):
 class Cancel:
     """Stops a run from another thread: `cancel()` makes the run it was given to raise
     Cancelled. onnxruntime stops between two nodes of the graph (RunOptions.terminate,
-    checked by its executor, so within ~1 ms); a backend that cannot be interrupted
+    checked by its executor before each node); a backend that cannot be interrupted
     (LiteRT's invoke) finishes the segment it is in and stops before the next."""
 
     def __init__(self) -> None:

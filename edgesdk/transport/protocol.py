@@ -466,9 +466,8 @@ class ClientProtocol:
         so one that comes late may still be taken."""
         if kind not in REQUEST_KINDS:
             raise ValueError(f"kind is {kind!r}, expected one of {list(REQUEST_KINDS)}")
-        for name, value in (("budget_s", budget_s), ("wait_s", wait_s)):
-            if name == "wait_s" and value is None:
-                continue
+        for name, value in (("budget_s", budget_s),
+                            ("wait_s", budget_s if wait_s is None else wait_s)):
             if not (_number(value) and math.isfinite(value)
                     and 0 < value * 1e3 <= MAX_BUDGET_MS):
                 raise ValueError(f"{name} is {value!r}, expected seconds in "
