@@ -161,6 +161,14 @@ def test_a_run_is_charged_for_its_own_thread_s_cpu(tmp_path):
     assert stalls.beyond(started, 2.0) == pytest.approx(6.0)
 
 
+def test_a_run_is_charged_no_more_cpu_than_its_wall_time(tmp_path):
+    # the CPU clock is read around the timer: a 10 us run whose clock reads took 5 us more
+    clocks, _, stalls = _quarter_core(tmp_path)
+    started = stalls.start()
+    clocks.run(0.000015)
+    assert stalls.beyond(started, 0.010) == pytest.approx(0.030)
+
+
 def test_the_group_s_own_cpu_time_decides_and_its_cpus_bound_the_stretch(tmp_path):
     clocks = _Clocks()
     group = _V2Group(tmp_path / "g", usage=True)
@@ -266,11 +274,14 @@ with Engine(digits_bundle(), strategy="device", threads=1) as engine:
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_the_engine_sees_the_quota_it_runs_under(tmp_path):
-    # The digits model's runs take ~0.1 ms of a ~0.4 ms frame: the quota's stalls land
-    # mostly outside them. Timed alone, the throttled device looked 2x slower than a free
-    # one, not the quota's 4x.
+    """The engine's slowdown under a quarter-core quota against a free run, beside what the
+    frames really cost: frames per second, free over throttled, in the same pair.
+    The digits model's runs take ~0.1 ms of a ~0.4 ms frame: the quota's stalls land mostly
+    outside them. Timed alone, the throttled device looked 2x slower than a free one while
+    its frames took 5-10x as long (a quarter of the CPU, and runs slower after each stall:
+    the caches went cold), so the ratio is judged against that, not against 4."""
     with NamespaceTestbed() as tb:
-        def slowdown(quota):
+        def run(quota):
             # run outside the source tree: the installed package (its native extension)
             p = tb.popen_device([sys.executable, "-c", PROBE], cpu_quota=quota, cwd=tmp_path,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -278,10 +289,13 @@ def test_the_engine_sees_the_quota_it_runs_under(tmp_path):
             assert p.returncode == 0, stderr
             out = json.loads(stdout)
             assert out["frames"] > 100, out
-            return out["slowdown"]
+            return out["slowdown"], out["frames"]
 
         # in alternation, three times: this shared machine's load moves a single pair
-        # (free 0.73-1.33 with throttled 3.3-6.6 in six pairs while a test suite ran)
-        pairs = [(slowdown(None), slowdown(0.25)) for _ in range(3)]
-    ratio = float(np.median([throttled / free for free, throttled in pairs]))
-    assert 2.8 < ratio < 8.0, pairs
+        pairs = [(run(None), run(0.25)) for _ in range(3)]
+    seen = [throttled / free for (free, _), (throttled, _) in pairs]
+    cost = [free_frames / throttled_frames for (_, free_frames), (_, throttled_frames) in pairs]
+    assert float(np.median(cost)) > 3.0, pairs  # the quota binds
+    # measured on this machine: the engine's ratio 0.54-1.08 of the frames' (six pairs)
+    agreement = float(np.median([s / c for s, c in zip(seen, cost)]))
+    assert 0.45 < agreement < 1.6, (seen, cost, pairs)

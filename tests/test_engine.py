@@ -461,6 +461,32 @@ def test_an_overdue_offload_checks_the_server_and_its_late_reply_still_comes(cap
 
 
 @pytest.mark.slow
+def test_an_overdue_offload_that_then_times_out_is_blamed_once():
+    """Checked and blamed when it became overdue; its timeout later counts as a failure,
+    not as a second missed budget (a second hello, sent while the device computes, could
+    pin on the link what the first pinned on the server)."""
+    from edgesdk.errors import Timeout
+
+    frames = _c1_frames()
+    with _slow_server(3 * SLO_MS) as slow:
+        link = _link(slow)
+        try:
+            assert link.wait_connected(10)
+            blamed = []
+            blame = link.estimator.on_offload_timeout
+            link.estimator.on_offload_timeout = lambda *a, **k: (blamed.append(a[1]),
+                                                                 blame(*a, **k))
+            with pytest.raises(Timeout):
+                link.offload(frames, "c1", 0.05 * SLO_MS / 1e3,
+                             wait_s=0.5 * SLO_MS / 1e3).result(5 * SLOWDOWN)
+            assert _wait_for(lambda: link.in_flight == 0, SLOWDOWN)
+            assert len(blamed) == 1 and blamed[0] < 0.5 * SLO_MS, blamed
+            assert link.estimator.failures > 0.0
+        finally:
+            link.close()
+
+
+@pytest.mark.slow
 def test_a_request_that_cannot_finish_in_time_is_refused_at_once_and_the_link_stays_up():
     """The server learns from a result that a request takes far longer than profiled
     (300 ms; with one sample its estimate is ~30 ms); one with 20 ms of budget is answered

@@ -170,6 +170,9 @@ def test_after_its_worker_recovers_the_server_is_used_again_only_through_explori
             after = stream_frames(engine, x, 0.5)
             assert all(r.where in ("device", "exit") for r in after[-10:]), \
                 [(r.plan, r.where, r.fallback_reason) for r in after]
+            # an offload still awaited (until its frame's deadline) would be answered once
+            # the worker thaws, and that reply rightly brings the server back
+            assert _quiet(engine.link, SLO_MS / 1e3 + 1.0)
         finally:
             os.kill(worker, signal.SIGCONT)
         time.sleep(0.2)
@@ -200,6 +203,14 @@ def test_an_engine_without_a_server_never_explores(slow_device):
         out = [engine.infer(xi) for xi in x[:10]]
     assert all(r.where in ("device", "exit") and not r.explored for r in out), \
         [r.plans for r in out]
+
+
+def _quiet(link, timeout_s: float) -> bool:
+    """Wait until `link` awaits no reply; True if it did within timeout_s."""
+    end = time.monotonic() + timeout_s
+    while link.in_flight and time.monotonic() < end:
+        time.sleep(0.01)
+    return not link.in_flight
 
 
 def _counted_looks(monkeypatch) -> list:

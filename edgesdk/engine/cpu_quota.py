@@ -278,7 +278,10 @@ class QuotaStalls:
         stalled alongside this one, so the calling thread's CPU is the run's measure."""
         if started is None:
             return 0.0
-        cpu_ms = (self._thread() - started) * 1e3
+        # the CPU clock was read before the run's timer started and after it stopped: on
+        # a run of a few microseconds (a digits segment) those reads are much of what it
+        # shows, and each one charged (stretch - 1) times over; no more than the wall
+        cpu_ms = min((self._thread() - started) * 1e3, wall_ms)
         off_ms = max(wall_ms - cpu_ms, 0.0)
         now = self._clock()
         paid = min(off_ms, self._owed_ms) if now <= self._owed_until else 0.0

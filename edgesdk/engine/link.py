@@ -144,9 +144,11 @@ class _Job:
     exploring: bool = False  # an exploring frame's (policy.explore): its reply counts only
     # How long past its budget a reply is still awaited (its frame's local finish, which
     # the reply may still beat); and when the budget ends, while that is still to come:
-    # then the link checks the server as after a timeout (_overdue)
+    # then the link checks the server as after a timeout (_overdue), once: its timeout, if
+    # it comes later, counts as a failure but is not blamed again
     extra_wait_s: float = 0.0
     overdue_at: float = math.inf
+    checked: bool = False
     activity: int = 0  # DeviceActivity.mark() when it was made
     # On the wire, in send order (the I/O thread's): an upload's number, and whether it went
     # with no other upload ahead of it; a hello's, the last upload sent before it
@@ -422,6 +424,7 @@ class EdgeLink:
                 job.overdue_at = math.inf
                 if job.exploring:
                     continue
+                job.checked = True
                 bound = self._timed_out(job, job.budget_s + job.held_s, now)
                 self._unblamed.append(bound)
                 log.debug("an offload is past its budget (%.1f ms): checking the server, "
@@ -595,6 +598,11 @@ class EdgeLink:
         if isinstance(exc, (Timeout, Unreachable)):
             if job.kind == protocol.INFER:
                 self.estimator.on_offload(failed=True)
+            if job.checked:
+                # checked when it became overdue, and blamed for its budget then: blamed
+                # twice, a slow answer to the second hello (sent while the device computes
+                # the next frames) could pin on the link what the first pinned on the server
+                return
             if job.kind == protocol.INFER and isinstance(exc, Timeout):
                 # the server did not answer in what the budget left it: it or the link is
                 # slower than believed (or queued), which the hello that checks tells
