@@ -274,6 +274,11 @@ class NamespaceTestbed:
         with contextlib.suppress(OSError):  # a kick lost is a slower recovery, not a failure
             self._kick.sendto(b"k", (self.edge_address, 9))
 
+    def set_link(self, up: bool) -> None:
+        """The device's interface up or down: down is an outage harder than a rate near
+        0, with nothing queued and every send failing at once."""
+        _run("ip", "-n", self.device_ns, "link", "set", self._veth[0], "up" if up else "down")
+
     def replay_rates(self, rates: Sequence[float], start_at: float, speed: float = 1.0) -> None:
         """Apply rates[i] at start_at + i / speed (time.time() clock), in the background."""
         self.schedule([(start_at + i / speed, functools.partial(self.set_rate, r))
