@@ -378,9 +378,9 @@ link.close()
 @pytest.mark.slow
 def test_after_an_outage_the_link_is_back_within_a_hello_s_round():
     """The device's interface goes down for 4 s with an upload in flight, then up: the link
-    keeps its connection, and TCP's resend with the next hello brings it back within a
-    retry (0.05 s here). Resetting the connection on each hello lost while down made
-    that 0.8 s: every fresh connect failed at once and ZeroMQ backed its retries off."""
+    is back within a retry (0.06 s here). The link resets its connection on a hello lost
+    while down; with ZeroMQ's connect retries backed off to 1 s, as they were, the fresh
+    connection (every connect failing at once while down) came back only after 0.8 s."""
     from edgesdk.models import DIGITS_BUNDLE
     from edgesdk.server import ServerProcess, module_command
 

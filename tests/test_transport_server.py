@@ -317,7 +317,7 @@ def test_server_crash_unreachable_within_deadline_then_the_same_client_works_aga
             # The baseline, measured here and now: a round trip to the live server. Giving up
             # late is scheduling delay of the same kind (a poll that wakes up late), so the
             # allowance grows on a loaded machine and shrinks on a quiet one, and stays far
-            # below what a retry past the budget (+0.3 s) or a reconnect wait (1 s) adds.
+            # below what a retry past the budget (+0.3 s) or a reconnect wait (0.2 s) adds.
             rtt = round_trip_s(lambda: client.request([b"a"], budget_s=2.0, bundle="b", cut="c"))
             late_ok = max(0.02, 10 * rtt)
             server.proc.kill()
@@ -331,7 +331,7 @@ def test_server_crash_unreachable_within_deadline_then_the_same_client_works_aga
             assert wait_until(lambda: not any(pid_alive(p) for p in workers), 5), \
                 "workers outlived the killed server"
             with ServerProcess.ops("--workers", "1", "--bind", f"tcp://127.0.0.1:{port}"):
-                # The same object: ZeroMQ reconnects (backing off to 1 s) on its own.
+                # The same object: ZeroMQ reconnects (backing off to 0.2 s) on its own.
                 deadline = time.monotonic() + 10
                 while True:
                     try:

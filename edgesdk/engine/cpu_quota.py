@@ -282,7 +282,7 @@ class QuotaStalls:
         # a run of a few microseconds (a digits segment) those reads are much of what it
         # shows, and each one charged (stretch - 1) times over; no more than the wall
         cpu_ms = min((self._thread() - started) * 1e3, wall_ms)
-        off_ms = max(wall_ms - cpu_ms, 0.0)
+        off_ms = wall_ms - cpu_ms
         now = self._clock()
         paid = min(off_ms, self._owed_ms) if now <= self._owed_until else 0.0
         own = max(cpu_ms * (self._stretch - 1.0) - (off_ms - paid), 0.0)

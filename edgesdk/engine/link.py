@@ -150,6 +150,7 @@ class _Job:
     extra_wait_s: float = 0.0
     overdue_at: float = math.inf
     checked: bool = False
+    live: bool = False  # submitted with a server connection up (Client.connected)
     activity: int = 0  # DeviceActivity.mark() when it was made
     # On the wire, in send order (the I/O thread's): an upload's number, and whether it went
     # with no other upload ahead of it; a hello's, the last upload sent before it
@@ -196,9 +197,10 @@ class EdgeLink:
         self._lost_behind = 0  # timed-out uploads the last lost hello was queued behind
         # A bandwidth probe timed out and nothing has answered since: its bytes (sized for
         # the link as it was, up to 1 MiB) may still be queued on the connection, ahead of
-        # every hello. A hello lost then resets the connection once (see _run).
+        # every hello. A hello lost then resets the connection (_reconnect_if_stuck).
         self._probe_stuck = False
         self._reconnect = False
+        self._reset_since_reply = False  # the link dropped its connection since a reply
         self.welcome: Any = None
         self.server_tail_ms: dict[str, float] = {}  # cut id -> server compute, from welcome
         self.welcomes = 0  # how many welcomes arrived (the engine re-plans on a change)
@@ -344,6 +346,7 @@ class EdgeLink:
                     self._account(job, Timeout("the link held it past its budget"), now)
                 while ready:
                     job = ready.popleft()
+                    job.live = client.connected
                     try:
                         if job.kind == protocol.INFER:
                             fields = self._infer_fields
@@ -394,7 +397,7 @@ class EdgeLink:
                 if self._reconnect:
                     # a fresh connection does not carry the stale probe; the next hello
                     # goes out on it at once instead of behind those bytes
-                    self._reconnect = False
+                    self._reconnect, self._reset_since_reply = False, True
                     client.reconnect()
                     if self.shaper is not None:  # the emulated link drops them too
                         self.shaper.drop_backlog(time.monotonic())
@@ -616,7 +619,7 @@ class EdgeLink:
                 else:
                     self._unblamed.append(timed_out)
             if job.kind == protocol.HELLO and isinstance(exc, Timeout):
-                self._reconnect_if_stuck()
+                self._reconnect_if_stuck(job)
             if job.kind == protocol.HELLO:
                 # no answer within its budget: it waited behind an upload, or the server is
                 # so loaded it cannot answer a hello (down either way); unreachable: gone
@@ -632,21 +635,29 @@ class EdgeLink:
             self.status = DOWN if job.kind == protocol.HELLO else CHECKING
             if self.status == DOWN:
                 # no connection at all, or connected and silent (stopped, or so loaded it
-                # cannot answer a hello in time): a user acts differently on each
-                self._down_reason = ("unreachable" if isinstance(exc, Unreachable)
-                                     else "unresponsive")
+                # cannot answer a hello in time): a user acts differently on each. A
+                # connection the link dropped itself, and a fresh one not yet up, says
+                # nothing new (a stopped server accepts its TCP connect, never its
+                # handshake)
+                unreachable = isinstance(exc, Unreachable) and not (
+                    self._reset_since_reply and self._down_reason == "unresponsive")
+                self._down_reason = "unreachable" if unreachable else "unresponsive"
             if self.status == CHECKING:
                 self._next_probe = now
 
-    def _reconnect_if_stuck(self) -> None:
-        """After a hello got no answer, reset the connection (in _run) when a stale probe
-        may be queued ahead of the next hello, or when the link is down already: a hello
-        was lost before, so only hellos are in flight. An outage can leave TCP waiting out
-        its retransmission backoff: in the e2e testbed (3 s at 125 bytes/s, a 0.25-core
-        device), the link stayed unresponsive for 1.6 s and for all 3 s after the outage in
-        2 of 16 turns, until the server's ZMTP heartbeat dropped the connection 6 s after
-        its last bytes; a fresh connection goes out at once."""
-        if self._probe_stuck or self.status == DOWN:
+    def _reconnect_if_stuck(self, hello: _Job) -> None:
+        """After `hello` got no answer, reset the connection (in _run) when a stale probe
+        may be queued ahead of the next hello, or when the link was down already and the
+        hello went out on a connection that was up: it carried nothing but hellos, and
+        the next goes out at once on a fresh one. An outage can leave TCP waiting out its
+        retransmission backoff: in the e2e testbed (3 s at 125 bytes/s, a 0.25-core
+        device), the link stayed unresponsive 1.6 s, and all 3 s after the outage, in 2 of
+        16 turns, until the server's ZMTP heartbeat dropped the connection 6 s after its
+        last bytes. Not a hello sent on a connection still being made: on a link whose
+        round trips take a quarter of the hello's budget, the handshake and the hello
+        would not fit it, and each reset would start the next one over. (An offload still
+        awaited past its budget is sent again on the fresh connection, and refused.)"""
+        if self._probe_stuck or (self.status == DOWN and hello.live):
             self._reconnect, self._probe_stuck = True, False
 
     def _on_reply(self, job: _Job, reply: Any, now: float) -> None:
@@ -657,6 +668,7 @@ class EdgeLink:
         rtt_ms = (reply.rtt + job.held_s) * 1e3
         self._last_reply = now  # every reply below is traffic to the estimator
         self._probe_stuck = False  # what was queued ahead of this request has gone
+        self._reset_since_reply = False
         if job.kind == protocol.HELLO:
             self._blame(rtt_ms, self.activity.since(job.activity), job, now)
             self._on_welcome(extra)

@@ -16,8 +16,9 @@ come back. A send also blocks when the queue to a connected, overloaded server i
 the socket's monitor (handshake succeeded, disconnected) tells the protocol which, so
 that an unsent request is "unreachable" only without a connection. A small SNDHWM (the
 window) bounds what can pile up in ZeroMQ. LINGER 0: closing never waits for a dead
-server. Reconnection is ZeroMQ's (every 50 ms, backing off to 1 s); a retry recreates the
-socket (Lazy Pirate), which also abandons every attempt still queued on the old one.
+server. Reconnection is ZeroMQ's (every 50 ms, backing off to 0.2 s; a TCP connect not
+answered within 1 s is started again); a retry recreates the socket (Lazy Pirate), which
+also abandons every attempt still queued on the old one.
 
 A Client is not thread-safe (like a ZeroMQ socket): use one per thread. `submit` + `wait`
 keep up to `window` requests in flight from one thread.
@@ -110,12 +111,15 @@ class Client:
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.SNDHWM, self._proto.window)
         sock.setsockopt(zmq.RCVHWM, 4 * self._proto.window)
-        # retries of a connection that failed: within 0.2 s once the path is back (the
-        # link resets its connection on every hello lost while down, and a fresh socket
-        # whose connect fails at once, an interface down, backed off to 1 s made the
-        # link's recovery after such an outage 0.8 s instead of 0.05)
+        # Retries of a connection that failed come within 0.2 s once the path is back,
+        # and a TCP connect whose SYN an outage lost is started again after 1 s instead of
+        # at the kernel's backed-off SYN resends (1, 3, 7 s): the link resets a connection
+        # stuck after an outage (EdgeLink._reconnect_if_stuck), and the fresh one must
+        # not wait out a backoff of its own (a 1 s cap: 0.8 s after an interface came
+        # back up, against 0.06 s).
         sock.setsockopt(zmq.RECONNECT_IVL, 50)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
+        sock.setsockopt(zmq.CONNECT_TIMEOUT, 1000)
         sock.setsockopt(zmq.MAXMSGSIZE, self._max_reply_bytes)
         # ZMTP heartbeats notice a dead link that TCP alone would not (a pulled cable).
         sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
@@ -238,6 +242,11 @@ class Client:
     @property
     def stats(self) -> protocol.ClientStats:
         return self._proto.stats
+
+    @property
+    def connected(self) -> bool:
+        """Whether a server connection is up (as of the last poll's socket events)."""
+        return self._proto.is_connected
 
     def drops(self) -> int:
         """Server connections that went down after being up, so far (read now). The

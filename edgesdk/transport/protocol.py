@@ -669,6 +669,11 @@ class ClientProtocol:
         return list(self._pending)
 
     @property
+    def is_connected(self) -> bool:
+        """Whether a server connection is up now (its handshake succeeded)."""
+        return self._connected
+
+    @property
     def unresolved(self) -> int:
         """How many requests have no outcome yet (sent or not)."""
         return len(self._pending)
