@@ -489,6 +489,39 @@ def test_an_overdue_offload_that_then_times_out_is_blamed_once():
 
 
 @pytest.mark.slow
+def test_a_stopped_server_stays_unresponsive_through_the_link_s_resets():
+    """The broker stops (SIGSTOP): hellos go unanswered, the link is down "unresponsive",
+    and it resets its connection (a connection stuck after an outage would otherwise wait
+    out TCP's backoff). The fresh connection is never handshaken (the stopped server's
+    kernel accepts it), so its hellos fail as never sent; that says nothing new, and the
+    reason stays "unresponsive". Once the broker runs again, the link is back up."""
+    import os
+    import signal
+
+    from edgesdk.engine.link import DOWN, UP, EdgeLink
+
+    with ServerProcess.serving([DIGITS_BUNDLE]) as server:
+        link = EdgeLink(server.endpoint, Bundle.load(DIGITS_BUNDLE).source_sha256,
+                        retry_s=0.1, hello_budget_s=0.1, probe_idle_s=60.0)
+        try:
+            assert link.wait_connected(10)
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            try:
+                assert _wait_for(lambda: link.status == DOWN, 5 * SLOWDOWN)
+                reasons = set()
+                end = time.monotonic() + 1.5 * SLOWDOWN  # several resets
+                while time.monotonic() < end:
+                    reasons.add(link.usable(time.monotonic()))
+                    time.sleep(0.01)
+            finally:
+                os.kill(server.proc.pid, signal.SIGCONT)
+            assert reasons == {"unresponsive"}, reasons
+            assert _wait_for(lambda: link.status == UP, 5 * SLOWDOWN), link.status
+        finally:
+            link.close()
+
+
+@pytest.mark.slow
 def test_a_request_that_cannot_finish_in_time_is_refused_at_once_and_the_link_stays_up():
     """The server learns from a result that a request takes far longer than profiled
     (300 ms; with one sample its estimate is ~30 ms); one with 20 ms of budget is answered
