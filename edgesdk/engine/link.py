@@ -17,8 +17,8 @@ decides whether offloading is possible at all:
     "up" -> an infer is overdue (past its budget, its reply still awaited), times out
          or is unreachable -> "checking" (a hello at once) -> "up" | "down"
     "down" -> hello every `retry_s` -> "up" when the server is back (an infer that
-         times out meanwhile leaves it down); each hello lost while down resets the
-         connection (_reconnect_if_stuck)
+         times out meanwhile leaves it down); a hello lost while down, sent on a
+         connection that was up, resets it (_reconnect_if_stuck)
 
 Only "up" offloads. Busy replies pause offloading for their `retry_after_ms` (within
 busy_backoff_s / 4 and MAX_BUSY_WAIT_S), or `busy_backoff_s` when they do not say. A user hears of
@@ -395,8 +395,8 @@ class EdgeLink:
                     self._account(job, outcome, time.monotonic())
                 self._overdue(self._awaited(pending, held), time.monotonic())
                 if self._reconnect:
-                    # a fresh connection does not carry the stale probe; the next hello
-                    # goes out on it at once instead of behind those bytes
+                    # a fresh connection carries neither stale bytes nor TCP's backed-off
+                    # resends: the next hello goes out on it at once
                     self._reconnect, self._reset_since_reply = False, True
                     client.reconnect()
                     if self.shaper is not None:  # the emulated link drops them too

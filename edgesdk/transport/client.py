@@ -114,9 +114,9 @@ class Client:
         # Retries of a connection that failed come within 0.2 s once the path is back,
         # and a TCP connect whose SYN an outage lost is started again after 1 s instead of
         # at the kernel's backed-off SYN resends (1, 3, 7 s): the link resets a connection
-        # stuck after an outage (EdgeLink._reconnect_if_stuck), and the fresh one must
-        # not wait out a backoff of its own (a 1 s cap: 0.8 s after an interface came
-        # back up, against 0.06 s).
+        # stuck after an outage (EdgeLink._reconnect_if_stuck), and the fresh one must not
+        # wait out a backoff of its own (capped at 1 s, an interface down for 4 s was
+        # followed by 0.8 s more without a connection; 0.06 s now).
         sock.setsockopt(zmq.RECONNECT_IVL, 50)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
         sock.setsockopt(zmq.CONNECT_TIMEOUT, 1000)
