@@ -376,7 +376,7 @@ link.close()
 
 @needs_netns
 @pytest.mark.slow
-def test_after_an_outage_the_link_is_back_within_a_hello_s_round():
+def test_after_an_outage_the_link_is_back_within_a_hello_s_round(tmp_path):
     """The device's interface goes down for 4 s with an upload in flight, then up: the link
     is back within a retry (0.06 s here). The link resets its connection on a hello lost
     while down; with ZeroMQ's connect retries backed off to 1 s, as they were, the fresh
@@ -389,9 +389,10 @@ def test_after_an_outage_the_link_is_back_within_a_hello_s_round():
         serve = module_command("edgesdk", "serve", str(DIGITS_BUNDLE), "--bind",
                                f"tcp://{tb.edge_address}:*")
         with ServerProcess(tb.edge_command(serve)) as server:
+            # run outside the source tree: the installed package (its native extension)
             device = tb.popen_device([sys.executable, "-c", LINK_THROUGH_AN_OUTAGE,
                                       server.endpoint], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, text=True, cwd=tmp_path)
             try:
                 assert device.stdout.readline().strip() == "up"
                 tb.set_link(up=False)
