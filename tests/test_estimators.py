@@ -469,6 +469,20 @@ def test_a_bound_within_a_changes_margin_is_a_sample_not_a_change():
     assert bw.observe_timeout(300_000, elapsed_ms=10.0, rtt_floor_ms=RTT_FLOOR, now=t) is None
 
 
+def test_a_bound_below_every_noisy_sample_is_a_change_though_within_their_spread():
+    """Three 3 kB uploads on loopback imply 3-470 Mbit/s (a log spread of 2.6, so 2.5
+    spreads is a factor of 680); a check that dates two uploads at 0.09 Mbit/s, far below
+    every one of them, is a change, not a sample that joins their median (it stayed at
+    3.4 Mbit/s, and the next offloads were priced at that)."""
+    bw = BandwidthEstimator()
+    for k, round_trip_ms in enumerate((0.1, 1.2, 7.0)):
+        bw.observe_transfer(2949, round_trip_ms, 0.0, 0.0, 0.0, now=0.01 * k)
+    assert bw.model(0.02).rate_mbps > 3.0
+    bound = bw.observe_timeout(5898, 500.0, 0.4, now=0.5, ended=True)
+    assert bound == pytest.approx(0.094, rel=0.05)
+    assert bw.model(0.5).rate_mbps == pytest.approx(bound)
+
+
 @pytest.mark.parametrize("bad", [math.nan, -1.0, 0, math.inf, "x", None])
 def test_bad_sizes_and_rates_raise_a_policy_error_naming_the_value(bad):
     bw = BandwidthEstimator()
