@@ -476,8 +476,12 @@ def test_an_overdue_offload_that_then_times_out_is_blamed_once():
             # dated with the uploads ahead of the check), made by _timed_out
             blamed = []
             timed_out = link._timed_out
-            link._timed_out = lambda job, bound_s, now: (blamed.append(bound_s * 1e3),
-                                                         timed_out(job, bound_s, now))[1]
+
+            def counted(job, bound_s, now):
+                blamed.append(bound_s * 1e3)
+                return timed_out(job, bound_s, now)
+
+            link._timed_out = counted
             with pytest.raises(Timeout):
                 link.offload(frames, "c1", 0.05 * SLO_MS / 1e3,
                              wait_s=0.5 * SLO_MS / 1e3).result(5 * SLOWDOWN)
