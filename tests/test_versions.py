@@ -270,15 +270,95 @@ def test_split_cli_makes_versions_and_says_what_it_needs(tmp_path):
 def test_the_versions_benchmark_measures_a_real_classifier(tmp_path):
     from edgesdk.bench import versions as bench
 
-    report = bench.run(quick=True, models=("pplcnet",), workdir=tmp_path, log=lambda m: None)
-    (model,) = report["models"]
-    assert set(model["versions"]) == {"fp32", "int8", "fp16"}
-    for v in ("int8", "fp16"):
-        row = model["versions"][v]
-        assert row["ratio"].median > 0 and 0.0 <= row["fidelity"] <= 1.0
-    assert set(report["target"]) == {"pplcnet"}  # the classifier's target is judged
+    report = bench.run(quick=True, models=("pplcnet", "magika"), workdir=tmp_path,
+                       log=lambda m: None)
+    for model in report["models"]:
+        assert set(model["versions"]) == {"fp32", "int8", "fp16"}
+        for v in ("int8", "fp16"):
+            row = model["versions"][v]
+            assert row["ratio"].median > 0 and 0.0 <= row["fidelity"] <= 1.0
+    assert set(report["target"]) == {"pplcnet", "magika"}  # the classifiers are judged
+    magika = report["models"][1]["versions"]["int8"]
+    assert any("only its Conv/ConvTranspose/MatMul/Gemm ops are int8" in n
+               for n in magika["notes"])  # its layer norms' segment
     text = bench.format_text(report)
     assert "pplcnet (classes" in text and "target (int8 of a classifier" in text
     drew = bench.plot(report, str(tmp_path / "v.png"))  # False without the plot extra
     assert drew == (importlib.util.find_spec("matplotlib") is not None)
     assert not drew or (tmp_path / "v.png").stat().st_size
+
+
+def _moments_layer_norm_model(path, offset: float) -> None:
+    """x [1, 16, 64] -> MatMul (+ offset) -> a layer norm computed as E[x^2] - E[x]^2, as
+    Magika's is -> MatMul -> [1, 16, 10]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(a, n) for n, a in (
+        ("w1", rng.standard_normal((64, 64)).astype(np.float32) / 8),
+        ("offset", np.full(64, offset, np.float32)),
+        ("w2", rng.standard_normal((64, 10)).astype(np.float32) / 8),
+        ("eps", np.array(1e-5, np.float32)))]
+    node = helper.make_node
+    nodes = [node("MatMul", ["x", "w1"], ["a"]), node("Add", ["a", "offset"], ["h"]),
+             node("ReduceMean", ["h"], ["mean"], axes=[-1]), node("Mul", ["h", "h"], ["h2"]),
+             node("ReduceMean", ["h2"], ["mean2"], axes=[-1]),
+             node("Mul", ["mean", "mean"], ["mean_sq"]),
+             node("Sub", ["mean2", "mean_sq"], ["var"]), node("Add", ["var", "eps"], ["v"]),
+             node("Sqrt", ["v"], ["sd"]), node("Sub", ["h", "mean"], ["centred"]),
+             node("Div", ["centred", "sd"], ["normed"]), node("MatMul", ["normed", "w2"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "moments_layer_norm", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                    [1, 16, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 10])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+@pytest.mark.parametrize("offset", [20.0, 0.0])
+def test_int8_quantizes_only_the_weight_ops_of_a_segment_that_int8_everywhere_ruins(
+        tmp_path, offset):
+    """On features with a large mean, a variance computed as E[x^2] - E[x]^2 cancels to
+    noise on int8's 256-step grid: every op in int8 puts the output 0.69 off fp32, int8 in
+    the MatMuls alone 0.03. Then only those are int8, and the note says why. Without the
+    mean, every op's int8 is fine and kept."""
+    import onnx
+
+    from edgesdk.split.versions import _median_relative_error, _quantize_int8_guarded
+
+    src = tmp_path / "m.onnx"
+    _moments_layer_norm_model(src, offset)
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.standard_normal((1, 16, 64)).astype(np.float32)} for _ in range(16)]
+    converted, note = _quantize_int8_guarded(src, tmp_path / "int8.onnx", feeds, tmp_path)
+    assert converted
+    graph = onnx.load(str(tmp_path / "int8.onnx")).graph
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    int8_ops = {n.op_type for n in graph.node if set(n.input) & dequantized}
+    moments = {"ReduceMean", "Mul", "Sub", "Div"}
+    assert _median_relative_error(src, tmp_path / "int8.onnx", feeds) < 0.1
+    if offset:
+        assert note and "only its Conv/ConvTranspose/MatMul/Gemm ops are int8" in note
+        assert int8_ops & {"MatMul", "Gemm"} and not int8_ops & moments, int8_ops
+    else:
+        assert note is None
+        assert int8_ops & moments, int8_ops
+
+
+def test_magika_reads_a_file_head_and_tail_stripped_and_padded(tmp_path):
+    from edgesdk.bench.versions import MAGIKA_PAD, MAGIKA_SIDE, magika_tokens
+
+    small = tmp_path / "small.txt"
+    small.write_bytes(b"  \n\tprint(1)\n  ")
+    tokens = magika_tokens(small)
+    assert tokens.dtype == np.int32 and tokens.shape == (2 * MAGIKA_SIDE,)
+    head, tail = list(b"print(1)\n  "), list(b"  \n\tprint(1)")  # stripped on one side
+    assert list(tokens[:len(head)]) == head and list(tokens[-len(tail):]) == tail
+    assert set(tokens[len(head):-len(tail)]) == {MAGIKA_PAD}
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(256)) * 40)  # 10 KB: the head and the tail differ
+    tokens = magika_tokens(big)
+    assert list(tokens[:MAGIKA_SIDE]) == list((bytes(range(256)) * 4)[:MAGIKA_SIDE])
+    assert list(tokens[MAGIKA_SIDE:]) == list((bytes(range(256)) * 40)[-MAGIKA_SIDE:])

@@ -22,6 +22,9 @@ Models, real weights and real inputs (edgesdk.bench.e2e_data):
               text lines; the answer is the CTC step sequence
     yolov8n   a YOLOv8n detector (nudenet), 1x3x320x320: crops of the sample photos; the
               answer is its detections (not a model the versions were developed on)
+    magika    Magika's file type classifier (214 types), 1x2048 byte tokens: files of this
+              Python installation and the sample photos, read as Magika reads them (the
+              first and last 1 KB, whitespace stripped); disjoint calibration and test files
 
 Target (issue 17): the int8 version of a real classifier at <= 0.6x fp32's device latency
 with <= 1 point of top-1 agreement lost. A Pareto plot (latency against fidelity, one
@@ -48,7 +51,7 @@ CALIBRATION = 64
 TEST = 256
 FULL = {"rounds": 15, "test": TEST}
 QUICK = {"rounds": 2, "test": 16}
-MODELS = ("pplcnet", "ocr_rec", "yolov8n")
+MODELS = ("pplcnet", "ocr_rec", "yolov8n", "magika")
 
 
 def _pplcnet(workdir: Path, test: int) -> tuple[Bundle, dict, dict]:
@@ -108,7 +111,51 @@ def _yolov8n(workdir: Path, test: int) -> tuple[Bundle, dict, dict]:
             {"x": _photo_crops("test", test, 22, 320)})
 
 
-BUILDERS = {"pplcnet": _pplcnet, "ocr_rec": _ocr_rec, "yolov8n": _yolov8n}
+MAGIKA = ("magika==1.0.3", "magika/models/standard_v3_3/model.onnx")
+# How Magika's standard_v3_3 reads a file (its config.min.json): the first and the last
+# BLOCK bytes, stripped of whitespace, give SIDE tokens each, padded with PAD
+MAGIKA_BLOCK, MAGIKA_SIDE, MAGIKA_PAD = 4096, 1024, 256
+
+
+def magika_tokens(path: Path) -> np.ndarray:
+    """A file as Magika's model input: (2 * MAGIKA_SIDE,) int32 tokens."""
+    with open(path, "rb") as f:
+        head = f.read(MAGIKA_BLOCK).lstrip()[:MAGIKA_SIDE]
+        f.seek(max(f.seek(0, 2) - MAGIKA_BLOCK, 0))
+        tail = f.read(MAGIKA_BLOCK).rstrip()[-MAGIKA_SIDE:]
+    pad = [MAGIKA_PAD]
+    return np.array([*head, *pad * (MAGIKA_SIDE - len(head)),
+                     *pad * (MAGIKA_SIDE - len(tail)), *tail], np.int32)
+
+
+def _installed_files() -> list[Path]:
+    """Files of many types that every machine running this has: this Python's standard
+    library and packages (sources, bytecode, extension modules, data, docs) and the
+    sample photos; sorted, so that a seed picks the same ones."""
+    import sysconfig
+
+    from .e2e_data import photo_files
+
+    roots = {Path(sysconfig.get_paths()[k]) for k in ("stdlib", "platstdlib", "purelib")}
+    files = {p for root in roots for p in root.rglob("*")
+             if p.is_file() and not p.is_symlink() and p.stat().st_size >= 64}
+    return sorted(files | set(photo_files()))
+
+
+def _magika(workdir: Path, test: int) -> tuple[Bundle, dict, dict]:
+    from ..split import split_model
+    from .e2e_data import pip_file
+
+    bundle = split_model(pip_file(*MAGIKA), workdir / "magika.edge",
+                         input_shapes=["bytes=1x2048"], name="magika")
+    files = _installed_files()
+    pick = np.random.default_rng(31).permutation(len(files))[:CALIBRATION + test]
+    tokens = np.stack([magika_tokens(files[i]) for i in pick])
+    return bundle, {"x": tokens[:CALIBRATION]}, {"x": tokens[CALIBRATION:]}
+
+
+BUILDERS = {"pplcnet": _pplcnet, "ocr_rec": _ocr_rec, "yolov8n": _yolov8n,
+            "magika": _magika}
 
 
 def bench_model(name: str, workdir: Path, rounds: int, test: int,
