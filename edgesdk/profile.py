@@ -54,6 +54,7 @@ __all__ = [
     "outputs_fidelity",
     "paired_ratios",
     "profile_segments",
+    "rel_l2",
     "seeded_inputs",
 ]
 
@@ -266,7 +267,7 @@ def paired_ratios(reference: Sequence[_Runnable], other: Sequence[_Runnable],
 DENSE_THRESHOLD = 0.5  # a dense map in [0, 1] (a probability map) is thresholded here
 
 
-def _rel_l2(y: np.ndarray, ref: np.ndarray) -> float:
+def rel_l2(y: np.ndarray, ref: np.ndarray) -> float:
     """||y - ref|| / ||ref||; for an all-zero ref: 0 if y equals it, else 1."""
     diff = float(np.linalg.norm(y - ref))
     norm = float(np.linalg.norm(ref))
@@ -312,7 +313,7 @@ def output_fidelity(y: np.ndarray, ref: np.ndarray, kind: str) -> dict[str, floa
     ref = np.asarray(ref, np.float64)
     if y.shape != ref.shape:
         raise ValueError(f"output shape {y.shape} differs from the fp32 output's {ref.shape}")
-    rel = _rel_l2(y, ref)
+    rel = rel_l2(y, ref)
     out = {"rel_l2": rel, "max_abs_err": float(np.max(np.abs(y - ref))) if y.size else 0.0}
     if kind == "classes":
         out["agreement"] = float(np.argmax(y) == np.argmax(ref))

@@ -81,11 +81,11 @@ def test_device_only_engine_matches_the_whole_model(split_real):
 @pytest.mark.parametrize("name, gated", [("yolox", True), ("yolov8n", False)])
 def test_a_detectors_objectness_column_is_told_from_its_class_scores(name, gated):
     """YOLOX's column 4 is an objectness that gates its class score; YOLOv8n's is its first
-    class. Read as classes, YOLOX's background would be thousands of detections."""
+    class. Read as classes, most of YOLOX's candidates would be detections."""
     import onnxruntime as ort
 
     from edgesdk.bundle import TensorSpec
-    from edgesdk.profile import _gated_by_objectness, output_fidelity
+    from edgesdk.profile import _detections, _gated_by_objectness, output_fidelity
 
     model = REAL_MODELS[name]
     (image,) = ort.InferenceSession(str(model.path())).get_inputs()
@@ -94,4 +94,8 @@ def test_a_detectors_objectness_column_is_told_from_its_class_scores(name, gated
     (out,) = whole_model_outputs(model.path(), feed).values()
     rows = out[0] if out.shape[1] > out.shape[2] else out[0].T
     assert _gated_by_objectness(rows) is gated
+    gated_count, plain_count = (int(_detections(rows, g)[0].sum()) for g in (True, False))
+    if gated:  # read as classes, most of its candidates would be detections
+        assert plain_count > len(rows) / 4 and gated_count < plain_count / 10, (
+            gated_count, plain_count, len(rows))
     assert output_fidelity(out, out.copy(), "boxes")["detection_agreement"] == 1.0

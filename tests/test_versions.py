@@ -281,6 +281,8 @@ def test_the_versions_benchmark_measures_a_real_classifier(tmp_path):
     magika = report["models"][1]["versions"]["int8"]
     assert any("only its Conv/ConvTranspose/MatMul/Gemm ops are int8" in n
                for n in magika["notes"])  # its layer norms' segment
+    assert any(n.startswith("segment 0") and "it has no Conv/" in n
+               for n in magika["notes"])  # the one-hot of its tokens: nothing to quantize
     text = bench.format_text(report)
     assert "pplcnet (classes" in text and "target (int8 of a classifier" in text
     drew = bench.plot(report, str(tmp_path / "v.png"))  # False without the plot extra
@@ -321,12 +323,12 @@ def _moments_layer_norm_model(path, offset: float) -> None:
 def test_int8_quantizes_only_the_weight_ops_of_a_segment_that_int8_everywhere_ruins(
         tmp_path, offset):
     """On features with a large mean, a variance computed as E[x^2] - E[x]^2 cancels to
-    noise on int8's 256-step grid: every op in int8 puts the output 0.69 off fp32, int8 in
-    the MatMuls alone 0.03. Then only those are int8, and the note says why. Without the
-    mean, every op's int8 is fine and kept."""
+    noise on int8's 256-step grid: every op in int8 puts the output far off fp32, int8 in
+    the MatMuls alone does not. Then only those are int8, and the note says why. Without
+    the mean, every op's int8 is fine and kept."""
     import onnx
 
-    from edgesdk.split.versions import _median_relative_error, _quantize_int8_guarded
+    from edgesdk.split.versions import _median_relative_error, _outputs, _quantize_int8_guarded
 
     src = tmp_path / "m.onnx"
     _moments_layer_norm_model(src, offset)
@@ -338,7 +340,8 @@ def test_int8_quantizes_only_the_weight_ops_of_a_segment_that_int8_everywhere_ru
     dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     int8_ops = {n.op_type for n in graph.node if set(n.input) & dequantized}
     moments = {"ReduceMean", "Mul", "Sub", "Div"}
-    assert _median_relative_error(src, tmp_path / "int8.onnx", feeds) < 0.1
+    assert _median_relative_error(_outputs(src, feeds),
+                                  _outputs(tmp_path / "int8.onnx", feeds)) < 0.1
     if offset:
         assert note and "only its Conv/ConvTranspose/MatMul/Gemm ops are int8" in note
         assert int8_ops & {"MatMul", "Gemm"} and not int8_ops & moments, int8_ops
@@ -362,3 +365,14 @@ def test_magika_reads_a_file_head_and_tail_stripped_and_padded(tmp_path):
     tokens = magika_tokens(big)
     assert list(tokens[:MAGIKA_SIDE]) == list((bytes(range(256)) * 4)[:MAGIKA_SIDE])
     assert list(tokens[MAGIKA_SIDE:]) == list((bytes(range(256)) * 40)[-MAGIKA_SIDE:])
+
+
+def test_the_int8_error_is_the_worst_output_and_a_nan_is_ruin():
+    from edgesdk.split.versions import _median_relative_error
+
+    want = [[np.full(4, 300.0), np.full(4, 0.5)]]
+    scores_wrong = [[np.full(4, 301.0), np.zeros(4)]]  # pooled, the 300s would hide it
+    assert _median_relative_error(want, scores_wrong) == 1.0
+    assert _median_relative_error(want, [[np.full(4, 300.0), np.full(4, np.nan)]]) == np.inf
+    assert _median_relative_error(want, [[np.full(4, 300.0), np.full(5, 0.5)]]) == 1.0
+    assert _median_relative_error(want, want) == 0.0
