@@ -273,8 +273,8 @@ def test_the_versions_benchmark_measures_a_real_classifier(tmp_path):
     report = bench.run(quick=True, models=("pplcnet", "magika"), workdir=tmp_path,
                        log=lambda m: None)
     for model in report["models"]:
-        assert set(model["versions"]) == {"fp32", "int8", "fp16"}
-        for v in ("int8", "fp16"):
+        assert set(model["versions"]) == {"fp32", "int8", "int8w", "fp16"}
+        for v in ("int8", "int8w", "fp16"):
             row = model["versions"][v]
             assert row["ratio"].median > 0 and 0.0 <= row["fidelity"] <= 1.0
     assert set(report["target"]) == {"pplcnet", "magika"}  # the classifiers are judged
@@ -376,3 +376,35 @@ def test_the_int8_error_is_the_worst_output_and_a_nan_is_ruin():
     assert _median_relative_error(want, [[np.full(4, 300.0), np.full(4, np.nan)]]) == np.inf
     assert _median_relative_error(want, [[np.full(4, 300.0), np.full(5, 0.5)]]) == 1.0
     assert _median_relative_error(want, want) == 0.0
+
+
+def _int8_op_types(bundle, version: str) -> set[str]:
+    """The op types that read a dequantized tensor in a version's segment files."""
+    import onnx
+
+    found = set()
+    for spec in bundle.manifest.version(version).segments:
+        if spec is not None:
+            graph = onnx.load(str(bundle.path / spec.file)).graph
+            dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+            found |= {n.op_type for n in graph.node if set(n.input) & dequantized}
+    return found
+
+
+def test_int8w_quantizes_only_the_weight_ops_and_needs_samples(tmp_path):
+    """int8w: int8 in the Conv/MatMul/Gemm ops only, where int8 also quantizes the layer
+    norm's products, sums and differences (here harmlessly: no large mean); like int8 it
+    is calibrated, so it is refused without samples; its method says which ops."""
+    from edgesdk.split import split_model
+
+    _moments_layer_norm_model(tmp_path / "m.onnx", offset=0.0)
+    bundle = split_model(tmp_path / "m.onnx", tmp_path / "m.edge")
+    with pytest.raises(SplitError, match="int8w version needs calibration samples"):
+        make_versions(bundle, ["int8w"])
+    rng = np.random.default_rng(1)
+    samples = [{"x": rng.standard_normal((1, 16, 64)).astype(np.float32)} for _ in range(16)]
+    bundle = make_versions(bundle, ["int8", "int8w"], samples)
+    assert bundle.manifest.version("int8w").method["ops"] == "Conv/ConvTranspose/MatMul/Gemm"
+    assert _int8_op_types(bundle, "int8") & {"Mul", "Sub", "ReduceMean"}
+    weight_ops = _int8_op_types(bundle, "int8w") & {"MatMul", "Gemm"}
+    assert weight_ops and not _int8_op_types(bundle, "int8w") & {"Mul", "Sub", "ReduceMean"}

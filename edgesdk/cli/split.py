@@ -26,6 +26,7 @@ def _split(args: argparse.Namespace) -> int:
     from ..split.verify import load_samples
     from ..split.versions import (
         CALIBRATION_SAMPLES,
+        INT8_VERSIONS,
         check_backend,
         check_versions,
         make_versions,
@@ -59,9 +60,10 @@ def _split(args: argparse.Namespace) -> int:
     versions = check_versions(args.versions) if args.versions else []
     if versions:
         check_backend(Path(args.model).suffix.lower().lstrip("."), args.model)
-    if "int8" in versions and not args.data:
-        raise SplitError("--versions int8 needs calibration samples: add --data FILE.npz "
-                         "(real inputs of the model)")
+    calibrated = [v for v in versions if v in INT8_VERSIONS]
+    if calibrated and not args.data:
+        raise SplitError(f"--versions {calibrated[0]} needs calibration samples: add --data "
+                         "FILE.npz (real inputs of the model)")
     t0 = time.perf_counter()
     with Progress(enabled=not args.json) as progress:  # stage lines on stderr (_progress)
         bundle = split_model(args.model, args.out, progress=progress, **options)
@@ -314,7 +316,8 @@ def add_parser(sub: Any, name: str, text: str, argv: Sequence[str] | None = None
                         "repeatable")
     p.add_argument("--versions", type=_names, metavar="fp32,int8,fp16",
                    help="also write these model versions of every segment: int8 (static, "
-                        "calibrated on --data) and fp16; the planner picks among them once "
+                        "calibrated on --data), int8w (int8 in the Conv/MatMul/Gemm ops "
+                        "only, the rest fp32) and fp16; the planner picks among them once "
                         "`edgesdk profile --data` has measured them (onnx only)")
     p.add_argument("--name", help="bundle name (default: the model file's stem)")
     p.add_argument("--json", action="store_true", help="print JSON")

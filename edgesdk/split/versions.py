@@ -16,7 +16,15 @@ quantize/dequantize needs it). fp16: float16 weights and arithmetic inside,
 float32 at the segment's boundary (onnxruntime.transformers.float16 with keep_io_types), so
 the cut tensors, and the codec, do not change.
 
-Every op onnxruntime can quantize is int8, unless that ruins the segment: when its output
+int8w: the same quantization of the weight ops only (Conv, ConvTranspose, MatMul, Gemm);
+the other ops run in fp32 between them. Which of the two is faster depends on the device's
+int8 kernels, so both can be made and `edgesdk profile` lets the device's measurements
+decide. On this x86 CPU (`edgesdk bench versions`, two runs): PP-OCRv4 recognition ran at
+0.72-0.77x fp32's time with int8w against 0.81-0.86x with int8, at the same step agreement
+(0.90); YOLOv8n at 0.62-0.68x against 0.55-0.60x, with detection agreement 0.94-0.97
+against 0.94; PP-LCNet at 1.09x against 1.01-1.04x.
+
+In int8, every op onnxruntime can quantize is int8, unless that ruins the segment: when its output
 is more than 0.2 off fp32 (median relative error on the calibration samples) and 3x further
 off than with int8 in its weight ops alone (Conv, ConvTranspose, MatMul, Gemm), only those
 are int8, and a note says so. A layer norm computed as E[x^2] - E[x]^2 is such a case: on
@@ -25,8 +33,7 @@ a 256-step grid the variance cancels to noise. Magika's conv segment was 0.36-1.
 held-out files; 0.04-0.06 off with its weight ops alone, and 0.98-0.99 agreement at 0.44x
 fp32's time, faster than every op's int8 (0.53x; `edgesdk bench versions`).
 No segment of PP-LCNet, PP-OCRv4 recognition or YOLOv8n changes: every op's int8 was
-1.0-1.5x as far off as the weight ops' there, and YOLOv8n's speed comes from its int8
-sigmoids and products.
+1.0-1.5x as far off as the weight ops' there.
 
 Each converted segment is opened and run on a calibration feed before it is kept. One that
 cannot be converted, fails to run, answers NaN, or has nothing to quantize (a softmax)
@@ -77,7 +84,8 @@ from ..bundle import FP32, Bundle, SegmentSpec, VersionSpec, sha256_file
 from ..errors import SplitError
 from ..profile import rel_l2, seeded_inputs
 
-VERSIONS = ("int8", "fp16")
+VERSIONS = ("int8", "int8w", "fp16")
+INT8_VERSIONS = ("int8", "int8w")  # calibrated on samples: int8 of every op / of weight ops
 INT8_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the "axis" attribute)
 CALIBRATION_SAMPLES = 64  # more adds calibration time, hardly accuracy
 PERCENTILE = 99.99  # of |activation| over the calibration samples: the int8 range
@@ -121,10 +129,11 @@ def make_versions(bundle: Bundle, names: Sequence[str],
     if not wanted:
         return bundle
     check_backend(bundle.backend, bundle.path)
-    if "int8" in wanted and not samples:
-        raise SplitError("the int8 version needs calibration samples: real inputs of the "
-                         "model (`--data FILE.npz`); without them, activation ranges "
-                         "would be guessed and the answers wrong")
+    calibrated = [n for n in wanted if n in INT8_VERSIONS]
+    if calibrated and not samples:
+        raise SplitError(f"the {calibrated[0]} version needs calibration samples: real "
+                         "inputs of the model (`--data FILE.npz`); without them, activation "
+                         "ranges would be guessed and the answers wrong")
     # what the fp32 chain feeds each segment: int8 calibrates on it, and every converted
     # segment is test-run on it (on seeded inputs when there are no samples: fp16)
     feeds = _segment_feeds(bundle, samples[:CALIBRATION_SAMPLES]
@@ -181,6 +190,8 @@ def _make_version(bundle: Bundle, name: str, feeds: Sequence[Sequence[Mapping]],
                     changed, how = _quantize_int8_guarded(src, made, feeds[i], Path(tmp))
                     if how:
                         notes.append(f"segment {i} ({ref.file}): {how}")
+                elif name == "int8w":
+                    changed = _quantize_int8(src, made, feeds[i], Path(tmp), WEIGHT_OPS)
                 else:
                     changed = _to_fp16(src, made)
                 if not changed:
@@ -202,10 +213,12 @@ def _make_version(bundle: Bundle, name: str, feeds: Sequence[Sequence[Mapping]],
     for note in notes:
         log.info("%s version: %s", name, note)
     method: dict[str, Any] = {"onnxruntime": onnxruntime.__version__, "notes": notes}
-    if name == "int8":
+    if name in INT8_VERSIONS:
         method.update(tool="onnxruntime.quantization.quantize_static", format="QDQ",
                       weights="int8 per channel",
                       activations=f"uint8 ({PERCENTILE} percentile)",
+                      ops=("every op onnxruntime quantizes (weight ops only in a segment "
+                           "that this ruins)" if name == "int8" else "/".join(WEIGHT_OPS)),
                       calibration_samples=len(feeds[0]))
         if calibration_id:
             method["calibration_sha256"] = calibration_id
@@ -227,9 +240,8 @@ def _quantize_int8_guarded(src: Path, dst: Path, feeds: Sequence[Mapping[str, np
 
     Quantizing every op puts each intermediate tensor on a 256-step grid. Most graphs take
     that (real models here: a median relative error of 0.01-0.31 per segment, and 1.0-1.5x
-    that of weight-op int8, which gives up the int8 activations, sigmoids and products
-    that YOLOv8n's speed relies on). A graph that computes a variance as E[x^2] - E[x]^2
-    does not (see the module docstring: Magika)."""
+    that of weight-op int8, which is slower on some of them: see int8w in the module
+    docstring). A graph that computes a variance as E[x^2] - E[x]^2 does not (Magika)."""
     if not _quantize_int8(src, dst, feeds, tmp):
         return False, None
     lean = tmp / "weight_ops.onnx"
@@ -397,4 +409,4 @@ def _check_runs(path: Path, feed: Mapping[str, np.ndarray]) -> None:
             raise _Kept(f"it answers NaN or inf in {out.name!r} (out of its number range)")
 
 
-__all__ = ["VERSIONS", "check_backend", "check_versions", "make_versions"]
+__all__ = ["INT8_VERSIONS", "VERSIONS", "check_backend", "check_versions", "make_versions"]
