@@ -245,6 +245,11 @@ def test_split_cli_makes_versions_and_says_what_it_needs(tmp_path):
                          capture_output=True, text=True, env=child_env(), timeout=300,
                          cwd=tempfile.gettempdir())
     assert out.returncode != 0 and "needs calibration samples" in out.stderr
+    out = subprocess.run([*base, "-o", str(tmp_path / "a.edge"), "--versions", "int8w"],
+                         capture_output=True, text=True, env=child_env(), timeout=300,
+                         cwd=tempfile.gettempdir())
+    assert out.returncode != 0 and "--versions int8w needs calibration samples" in out.stderr
+    assert not (tmp_path / "a.edge").exists()  # refused before anything was split
     out = subprocess.run([*base, "-o", str(tmp_path / "b.edge"), "--versions", "int8",
                           "--data", str(data)],
                          capture_output=True, text=True, env=child_env(), timeout=300,
@@ -258,7 +263,7 @@ def test_split_cli_makes_versions_and_says_what_it_needs(tmp_path):
                          capture_output=True, text=True, env=child_env(), timeout=300,
                          cwd=tempfile.gettempdir())
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "int8 was calibrated on" in out.stdout
+    assert "--data is the file int8 was calibrated on" in out.stdout
     tflite = subprocess.run([*base[:4], "model.tflite", "-o", str(tmp_path / "c.edge"),
                              "--versions", "fp16"],
                             capture_output=True, text=True, env=child_env(), timeout=300,
@@ -277,7 +282,10 @@ def test_the_versions_benchmark_measures_a_real_classifier(tmp_path):
         for v in ("int8", "int8w", "fp16"):
             row = model["versions"][v]
             assert row["ratio"].median > 0 and 0.0 <= row["fidelity"] <= 1.0
-    assert set(report["target"]) == {"pplcnet", "magika"}  # the classifiers are judged
+    assert set(report["target"]) == {"pplcnet", "magika"}  # the classifiers are judged,
+    for flavours in report["target"].values():  # in each int8 version
+        assert set(flavours) == {"int8", "int8w"}
+        assert all(set(t) == {"ratio", "agreement_lost_pt", "met"} for t in flavours.values())
     magika = report["models"][1]["versions"]["int8"]
     assert any("only its Conv/ConvTranspose/MatMul/Gemm ops are int8" in n
                for n in magika["notes"])  # its layer norms' segment
@@ -285,6 +293,7 @@ def test_the_versions_benchmark_measures_a_real_classifier(tmp_path):
                for n in magika["notes"])  # the one-hot of its tokens: nothing to quantize
     text = bench.format_text(report)
     assert "pplcnet (classes" in text and "target (int8 of a classifier" in text
+    assert "magika int8w:" in text
     drew = bench.plot(report, str(tmp_path / "v.png"))  # False without the plot extra
     assert drew == (importlib.util.find_spec("matplotlib") is not None)
     assert not drew or (tmp_path / "v.png").stat().st_size

@@ -1,5 +1,5 @@
-"""The model-versions benchmark: what int8 and fp16 copies of real models cost and save on
-this device (`edgesdk bench versions`).
+"""The model-versions benchmark: what int8, int8w and fp16 copies of real models cost and
+save on this device (`edgesdk bench versions`).
 
 Per model, the bundle is split from its pip wheel and given int8 and int8w (calibrated on
 CALIBRATION inputs of the model's calibration set) and fp16 versions

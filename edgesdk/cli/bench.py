@@ -107,7 +107,7 @@ def _split(args: argparse.Namespace) -> int:
 # -- versions ------------------------------------------------------------------------------
 
 
-@_topic("versions", "int8 and fp16 versions of real models: device latency and fidelity")
+@_topic("versions", "int8, int8w and fp16 versions of real models: latency and fidelity")
 def _versions_options(p: argparse.ArgumentParser) -> None:
     bench = _module("versions")
     _rounds_options(p, bench, "rounds, few test inputs")

@@ -233,7 +233,7 @@ def _profile_versions(bundle, segments, inputs, samples: list[dict] | None,
                                 f"{len(samples)} samples"):
                 entry["fidelity"] = measure_version_fidelity(
                     segments, chain, bundle.cuts, samples, outputs, kind=kinds)
-            # measured on the samples int8 was calibrated on: it overstates the fidelity
+            # measured on the samples it was calibrated on: that overstates the fidelity
             entry["fidelity"]["on_calibration_data"] = (
                 v.method.get("calibration_sha256") == data_sha256)
         out[v.name] = entry
@@ -253,8 +253,11 @@ def versions_table(profile: dict) -> str:
     versions = profile["versions"].values()
     note = ("" if all("fidelity" in v for v in versions) else
             "\n(no fidelity measured: versions become candidates with --data)")
-    if any(v.get("fidelity", {}).get("on_calibration_data") for v in versions):
-        note += ("\nwarning: --data is the file int8 was calibrated on, so its fidelity is "
+    flagged = [name for name, v in profile["versions"].items()
+               if v.get("fidelity", {}).get("on_calibration_data")]
+    if flagged:
+        note += (f"\nwarning: --data is the file {' and '.join(flagged)} "
+                 f"{'was' if len(flagged) == 1 else 'were'} calibrated on, so the fidelity is "
                  "overstated; measure on held-out samples")
     return ("model versions here (device-only chain) and fidelity to fp32:\n"
             + format_table(["version", "ms", "vs fp32", "device-only", "head to cut, fp32 tail"],
@@ -316,9 +319,10 @@ def add_parser(sub: Any, name: str, text: str, argv: Sequence[str] | None = None
                         "repeatable")
     p.add_argument("--versions", type=_names, metavar="fp32,int8,fp16",
                    help="also write these model versions of every segment: int8 (static, "
-                        "calibrated on --data), int8w (int8 in the Conv/MatMul/Gemm ops "
-                        "only, the rest fp32) and fp16; the planner picks among them once "
-                        "`edgesdk profile --data` has measured them (onnx only)")
+                        "calibrated on --data), int8w (int8 in the Conv, ConvTranspose, "
+                        "MatMul and Gemm ops only, the rest fp32) and fp16; the planner "
+                        "picks among them once `edgesdk profile --data` has measured them "
+                        "(onnx only)")
     p.add_argument("--name", help="bundle name (default: the model file's stem)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_split)

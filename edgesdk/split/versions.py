@@ -19,10 +19,12 @@ the cut tensors, and the codec, do not change.
 int8w: the same quantization of the weight ops only (Conv, ConvTranspose, MatMul, Gemm);
 the other ops run in fp32 between them. Which of the two is faster depends on the device's
 int8 kernels, so both can be made and `edgesdk profile` lets the device's measurements
-decide. On this x86 CPU (`edgesdk bench versions`, two runs): PP-OCRv4 recognition ran at
-0.72-0.77x fp32's time with int8w against 0.81-0.86x with int8, at the same step agreement
-(0.90); YOLOv8n at 0.62-0.68x against 0.55-0.60x, with detection agreement 0.94-0.97
-against 0.94; PP-LCNet at 1.09x against 1.01-1.04x.
+decide. On this x86 CPU (`edgesdk bench versions`, two runs today, each with both in it):
+PP-OCRv4 recognition ran at 0.72 and 0.77x fp32's time with int8w against 0.81 and 0.86x
+with int8, at the same step agreement (0.90); YOLOv8n at 0.68 and 0.62x against 0.55 and
+0.60x, with detection agreement 0.97 and 0.94 against 0.94; PP-LCNet at 1.09x against
+1.04 and 1.01x. (int8 alone ran PP-OCRv4 at 0.72x and YOLOv8n at 0.42x in an earlier
+session: the speed of one version moves more between runs than the two differ.)
 
 In int8, every op onnxruntime can quantize is int8, unless that ruins the segment: when its output
 is more than 0.2 off fp32 (median relative error on the calibration samples) and 3x further
@@ -46,15 +48,15 @@ Files are named by their content (seg_000.int8.<sha256[:12]>.onnx): re-making a 
 loadable until the new manifest is saved; the replaced files are removed after.
 
 A convolution over at most STEM_CHANNELS input channels (in practice a model's first layer,
-on an RGB or grey image) stays fp32 in the int8 version: its dot products are too short
+on an RGB or grey image) stays fp32 in the int8 and int8w versions: its dot products are too short
 for the int8 kernels, and its input would be quantized in one more pass over the
 full-resolution image. On this CPU (`edgesdk bench versions`, one run each) that took
 PP-LCNet's int8 chain from 1.00x to 0.94x fp32's time, and YOLOv8n's from 0.44x to 0.42x
 (within that run's noise), with the same fidelity (0.82 -> 0.83, 0.94 -> 0.94).
 
-Whether a version pays is the device's business, so nothing else here judges speed. On
-this x86 CPU int8 runs YOLOv8n in about 0.42x its fp32 time and PP-OCRv4 recognition in
-0.72x, but PP-LCNet (depthwise convolutions and hard-swish) in 0.94x: its int8
+Whether a version pays is the device's business, so nothing else here judges speed (the
+int8w numbers above show how it moves between runs of one machine). PP-LCNet (depthwise
+convolutions and hard-swish) gains nothing from int8 on this x86 CPU: its int8
 convolutions take 0.56x of the fp32 ones, but onnxruntime has no int8 hard-swish, so each
 one runs in float between a dequantize and a quantize, which costs back most of the gain.
 `edgesdk profile` measures every version's segment times on the device and, with --data,
@@ -122,8 +124,8 @@ def make_versions(bundle: Bundle, names: Sequence[str],
                   calibration_id: str | None = None) -> Bundle:
     """Write the `names` versions of `bundle`'s segments into the bundle and record them in
     its manifest, replacing versions of the same names; returns the re-sealed bundle.
-    `samples`: model-input feeds (batch of 1) that int8 calibrates its activation ranges on
-    (required for int8); `calibration_id`: what they are (a data file's sha256), recorded
+    `samples`: model-input feeds (batch of 1) that int8 and int8w calibrate their activation
+    ranges on (required for them); `calibration_id`: what they are (a data file's sha256), recorded
     so that `edgesdk profile` can tell when fidelity is measured on them."""
     wanted = check_versions(names)
     if not wanted:
