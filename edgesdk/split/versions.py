@@ -26,16 +26,16 @@ with int8, at the same step agreement (0.90); YOLOv8n at 0.68 and 0.62x against 
 1.04 and 1.01x. (int8 alone ran PP-OCRv4 at 0.72x and YOLOv8n at 0.42x in an earlier
 session: the speed of one version moves more between runs than the two differ.)
 
-In int8, every op onnxruntime can quantize is int8, unless that ruins the segment: when its output
-is more than 0.2 off fp32 (median relative error on the calibration samples) and 3x further
-off than with int8 in its weight ops alone (Conv, ConvTranspose, MatMul, Gemm), only those
-are int8, and a note says so. A layer norm computed as E[x^2] - E[x]^2 is such a case: on
-a 256-step grid the variance cancels to noise. Magika's conv segment was 0.36-1.31 off
-(three calibration sets of files) with every op int8, and its top-1 agreement 0.69-0.84 on
-held-out files; 0.04-0.06 off with its weight ops alone, and 0.98-0.99 agreement at 0.44x
-fp32's time, faster than every op's int8 (0.53x; `edgesdk bench versions`).
-No segment of PP-LCNet, PP-OCRv4 recognition or YOLOv8n changes: every op's int8 was
-1.0-1.5x as far off as the weight ops' there.
+In int8, every op onnxruntime can quantize is int8, unless that ruins the segment: when
+its output is more than 0.2 off fp32 (median relative error on the calibration samples)
+and 3x further off than with int8 in its weight ops alone (Conv, ConvTranspose, MatMul,
+Gemm), only those are int8, and a note says so. A layer norm computed as E[x^2] - E[x]^2
+is such a case: on a 256-step grid the variance cancels to noise. Magika's conv segment
+was 0.36-1.31 off (three calibration sets of files) with every op int8, and its top-1
+agreement 0.69-0.84 on held-out files; 0.04-0.06 off with its weight ops alone, and
+0.98-0.99 agreement at 0.44-0.48x fp32's time, faster than every op's int8 (0.53x;
+`edgesdk bench versions`). No segment of PP-LCNet, PP-OCRv4 recognition or YOLOv8n
+changes: every op's int8 was 1.0-1.5x as far off as the weight ops' there.
 
 Each converted segment is opened and run on a calibration feed before it is kept. One that
 cannot be converted, fails to run, answers NaN, or has nothing to quantize (a softmax)
@@ -48,8 +48,8 @@ Files are named by their content (seg_000.int8.<sha256[:12]>.onnx): re-making a 
 loadable until the new manifest is saved; the replaced files are removed after.
 
 A convolution over at most STEM_CHANNELS input channels (in practice a model's first layer,
-on an RGB or grey image) stays fp32 in the int8 and int8w versions: its dot products are too short
-for the int8 kernels, and its input would be quantized in one more pass over the
+on an RGB or grey image) stays fp32 in the int8 and int8w versions: its dot products are
+too short for the int8 kernels, and its input would be quantized in one more pass over the
 full-resolution image. On this CPU (`edgesdk bench versions`, one run each) that took
 PP-LCNet's int8 chain from 1.00x to 0.94x fp32's time, and YOLOv8n's from 0.44x to 0.42x
 (within that run's noise), with the same fidelity (0.82 -> 0.83, 0.94 -> 0.94).
@@ -124,9 +124,10 @@ def make_versions(bundle: Bundle, names: Sequence[str],
                   calibration_id: str | None = None) -> Bundle:
     """Write the `names` versions of `bundle`'s segments into the bundle and record them in
     its manifest, replacing versions of the same names; returns the re-sealed bundle.
-    `samples`: model-input feeds (batch of 1) that int8 and int8w calibrate their activation
-    ranges on (required for them); `calibration_id`: what they are (a data file's sha256), recorded
-    so that `edgesdk profile` can tell when fidelity is measured on them."""
+    `samples`: model-input feeds (batch of 1) that int8 and int8w calibrate their
+    activation ranges on (required for them); `calibration_id`: what they are (a data
+    file's sha256), recorded so that `edgesdk profile` can tell when fidelity is measured
+    on them."""
     wanted = check_versions(names)
     if not wanted:
         return bundle
