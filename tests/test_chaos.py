@@ -27,6 +27,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 SLO_MS = 60.0
 LATE_MS = 5.0  # the promise: no answer later than the deadline + this
 ENGINES = 3
+# The edge server and the flooding devices stand for other machines, but here they share
+# this one's 2 CPUs with the engines under test. Their starts (a broker and 2 workers
+# importing onnxruntime and profiling the tail, at the restart) could take the engines'
+# CPU for tens of ms: frames of 2-3 engines past their deadline together, once in several
+# CI runs. The engine's deadline promise covers a slow or absent server, not a device
+# whose CPU is taken, so they run at a lower priority.
+OTHER_MACHINES = ["nice", "-n", "10"]
 
 
 @dataclass(frozen=True)
@@ -76,9 +83,15 @@ threading.Event().wait(float(sys.argv[2]))
 def _flood(endpoint: str, seconds: float) -> subprocess.Popen:
     """Other devices pushing frames as fast as their pipelines allow, from their own
     process (as other devices would: not contending for this one's interpreter)."""
-    return subprocess.Popen([sys.executable, "-c", FLOOD, endpoint, str(seconds)],
+    return subprocess.Popen([*OTHER_MACHINES, sys.executable, "-c", FLOOD, endpoint,
+                             str(seconds)],
                             env=child_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
+
+
+def _serve(args: tuple) -> ServerProcess:
+    return ServerProcess([*OTHER_MACHINES, sys.executable, "-m", "edgesdk", "serve",
+                          str(DIGITS_BUNDLE), "--log-level", "debug", *args])
 
 
 def test_engines_through_stop_overload_kill_and_restart():
@@ -89,7 +102,7 @@ def test_engines_through_stop_overload_kill_and_restart():
                        for xi in x])
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     args = ("--bind", endpoint, "--workers", "2", "--max-queue", "4")
-    server = ServerProcess.serving([DIGITS_BUNDLE], *args)
+    server = _serve(args)
     stop = threading.Event()
     results: list[list] = [[] for _ in range(ENGINES)]
     threads = [threading.Thread(target=_stream, args=(endpoint, x, stop, out))
@@ -120,7 +133,7 @@ def test_engines_through_stop_overload_kill_and_restart():
         server.kill()
         time.sleep(1.0)
         phases["restarted"] = time.monotonic()
-        server = ServerProcess.serving([DIGITS_BUNDLE], *args)
+        server = _serve(args)
         time.sleep(2.0)
     finally:
         stop.set()
@@ -131,7 +144,10 @@ def test_engines_through_stop_overload_kill_and_restart():
     frames = [row for out in results for row in out]
     assert len(frames) > 300
     late = [f for f in frames if f.ms > SLO_MS + LATE_MS]
-    assert not late, f"{len(late)} of {len(frames)} frames past the deadline + 5 ms: {late[:5]}"
+    when = {name: round(t - phases["stopped"], 3) for name, t in phases.items()}
+    assert not late, (f"{len(late)} of {len(frames)} frames past the deadline + 5 ms: "
+                      f"{late[:5]}; phases from the stop, s: {when}, the late frames' starts: "
+                      f"{[round(f.start - phases['stopped'], 3) for f in late[:5]]}")
     wrong = [f for f in frames if f.label != labels[f.i]]
     assert not wrong, f"{len(wrong)} wrong answers: {wrong[:5]}"
     wheres = {f.where for f in frames}
