@@ -285,7 +285,10 @@ def test_the_versions_benchmark_measures_a_real_classifier(tmp_path):
     assert set(report["target"]) == {"pplcnet", "magika"}  # the classifiers are judged,
     for flavours in report["target"].values():  # in each int8 version
         assert set(flavours) == {"int8", "int8w"}
-        assert all(set(t) == {"ratio", "agreement_lost_pt", "met"} for t in flavours.values())
+        assert all(set(t) == {"ratio", "agreement_lost_pt", "met", "confident"}
+                   for t in flavours.values())
+        for t in flavours.values():  # the disagreements where fp32 hesitates are among all
+            assert 0 <= t["confident"]["disagree_unsure"] <= t["confident"]["disagree"]
     magika = report["models"][1]["versions"]["int8"]
     assert any("only its Conv/ConvTranspose/MatMul/Gemm ops are int8" in n
                for n in magika["notes"])  # its layer norms' segment
@@ -293,7 +296,7 @@ def test_the_versions_benchmark_measures_a_real_classifier(tmp_path):
                for n in magika["notes"])  # the one-hot of its tokens: nothing to quantize
     text = bench.format_text(report)
     assert "pplcnet (classes" in text and "target (int8 of a classifier" in text
-    assert "magika int8w:" in text
+    assert "magika int8w:" in text and "agreement where fp32 p >= 0.9" in text
     drew = bench.plot(report, str(tmp_path / "v.png"))  # False without the plot extra
     assert drew == (importlib.util.find_spec("matplotlib") is not None)
     assert not drew or (tmp_path / "v.png").stat().st_size
@@ -385,6 +388,30 @@ def test_the_int8_error_is_the_worst_output_and_a_nan_is_ruin():
     assert _median_relative_error(want, [[np.full(4, 300.0), np.full(4, np.nan)]]) == np.inf
     assert _median_relative_error(want, [[np.full(4, 300.0), np.full(5, 0.5)]]) == 1.0
     assert _median_relative_error(want, want) == 0.0
+
+
+def test_confident_agreement_counts_only_what_fp32_is_sure_of_and_ranks_a_bad_copy_lower():
+    from edgesdk.bench.versions import confident_agreement, top_probability
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(200, 10))
+    logits[:150, 3] += 12.0  # 150 answers fp32 is sure of, 50 it is not
+    logits[150:] *= 0.3
+    assert np.all(top_probability(logits)[:150] > 0.9)
+    assert np.all(top_probability(logits)[150:] < 0.9)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(top_probability(probs), top_probability(logits))
+
+    good = logits.copy()
+    good[150:] = rng.normal(size=(50, 10))  # it changes only answers fp32 hesitates on
+    bad = logits.copy()
+    bad[:30, 3] -= 24.0  # it changes 30 answers fp32 is sure of
+    got_good, got_bad = confident_agreement(logits, good), confident_agreement(logits, bad)
+    assert got_good["n"] == got_bad["n"] == 150
+    assert got_good["agreement"] == 1.0 and got_good["disagree"] > 0
+    assert got_good["disagree_unsure"] == got_good["disagree"]
+    assert got_bad["agreement"] == 0.8 and got_bad["disagree_unsure"] == 0
+    assert confident_agreement(np.zeros((4, 3)), np.zeros((4, 3)))["agreement"] is None
 
 
 def _int8_op_types(bundle, version: str) -> set[str]:

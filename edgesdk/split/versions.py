@@ -348,9 +348,11 @@ def _quantize_int8(src: Path, dst: Path, feeds: Sequence[Mapping[str, np.ndarray
         if any(n.op_type in WEIGHT_OPS for n in onnx.load(str(prepared)).graph.node):
             raise
         # e.g. a one-hot of integer tokens (Magika's first segment): no float tensor for
-        # the calibrator to range, and nothing int8 would speed up
+        # the calibrator to range, and nothing int8 would speed up. The calibrator's own
+        # words for that ("Histogram has not been collected") would only puzzle a user.
+        log.debug("quantize_static on %s: %s: %s", src, type(exc).__name__, exc)
         raise _Kept(f"it has no {'/'.join(WEIGHT_OPS)} op, and onnxruntime's quantizer found "
-                    f"nothing to quantize ({type(exc).__name__}: {str(exc)[:100]})") from None
+                    "no float tensor in it to calibrate") from None
     finally:
         log.debug("quantize_static on %s: %s", src, printed.getvalue().strip())
     if any(n.op_type == "DequantizeLinear" for n in onnx.load(str(dst)).graph.node):
