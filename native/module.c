@@ -1,9 +1,10 @@
 /*
- * edgesdk._native: the CPython binding of the codec kernels.
+ * edgesdk._native: the CPython binding of the codec kernels and of the planner's terms.
  *
  * It takes and fills caller-allocated buffers through the buffer protocol, so the build
  * needs no numpy; edgesdk/codec/_native_kernels.py wraps it into the same signatures as the
- * numpy fallback. The GIL is released around every kernel call.
+ * numpy fallback, and edgesdk/policy/planner.py calls plan_terms. The GIL is released around
+ * every codec kernel call (not around plan_terms: a few microseconds, less than a switch).
  *
  * Grouped (per-channel) calls view x as [outer][groups][inner]: the run of `inner` elements
  * at (o, g) uses the parameters of group g. A per-tensor call is groups = 1, inner = n.
@@ -14,6 +15,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "planner.h"
 
 static const es_kernels *K; /* selected at import, changeable with set_isa() */
 
@@ -29,7 +31,7 @@ static void buf_release(buf_t *b) {
     b->held = 0;
 }
 
-/* A C-contiguous buffer of items of struct format `fmt` ("f", "B" or "i"). "i" means a
+/* A C-contiguous buffer of items of struct format `fmt` ("f", "d", "B" or "i"). "i" means a
  * 4-byte signed integer, whatever its format letter: numpy reports int32 as 'l' where C's
  * long is 4 bytes (32-bit ARM, Windows), and the buffer protocol as '<i' or '=l' when the
  * exporter states a byte order. */
@@ -39,7 +41,7 @@ static int buf_get(PyObject *obj, buf_t *b, char fmt, int writable, const char *
     b->held = 1;
     const char *f = b->view.format ? b->view.format : "B";
     if (f[0] == '<' || f[0] == '=' || f[0] == '@') f++;
-    Py_ssize_t want = fmt == 'f' ? 4 : fmt == 'i' ? 4 : 1;
+    Py_ssize_t want = fmt == 'f' ? 4 : fmt == 'i' ? 4 : fmt == 'd' ? 8 : 1;
     int ok = f[0] == fmt && f[1] == '\0' && b->view.itemsize == want;
     if (fmt == 'B' && (f[0] == 'b' || f[0] == 'c') && f[1] == '\0') ok = 1;
     if (fmt == 'i' && f[0] == 'l' && f[1] == '\0' && b->view.itemsize == 4) ok = 1;
@@ -624,6 +626,37 @@ static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------ planner */
+
+static PyObject *py_plan_terms(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *table_obj, *out_obj;
+    es_plan_state st;
+    if (!PyArg_ParseTuple(args, "OO(ddddddddddd)", &table_obj, &out_obj, &st.device_slowdown,
+                          &st.server_slowdown, &st.rtt_ms, &st.queue_ms, &st.overhead_ms,
+                          &st.bw_mbps, &st.spread, &st.slo_ms, &st.margin_ms,
+                          &st.min_budget_ms, &st.fallback_exit_acc))
+        return NULL;
+    buf_t table = {0}, out = {0};
+    if (buf_get(table_obj, &table, 'd', 0, "table") < 0) return NULL;
+    if (buf_get(out_obj, &out, 'd', 1, "out") < 0) {
+        buf_release(&table);
+        return NULL;
+    }
+    size_t cells = buf_len(&table), n = cells / ES_PLAN_FIELDS;
+    if (cells % ES_PLAN_FIELDS != 0 || buf_len(&out) != 3 * n) {
+        PyErr_Format(PyExc_ValueError, "table has %zu values, expected %d rows of n, and out "
+                     "%zu, expected 3 rows of n", cells, ES_PLAN_FIELDS, buf_len(&out));
+        buf_release(&table);
+        buf_release(&out);
+        return NULL;
+    }
+    es_plan_terms((const double *)table.view.buf, n, &st, (double *)out.view.buf);
+    buf_release(&table);
+    buf_release(&out);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"absmax", py_absmax, METH_O, "absmax(x) -> float"},
     {"minmax", py_minmax, METH_O, "minmax(x) -> (min, max)"},
@@ -644,6 +677,8 @@ static PyMethodDef methods[] = {
     {"sparse_unpack", py_sparse_unpack, METH_VARARGS,
      "sparse_unpack(stream, codes_out, zero, bits)"},
     {"popcount", py_popcount, METH_O, "popcount(bytes) -> number of 1 bits"},
+    {"plan_terms", py_plan_terms, METH_VARARGS,
+     "plan_terms(table, out, state): the planner's expected terms (native/planner.c)"},
     {"available_isas", py_available_isas, METH_NOARGS, "ISAs this build and CPU run"},
     {"get_isa", py_get_isa, METH_NOARGS, "the ISA in use"},
     {"set_isa", py_set_isa, METH_O, "set_isa(name): use another build (tests, benchmarks)"},
@@ -651,7 +686,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef moduledef = {
-    PyModuleDef_HEAD_INIT, "_native", "edgesdk codec kernels (C99).", -1, methods,
+    PyModuleDef_HEAD_INIT, "_native", "edgesdk codec and planner kernels (C99).", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__native(void) {

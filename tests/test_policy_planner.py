@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgesdk.bundle import Bundle
 from edgesdk.errors import PolicyError
@@ -22,6 +24,9 @@ from edgesdk.policy import (
     plan,
 )
 from edgesdk.policy.planner import FALLBACK_EXIT_ACC, FALLBACK_MARGIN_MS
+from edgesdk.policy.simulator import synthetic_profile
+
+from conftest import needs_native
 
 
 def _table(**cols) -> CandidateTable:
@@ -217,3 +222,51 @@ def test_a_reply_during_the_local_finish_is_priced_as_the_answer():
     # a reply later than the local finish is a timeout, as before
     s = State(bw_mbps=8000 / 40 / 1e3, slo_ms=30.0, rtt_ms=2.0, task="balanced")
     assert expected_rewards(t, s)[0] == pytest.approx(5 * 0.9 - (1 + budget + 10) / 30)
+
+
+# -- the C planner (native/planner.c) against its numpy reference ---------------------------
+
+@needs_native
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), bw=st.floats(0.05, 2000.0),
+       rel_std=st.sampled_from([0.0, 0.05, 0.5, 5.0]), slo=st.floats(0.5, 2000.0),
+       rtt=st.floats(0.0, 200.0), slowdown=st.floats(0.2, 20.0),
+       server=st.floats(0.5, 10.0), queue=st.floats(0.0, 100.0),
+       overhead=st.floats(0.0, 5.0), other_bw=st.floats(0.05, 2000.0))
+def test_the_c_planner_gives_numpys_terms_on_any_table_and_state(
+        seed, bw, rel_std, slo, rtt, slowdown, server, queue, overhead, other_bw):
+    from edgesdk import _native
+    from edgesdk.policy.planner import c_expected_terms, numpy_expected_terms
+
+    table = build_candidates(synthetic_profile(np.random.default_rng(seed)))
+    state = State(bw_mbps=bw, bw_std=rel_std * bw, slo_ms=slo, rtt_ms=rtt, queue_ms=queue,
+                  device_slowdown=slowdown, server_slowdown=server, bw_overhead_ms=overhead)
+    for at in (None, other_bw):  # the estimate, and another rate (plan_pessimistic's)
+        for got, want in zip(c_expected_terms(_native.plan_terms, table.planner_matrix,
+                                              state, at),
+                             numpy_expected_terms(table, state, at)):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@needs_native
+def test_the_c_planner_matches_on_real_profiles_and_refuses_a_wrong_buffer():
+    from edgesdk import _native
+    from edgesdk.codec._backend import native_mode
+    from edgesdk.policy.planner import _native_terms, c_expected_terms, numpy_expected_terms
+    from edgesdk.policy.profiles import bundled_profiles
+
+    if native_mode() != "0":  # the planner's default path is the C one
+        assert _native_terms() is _native.plan_terms
+    tables = [build_candidates(model_profile(Bundle.load(DIGITS_BUNDLE).manifest)),
+              *(build_candidates(p) for p in bundled_profiles())]
+    state = State(bw_mbps=8.0, bw_std=2.0, slo_ms=50.0, rtt_ms=10.0, device_slowdown=3.0)
+    for table in tables:
+        for got, want in zip(c_expected_terms(_native.plan_terms, table.planner_matrix, state),
+                             numpy_expected_terms(table, state)):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    table = tables[0]
+    with pytest.raises(ValueError, match="expected 3 rows of n"):
+        _native.plan_terms(table.planner_matrix, np.empty((2, len(table))), (1.0,) * 11)
+    with pytest.raises(TypeError, match="format 'd'"):
+        _native.plan_terms(table.planner_matrix.astype(np.float32),
+                           np.empty((3, len(table))), (1.0,) * 11)

@@ -1,5 +1,9 @@
 """Decision-time benchmark: the policy network's numpy forward, its feature computation,
-and the planner, for candidate tables of growing size (digits and synthetic models).
+and the planner (in C when the extension is built, and its numpy reference in the same
+rounds), for candidate tables of growing size (digits, real and synthetic models).
+
+Targets (issue 12): an uncached decision of the default decider (the planner) <= 100 us,
+a cached one <= 10 us, on this machine.
 
     edgesdk bench policy [--json] [--rounds N]     (or benchmarks/bench_policy.py)
 """
@@ -13,6 +17,9 @@ import numpy as np
 from . import format_table, time_interleaved
 
 __all__ = ["format_text", "run"]
+
+UNCACHED_US = 100.0  # the planner's decision
+CACHED_US = 10.0  # the engine's decision-cache lookup
 
 
 def _tables():
@@ -52,6 +59,7 @@ def run(rounds: int = 21, min_time: float = 0.02) -> list[dict]:
     from ..engine.strategy import state_key
     from ..policy import PolicyNet, State, features, plan
     from ..policy.net import TOP_K
+    from ..policy.planner import numpy_expected_terms, rewards_from_terms
 
     net = PolicyNet.load()
     state = State(bw_mbps=8.0, bw_std=2.0, bw_history=(6.0, 9.0, 8.0, 7.0), slo_ms=50.0,
@@ -70,6 +78,9 @@ def run(rounds: int = 21, min_time: float = 0.02) -> list[dict]:
                               "features": partial(features, table, state, rows=top),
                               "decide": partial(net.decide, table, state),
                               "planner": partial(plan, table, state),
+                              "planner_numpy": partial(_numpy_plan, table, state,
+                                                       numpy_expected_terms,
+                                                       rewards_from_terms),
                               "cached": cached},
                              rounds=rounds, min_time=min_time)
         row = {"table": name, "candidates": len(table)}
@@ -81,11 +92,34 @@ def run(rounds: int = 21, min_time: float = 0.02) -> list[dict]:
     return rows
 
 
+def _numpy_plan(table, state, terms, rewards) -> int:
+    """plan() with the numpy terms (the reference of the C planner; no energy price)."""
+    return int(np.argmax(rewards(state, *terms(table, state))))
+
+
+def targets(rows: list[dict]) -> dict:
+    """The issue's decision-time targets on the slowest table: {name: {"value", "limit",
+    "met"}}."""
+    planner = max(r["planner_us"] for r in rows)
+    cached = max(r["cached_us"] for r in rows)
+    return {"planner_us": {"value": planner, "limit": UNCACHED_US,
+                           "met": planner <= UNCACHED_US},
+            "cached_us": {"value": cached, "limit": CACHED_US, "met": cached <= CACHED_US}}
+
+
 def format_text(rows: list[dict]) -> str:
     """The text report of :func:`run` (what `edgesdk bench policy` prints)."""
+    from ..policy.planner import _native_terms
+
     cols = ["table", "candidates", "forward_us", "features_us", "decide_us", "planner_us",
-            "cached_us"]
-    return (format_table(cols, [[r[c] for c in cols] for r in rows]) + "\n"
-            "us per decision, median over rounds; decide = the planner's terms, features of "
-            "its best few, the MLP forward (on precomputed features) and the argmax; cached = "
-            "the engine's decision-cache lookup (the rounded state)")
+            "planner_numpy_us", "cached_us"]
+    lines = [format_table(cols, [[r[c] for c in cols] for r in rows]),
+             "us per decision, median over rounds; decide = the planner's terms, features of "
+             "its best few, the MLP forward (on precomputed features) and the argmax; planner "
+             f"= the default decider ({'C' if _native_terms() else 'numpy'} terms), "
+             "planner_numpy = the same with its numpy reference; cached = the engine's "
+             "decision-cache lookup (the rounded state)"]
+    for name, t in targets(rows).items():
+        lines.append(f"target {name} <= {t['limit']:g} (slowest table): {t['value']:g}: "
+                     f"{'met' if t['met'] else 'MISSED'}")
+    return "\n".join(lines)

@@ -274,7 +274,8 @@ def _policy_options(p: argparse.ArgumentParser) -> None:
 def _policy(args: argparse.Namespace) -> int:
     bench = _module("policy")
     rows = bench.run(rounds=args.rounds)
-    print(json.dumps(rows, indent=1) if args.json else bench.format_text(rows))
+    print(json.dumps({"rows": rows, "targets": bench.targets(rows)}, indent=1) if args.json
+          else bench.format_text(rows))
     return 0
 
 

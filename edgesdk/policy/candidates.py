@@ -53,6 +53,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -323,6 +324,15 @@ class CandidateTable:
 
     def __len__(self) -> int:
         return len(self.candidates)
+
+    @cached_property
+    def planner_matrix(self) -> np.ndarray:
+        """The planner's per-candidate inputs as one C-contiguous (11, n) float64 matrix,
+        rows in native/planner.h's order; made once per table (its arrays never change)."""
+        return np.ascontiguousarray(np.stack([
+            self.dev_ms, self.enc_ms, self.wire_bytes, self.srv_ms, self.p_exit,
+            self.exit_ms, self.exit_acc, self.rest_acc, self.local_ms, self.local_acc,
+            self.has_exit]).astype(np.float64, copy=False))
 
     def index(self, candidate: Candidate) -> int:
         return self.candidates.index(candidate)

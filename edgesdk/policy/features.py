@@ -51,6 +51,7 @@ class _Rows:
     def __init__(self, table: CandidateTable, rows: np.ndarray) -> None:
         for f in _ROW_FIELDS:
             setattr(self, f, getattr(table, f)[rows])
+        self.planner_matrix = np.ascontiguousarray(table.planner_matrix[:, rows])  # C planner
 
 
 class _TableConstants:
