@@ -643,10 +643,15 @@ static PyObject *py_plan_terms(PyObject *self, PyObject *args) {
         buf_release(&table);
         return NULL;
     }
-    size_t cells = buf_len(&table), n = cells / ES_PLAN_FIELDS;
-    if (cells % ES_PLAN_FIELDS != 0 || buf_len(&out) != 3 * n) {
-        PyErr_Format(PyExc_ValueError, "table has %zu values, expected %d rows of n, and out "
-                     "%zu, expected 3 rows of n", cells, ES_PLAN_FIELDS, buf_len(&out));
+    /* shapes, not only sizes: a transposed (n, 11) table would be read wrongly */
+    size_t n = table.view.ndim == 2 ? (size_t)table.view.shape[1] : 0;
+    if (table.view.ndim != 2 || table.view.shape[0] != ES_PLAN_FIELDS || out.view.ndim != 2 ||
+        out.view.shape[0] != 3 || (size_t)out.view.shape[1] != n) {
+        PyErr_Format(PyExc_ValueError, "table must be (%d, n) and out (3, n), got %zd and %zd "
+                     "dimensions, %zd and %zd rows", ES_PLAN_FIELDS, (Py_ssize_t)table.view.ndim,
+                     (Py_ssize_t)out.view.ndim,
+                     table.view.ndim ? table.view.shape[0] : (Py_ssize_t)0,
+                     out.view.ndim ? out.view.shape[0] : (Py_ssize_t)0);
         buf_release(&table);
         buf_release(&out);
         return NULL;

@@ -5,9 +5,9 @@
  * numpy spends ~1 us per operation on a table of 25-200 candidates, and the planner's
  * model takes ~130 of them: 70-200 us per decision on an x86 server, several times that on
  * a Raspberry Pi. Here it is a few microseconds. Every expression is written in the order
- * numpy evaluates it, and the build disables floating-point contraction, so the two agree
- * to the last bits (libm's exp and log may differ from numpy's by an ulp): the tests
- * compare them on random tables and states.
+ * numpy evaluates it, and the build disables floating-point contraction (GCC, Clang), so
+ * the two agree to an ulp or so: libm's exp and log and numpy's own may differ in the last
+ * bit. The tests compare them on random tables and states.
  */
 #include <math.h>
 #include <stddef.h>

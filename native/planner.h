@@ -14,7 +14,7 @@ typedef struct {
 
 /* table: ES_PLAN_FIELDS rows of n doubles (dev_ms, enc_ms, wire_bytes, srv_ms, p_exit,
  * exit_ms, exit_acc, rest_acc, local_ms, local_acc, has_exit as 0/1); out: 3 rows of n
- * (E[accuracy], E[latency] ms, P(latency > SLO)). */
+ * (E[accuracy], E[latency] ms, P(latency > SLO)); out must not overlap table. */
 void es_plan_terms(const double *table, size_t n, const es_plan_state *state, double *out);
 
 #endif

@@ -24,17 +24,31 @@ from edgesdk.server import TailHandler, TailHandlerFactory
 
 class SlowTailHandler(TailHandler):
     def handle(self, request, frames):
+        started = time.monotonic()
         time.sleep(self.factory.delay_ms / 1e3)
-        return super().handle(request, frames)
+        out = super().handle(request, frames)
+        self._hold(started)
+        return out
 
     def handle_batch(self, requests, payloads):
+        started = time.monotonic()
         time.sleep(self.factory.delay_ms / 1e3)  # a batch is as slow as one request
-        return super().handle_batch(requests, payloads)
+        out = super().handle_batch(requests, payloads)
+        self._hold(started)
+        return out
+
+    def _hold(self, started: float) -> None:
+        """Keep the reply until reply_at_ms after the request began, whatever the compute
+        took (on a loaded machine, anything from 0.8 to 2x its usual time)."""
+        wait = self.factory.reply_at_ms / 1e3 - (time.monotonic() - started)
+        if wait > 0:
+            time.sleep(wait)
 
 
 @dataclass(frozen=True)
 class SlowTailFactory(TailHandlerFactory):
-    delay_ms: float = 0.0
+    delay_ms: float = 0.0  # before the compute
+    reply_at_ms: float = 0.0  # the earliest the reply leaves, from the request's start
 
     def __call__(self) -> TailHandler:
         return SlowTailHandler(self)
@@ -91,13 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("bundle")
     p.add_argument("--bind", default="tcp://127.0.0.1:*")
     p.add_argument("--delay-ms", type=float, default=0.0)
+    p.add_argument("--reply-at-ms", type=float, default=0.0)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--max-queue", type=int, default=16)
     args = p.parse_args(argv)
     configure_logging("info")
     from engine_helpers import SlowTailFactory as Factory  # the importable name, for spawn
 
-    factory = Factory((args.bundle,), profile_runs=2, delay_ms=args.delay_ms)
+    factory = Factory((args.bundle,), profile_runs=2, delay_ms=args.delay_ms,
+                      reply_at_ms=args.reply_at_ms)
     config = ServerConfig(bind=args.bind, workers=args.workers, max_queue=args.max_queue)
     return Server(config, factory, log_level="info").run()
 

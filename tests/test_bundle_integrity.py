@@ -261,6 +261,7 @@ def keys(tmp_path):
     return tmp_path / "keys"
 
 
+@pytest.mark.slow  # >= 1 s on this VM
 def test_sign_round_trip(copy, keys):
     assert (keys / "private").stat().st_mode & 0o777 == 0o600
     assert cli("keys", "new", keys).returncode == 1  # no clobber

@@ -63,6 +63,7 @@ def test_default_timeline_has_the_issue_scenarios_and_a_load_window():
     assert tl.seconds < 45  # each strategy's run stays short
 
 
+@pytest.mark.slow  # >= 1 s on this VM
 @pytest.mark.skipif(not (TRACES / "index.csv").is_file(), reason="no shared test traces")
 def test_trace_window_swings_and_is_read_in_place(tmp_path):
     a = pick_trace(TRACES, 8)

@@ -173,6 +173,7 @@ def test_an_energy_price_needs_a_power_model_and_the_planner(not_a_pi):
             load_digits_test()[0][:1]).energy_j > 0
 
 
+@pytest.mark.slow  # >= 1 s on this VM
 def test_profile_watts_are_stored_kept_and_used(tmp_path):
     bundle = shutil.copytree(digits_bundle(), tmp_path / "d.edge")
     cmd = [sys.executable, "-m", "edgesdk", "profile", str(bundle), "--runs", "3",

@@ -170,6 +170,7 @@ def test_the_graph_is_read():
                or family(component(m)) == "transport" for m in modules())
 
 
+@pytest.mark.slow  # >= 1 s on this VM
 def test_every_import_points_down_the_layers():
     bad = check_layers(internal_edges())
     assert not bad, "layering broken:\n" + "\n".join(bad)

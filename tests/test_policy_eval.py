@@ -88,6 +88,7 @@ def test_fallback_caps_a_frames_latency_and_an_outage_stops_offloading():
     assert offloaded[t >= 42.0].all()
 
 
+@pytest.mark.slow  # >= 1 s on this VM
 def test_the_oracle_is_at_least_every_fixed_candidate():
     for sc in _scenarios(seed=5, n=3):
         world = sim.World(sc)
@@ -117,6 +118,7 @@ def _noise_free(sc):
                                        init_window_bytes=10**15))  # no slow start
 
 
+@pytest.mark.slow  # >= 1 s on this VM
 def test_the_ceiling_is_the_oracle_when_nothing_is_left_to_chance():
     for sc in _scenarios(seed=7, n=3):  # the rate steady too: no next second to guess
         sc = _noise_free(replace(sc, mbps=np.full(len(sc.mbps), np.median(sc.mbps)),

@@ -264,9 +264,31 @@ def test_the_c_planner_matches_on_real_profiles_and_refuses_a_wrong_buffer():
         for got, want in zip(c_expected_terms(_native.plan_terms, table.planner_matrix, state),
                              numpy_expected_terms(table, state)):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    empty = c_expected_terms(_native.plan_terms, np.empty((11, 0)), state)
+    assert [t.shape for t in empty] == [(0,)] * 3
     table = tables[0]
-    with pytest.raises(ValueError, match="expected 3 rows of n"):
+    with pytest.raises(ValueError, match=r"out \(3, n\)"):
         _native.plan_terms(table.planner_matrix, np.empty((2, len(table))), (1.0,) * 11)
+    with pytest.raises(ValueError, match=r"table must be \(11, n\)"):  # transposed
+        _native.plan_terms(np.ascontiguousarray(table.planner_matrix.T),
+                           np.empty((3, len(table))), (1.0,) * 11)
     with pytest.raises(TypeError, match="format 'd'"):
         _native.plan_terms(table.planner_matrix.astype(np.float32),
                            np.empty((3, len(table))), (1.0,) * 11)
+
+
+@needs_native
+def test_the_policy_features_are_the_same_with_the_c_and_the_numpy_planner(monkeypatch):
+    """The features take the terms of some rows of a table (features._Rows): their matrix
+    must be those rows' in both paths."""
+    from edgesdk import _native
+    from edgesdk.policy import features, planner
+
+    table = build_candidates(model_profile(Bundle.load(DIGITS_BUNDLE).manifest))
+    state = State(bw_mbps=8.0, bw_std=2.0, bw_history=(6.0, 9.0), slo_ms=50.0, rtt_ms=10.0,
+                  device_slowdown=3.0, bw_low_mbps=5.0)
+    rows = np.arange(min(8, len(table)))
+    monkeypatch.setattr(planner, "_native_terms", lambda: _native.plan_terms)
+    with_c = features(table, state, rows=rows)
+    monkeypatch.setattr(planner, "_native_terms", lambda: None)
+    np.testing.assert_allclose(features(table, state, rows=rows), with_c, rtol=1e-6)

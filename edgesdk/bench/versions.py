@@ -252,7 +252,8 @@ def run(rounds: int | None = None, quick: bool = False, models=MODELS,
 
 def _target(results: list[dict]) -> dict[str, Any]:
     """The issue's target on the classifiers (the models whose output is classes), for
-    each int8 version: {model: {version: {"ratio", "agreement_lost_pt", "met"}}}."""
+    each int8 version: {model: {version: {"ratio", "agreement_lost_pt", "met",
+    "confident" (confident_agreement)}}}."""
     from ..split.versions import INT8_VERSIONS
 
     out: dict[str, Any] = {}

@@ -328,11 +328,14 @@ class CandidateTable:
     @cached_property
     def planner_matrix(self) -> np.ndarray:
         """The planner's per-candidate inputs as one C-contiguous (11, n) float64 matrix,
-        rows in native/planner.h's order; made once per table (its arrays never change)."""
-        return np.ascontiguousarray(np.stack([
+        rows in native/planner.h's order; made once per table (a table is not edited in
+        place: its methods return new ones), read-only."""
+        matrix = np.ascontiguousarray(np.stack([
             self.dev_ms, self.enc_ms, self.wire_bytes, self.srv_ms, self.p_exit,
             self.exit_ms, self.exit_acc, self.rest_acc, self.local_ms, self.local_acc,
             self.has_exit]).astype(np.float64, copy=False))
+        matrix.setflags(write=False)
+        return matrix
 
     def index(self, candidate: Candidate) -> int:
         return self.candidates.index(candidate)
