@@ -59,7 +59,6 @@ def run(rounds: int = 21, min_time: float = 0.02) -> list[dict]:
     from ..engine.strategy import state_key
     from ..policy import PolicyNet, State, features, plan
     from ..policy.net import TOP_K
-    from ..policy.planner import numpy_expected_terms, rewards_from_terms
 
     net = PolicyNet.load()
     state = State(bw_mbps=8.0, bw_std=2.0, bw_history=(6.0, 9.0, 8.0, 7.0), slo_ms=50.0,
@@ -78,9 +77,7 @@ def run(rounds: int = 21, min_time: float = 0.02) -> list[dict]:
                               "features": partial(features, table, state, rows=top),
                               "decide": partial(net.decide, table, state),
                               "planner": partial(plan, table, state),
-                              "planner_numpy": partial(_numpy_plan, table, state,
-                                                       numpy_expected_terms,
-                                                       rewards_from_terms),
+                              "planner_numpy": partial(_numpy_plan, table, state),
                               "cached": cached},
                              rounds=rounds, min_time=min_time)
         row = {"table": name, "candidates": len(table)}
@@ -92,9 +89,11 @@ def run(rounds: int = 21, min_time: float = 0.02) -> list[dict]:
     return rows
 
 
-def _numpy_plan(table, state, terms, rewards) -> int:
+def _numpy_plan(table, state) -> int:
     """plan() with the numpy terms (the reference of the C planner; no energy price)."""
-    return int(np.argmax(rewards(state, *terms(table, state))))
+    from ..policy.planner import numpy_expected_terms, rewards_from_terms
+
+    return int(np.argmax(rewards_from_terms(state, *numpy_expected_terms(table, state))))
 
 
 def targets(rows: list[dict]) -> dict:

@@ -217,12 +217,10 @@ def bench_model(name: str, workdir: Path, rounds: int, test: int,
 def top_probability(scores: np.ndarray) -> np.ndarray:
     """Per row of class scores (samples, classes), the top class's probability: the scores
     themselves where they are probabilities already (a softmax in the graph), else their
-    softmax."""
-    y = np.asarray(scores, np.float64)
-    if not (np.all((y >= 0) & (y <= 1)) and np.allclose(y.sum(axis=1), 1.0, atol=1e-3)):
-        y = np.exp(y - y.max(axis=1, keepdims=True))
-        y /= y.sum(axis=1, keepdims=True)
-    return y.max(axis=1)
+    softmax (read as the exits read a classifier's output)."""
+    from ..exits.measures import as_logits, softmax
+
+    return softmax(as_logits(scores)[0]).max(axis=1)
 
 
 def confident_agreement(ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
